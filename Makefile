@@ -1,0 +1,180 @@
+# trail — plain Makefile.
+#   make            build library and programs into build/
+#   make check      install missing packages, build, run the test suite
+#   make check-full the long tests as well
+#   make demo       install missing packages, build, run the whole pipeline
+#   make asan|ubsan the test suite under AddressSanitizer / UBSan
+#   make fuzz       build libFuzzer harnesses (clang) into build/fuzz/
+#   make bench      benchmarks; figures go to bench/RESULTS.md
+#   make install PREFIX=/usr/local DESTDIR=
+# Variables: CC, CFLAGS, LDFLAGS, PREFIX, DESTDIR, V=1 (echo commands),
+# DEVELOPER=1 (-Werror), B (build directory).
+
+CC ?= cc
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include/trail
+MANDIR ?= $(PREFIX)/share/man
+B ?= build
+
+PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-dev \
+	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config
+PKGCONFIG_LIBS := jansson libarchive libsodium libcurl libmicrohttpd
+
+CFLAGS ?= -O2 -g
+WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wvla
+ifeq ($(DEVELOPER),1)
+WARN += -Werror
+endif
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread $(WARN) -Ilib \
+	$(shell pkg-config --cflags $(PKGCONFIG_LIBS) 2>/dev/null) \
+	-I/usr/include/x86_64-linux-gnu/openblas-pthread $(CFLAGS)
+LIBS = $(shell pkg-config --libs $(PKGCONFIG_LIBS) 2>/dev/null) \
+	-lopenblas -llapacke -lxxhash -lm -pthread
+ALL_LDFLAGS = $(LDFLAGS)
+
+ifneq ($(V),1)
+Q = @
+QCC = @echo "  CC    $@";
+QLD = @echo "  LD    $@";
+QAR = @echo "  AR    $@";
+endif
+
+LIB_SRC := $(sort $(wildcard lib/*.c))
+LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
+CMD_SRC := $(sort $(wildcard cmd/*.c))
+PROGS := $(CMD_SRC:cmd/%.c=$(B)/bin/%)
+TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TESTS := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%_replay)
+HEADERS := $(wildcard lib/*.h)
+
+.PHONY: all deps check check-full demo asan ubsan fuzz bench install uninstall \
+	clean completions man-lint
+.DELETE_ON_ERROR:
+
+all: $(B)/libtrail.a $(PROGS) $(B)/trail.pc
+
+$(B)/lib/%.o: lib/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(QCC)$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
+
+$(B)/libtrail.a: $(LIB_OBJ)
+	@rm -f $@
+	$(QAR)$(AR) rcs $@ $^
+
+$(B)/bin/%: cmd/%.c $(B)/libtrail.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(QLD)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(B)/libtrail.a $(LIBS)
+
+$(B)/tests/%: tests/unit/%.c tests/unit/tap.h $(B)/libtrail.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(QLD)$(CC) $(ALL_CFLAGS) -Itests/unit $(ALL_LDFLAGS) -o $@ $< $(B)/libtrail.a $(LIBS)
+
+$(B)/tests/%_replay: tests/fuzz/%.c tests/fuzz/replay.c $(B)/libtrail.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(QLD)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< tests/fuzz/replay.c $(B)/libtrail.a $(LIBS)
+
+$(B)/tests/faultinject.so: tests/unit/faultinject.c
+	@mkdir -p $(@D)
+	$(QLD)$(CC) $(ALL_CFLAGS) -shared -fPIC -o $@ $< -ldl
+
+$(B)/trail.pc: Makefile
+	@mkdir -p $(@D)
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(PREFIX)/include' '' \
+	  'Name: trail' 'Description: signed datasets, Merkle ledger, training and attribution' \
+	  'Version: 0.1.0' 'Requires.private: $(PKGCONFIG_LIBS)' \
+	  'Libs: -L$${libdir} -ltrail' 'Libs.private: -lopenblas -llapacke -lxxhash -lm -pthread' \
+	  'Cflags: -I$${includedir}/trail' > $@
+
+# Install the Debian packages of SPEC §2 when they are missing.
+deps:
+	@missing=""; for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "trail: missing packages:$$missing" >&2; \
+	    echo "trail: install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+test-build: all $(TESTS) $(FUZZ_REPLAY) $(B)/tests/faultinject.so
+.PHONY: test-build
+
+check: deps
+	@$(MAKE) --no-print-directory test-build
+	@B=$(B) sh tests/run
+
+check-full: deps
+	@$(MAKE) --no-print-directory test-build
+	@B=$(B) TRAIL_FULL=1 sh tests/run
+
+asan:
+	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=address,undefined" check
+
+ubsan:
+	@$(MAKE) --no-print-directory B=build-ubsan CFLAGS="-O1 -g -fsanitize=undefined -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=undefined" check
+
+fuzz:
+	@$(MAKE) --no-print-directory B=build-fuzz CC=clang CFLAGS="-O1 -g -fsanitize=address,undefined,fuzzer-no-link" \
+	  LDFLAGS="-fsanitize=address,undefined" all
+	@mkdir -p build-fuzz/fuzz
+	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  echo "  LD    build-fuzz/fuzz/$$n"; \
+	  clang -std=c11 -D_GNU_SOURCE -Ilib -O1 -g -fsanitize=address,undefined,fuzzer \
+	    -o build-fuzz/fuzz/$$n $$f build-fuzz/libtrail.a $(LIBS) || exit 1; done
+
+demo: deps all
+	@sh examples/demo.sh
+
+bench: all
+	@sh bench/run
+
+completions: all
+	@for p in $(PROGS); do n=$$(basename $$p); \
+	  $$p --completion bash > completions/$$n.bash; \
+	  $$p --completion zsh > completions/_$$n; \
+	  $$p --completion fish > completions/$$n.fish; done
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
+	install -m 644 $(B)/libtrail.a $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(B)/trail.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 644 $(HEADERS) $(DESTDIR)$(INCDIR)/
+	for m in man/*.1; do [ -e "$$m" ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man1/; done; true
+	for m in man/*.5; do [ -e "$$m" ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man5/; done; true
+	for m in man/*.7; do [ -e "$$m" ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man7/; done; true
+	for c in completions/*.bash; do [ -e "$$c" ] && install -m 644 $$c \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$(basename $$c .bash); done; true
+	for c in completions/_*; do [ -e "$$c" ] && install -m 644 $$c $(DESTDIR)$(PREFIX)/share/zsh/site-functions/; done; true
+	for c in completions/*.fish; do [ -e "$$c" ] && install -m 644 $$c $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/; done; true
+
+uninstall:
+	for p in $(PROGS); do rm -f $(DESTDIR)$(BINDIR)/$$(basename $$p); done
+	rm -f $(DESTDIR)$(LIBDIR)/libtrail.a $(DESTDIR)$(LIBDIR)/pkgconfig/trail.pc
+	rm -rf $(DESTDIR)$(INCDIR)
+	for m in man/*.[157]; do rm -f $(DESTDIR)$(MANDIR)/man$${m##*.}/$$(basename $$m); done
+	for p in $(PROGS); do n=$$(basename $$p); \
+	  rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$n \
+	    $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$n \
+	    $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$n.fish; done
+
+man-lint:
+	@for m in man/*.[157]; do mandoc -Tlint -Wwarning $$m || exit 1; done
+
+clean:
+	rm -rf build build-asan build-ubsan build-fuzz
