@@ -113,9 +113,10 @@ void *trail_calloc(size_t n, size_t size)
 {
 	if (size && n > SIZE_MAX / size)
 		return NULL;
-	void *p = hook_malloc(n * size ? n * size : 1);
+	size_t total = n * size;
+	void *p = hook_malloc(total ? total : 1);
 	if (p)
-		memset(p, 0, n * size);
+		memset(p, 0, total);
 	return p;
 }
 

@@ -48,7 +48,10 @@ void trail_sign(const trail_signer *s, const void *msg, size_t len, uint8_t sig[
 int trail_verify(const trail_verifier *v, const void *msg, size_t len,
 		 const uint8_t sig[TRAIL_SIG_LEN]);
 
-/* Sign text (ends with '\n', no empty lines... per the spec) into a note. */
+/*
+ * Sign text into a note. The text must be non-empty, end with a newline and
+ * hold no control character but newline (C2SP signed-note).
+ */
 int trail_note_sign(const char *text, size_t len, const trail_signer *const *signers,
 		    size_t nsigners, char **note, size_t *notelen, trail_error *err);
 /*

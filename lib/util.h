@@ -62,6 +62,9 @@ typedef struct trail_map {
 int trail_map_file(const char *path, trail_map *m, trail_error *err);
 void trail_unmap(trail_map *m);
 
+/* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
+int trail_utf8_valid(const char *s, size_t n);
+
 /* Path join into a trail_malloc'd string: trail_path(a, b) = "a/b". */
 char *trail_path(const char *a, const char *b);
 
