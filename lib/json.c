@@ -145,6 +145,11 @@ const char *trail_ndjson_line(const trail_ndjson *r, size_t *len)
 	return r->line ? r->line : "";
 }
 
+size_t trail_ndjson_buffered(const trail_ndjson *r)
+{
+	return r->fill - r->pos;
+}
+
 long trail_ndjson_lineno(const trail_ndjson *r)
 {
 	return r->lineno;

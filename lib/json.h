@@ -34,6 +34,8 @@ int trail_ndjson_next(trail_ndjson *r, json_t **out, trail_error *err);
 /* The raw bytes of the last line read (without '\n'), valid until the next call. */
 const char *trail_ndjson_line(const trail_ndjson *r, size_t *len);
 long trail_ndjson_lineno(const trail_ndjson *r);
+/* Bytes read from the stream but not yet returned as lines. */
+size_t trail_ndjson_buffered(const trail_ndjson *r);
 void trail_ndjson_free(trail_ndjson *r);
 
 /* Parse one JSON text strictly (duplicate keys rejected). */

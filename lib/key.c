@@ -1,3 +1,4 @@
+#include <unistd.h>
 #include <string.h>
 
 #include <sodium.h>
@@ -67,18 +68,14 @@ static char *format_key(const char *prefix, const char *name, uint32_t id, const
 
 /*
  * Split "<name>+<8 lowercase hex>+<base64(0x01 || 32 bytes)>" into its parts.
- * The name ends at the second-to-last '+'.
+ * Names hold no '+', so the name ends at the first one (base64 may hold '+').
  */
 static int split_key(const char *s, size_t len, size_t *namelen, uint32_t *id, uint8_t key[32])
 {
-	const char *last = NULL, *prev = NULL;
-	for (size_t i = 0; i < len; i++)
-		if (s[i] == '+') {
-			prev = last;
-			last = s + i;
-		}
-	if (!prev || last - prev != 9)
+	const char *prev = memchr(s, '+', len);
+	if (!prev || (size_t)(prev - s) + 10 > len || prev[9] != '+')
 		return TRAIL_EDATA;
+	const char *last = prev + 9;
 	*namelen = (size_t)(prev - s);
 	if (!valid_name(s, *namelen))
 		return TRAIL_EDATA;
@@ -420,5 +417,47 @@ int trail_json_verify(const json_t *obj, trail_error *err)
 	}
 	trail_free(b);
 	trail_verifier_free(v);
+	return rc;
+}
+
+int trail_key_create_files(const char *dir, const char *name, char **vkey_out, trail_error *err)
+{
+	char *skey = NULL, *vkey = NULL, *kp = NULL, *pp = NULL;
+	size_t n = strlen(name) + 8;
+	char *kn = trail_malloc(n), *pn = trail_malloc(n);
+	int rc = TRAIL_ENOMEM;
+	if (!kn || !pn)
+		goto out;
+	snprintf(kn, n, "%s.key", name);
+	snprintf(pn, n, "%s.pub", name);
+	if (!(kp = trail_path(dir, kn)) || !(pp = trail_path(dir, pn)))
+		goto out;
+	if (!access(kp, F_OK) || !access(pp, F_OK)) {
+		rc = trail_error_set(err, TRAIL_EDATA, "%s or %s already exists: not overwriting", kn, pn);
+		goto out;
+	}
+	if ((rc = trail_key_generate(name, &skey, &vkey, err)))
+		goto out;
+	size_t sl = strlen(skey), vl = strlen(vkey);
+	skey[sl] = '\n';
+	vkey[vl] = '\n';
+	rc = trail_write_atomic(kp, skey, sl + 1, 0600, err);
+	if (!rc)
+		rc = trail_write_atomic(pp, vkey, vl + 1, 0644, err);
+	sodium_memzero(skey, sl + 1);
+	vkey[vl] = 0;
+	if (!rc && vkey_out) {
+		*vkey_out = vkey;
+		vkey = NULL;
+	}
+out:
+	if (rc == TRAIL_ENOMEM && err && !err->msg[0])
+		trail_error_set(err, rc, "out of memory");
+	trail_free(skey);
+	trail_free(vkey);
+	trail_free(kn);
+	trail_free(pn);
+	trail_free(kp);
+	trail_free(pp);
 	return rc;
 }

@@ -27,6 +27,12 @@ typedef struct trail_verifier trail_verifier;
 /* A new key pair for `name` (no '+', whitespace or control characters). */
 int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *err);
 
+/*
+ * Write DIR/NAME.key (mode 0600) and DIR/NAME.pub for a new key; refuses to
+ * overwrite either. *vkey (if not NULL) gets the verifier key.
+ */
+int trail_key_create_files(const char *dir, const char *name, char **vkey, trail_error *err);
+
 int trail_signer_parse(const char *skey, size_t len, trail_signer **out, trail_error *err);
 int trail_verifier_parse(const char *vkey, size_t len, trail_verifier **out, trail_error *err);
 /* Load a NAME.key file. */

@@ -39,7 +39,7 @@
 typedef struct buf {
 	uint8_t *p;
 	size_t n, cap;
-} buf;
+} pbuf;
 
 typedef struct peak {
 	unsigned level;
@@ -54,12 +54,12 @@ struct trail_ledger {
 	uint64_t size, data_len; /* committed */
 	trail_hash root;         /* committed root */
 	uint64_t psize;          /* committed + pending */
-	buf pdata, pindex, ptree;
+	pbuf pdata, pindex, ptree;
 	peak peaks[65], cpeaks[65];
 	int npeaks, ncpeaks;
 };
 
-static int buf_put(buf *b, const void *p, size_t n)
+static int buf_put(pbuf *b, const void *p, size_t n)
 {
 	if (b->n + n > b->cap) {
 		size_t c = b->cap ? b->cap * 2 : 4096;
@@ -913,5 +913,72 @@ out:
 	trail_free(dp);
 	trail_free(xp);
 	trail_free(tp);
+	return rc;
+}
+
+/* ---- proofs as JSON ---------------------------------------------------- */
+
+static json_t *b64json(const trail_hash h)
+{
+	char b[64];
+	trail_base64(h, 32, b);
+	return json_string(b);
+}
+
+static json_t *proof_array(const trail_hash *p, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, b64json(p[i]));
+	return a;
+}
+
+int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json_t **out,
+			    trail_error *err)
+{
+	trail_hash proof[TRAIL_MERKLE_MAXPROOF], root, leaf;
+	size_t n;
+	int rc;
+	if ((rc = trail_ledger_prove(l, index, size, proof, &n, err)) ||
+	    (rc = trail_ledger_root(l, size, root, err)) || (rc = trail_ledger_leaf(l, index, leaf, err)))
+		return rc;
+	*out = json_pack("{s:I, s:I, s:o, s:o, s:o}", "leafIdx", (json_int_t)index, "treeSize",
+			 (json_int_t)size, "root", b64json(root), "leafHash", b64json(leaf), "proof",
+			 proof_array(proof, n));
+	return *out ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_t **out,
+				  trail_error *err)
+{
+	trail_hash proof[TRAIL_MERKLE_MAXPROOF], r1, r2;
+	size_t np;
+	int rc;
+	if ((rc = trail_ledger_consistency(l, m, n, proof, &np, err)) ||
+	    (rc = trail_ledger_root(l, m, r1, err)) || (rc = trail_ledger_root(l, n, r2, err)))
+		return rc;
+	*out = json_pack("{s:I, s:I, s:o, s:o, s:o}", "size1", (json_int_t)m, "size2",
+			 (json_int_t)n, "root1", b64json(r1), "root2", b64json(r2), "proof",
+			 proof_array(proof, np));
+	return *out ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
+		      trail_error *err)
+{
+	static const char hdr[] = "c2sp.org/tlog-proof@v1\n";
+	if (len >= sizeof hdr - 1 && !memcmp(buf, hdr, sizeof hdr - 1)) {
+		trail_hash leaf;
+		if (nv == 0)
+			return trail_error_set(err, TRAIL_EUSAGE,
+					       "a tlog-proof needs the log's verifier key (--key)");
+		return trail_receipt_verify(buf, len, vs, nv, NULL, leaf, err);
+	}
+	json_t *j;
+	int rc = trail_json_parse(buf, len, NULL, &j, err);
+	if (rc)
+		return rc;
+	rc = trail_merkle_check_json(j, err);
+	json_decref(j);
 	return rc;
 }

@@ -68,6 +68,19 @@ int trail_ledger_receipt(trail_ledger *l, uint64_t index, char **out, trail_erro
 int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *const *vs,
 			 size_t nv, uint64_t *index, trail_hash leaf, trail_error *err);
 
+/* Proofs as JSON in the transparency-dev test-case format (base64 hashes). */
+int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json_t **out,
+			    trail_error *err);
+int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_t **out,
+				  trail_error *err);
+/*
+ * Check one proof file: a tlog-proof receipt (against the verifier keys vs)
+ * or a JSON test case. TRAIL_OK valid, TRAIL_EVERIFY invalid, TRAIL_EDATA
+ * unrecognised.
+ */
+int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
+		      trail_error *err);
+
 /* fsck: every entry hash, tree node, referenced object and signature. */
 typedef void (*trail_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 int trail_ledger_verify(trail_ledger *l, trail_ledger_progress_fn fn, void *ctx,

@@ -1,0 +1,287 @@
+/* trail-log: the tamper-evident ledger (RFC 9162 Merkle tree, C2SP checkpoints). */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "json.h"
+#include "ledger.h"
+#include "util.h"
+
+enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPROGRESS };
+
+static const trail_opt opts[] = {
+	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
+	{O_ORIGIN, "origin", 0, "NAME", "init: the log's origin line", NULL},
+	{O_KEY, "key", 'k', "KEY", "init: operator key file; verify-proof: verifier key (repeatable)", "file"},
+	{O_BATCH, "batch", 'b', NULL, "append: share one fsync among many entries", NULL},
+	{O_SIZE, "size", 's', "S", "prove: tree size to prove against (JSON output)", NULL},
+	{O_JSON, "json", 'j', NULL, "prove: print the transparency-dev JSON form", NULL},
+	{O_PROGRESS, "progress", 0, NULL, "verify: always show progress on stderr", NULL},
+	{O_NOPROGRESS, "no-progress", 0, NULL, "verify: never show progress", NULL},
+	{0},
+};
+
+static const trail_cli cli = {
+	.prog = "trail-log",
+	.usage = "init [--origin NAME] [--key KEYFILE]\nappend [--batch] [FILE...]\n"
+		 "show [FROM[..TO]]\nget N\ncheckpoint\nprove N [--size S] [--json]\n"
+		 "consistency M N\nverify\nverify-proof [--key VKEY]... FILE...",
+	.summary = "Append to, prove and verify the store's tamper-evident ledger.",
+	.subcommands = "init append show get checkpoint prove consistency verify verify-proof",
+	.opts = opts,
+};
+
+struct conf {
+	const char *home, *origin, *key, *keys[16];
+	int nkeys, batch, json, progress;
+	uint64_t size;
+	int has_size;
+};
+
+static int num(const char *s, uint64_t *v, trail_error *err)
+{
+	long long x;
+	int rc = trail_parse_long(s, 0, INT64_MAX, &x, "index", err);
+	*v = (uint64_t)x;
+	return rc;
+}
+
+static int print_json(json_t *j, trail_error *err)
+{
+	char *s;
+	int rc = j ? trail_jcs(j, &s, NULL, err) : TRAIL_ENOMEM;
+	json_decref(j);
+	if (!rc) {
+		puts(s);
+		trail_free(s);
+	}
+	return rc;
+}
+
+/* Append NDJSON entries; one receipt line per entry once it is durable. */
+static int append(trail_ledger *l, const struct conf *c, FILE *in, const char *src,
+		  trail_error *err)
+{
+	trail_ndjson *r = trail_ndjson_new(in, src, 0);
+	uint64_t first = trail_ledger_size(l), idx;
+	json_t *e;
+	int rc;
+	if (!r)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (;;) {
+		rc = trail_ndjson_next(r, &e, err);
+		if (!rc && e) {
+			rc = trail_ledger_append(l, e, &idx, err);
+			if (rc)
+				trail_error_at(err, rc, src, trail_ndjson_lineno(r), "%s", err->msg);
+			json_decref(e);
+		}
+		int more = !rc && e;
+		struct pollfd p = {fileno(in), POLLIN, 0};
+		/* Commit when unbatched, at a batch boundary, or when input stalls. */
+		if (!more || !c->batch || trail_ledger_size(l) - first >= 4096 ||
+		    (trail_ndjson_buffered(r) == 0 && poll(&p, 1, 0) == 0)) {
+			trail_error cerr = {0};
+			int crc = trail_ledger_commit(l, &cerr);
+			if (crc) {
+				*err = cerr;
+				rc = crc;
+				break;
+			}
+			for (uint64_t i = first; i < trail_ledger_size(l); i++) {
+				trail_hash leaf;
+				char b[64];
+				trail_ledger_leaf(l, i, leaf, NULL);
+				trail_base64(leaf, 32, b);
+				printf("{\"index\":%" PRIu64 ",\"leaf\":\"%s\",\"size\":%" PRIu64 "}\n", i,
+				       b, trail_ledger_size(l));
+			}
+			fflush(stdout);
+			first = trail_ledger_size(l);
+		}
+		if (!more)
+			break;
+	}
+	trail_ndjson_free(r);
+	return rc;
+}
+
+static void progress(void *ctx, uint64_t done, uint64_t total)
+{
+	trail_progress *p = ctx;
+	(void)total;
+	trail_progress_set(p, done);
+}
+
+static int run(trail_args *a, struct conf *c, trail_error *err)
+{
+	const char *cmd = a->rest[0];
+	char **arg = a->rest + 1;
+	int n = a->nrest - 1, rc;
+	if (!strcmp(cmd, "init"))
+		return n ? trail_error_set(err, TRAIL_EUSAGE, "init takes no arguments")
+			 : trail_store_init(c->home, c->origin, c->key, err);
+	trail_store *s = NULL;
+	trail_ledger *l = NULL;
+	const trail_verifier **vs = NULL;
+	uint64_t x = 0, y = 0;
+	int writer = !strcmp(cmd, "append");
+	if (!strcmp(cmd, "verify-proof")) {
+		trail_verifier *v[16];
+		int nv = 0;
+		if ((rc = n ? TRAIL_OK : trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...")))
+			return rc;
+		for (int i = 0; i < c->nkeys && !rc; i++)
+			rc = trail_verifier_load(c->keys[i], &v[nv++], err);
+		if (!rc && !c->nkeys && trail_store_open(c->home, &s, NULL) == TRAIL_OK &&
+		    (rc = trail_verifier_load(trail_verifier_str(trail_store_operator_vkey(s)), &v[nv], err)) == 0)
+			nv++;
+		int bad = 0;
+		for (int i = 0; i < n && !rc; i++) {
+			void *b;
+			size_t len;
+			trail_error e = {0};
+			if ((rc = trail_read_file(arg[i], 1 << 20, &b, &len, err)))
+				break;
+			int r = trail_proof_check(b, len, (const trail_verifier *const *)v, (size_t)nv, &e);
+			trail_free(b);
+			if (r && r != TRAIL_EVERIFY && r != TRAIL_EDATA) {
+				*err = e;
+				rc = r;
+				break;
+			}
+			json_t *o = json_pack("{s:s, s:b}", "file", arg[i], "ok", !r);
+			if (r)
+				json_object_set_new(o, "reason", json_string(e.msg));
+			bad |= r != 0;
+			rc = print_json(o, err);
+		}
+		for (int i = 0; i < nv; i++)
+			trail_verifier_free(v[i]);
+		trail_store_free(s);
+		return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "a proof is invalid") : TRAIL_OK;
+	}
+	if ((rc = trail_store_open(c->home, &s, err)) ||
+	    (rc = trail_ledger_open(s, writer ? TRAIL_LEDGER_WRITE : 0, &l, err)))
+		goto out;
+	uint64_t size = trail_ledger_size(l);
+	if (writer) {
+		rc = n == 0 ? append(l, c, stdin, "<stdin>", err) : TRAIL_OK;
+		for (int i = 0; i < n && !rc; i++) {
+			FILE *f = strcmp(arg[i], "-") ? fopen(arg[i], "r") : stdin;
+			rc = f ? append(l, c, f, arg[i], err)
+			       : trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", arg[i]);
+			if (f && f != stdin)
+				fclose(f);
+		}
+	} else if (!strcmp(cmd, "show") || !strcmp(cmd, "get")) {
+		int get = cmd[0] == 'g';
+		char *dots = n == 1 ? strstr(arg[0], "..") : NULL;
+		if (dots)
+			*dots = 0;
+		if (get ? n != 1 : n > 1)
+			rc = trail_error_set(err, TRAIL_EUSAGE, "%s", get ? "get takes N" : "show takes [FROM[..TO]]");
+		else if (n && !(rc = num(arg[0], &x, err)) && dots && dots[2])
+			rc = num(dots + 2, &y, err);
+		y = get ? x : (dots && dots[2]) ? y : (n && !dots) ? x : size ? size - 1 : 0;
+		if (!rc && get && x >= size)
+			rc = trail_error_set(err, TRAIL_ENOINPUT, "no entry %" PRIu64 " (size %" PRIu64 ")", x, size);
+		for (uint64_t i = x; !rc && i <= y && i < size; i++) {
+			char *e;
+			if (!(rc = trail_ledger_get(l, i, &e, NULL, err))) {
+				puts(e);
+				trail_free(e);
+			}
+		}
+	} else if (!strcmp(cmd, "checkpoint") && n == 0) {
+		char *note;
+		if (!(rc = trail_ledger_checkpoint(l, &note, err))) {
+			fputs(note, stdout);
+			trail_free(note);
+		}
+	} else if (!strcmp(cmd, "prove") && n == 1) {
+		json_t *j;
+		char *r;
+		if ((rc = num(arg[0], &x, err)))
+			goto out;
+		if (c->json || c->has_size) {
+			if (!(rc = trail_ledger_proof_json(l, x, c->has_size ? c->size : size, &j, err)))
+				rc = print_json(j, err);
+		} else if (!(rc = trail_ledger_receipt(l, x, &r, err))) {
+			fputs(r, stdout);
+			trail_free(r);
+		}
+	} else if (!strcmp(cmd, "consistency") && n == 2) {
+		json_t *j;
+		if (!(rc = num(arg[0], &x, err)) && !(rc = num(arg[1], &y, err)) &&
+		    !(rc = trail_ledger_consistency_json(l, x, y, &j, err)))
+			rc = print_json(j, err);
+	} else if (!strcmp(cmd, "verify") && n == 0) {
+		trail_progress *p = trail_progress_new(stderr, c->progress, "verify", size);
+		rc = trail_ledger_verify(l, progress, p, err);
+		trail_progress_free(p);
+		trail_hash root;
+		char b[64];
+		trail_ledger_root(l, size, root, NULL);
+		trail_base64(root, 32, b);
+		if (!rc)
+			printf("{\"ok\":true,\"root\":\"%s\",\"size\":%" PRIu64 "}\n", b, size);
+	} else {
+		rc = trail_error_set(err, TRAIL_EUSAGE, "unknown command or wrong arguments: %s", cmd);
+	}
+out:
+	/* A damaged ledger is a failed verification for the verify command. */
+	if (rc == TRAIL_EDATA && !strcmp(cmd, "verify"))
+		rc = err ? (err->code = TRAIL_EVERIFY) : TRAIL_EVERIFY;
+	trail_ledger_free(l);
+	trail_store_free(s);
+	trail_free(vs);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	trail_args a;
+	trail_error err = {0};
+	struct conf c = {.progress = -1};
+	const char *v;
+	int o, rc = TRAIL_OK;
+	long long z;
+	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
+		return 70;
+	while (!rc && (o = trail_args_next(&a, &v, &err)) > 0) {
+		switch (o) {
+		case O_HOME: c.home = v; break;
+		case O_ORIGIN: c.origin = v; break;
+		case O_KEY:
+			c.key = v;
+			if (c.nkeys < 16)
+				c.keys[c.nkeys++] = v;
+			break;
+		case O_BATCH: c.batch = 1; break;
+		case O_SIZE:
+			rc = trail_parse_long(v, 0, INT64_MAX, &z, "--size", &err);
+			c.size = (uint64_t)z;
+			c.has_size = 1;
+			break;
+		case O_JSON: c.json = 1; break;
+		case O_PROGRESS: c.progress = 1; break;
+		case O_NOPROGRESS: c.progress = 0; break;
+		}
+	}
+	c.home = trail_store_home(c.home);
+	if (rc || o == TRAIL_ARGS_ERROR)
+		rc = TRAIL_EUSAGE;
+	else if (o == TRAIL_ARGS_EXIT)
+		rc = TRAIL_OK;
+	else if (a.nrest < 1)
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "missing command");
+	else
+		rc = run(&a, &c, &err);
+	trail_args_release(&a);
+	int status = rc ? trail_cli_report(&cli, &err, stderr) : 0;
+	return trail_cli_finish(&cli, status);
+}
