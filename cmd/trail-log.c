@@ -75,22 +75,21 @@ static int append(trail_ledger *l, const struct conf *c, FILE *in, const char *s
 		rc = trail_ndjson_next(r, &e, err);
 		if (!rc && e) {
 			rc = trail_ledger_append(l, e, &idx, err);
-			if (rc)
-				trail_error_at(err, rc, src, trail_ndjson_lineno(r), "%s", err->msg);
+			if (rc) {
+				char m[sizeof err->msg];
+				memcpy(m, err->msg, sizeof m);
+				trail_error_at(err, rc, src, trail_ndjson_lineno(r), "%s", m);
+			}
 			json_decref(e);
 		}
-		int more = !rc && e;
+		if (rc)
+			break; /* the unacknowledged rest of the batch is discarded */
 		struct pollfd p = {fileno(in), POLLIN, 0};
 		/* Commit when unbatched, at a batch boundary, or when input stalls. */
-		if (!more || !c->batch || trail_ledger_size(l) - first >= 4096 ||
+		if (!e || !c->batch || trail_ledger_size(l) - first >= 4096 ||
 		    (trail_ndjson_buffered(r) == 0 && poll(&p, 1, 0) == 0)) {
-			trail_error cerr = {0};
-			int crc = trail_ledger_commit(l, &cerr);
-			if (crc) {
-				*err = cerr;
-				rc = crc;
+			if ((rc = trail_ledger_commit(l, err)))
 				break;
-			}
 			for (uint64_t i = first; i < trail_ledger_size(l); i++) {
 				trail_hash leaf;
 				char b[64];
@@ -102,7 +101,7 @@ static int append(trail_ledger *l, const struct conf *c, FILE *in, const char *s
 			fflush(stdout);
 			first = trail_ledger_size(l);
 		}
-		if (!more)
+		if (!e)
 			break;
 	}
 	trail_ndjson_free(r);
