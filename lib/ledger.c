@@ -148,7 +148,7 @@ static int read_head(trail_ledger *l, trail_error *err)
 	size_t n;
 	if (!p)
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	int rc = trail_read_file(p, HEAD_MAX, &b, &n, err);
+	int rc = trail_read_file(p, HEAD_MAX, &b, &n, NULL);
 	trail_free(p);
 	if (rc == TRAIL_ENOINPUT) {
 		l->size = l->data_len = 0;
@@ -156,7 +156,7 @@ static int read_head(trail_ledger *l, trail_error *err)
 		return TRAIL_OK;
 	}
 	if (rc)
-		return rc;
+		return trail_error_set(err, rc, "log/head: unreadable");
 	unsigned long long size, data;
 	char root[64];
 	int used = 0;
