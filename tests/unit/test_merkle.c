@@ -572,7 +572,8 @@ static void mutate_case(struct casecount *c, const char *text, size_t len, const
 	json_t *j = json_loadb(text, len, JSON_DECODE_INT_AS_REAL, &je);
 	json_t *proof = json_object_get(j, "proof");
 	for (size_t i = 0; i < json_array_size(proof); i++) {
-		const char *s = json_string_value(json_array_get(proof, i));
+		json_t *orig = json_array_get(proof, i);
+		const char *s = json_string_value(orig);
 		uint8_t h[32];
 		size_t hl;
 		char b64[64];
@@ -580,12 +581,13 @@ static void mutate_case(struct casecount *c, const char *text, size_t len, const
 			continue;
 		h[i % 32] ^= 0x10;
 		trail_base64(h, 32, b64);
+		json_incref(orig);
 		json_array_set_new(proof, i, json_string(b64));
 		if (trail_merkle_check_json(j, NULL) != TRAIL_EVERIFY) {
 			c->mutated_wrong++;
 			diag("%s: proof[%zu] with a flipped bit accepted", name, i);
 		}
-		json_array_set_new(proof, i, json_string(s));
+		json_array_set_new(proof, i, orig);
 	}
 	json_decref(j);
 }
