@@ -19,7 +19,7 @@ MANDIR ?= $(PREFIX)/share/man
 B ?= build
 
 PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-dev \
-	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config
+	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc
 PKGCONFIG_LIBS := jansson libarchive libsodium libcurl libmicrohttpd
 
 CFLAGS ?= -O2 -g

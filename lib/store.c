@@ -111,6 +111,15 @@ int trail_store_init(const char *home, const char *origin, const char *keyfile,
 		if (rc)
 			goto out;
 	}
+	/* keys/operator.pub: the key that verifies this store's checkpoints offline. */
+	char *pub = trail_path(home, "keys/operator.pub");
+	size_t vl = strlen(vkey);
+	vkey[vl] = '\n';
+	rc = pub ? trail_write_atomic(pub, vkey, vl + 1, 0644, err) : TRAIL_ENOMEM;
+	vkey[vl] = 0;
+	trail_free(pub);
+	if (rc)
+		goto out;
 	conf = json_pack("{s:s, s:s, s:i}", "origin", origin, "operator", vkey, "version", 1);
 	size_t jl;
 	if (!conf || (rc = trail_jcs(conf, &js, &jl, err)))

@@ -5,6 +5,7 @@
  *   names/<kind>/<name>               registered names -> digest
  *   log/                              the ledger (ledger.h)
  *   keys/operator.key                 the operator's signer key
+ *   keys/operator.pub                 its verifier key, for offline checks
  *   config.json                       origin and operator verifier key
  *
  * Ownership: the store handle owns its strings; buffers returned through
