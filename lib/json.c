@@ -363,11 +363,22 @@ static int jcs_value(sb *b, const json_t *v, int depth, trail_error *err)
 		sb_put(b, num, (size_t)w);
 		break;
 	}
-	case JSON_REAL:
-		if (trail_jcs_number(json_real_value(v), num, sizeof num))
+	case JSON_REAL: {
+		double d = json_real_value(v);
+		/*
+		 * ECMAScript prints these as integer literals, which no exact
+		 * integer parser reads back as the same double: refuse them as
+		 * we refuse integers beyond 2^53.
+		 */
+		if (fabs(d) > 9007199254740992.0 && fabs(d) < 1e21)
+			return trail_error_set(err, TRAIL_EDATA,
+					       "number %.17g has no exact canonical form (integral, beyond 2^53)",
+					       d);
+		if (trail_jcs_number(d, num, sizeof num))
 			return trail_error_set(err, TRAIL_EDATA, "non-finite number");
 		sb_put(b, num, strlen(num));
 		break;
+	}
 	case JSON_STRING:
 		put_string(b, json_string_value(v), json_string_length(v));
 		break;

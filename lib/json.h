@@ -45,8 +45,9 @@ int trail_json_parse(const char *buf, size_t len, const char *source, json_t **o
 /*
  * Canonical JSON (RFC 8785): members sorted by UTF-16 code units, no
  * whitespace, minimal escapes, numbers in ECMAScript shortest form.
- * Integers beyond +-2^53 and non-finite reals are refused (TRAIL_EDATA),
- * since they have no exact canonical form. *out is NUL-terminated.
+ * Integral numbers beyond +-2^53 (which ECMAScript would print as integer
+ * literals no exact parser reads back) and non-finite reals are refused
+ * (TRAIL_EDATA). *out is NUL-terminated.
  */
 int trail_jcs(const json_t *v, char **out, size_t *len, trail_error *err);
 /* ECMAScript Number::toString of a finite double into buf (>= 32 bytes). */
