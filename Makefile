@@ -54,6 +54,7 @@ HEADERS := $(wildcard lib/*.h)
 .PHONY: all deps check check-full demo asan ubsan fuzz bench install uninstall \
 	clean completions man-lint
 .DELETE_ON_ERROR:
+FORCE:
 
 all: $(B)/libtrail.a $(PROGS) $(B)/trail.pc
 
@@ -81,7 +82,7 @@ $(B)/tests/faultinject.so: tests/unit/faultinject.c
 	@mkdir -p $(@D)
 	$(QLD)$(CC) $(ALL_CFLAGS) -shared -fPIC -o $@ $< -ldl
 
-$(B)/trail.pc: Makefile
+$(B)/trail.pc: FORCE
 	@mkdir -p $(@D)
 	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(PREFIX)/include' '' \
 	  'Name: trail' 'Description: signed datasets, Merkle ledger, training and attribution' \
