@@ -18,7 +18,7 @@ trap 'rm -f "$table" "$table.new"' EXIT
 {
 	echo "## Merkle"
 	echo
-	echo "\`sh bench/merkle/run.sh $n\` on $(uname -m), $(date -u +%Y-%m-%d)."
+	echo "\`sh bench/merkle/run.sh $n\` on $(uname -m), $(nproc) cores (shared with other builds), $(date -u +%Y-%m-%d)."
 	"$out" "$n"
 	echo
 	echo "Verification costs about one node hash per proof hash (two per hash on"
