@@ -54,7 +54,6 @@ HEADERS := $(wildcard lib/*.h)
 .PHONY: all deps check check-full demo asan ubsan fuzz bench install uninstall \
 	clean completions man-lint
 .DELETE_ON_ERROR:
-FORCE:
 
 all: $(B)/libtrail.a $(PROGS) $(B)/trail.pc
 
@@ -179,3 +178,5 @@ man-lint:
 
 clean:
 	rm -rf build build-asan build-ubsan build-fuzz
+
+FORCE:
