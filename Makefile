@@ -20,6 +20,8 @@ B ?= build
 
 PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-dev \
 	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc
+# check-full also uses these: PyTorch and NumPy references, Chromium for the report.
+FULL_PKGS := python3-torch python3-numpy chromium
 PKGCONFIG_LIBS := jansson libarchive libsodium libcurl libmicrohttpd
 
 CFLAGS ?= -O2 -g
@@ -51,7 +53,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%_replay)
 HEADERS := $(wildcard lib/*.h)
 
-.PHONY: all deps check check-full demo asan ubsan fuzz bench install uninstall \
+.PHONY: all deps deps-full install-pkgs check check-full demo asan ubsan fuzz bench install uninstall \
 	clean completions man-lint
 .DELETE_ON_ERROR:
 
@@ -91,7 +93,13 @@ $(B)/trail.pc: FORCE
 
 # Install the Debian packages of SPEC §2 when they are missing.
 deps:
-	@missing=""; for p in $(PKGS); do \
+	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS)"
+
+deps-full:
+	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS) $(FULL_PKGS)"
+
+install-pkgs:
+	@missing=""; for p in $(P); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -112,7 +120,7 @@ check: deps
 	@$(MAKE) --no-print-directory test-build
 	@B=$(B) sh tests/run
 
-check-full: deps
+check-full: deps-full
 	@$(MAKE) --no-print-directory test-build
 	@B=$(B) TRAIL_FULL=1 sh tests/run
 

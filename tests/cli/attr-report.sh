@@ -1,0 +1,58 @@
+#!/bin/bash
+# attr-report: one self-contained page; spans linked, input escaped, receipts
+# checked offline, clean errors; rendered in headless Chromium when present.
+. "$TRAIL_TOP/tests/tap.sh"
+cd "$T" || exit 70
+in="$TRAIL_TOP/tests/data/report/sample.ndjson"
+check "renders the sample" attr-report -o page.html "$in"
+check "no script, no external resource" sh -c '! grep -qi "<script\|src=\|href=\"http\|@import\|url(" page.html'
+check "record text is escaped" grep -q '&lt;script&gt;alert(1)&lt;/script&gt;' page.html
+check "the matched span links to its record" grep -q 'class="span"[^>]*href="#r-1111111111111111111111111111111111111111111111111111111111111111"' page.html
+check "the record is in the appendix" grep -q 'id="r-1111111111111111111111111111111111111111111111111111111111111111"' page.html
+check "contributor bar chart" grep -q '<svg class="bars"' page.html
+check "copies credited once" grep -q 'Copies credited once' page.html
+check "payout table" grep -q '<td class="num">5280</td>' page.html
+check "answer text found through its event" grep -q 'enjoys exploring' page.html
+check_eq "stdout and -o give the same page" "$(attr-report "$in" | sha256sum)" "$(sha256sum < page.html)"
+
+# receipts in the proof chain are checked against the log's key
+trail-log init --origin report.test/log >/dev/null
+echo '{"type":"contribution","datanet":"jargon"}' | trail-log append >/dev/null
+trail-log prove 0 > r.tlog-proof
+python3 - "$in" r.tlog-proof > withproof.ndjson <<'PY'
+import json, sys
+receipt = open(sys.argv[2]).read()
+for line in open(sys.argv[1]):
+    o = json.loads(line)
+    if "contributors" in o:
+        o["proofs"] = [{"record": o["top"][0]["record"], "bundle": "sha256:" + "3" * 64,
+                        "entry": 0, "receipt": receipt}]
+    print(json.dumps(o))
+PY
+attr-report --key "$TRAIL_HOME/keys/operator.pub" withproof.ndjson > p1.html
+check "a good receipt shows as verified" grep -q 'class="ok">ledger entry 0' p1.html
+trail-key generate other >/dev/null
+attr-report --key other.pub withproof.ndjson > p2.html
+check "under another key it shows as failed" grep -q 'class="bad">' p2.html
+attr-report withproof.ndjson > p3.html
+check "without a key it shows as not checked" grep -q 'not checked' p3.html
+
+echo '{"hello":1}' > odd.ndjson
+attr-report odd.ndjson 2> err; rc=$?
+check_eq "an unrecognised line is bad data (65)" "$rc" 65
+check "the error names file and line" grep -q 'attr-report: error: odd.ndjson:1:' err
+check_rc 66 "a missing file" attr-report nope.ndjson
+check_rc 65 "malformed JSON" sh -c 'echo "{" | attr-report'
+
+chrome=$(command -v chromium || command -v chromium-browser)
+if [ -n "$chrome" ]; then
+	flags="--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking --disable-component-update --disable-sync --user-data-dir=$T/chrome"
+	timeout 60 "$chrome" $flags --enable-logging=stderr --v=0 --window-size=1100,1400 \
+		--screenshot="$T/shot.png" "file://$T/p1.html" > "$T/chrome.log" 2>&1
+	check "Chromium renders the page to a screenshot" test -s "$T/shot.png"
+	check "no console errors" sh -c "! grep -i 'CONSOLE.*error\|Uncaught' '$T/chrome.log'"
+	[ -n "${TRAIL_SCREENSHOT:-}" ] && cp "$T/shot.png" "$TRAIL_SCREENSHOT"
+else
+	echo "ok $((n += 1)) - Chromium render # SKIP chromium not installed"
+fi
+finish
