@@ -1,0 +1,592 @@
+/*
+ * Near duplicates: word shingles, MinHash signatures over xxHash, and the
+ * LSH index with compact per-record storage.
+ *
+ * Index layout, per record (k = bands * rows permutations):
+ *   ids    32 bytes       the record id, for reporting `of`
+ *   sigs   k/4 bytes      the low 2 bits of each minimum (b-bit MinHash)
+ *   bands  5 bytes/band   8-bit fingerprint + 32-bit ordinal, in a sorted
+ *                         array per band with a 2^16-bucket directory
+ * so 32 + 28 + 70 bytes at the default 14 x 8, plus the directories
+ * (14 * 256 KiB in all) and a hash table per band for the records added
+ * since the last merge (at most 1/32 of the index). A band's 32-bit key
+ * splits into 16 bits of bucket, 8 of fingerprint and 8 used only while
+ * the record is recent; two records are candidates when they share a band
+ * key (24 bits once merged: a false candidate per ~2^24/N lookups), and
+ * every candidate is scored from the 2-bit signatures.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "validate.h"
+
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(__clang__)
+#define MH_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef MH_CLONES
+#define MH_CLONES
+#endif
+
+struct trail_minhasher {
+	trail_nd_params p;
+	int k;
+	uint64_t a[TRAIL_ND_MAXPERM], b[TRAIL_ND_MAXPERM];
+	uint32_t mins[TRAIL_ND_MAXPERM];
+	char *low;        /* the text with ASCII letters folded */
+	size_t lowcap;
+	uint64_t *words;  /* word hashes */
+	size_t wcap;
+	uint32_t *xs;     /* shingle hashes folded to 32 bits */
+	uint64_t *sh;     /* shingle hashes, for exact Jaccard */
+	size_t shcap;
+};
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+int trail_minhasher_new(const trail_nd_params *p, trail_minhasher **out)
+{
+	trail_minhasher *m;
+	*out = NULL;
+	if (p->bands < 1 || p->rows < 1 || p->bands * p->rows > TRAIL_ND_MAXPERM || p->shingle < 1)
+		return TRAIL_EUSAGE;
+	if (!(m = trail_calloc(1, sizeof *m)))
+		return TRAIL_ENOMEM;
+	m->p = *p;
+	m->k = p->bands * p->rows;
+	uint64_t s = p->seed ^ 0x6d696e68617368ull;
+	for (int i = 0; i < TRAIL_ND_MAXPERM; i++) {
+		m->a[i] = splitmix64(&s);
+		m->b[i] = splitmix64(&s);
+	}
+	*out = m;
+	return TRAIL_OK;
+}
+
+void trail_minhasher_free(trail_minhasher *m)
+{
+	if (!m)
+		return;
+	trail_free(m->low);
+	trail_free(m->words);
+	trail_free(m->xs);
+	trail_free(m->sh);
+	trail_free(m);
+}
+
+static inline int is_word_byte(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c >= 0x80;
+}
+
+/* Hash the words of text into m->words; returns the count or -ENOMEM. */
+static long hash_words(trail_minhasher *m, const char *text, size_t len)
+{
+	if (len + 1 > m->lowcap) {
+		char *nl = trail_realloc(m->low, len + 1);
+		if (!nl)
+			return -TRAIL_ENOMEM;
+		m->low = nl;
+		m->lowcap = len + 1;
+	}
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)text[i];
+		m->low[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+	}
+	/* At most one word per two bytes, plus one. */
+	size_t maxw = len / 2 + 1;
+	if (maxw > m->wcap) {
+		uint64_t *nw = trail_realloc(m->words, maxw * sizeof *nw);
+		uint32_t *nx = trail_realloc(m->xs, maxw * sizeof *nx);
+		if (nw)
+			m->words = nw;
+		if (nx)
+			m->xs = nx;
+		if (!nw || !nx)
+			return -TRAIL_ENOMEM;
+		m->wcap = maxw;
+	}
+	const unsigned char *s = (const unsigned char *)m->low;
+	long n = 0;
+	size_t i = 0;
+	while (i < len) {
+		while (i < len && !is_word_byte(s[i]))
+			i++;
+		size_t st = i;
+		while (i < len && is_word_byte(s[i]))
+			i++;
+		if (i > st)
+			m->words[n++] = XXH3_64bits(s + st, i - st);
+	}
+	return n;
+}
+
+/* Shingle hashes of the word hashes, into m->xs (32-bit) and, if full, m->sh. */
+static long shingle_hashes(trail_minhasher *m, long nw, int full)
+{
+	int w = m->p.shingle;
+	long ns = nw >= w ? nw - w + 1 : (nw > 0);
+	size_t span = (size_t)(nw >= w ? w : nw) * sizeof(uint64_t);
+	if (full && (size_t)ns > m->shcap) {
+		uint64_t *n2 = trail_realloc(m->sh, (size_t)ns * sizeof *n2);
+		if (!n2)
+			return -TRAIL_ENOMEM;
+		m->sh = n2;
+		m->shcap = (size_t)ns;
+	}
+	for (long i = 0; i < ns; i++) {
+		uint64_t h = XXH3_64bits_withSeed(m->words + i, span, m->p.seed);
+		m->xs[i] = (uint32_t)(h ^ (h >> 32));
+		if (full)
+			m->sh[i] = h;
+	}
+	return ns;
+}
+
+/*
+ * mins[i] = min over shingles x of hi32(a[i] * x + b[i]): for 32-bit x and
+ * uniform 64-bit a, b this is Dietzfelbinger's multiply-add-shift, strongly
+ * universal into 32 bits. The inner loop vectorises.
+ */
+static MH_CLONES void minhash_kernel(uint32_t *restrict mins, const uint64_t *restrict a,
+				     const uint64_t *restrict b, int k,
+				     const uint32_t *restrict xs, long n)
+{
+	/* Blocks of 8 permutations (k is padded): a fixed trip count vectorises at -O2. */
+	for (long j = 0; j < n; j++) {
+		uint64_t x = xs[j];
+		for (int i = 0; i < k; i += 8)
+			for (int q = 0; q < 8; q++) {
+				uint32_t v = (uint32_t)((a[i + q] * x + b[i + q]) >> 32);
+				mins[i + q] = v < mins[i + q] ? v : mins[i + q];
+			}
+	}
+}
+
+long trail_minhash(trail_minhasher *m, const char *text, size_t len, uint32_t *sig)
+{
+	long nw = hash_words(m, text, len);
+	if (nw <= 0)
+		return nw;
+	long ns = shingle_hashes(m, nw, 0);
+	if (ns < 0)
+		return ns;
+	int kp = (m->k + 7) & ~7;
+	for (int i = 0; i < kp; i++)
+		m->mins[i] = UINT32_MAX;
+	minhash_kernel(m->mins, m->a, m->b, kp, m->xs, ns);
+	memcpy(sig, m->mins, (size_t)m->k * sizeof *sig);
+	return ns;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+long trail_shingles(trail_minhasher *m, const char *text, size_t len, const uint64_t **out)
+{
+	long nw = hash_words(m, text, len);
+	*out = m->sh;
+	if (nw <= 0)
+		return nw;
+	long ns = shingle_hashes(m, nw, 1);
+	if (ns < 0)
+		return ns;
+	qsort(m->sh, (size_t)ns, sizeof *m->sh, cmp_u64);
+	long u = 0;
+	for (long i = 0; i < ns; i++)
+		if (!u || m->sh[u - 1] != m->sh[i])
+			m->sh[u++] = m->sh[i];
+	*out = m->sh;
+	return u;
+}
+
+double trail_jaccard(const uint64_t *a, size_t na, const uint64_t *b, size_t nb)
+{
+	size_t i = 0, j = 0, inter = 0;
+	if (!na && !nb)
+		return 1.0;
+	while (i < na && j < nb) {
+		if (a[i] < b[j])
+			i++;
+		else if (a[i] > b[j])
+			j++;
+		else
+			inter++, i++, j++;
+	}
+	return (double)inter / (double)(na + nb - inter);
+}
+
+/* ---- the index ------------------------------------------------------------ */
+
+#define DIRBITS 16
+#define DIRSIZE (1u << DIRBITS)
+#define DELTA_MIN 4096
+
+struct band {
+	uint32_t *dir; /* DIRSIZE + 1 offsets into fp/ord; NULL while empty */
+	uint8_t *fp;
+	uint32_t *ord;
+	size_t n;
+	uint64_t *slots; /* recent: key << 32 | (ordinal + 1); 0 = empty */
+	size_t cap;      /* power of two, or 0 */
+};
+
+struct trail_ndindex {
+	trail_nd_params p;
+	int k, sigbytes;
+	uint8_t (*ids)[32];
+	uint8_t *sigs;
+	size_t n, cap;
+	struct band *b;
+	size_t recent; /* records not yet merged */
+	uint32_t *cand;
+	size_t ncand, candcap;
+	uint32_t keys[64]; /* band keys of the last signature keyed */
+};
+
+int trail_ndindex_new(const trail_nd_params *p, trail_ndindex **out)
+{
+	trail_ndindex *ix;
+	*out = NULL;
+	if (p->bands < 1 || p->bands > 64 || p->rows < 1 || p->bands * p->rows > TRAIL_ND_MAXPERM)
+		return TRAIL_EUSAGE;
+	if (!(ix = trail_calloc(1, sizeof *ix)))
+		return TRAIL_ENOMEM;
+	ix->p = *p;
+	ix->k = p->bands * p->rows;
+	ix->sigbytes = (ix->k * 2 + 7) / 8;
+	if (!(ix->b = trail_calloc((size_t)p->bands, sizeof *ix->b))) {
+		trail_free(ix);
+		return TRAIL_ENOMEM;
+	}
+	*out = ix;
+	return TRAIL_OK;
+}
+
+void trail_ndindex_free(trail_ndindex *ix)
+{
+	if (!ix)
+		return;
+	for (int j = 0; j < ix->p.bands; j++) {
+		trail_free(ix->b[j].dir);
+		trail_free(ix->b[j].fp);
+		trail_free(ix->b[j].ord);
+		trail_free(ix->b[j].slots);
+	}
+	trail_free(ix->b);
+	trail_free(ix->ids);
+	trail_free(ix->sigs);
+	trail_free(ix->cand);
+	trail_free(ix);
+}
+
+uint64_t trail_ndindex_count(const trail_ndindex *ix)
+{
+	return ix->n;
+}
+
+const uint8_t *trail_ndindex_id(const trail_ndindex *ix, uint64_t ordinal)
+{
+	return ordinal < ix->n ? ix->ids[ordinal] : NULL;
+}
+
+size_t trail_ndindex_bytes(const trail_ndindex *ix)
+{
+	size_t t = sizeof *ix + (size_t)ix->p.bands * sizeof *ix->b;
+	t += ix->cap * (32 + (size_t)ix->sigbytes) + ix->candcap * sizeof *ix->cand;
+	for (int j = 0; j < ix->p.bands; j++) {
+		const struct band *b = &ix->b[j];
+		t += (b->dir ? (DIRSIZE + 1) * sizeof *b->dir : 0) + b->n * 5 + b->cap * 8;
+	}
+	return t;
+}
+
+static void band_keys(trail_ndindex *ix, const uint32_t *sig)
+{
+	for (int j = 0; j < ix->p.bands; j++)
+		ix->keys[j] = (uint32_t)(XXH3_64bits_withSeed(sig + j * ix->p.rows,
+							      (size_t)ix->p.rows * 4,
+							      ix->p.seed + (uint64_t)j) >> 32);
+}
+
+static void pack_sig(const trail_ndindex *ix, const uint32_t *sig, uint8_t *out)
+{
+	memset(out, 0, (size_t)ix->sigbytes);
+	for (int i = 0; i < ix->k; i++)
+		out[i >> 2] |= (uint8_t)((sig[i] & 3u) << ((i & 3) * 2));
+}
+
+/* b-bit estimate of the Jaccard similarity, clamped to [0, 1]. */
+static double score(const trail_ndindex *ix, const uint8_t *x, const uint8_t *y)
+{
+	int diff = 0;
+	for (int i = 0; i < ix->sigbytes; i++) {
+		unsigned d = x[i] ^ y[i];
+		diff += __builtin_popcount((d | (d >> 1)) & 0x55u);
+	}
+	double m = (double)(ix->k - diff) / ix->k;
+	double j = (m - 0.25) / 0.75;
+	return j < 0 ? 0 : j > 1 ? 1 : j;
+}
+
+static inline size_t slot_of(uint32_t key, size_t cap)
+{
+	return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> 32) & (cap - 1);
+}
+
+static int cand_push(trail_ndindex *ix, uint32_t o)
+{
+	if (ix->ncand == ix->candcap) {
+		size_t nc = ix->candcap ? ix->candcap * 2 : 64;
+		uint32_t *c = trail_realloc(ix->cand, nc * sizeof *c);
+		if (!c)
+			return -1;
+		ix->cand = c;
+		ix->candcap = nc;
+	}
+	ix->cand[ix->ncand++] = o;
+	return 0;
+}
+
+/* Candidates sharing band j's key (in ix->keys) appended to ix->cand. */
+static int band_candidates(trail_ndindex *ix, int j)
+{
+	struct band *b = &ix->b[j];
+	uint32_t key = ix->keys[j];
+	if (b->dir) {
+		uint32_t bucket = key >> (32 - DIRBITS), fp = (key >> 8) & 0xff;
+		for (uint32_t i = b->dir[bucket]; i < b->dir[bucket + 1]; i++)
+			if (b->fp[i] == fp && cand_push(ix, b->ord[i]))
+				return -1;
+	}
+	if (b->cap) {
+		for (size_t s = slot_of(key, b->cap); b->slots[s]; s = (s + 1) & (b->cap - 1))
+			if ((uint32_t)(b->slots[s] >> 32) == key &&
+			    cand_push(ix, (uint32_t)b->slots[s] - 1))
+				return -1;
+	}
+	return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int trail_ndindex_query(trail_ndindex *ix, const uint32_t *sig, uint64_t *ordinal, double *sc)
+{
+	uint8_t packed[TRAIL_ND_MAXPERM / 4];
+	band_keys(ix, sig);
+	pack_sig(ix, sig, packed);
+	ix->ncand = 0;
+	for (int j = 0; j < ix->p.bands; j++)
+		if (band_candidates(ix, j))
+			return -TRAIL_ENOMEM;
+	if (!ix->ncand)
+		return 0;
+	qsort(ix->cand, ix->ncand, sizeof *ix->cand, cmp_u32);
+	int found = 0;
+	double best = -1;
+	for (size_t i = 0; i < ix->ncand; i++) {
+		if (i && ix->cand[i] == ix->cand[i - 1])
+			continue;
+		uint32_t o = ix->cand[i];
+		double s = score(ix, packed, ix->sigs + (size_t)o * ix->sigbytes);
+		/* Candidates come in ordinal order: ">" keeps the earliest on ties. */
+		if (s >= ix->p.threshold && s > best) {
+			best = s;
+			*ordinal = o;
+			found = 1;
+		}
+	}
+	if (found)
+		*sc = best;
+	return found;
+}
+
+int trail_ndindex_contains(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[32],
+			   uint64_t *ordinal)
+{
+	/* An exact copy has the same signature, so it shares band 0. */
+	band_keys(ix, sig);
+	ix->ncand = 0;
+	if (band_candidates(ix, 0))
+		return -TRAIL_ENOMEM;
+	uint32_t best = UINT32_MAX;
+	for (size_t i = 0; i < ix->ncand; i++)
+		if (ix->cand[i] < best && !memcmp(ix->ids[ix->cand[i]], id, 32))
+			best = ix->cand[i];
+	if (best == UINT32_MAX)
+		return 0;
+	*ordinal = best;
+	return 1;
+}
+
+/* Insert into band b's recent table, which holds `recent` entries before this one. */
+static int slots_insert(struct band *b, size_t recent, uint32_t key, uint32_t ord)
+{
+	if ((recent + 1) * 2 > b->cap) {
+		size_t nc = b->cap ? b->cap * 2 : 1024;
+		uint64_t *ns = trail_calloc(nc, sizeof *ns);
+		if (!ns)
+			return -1;
+		for (size_t i = 0; i < b->cap; i++) {
+			uint64_t e = b->slots[i];
+			if (!e)
+				continue;
+			size_t s = slot_of((uint32_t)(e >> 32), nc);
+			while (ns[s])
+				s = (s + 1) & (nc - 1);
+			ns[s] = e;
+		}
+		trail_free(b->slots);
+		b->slots = ns;
+		b->cap = nc;
+	}
+	size_t s = slot_of(key, b->cap);
+	while (b->slots[s])
+		s = (s + 1) & (b->cap - 1);
+	b->slots[s] = (uint64_t)key << 32 | ((uint64_t)ord + 1);
+	return 0;
+}
+
+/*
+ * Merge band b's recent entries into its sorted arrays. Sort order is
+ * (bucket, fingerprint, ordinal); recent ordinals are all newer than the
+ * merged ones, so equal keys keep insertion order.
+ */
+static int band_merge(struct band *b, size_t recent)
+{
+	size_t n = b->n + recent, k = 0;
+	uint64_t *t = trail_malloc((recent ? recent : 1) * sizeof *t);
+	uint8_t *fp = trail_malloc(n ? n : 1);
+	uint32_t *ord = trail_malloc((n ? n : 1) * sizeof *ord);
+	uint32_t *dir = trail_calloc(DIRSIZE + 1, sizeof *dir);
+	if (!t || !fp || !ord || !dir) {
+		trail_free(t);
+		trail_free(fp);
+		trail_free(ord);
+		trail_free(dir);
+		return -1;
+	}
+	for (size_t i = 0; i < b->cap; i++)
+		if (b->slots[i])
+			t[k++] = (b->slots[i] >> 40) << 32 | (uint32_t)(b->slots[i] - 1);
+	qsort(t, k, sizeof *t, cmp_u64);
+	/* Merge two streams keyed by 24 bits: bucket << 8 | fingerprint. */
+	size_t i = 0, j = 0, o = 0;
+	uint32_t bucket = 0;
+	while (i < b->n || j < k) {
+		uint32_t mk = UINT32_MAX;
+		if (i < b->n) {
+			while (b->dir[bucket + 1] <= i)
+				bucket++;
+			mk = bucket << 8 | b->fp[i];
+		}
+		if (j < k && (i == b->n || (uint32_t)(t[j] >> 32) < mk)) {
+			uint32_t key24 = (uint32_t)(t[j] >> 32);
+			fp[o] = (uint8_t)key24;
+			ord[o] = (uint32_t)t[j];
+			dir[(key24 >> 8) + 1]++;
+			j++;
+		} else {
+			fp[o] = b->fp[i];
+			ord[o] = b->ord[i];
+			dir[bucket + 1]++;
+			i++;
+		}
+		o++;
+	}
+	for (uint32_t q = 1; q <= DIRSIZE; q++)
+		dir[q] += dir[q - 1];
+	trail_free(t);
+	trail_free(b->dir);
+	trail_free(b->fp);
+	trail_free(b->ord);
+	trail_free(b->slots);
+	b->dir = dir;
+	b->fp = fp;
+	b->ord = ord;
+	b->n = n;
+	b->slots = NULL;
+	b->cap = 0;
+	return 0;
+}
+
+int trail_ndindex_compact(trail_ndindex *ix)
+{
+	if (!ix->recent)
+		return TRAIL_OK;
+	for (int j = 0; j < ix->p.bands; j++)
+		if (band_merge(&ix->b[j], ix->recent))
+			return TRAIL_ENOMEM;
+	ix->recent = 0;
+	return TRAIL_OK;
+}
+
+int trail_ndindex_add(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[32])
+{
+	if (ix->n >= UINT32_MAX - 1)
+		return TRAIL_ELIMIT;
+	if (ix->n == ix->cap) {
+		size_t nc = ix->cap ? ix->cap * 2 : 1024;
+		uint8_t(*ids)[32] = trail_realloc(ix->ids, nc * 32);
+		if (!ids)
+			return TRAIL_ENOMEM;
+		ix->ids = ids;
+		uint8_t *sg = trail_realloc(ix->sigs, nc * (size_t)ix->sigbytes);
+		if (!sg)
+			return TRAIL_ENOMEM;
+		ix->sigs = sg;
+		ix->cap = nc;
+	}
+	size_t limit = ix->b[0].n / 32;
+	if (ix->recent >= (limit > DELTA_MIN ? limit : DELTA_MIN)) {
+		int rc = trail_ndindex_compact(ix);
+		if (rc)
+			return rc;
+	}
+	band_keys(ix, sig);
+	uint32_t o = (uint32_t)ix->n;
+	for (int j = 0; j < ix->p.bands; j++)
+		if (slots_insert(&ix->b[j], ix->recent, ix->keys[j], o)) {
+			/* Undo the bands already written so the index stays consistent. */
+			for (int q = 0; q < j; q++) {
+				struct band *b = &ix->b[q];
+				for (size_t s = 0; s < b->cap; s++)
+					if (b->slots[s] && (uint32_t)b->slots[s] - 1 == o) {
+						b->slots[s] = 0;
+						/* Re-seat the rest of the probe run. */
+						for (size_t t = (s + 1) & (b->cap - 1); b->slots[t];
+						     t = (t + 1) & (b->cap - 1)) {
+							uint64_t e = b->slots[t];
+							b->slots[t] = 0;
+							size_t u = slot_of((uint32_t)(e >> 32), b->cap);
+							while (b->slots[u])
+								u = (u + 1) & (b->cap - 1);
+							b->slots[u] = e;
+						}
+						break;
+					}
+			}
+			return TRAIL_ENOMEM;
+		}
+	memcpy(ix->ids[o], id, 32);
+	pack_sig(ix, sig, ix->sigs + (size_t)o * ix->sigbytes);
+	ix->n++;
+	ix->recent++;
+	return TRAIL_OK;
+}
