@@ -44,12 +44,16 @@ static int vset(trail_error *err, int code, const char *source, long line,
 {
 	if (!err)
 		return code;
-	err->code = code;
+	/* Format aside first: callers may pass err->msg or err->source as arguments. */
+	char msg[sizeof err->msg], src[sizeof err->source];
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	if (source) {
-		snprintf(err->source, sizeof err->source, "%s", source);
+		snprintf(src, sizeof src, "%s", source);
+		memcpy(err->source, src, sizeof src);
 		err->line = line;
 	}
-	vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	memcpy(err->msg, msg, sizeof msg);
+	err->code = code;
 	return code;
 }
 
@@ -81,7 +85,9 @@ int trail_error_errno(trail_error *err, int code, int errnum, const char *fmt, .
 	vset(err, code, NULL, 0, fmt, ap);
 	va_end(ap);
 	size_t n = strlen(err->msg);
-	snprintf(err->msg + n, sizeof err->msg - n, ": %s", strerror(errnum));
+	char e[128];
+	snprintf(e, sizeof e, ": %s", strerror(errnum));
+	snprintf(err->msg + n, sizeof err->msg - n, "%s", e);
 	return code;
 }
 

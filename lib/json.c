@@ -6,6 +6,30 @@
 #include "json.h"
 #include "util.h"
 
+/*
+ * jansson reports a failed allocation as an error with no text (or, deep in
+ * the lexer, as a syntax error, which cannot be told apart).
+ */
+static int parse_code(const json_error_t *je)
+{
+	if (json_error_code(je) == json_error_out_of_memory || !je->text[0])
+		return TRAIL_ENOMEM;
+	return TRAIL_EDATA;
+}
+
+/*
+ * Strict parse. A failure is retried once: jansson reports some failed
+ * allocations as syntax errors, and a second pass tells the two apart.
+ */
+static json_t *load(const char *buf, size_t len, json_error_t *je)
+{
+	const size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
+	json_t *v = json_loadb(buf, len, flags, je);
+	if (!v && json_error_code(je) != json_error_out_of_memory)
+		v = json_loadb(buf, len, flags, je);
+	return v;
+}
+
 /* ---- NDJSON reader ---------------------------------------------------- */
 
 struct trail_ndjson {
@@ -130,10 +154,11 @@ int trail_ndjson_next(trail_ndjson *r, json_t **out, trail_error *err)
 		if (i == n)
 			continue;
 		json_error_t je;
-		*out = json_loadb(r->line, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+		*out = load(r->line, n, &je);
 		if (!*out)
-			return trail_error_at(err, TRAIL_EDATA, r->source, r->lineno,
-					      "invalid json: %s (column %d)", je.text, je.column);
+			return trail_error_at(err, parse_code(&je),
+					      r->source, r->lineno, "invalid json: %s (column %d)",
+					      je.text, je.column);
 		return TRAIL_OK;
 	}
 }
@@ -159,9 +184,10 @@ int trail_json_parse(const char *buf, size_t len, const char *source, json_t **o
 		     trail_error *err)
 {
 	json_error_t je;
-	*out = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+	*out = load(buf, len, &je);
 	if (!*out)
-		return trail_error_at(err, TRAIL_EDATA, source, je.line > 0 ? je.line : 0,
+		return trail_error_at(err, parse_code(&je),
+				      source, je.line > 0 ? je.line : 0,
 				      "invalid json: %s (column %d)", je.text, je.column);
 	return TRAIL_OK;
 }

@@ -114,6 +114,7 @@ int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *
 	if (!*skey || !*vkey) {
 		trail_free(*skey);
 		trail_free(*vkey);
+		*skey = *vkey = NULL;
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
 	return TRAIL_OK;

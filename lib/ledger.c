@@ -601,10 +601,10 @@ int trail_ledger_checkpoint(trail_ledger *l, char **note, trail_error *err)
 	if (trail_read_file(path, HEAD_MAX, &old, &oldlen, NULL) == TRAIL_OK) {
 		const trail_verifier *v = trail_store_operator_vkey(l->store);
 		trail_hash lroot, mine;
-		if ((rc = trail_note_open(old, oldlen, &v, 1, &text, NULL, err)) ||
-		    (rc = parse_checkpoint(text, NULL, &last, lroot, err))) {
-			trail_error_at(err, rc, "log/checkpoint", 0, "last checkpoint: %s",
-				       err ? err->msg : "invalid");
+		trail_error e = {0};
+		if ((rc = trail_note_open(old, oldlen, &v, 1, &text, NULL, &e)) ||
+		    (rc = parse_checkpoint(text, NULL, &last, lroot, &e))) {
+			trail_error_at(err, rc, "log/checkpoint", 0, "last checkpoint: %s", e.msg);
 			goto out;
 		}
 		if (last > l->size || (rc = trail_ledger_root(l, last, mine, err)) ||
@@ -786,9 +786,9 @@ static int check_entry(trail_ledger *l, uint64_t i, const char *e, size_t n, tra
 	int rc = trail_json_parse(e, n, "log/data", &j, err);
 	if (rc)
 		return trail_error_set(err, TRAIL_EVERIFY, "entry %" PRIu64 ": not JSON", i);
-	if (json_object_get(j, "sig") && (rc = trail_json_verify(j, err))) {
-		trail_error_set(err, TRAIL_EVERIFY, "entry %" PRIu64 ": %s", i,
-				err ? err->msg : "bad signature");
+	trail_error ve = {0};
+	if (json_object_get(j, "sig") && (rc = trail_json_verify(j, &ve))) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "entry %" PRIu64 ": %s", i, ve.msg);
 		goto out;
 	}
 	const char *k;
@@ -890,16 +890,17 @@ checkpoint:;
 		char *text = NULL;
 		uint64_t size;
 		trail_hash croot, mine;
-		rc = trail_note_open(note, nl, &v, 1, &text, NULL, err);
+		trail_error e = {0};
+		rc = trail_note_open(note, nl, &v, 1, &text, NULL, &e);
 		if (!rc)
-			rc = parse_checkpoint(text, NULL, &size, croot, err);
-		if (!rc && (size > l->size || trail_ledger_root(l, size, mine, err) ||
+			rc = parse_checkpoint(text, NULL, &size, croot, &e);
+		if (!rc && (size > l->size || trail_ledger_root(l, size, mine, &e) ||
 			    sodium_memcmp(mine, croot, 32)))
 			rc = trail_error_set(err, TRAIL_EVERIFY,
 					     "the log is inconsistent with log/checkpoint");
 		else if (rc)
-			rc = trail_error_set(err, TRAIL_EVERIFY, "log/checkpoint: %s",
-					     err ? err->msg : "invalid");
+			rc = trail_error_set(err, rc == TRAIL_ENOMEM ? rc : TRAIL_EVERIFY,
+					     "log/checkpoint: %s", e.msg);
 		trail_free(text);
 		trail_free(note);
 	}

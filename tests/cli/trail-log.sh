@@ -151,5 +151,7 @@ wait
 check_eq "4 writers x 1000 entries: 4000 entries" "$(trail-log show | wc -l)" 4000
 check_eq "none lost or doubled" "$(trail-log show | sort -u | wc -l)" 4000
 check_eq "4000 receipts, distinct indexes" "$(cat "$T"/o? | sed 's/.*"index":\([0-9]*\).*/\1/' | sort -u | wc -l)" 4000
-check "verify passes after concurrent appends" trail-log verify
+trail-log verify > "$T/v.out" 2>&1
+result $? "verify passes after concurrent appends"
+sed "s/^/#   /" "$T/v.out"
 finish
