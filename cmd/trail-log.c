@@ -1,7 +1,6 @@
 /* trail-log: the tamper-evident ledger (RFC 9162 Merkle tree, C2SP checkpoints). */
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,53 +57,6 @@ static int print_json(json_t *j, trail_error *err)
 		puts(s);
 		trail_free(s);
 	}
-	return rc;
-}
-
-/* Append NDJSON entries; one receipt line per entry once it is durable. */
-static int append(trail_ledger *l, const struct conf *c, FILE *in, const char *src,
-		  trail_error *err)
-{
-	trail_ndjson *r = trail_ndjson_new(in, src, 0);
-	uint64_t first = trail_ledger_size(l), idx;
-	json_t *e;
-	int rc;
-	if (!r)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	for (;;) {
-		rc = trail_ndjson_next(r, &e, err);
-		if (!rc && e) {
-			rc = trail_ledger_append(l, e, &idx, err);
-			if (rc) {
-				char m[sizeof err->msg];
-				memcpy(m, err->msg, sizeof m);
-				trail_error_at(err, rc, src, trail_ndjson_lineno(r), "%s", m);
-			}
-			json_decref(e);
-		}
-		if (rc)
-			break; /* the unacknowledged rest of the batch is discarded */
-		struct pollfd p = {fileno(in), POLLIN, 0};
-		/* Commit when unbatched, at a batch boundary, or when input stalls. */
-		if (!e || !c->batch || trail_ledger_size(l) - first >= 4096 ||
-		    (trail_ndjson_buffered(r) == 0 && poll(&p, 1, 0) == 0)) {
-			if ((rc = trail_ledger_commit(l, err)))
-				break;
-			for (uint64_t i = first; i < trail_ledger_size(l); i++) {
-				trail_hash leaf;
-				char b[64];
-				trail_ledger_leaf(l, i, leaf, NULL);
-				trail_base64(leaf, 32, b);
-				printf("{\"index\":%" PRIu64 ",\"leaf\":\"%s\",\"size\":%" PRIu64 "}\n", i,
-				       b, trail_ledger_size(l));
-			}
-			fflush(stdout);
-			first = trail_ledger_size(l);
-		}
-		if (!e)
-			break;
-	}
-	trail_ndjson_free(r);
 	return rc;
 }
 
@@ -168,10 +120,10 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		goto out;
 	uint64_t size = trail_ledger_size(l);
 	if (writer) {
-		rc = n == 0 ? append(l, c, stdin, "<stdin>", err) : TRAIL_OK;
+		rc = n == 0 ? trail_ledger_append_ndjson(l, stdin, "<stdin>", c->batch, stdout, err) : TRAIL_OK;
 		for (int i = 0; i < n && !rc; i++) {
 			FILE *f = strcmp(arg[i], "-") ? fopen(arg[i], "r") : stdin;
-			rc = f ? append(l, c, f, arg[i], err)
+			rc = f ? trail_ledger_append_ndjson(l, f, arg[i], c->batch, stdout, err)
 			       : trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", arg[i]);
 			if (f && f != stdin)
 				fclose(f);

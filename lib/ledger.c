@@ -20,6 +20,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -752,6 +754,54 @@ int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *
 out:
 	trail_free(extra);
 	trail_free(text);
+	return rc;
+}
+
+/* ---- streaming append ------------------------------------------------ */
+
+int trail_ledger_append_ndjson(trail_ledger *l, FILE *in, const char *src, int batch,
+			       FILE *receipts, trail_error *err)
+{
+	trail_ndjson *r = trail_ndjson_new(in, src, 0);
+	uint64_t first = trail_ledger_size(l), idx;
+	json_t *e;
+	int rc;
+	if (!r)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (;;) {
+		rc = trail_ndjson_next(r, &e, err);
+		if (!rc && e) {
+			rc = trail_ledger_append(l, e, &idx, err);
+			if (rc) {
+				char m[sizeof err->msg];
+				memcpy(m, err->msg, sizeof m);
+				trail_error_at(err, rc, src, trail_ndjson_lineno(r), "%s", m);
+			}
+			json_decref(e);
+		}
+		if (rc)
+			break; /* the unacknowledged rest of the batch is discarded */
+		struct pollfd p = {fileno(in), POLLIN, 0};
+		/* Commit when unbatched, at a batch boundary, or when input stalls. */
+		if (!e || !batch || trail_ledger_size(l) - first >= 4096 ||
+		    (trail_ndjson_buffered(r) == 0 && poll(&p, 1, 0) == 0)) {
+			if ((rc = trail_ledger_commit(l, err)))
+				break;
+			for (uint64_t i = first; i < trail_ledger_size(l); i++) {
+				trail_hash leaf;
+				char b[64];
+				trail_ledger_leaf(l, i, leaf, NULL);
+				trail_base64(leaf, 32, b);
+				fprintf(receipts, "{\"index\":%" PRIu64 ",\"leaf\":\"%s\",\"size\":%" PRIu64 "}\n", i,
+				       b, trail_ledger_size(l));
+			}
+			fflush(receipts);
+			first = trail_ledger_size(l);
+		}
+		if (!e)
+			break;
+	}
+	trail_ndjson_free(r);
 	return rc;
 }
 

@@ -15,6 +15,7 @@
 #define TRAIL_LEDGER_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -39,6 +40,17 @@ int trail_ledger_append(trail_ledger *l, const json_t *entry, uint64_t *index,
 			trail_error *err);
 /* Make every pending append durable (one fsync round for the batch). */
 int trail_ledger_commit(trail_ledger *l, trail_error *err);
+
+/*
+ * Append NDJSON entries from `in` (named `src` in errors), printing one
+ * receipt line {"index","leaf","size"} to `receipts` per entry once it is
+ * durable. Unbatched, each entry is committed alone; batched, up to 4096
+ * share a commit, and a batch closes early when input stalls. A bad line
+ * stops the run: acknowledged entries stay, the rest of its batch is
+ * discarded.
+ */
+int trail_ledger_append_ndjson(trail_ledger *l, FILE *in, const char *src, int batch,
+			       FILE *receipts, trail_error *err);
 
 /* Entry i as stored bytes (canonical JSON, NUL-terminated) or parsed. */
 int trail_ledger_get(trail_ledger *l, uint64_t i, char **out, size_t *len, trail_error *err);
