@@ -254,14 +254,16 @@ static int version_context(const unsigned char *s, size_t i)
 {
 	static const char *const words[] = {"version", "ver", "v", "release", "rel", "rev",
 					    "revision", "build", "kernel", "linux", "firmware",
-					    "update", "patch", "python", "java", "node", "go"};
+					    "update", "patch", "python", "java", "node", "go",
+					    "chapter", "section", "sec", "figure", "fig", "table",
+					    "step", "clause", "appendix", "item", "part", "rule"};
 	size_t e = i;
 	while (e > 0 && (s[e - 1] == ' ' || s[e - 1] == '\t'))
 		e--;
 	size_t b = e;
 	while (b > 0 && is_alpha(s[b - 1]))
 		b--;
-	if (b == e || e - b > 8)
+	if (b == e || e - b > 9)
 		return 0;
 	for (size_t k = 0; k < sizeof words / sizeof *words; k++) {
 		size_t n = strlen(words[k]);
