@@ -195,30 +195,14 @@ int trail_json_parse(const char *buf, size_t len, const char *source, json_t **o
 /* ---- canonical JSON (RFC 8785) ---------------------------------------- */
 
 typedef struct sb {
-	char *p;
-	size_t n, cap;
+	trail_buf b;
 	int oom;
 } sb;
 
 static void sb_put(sb *b, const char *s, size_t n)
 {
-	if (b->oom)
-		return;
-	if (b->n + n + 1 > b->cap) {
-		size_t c = b->cap ? b->cap * 2 : 256;
-		while (c < b->n + n + 1)
-			c *= 2;
-		char *np = trail_realloc(b->p, c);
-		if (!np) {
-			b->oom = 1;
-			return;
-		}
-		b->p = np;
-		b->cap = c;
-	}
-	memcpy(b->p + b->n, s, n);
-	b->n += n;
-	b->p[b->n] = 0;
+	if (!b->oom && trail_buf_put(&b->b, s, n))
+		b->oom = 1;
 }
 
 static void sb_putc(sb *b, char c)
@@ -453,17 +437,17 @@ int trail_jcs(const json_t *v, char **out, size_t *len, trail_error *err)
 {
 	sb b = {0};
 	int rc = jcs_value(&b, v, 0, err);
+	if (!rc && !b.b.p)
+		sb_put(&b, "", 0);
 	if (!rc && b.oom)
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (!rc && !b.p)
-		sb_put(&b, "", 0);
-	if (rc || b.oom) {
-		trail_free(b.p);
-		return rc ? rc : TRAIL_ENOMEM;
+	if (rc) {
+		trail_buf_release(&b.b);
+		return rc;
 	}
-	*out = b.p;
+	*out = b.b.p;
 	if (len)
-		*len = b.n;
+		*len = b.b.n;
 	return TRAIL_OK;
 }
 

@@ -38,11 +38,6 @@
 #define HEAD_MAX 4096
 #define ENTRY_MAX (16u << 20)
 
-typedef struct buf {
-	uint8_t *p;
-	size_t n, cap;
-} pbuf;
-
 typedef struct peak {
 	unsigned level;
 	trail_hash h;
@@ -56,27 +51,10 @@ struct trail_ledger {
 	uint64_t size, data_len; /* committed */
 	trail_hash root;         /* committed root */
 	uint64_t psize;          /* committed + pending */
-	pbuf pdata, pindex, ptree;
+	trail_buf pdata, pindex, ptree;
 	peak peaks[65], cpeaks[65];
 	int npeaks, ncpeaks;
 };
-
-static int buf_put(pbuf *b, const void *p, size_t n)
-{
-	if (b->n + n > b->cap) {
-		size_t c = b->cap ? b->cap * 2 : 4096;
-		while (c < b->n + n)
-			c *= 2;
-		uint8_t *np = trail_realloc(b->p, c);
-		if (!np)
-			return TRAIL_ENOMEM;
-		b->p = np;
-		b->cap = c;
-	}
-	memcpy(b->p + b->n, p, n);
-	b->n += n;
-	return TRAIL_OK;
-}
 
 static uint64_t nodes_before(uint64_t m) /* hashes stored for m leaves */
 {
@@ -378,20 +356,20 @@ int trail_ledger_append(trail_ledger *l, const json_t *entry, uint64_t *index,
 	for (int i = 0; i < 8; i++)
 		le[i] = (uint8_t)(off >> (8 * i));
 	peak *top;
-	if (buf_put(&l->pindex, le, 8) || buf_put(&l->pdata, bytes, n) ||
-	    buf_put(&l->pdata, "\n", 1))
+	if (trail_buf_put(&l->pindex, le, 8) || trail_buf_put(&l->pdata, bytes, n) ||
+	    trail_buf_put(&l->pdata, "\n", 1))
 		goto oom;
 	top = &l->peaks[l->npeaks++];
 	top->level = 0;
 	trail_merkle_leaf(bytes, n, top->h);
-	if (buf_put(&l->ptree, top->h, 32))
+	if (trail_buf_put(&l->ptree, top->h, 32))
 		goto oom;
 	while (l->npeaks >= 2 && l->peaks[l->npeaks - 1].level == l->peaks[l->npeaks - 2].level) {
 		peak *a = &l->peaks[l->npeaks - 2], *b = &l->peaks[l->npeaks - 1];
 		trail_merkle_node(a->h, b->h, a->h);
 		a->level++;
 		l->npeaks--;
-		if (buf_put(&l->ptree, a->h, 32))
+		if (trail_buf_put(&l->ptree, a->h, 32))
 			goto oom;
 	}
 	trail_free(bytes);

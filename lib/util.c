@@ -295,6 +295,31 @@ void trail_unmap(trail_map *m)
 	}
 }
 
+int trail_buf_put(trail_buf *b, const void *data, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		size_t c = b->cap ? b->cap * 2 : 256;
+		while (c < b->n + n + 1)
+			c *= 2;
+		char *np = trail_realloc(b->p, c);
+		if (!np)
+			return TRAIL_ENOMEM;
+		b->p = np;
+		b->cap = c;
+	}
+	memcpy(b->p + b->n, data, n);
+	b->n += n;
+	b->p[b->n] = 0;
+	return TRAIL_OK;
+}
+
+void trail_buf_release(trail_buf *b)
+{
+	trail_free(b->p);
+	b->p = NULL;
+	b->n = b->cap = 0;
+}
+
 char *trail_path(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);

@@ -62,6 +62,17 @@ typedef struct trail_map {
 int trail_map_file(const char *path, trail_map *m, trail_error *err);
 void trail_unmap(trail_map *m);
 
+/*
+ * A growable byte buffer. Data is always followed by a NUL (not counted in
+ * n). trail_buf_put returns TRAIL_ENOMEM and leaves the buffer as it was.
+ */
+typedef struct trail_buf {
+	char *p;
+	size_t n, cap;
+} trail_buf;
+int trail_buf_put(trail_buf *b, const void *data, size_t n);
+void trail_buf_release(trail_buf *b);
+
 /* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
 int trail_utf8_valid(const char *s, size_t n);
 
