@@ -34,7 +34,8 @@
 struct trail_minhasher {
 	trail_nd_params p;
 	int k;
-	uint64_t a[TRAIL_ND_MAXPERM], b[TRAIL_ND_MAXPERM];
+	uint32_t ahi[TRAIL_ND_MAXPERM], alo[TRAIL_ND_MAXPERM];
+	uint32_t bhi[TRAIL_ND_MAXPERM], blo[TRAIL_ND_MAXPERM];
 	uint32_t mins[TRAIL_ND_MAXPERM];
 	char *low;        /* the text with ASCII letters folded */
 	size_t lowcap;
@@ -65,8 +66,11 @@ int trail_minhasher_new(const trail_nd_params *p, trail_minhasher **out)
 	m->k = p->bands * p->rows;
 	uint64_t s = p->seed ^ 0x6d696e68617368ull;
 	for (int i = 0; i < TRAIL_ND_MAXPERM; i++) {
-		m->a[i] = splitmix64(&s);
-		m->b[i] = splitmix64(&s);
+		uint64_t a = splitmix64(&s), b = splitmix64(&s);
+		m->ahi[i] = (uint32_t)(a >> 32);
+		m->alo[i] = (uint32_t)a;
+		m->bhi[i] = (uint32_t)(b >> 32);
+		m->blo[i] = (uint32_t)b;
 	}
 	*out = m;
 	return TRAIL_OK;
@@ -157,16 +161,23 @@ static long shingle_hashes(trail_minhasher *m, long nw, int full)
  * uniform 64-bit a, b this is Dietzfelbinger's multiply-add-shift, strongly
  * universal into 32 bits. The inner loop vectorises.
  */
-static MH_CLONES void minhash_kernel(uint32_t *restrict mins, const uint64_t *restrict a,
-				     const uint64_t *restrict b, int k,
+static MH_CLONES void minhash_kernel(uint32_t *restrict mins, const uint32_t *restrict ahi,
+				     const uint32_t *restrict alo, const uint32_t *restrict bhi,
+				     const uint32_t *restrict blo, int k,
 				     const uint32_t *restrict xs, long n)
 {
-	/* Blocks of 8 permutations (k is padded): a fixed trip count vectorises at -O2. */
+	/*
+	 * hi32(a x + b) for 32-bit x, with a = ahi:alo and b = bhi:blo, is
+	 * ahi x + bhi + hi32(alo x + blo) mod 2^32 (alo x + blo < 2^64): one
+	 * 32x32->64 and one 32-bit multiply instead of a 64-bit one.
+	 * Blocks of 8 permutations (k is padded): a fixed trip count vectorises.
+	 */
 	for (long j = 0; j < n; j++) {
-		uint64_t x = xs[j];
+		uint32_t x = xs[j];
 		for (int i = 0; i < k; i += 8)
 			for (int q = 0; q < 8; q++) {
-				uint32_t v = (uint32_t)((a[i + q] * x + b[i + q]) >> 32);
+				uint32_t t = (uint32_t)(((uint64_t)alo[i + q] * x + blo[i + q]) >> 32);
+				uint32_t v = ahi[i + q] * x + bhi[i + q] + t;
 				mins[i + q] = v < mins[i + q] ? v : mins[i + q];
 			}
 	}
@@ -183,7 +194,7 @@ long trail_minhash(trail_minhasher *m, const char *text, size_t len, uint32_t *s
 	int kp = (m->k + 7) & ~7;
 	for (int i = 0; i < kp; i++)
 		m->mins[i] = UINT32_MAX;
-	minhash_kernel(m->mins, m->a, m->b, kp, m->xs, ns);
+	minhash_kernel(m->mins, m->ahi, m->alo, m->bhi, m->blo, kp, m->xs, ns);
 	memcpy(sig, m->mins, (size_t)m->k * sizeof *sig);
 	return ns;
 }

@@ -335,19 +335,19 @@ static int v6_public(const unsigned char a[16])
 
 static int scan_ipv6(const unsigned char *s, size_t len, struct out *o)
 {
-	for (const unsigned char *c = memchr(s, ':', len); c;
-	     c = memchr(c + 1, ':', len - (size_t)(c + 1 - s))) {
-		/* Widen around the colon to the whole candidate. */
+	size_t next = 0;
+	const unsigned char *c;
+	while (next < len && (c = memchr(s + next, ':', len - next))) {
+		/* Widen around the colon to the whole candidate; resume after it. */
 		size_t st = (size_t)(c - s), e = st;
 		while (st > 0 && (is_hex(s[st - 1]) || s[st - 1] == ':'))
 			st--;
 		while (e < len && (is_hex(s[e]) || s[e] == ':' || s[e] == '.'))
 			e++;
+		next = e;
 		if ((st > 0 && (is_alnum(s[st - 1]) || s[st - 1] == '_' || s[st - 1] == '.')) ||
-		    (e < len && (is_alnum(s[e]) || s[e] == '_'))) {
-			c = s + e - 1;
+		    (e < len && (is_alnum(s[e]) || s[e] == '_')))
 			continue;
-		}
 		/* Sentence punctuation after the address. */
 		while (e > st && (s[e - 1] == '.' || (s[e - 1] == ':' && !(e - st >= 2 && s[e - 2] == ':'))))
 			e--;
@@ -363,7 +363,6 @@ static int scan_ipv6(const unsigned char *s, size_t len, struct out *o)
 			    push(o, TRAIL_PII_IP, st, e))
 				return -1;
 		}
-		c = s + (e > st ? e - 1 : st);
 	}
 	return 0;
 }

@@ -27,20 +27,26 @@ struct word {
 
 struct span {
 	uint32_t off, len;
+	uint32_t cps; /* code points, for lines */
 };
 
 struct doc {
 	const char *s;
 	size_t len;
 	size_t cps; /* code points in the whole text */
+	size_t newlines, hashes, ellipses;
 	struct word *w;
 	size_t nw;
 	struct span *lines; /* every line, blank ones too */
 	size_t nl;
+	char *low;     /* the text with ASCII letters folded */
+	uint64_t *gh;  /* n-gram hashes, built up one word at a time */
 	/* hash set scratch */
 	uint64_t *keys;
 	uint32_t *vals;
-	size_t cap;
+	size_t cap, mask;
+	uint32_t *slot;     /* per position: its n-gram's slot */
+	uint8_t *rep;       /* per position: its n-gram occurs more than once */
 };
 
 static inline int is_space(unsigned char c)
@@ -76,70 +82,83 @@ static int ends_with(const char *s, size_t len, const char *suf)
 	return len >= n && !memcmp(s + len - n, suf, n);
 }
 
-static int contains_ci(const char *s, size_t len, const char *needle)
+/* Whether the folded text holds needle (lower case) in [off, off + len). */
+static int has_phrase(const struct doc *d, size_t off, size_t len, const char *needle)
 {
-	size_t n = strlen(needle);
-	for (size_t i = 0; i + n <= len; i++) {
-		size_t j = 0;
-		while (j < n && ((unsigned char)s[i + j] | 0x20) == (unsigned char)needle[j])
-			j++;
-		if (j == n)
-			return 1;
-	}
-	return 0;
+	return memmem(d->low + off, len, needle, strlen(needle)) != NULL;
 }
 
+/* One pass over the bytes: folded copy, code points, lines, words, symbols. */
 static int doc_init(struct doc *d, const char *s, size_t len)
 {
 	memset(d, 0, sizeof *d);
 	d->s = s;
 	d->len = len;
-	d->cps = cp_count(s, len);
 	size_t maxw = len / 2 + 1, nl = 1;
-	for (size_t i = 0; i < len; i++)
-		nl += s[i] == '\n';
+	for (const char *c = memchr(s, '\n', len); c; c = memchr(c + 1, '\n', len - (size_t)(c + 1 - s)))
+		nl++;
 	d->w = trail_malloc(maxw * sizeof *d->w);
 	d->lines = trail_malloc(nl * sizeof *d->lines);
-	if (!d->w || !d->lines)
+	d->low = trail_malloc(len + 1);
+	d->gh = trail_malloc(maxw * sizeof *d->gh);
+	if (!d->w || !d->lines || !d->low || !d->gh)
 		return -1;
-	size_t st = 0;
-	for (size_t i = 0; i <= len; i++) {
-		if (i == len || s[i] == '\n') {
+	const unsigned char *u = (const unsigned char *)s;
+	for (size_t i = 0; i < len; i++)
+		d->low[i] = (char)(u[i] + ((unsigned)(u[i] - 'A') < 26u ? 32 : 0));
+	/* Words run to the next whitespace; lines close at '\n' (and at the end). */
+	size_t cont = 0, lst = 0, lcont = 0, i = 0;
+	for (;;) {
+		while (i < len && is_space(u[i]) && u[i] != '\n')
+			i++;
+		if (i == len || u[i] == '\n') {
 			size_t e = i;
-			if (e > st && s[e - 1] == '\r')
+			if (e > lst && u[e - 1] == '\r')
 				e--;
-			d->lines[d->nl].off = (uint32_t)st;
-			d->lines[d->nl++].len = (uint32_t)(e - st);
-			st = i + 1;
+			d->lines[d->nl++] =
+				(struct span){(uint32_t)lst, (uint32_t)(e - lst), (uint32_t)(e - lst - (cont - lcont))};
+			if (i == len)
+				break;
+			d->newlines++;
+			lst = ++i;
+			lcont = cont;
+			continue;
 		}
-	}
-	size_t i = 0;
-	while (i < len) {
-		while (i < len && is_space((unsigned char)s[i]))
-			i++;
-		if (i == len)
-			break;
-		size_t b = i;
+		size_t wst = i, wcont = 0;
 		int alpha = 0;
-		while (i < len && !is_space((unsigned char)s[i])) {
-			unsigned char c = (unsigned char)s[i];
-			alpha |= ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80;
-			i++;
+		for (; i < len && !is_space(u[i]); i++) {
+			unsigned c = u[i];
+			if (c < 0x80) {
+				alpha |= (unsigned)((c | 0x20) - 'a') < 26u;
+				if (c == '#')
+					d->hashes++;
+				else if (c == '.' && i + 2 < len && u[i + 1] == '.' && u[i + 2] == '.' &&
+					 !(i > 0 && u[i - 1] == '.'))
+					d->ellipses++;
+			} else {
+				alpha = 1;
+				wcont += (c & 0xC0) == 0x80;
+				if (c == 0xE2 && i + 2 < len && u[i + 1] == 0x80 && u[i + 2] == 0xA6)
+					d->ellipses++;
+			}
 		}
+		cont += wcont;
 		struct word *w = &d->w[d->nw++];
-		w->off = (uint32_t)b;
-		w->len = (uint32_t)(i - b);
-		w->cps = (uint32_t)cp_count(s + b, i - b);
+		w->off = (uint32_t)wst;
+		w->len = (uint32_t)(i - wst);
+		w->cps = (uint32_t)(i - wst - wcont);
 		w->alpha = alpha;
-		w->h = XXH3_64bits(s + b, i - b);
-		size_t bo = b, bl = i - b;
-		while (bl && is_punct((unsigned char)s[bo]))
+		w->h = XXH3_64bits(s + wst, i - wst);
+		size_t bo = wst, bl = i - wst;
+		while (bl && is_punct(u[bo]))
 			bo++, bl--;
-		while (bl && is_punct((unsigned char)s[bo + bl - 1]))
+		while (bl && is_punct(u[bo + bl - 1]))
 			bl--;
 		w->boff = (uint32_t)bo;
 		w->blen = (uint32_t)bl;
 	}
+	d->cps = len - cont;
+	d->low[len] = 0;
 	return 0;
 }
 
@@ -147,8 +166,12 @@ static void doc_free(struct doc *d)
 {
 	trail_free(d->w);
 	trail_free(d->lines);
+	trail_free(d->low);
+	trail_free(d->gh);
 	trail_free(d->keys);
 	trail_free(d->vals);
+	trail_free(d->slot);
+	trail_free(d->rep);
 }
 
 /* The hash set: 64-bit keys (0 reserved) with a 32-bit count, for n items. */
@@ -166,31 +189,29 @@ static int set_reset(struct doc *d, size_t n)
 		if (!d->cap)
 			return -1;
 	}
-	memset(d->keys, 0, d->cap * sizeof *d->keys);
+	d->mask = cap - 1;
+	memset(d->keys, 0, cap * sizeof *d->keys);
 	return 0;
 }
 
-/* Add key; returns its count after adding. */
-static uint32_t set_add(struct doc *d, uint64_t key)
+/* Add key; returns its slot, whose count (vals) it increments. */
+static size_t set_slot(struct doc *d, uint64_t key)
 {
 	key |= 1; /* never 0 */
-	size_t m = d->cap - 1, s = (size_t)(key * 0x9E3779B97F4A7C15ull >> 20) & m;
+	size_t m = d->mask, s = (size_t)(key * 0x9E3779B97F4A7C15ull >> 20) & m;
 	while (d->keys[s] && d->keys[s] != key)
 		s = (s + 1) & m;
 	if (!d->keys[s]) {
 		d->keys[s] = key;
 		d->vals[s] = 0;
 	}
-	return ++d->vals[s];
+	d->vals[s]++;
+	return s;
 }
 
-static int set_has(struct doc *d, uint64_t key)
+static uint32_t set_add(struct doc *d, uint64_t key)
 {
-	key |= 1;
-	size_t m = d->cap - 1, s = (size_t)(key * 0x9E3779B97F4A7C15ull >> 20) & m;
-	while (d->keys[s] && d->keys[s] != key)
-		s = (s + 1) & m;
-	return d->keys[s] != 0;
+	return d->vals[set_slot(d, key)];
 }
 
 static double round4(double v)
@@ -221,22 +242,12 @@ static int reason_n(json_t *reasons, int rule, int n, double value, double limit
 	return !r || json_array_append_new(reasons, r) ? -1 : 0;
 }
 
+/* Whether a word's bare form, folded, is in the list (lower-case words). */
 static int word_in(const struct doc *d, const struct word *w, const trail_words *list)
 {
-	for (size_t i = 0; i < list->n; i++) {
-		const char *x = list->v[i];
-		size_t n = strlen(x);
-		if (n != w->blen)
-			continue;
-		size_t j = 0;
-		while (j < n && (unsigned char)(((unsigned char)d->s[w->boff + j] >= 'A' &&
-						 (unsigned char)d->s[w->boff + j] <= 'Z')
-							? d->s[w->boff + j] + 32
-							: d->s[w->boff + j]) == (unsigned char)x[j])
-			j++;
-		if (j == n)
+	for (size_t i = 0; i < list->n; i++)
+		if (strlen(list->v[i]) == w->blen && !memcmp(d->low + w->boff, list->v[i], w->blen))
 			return 1;
-	}
 	return 0;
 }
 
@@ -244,7 +255,7 @@ static int word_in(const struct doc *d, const struct word *w, const trail_words 
 
 static int gopher_quality(const trail_policy *p, struct doc *d, json_t *R)
 {
-	size_t nonsym = 0, cps = 0, alpha = 0, hashes = 0, ellipses = 0;
+	size_t nonsym = 0, cps = 0, alpha = 0, hashes = d->hashes, ellipses = d->ellipses;
 	for (size_t i = 0; i < d->nw; i++) {
 		const struct word *w = &d->w[i];
 		if (w->blen) {
@@ -252,16 +263,6 @@ static int gopher_quality(const trail_policy *p, struct doc *d, json_t *R)
 			cps += w->cps;
 		}
 		alpha += w->alpha;
-	}
-	for (size_t i = 0; i < d->len; i++) {
-		char c = d->s[i];
-		if (c == '#')
-			hashes++;
-		else if (c == '.' && i + 2 < d->len && d->s[i + 1] == '.' && d->s[i + 2] == '.')
-			ellipses++, i += 2;
-		else if (c == '\xe2' && i + 2 < d->len && d->s[i + 1] == '\x80' &&
-			 d->s[i + 2] == '\xa6')
-			ellipses++, i += 2;
 	}
 	double nw = d->nw ? (double)d->nw : 1;
 	if (p->on[R_GQ_WORDS]) {
@@ -307,19 +308,24 @@ static int gopher_quality(const trail_policy *p, struct doc *d, json_t *R)
 	}
 	if (p->on[R_GQ_STOP]) {
 		/* Distinct stop words present. */
-		size_t n = p->gq_stop_words.n, found = 0;
+		size_t n = p->gq_stop_words.n < 64 ? p->gq_stop_words.n : 64, found = 0;
+		size_t lens[64], minl = SIZE_MAX, maxl = 0;
 		unsigned char seen[64] = {0};
+		for (size_t k = 0; k < n; k++) {
+			lens[k] = strlen(p->gq_stop_words.v[k]);
+			minl = lens[k] < minl ? lens[k] : minl;
+			maxl = lens[k] > maxl ? lens[k] : maxl;
+		}
 		for (size_t i = 0; i < d->nw && found < n; i++) {
 			const struct word *w = &d->w[i];
-			for (size_t k = 0; k < n && k < 64; k++) {
-				if (seen[k] || strlen(p->gq_stop_words.v[k]) != w->blen)
-					continue;
-				trail_words one = {&p->gq_stop_words.v[k], 1};
-				if (word_in(d, w, &one)) {
+			if (w->blen < minl || w->blen > maxl)
+				continue;
+			for (size_t k = 0; k < n; k++)
+				if (!seen[k] && lens[k] == w->blen &&
+				    !memcmp(d->low + w->boff, p->gq_stop_words.v[k], lens[k])) {
 					seen[k] = 1;
 					found++;
 				}
-			}
 		}
 		if ((long long)found < p->gq_min_stop &&
 		    reason(R, R_GQ_STOP, (double)found, "min", (double)p->gq_min_stop))
@@ -340,18 +346,21 @@ static int dup_spans(struct doc *d, const struct span *sp, size_t n, size_t *dup
 		uint64_t h = XXH3_64bits(d->s + sp[i].off, sp[i].len);
 		if (set_add(d, h) > 1) {
 			(*dups)++;
-			*dupcps += cp_count(d->s + sp[i].off, sp[i].len);
+			*dupcps += sp[i].cps ? sp[i].cps : cp_count(d->s + sp[i].off, sp[i].len);
 		}
 	}
 	return 0;
 }
 
-static uint64_t ngram_hash(const struct doc *d, size_t i, int n)
+/* Extend the n-gram hashes of candidate positions by one word: gh[i] covers words i .. i+n-1. */
+static void grow_grams(struct doc *d, int n)
 {
-	uint64_t h = 0x243F6A8885A308D3ull;
-	for (int k = 0; k < n; k++)
-		h = (h ^ d->w[i + k].h) * 0x100000001B3ull + (uint64_t)k;
-	return XXH3_64bits_withSeed(&h, sizeof h, (uint64_t)n);
+	for (size_t i = 0; i + (size_t)n <= d->nw; i++) {
+		if (!d->rep[i])
+			continue;
+		uint64_t h = (d->gh[i] ^ d->w[i + (size_t)n - 1].h) * 0x9E3779B97F4A7C15ull;
+		d->gh[i] = h ^ (h >> 29);
+	}
 }
 
 static int gopher_repetition(const trail_policy *p, struct doc *d, json_t *R)
@@ -367,11 +376,11 @@ static int gopher_repetition(const trail_policy *p, struct doc *d, json_t *R)
 		size_t st = off, e = off + len;
 		for (size_t i = off; i <= e; i++) {
 			if (i == e) {
-				ps[np++] = (struct span){(uint32_t)st, (uint32_t)(i - st)};
+				ps[np++] = (struct span){(uint32_t)st, (uint32_t)(i - st), 0};
 				break;
 			}
 			if (d->s[i] == '\n' && i + 1 < e && d->s[i + 1] == '\n') {
-				ps[np++] = (struct span){(uint32_t)st, (uint32_t)(i - st)};
+				ps[np++] = (struct span){(uint32_t)st, (uint32_t)(i - st), 0};
 				while (i < e && d->s[i] == '\n')
 					i++;
 				st = i;
@@ -409,21 +418,54 @@ static int gopher_repetition(const trail_policy *p, struct doc *d, json_t *R)
 			 reason(R, R_GR_LINES, c, "max", p->gr_line_chars))
 			return -1;
 	}
-	if (p->on[R_GR_TOP]) {
-		/* The most frequent repeated n-gram's share of the text. */
-		for (int n = 2; n <= 4; n++) {
-			if (d->nw < (size_t)n)
-				break;
-			size_t ng = d->nw - (size_t)n + 1, best = 0;
-			if (set_reset(d, ng))
-				return -1;
+	if (!p->on[R_GR_TOP] && !p->on[R_GR_DUP])
+		return 0;
+	/*
+	 * N-grams for n = 2..10, hashes grown one word at a time. Top n-grams
+	 * (2..4): the most frequent repeated n-gram's share of the text. Dup
+	 * n-grams (5..10): characters in repeated n-grams, scanning left to
+	 * right and skipping past each repeat so overlaps count once; with no
+	 * repeated 5-gram there is no longer repeat either.
+	 */
+	int top_done = !p->on[R_GR_TOP], dup_done = !p->on[R_GR_DUP];
+	/*
+	 * An n-gram can repeat only where its (n-1)-gram prefix repeats, so
+	 * each n looks only at the positions still marked in rep; an n-gram
+	 * that occurs once never matters to either rule.
+	 */
+	size_t nw = d->nw;
+	d->slot = trail_malloc((nw ? nw : 1) * sizeof *d->slot);
+	d->rep = trail_malloc(nw ? nw : 1);
+	if (!d->slot || !d->rep)
+		return -1;
+	for (size_t i = 0; i < nw; i++) {
+		d->gh[i] = d->w[i].h;
+		d->rep[i] = 1;
+	}
+	for (int n = 2; n <= 10 && (!top_done || !dup_done) && nw >= (size_t)n; n++) {
+		size_t ng = nw - (size_t)n + 1, ncand = 0, nrep = 0;
+		grow_grams(d, n);
+		for (size_t i = 0; i < ng; i++)
+			ncand += d->rep[i];
+		if (set_reset(d, ncand))
+			return -1;
+		for (size_t i = 0; i < ng; i++)
+			if (d->rep[i])
+				d->slot[i] = (uint32_t)set_slot(d, d->gh[i]);
+		for (size_t i = 0; i < ng; i++) {
+			d->rep[i] = d->rep[i] && d->vals[d->slot[i]] > 1;
+			nrep += d->rep[i];
+		}
+		d->rep[ng] = 0; /* the last position of n-1 has no n-gram */
+		if (n <= 4 && !top_done) {
+			size_t best = 0;
 			for (size_t i = 0; i < ng; i++) {
-				uint32_t c = set_add(d, ngram_hash(d, i, n));
-				if (c < 2)
+				if (!d->rep[i])
 					continue;
 				size_t cps = (size_t)n - 1;
 				for (int k = 0; k < n; k++)
 					cps += d->w[i + k].cps;
+				size_t c = d->vals[d->slot[i]];
 				if (c * cps > best)
 					best = c * cps;
 			}
@@ -431,29 +473,23 @@ static int gopher_repetition(const trail_policy *p, struct doc *d, json_t *R)
 			if (f > p->gr_top[n]) {
 				if (reason_n(R, R_GR_TOP, n, f, p->gr_top[n]))
 					return -1;
-				break;
+				top_done = 1;
 			}
 		}
-	}
-	if (p->on[R_GR_DUP]) {
-		/*
-		 * Characters in repeated n-grams, scanning left to right and
-		 * skipping past each repeat (so overlapping repeats count once).
-		 */
-		for (int n = 5; n <= 10; n++) {
-			if (d->nw < (size_t)n)
-				break;
-			size_t ng = d->nw - (size_t)n + 1, rep = 0;
-			if (set_reset(d, ng))
-				return -1;
+		if (n >= 5 && !dup_done) {
+			/* Greedy scan; vals is reused to mark the repeated n-grams seen so far. */
+			size_t rep = 0;
+			for (size_t i = 0; i < ng; i++)
+				if (d->rep[i])
+					d->vals[d->slot[i]] = 0;
 			for (size_t i = 0; i < ng;) {
-				uint64_t h = ngram_hash(d, i, n);
-				if (set_has(d, h)) {
+				if (d->rep[i] && d->vals[d->slot[i]]) {
 					for (int k = 0; k < n; k++)
 						rep += d->w[i + k].cps;
 					i += (size_t)n;
 				} else {
-					set_add(d, h);
+					if (d->rep[i])
+						d->vals[d->slot[i]] = 1;
 					i++;
 				}
 			}
@@ -461,9 +497,11 @@ static int gopher_repetition(const trail_policy *p, struct doc *d, json_t *R)
 			if (f > p->gr_dup[n]) {
 				if (reason_n(R, R_GR_DUP, n, f, p->gr_dup[n]))
 					return -1;
-				break;
+				dup_done = 1;
 			}
 		}
+		if (!nrep)
+			break; /* no repeated n-gram: no longer one either */
 	}
 	return 0;
 }
@@ -502,7 +540,7 @@ static size_t sentences(const char *l, size_t len)
 
 static int c4(const trail_policy *p, struct doc *d, json_t *R)
 {
-	if (p->on[R_C4_LOREM] && contains_ci(d->s, d->len, "lorem ipsum")) {
+	if (p->on[R_C4_LOREM] && has_phrase(d, 0, d->len, "lorem ipsum")) {
 		json_t *r = json_pack("{s:s}", "rule", trail_rule_name_of(R_C4_LOREM));
 		if (!r || json_array_append_new(R, r))
 			return -1;
@@ -525,6 +563,11 @@ static int c4(const trail_policy *p, struct doc *d, json_t *R)
 	}
 	if (p->on[R_C4_SENTENCES]) {
 		size_t ns = 0, wi = 0;
+		/* Phrases checked per line only when the text holds them at all. */
+		int js = p->c4_javascript && has_phrase(d, 0, d->len, "javascript");
+		int pol_any[6] = {0}, any = 0;
+		for (size_t k = 0; p->c4_policy_lines && k < 6; k++)
+			any |= pol_any[k] = has_phrase(d, 0, d->len, policy_phrases[k]);
 		for (size_t i = 0; i < d->nl; i++) {
 			size_t off = d->lines[i].off, len = d->lines[i].len, end = off + len;
 			/* Words of this line: d->w is in text order. */
@@ -544,11 +587,11 @@ static int c4(const trail_policy *p, struct doc *d, json_t *R)
 				continue;
 			if ((long long)nwl < p->c4_min_line_words)
 				continue;
-			if (p->c4_javascript && contains_ci(l, len, "javascript"))
+			if (js && has_phrase(d, off, len, "javascript"))
 				continue;
 			int pol = 0;
-			for (size_t k = 0; p->c4_policy_lines && k < 6 && !pol; k++)
-				pol = contains_ci(l, len, policy_phrases[k]);
+			for (size_t k = 0; any && k < 6 && !pol; k++)
+				pol = pol_any[k] && has_phrase(d, off, len, policy_phrases[k]);
 			if (pol)
 				continue;
 			ns += sentences(l, len);
@@ -585,7 +628,7 @@ static int fineweb(const trail_policy *p, struct doc *d, json_t *R)
 		const struct span *l = &d->lines[i];
 		ls[nl++] = *l;
 		punct += fw_terminal(d->s + l->off, l->len);
-		shortl += (long long)cp_count(d->s + l->off, l->len) <= p->fw_short_len;
+		shortl += (long long)l->cps <= p->fw_short_len;
 	}
 	double n = nl ? (double)nl : 1;
 	int rc = 0;
@@ -594,19 +637,14 @@ static int fineweb(const trail_policy *p, struct doc *d, json_t *R)
 	if (!rc && p->on[R_FW_SHORT] && nl && shortl / n > p->fw_max_short)
 		rc = reason(R, R_FW_SHORT, shortl / n, "max", p->fw_max_short);
 	if (!rc && p->on[R_FW_DUPCHARS]) {
-		size_t dups, dupc, newlines = 0;
-		for (size_t i = 0; i < d->len; i++)
-			newlines += d->s[i] == '\n';
+		size_t dups, dupc, newlines = d->newlines;
 		rc = dup_spans(d, ls, nl, &dups, &dupc);
 		double base = d->cps > newlines ? (double)(d->cps - newlines) : 1;
 		if (!rc && dupc / base > p->fw_max_dup_chars)
 			rc = reason(R, R_FW_DUPCHARS, dupc / base, "max", p->fw_max_dup_chars);
 	}
 	if (!rc && p->on[R_FW_NEWLINE]) {
-		size_t newlines = 0;
-		for (size_t i = 0; i < d->len; i++)
-			newlines += d->s[i] == '\n';
-		double r = (double)newlines / (d->nw ? (double)d->nw : 1);
+		double r = (double)d->newlines / (d->nw ? (double)d->nw : 1);
 		if (r > p->fw_max_newline)
 			rc = reason(R, R_FW_NEWLINE, r, "max", p->fw_max_newline);
 	}

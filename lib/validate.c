@@ -176,10 +176,13 @@ static const char *content(const trail_validator *v, const json_t *rec, size_t *
 	return *own;
 }
 
-static int record_id(const json_t *rec, char id[72], uint8_t raw[32])
+/* Id of a record; *canon_len gets its canonical size (0 when it has none). */
+static int record_id(const json_t *rec, char id[72], uint8_t raw[32], size_t *canon_len)
 {
 	char *buf;
 	size_t len;
+	if (canon_len)
+		*canon_len = 0;
 	if (trail_jcs(rec, &buf, &len, NULL) != TRAIL_OK) {
 		/* No canonical form (a number beyond 2^53): hash jansson's sorted dump. */
 		buf = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
@@ -193,6 +196,8 @@ static int record_id(const json_t *rec, char id[72], uint8_t raw[32])
 	trail_sha256(buf, len, raw);
 	trail_digest_format(raw, id);
 	trail_free(buf);
+	if (canon_len)
+		*canon_len = len;
 	return TRAIL_OK;
 }
 
@@ -205,7 +210,7 @@ int trail_validator_approve(trail_validator *v, const json_t *record, trail_erro
 				       "approved records must be loaded before the submission");
 	if (!json_is_object(record))
 		return trail_error_set(err, TRAIL_EDATA, "an approved record is not an object");
-	if (record_id(record, id, raw))
+	if (record_id(record, id, raw, NULL))
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	char *own;
 	size_t len;
@@ -520,13 +525,11 @@ int trail_validator_check(trail_validator *v, const json_t *record, long n, json
 							    "count", (json_int_t)counts[i])))
 				goto out;
 	}
-	if (record_id(rec, id, raw) || !(vd = verdict_new(v, id, n)))
+	size_t clen;
+	if (record_id(rec, id, raw, &clen) || !(vd = verdict_new(v, id, n)))
 		goto out;
 	if (schema_ok) {
-		char *canon;
-		size_t clen = 0;
-		if (p->on[R_SIZE] && trail_jcs(rec, &canon, &clen, NULL) == TRAIL_OK) {
-			trail_free(canon);
+		if (p->on[R_SIZE]) {
 			if ((long long)clen > p->max_bytes &&
 			    add(R, json_pack("{s:s,s:I,s:I}", "rule", "size", "value",
 					     (json_int_t)clen, "max", (json_int_t)p->max_bytes)))
