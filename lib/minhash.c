@@ -553,7 +553,8 @@ int trail_ndindex_add(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[3
 	if (ix->n >= UINT32_MAX - 1)
 		return TRAIL_ELIMIT;
 	if (ix->n == ix->cap) {
-		size_t nc = ix->cap ? ix->cap * 2 : 1024;
+		/* Grow by a quarter: the arrays are most of the index. */
+		size_t nc = ix->cap + ix->cap / 4 + 1024;
 		uint8_t(*ids)[32] = trail_realloc(ix->ids, nc * 32);
 		if (!ids)
 			return TRAIL_ENOMEM;

@@ -1,0 +1,104 @@
+#!/bin/bash
+# datanet-validate: golden verdicts (tests/data/validate/NAME.out, NAME.exit;
+# regenerate with TRAIL_REGEN=1 and review the diff), exit statuses, GitHub
+# annotations, redaction, policies, and the man page against the rule table.
+. "$TRAIL_TOP/tests/tap.sh"
+D="$TRAIL_TOP/tests/data/validate"
+cd "$D" || exit 70
+
+golden() { # NAME CMD...: stdout and exit status against NAME.out / NAME.exit
+	name=$1
+	shift
+	"$@" > "$T/$name.out" 2> "$T/$name.err"
+	echo $? > "$T/$name.exit"
+	if [ "${TRAIL_REGEN:-0}" = 1 ]; then
+		cp "$T/$name.out" "$D/$name.out"
+		cp "$T/$name.exit" "$D/$name.exit"
+	fi
+	if cmp -s "$T/$name.out" "$D/$name.out" && cmp -s "$T/$name.exit" "$D/$name.exit"; then
+		result 0 "golden $name"
+	else
+		result 1 "golden $name"
+		diff "$D/$name.out" "$T/$name.out" | head -20 | sed 's/^/#   /'
+		echo "#   exit $(cat "$T/$name.exit"), wanted $(cat "$D/$name.exit")"
+	fi
+}
+
+golden good datanet-validate good.ndjson
+golden rejected datanet-validate rejected.ndjson
+golden malformed datanet-validate malformed.ndjson
+golden github datanet-validate --format github rejected.ndjson
+golden redact datanet-validate --redact pii.ndjson
+golden pii datanet-validate pii.ndjson
+golden instruct datanet-validate --schema instruct instruct.ndjson
+golden approved datanet-validate --approved approved.ndjson good.ndjson
+golden strict datanet-validate --policy strict.json good.ndjson
+golden license datanet-validate --policy strict.json --license CC-BY-4.0 good.ndjson
+
+# Exit statuses.
+check_rc 0 "all accepted: exit 0" datanet-validate good.ndjson
+check_rc 1 "any rejected: exit 1" datanet-validate rejected.ndjson
+check_rc 65 "malformed input: exit 65" datanet-validate malformed.ndjson
+check_rc 66 "missing input: exit 66" datanet-validate no-such-file.ndjson
+check_rc 64 "unknown format: exit 64" datanet-validate --format xml good.ndjson
+check_rc 64 "unknown schema: exit 64" datanet-validate --schema image good.ndjson
+check_rc 0 "--help" datanet-validate --help
+check_rc 65 "a policy with an unknown key is refused" datanet-validate --policy bad-key.json good.ndjson
+datanet-validate --policy bad-key.json good.ndjson 2> "$T/err" > /dev/null
+check_eq "the error names the key" "$(grep -c "unknown key 'rules.gopher-word-count.mx'" "$T/err")" 1
+check_rc 66 "a missing policy file: exit 66" datanet-validate --policy none.json good.ndjson
+
+# Details that golden files show but that deserve a name.
+check_eq "stdin works like a file" "$(datanet-validate < good.ndjson | sed 's/"file":"[^"]*"//')" \
+	"$(datanet-validate good.ndjson | sed 's/"file":"[^"]*"//')"
+check_eq "line numbers count blank lines" \
+	"$(datanet-validate rejected.ndjson | sed -n 3p | sed 's/^{"record":"[^"]*","n":\([0-9]*\),.*/\1/')" 4
+check_eq "malformed line named on stderr" \
+	"$(datanet-validate malformed.ndjson 2>&1 >/dev/null)" \
+	"datanet-validate: error: malformed.ndjson:3: invalid json: string or '}' expected near 'bad' (column 4)"
+check_eq "one verdict per record then a summary" "$(datanet-validate rejected.ndjson | wc -l | tr -d ' ')" 9
+check_eq "a copy in the submission is rule duplicate with of and n" \
+	"$(datanet-validate rejected.ndjson | sed -n 3p | grep -c '"reasons":\[{"rule":"duplicate","of":"sha256:[0-9a-f]*","n":1}\]')" 1
+check_eq "an edited copy is near-duplicate with of and score" \
+	"$(datanet-validate rejected.ndjson | sed -n 5p | grep -c '"rule":"near-duplicate","of":"sha256:[0-9a-f]*","score":0\.[0-9]*,"n":1')" 1
+datanet-validate --redact -o "$T/red1.ndjson" pii.ndjson > "$T/v1"
+datanet-validate --redact -o "$T/red2.ndjson" pii.ndjson > "$T/v2"
+check "redaction is deterministic" cmp "$T/red1.ndjson" "$T/red2.ndjson"
+check_eq "redacted records carry placeholders" \
+	"$(grep -o '\[[A-Z ]*\]' "$T/red1.ndjson" | sort | tr '\n' ' ')" "[API TOKEN] [EMAIL] [IP] [PHONE] "
+check_eq "record ids are digests of the written records" \
+	"$(while read -r l; do printf '%s' "$l" | sha256sum | cut -c1-64; done < "$T/red1.ndjson" | tr '\n' ' ')" \
+	"$(grep -o '"record":"sha256:[0-9a-f]*' "$T/v1" | cut -c18- | tr '\n' ' ')"
+check_eq "--output keeps only accepted records" "$(datanet-validate -o "$T/acc" rejected.ndjson >/dev/null; wc -l < "$T/acc" | tr -d ' ')" 2
+printf '{"text":"x"}\n' > "$T/one.ndjson"
+chmod 000 "$T/one.ndjson" 2>/dev/null
+[ "$(id -u)" = 0 ] || check_rc 66 "unreadable input: exit 66" datanet-validate "$T/one.ndjson"
+
+# The effective policy, and the man page against it.
+datanet-validate --print-policy > "$T/policy.json"
+check "--print-policy prints a policy that parses back" datanet-validate --policy "$T/policy.json" good.ndjson
+man="$TRAIL_TOP/man/datanet-validate.1"
+missing=$(python3 - "$T/policy.json" "$man" <<'EOF'
+import json, re, sys
+p = json.load(open(sys.argv[1]))
+man = open(sys.argv[2]).read().replace("\\-", "-").replace("\\&", "")
+out = []
+for rule, params in p["rules"].items():
+    if rule not in man:
+        out.append(rule)
+    for k, v in params.items():
+        if k == "enabled":
+            continue
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, list):
+            v = " ".join(v)
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        if not re.search(r"\b%s\b.*%s" % (re.escape(k), re.escape(text)), man):
+            out.append("%s.%s=%s" % (rule, k, text))
+print(" ".join(out))
+EOF
+)
+check_eq "the man page lists every rule and every default" "$missing" ""
+check "the man page passes mandoc -Tlint" sh -c "! command -v mandoc >/dev/null || mandoc -Tlint -Wwarning '$man'"
+finish
