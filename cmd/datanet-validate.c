@@ -6,12 +6,14 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "datanet.h"
 #include "json.h"
+#include "source.h"
 #include "util.h"
 #include "validate.h"
 
 enum { O_POLICY = 1, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
-       O_PRINT, O_PROGRESS, O_NOPROGRESS };
+       O_PRINT, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
@@ -24,13 +26,20 @@ static const trail_opt opts[] = {
 	{O_PRINT, "print-policy", 0, NULL, "print the effective policy and exit", NULL},
 	{O_PROGRESS, "progress", 0, NULL, "always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "never show progress", NULL},
+	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
+	{O_DATANET, "datanet", 'd', "NAME", "check against this datanet's policy and approved records", NULL},
+	{O_KEY, "key", 'k', "KEYFILE", "signer key for --record, --approve, --reject", "file"},
+	{O_RECORD, "record", 0, NULL, "append a signed validation entry to the ledger", NULL},
+	{O_APPROVE, "approve", 0, NULL, "owner: approve the bundles if every record is accepted", NULL},
+	{O_REJECT, "reject", 0, NULL, "owner: reject the bundles", NULL},
 	{0},
 };
 
 static const trail_cli cli = {
 	.prog = "datanet-validate",
 	.usage = "[--policy FILE] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
-		 "    [--approved FILE]... [--output FILE] [FILE|-]...",
+		 "    [--approved FILE]... [--output FILE] [FILE|-]...\n"
+		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve|--reject]] BUNDLE|DIGEST...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
 	.opts = opts,
 };
@@ -39,6 +48,10 @@ struct run {
 	trail_validator *v;
 	int github, progress, malformed;
 	FILE *acc; /* accepted records, or NULL */
+	FILE *report; /* a copy of the verdicts for --record, or NULL */
+	trail_store *store;
+	char **skip; /* bundles being validated: their own approved records do not count */
+	int nskip;
 };
 
 static int emit(struct run *r, json_t *vd, const char *name)
@@ -50,19 +63,16 @@ static int emit(struct run *r, json_t *vd, const char *name)
 	fputs(s, stdout);
 	if (!r->github)
 		putchar('\n');
+	if (r->report && !r->github)
+		fprintf(r->report, "%s\n", s);
 	r->github ? trail_free(s) : free(s);
 	return TRAIL_OK;
 }
 
-/* Validate (or, with approve, load) one NDJSON input. */
-static int input(struct run *r, const char *path, int approve, trail_error *err)
+/* Validate (or, with approve, load) one NDJSON stream. */
+static int stream(struct run *r, FILE *f, const char *name, int std, int approve, trail_error *err)
 {
-	int std = !strcmp(path, "-");
-	const char *name = std ? "<stdin>" : path;
-	FILE *f = std ? stdin : fopen(path, "rb");
 	struct stat st;
-	if (!f)
-		return trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", path);
 	trail_ndjson *rd = trail_ndjson_new(f, name, 0);
 	trail_progress *pg = trail_progress_new(stderr, approve ? 0 : r->progress, name,
 						!fstat(fileno(f), &st) && S_ISREG(st.st_mode) ? (unsigned long long)st.st_size : 0);
@@ -115,8 +125,84 @@ static int input(struct run *r, const char *path, int approve, trail_error *err)
 	}
 	trail_progress_free(pg);
 	trail_ndjson_free(rd);
+	return rc;
+}
+
+/* A bundle (file or store digest): its records, under its own license. */
+static int bundle(struct run *r, const char *ref, char digest[72], trail_error *err)
+{
+	trail_bundle *b;
+	char *text = NULL;
+	size_t len = 0;
+	int rc = trail_datanet_load_bundle(r->store, ref, &b, digest, err);
+	if (rc)
+		return rc;
+	FILE *m = open_memstream(&text, &len);
+	size_t i;
+	json_t *rec;
+	json_array_foreach(b->records, i, rec) {
+		char *line;
+		if (m && !trail_jcs(rec, &line, NULL, NULL)) {
+			fprintf(m, "%s\n", line);
+			trail_free(line);
+		}
+	}
+	const char *lic = json_string_value(json_object_get(b->manifest, "license"));
+	if (lic && *lic)
+		trail_validator_set_license(r->v, lic);
+	if (!m || fclose(m))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	FILE *f = rc ? NULL : fmemopen(text, len ? len : 1, "rb");
+	if (!rc)
+		rc = f ? stream(r, f, ref, 1, 0, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (f)
+		fclose(f);
+	free(text);
+	trail_bundle_free(b);
+	return rc;
+}
+
+static int input(struct run *r, const char *path, int approve, char digest[72], trail_error *err)
+{
+	uint8_t d[32];
+	char head[512];
+	int std = !strcmp(path, "-");
+	digest[0] = 0;
+	if (!approve && !std && trail_digest_parse(path, d) == TRAIL_OK)
+		return bundle(r, path, digest, err);
+	FILE *f = std ? stdin : fopen(path, "rb");
+	if (!f)
+		return trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", path);
+	size_t n = std ? 0 : fread(head, 1, sizeof head, f);
+	if (!approve && n && trail_source_kind(head, n) == TRAIL_SRC_BUNDLE) {
+		fclose(f);
+		return bundle(r, path, digest, err);
+	}
+	if (!std)
+		rewind(f);
+	int rc = stream(r, f, std ? "<stdin>" : path, std, approve, err);
 	if (!std)
 		fclose(f);
+	return rc;
+}
+
+/* A snapshot record, without the fields the snapshot added. */
+static int approve_record(void *ctx, const json_t *rec)
+{
+	struct run *r = ctx;
+	const char *from = json_string_value(json_object_get(rec, "bundle"));
+	for (int i = 0; from && i < r->nskip; i++)
+		if (!strcmp(from, r->skip[i]))
+			return TRAIL_OK;
+	json_t *c = json_copy((json_t *)rec);
+	if (!c)
+		return TRAIL_ENOMEM;
+	json_object_del(c, "record");
+	json_object_del(c, "contributor");
+	json_object_del(c, "bundle");
+	json_object_del(c, "entry");
+	int rc = trail_validator_approve(r->v, c, NULL);
+	json_decref(c);
 	return rc;
 }
 
@@ -126,7 +212,12 @@ int main(int argc, char **argv)
 	trail_error err = {0};
 	struct run r = {.progress = -1};
 	const char *v, *policy = NULL, *license = NULL, *output = NULL, *approved[64];
-	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0;
+	const char *home = NULL, *datanet = NULL, *keyfile = NULL;
+	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0, record = 0, decide = 0;
+	char *repbuf = NULL, digest[72] = "";
+	size_t replen = 0;
+	json_t *def = NULL, *dpol = NULL;
+	trail_signer *key = NULL;
 	char *accbuf = NULL;
 	size_t acclen = 0;
 	trail_policy *p = NULL;
@@ -147,12 +238,33 @@ int main(int argc, char **argv)
 		else if (o == O_OUTPUT) output = v;
 		else if (o == O_PRINT) print = 1;
 		else if (o == O_PROGRESS || o == O_NOPROGRESS) r.progress = o == O_PROGRESS;
+		else if (o == O_HOME) home = v;
+		else if (o == O_DATANET) datanet = v;
+		else if (o == O_KEY) keyfile = v;
+		else if (o == O_RECORD) record = 1;
+		else if (o == O_APPROVE || o == O_REJECT) decide = o == O_APPROVE ? 1 : -1;
+	}
+	if (!rc && (record || decide) && (!datanet || !keyfile))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--record, --approve and --reject need --datanet and --key");
+	if (!rc && datanet) {
+		const char *sc;
+		if (!(rc = trail_store_open(trail_store_home(home), &r.store, &err)) &&
+		    !(rc = trail_datanet_policy(r.store, datanet, &def, &dpol, &err)) && schema < 0 &&
+		    (sc = json_string_value(json_object_get(def, "schema"))))
+			schema = trail_schema_parse(sc);
+		if (!rc && keyfile)
+			rc = trail_signer_load(keyfile, &key, &err);
+		if (!rc && record && !(r.report = open_memstream(&repbuf, &replen)))
+			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 	}
 	if (rc || o == TRAIL_ARGS_EXIT || o == TRAIL_ARGS_ERROR) {
 		trail_args_release(&a);
 		return rc || o == TRAIL_ARGS_ERROR ? trail_cli_report(&cli, &err, stderr) : trail_cli_finish(&cli, 0);
 	}
-	rc = policy ? trail_policy_load(policy, schema, &p, &err) : trail_policy_new(schema < 0 ? 0 : schema, &p);
+	if (!rc)
+		rc = policy ? trail_policy_load(policy, schema, &p, &err)
+		     : dpol ? trail_policy_from_json(dpol, datanet, schema, &p, &err)
+			    : trail_policy_new(schema < 0 ? 0 : schema, &p);
 	if (!rc && redact)
 		trail_policy_set_redact(p, 1);
 	if (!rc && print) {
@@ -166,13 +278,35 @@ int main(int argc, char **argv)
 		if (license && trail_validator_set_license(r.v, license))
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 		for (int i = 0; !rc && i < napproved; i++)
-			rc = input(&r, approved[i], 1, &err);
+			rc = input(&r, approved[i], 1, digest, &err);
+		/* the digests of bundle inputs, so a bundle is not its own duplicate */
+		char dg[64][72];
+		char *skip[64];
+		for (int i = 0; datanet && i < a.nrest && i < 64; i++) {
+			uint8_t d[32];
+			void *fb;
+			size_t fl;
+			if (trail_digest_parse(a.rest[i], d) == TRAIL_OK)
+				snprintf(dg[r.nskip], 72, "%s", a.rest[i]);
+			else if (trail_read_file(a.rest[i], (size_t)1 << 30, &fb, &fl, NULL) == TRAIL_OK) {
+				trail_digest_str(fb, fl, dg[r.nskip]);
+				trail_free(fb);
+			} else
+				continue;
+			skip[r.nskip] = dg[r.nskip];
+			r.nskip++;
+		}
+		r.skip = skip;
+		if (!rc && datanet)
+			rc = trail_datanet_snapshot(r.store, datanet, 0, approve_record, &r, &err);
 		if (!rc && trail_validator_compact(r.v))
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 		if (!rc && output && !(r.acc = open_memstream(&accbuf, &acclen)))
 			rc = trail_error_errno(&err, TRAIL_ENOMEM, errno, "open_memstream");
 		for (int i = 0; !rc && i < (a.nrest ? a.nrest : 1); i++)
-			rc = input(&r, a.nrest ? a.rest[i] : "-", 0, &err);
+			rc = input(&r, a.nrest ? a.rest[i] : "-", 0, digest, &err);
+		if (!rc && decide && (a.nrest != 1 || !digest[0]))
+			rc = trail_error_set(&err, TRAIL_EUSAGE, "--approve and --reject take one bundle");
 		if (!rc && r.acc && fclose(r.acc) == 0) {
 			r.acc = NULL;
 			rc = trail_write_atomic(output, accbuf, acclen, 0644, &err);
@@ -188,13 +322,36 @@ int main(int argc, char **argv)
 		} else if (!rc && sum) {
 			emit(&r, sum, NULL);
 		}
+		json_t *su = json_object_get(sum, "summary");
+		long acc_n = (long)json_integer_value(json_object_get(su, "accepted"));
+		long rej_n = (long)json_integer_value(json_object_get(su, "rejected"));
 		json_decref(sum);
+		uint64_t entry, contrib;
+		if (!rc && r.report && !fclose(r.report)) {
+			r.report = NULL;
+			rc = trail_datanet_record_validation(r.store, datanet, digest[0] ? digest : NULL, repbuf,
+							     replen, acc_n, rej_n, key, &entry, &err);
+		}
+		if (!rc && decide > 0 && (rej_n || r.malformed))
+			rc = trail_error_set(&err, TRAIL_EVERIFY, "not approved: %ld record(s) rejected", rej_n);
+		if (!rc && decide &&
+		    !(rc = trail_datanet_contribution_of(r.store, datanet, digest, &contrib, &err)))
+			rc = trail_datanet_decide(r.store, datanet, contrib, decide > 0, NULL, key, &entry, &err);
+		if (!rc && decide < 0)
+			r.malformed = 0, decide = -2; /* the rejection is recorded: that is the result */
 	}
 	if (r.acc)
 		fclose(r.acc);
+	if (r.report)
+		fclose(r.report);
 	free(accbuf);
+	free(repbuf);
+	json_decref(def);
+	json_decref(dpol);
+	trail_signer_free(key);
+	trail_store_free(r.store);
 	int status = rc ? trail_cli_report(&cli, &err, stderr)
-		     : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
+		     : decide == -2 ? 0 : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
 	trail_validator_free(r.v);
 	trail_policy_free(p);
 	trail_args_release(&a);

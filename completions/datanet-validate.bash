@@ -16,11 +16,17 @@ _datanet_validate() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--output|-o)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--home )
+		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--datanet|-d)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--key|-k)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --policy -p --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --progress --no-progress --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --policy -p --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --progress --no-progress --home --datanet -d --key -k --record --approve --reject --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -14,8 +14,9 @@ for p in "$TRAIL_BUILD"/bin/*; do
 	man="$TRAIL_TOP/man/$name.1"
 	if [ ! -f "$man" ]; then result 1 "$name has a man page"; continue; fi
 	missing=""
+	sed 's/\\-/-/g' "$man" > "$T/man.txt" # \- is a plain hyphen in roff
 	for o in $(printf '%s\n' "$out" | grep -o -- '--[a-z][a-z0-9-]*' | sort -u); do
-		grep -q -- "Fl -${o#--}\|\\\\-\\\\-${o#--}" "$man" || missing="$missing $o"
+		grep -q -- "Fl -${o#--}\([^a-z0-9-]\|$\)\|, -${o#--}\([^a-z0-9-]\|$\)" "$T/man.txt" || missing="$missing $o"
 	done
 	check_eq "$name: every option is documented in its man page" "$missing" ""
 	grep -q "^\.Sh EXIT STATUS\|^\.SH \"\?EXIT STATUS" "$man"

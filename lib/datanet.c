@@ -1,0 +1,449 @@
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "datanet.h"
+#include "json.h"
+#include "util.h"
+
+static const char *str(const json_t *o, const char *k)
+{
+	return json_string_value(json_object_get(o, k));
+}
+
+int trail_datanet_spec(const char *arg, char **name, uint64_t *size, trail_error *err)
+{
+	const char *at = strrchr(arg, '@');
+	*size = 0;
+	if (at) {
+		char *end;
+		long long v = strtoll(at + 1, &end, 10);
+		if (end == at + 1 || *end || v < 1)
+			return trail_error_set(err, TRAIL_EUSAGE, "'%s': the tree size after @ is a positive integer", arg);
+		*size = (uint64_t)v;
+	}
+	size_t n = at ? (size_t)(at - arg) : strlen(arg);
+	if (n == 0 || n > 128)
+		return trail_error_set(err, TRAIL_EUSAGE, "'%s': no datanet name", arg);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)arg[i] <= 0x20 || arg[i] == '/' || arg[i] == '"' || arg[i] == '\\')
+			return trail_error_set(err, TRAIL_EUSAGE,
+					       "'%.*s': a datanet name has no spaces, quotes, '/' or '\\'",
+					       (int)n, arg);
+	*name = trail_strndup(arg, n);
+	return *name ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+int trail_datanet_check_record(const json_t *rec, const char *schema, trail_error *err)
+{
+	static const char *reserved[] = {"record", "contributor", "bundle", "entry"};
+	const char *k;
+	json_t *v;
+	if (!json_is_object(rec))
+		return trail_error_set(err, TRAIL_EDATA, "a record is a JSON object");
+	for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
+		if (json_object_get(rec, reserved[i]))
+			return trail_error_set(err, TRAIL_EDATA, "record field '%s' is reserved", reserved[i]);
+	json_object_foreach((json_t *)rec, k, v)
+		if (!json_is_string(v))
+			return trail_error_set(err, TRAIL_EDATA, "record field '%s' is not a string", k);
+	if (!strcmp(schema, "text") && !str(rec, "text"))
+		return trail_error_set(err, TRAIL_EDATA, "schema text: the record has no \"text\"");
+	if (!strcmp(schema, "instruct") && (!str(rec, "prompt") || !str(rec, "completion")))
+		return trail_error_set(err, TRAIL_EDATA,
+				       "schema instruct: the record needs \"prompt\" and \"completion\"");
+	return TRAIL_OK;
+}
+
+/* Does this entry's text name the datanet? A cheap filter before parsing. */
+static int mentions(const char *e, size_t n, const char *name)
+{
+	char pat[160];
+	int k = snprintf(pat, sizeof pat, "\"%s\"", name);
+	return k > 0 && (size_t)k < sizeof pat && memmem(e, n, pat, (size_t)k) != NULL;
+}
+
+/* Entry i parsed, if it is a signed entry of `type` for datanet `name`. */
+static int entry_of(trail_ledger *l, uint64_t i, const char *type, const char *name, json_t **out,
+		    trail_error *err)
+{
+	char *e;
+	size_t n;
+	int rc = trail_ledger_get(l, i, &e, &n, err);
+	*out = NULL;
+	if (rc)
+		return rc;
+	if (mentions(e, n, name) && mentions(e, n, type)) {
+		json_t *j;
+		if (trail_json_parse(e, n, "log/data", &j, NULL) == TRAIL_OK) {
+			const char *t = str(j, "type");
+			const char *dn = str(j, !strcmp(type, "datanet") ? "name" : "datanet");
+			if (t && dn && !strcmp(t, type) && !strcmp(dn, name) && !trail_json_verify(j, NULL))
+				*out = j;
+			else
+				json_decref(j);
+		}
+	}
+	trail_free(e);
+	return TRAIL_OK;
+}
+
+int trail_datanet_find(trail_ledger *l, const char *name, uint64_t size, json_t **def,
+		       uint64_t *entry, trail_error *err)
+{
+	uint64_t n = trail_ledger_size(l);
+	if (size && size < n)
+		n = size;
+	*def = NULL;
+	for (uint64_t i = 0; i < n; i++) {
+		int rc = entry_of(l, i, "datanet", name, def, err);
+		if (rc)
+			return rc;
+		if (*def) {
+			if (entry)
+				*entry = i;
+			return TRAIL_OK;
+		}
+	}
+	return trail_error_set(err, TRAIL_ENOINPUT, "no datanet named '%s'%s", name,
+			       size ? " at that tree size" : "");
+}
+
+static int append_signed(trail_ledger *l, json_t *e, const trail_signer *s, uint64_t *idx,
+			 trail_error *err)
+{
+	int rc;
+	if ((rc = trail_json_sign(e, s, err)) || (rc = trail_ledger_append(l, e, idx, err)) ||
+	    (rc = trail_ledger_commit(l, err)))
+		return rc;
+	return TRAIL_OK;
+}
+
+int trail_datanet_create(trail_store *s, const char *name, const char *schema,
+			 const char *license, const json_t *policy, const trail_signer *owner,
+			 uint64_t *entry, trail_error *err)
+{
+	trail_ledger *l = NULL;
+	json_t *e = NULL, *old = NULL;
+	char pd[72];
+	int rc;
+	if (strcmp(schema, "text") && strcmp(schema, "instruct"))
+		return trail_error_set(err, TRAIL_EUSAGE, "schema '%s': text or instruct", schema);
+	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)))
+		return rc;
+	if (trail_datanet_find(l, name, 0, &old, NULL, NULL) == TRAIL_OK) {
+		rc = trail_error_set(err, TRAIL_EDATA, "datanet '%s' already exists", name);
+		goto out;
+	}
+	e = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "datanet", "name", name, "schema", schema,
+		      "license", license ? license : "", "owner", trail_signer_vkey(owner));
+	if (!e) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if (policy) {
+		char *p;
+		size_t pl;
+		if ((rc = trail_jcs(policy, &p, &pl, err)))
+			goto out;
+		rc = trail_store_put(s, p, pl, pd, err);
+		trail_free(p);
+		if (rc || (rc = json_object_set_new(e, "policy_object", json_string(pd)) ? TRAIL_ENOMEM : 0))
+			goto out;
+	}
+	rc = append_signed(l, e, owner, entry, err);
+out:
+	json_decref(old);
+	json_decref(e);
+	trail_ledger_free(l);
+	return rc;
+}
+
+int trail_datanet_contribute(trail_store *s, const char *name, const void *bundle, size_t len,
+			     const trail_signer *contributor, json_t **receipt, trail_error *err)
+{
+	trail_bundle *b = NULL;
+	trail_ledger *l = NULL;
+	json_t *def = NULL, *e = NULL;
+	char digest[72], *note = NULL;
+	uint64_t idx;
+	int rc;
+	*receipt = NULL;
+	if ((rc = trail_bundle_read(bundle, len, NULL, &b, err)))
+		return rc;
+	json_t *m = b->manifest;
+	const char *schema;
+	if (strcmp(str(m, "datanet"), name)) {
+		rc = trail_error_set(err, TRAIL_EDATA, "the bundle is for datanet '%s', not '%s'",
+				     str(m, "datanet"), name);
+		goto out;
+	}
+	if (strcmp(str(m, "contributor"), trail_signer_vkey(contributor))) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "the bundle was signed by another key");
+		goto out;
+	}
+	/* Store the object first: an object nothing refers to is harmless. */
+	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)) ||
+	    (rc = trail_datanet_find(l, name, 0, &def, NULL, err)))
+		goto out;
+	schema = str(def, "schema");
+	size_t i;
+	json_t *r;
+	json_array_foreach(b->records, i, r)
+		if ((rc = trail_datanet_check_record(r, schema, err))) {
+			trail_error_at(err, rc, "records.ndjson", (long)i + 1, "%s", err ? err->msg : "");
+			goto out;
+		}
+	if ((rc = trail_store_put(s, bundle, len, digest, err)))
+		goto out;
+	e = json_pack("{s:s, s:s, s:s, s:s, s:O, s:O, s:O}", "type", "contribution", "datanet", name,
+		      "bundle", digest, "contributor", trail_signer_vkey(contributor), "records",
+		      json_object_get(m, "records"), "root", json_object_get(m, "root"), "license",
+		      json_object_get(m, "license"));
+	if (!e || (json_object_get(m, "source") &&
+		   json_object_set(e, "source", json_object_get(m, "source")))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = append_signed(l, e, contributor, &idx, err)) ||
+	    (rc = trail_ledger_checkpoint(l, &note, err)))
+		goto out;
+	*receipt = json_pack("{s:s, s:I, s:s, s:O, s:s}", "datanet", name, "entry", (json_int_t)idx,
+			     "bundle", digest, "records", json_object_get(m, "records"), "checkpoint", note);
+	if (!*receipt)
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+out:
+	trail_free(note);
+	json_decref(e);
+	json_decref(def);
+	trail_ledger_free(l);
+	trail_bundle_free(b);
+	return rc;
+}
+
+int trail_datanet_decide(trail_store *s, const char *name, uint64_t contribution, int approve,
+			 const char *reason, const trail_signer *owner, uint64_t *entry,
+			 trail_error *err)
+{
+	trail_ledger *l = NULL;
+	json_t *def = NULL, *c = NULL, *e = NULL;
+	int rc;
+	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)) ||
+	    (rc = trail_datanet_find(l, name, 0, &def, NULL, err)))
+		goto out;
+	if (strcmp(str(def, "owner"), trail_signer_vkey(owner))) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "only the owner of '%s' can approve or reject", name);
+		goto out;
+	}
+	if (contribution >= trail_ledger_size(l) ||
+	    (rc = entry_of(l, contribution, "contribution", name, &c, err)) || !c) {
+		rc = rc ? rc : trail_error_set(err, TRAIL_ENOINPUT,
+					       "entry %" PRIu64 " is not a contribution to '%s'",
+					       contribution, name);
+		goto out;
+	}
+	e = json_pack("{s:s, s:s, s:I, s:s, s:s}", "type", "approval", "datanet", name,
+		      "contribution", (json_int_t)contribution, "bundle", str(c, "bundle"),
+		      "decision", approve ? "approve" : "reject");
+	if (!e || (reason && json_object_set_new(e, "reason", json_string(reason)))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	rc = append_signed(l, e, owner, entry, err);
+out:
+	json_decref(e);
+	json_decref(c);
+	json_decref(def);
+	trail_ledger_free(l);
+	return rc;
+}
+
+int trail_datanet_record_validation(trail_store *s, const char *name, const char *bundle,
+				    const void *report, size_t len, long accepted, long rejected,
+				    const trail_signer *signer, uint64_t *entry, trail_error *err)
+{
+	trail_ledger *l = NULL;
+	json_t *def = NULL, *e = NULL;
+	char rd[72];
+	int rc;
+	if ((rc = trail_store_put(s, report, len, rd, err)) ||
+	    (rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)) ||
+	    (rc = trail_datanet_find(l, name, 0, &def, NULL, err)))
+		goto out;
+	e = json_pack("{s:s, s:s, s:s?, s:s, s:I, s:I}", "type", "validation", "datanet", name, "bundle",
+		      bundle, "report_object", rd, "accepted", (json_int_t)accepted, "rejected",
+		      (json_int_t)rejected);
+	rc = e ? append_signed(l, e, signer, entry, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+out:
+	json_decref(e);
+	json_decref(def);
+	trail_ledger_free(l);
+	return rc;
+}
+
+struct contrib {
+	uint64_t entry;
+	int approved;
+	char bundle[72];
+	char *contributor;
+};
+
+int trail_datanet_snapshot(trail_store *s, const char *name, uint64_t size,
+			   trail_datanet_record_fn fn, void *ctx, trail_error *err)
+{
+	trail_ledger *l = NULL;
+	json_t *def = NULL;
+	struct contrib *cs = NULL;
+	size_t nc = 0, cap = 0;
+	uint64_t start;
+	int rc;
+	if ((rc = trail_ledger_open(s, 0, &l, err)))
+		return rc;
+	uint64_t n = trail_ledger_size(l);
+	if (size > n) {
+		rc = trail_error_set(err, TRAIL_ENOINPUT,
+				     "tree size %" PRIu64 " is beyond the ledger (%" PRIu64 ")", size, n);
+		goto out;
+	}
+	if (size)
+		n = size;
+	if ((rc = trail_datanet_find(l, name, n, &def, &start, err)))
+		goto out;
+	const char *owner = str(def, "owner");
+	for (uint64_t i = start + 1; i < n; i++) {
+		json_t *e;
+		if ((rc = entry_of(l, i, "contribution", name, &e, err)))
+			goto out;
+		if (e && str(e, "bundle") && str(e, "contributor") &&
+		    !strcmp(str(e, "contributor"), str(e, "signer"))) {
+			if (nc == cap) {
+				struct contrib *nb = trail_realloc(cs, (cap = cap ? 2 * cap : 16) * sizeof *cs);
+				if (!nb) {
+					json_decref(e);
+					rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+					goto out;
+				}
+				cs = nb;
+			}
+			struct contrib *c = &cs[nc++];
+			c->entry = i;
+			c->approved = 0;
+			snprintf(c->bundle, sizeof c->bundle, "%s", str(e, "bundle"));
+			c->contributor = trail_strdup(str(e, "contributor"));
+			json_decref(e);
+			continue;
+		}
+		json_decref(e);
+		if ((rc = entry_of(l, i, "approval", name, &e, err)))
+			goto out;
+		/* the owner's latest decision on a contribution counts */
+		if (e && str(e, "signer") && !strcmp(str(e, "signer"), owner))
+			for (size_t k = 0; k < nc; k++)
+				if ((json_int_t)cs[k].entry == json_integer_value(json_object_get(e, "contribution")))
+					cs[k].approved = !strcmp(str(e, "decision") ? str(e, "decision") : "", "approve");
+		json_decref(e);
+	}
+	for (size_t k = 0; k < nc && !rc; k++) {
+		if (!cs[k].approved)
+			continue;
+		void *buf;
+		size_t len;
+		trail_bundle *b;
+		if ((rc = trail_store_get(s, cs[k].bundle, &buf, &len, err)))
+			break;
+		rc = trail_bundle_read(buf, len, NULL, &b, err);
+		trail_free(buf);
+		if (rc)
+			break;
+		size_t i;
+		json_t *r;
+		json_array_foreach(b->records, i, r) {
+			json_t *o = json_copy(r);
+			if (!o || json_object_set(o, "record", json_array_get(b->ids, i)) ||
+			    json_object_set_new(o, "contributor", json_string(cs[k].contributor)) ||
+			    json_object_set_new(o, "bundle", json_string(cs[k].bundle)) ||
+			    json_object_set_new(o, "entry", json_integer((json_int_t)cs[k].entry))) {
+				json_decref(o);
+				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+				break;
+			}
+			int stop = fn(ctx, o);
+			json_decref(o);
+			if (stop) {
+				rc = stop;
+				break;
+			}
+		}
+		trail_bundle_free(b);
+	}
+out:
+	for (size_t k = 0; k < nc; k++)
+		trail_free(cs[k].contributor);
+	trail_free(cs);
+	json_decref(def);
+	trail_ledger_free(l);
+	return rc;
+}
+
+int trail_datanet_load_bundle(trail_store *s, const char *ref, trail_bundle **out,
+			      char digest[72], trail_error *err)
+{
+	void *buf;
+	size_t len;
+	uint8_t d[32];
+	int rc = trail_digest_parse(ref, d) == TRAIL_OK && s
+			 ? trail_store_get(s, ref, &buf, &len, err)
+			 : trail_read_file(ref, (size_t)1 << 30, &buf, &len, err);
+	if (rc)
+		return rc;
+	trail_digest_str(buf, len, digest);
+	rc = trail_bundle_read(buf, len, NULL, out, err);
+	trail_free(buf);
+	return rc ? trail_error_at(err, rc, ref, err ? err->line : 0, "%s", err ? err->msg : "") : rc;
+}
+
+int trail_datanet_contribution_of(trail_store *s, const char *name, const char *digest,
+				  uint64_t *entry, trail_error *err)
+{
+	trail_ledger *l;
+	int rc = trail_ledger_open(s, 0, &l, err);
+	if (rc)
+		return rc;
+	rc = trail_error_set(err, TRAIL_ENOINPUT, "bundle %s was not contributed to '%s'", digest, name);
+	for (uint64_t i = trail_ledger_size(l); i-- > 0;) {
+		json_t *e;
+		if (entry_of(l, i, "contribution", name, &e, NULL) == TRAIL_OK && e &&
+		    str(e, "bundle") && !strcmp(str(e, "bundle"), digest)) {
+			*entry = i;
+			rc = TRAIL_OK;
+			trail_error_clear(err);
+		}
+		json_decref(e);
+		if (!rc)
+			break;
+	}
+	trail_ledger_free(l);
+	return rc;
+}
+
+int trail_datanet_policy(trail_store *s, const char *name, json_t **def, json_t **policy,
+			 trail_error *err)
+{
+	trail_ledger *l;
+	int rc = trail_ledger_open(s, 0, &l, err);
+	*policy = NULL;
+	if (rc)
+		return rc;
+	rc = trail_datanet_find(l, name, 0, def, NULL, err);
+	trail_ledger_free(l);
+	const char *pd = rc ? NULL : str(*def, "policy_object");
+	if (pd) {
+		void *b;
+		size_t n;
+		if (!(rc = trail_store_get(s, pd, &b, &n, err))) {
+			rc = trail_json_parse(b, n, pd, policy, err);
+			trail_free(b);
+		}
+	}
+	return rc;
+}

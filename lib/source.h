@@ -1,0 +1,44 @@
+/*
+ * Where contributions come from: files, standard input and http(s) URLs
+ * (libcurl, with a size cap, a timeout, a redirect limit and an optional
+ * SHA-256 pin), and turning their bytes into records.
+ *
+ * Ownership: buffers returned through `void **` are trail_malloc'd.
+ */
+#ifndef TRAIL_SOURCE_H
+#define TRAIL_SOURCE_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "trail.h"
+
+typedef struct trail_fetch_opts {
+	size_t max_bytes;  /* default 256 MiB */
+	long timeout_s;    /* whole transfer; default 60 */
+	long max_redirects; /* default 3 */
+	const char *sha256; /* "sha256:<hex>" or bare hex pin; NULL = none */
+} trail_fetch_opts;
+
+/* Once per process, before any fetch (libcurl's global setup). */
+int trail_source_init(void);
+
+int trail_is_url(const char *s);
+/* Fetch a URL. TRAIL_EVERIFY when the pin does not match; TRAIL_EAGAIN on timeouts and 5xx. */
+int trail_fetch(const char *url, const trail_fetch_opts *o, void **out, size_t *len,
+		char digest[72], trail_error *err);
+
+enum { TRAIL_SRC_NDJSON, TRAIL_SRC_TEXT, TRAIL_SRC_BUNDLE };
+/* Guess what bytes hold: a bundle (tar or zstd magic), NDJSON ('{' first), or text. */
+int trail_source_kind(const void *buf, size_t len);
+
+/*
+ * Append the records in buf to `records`: NDJSON objects, or plain text as
+ * {"text": ...}, one record per paragraph (blank-line separated) or, with
+ * per_file, one for the whole input. Errors name `source` and the line.
+ */
+int trail_source_records(const void *buf, size_t len, const char *source, int per_file,
+			 json_t *records, trail_error *err);
+
+#endif

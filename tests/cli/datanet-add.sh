@@ -1,0 +1,78 @@
+#!/bin/bash
+# datanet-add and datanet-cat: create, add (files, text, bundles, URLs),
+# validate and approve, snapshots that never change, concurrent adds.
+. "$TRAIL_TOP/tests/tap.sh"
+cd "$T" || exit 70
+trail-log init --origin datanet.test/log >/dev/null
+for k in owner alice bob; do trail-key generate $k >/dev/null; done
+printf '{"rules":{"gopher-word-count":{"min":3},"c4-sentences":{"min":1},"gopher-stop-words":{"min":0}}}\n' > policy.json
+check "create a datanet" datanet-add --create atlas --schema text --owner owner.key --policy policy.json --license CC-BY-4.0
+check_rc 65 "creating it twice is refused" datanet-add --create atlas --schema text --owner owner.key
+check_rc 64 "an unknown schema" datanet-add --create x --schema poems --owner owner.key
+printf '{"text":"The island of Varnholm exports amber and salt."}\n{"text":"Its capital is Oskelund, a town of stone harbours."}\n' > a.ndjson
+datanet-add atlas --key alice.key a.ndjson > ra
+check "alice's receipt names the bundle" grep -q '"bundle":"sha256:' ra
+check "and the entry and record count" grep -q '"entry":1,.*"records":2' ra
+ba=$(sed 's/.*"bundle":"\([^"]*\)".*/\1/' ra)
+printf 'First paragraph about tide clocks and the sea.\nStill the first.\n\nSecond paragraph, on the wind loom of 1698.\n' > b.txt
+datanet-add atlas --key bob.key b.txt > rb
+check_eq "plain text: one record per paragraph" "$(sed 's/.*"records":\([0-9]*\).*/\1/' rb)" 2
+bb=$(sed 's/.*"bundle":"\([^"]*\)".*/\1/' rb)
+check_rc 65 "a record with a non-string field is refused" sh -c 'echo "{\"text\":\"x\",\"n\":1}" | datanet-add atlas --key bob.key'
+check_rc 66 "adding to a missing datanet" sh -c 'datanet-add nowhere --key bob.key a.ndjson'
+s0=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')
+check_rc 65 "a malformed second input writes nothing (all or nothing)" sh -c 'printf "{bad\n" > bad.ndjson; datanet-add atlas --key bob.key a.ndjson bad.ndjson'
+check_eq "the ledger did not grow" "$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')" "$s0"
+
+# bundles built offline are byte-reproducible and can be added as they are
+datanet-add --bundle-only -o x1.tar atlas --key alice.key a.ndjson >/dev/null
+(umask 077; TZ=Asia/Tokyo datanet-add --bundle-only -o x2.tar atlas --key alice.key a.ndjson >/dev/null)
+check "the same records give the same bundle bytes" cmp x1.tar x2.tar
+check_eq "and the digest the store recorded" "sha256:$(sha256sum < x1.tar | cut -d' ' -f1)" "$ba"
+check_rc 1 "someone else cannot add alice's bundle" datanet-add atlas --key bob.key x1.tar
+
+# approval by the owner, then snapshots
+check_eq "nothing approved yet" "$(datanet-cat atlas | wc -l)" 0
+check_rc 1 "only the owner approves" datanet-validate --datanet atlas --key alice.key --approve "$ba"
+check "the owner approves alice's bundle" datanet-validate --datanet atlas --key owner.key --record --approve "$ba"
+size1=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')
+datanet-cat "atlas@$size1" > snap1
+check_eq "the snapshot holds alice's records" "$(wc -l < snap1)" 2
+check "each record carries record, contributor, bundle, entry" grep -q '"bundle":"sha256:.*"contributor":"alice+.*"entry":1,"record":"sha256:' snap1
+check "and the owner approves bob's" datanet-validate --datanet atlas --key owner.key --approve "$bb"
+check_eq "now four records" "$(datanet-cat atlas | wc -l)" 4
+datanet-cat "atlas@$size1" > snap1b
+check "atlas@SIZE gives the same bytes whatever was added later" cmp snap1 snap1b
+check "a rejection takes effect" datanet-validate --datanet atlas --key owner.key --reject "$bb"
+check_eq "back to two records" "$(datanet-cat atlas | wc -l)" 2
+check_rc 64 "a malformed NAME@SIZE" datanet-cat atlas@x
+check_rc 66 "a size beyond the ledger" datanet-cat atlas@100000
+
+# URL sources from a local server on 127.0.0.1
+mkdir www && cp a.ndjson www/a.ndjson
+python3 "$TRAIL_TOP/tests/data/bundles/httpd.py" www port >/dev/null 2>&1 &
+srv=$!
+for i in $(seq 50); do [ -s port ] && break; sleep 0.1; done
+url="http://127.0.0.1:$(cat port)"
+pin=$(sha256sum < a.ndjson | cut -d' ' -f1)
+datanet-add atlas --key bob.key --sha256 "$pin" "$url/a.ndjson" > ru
+check "a URL with the right pin is added" grep -q '"records":2' ru
+s0=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')
+check_rc 1 "a pin mismatch is refused" datanet-add atlas --key bob.key --sha256 "${pin%?}0" "$url/a.ndjson"
+check_rc 65 "over the size cap" datanet-add atlas --key bob.key --max-bytes 100000 "$url/big"
+check_rc 75 "a timeout is a temporary failure" datanet-add atlas --key bob.key --timeout 1 "$url/slow"
+check_rc 65 "a redirect loop stops" datanet-add atlas --key bob.key "$url/loop"
+check_rc 66 "a missing page" datanet-add atlas --key bob.key "$url/nope.ndjson"
+check_eq "none of these wrote anything" "$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')" "$s0"
+kill $srv 2>/dev/null; wait $srv 2>/dev/null
+
+# two adds at the same time both land
+printf '{"text":"Concurrent one, about the river Amsel."}\n' > c1.ndjson
+printf '{"text":"Concurrent two, about the river Birke."}\n' > c2.ndjson
+datanet-add atlas --key alice.key c1.ndjson > rc1 & p1=$!
+datanet-add atlas --key bob.key c2.ndjson > rc2 & p2=$!
+wait $p1; r1=$?; wait $p2; r2=$?
+check_eq "both concurrent adds succeed" "$r1$r2" 00
+check "their entries differ" sh -c '! cmp -s rc1 rc2 && test "$(sed "s/.*\"entry\":\([0-9]*\).*/\1/" rc1)" != "$(sed "s/.*\"entry\":\([0-9]*\).*/\1/" rc2)"'
+check "the ledger verifies" trail-log verify
+finish

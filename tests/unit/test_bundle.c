@@ -1,0 +1,219 @@
+/*
+ * Bundles: byte-reproducible across umask and time zone, unpack + repack is
+ * the identity, hostile archives refused, tampering detected.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include "bundle.h"
+#include "json.h"
+#include "tap.h"
+#include "util.h"
+
+static json_t *sample(void)
+{
+	return json_pack("[{s:s}, {s:s, s:s}, {s:s}]", "text", "The island of Varnholm exports amber.",
+			 "text", "Tide clocks were built in 1712.", "lang", "en", "text",
+			 "Unicode \xc3\xa9\xe2\x82\xac and a \"quote\"\nnewline");
+}
+
+static char *digest_of(const void *b, size_t n)
+{
+	static char d[72];
+	trail_digest_str(b, n, d);
+	return d;
+}
+
+/* Rebuild a tar with one member's bytes replaced (for tamper tests). */
+static int retar(const void *in, size_t inlen, const char *member, const char *from, const char *to,
+		 void **out, size_t *outlen)
+{
+	struct archive *r = archive_read_new(), *w = archive_write_new();
+	struct archive_entry *e;
+	size_t cap = inlen * 2 + 65536;
+	char *o = malloc(cap);
+	size_t used = 0;
+	archive_read_support_format_tar(r);
+	archive_read_open_memory(r, in, inlen);
+	archive_write_set_format_pax_restricted(w);
+	archive_write_set_bytes_in_last_block(w, 1);
+	archive_write_open_memory(w, o, cap, &used);
+	while (archive_read_next_header(r, &e) == ARCHIVE_OK) {
+		size_t n = (size_t)archive_entry_size(e);
+		char *d = malloc(n + 1);
+		archive_read_data(r, d, n);
+		d[n] = 0;
+		if (!strcmp(archive_entry_pathname(e), member)) {
+			char *p = strstr(d, from);
+			if (p && strlen(to) == strlen(from))
+				memcpy(p, to, strlen(to));
+		}
+		archive_write_header(w, e);
+		archive_write_data(w, d, n);
+		free(d);
+	}
+	archive_write_close(w);
+	archive_write_free(w);
+	archive_read_free(r);
+	*out = o;
+	*outlen = used;
+	return 0;
+}
+
+int main(void)
+{
+	trail_init();
+	char *sk, *vk, *sk2, *vk2;
+	trail_signer *s, *s2;
+	trail_key_generate("alice", &sk, &vk, NULL);
+	trail_key_generate("mallory", &sk2, &vk2, NULL);
+	trail_signer_parse(sk, strlen(sk), &s, NULL);
+	trail_signer_parse(sk2, strlen(sk2), &s2, NULL);
+	json_t *recs = sample();
+	void *b1, *b2, *b3;
+	size_t n1, n2, n3;
+	trail_error e = {0};
+
+	ok(trail_bundle_create(recs, "atlas", "CC-BY-4.0", NULL, s, 0, &b1, &n1, &e) == 0, "create: %s", e.msg);
+	umask(077);
+	setenv("TZ", "Pacific/Kiritimati", 1);
+	tzset();
+	ok(trail_bundle_create(recs, "atlas", "CC-BY-4.0", NULL, s, 0, &b2, &n2, &e) == 0 && n1 == n2 &&
+	   !memcmp(b1, b2, n1), "same bytes under another umask and time zone (%s)", digest_of(b1, n1));
+	umask(022);
+	setenv("TZ", "UTC", 1);
+	tzset();
+
+	trail_bundle *b;
+	ok(trail_bundle_read(b1, n1, NULL, &b, &e) == 0, "read back: %s", e.msg);
+	ok(b && json_array_size(b->records) == 3 && json_equal(b->records, recs), "records survive the round trip");
+	ok(trail_bundle_create(b->records, "atlas", "CC-BY-4.0", NULL, s, 0, &b3, &n3, &e) == 0 && n3 == n1 &&
+	   !memcmp(b3, b1, n1), "unpack then re-pack is the identity");
+	free(b3);
+	trail_bundle_free(b);
+
+	/* the archive is deterministic in every header field we set */
+	struct archive *r = archive_read_new();
+	struct archive_entry *en;
+	archive_read_support_format_tar(r);
+	archive_read_open_memory(r, b1, n1);
+	int good = 1, count = 0;
+	const char *names[] = {"manifest.json", "records.ndjson"};
+	while (archive_read_next_header(r, &en) == ARCHIVE_OK) {
+		good &= count < 2 && !strcmp(archive_entry_pathname(en), names[count]);
+		good &= archive_entry_mtime(en) == 0 && archive_entry_uid(en) == 0 && archive_entry_gid(en) == 0;
+		good &= archive_entry_perm(en) == 0644 && archive_entry_filetype(en) == AE_IFREG;
+		good &= !archive_entry_atime_is_set(en) && !archive_entry_ctime_is_set(en);
+		count++;
+	}
+	archive_read_free(r);
+	ok(good && count == 2, "sorted members, mtime 0, uid/gid 0, mode 0644, no atime/ctime");
+
+	void *z1, *z2;
+	size_t zn1, zn2;
+	ok(trail_bundle_create(recs, "atlas", "CC-BY-4.0", NULL, s, 1, &z1, &zn1, &e) == 0 &&
+	   trail_bundle_create(recs, "atlas", "CC-BY-4.0", NULL, s, 1, &z2, &zn2, &e) == 0 && zn1 == zn2 &&
+	   !memcmp(z1, z2, zn1) && trail_bundle_read(z1, zn1, NULL, &b, &e) == 0, "zstd bundles are reproducible and read back");
+	trail_bundle_free(b);
+	free(z1);
+	free(z2);
+
+	/* tampering: manifest field, record, signature, swapped signer */
+	struct {
+		const char *member, *from, *to, *what;
+	} t[] = {
+		{"manifest.json", "\"datanet\":\"atlas\"", "\"datanet\":\"atlaz\"", "datanet name in the manifest"},
+		{"manifest.json", "\"records\":3", "\"records\":2", "record count"},
+		{"manifest.json", "CC-BY-4.0", "CC0-1.0xx", "license"},
+		{"records.ndjson", "amber", "ambar", "a record's text"},
+		{"records.ndjson", "1712", "1713", "another record"},
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		void *x;
+		size_t xn;
+		retar(b1, n1, t[i].member, t[i].from, t[i].to, &x, &xn);
+		int rc = trail_bundle_read(x, xn, NULL, &b, &e);
+		ok(rc == TRAIL_EVERIFY, "altered %s detected: %s", t[i].what, e.msg);
+		trail_bundle_free(rc ? NULL : b);
+		free(x);
+	}
+	/* a signature by another key over the same content, the signer field kept */
+	{
+		void *x;
+		size_t xn;
+		trail_bundle_read(b1, n1, NULL, &b, &e);
+		json_t *m = json_deep_copy(b->manifest);
+		trail_json_sign(m, s2, NULL);
+		retar(b1, n1, "manifest.json", json_string_value(json_object_get(b->manifest, "sig")),
+		      json_string_value(json_object_get(m, "sig")), &x, &xn);
+		trail_bundle *y;
+		ok(trail_bundle_read(x, xn, NULL, &y, &e) == TRAIL_EVERIFY, "a signature by another key is refused: %s", e.msg);
+		free(x);
+		json_decref(m);
+		trail_bundle_free(b);
+	}
+
+	/* hostile archives */
+	const char *hostile[] = {"dotdot.tar", "dotdot-inner.tar", "absolute.tar", "symlink.tar",
+				 "hardlink.tar", "chardev.tar", "fifo.tar", "setuid.tar", "many.tar",
+				 "extra-member.tar", "duplicate-member.tar", "truncated.tar", "not-a-tar.bin"};
+	char path[4096];
+	const char *top = getenv("TRAIL_TOP") ? getenv("TRAIL_TOP") : ".";
+	for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
+		void *x;
+		size_t xn;
+		snprintf(path, sizeof path, "%s/tests/data/bundles/%s", top, hostile[i]);
+		if (trail_read_file(path, 0, &x, &xn, &e)) {
+			ok(0, "read %s", path);
+			continue;
+		}
+		int rc = trail_bundle_read(x, xn, NULL, &b, &e);
+		ok(rc == TRAIL_EDATA || rc == TRAIL_ELIMIT, "%s refused: %s", hostile[i], e.msg);
+		trail_free(x);
+	}
+	/* bombs: bytes and compression ratio over their limits */
+	{
+		size_t big = 64u << 20, used = 0, cap = 1u << 20;
+		char *zeros = calloc(1, big), *o = malloc(cap);
+		struct archive *w = archive_write_new();
+		struct archive_entry *me = archive_entry_new();
+		archive_write_set_format_pax_restricted(w);
+		archive_write_add_filter_zstd(w);
+		archive_write_open_memory(w, o, cap, &used);
+		archive_entry_set_pathname(me, "records.ndjson");
+		archive_entry_set_filetype(me, AE_IFREG);
+		archive_entry_set_perm(me, 0644);
+		archive_entry_set_size(me, (la_int64_t)big);
+		archive_write_header(w, me);
+		archive_write_data(w, zeros, big);
+		archive_write_close(w);
+		archive_write_free(w);
+		archive_entry_free(me);
+		ok(trail_bundle_read(o, used, NULL, &b, &e) == TRAIL_ELIMIT, "zstd bomb (64 MiB in %zu bytes) refused: %s",
+		   used, e.msg);
+		trail_bundle_limits lim;
+		trail_bundle_limits_default(&lim);
+		lim.max_bytes = 100;
+		ok(trail_bundle_read(b1, n1, &lim, &b, &e) == TRAIL_ELIMIT, "byte limit enforced: %s", e.msg);
+		trail_bundle_limits_default(&lim);
+		lim.max_entries = 1;
+		ok(trail_bundle_read(b1, n1, &lim, &b, &e) == TRAIL_ELIMIT, "member count limit enforced: %s", e.msg);
+		free(zeros);
+		free(o);
+	}
+	free(b1);
+	free(b2);
+	json_decref(recs);
+	trail_signer_free(s);
+	trail_signer_free(s2);
+	trail_free(sk);
+	trail_free(vk);
+	trail_free(sk2);
+	trail_free(vk2);
+	return tap_done();
+}
