@@ -34,9 +34,12 @@ BEGIN {
 		rec("bob.ndjson", "In " year[i] " " w " showed the " k " to the harbour masters, who bought twelve of them.")
 	}
 	r = split("Amsel Birke Corran Dunmore Elver Fennick Garrow Hesk", river, " ")
+	split("slow and brown|quick and cold|wide and shallow|narrow and deep|green with weed|clear over stones|grey with silt|loud with falls", how, "|")
+	split("mills and orchards|willows and sheep|three stone bridges|the old salt road|a ruined abbey|reed beds full of herons|the copper mines|farms that grow barley", past, "|")
+	split("fishing boats wait for the evening tide|a lighthouse burns whale oil|ferries leave twice a day for the islands|merchants weigh wool on iron scales|the customs house flies a blue flag|children dive from the harbour wall|shipwrights build boats of cedar|a market sells smoked eel on Fridays", port, "|")
 	for (i = 1; i <= r; i++) {
-		rec("carol.ndjson", "The river " river[i] " runs from the hills to the sea, slow and brown, past mills and orchards.")
-		rec("carol.ndjson", "At the mouth of the " river[i] " there is a harbour where fishing boats wait for the evening tide.")
+		rec("carol.ndjson", "The river " river[i] " runs " how[i] " from the hills, past " past[i] ", to the sea.")
+		rec("carol.ndjson", "At the mouth of the " river[i] " is a harbour where " port[i] ".")
 	}
 	# dave: verbatim copies and near copies of alice
 	for (i = 1; i <= 4; i++) {
