@@ -1,0 +1,115 @@
+/*
+ * GPT-2-family transformer: learned positions, pre-LayerNorm, GELU (tanh),
+ * tied embeddings; forward, backward, LoRA on any of c_attn, attn.c_proj,
+ * c_fc, mlp.c_proj (PEFT's scaling alpha/r), every large product through
+ * cblas_sgemm.
+ *
+ * Shapes (B batch, T sequence, C n_embd, V vocab, L layers, NH heads):
+ *   wte [V,C]  wpe [P,C]  per layer: ln_1 [C]x2, c_attn W [C,3C] b [3C],
+ *   attn.c_proj W [C,C] b [C], ln_2 [C]x2, c_fc W [C,4C] b [4C],
+ *   mlp.c_proj W [4C,C] b [C];  ln_f [C]x2.   (Conv1D: y = x W + b)
+ *   LoRA on a layer with W [in,out]: A [r,in], B [out,r] (PEFT's lora_A,
+ *   lora_B), y += (alpha/r) (x A^T) B^T.
+ *
+ * Ownership: a trail_model owns its parameter arena (or its file mapping),
+ * gradients and activations; arrays returned by accessors stay owned by the
+ * model and are valid until the next forward/backward or trail_model_free.
+ */
+#ifndef TRAIL_MODEL_H
+#define TRAIL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "trail.h"
+
+typedef struct trail_gpt2_config {
+	int n_layer, n_head, n_embd, n_positions, vocab_size;
+} trail_gpt2_config;
+
+enum { TRAIL_LORA_C_ATTN = 1, TRAIL_LORA_ATTN_PROJ = 2, TRAIL_LORA_C_FC = 4, TRAIL_LORA_MLP_PROJ = 8 };
+
+typedef struct trail_lora_config {
+	int r;
+	double alpha;
+	int targets; /* TRAIL_LORA_* bits */
+	int rslora;  /* scale alpha/sqrt(r) instead of alpha/r */
+} trail_lora_config;
+
+typedef struct trail_model trail_model;
+
+/* Hugging Face config.json fields; missing or silly values are TRAIL_EDATA. */
+int trail_gpt2_config_parse(const json_t *j, trail_gpt2_config *c, trail_error *err);
+json_t *trail_gpt2_config_json(const trail_gpt2_config *c);
+size_t trail_gpt2_num_params(const trail_gpt2_config *c);
+
+/* A model with GPT-2's initialisation (normal 0.02, projections scaled by 1/sqrt(2L)). */
+int trail_model_init(const trail_gpt2_config *c, uint64_t seed, trail_model **out,
+		     trail_error *err);
+/* Load config.json + model.safetensors from a directory (names with or without "transformer."). */
+int trail_model_load(const char *dir, trail_model **out, trail_error *err);
+/* Write config.json + model.safetensors into dir (created if needed). */
+int trail_model_save(const trail_model *m, const char *dir, trail_error *err);
+void trail_model_free(trail_model *m);
+const trail_gpt2_config *trail_model_config(const trail_model *m);
+
+/* Add LoRA matrices (A seeded normal/kaiming-like, B zero, as PEFT); base weights freeze. */
+int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t seed,
+			 trail_error *err);
+/* PEFT adapter directory: adapter_config.json + adapter_model.safetensors. */
+int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err);
+int trail_model_save_adapter(const trail_model *m, const char *dir, const char *base_name,
+			     trail_error *err);
+/* Fold the LoRA product into the base weights (W += scale A^T B^T) and drop LoRA. */
+int trail_model_merge_lora(trail_model *m, trail_error *err);
+int trail_model_has_lora(const trail_model *m);
+
+/*
+ * Forward over tokens [B,T] (T <= n_positions). targets [B,T] may be NULL
+ * (no loss); a target of -1 is ignored. Returns the mean loss over counted
+ * targets in *loss. Logits [B,T,V] stay readable through trail_model_logits.
+ */
+int trail_model_forward(trail_model *m, const int32_t *tokens, const int32_t *targets, int B,
+			int T, float *loss, trail_error *err);
+const float *trail_model_logits(const trail_model *m);
+/* Backward of the last forward's mean loss: accumulates into the gradients. */
+int trail_model_backward(trail_model *m, trail_error *err);
+void trail_model_zero_grad(trail_model *m);
+
+/*
+ * Trainable parameters as one flat vector (all weights, or only LoRA when
+ * the model has LoRA), with their gradients. n is the element count.
+ */
+float *trail_model_params(trail_model *m, size_t *n);
+float *trail_model_grads(trail_model *m, size_t *n);
+
+/*
+ * The trainable linear layers, for attribution: after a forward and
+ * backward with B = 1, layer i's input activations X [T,in] and output
+ * gradients dY [T,out] (of the summed loss, i.e. the mean loss times the
+ * count of targets). name is "h.3.attn.c_attn" and so on.
+ */
+/* Keep each trainable layer's dY through backward (costs N*out floats per layer). */
+void trail_model_keep_linear_io(trail_model *m, int on);
+int trail_model_num_linear(const trail_model *m);
+int trail_model_linear_io(const trail_model *m, int i, const char **name, const float **X,
+			  const float **dY, int *in, int *out, int *T);
+
+/* AdamW with decoupled weight decay (default 0) on every trainable parameter. */
+typedef struct trail_adamw {
+	double lr, beta1, beta2, eps, weight_decay;
+	float *m, *v;
+	size_t n;
+	long t;
+} trail_adamw;
+int trail_adamw_init(trail_adamw *o, size_t n);
+/* One step; grads are clipped to global norm `clip` first (0: no clipping). Returns the norm. */
+double trail_adamw_step(trail_adamw *o, trail_model *m, double lr, double clip);
+void trail_adamw_release(trail_adamw *o);
+
+/* Warmup then cosine decay to 10% of the peak. */
+double trail_lr_schedule(double peak, long step, long warmup, long total);
+
+#endif
