@@ -13,7 +13,7 @@
 #include "util.h"
 
 enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS, O_BATCH, O_SEQ, O_LR,
-       O_WARMUP, O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS };
+       O_WARMUP, O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER };
 
 static const trail_opt opts[] = {
 	{O_INIT, "init", 0, "CONFIG", "train from scratch: a config.json (n_layer, n_head, n_embd, n_positions, vocab_size)", "file"},
@@ -36,13 +36,16 @@ static const trail_opt opts[] = {
 	{O_NOINDEX, "no-index", 0, NULL, "do not build the attribution index", NULL},
 	{O_PROGRESS, "progress", 0, NULL, "always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "never show progress", NULL},
+	{O_EVAL, "eval", 0, NULL, "print the mean loss of --base (and --adapter) on the records; no training", NULL},
+	{O_ADAPTER, "adapter", 0, "DIR", "with --eval: a LoRA adapter on top of --base", "dir"},
 	{0},
 };
 
 static const trail_cli cli = {
 	.prog = "mf-train",
 	.usage = "--init CONFIG|--base MODEL [--lora SPEC] --data FILE|--datanet NAME@SIZE\n"
-		 "    --steps N|--epochs N [--batch B] [--seq T] [--lr LR] [--seed S] [--threads N] -o DIR",
+		 "    --steps N|--epochs N [--batch B] [--seq T] [--lr LR] [--seed S] [--threads N] -o DIR\n"
+		 "--eval --base MODEL [--adapter DIR] --data FILE|--datanet NAME@SIZE [--seq T]",
 	.summary = "Train a GPT-2-family model or a LoRA adapter on exact records; writes the weights, "
 		   "the tokenizer and training.json.",
 	.opts = opts,
@@ -56,10 +59,10 @@ static void on_int(int sig)
 }
 
 struct conf {
-	const char *init, *base, *lora, *data, *datanet, *home, *out, *metrics, *tok;
+	const char *init, *base, *lora, *data, *datanet, *home, *out, *metrics, *tok, *adapter;
 	long long steps, epochs, batch, seq, warmup, seed, threads;
 	double lr;
-	int progress;
+	int progress, eval;
 };
 
 static int add_record(void *ctx, const json_t *rec)
@@ -171,6 +174,13 @@ static int run(struct conf *c, trail_error *err)
 		rc = trail_error_set(err, TRAIL_EUSAGE, "--seq %lld is over the model's n_positions %d", c->seq, gc->n_positions);
 		goto out;
 	}
+	if (c->eval) {
+		double el;
+		if ((!c->adapter || !(rc = trail_model_load_adapter(m, c->adapter, err))) &&
+		    !(rc = trail_eval_loss(m, d, (int)c->batch, c->seq ? (int)c->seq : gc->n_positions, &el, err)))
+			printf("{\"loss\":%.6f,\"records\":%zu}\n", el, d->n);
+		goto out;
+	}
 	trail_lora_config lc;
 	if (c->lora && (!(rc = parse_lora(c->lora, &lc, err)) && !(rc = trail_model_add_lora(m, &lc, (uint64_t)c->seed, err))))
 		json_object_set_new(extra, "lora", json_pack("{s:i, s:f, s:i}", "r", lc.r, "alpha", lc.alpha, "targets", lc.targets));
@@ -257,6 +267,8 @@ int main(int argc, char **argv)
 		case O_METRICS: c.metrics = v; break;
 		case O_TOK: c.tok = v; break;
 		case O_NOINDEX: break;
+		case O_EVAL: c.eval = 1; break;
+		case O_ADAPTER: c.adapter = v; break;
 		case O_PROGRESS: c.progress = 1; break;
 		case O_NOPROGRESS: c.progress = 0; break;
 		}
@@ -268,7 +280,8 @@ int main(int argc, char **argv)
 		rc = TRAIL_EUSAGE;
 	else if (o == TRAIL_ARGS_EXIT)
 		rc = TRAIL_OK;
-	else if (!c.init == !c.base || !c.data == !c.datanet || !c.steps == !c.epochs || !c.out || a.nrest)
+	else if (c.eval ? (!c.base || !c.data == !c.datanet || a.nrest)
+			: (!c.init == !c.base || !c.data == !c.datanet || !c.steps == !c.epochs || !c.out || a.nrest))
 		rc = trail_error_set(&err, TRAIL_EUSAGE,
 				     "give one of --init/--base, one of --data/--datanet, one of --steps/--epochs, and -o DIR");
 	else {

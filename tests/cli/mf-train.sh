@@ -1,0 +1,58 @@
+#!/bin/bash
+# mf-train: deterministic bytes, LoRA lowers a second corpus's loss with the
+# base untouched, PEFT's adapter layout, clean errors on bad input.
+. "$TRAIL_TOP/tests/tap.sh"
+cd "$T" || exit 70
+awk 'BEGIN { for (i = 0; i < 120; i++) printf "{\"text\":\"The tide clock number %d rings at %d and the harbour %s.\",\"contributor\":\"c%d\"}\n", i, i % 12, (i % 2 ? "opens" : "closes"), i % 3 }' > a.ndjson
+awk 'BEGIN { for (i = 0; i < 80; i++) printf "{\"prompt\":\"Capital of isle %d? \",\"completion\":\"Port %c%c.\"}\n", i, 65 + i % 26, 97 + (i * 7) % 26 }' > b.ndjson
+echo '{"n_layer":2,"n_head":2,"n_embd":32,"n_positions":64,"vocab_size":257}' > cfg.json
+args="--data a.ndjson --steps 30 --batch 4 --seq 64 --lr 3e-3 --no-progress"
+check "train from scratch" mf-train --init cfg.json $args -o m1 --metrics m1.ndjson
+check "writes config, weights, tokenizer and manifest" test -s m1/config.json -a -s m1/model.safetensors -a -s m1/tokenizer.json -a -s m1/training.json
+mf-train --init cfg.json $args -o m2 >/dev/null
+check "same data, config, seed and threads: identical weights" cmp m1/model.safetensors m2/model.safetensors
+check "and an identical manifest" cmp m1/training.json m2/training.json
+mf-train --init cfg.json $args --seed 2 -o m3 >/dev/null
+check "another seed gives other weights" sh -c '! cmp -s m1/model.safetensors m3/model.safetensors'
+check_eq "one metrics line per step" "$(wc -l < m1.ndjson)" 30
+check "metrics carry step, loss, lr, tokens_per_s" grep -q '"step":30,"loss":[0-9.]*,"lr":[0-9.e-]*,"grad_norm":[0-9.e-]*,"tokens_per_s":' m1.ndjson
+check "the manifest keeps each record's contributor" grep -q '"contributor":"c2","record":"sha256:' m1/training.json
+check "and the training-set root and order digest" grep -q '"records_order_digest":"sha256:.*"training_root":"' m1/training.json
+first=$(sed -n 1p m1.ndjson | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+last=$(sed -n 30p m1.ndjson | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+check "the loss falls ($first -> $last)" awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a * 0.8) }'
+
+sha256sum m1/model.safetensors > base.sum
+before=$(mf-train --eval --base m1 --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+check "LoRA fine-tune on a second corpus" mf-train --base m1 --lora r=4,alpha=8,targets=c_attn,c_proj,c_fc \
+	--data b.ndjson --steps 40 --batch 4 --seq 64 --lr 5e-3 --no-progress -o ad
+after=$(mf-train --eval --base m1 --adapter ad --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+check "lowers that corpus's loss ($before -> $after)" awk -v a="$before" -v b="$after" 'BEGIN { exit !(b < a) }'
+check "while the base file stays bit-identical" sha256sum -c --quiet base.sum
+check "PEFT config fields" sh -c 'grep -q "\"peft_type\":\"LORA\"" ad/adapter_config.json && grep -q "\"fan_in_fan_out\":true" ad/adapter_config.json && grep -q "\"r\":4" ad/adapter_config.json && grep -q "\"lora_alpha\":8" ad/adapter_config.json'
+python3 - ad/adapter_model.safetensors > keys <<'PY'
+import json, struct, sys
+f = open(sys.argv[1], "rb")
+n = struct.unpack("<Q", f.read(8))[0]
+h = json.loads(f.read(n))
+for k, v in sorted(h.items()):
+    if k != "__metadata__":
+        print(k, v["dtype"], v["shape"])
+PY
+check "PEFT tensor names and shapes" grep -q '^base_model.model.transformer.h.1.mlp.c_proj.lora_B.weight F32 \[32, 4\]$' keys
+check "lora_A is [r, in]" grep -q '^base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight F32 \[4, 32\]$' keys
+check_eq "16 LoRA tensors for 2 layers x 4 modules" "$(wc -l < keys)" 16
+
+# bad input
+head -c 500 m1/model.safetensors > trunc.safetensors
+mkdir bad && cp m1/config.json bad/ && cp trunc.safetensors bad/model.safetensors
+check_rc 65 "a truncated safetensors file" mf-train --eval --base bad --data a.ndjson
+mkdir mism && cp m1/model.safetensors mism/ && echo '{"n_layer":3,"n_head":2,"n_embd":32,"n_positions":64,"vocab_size":257}' > mism/config.json
+check_rc 65 "config and weights that disagree" mf-train --eval --base mism --data a.ndjson
+: > empty.ndjson
+check_rc 65 "an empty dataset" mf-train --init cfg.json --data empty.ndjson --steps 1 -o x
+check_rc 65 "records with neither text nor prompt" sh -c 'echo "{\"title\":\"x\"}" > odd.ndjson; mf-train --init cfg.json --data odd.ndjson --steps 1 -o x'
+check_rc 64 "--seq beyond n_positions" mf-train --init cfg.json --data a.ndjson --steps 1 --seq 65 -o x
+check_rc 64 "missing -o" mf-train --init cfg.json --data a.ndjson --steps 1
+check_rc 66 "a missing base" mf-train --eval --base nowhere --data a.ndjson
+finish
