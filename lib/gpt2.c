@@ -1121,3 +1121,218 @@ double trail_lr_schedule(double peak, long step, long warmup, long total)
 		f = 1;
 	return peak * (0.1 + 0.9 * 0.5 * (1 + cos(M_PI * f)));
 }
+
+/* ---- inference ------------------------------------------------------------------- */
+
+struct trail_lora_weights {
+	int r, nl;
+	double scale;
+	float **A, **B; /* [n_layer*4], NULL where the layer has no LoRA */
+	float *mem;
+	size_t bytes;
+};
+
+struct trail_kv {
+	float *mem; /* [L][2][P][C] */
+};
+
+size_t trail_kv_bytes(const trail_model *m)
+{
+	return (size_t)m->c.n_layer * 2 * (size_t)m->c.n_positions * (size_t)m->c.n_embd * sizeof(float);
+}
+
+trail_kv *trail_kv_new(const trail_model *m)
+{
+	trail_kv *kv = trail_calloc(1, sizeof *kv);
+	if (kv && !(kv->mem = trail_malloc(trail_kv_bytes(m)))) {
+		trail_free(kv);
+		kv = NULL;
+	}
+	return kv;
+}
+
+void trail_kv_free(trail_kv *kv)
+{
+	if (kv) {
+		trail_free(kv->mem);
+		trail_free(kv);
+	}
+}
+
+void trail_lora_weights_free(trail_lora_weights *w)
+{
+	if (!w)
+		return;
+	trail_free(w->A);
+	trail_free(w->B);
+	trail_free(w->mem);
+	trail_free(w);
+}
+
+size_t trail_lora_weights_bytes(const trail_lora_weights *w)
+{
+	return w->bytes;
+}
+
+int trail_lora_weights_load(const trail_model *base, const char *dir, trail_lora_weights **out,
+			    trail_error *err)
+{
+	/* load through a scratch model so the checks are the training path's own */
+	trail_model *t = NULL;
+	trail_lora_weights *w = NULL;
+	int rc = alloc_model(&base->c, &t, err);
+	*out = NULL;
+	if (rc)
+		return rc;
+	if ((rc = trail_model_load_adapter(t, dir, err)))
+		goto out;
+	int nl = 4 * base->c.n_layer;
+	if (!(w = trail_calloc(1, sizeof *w)) || !(w->A = trail_calloc((size_t)nl, sizeof *w->A)) ||
+	    !(w->B = trail_calloc((size_t)nl, sizeof *w->B)) || !(w->mem = trail_malloc(t->nlp * sizeof *w->mem))) {
+		rc = fail_oom(err);
+		goto out;
+	}
+	memcpy(w->mem, t->lp, t->nlp * sizeof *w->mem);
+	w->r = t->lc.r;
+	w->nl = nl;
+	w->scale = t->scale;
+	w->bytes = t->nlp * sizeof *w->mem;
+	for (int i = 0; i < nl; i++) {
+		lin *x = target(t, i / 4, i % 4);
+		if (x->A) {
+			w->A[i] = w->mem + (x->A - t->lp);
+			w->B[i] = w->mem + (x->Bm - t->lp);
+		}
+	}
+	*out = w;
+	w = NULL;
+out:
+	trail_lora_weights_free(w);
+	trail_model_free(t);
+	return rc;
+}
+
+/* y [n,out] = x W + b, then each adapter's (x A^T) B^T over its rows (gathered). */
+static int step_linear(const lin *L, int li, int n, const float *x, float *y, const int *ord,
+		       const trail_lora_weights *const *lora, float *gx, float *gu, float *gy)
+{
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, L->out, L->in, 1.0f, x, L->in, L->W, L->out, 0.0f, y,
+		    L->out);
+	for (int i = 0; i < n; i++)
+		for (int o = 0; o < L->out; o++)
+			y[(size_t)i * L->out + o] += L->b[o];
+	for (int s = 0; s < n;) { /* ord groups rows by adapter */
+		const trail_lora_weights *w = lora[ord[s]];
+		int e = s;
+		while (e < n && lora[ord[e]] == w)
+			e++;
+		if (w && w->A[li]) {
+			int k = e - s, r = w->r;
+			for (int j = 0; j < k; j++)
+				memcpy(gx + (size_t)j * L->in, x + (size_t)ord[s + j] * L->in, (size_t)L->in * sizeof *x);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, r, L->in, 1.0f, gx, L->in, w->A[li], L->in, 0.0f,
+				    gu, r);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, L->out, r, (float)w->scale, gu, r, w->B[li], r,
+				    0.0f, gy, L->out);
+			for (int j = 0; j < k; j++)
+				for (int o = 0; o < L->out; o++)
+					y[(size_t)ord[s + j] * L->out + o] += gy[(size_t)j * L->out + o];
+		}
+		s = e;
+	}
+	return TRAIL_OK;
+}
+
+int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, trail_kv *const *kv,
+		     const trail_lora_weights *const *lora, float *logits, trail_error *err)
+{
+	int C = m->c.n_embd, V = m->c.vocab_size, NH = m->c.n_head, P = m->c.n_positions, hs = C / NH, rmax = 1;
+	if (n < 1)
+		return TRAIL_OK;
+	for (int i = 0; i < n; i++) {
+		if (tok[i] < 0 || tok[i] >= V || pos[i] < 0 || pos[i] >= P)
+			return trail_error_set(err, TRAIL_EDATA, "row %d: token %d at position %d out of range", i, tok[i], pos[i]);
+		if (lora[i] && lora[i]->r > rmax)
+			rmax = lora[i]->r;
+	}
+	size_t N = (size_t)n;
+	float *mem = trail_malloc(sizeof(float) * (N * C * 4 + N * 3 * C + N * 4 * C * 2 + N * 4 * C * 2 + N * (size_t)rmax +
+						    (size_t)P));
+	int *ord = trail_malloc(N * sizeof *ord);
+	if (!mem || !ord) {
+		trail_free(mem), trail_free(ord);
+		return fail_oom(err);
+	}
+	float *x = mem, *ln = x + N * C, *y = ln + N * C, *tmp = y + N * C, *qkv = tmp + N * C, *h = qkv + N * 3 * C;
+	float *hg = h + N * 4 * C, *gx = hg + N * 4 * C, *gy = gx + N * 4 * C, *gu = gy + N * 4 * C, *sc = gu + N * (size_t)rmax;
+	float lnm[1], lnr[1];
+	/* group rows by adapter (stable), for the low-rank products */
+	for (int i = 0; i < n; i++)
+		ord[i] = i;
+	for (int i = 1; i < n; i++) {
+		int v = ord[i], j = i;
+		while (j > 0 && (uintptr_t)lora[ord[j - 1]] > (uintptr_t)lora[v]) {
+			ord[j] = ord[j - 1];
+			j--;
+		}
+		ord[j] = v;
+	}
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < C; c++)
+			x[(size_t)i * C + c] = m->wte[(size_t)tok[i] * C + c] + m->wpe[(size_t)pos[i] * C + c];
+	for (int l = 0; l < m->c.n_layer; l++) {
+		layer *Ly = &m->L[l];
+		for (int i = 0; i < n; i++)
+			layernorm_fwd(ln + (size_t)i * C, lnm, lnr, x + (size_t)i * C, Ly->ln1w, Ly->ln1b, 1, C);
+		step_linear(&Ly->attn, 4 * l, n, ln, qkv, ord, lora, gx, gu, gy);
+		for (int i = 0; i < n; i++) { /* cache this position's key and value */
+			float *kc = kv[i]->mem + ((size_t)l * 2 * P + (size_t)pos[i]) * C;
+			float *vc = kv[i]->mem + (((size_t)l * 2 + 1) * P + (size_t)pos[i]) * C;
+			memcpy(kc, qkv + (size_t)i * 3 * C + C, (size_t)C * sizeof *kc);
+			memcpy(vc, qkv + (size_t)i * 3 * C + 2 * C, (size_t)C * sizeof *vc);
+		}
+		for (int i = 0; i < n; i++) {
+			const float *kb = kv[i]->mem + (size_t)l * 2 * P * C, *vb = kv[i]->mem + ((size_t)l * 2 + 1) * P * C;
+			for (int hh = 0; hh < NH; hh++) {
+				const float *q = qkv + (size_t)i * 3 * C + (size_t)hh * hs;
+				float mx = -INFINITY, scale = (float)(1.0 / sqrt((double)hs));
+				for (int u = 0; u <= pos[i]; u++) {
+					float s = 0;
+					for (int k = 0; k < hs; k++)
+						s += q[k] * kb[(size_t)u * C + (size_t)hh * hs + k];
+					sc[u] = s * scale;
+					mx = sc[u] > mx ? sc[u] : mx;
+				}
+				double sum = 0;
+				for (int u = 0; u <= pos[i]; u++)
+					sum += (sc[u] = expf(sc[u] - mx));
+				float *out = y + (size_t)i * C + (size_t)hh * hs;
+				for (int k = 0; k < hs; k++)
+					out[k] = 0;
+				for (int u = 0; u <= pos[i]; u++) {
+					float a = (float)(sc[u] / sum);
+					for (int k = 0; k < hs; k++)
+						out[k] += a * vb[(size_t)u * C + (size_t)hh * hs + k];
+				}
+			}
+		}
+		step_linear(&Ly->aproj, 4 * l + 1, n, y, tmp, ord, lora, gx, gu, gy);
+		for (size_t i = 0; i < N * C; i++)
+			x[i] += tmp[i];
+		for (int i = 0; i < n; i++)
+			layernorm_fwd(ln + (size_t)i * C, lnm, lnr, x + (size_t)i * C, Ly->ln2w, Ly->ln2b, 1, C);
+		step_linear(&Ly->fc, 4 * l + 2, n, ln, h, ord, lora, gx, gu, gy);
+		gelu_fwd(hg, h, N * 4 * C);
+		step_linear(&Ly->mproj, 4 * l + 3, n, hg, tmp, ord, lora, gx, gu, gy);
+		for (size_t i = 0; i < N * C; i++)
+			x[i] += tmp[i];
+	}
+	if (logits) {
+		for (int i = 0; i < n; i++)
+			layernorm_fwd(ln + (size_t)i * C, lnm, lnr, x + (size_t)i * C, m->lnfw, m->lnfb, 1, C);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, 1.0f, ln, C, m->wte, C, 0.0f, logits, V);
+	}
+	trail_free(mem);
+	trail_free(ord);
+	return TRAIL_OK;
+}
