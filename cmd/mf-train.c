@@ -13,7 +13,7 @@
 #include "util.h"
 
 enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS, O_BATCH, O_SEQ, O_LR,
-       O_WARMUP, O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER };
+       O_WARMUP, O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER, O_MERGE };
 
 static const trail_opt opts[] = {
 	{O_INIT, "init", 0, "CONFIG", "train from scratch: a config.json (n_layer, n_head, n_embd, n_positions, vocab_size)", "file"},
@@ -37,7 +37,8 @@ static const trail_opt opts[] = {
 	{O_PROGRESS, "progress", 0, NULL, "always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "never show progress", NULL},
 	{O_EVAL, "eval", 0, NULL, "print the mean loss of --base (and --adapter) on the records; no training", NULL},
-	{O_ADAPTER, "adapter", 0, "DIR", "with --eval: a LoRA adapter on top of --base", "dir"},
+	{O_ADAPTER, "adapter", 0, "DIR", "with --eval or --merge: a LoRA adapter on top of --base", "dir"},
+	{O_MERGE, "merge", 0, NULL, "write --base with --adapter folded into its weights to -o DIR", NULL},
 	{0},
 };
 
@@ -45,7 +46,8 @@ static const trail_cli cli = {
 	.prog = "mf-train",
 	.usage = "--init CONFIG|--base MODEL [--lora SPEC] --data FILE|--datanet NAME@SIZE\n"
 		 "    --steps N|--epochs N [--batch B] [--seq T] [--lr LR] [--seed S] [--threads N] -o DIR\n"
-		 "--eval --base MODEL [--adapter DIR] --data FILE|--datanet NAME@SIZE [--seq T]",
+		 "--eval --base MODEL [--adapter DIR] --data FILE|--datanet NAME@SIZE [--seq T]\n"
+		 "--merge --base MODEL --adapter DIR -o DIR",
 	.summary = "Train a GPT-2-family model or a LoRA adapter on exact records; writes the weights, "
 		   "the tokenizer and training.json.",
 	.opts = opts,
@@ -62,7 +64,7 @@ struct conf {
 	const char *init, *base, *lora, *data, *datanet, *home, *out, *metrics, *tok, *adapter;
 	long long steps, epochs, batch, seq, warmup, seed, threads;
 	double lr;
-	int progress, eval;
+	int progress, eval, merge;
 };
 
 static int add_record(void *ctx, const json_t *rec)
@@ -107,6 +109,21 @@ static int parse_lora(const char *spec, trail_lora_config *lc, trail_error *err)
 	if (!lc->targets)
 		lc->targets = 1 | 2 | 4 | 8;
 	return TRAIL_OK;
+}
+
+/* base + adapter folded into one model directory */
+static int merge(const struct conf *c, trail_error *err)
+{
+	trail_model *m;
+	trail_tokenizer *tk;
+	int rc = trail_model_load(c->base, &m, err);
+	if (!rc && !(rc = trail_model_load_adapter(m, c->adapter, err)) && !(rc = trail_model_merge_lora(m, err)) &&
+	    !(rc = trail_model_save(m, c->out, err)) && !(rc = trail_tokenizer_load(c->base, &tk, err))) {
+		rc = trail_tokenizer_save(tk, c->out, err);
+		trail_tokenizer_free(tk);
+	}
+	trail_model_free(m);
+	return rc;
 }
 
 static int run(struct conf *c, trail_error *err)
@@ -269,6 +286,7 @@ int main(int argc, char **argv)
 		case O_NOINDEX: break;
 		case O_EVAL: c.eval = 1; break;
 		case O_ADAPTER: c.adapter = v; break;
+		case O_MERGE: c.merge = 1; break;
 		case O_PROGRESS: c.progress = 1; break;
 		case O_NOPROGRESS: c.progress = 0; break;
 		}
@@ -280,6 +298,9 @@ int main(int argc, char **argv)
 		rc = TRAIL_EUSAGE;
 	else if (o == TRAIL_ARGS_EXIT)
 		rc = TRAIL_OK;
+	else if (c.merge)
+		rc = c.base && c.adapter && c.out ? merge(&c, &err)
+						  : trail_error_set(&err, TRAIL_EUSAGE, "--merge needs --base, --adapter and -o");
 	else if (c.eval ? (!c.base || !c.data == !c.datanet || a.nrest)
 			: (!c.init == !c.base || !c.data == !c.datanet || !c.steps == !c.epochs || !c.out || a.nrest))
 		rc = trail_error_set(&err, TRAIL_EUSAGE,
