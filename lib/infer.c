@@ -7,12 +7,30 @@
 #include <math.h>
 #include <string.h>
 
+#include <cblas.h>
+
+#include "infer.h"
 #include "json.h"
-#include "model_int.h"
 #include "safetensors.h"
 #include "util.h"
 
-struct trail_lora_weights {
+typedef struct ilin {
+	float *W, *b; /* [in,out], [out] */
+	int in, out;
+} ilin;
+
+typedef struct ilayer {
+	float *ln1w, *ln1b, *ln2w, *ln2b;
+	ilin lin[4]; /* c_attn, attn.c_proj, c_fc, mlp.c_proj */
+} ilayer;
+
+struct trail_infer {
+	trail_gpt2_config c;
+	float *mem, *wte, *wpe, *lnfw, *lnfb;
+	ilayer *L;
+};
+
+struct trail_lora_w {
 	int r, nl;
 	double scale;
 	float **A, **B; /* [n_layer*4], NULL where the layer has no LoRA */
@@ -20,27 +38,114 @@ struct trail_lora_weights {
 	size_t bytes;
 };
 
-struct trail_kv {
+struct trail_kvc {
 	float *mem; /* [L][2][P][C] */
 };
 
-size_t trail_kv_bytes(const trail_model *m)
+static const char *const MOD[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+
+int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_model_config(m);
-	return (size_t)c->n_layer * 2 * (size_t)c->n_positions * (size_t)c->n_embd * sizeof(float);
+	char *cp = trail_path(dir, "config.json"), *wp = trail_path(dir, "model.safetensors");
+	void *cb = NULL;
+	size_t cl;
+	json_t *cj = NULL;
+	trail_st *st = NULL;
+	trail_infer *m = NULL;
+	int rc;
+	*out = NULL;
+	if (!cp || !wp || !(m = trail_calloc(1, sizeof *m))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
+	    (rc = trail_gpt2_config_parse(cj, &m->c, err)) || (rc = trail_st_open(wp, &st, err)))
+		goto out;
+	size_t C = (size_t)m->c.n_embd, n = trail_gpt2_num_params(&m->c);
+	if (!(m->mem = trail_malloc(n * sizeof *m->mem)) || !(m->L = trail_calloc((size_t)m->c.n_layer, sizeof *m->L))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	const char *pre = trail_st_has(st, "transformer.wte.weight") ? "transformer." : "";
+	float *p = m->mem;
+	char nm[128];
+#define READ(dst, name, d0, d1, nd)                                                         \
+	do {                                                                                \
+		int64_t sh_[2] = {(int64_t)(d0), (int64_t)(d1)};                            \
+		snprintf(nm, sizeof nm, "%s%s", pre, name);                                 \
+		(dst) = p;                                                                  \
+		p += (size_t)(d0) * ((nd) == 2 ? (size_t)(d1) : 1);                         \
+		if ((rc = trail_st_read_f32(st, nm, sh_, (nd), (dst), err)))                \
+			goto out;                                                           \
+	} while (0)
+	READ(m->wte, "wte.weight", m->c.vocab_size, C, 2);
+	READ(m->wpe, "wpe.weight", m->c.n_positions, C, 2);
+	for (int l = 0; l < m->c.n_layer; l++) {
+		ilayer *y = &m->L[l];
+		int io[4][2] = {{(int)C, 3 * (int)C}, {(int)C, (int)C}, {(int)C, 4 * (int)C}, {4 * (int)C, (int)C}};
+		char b[96];
+		snprintf(b, sizeof b, "h.%d.ln_1.weight", l);
+		READ(y->ln1w, b, C, 0, 1);
+		snprintf(b, sizeof b, "h.%d.ln_1.bias", l);
+		READ(y->ln1b, b, C, 0, 1);
+		snprintf(b, sizeof b, "h.%d.ln_2.weight", l);
+		READ(y->ln2w, b, C, 0, 1);
+		snprintf(b, sizeof b, "h.%d.ln_2.bias", l);
+		READ(y->ln2b, b, C, 0, 1);
+		for (int k = 0; k < 4; k++) {
+			y->lin[k].in = io[k][0];
+			y->lin[k].out = io[k][1];
+			snprintf(b, sizeof b, "h.%d.%s.weight", l, MOD[k]);
+			READ(y->lin[k].W, b, io[k][0], io[k][1], 2);
+			snprintf(b, sizeof b, "h.%d.%s.bias", l, MOD[k]);
+			READ(y->lin[k].b, b, io[k][1], 0, 1);
+		}
+	}
+	READ(m->lnfw, "ln_f.weight", C, 0, 1);
+	READ(m->lnfb, "ln_f.bias", C, 0, 1);
+#undef READ
+	*out = m;
+	m = NULL;
+out:
+	trail_infer_free(m);
+	trail_st_free(st);
+	json_decref(cj);
+	trail_free(cb);
+	trail_free(cp);
+	trail_free(wp);
+	return rc;
 }
 
-trail_kv *trail_kv_new(const trail_model *m)
+void trail_infer_free(trail_infer *m)
 {
-	trail_kv *kv = trail_calloc(1, sizeof *kv);
-	if (kv && !(kv->mem = trail_malloc(trail_kv_bytes(m)))) {
+	if (!m)
+		return;
+	trail_free(m->mem);
+	trail_free(m->L);
+	trail_free(m);
+}
+
+const trail_gpt2_config *trail_infer_config(const trail_infer *m)
+{
+	return &m->c;
+}
+
+static size_t kv_bytes(const trail_infer *m)
+{
+	return (size_t)m->c.n_layer * 2 * (size_t)m->c.n_positions * (size_t)m->c.n_embd * sizeof(float);
+}
+
+trail_kvc *trail_kvc_new(const trail_infer *m)
+{
+	trail_kvc *kv = trail_calloc(1, sizeof *kv);
+	if (kv && !(kv->mem = trail_malloc(kv_bytes(m)))) {
 		trail_free(kv);
 		kv = NULL;
 	}
 	return kv;
 }
 
-void trail_kv_free(trail_kv *kv)
+void trail_kvc_free(trail_kvc *kv)
 {
 	if (kv) {
 		trail_free(kv->mem);
@@ -48,7 +153,7 @@ void trail_kv_free(trail_kv *kv)
 	}
 }
 
-void trail_lora_weights_free(trail_lora_weights *w)
+void trail_lora_w_free(trail_lora_w *w)
 {
 	if (!w)
 		return;
@@ -58,12 +163,10 @@ void trail_lora_weights_free(trail_lora_weights *w)
 	trail_free(w);
 }
 
-size_t trail_lora_weights_bytes(const trail_lora_weights *w)
+size_t trail_lora_w_bytes(const trail_lora_w *w)
 {
 	return w->bytes;
 }
-
-static const char *const MOD[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
 
 /* PEFT's name for a LoRA tensor, with or without the adapter name "default". */
 static int tensor_name(const trail_st *st, int l, int k, char ab, char *out, size_t n)
@@ -75,16 +178,15 @@ static int tensor_name(const trail_st *st, int l, int k, char ab, char *out, siz
 	return trail_st_has(st, out);
 }
 
-int trail_lora_weights_load(const trail_model *base, const char *dir, trail_lora_weights **out,
-			    trail_error *err)
+int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **out, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_model_config(base);
+	const trail_gpt2_config *c = &base->c;
 	char *cp = trail_path(dir, "adapter_config.json"), *wp = trail_path(dir, "adapter_model.safetensors");
 	void *cb = NULL;
 	size_t cl;
 	json_t *cj = NULL;
 	trail_st *st = NULL;
-	trail_lora_weights *w = NULL;
+	trail_lora_w *w = NULL;
 	int rc, C = c->n_embd, nl = 4 * c->n_layer;
 	int io[4][2] = {{C, 3 * C}, {C, C}, {C, 4 * C}, {4 * C, C}};
 	*out = NULL;
@@ -144,7 +246,7 @@ int trail_lora_weights_load(const trail_model *base, const char *dir, trail_lora
 	*out = w;
 	w = NULL;
 out:
-	trail_lora_weights_free(w);
+	trail_lora_w_free(w);
 	trail_st_free(st);
 	json_decref(cj);
 	trail_free(cb);
@@ -191,15 +293,15 @@ typedef struct work {
 } work;
 
 /* y [n,out] = x W + b, then each adapter's scale (x A^T) B^T over its rows (gathered). */
-static void step_linear(const trail_lin *L, int li, int n, const float *x, float *y, const int *ord,
-			const trail_lora_weights *const *lora, const work *w)
+static void step_linear(const ilin *L, int li, int n, const float *x, float *y, const int *ord,
+			const trail_lora_w *const *lora, const work *w)
 {
 	bgemm(n, L->out, L->in, 1.0f, x, L->W, 0, 0.0f, y, w->px, w->py);
 	for (int i = 0; i < n; i++)
 		for (int o = 0; o < L->out; o++)
 			y[(size_t)i * L->out + o] += L->b[o];
 	for (int s = 0; s < n;) { /* ord groups rows by adapter */
-		const trail_lora_weights *a = lora[ord[s]];
+		const trail_lora_w *a = lora[ord[s]];
 		int e = s;
 		while (e < n && lora[ord[e]] == a)
 			e++;
@@ -217,10 +319,33 @@ static void step_linear(const trail_lin *L, int li, int n, const float *x, float
 	}
 }
 
-int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, trail_kv *const *kv,
-		     const trail_lora_weights *const *lora, float *logits, trail_error *err)
+/* out [C] = (x - mean) / sqrt(var + 1e-5) * w + b, accumulated in double */
+static void layernorm(float *out, const float *x, const float *w, const float *b, int C)
 {
-	const trail_gpt2_config *c = trail_model_config(m);
+	double m = 0, v = 0;
+	for (int c = 0; c < C; c++)
+		m += x[c];
+	m /= C;
+	for (int c = 0; c < C; c++)
+		v += (x[c] - m) * (x[c] - m);
+	double s = 1.0 / sqrt(v / C + 1e-5);
+	for (int c = 0; c < C; c++)
+		out[c] = (float)((x[c] - m) * s) * w[c] + b[c];
+}
+
+/* GELU, tanh approximation (GPT-2's "gelu_new") */
+static void gelu(float *y, const float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		double v = x[i];
+		y[i] = (float)(0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));
+	}
+}
+
+int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
+		     const trail_lora_w *const *lora, float *logits, trail_error *err)
+{
+	const trail_gpt2_config *c = &m->c;
 	int C = c->n_embd, V = c->vocab_size, NH = c->n_head, P = c->n_positions, hs = C / NH, rmax = 1;
 	if (n < 1)
 		return TRAIL_OK;
@@ -247,7 +372,6 @@ int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, 
 	sc = w.gu + N * (size_t)rmax;
 	w.px = sc + P;
 	w.py = w.px + RB * wide;
-	float lnm[1], lnr[1];
 	/* group rows by adapter, stably */
 	for (int i = 0; i < n; i++)
 		ord[i] = i;
@@ -263,10 +387,10 @@ int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, 
 		for (int k = 0; k < C; k++)
 			x[(size_t)i * C + k] = m->wte[(size_t)tok[i] * C + k] + m->wpe[(size_t)pos[i] * C + k];
 	for (int l = 0; l < c->n_layer; l++) {
-		trail_layer *Ly = &m->L[l];
+		ilayer *Ly = &m->L[l];
 		for (int i = 0; i < n; i++)
-			trail_k_layernorm_fwd(ln + (size_t)i * C, lnm, lnr, x + (size_t)i * C, Ly->ln1w, Ly->ln1b, 1, C);
-		step_linear(trail_model_lin(m, l, 0), 4 * l, n, ln, qkv, ord, lora, &w);
+			layernorm(ln + (size_t)i * C, x + (size_t)i * C, Ly->ln1w, Ly->ln1b, C);
+		step_linear(&Ly->lin[0], 4 * l, n, ln, qkv, ord, lora, &w);
 		for (int i = 0; i < n; i++) { /* cache this position's key and value */
 			memcpy(kv[i]->mem + ((size_t)l * 2 * P + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + C,
 			       (size_t)C * sizeof *qkv);
@@ -297,20 +421,20 @@ int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, 
 				}
 			}
 		}
-		step_linear(trail_model_lin(m, l, 1), 4 * l + 1, n, y, tmp, ord, lora, &w);
+		step_linear(&Ly->lin[1], 4 * l + 1, n, y, tmp, ord, lora, &w);
 		for (size_t i = 0; i < N * C; i++)
 			x[i] += tmp[i];
 		for (int i = 0; i < n; i++)
-			trail_k_layernorm_fwd(ln + (size_t)i * C, lnm, lnr, x + (size_t)i * C, Ly->ln2w, Ly->ln2b, 1, C);
-		step_linear(trail_model_lin(m, l, 2), 4 * l + 2, n, ln, h, ord, lora, &w);
-		trail_k_gelu_fwd(hg, h, N * 4 * C);
-		step_linear(trail_model_lin(m, l, 3), 4 * l + 3, n, hg, tmp, ord, lora, &w);
+			layernorm(ln + (size_t)i * C, x + (size_t)i * C, Ly->ln2w, Ly->ln2b, C);
+		step_linear(&Ly->lin[2], 4 * l + 2, n, ln, h, ord, lora, &w);
+		gelu(hg, h, N * 4 * C);
+		step_linear(&Ly->lin[3], 4 * l + 3, n, hg, tmp, ord, lora, &w);
 		for (size_t i = 0; i < N * C; i++)
 			x[i] += tmp[i];
 	}
 	if (logits) {
 		for (int i = 0; i < n; i++)
-			trail_k_layernorm_fwd(ln + (size_t)i * C, lnm, lnr, x + (size_t)i * C, m->lnfw, m->lnfb, 1, C);
+			layernorm(ln + (size_t)i * C, x + (size_t)i * C, m->lnfw, m->lnfb, C);
 		bgemm(n, V, C, 1.0f, ln, m->wte, 1, 0.0f, logits, w.px, w.py);
 	}
 	trail_free(mem);

@@ -6,7 +6,7 @@
 
 #include "json.h"
 #include "ledger.h"
-#include "model.h"
+#include "infer.h"
 #include "serve.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -14,7 +14,7 @@
 typedef struct adapter {
 	char *name;
 	char digest[72];
-	trail_lora_weights *w;
+	trail_lora_w *w;
 	unsigned long long used; /* LRU clock */
 	int refs;                /* running sequences */
 	struct adapter *next;
@@ -29,18 +29,18 @@ typedef struct seq {
 	double temperature, top_p;
 	uint64_t seed;
 	json_t *stop;
-	trail_kv *kv;
+	trail_kvc *kv;
 } seq;
 
 struct trail_server {
 	trail_serve_opts o;
-	trail_model *m;
+	trail_infer *m;
 	trail_tokenizer *tk;
 	char *base_name, base_digest[72];
 	adapter *ads;
 	size_t cache_used;
 	unsigned long long clock;
-	trail_kv **pool;
+	trail_kvc **pool;
 	int npool;
 	trail_serve_stats st;
 	trail_buf events; /* this run's event lines, for the ledger */
@@ -72,7 +72,7 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 		s->o.max_tokens = 1024;
 	if (!s->o.max_prompt)
 		s->o.max_prompt = 65536;
-	if ((rc = trail_model_load(o->base, &s->m, err)) || (rc = trail_tokenizer_load(o->base, &s->tk, err)))
+	if ((rc = trail_infer_load(o->base, &s->m, err)) || (rc = trail_tokenizer_load(o->base, &s->tk, err)))
 		goto fail;
 	char *w = trail_path(o->base, "model.safetensors");
 	digest_file(w, s->base_digest);
@@ -97,14 +97,14 @@ void trail_server_free(trail_server *s)
 		return;
 	for (adapter *a = s->ads, *n; a; a = n) {
 		n = a->next;
-		trail_lora_weights_free(a->w);
+		trail_lora_w_free(a->w);
 		trail_free(a->name);
 		trail_free(a);
 	}
 	for (int i = 0; i < s->npool; i++)
-		trail_kv_free(s->pool[i]);
+		trail_kvc_free(s->pool[i]);
 	trail_free(s->pool);
-	trail_model_free(s->m);
+	trail_infer_free(s->m);
 	trail_tokenizer_free(s->tk);
 	trail_free(s->base_name);
 	trail_buf_release(&s->events);
@@ -141,8 +141,8 @@ static void evict(trail_server *s, size_t need)
 			return; /* everything is in use: go over budget rather than fail requests */
 		adapter *a = *best;
 		*best = a->next;
-		s->cache_used -= trail_lora_weights_bytes(a->w);
-		trail_lora_weights_free(a->w);
+		s->cache_used -= trail_lora_w_bytes(a->w);
+		trail_lora_w_free(a->w);
 		trail_free(a->name);
 		trail_free(a);
 		s->st.adapter_evictions++;
@@ -172,7 +172,7 @@ static adapter *get_adapter(trail_server *s, const char *name, int *code, trail_
 	*code = 500;
 	if (!(a = trail_calloc(1, sizeof *a)) || !(a->name = trail_strdup(name)))
 		goto oom;
-	if (trail_lora_weights_load(s->m, dir, &a->w, err)) {
+	if (trail_lora_w_load(s->m, dir, &a->w, err)) {
 		*code = 422;
 		trail_free(a->name);
 		trail_free(a);
@@ -180,8 +180,8 @@ static adapter *get_adapter(trail_server *s, const char *name, int *code, trail_
 		goto out;
 	}
 	digest_file(w, a->digest);
-	evict(s, trail_lora_weights_bytes(a->w));
-	s->cache_used += trail_lora_weights_bytes(a->w);
+	evict(s, trail_lora_w_bytes(a->w));
+	s->cache_used += trail_lora_w_bytes(a->w);
 	a->used = ++s->clock;
 	a->next = s->ads;
 	s->ads = a;
@@ -211,7 +211,7 @@ static void free_seq(trail_server *s, seq *q)
 		if (s->npool < s->o.max_batch)
 			s->pool[s->npool++] = q->kv;
 		else
-			trail_kv_free(q->kv);
+			trail_kvc_free(q->kv);
 	}
 	json_decref(q->req);
 	trail_free(q->id);
@@ -223,7 +223,7 @@ static void free_seq(trail_server *s, seq *q)
 static seq *make_seq(trail_server *s, json_t *req, int *code, trail_error *err)
 {
 	seq *q = trail_calloc(1, sizeof *q);
-	int P = trail_model_config(s->m)->n_positions;
+	int P = trail_infer_config(s->m)->n_positions;
 	*code = 400;
 	if (!q) {
 		*code = 500;
@@ -481,14 +481,14 @@ static long stopped(trail_server *s, const seq *q)
 
 int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_model_config(s->m);
+	const trail_gpt2_config *c = trail_infer_config(s->m);
 	int V = c->vocab_size, P = c->n_positions, B = s->o.max_batch, rc = TRAIL_OK;
 	seq **act = trail_calloc((size_t)B, sizeof *act);
 	size_t rowcap = (size_t)B * (size_t)P;
 	int32_t *tok = trail_malloc(rowcap * sizeof *tok);
 	int *pos = trail_malloc(rowcap * sizeof *pos), *last = trail_malloc((size_t)B * sizeof *last);
-	trail_kv **kvs = trail_malloc(rowcap * sizeof *kvs);
-	const trail_lora_weights **ls = trail_malloc(rowcap * sizeof *ls);
+	trail_kvc **kvs = trail_malloc(rowcap * sizeof *kvs);
+	const trail_lora_w **ls = trail_malloc(rowcap * sizeof *ls);
 	float *logits = trail_malloc(rowcap * (size_t)V * sizeof *logits);
 	cand *cands = trail_malloc((size_t)V * sizeof *cands);
 	trail_ndjson *rd = trail_ndjson_new(in, "<stdin>", (size_t)s->o.max_prompt * 8 + 4096);
@@ -521,7 +521,7 @@ int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 			if (!q) {
 				json_t *id = json_object_get(req, "id");
 				respond_error(s, out, json_is_string(id) ? json_string_value(id) : NULL, code, e.msg);
-			} else if (!(q->kv = s->npool ? s->pool[--s->npool] : trail_kv_new(s->m))) {
+			} else if (!(q->kv = s->npool ? s->pool[--s->npool] : trail_kvc_new(s->m))) {
 				free_seq(s, q);
 				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory for the KV cache");
 			} else {
@@ -546,7 +546,7 @@ int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 			last[i] = n - 1;
 			q->prefilled = 1;
 		}
-		if ((rc = trail_model_step(s->m, n, tok, pos, kvs, ls, logits, err)))
+		if ((rc = trail_infer_step(s->m, n, tok, pos, kvs, ls, logits, err)))
 			goto out;
 		s->st.steps++;
 		s->st.rows += (unsigned long long)n;

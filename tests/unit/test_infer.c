@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
+#include "infer.h"
 #include "tap.h"
 #include "util.h"
 
@@ -37,25 +37,28 @@ int main(void)
 	trail_model_forward(m, tok, NULL, 1, T, NULL, &e);
 	float *ref = malloc(sizeof(float) * T * V), *got = malloc(sizeof(float) * T * V);
 	memcpy(ref, trail_model_logits(m), sizeof(float) * T * V);
+	char dir[] = "/tmp/trail-infer-XXXXXX";
+	mkdtemp(dir);
+	char *bdir = trail_path(dir, "base");
+	trail_infer *im;
+	ok(trail_model_save(m, bdir, &e) == 0 && trail_infer_load(bdir, &im, &e) == 0, "load the base for inference: %s", e.msg);
 	/* prefill all at once */
-	trail_kv *kv = trail_kv_new(m), *kvs[T];
-	const trail_lora_weights *none[T] = {0};
+	trail_kvc *kv = trail_kvc_new(im), *kvs[T];
+	const trail_lora_w *none[T] = {0};
 	for (int t = 0; t < T; t++)
 		kvs[t] = kv;
-	ok(trail_model_step(m, T, tok, pos, kvs, none, got, &e) == 0, "prefill step");
+	ok(trail_infer_step(im, T, tok, pos, kvs, none, got, &e) == 0, "prefill step");
 	ok(maxdiff(ref, got, (size_t)T * V) < 1e-4, "prefill logits = forward logits (%.2e)", maxdiff(ref, got, (size_t)T * V));
 	/* one token at a time through the cache */
 	float md = 0;
 	for (int t = 0; t < T; t++) {
-		trail_model_step(m, 1, tok + t, pos + t, &kv, none, got, &e);
+		trail_infer_step(im, 1, tok + t, pos + t, &kv, none, got, &e);
 		md = fmaxf(md, maxdiff(ref + (size_t)t * V, got, (size_t)V));
 	}
 	ok(md < 1e-4, "token-by-token decoding with the cache = forward (%.2e)", md);
 
 	/* adapters: write NA random adapters to disk, load them for inference */
-	char dir[] = "/tmp/trail-infer-XXXXXX";
-	mkdtemp(dir);
-	trail_lora_weights *w[NA];
+	trail_lora_w *w[NA];
 	int bad = 0;
 	float *solo = malloc(sizeof(float) * NA * V);
 	for (int a = 0; a < NA; a++) {
@@ -70,7 +73,7 @@ int main(void)
 		char sub[64];
 		snprintf(sub, sizeof sub, "%s/a%d", dir, a);
 		trail_model_save_adapter(t, sub, "base", &e);
-		if (trail_lora_weights_load(m, sub, &w[a], &e))
+		if (trail_lora_w_load(im, sub, &w[a], &e))
 			bad++;
 		/* solo: the merged model's logits at the last prompt position */
 		trail_model_merge_lora(t, &e);
@@ -83,29 +86,31 @@ int main(void)
 	int n = NA * T;
 	int32_t *bt = malloc(sizeof *bt * n);
 	int *bp = malloc(sizeof *bp * n);
-	trail_kv **bk = malloc(sizeof *bk * n), *caches[NA];
-	const trail_lora_weights **bl = malloc(sizeof *bl * n);
+	trail_kvc **bk = malloc(sizeof *bk * n), *caches[NA];
+	const trail_lora_w **bl = malloc(sizeof *bl * n);
 	float *out = malloc(sizeof(float) * n * V);
 	for (int a = 0; a < NA; a++)
-		caches[a] = trail_kv_new(m);
+		caches[a] = trail_kvc_new(im);
 	for (int i = 0; i < n; i++) { /* interleaved so adapters' rows are not contiguous */
 		int a = i % NA, t = i / NA;
 		bt[i] = tok[t], bp[i] = t, bk[i] = caches[a], bl[i] = w[a];
 	}
-	ok(trail_model_step(m, n, bt, bp, bk, bl, out, &e) == 0, "one step over %d rows of %d adapters", n, NA);
+	ok(trail_infer_step(im, n, bt, bp, bk, bl, out, &e) == 0, "one step over %d rows of %d adapters", n, NA);
 	md = 0;
 	for (int a = 0; a < NA; a++)
 		md = fmaxf(md, maxdiff(out + (size_t)((T - 1) * NA + a) * V, solo + (size_t)a * V, (size_t)V));
 	ok(md < 1e-4, "each row of the mixed batch = its adapter merged into the base (%.2e)", md);
 	for (int a = 0; a < NA; a++) {
-		trail_kv_free(caches[a]);
-		trail_lora_weights_free(w[a]);
+		trail_kvc_free(caches[a]);
+		trail_lora_w_free(w[a]);
 	}
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	ok(system(cmd) == 0, "cleanup");
 	free(bt), free(bp), free(bk), free(bl), free(out), free(solo), free(ref), free(got);
-	trail_kv_free(kv);
+	trail_kvc_free(kv);
+	trail_infer_free(im);
+	trail_free(bdir);
 	trail_model_free(m);
 	return tap_done();
 }
