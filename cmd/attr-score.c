@@ -1,0 +1,164 @@
+/* attr-score: attribute inference events to training records and contributors. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attr.h"
+#include "cli.h"
+#include "json.h"
+#include "store.h"
+
+enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
+       O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS };
+
+static const trail_opt opts[] = {
+	{O_MODEL, "model", 'm', "DIR", "the base model directory", "dir"},
+	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
+	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},
+	{O_METHOD, "method", 0, "M", "influence (default), graddot, datainf or tracin", "influence graddot datainf tracin"},
+	{O_TOP, "top", 'k', "K", "records listed in top (default 10)", NULL},
+	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
+	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
+	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},
+	{O_DATA, "data", 'd', "FILE", "the training records (NDJSON)", "file"},
+	{O_DATANET, "datanet", 0, "NAME@SIZE", "the training records: a datanet snapshot in the store", NULL},
+	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
+	{O_VERIFY, "verify", 0, NULL, "read attribution records, recompute them; exit 1 on any difference", NULL},
+	{O_PROVE, "prove", 0, NULL, "add each top record's proof chain (needs --datanet)", NULL},
+	{O_BUILD, "build-index", 0, NULL, "build the index (and INDEX.span) for the model and records", NULL},
+	{O_PROJ, "proj", 0, "KIN,KOUT", "with --build-index: projected sizes per layer (default 16,16)", NULL},
+	{O_SEED, "seed", 0, "S", "with --build-index: projection seed (default 1)", NULL},
+	{O_DAMPING, "damping", 0, "X", "with --build-index: relative damping (default 0.1)", NULL},
+	{O_SEQ, "seq", 0, "T", "with --build-index: tokens per record (default: as trained)", NULL},
+	{O_BATCH, "batch", 0, "B", "with --build-index: records per forward pass (default 8)", NULL},
+	{O_CKPT, "checkpoint", 0, "DIR[:W]", "with --build-index: a checkpoint for tracin, weight W (repeatable)", "dir"},
+	{O_THREADS, "threads", 0, "N", "BLAS threads (default 1; the bits of scores depend on it)", NULL},
+	{0},
+};
+
+static const trail_cli cli = {
+	.prog = "attr-score",
+	.usage = "--model DIR [--adapter DIR] [--index FILE] [--method M] [--top K] --data FILE|--datanet NAME@SIZE [--prove] [file...]\n"
+		 "--verify --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [file...]\n"
+		 "--build-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--proj KIN,KOUT] [--checkpoint DIR]...",
+	.summary = "Attribute inference events to the training records and contributors that shaped them.",
+	.opts = opts,
+};
+
+#define MAXCK 64
+
+static int stream(trail_attr_session *s, FILE *f, const char *src, int verify, trail_error *err)
+{
+	trail_ndjson *r = trail_ndjson_new(f, src, 0);
+	json_t *v = NULL, *out = NULL;
+	int rc = r ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory"), bad = 0;
+	while (!rc && !(rc = trail_ndjson_next(r, &v, err)) && v) {
+		long line = trail_ndjson_lineno(r);
+		if (verify) {
+			rc = trail_attr_session_verify(s, v, err);
+			if (rc == TRAIL_EVERIFY) { /* report it and go on: every difference is named */
+				fprintf(stderr, "attr-score: %s:%ld: %s\n", src, line, err->msg);
+				bad = 1;
+				rc = TRAIL_OK;
+			}
+		} else if (!(rc = trail_attr_session_event(s, v, &out, err))) {
+			char *t = NULL;
+			size_t n;
+			if (!(rc = trail_jcs(out, &t, &n, err)))
+				printf("%s\n", t);
+			trail_free(t);
+			json_decref(out);
+		}
+		if (rc && !err->source[0])
+			trail_error_at(err, rc, src, line, "%s", err->msg);
+		json_decref(v);
+	}
+	trail_ndjson_free(r);
+	return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "verification failed") : TRAIL_OK;
+}
+
+int main(int argc, char **argv)
+{
+	trail_args a;
+	trail_error err = {0};
+	trail_attr_opts o = {.method = TRAIL_ATTR_INFLUENCE, .top = 10, .min_span = 8, .max_count = 16, .near = 0.8};
+	trail_attr_params p = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1};
+	const char *v, *ck[MAXCK];
+	double ckw[MAXCK];
+	long long n, threads = 1, batch = 8, nck = 0;
+	int op, rc = TRAIL_OK, verify = 0, build = 0;
+	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
+		return 70;
+	while (!rc && (op = trail_args_next(&a, &v, &err)) > 0) {
+		switch (op) {
+		case O_MODEL: o.model = v; break;
+		case O_ADAPTER: o.adapter = v; break;
+		case O_INDEX: o.index = v; break;
+		case O_METHOD:
+			if ((o.method = trail_attr_method(v)) < 0)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not influence, graddot, datainf or tracin", v);
+			break;
+		case O_TOP: rc = trail_parse_long(v, 1, 100000, &n, "--top", &err), o.top = (int)n; break;
+		case O_MINSPAN: rc = trail_parse_long(v, 1, 1 << 20, &n, "--min-span", &err), o.min_span = (int)n; break;
+		case O_MAXCOUNT: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--max-count", &err), o.max_count = (uint64_t)n; break;
+		case O_NEAR: rc = trail_parse_double(v, 0.01, 1, &o.near, "--near", &err); break;
+		case O_DATA: o.data = v; break;
+		case O_DATANET: o.datanet = v; break;
+		case O_HOME: o.home = v; break;
+		case O_VERIFY: verify = 1; break;
+		case O_PROVE: o.prove = 1; break;
+		case O_BUILD: build = 1; break;
+		case O_PROJ:
+			if (sscanf(v, "%d,%d", &p.k_in, &p.k_out) != 2 || p.k_in < 1 || p.k_out < 1)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--proj: give KIN,KOUT");
+			break;
+		case O_SEED: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--seed", &err), p.seed = (uint64_t)n; break;
+		case O_DAMPING: rc = trail_parse_double(v, 1e-9, 1e6, &p.damping, "--damping", &err); break;
+		case O_SEQ: rc = trail_parse_long(v, 2, 1 << 20, &n, "--seq", &err), p.seq = (int)n; break;
+		case O_BATCH: rc = trail_parse_long(v, 1, 4096, &batch, "--batch", &err); break;
+		case O_THREADS: rc = trail_parse_long(v, 1, 256, &threads, "--threads", &err); break;
+		case O_CKPT: {
+			if (nck == MAXCK) {
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "at most %d checkpoints", MAXCK);
+				break;
+			}
+			char *c = strrchr(v, ':');
+			ckw[nck] = c ? atof(c + 1) : 1.0;
+			ck[nck++] = c ? strndup(v, (size_t)(c - v)) : v;
+			break;
+		}
+		}
+	}
+	o.home = trail_store_home(o.home);
+	if (rc || op == TRAIL_ARGS_ERROR)
+		rc = TRAIL_EUSAGE;
+	else if (op == TRAIL_ARGS_EXIT)
+		rc = TRAIL_OK;
+	else if (!o.model || !o.data == !o.datanet || verify + build + o.prove > 1 || (build && a.nrest))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "give --model and one of --data/--datanet; --verify, --prove and "
+				     "--build-index do not go together");
+	else {
+		trail_blas_threads((int)threads);
+		if (build)
+			rc = trail_attr_build_index(&o, &p, (int)batch, ck, ckw, (size_t)nck, &err);
+		else {
+			trail_attr_session *s = NULL;
+			if (!(rc = trail_attr_session_open(&o, &s, &err))) {
+				for (int i = 0; !rc && i < (a.nrest ? a.nrest : 1); i++) {
+					const char *src = a.nrest ? a.rest[i] : "-";
+					FILE *f = strcmp(src, "-") ? fopen(src, "r") : stdin;
+					if (!f)
+						rc = trail_error_errno(&err, TRAIL_ENOINPUT, errno, "%s", src);
+					else {
+						rc = stream(s, f, f == stdin ? "<stdin>" : src, verify, &err);
+						if (f != stdin)
+							fclose(f);
+					}
+				}
+			}
+			trail_attr_session_free(s);
+		}
+	}
+	trail_args_release(&a);
+	return trail_cli_finish(&cli, rc ? trail_cli_report(&cli, &err, stderr) : 0);
+}
