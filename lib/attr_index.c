@@ -124,10 +124,31 @@ static void gauss(float *x, size_t n, double std, uint64_t seed)
 	}
 }
 
-static int layer_selected(int i, int targets)
+/* The layer's kind from its name ("h.3.attn.c_attn"), as TRAIL_LORA_* bits. */
+static int layer_kind(const char *name)
 {
-	static const int bit[4] = {TRAIL_LORA_C_ATTN, TRAIL_LORA_ATTN_PROJ, TRAIL_LORA_C_FC, TRAIL_LORA_MLP_PROJ};
-	return !targets || (targets & bit[i % 4]);
+	size_t n = strlen(name);
+	static const struct {
+		const char *suffix;
+		int bit;
+	} k[] = {{"attn.c_attn", TRAIL_LORA_C_ATTN}, {"attn.c_proj", TRAIL_LORA_ATTN_PROJ}, {"mlp.c_fc", TRAIL_LORA_C_FC},
+		 {"mlp.c_proj", TRAIL_LORA_MLP_PROJ}};
+	for (size_t i = 0; i < 4; i++) {
+		size_t l = strlen(k[i].suffix);
+		if (n >= l && !strcmp(name + n - l, k[i].suffix))
+			return k[i].bit;
+	}
+	return 0;
+}
+
+static int layer_selected(const trail_model *m, int i, int targets)
+{
+	const char *name;
+	const float *X, *dY;
+	int in, out, T;
+	if (trail_model_linear_io(m, i, &name, &X, &dY, &in, &out, &T))
+		return 0;
+	return !targets || (targets & layer_kind(name));
 }
 
 int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_attr_proj **out,
@@ -138,7 +159,7 @@ int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_
 		return trail_error_set(err, TRAIL_EUSAGE, "projection sizes %d x %d are out of range", p->k_in, p->k_out);
 	int nl = trail_model_num_linear(m), n = 0;
 	for (int i = 0; i < nl; i++)
-		n += layer_selected(i, p->targets);
+		n += layer_selected(m, i, p->targets);
 	if (!n)
 		return trail_error_set(err, TRAIL_EUSAGE, "no linear layer is selected");
 	if ((size_t)n * (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_DIM)
@@ -155,7 +176,7 @@ int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_
 	pr->dim = (size_t)n * (size_t)p->k_in * (size_t)p->k_out;
 	int j = 0;
 	for (int i = 0; i < nl; i++) {
-		if (!layer_selected(i, p->targets))
+		if (!layer_selected(m, i, p->targets))
 			continue;
 		trail_attr_layer *L = &pr->L[j++];
 		const char *name;

@@ -1,0 +1,460 @@
+/*
+ * The influence engine: fp16, projections against an explicit dW, batch
+ * rows against single sequences, every scoring method against a naive
+ * double-precision reference, influence against exact leave-one-out and
+ * the exact inverse Hessian on logistic regression, the index file's
+ * checks, and copy clusters.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "attr.h"
+#include "json.h"
+#include "tap.h"
+#include "tokenizer.h"
+#include "util.h"
+
+static uint64_t rs = 0x9E3779B97F4A7C15ULL;
+static double urand(void)
+{
+	rs ^= rs << 13;
+	rs ^= rs >> 7;
+	rs ^= rs << 17;
+	return (double)(rs >> 11) / 9007199254740992.0;
+}
+static double nrand(void)
+{
+	double u = urand() + 1e-12, v = urand();
+	return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+static trail_dataset *dataset(size_t n, const trail_tokenizer *tk, int copy)
+{
+	json_t *a = json_array();
+	char t[128];
+	for (size_t i = 0; i < n; i++) {
+		snprintf(t, sizeof t, "record %zu says the lighthouse keeper number %zu counts %zu gulls.", i, i * 7, i % 5);
+		if (copy && i == n - 1) /* the last record copies record 1, under another name */
+			snprintf(t, sizeof t, "record %d says the lighthouse keeper number %d counts %d gulls.", 1, 7, 1);
+		char who[16];
+		snprintf(who, sizeof who, "c%zu", copy && i == n - 1 ? (size_t)9 : i % 3);
+		json_array_append_new(a, json_pack("{s:s, s:s}", "text", t, "contributor", who));
+	}
+	trail_dataset *d = NULL;
+	trail_dataset_from_records(a, tk, &d, NULL);
+	json_decref(a);
+	return d;
+}
+
+static double pearson(const double *a, const double *b, size_t n)
+{
+	double ma = 0, mb = 0, sab = 0, saa = 0, sbb = 0;
+	for (size_t i = 0; i < n; i++)
+		ma += a[i] / n, mb += b[i] / n;
+	for (size_t i = 0; i < n; i++) {
+		sab += (a[i] - ma) * (b[i] - mb);
+		saa += (a[i] - ma) * (a[i] - ma);
+		sbb += (b[i] - mb) * (b[i] - mb);
+	}
+	return sab / sqrt(saa * sbb);
+}
+
+/* ---- logistic regression: exact leave-one-out and the exact inverse Hessian --------------- */
+
+#define LN 120
+#define LD 6
+
+static double sigm(double z)
+{
+	return 1 / (1 + exp(-z));
+}
+
+/* Newton's method on mean log-loss + (reg/2)|w|^2 over the points not excluded. */
+static void fit(double X[LN][LD], const int *y, int skip_i, double reg, double *w)
+{
+	for (int it = 0; it < 50; it++) {
+		double g[LD] = {0}, H[LD][LD] = {{0}};
+		int n = 0;
+		for (int i = 0; i < LN; i++) {
+			if (i == skip_i)
+				continue;
+			n++;
+			double p = sigm(0), z = 0;
+			for (int d = 0; d < LD; d++)
+				z += X[i][d] * w[d];
+			p = sigm(z);
+			for (int d = 0; d < LD; d++) {
+				g[d] += (p - y[i]) * X[i][d];
+				for (int e = 0; e < LD; e++)
+					H[d][e] += p * (1 - p) * X[i][d] * X[i][e];
+			}
+		}
+		for (int d = 0; d < LD; d++) {
+			g[d] = g[d] / n + reg * w[d];
+			for (int e = 0; e < LD; e++)
+				H[d][e] = H[d][e] / n + (d == e ? reg : 0);
+		}
+		/* solve H s = g by Gaussian elimination */
+		double A[LD][LD + 1];
+		for (int d = 0; d < LD; d++) {
+			memcpy(A[d], H[d], sizeof H[d]);
+			A[d][LD] = g[d];
+		}
+		for (int c = 0; c < LD; c++)
+			for (int r = c + 1; r < LD; r++) {
+				double f = A[r][c] / A[c][c];
+				for (int k = c; k <= LD; k++)
+					A[r][k] -= f * A[c][k];
+			}
+		double s[LD];
+		for (int r = LD - 1; r >= 0; r--) {
+			s[r] = A[r][LD];
+			for (int k = r + 1; k < LD; k++)
+				s[r] -= A[r][k] * s[k];
+			s[r] /= A[r][r];
+		}
+		for (int d = 0; d < LD; d++)
+			w[d] -= s[d];
+	}
+}
+
+static double loss_at(const double *x, int y, const double *w)
+{
+	double z = 0;
+	for (int d = 0; d < LD; d++)
+		z += x[d] * w[d];
+	return -(y ? log(sigm(z)) : log(1 - sigm(z)));
+}
+
+static void logistic(const char *path, const trail_tokenizer *tk)
+{
+	static double X[LN][LD];
+	int y[LN];
+	double wt[LD], w[LD] = {0}, reg = 1e-3;
+	for (int d = 0; d < LD; d++)
+		wt[d] = nrand();
+	for (int i = 0; i < LN; i++) {
+		double z = 0;
+		for (int d = 0; d < LD; d++)
+			z += (X[i][d] = nrand()) * wt[d];
+		y[i] = urand() < sigm(z); /* labels drawn from the model: the Fisher is the Hessian in expectation */
+	}
+	fit(X, y, -1, reg, w);
+	trail_dataset *d = dataset(LN, tk, 0);
+	trail_attr_ident id = {.model = "sha256:0", .root = ""};
+	memcpy(id.root, d->root, 44);
+	trail_attr_params p = {.seed = 1, .k_in = LD, .k_out = 1, .damping = 1e-3};
+	trail_attr_builder *b = NULL;
+	trail_attr_index *x = NULL;
+	int rc = trail_attr_builder_new(path, NULL, &id, &p, LN, 1, &b, NULL);
+	for (int i = 0; !rc && i < LN; i++) {
+		float g[LD];
+		double z = 0;
+		for (int e = 0; e < LD; e++)
+			z += X[i][e] * w[e];
+		for (int e = 0; e < LD; e++)
+			g[e] = (float)((sigm(z) - y[i]) * X[i][e]);
+		rc = trail_attr_builder_add(b, 0, (size_t)i, g, NULL);
+	}
+	rc = rc ? rc : trail_attr_builder_finish(b, d, NULL);
+	ok(!rc && !trail_attr_index_open(path, &x, NULL), "an index of logistic-regression gradients");
+	/* a test point, its loss gradient, exact leave-one-out changes of its loss */
+	double xq[LD];
+	int yq = 1;
+	for (int e = 0; e < LD; e++)
+		xq[e] = nrand();
+	float q[LD];
+	double zq = 0;
+	for (int e = 0; e < LD; e++)
+		zq += xq[e] * w[e];
+	for (int e = 0; e < LD; e++)
+		q[e] = (float)((sigm(zq) - yq) * xq[e]);
+	float sc[LN];
+	double s[LN], loo[LN], ih[LN];
+	ok(x && !trail_attr_score(x, TRAIL_ATTR_INFLUENCE, q, 1, sc, NULL), "influence scores");
+	/* exact inverse Hessian of the mean loss at the optimum */
+	double H[LD][LD] = {{0}};
+	for (int i = 0; i < LN; i++) {
+		double z = 0;
+		for (int e = 0; e < LD; e++)
+			z += X[i][e] * w[e];
+		double pp = sigm(z) * (1 - sigm(z)) / LN;
+		for (int a = 0; a < LD; a++)
+			for (int c = 0; c < LD; c++)
+				H[a][c] += pp * X[i][a] * X[i][c];
+	}
+	for (int a = 0; a < LD; a++)
+		H[a][a] += reg;
+	for (int i = 0; i < LN; i++) {
+		double wi[LD];
+		memcpy(wi, w, sizeof wi);
+		fit(X, y, i, reg, wi);
+		loo[i] = loss_at(xq, yq, wi) - loss_at(xq, yq, w); /* removing a helpful record raises the loss */
+		s[i] = sc[i];
+		/* exact g_q^T H^-1 g_i by solving H v = g_i */
+		double A[LD][LD + 1], v[LD], z = 0;
+		for (int e = 0; e < LD; e++)
+			z += X[i][e] * w[e];
+		for (int a = 0; a < LD; a++) {
+			memcpy(A[a], H[a], sizeof H[a]);
+			A[a][LD] = (sigm(z) - y[i]) * X[i][a];
+		}
+		for (int c = 0; c < LD; c++)
+			for (int r = c + 1; r < LD; r++) {
+				double f = A[r][c] / A[c][c];
+				for (int k = c; k <= LD; k++)
+					A[r][k] -= f * A[c][k];
+			}
+		for (int r = LD - 1; r >= 0; r--) {
+			v[r] = A[r][LD];
+			for (int k = r + 1; k < LD; k++)
+				v[r] -= A[r][k] * v[k];
+			v[r] /= A[r][r];
+		}
+		ih[i] = 0;
+		for (int e = 0; e < LD; e++)
+			ih[i] += q[e] * v[e];
+	}
+	double r1 = pearson(s, loo, LN), r2 = pearson(s, ih, LN);
+	ok(r1 > 0.9, "influence predicts exact leave-one-out loss changes (Pearson %.4f)", r1);
+	ok(r2 > 0.95, "influence agrees with the exact inverse-Hessian solution (Pearson %.4f)", r2);
+	int agree = 0;
+	for (int i = 0; i < LN; i++)
+		agree += (s[i] > 0) == (loo[i] > 0);
+	ok(agree >= LN * 9 / 10, "and with the sign of the leave-one-out change (%d of %d)", agree, LN);
+	trail_attr_index_free(x);
+	trail_dataset_free(d);
+}
+
+/* ---- scoring against the reference --------------------------------------------------------- */
+
+static void scoring(const char *path, const trail_tokenizer *tk)
+{
+	size_t N = 300;
+	int S = 3, KI = 4, KO = 8, D = KI * KO;
+	trail_dataset *d = dataset(N, tk, 0);
+	trail_attr_ident id = {.model = "sha256:0"};
+	memcpy(id.root, d->root, 44);
+	trail_attr_params p = {.seed = 1, .k_in = KI, .k_out = KO, .damping = 0.05};
+	trail_attr_builder *b = NULL;
+	int rc = trail_attr_builder_new(path, NULL, &id, &p, N, S, &b, NULL);
+	float *g = malloc(sizeof(float) * D);
+	/* low-rank structure plus noise, scales from 1e-4 to 1e2, so fp16 scaling and damping both matter */
+	for (int s = 0; s < S && !rc; s++) {
+		rc = trail_attr_builder_set(b, s, NULL, 0.5 + s, NULL);
+		for (size_t i = 0; i < N && !rc; i++) {
+			double a = nrand(), c = nrand(), sc = pow(10, -4 + 6 * urand());
+			for (int e = 0; e < D; e++)
+				g[e] = (float)(sc * (a * sin(e + s) + c * cos(3 * e) + 0.3 * nrand()));
+			rc = trail_attr_builder_add(b, s, i, g, NULL);
+		}
+	}
+	free(g);
+	ok(!rc, "rows of three gradient sets added");
+	ok(!trail_attr_builder_finish(b, d, NULL), "finished");
+	trail_attr_index *x = NULL;
+	ok(!trail_attr_index_open(path, &x, NULL), "opens and its digest checks");
+	int nq = 3;
+	float *q = malloc(sizeof(float) * nq * S * D), *sc = malloc(sizeof(float) * nq * N);
+	double *ref = malloc(sizeof(double) * nq * N);
+	for (int i = 0; i < nq * S * D; i++)
+		q[i] = (float)nrand();
+	for (int m = 0; m < 4; m++) {
+		int rows = trail_attr_query_rows(x, m);
+		/* queries laid out as the method wants: nq blocks of rows x D */
+		float *qq = malloc(sizeof(float) * nq * rows * D);
+		memcpy(qq, q, sizeof(float) * nq * rows * D);
+		int r1 = trail_attr_score(x, m, qq, nq, sc, NULL), r2 = trail_attr_score_ref(x, m, qq, nq, ref, NULL);
+		double worst = 0, scale = 0;
+		for (size_t i = 0; i < nq * N; i++)
+			scale = fabs(ref[i]) > scale ? fabs(ref[i]) : scale;
+		for (size_t i = 0; i < nq * N; i++)
+			worst = fabs(sc[i] - ref[i]) / scale > worst ? fabs(sc[i] - ref[i]) / scale : worst;
+		ok(!r1 && !r2 && worst < 1e-4, "%s: blocked fp16 scoring matches the double reference (max rel %.2g)",
+		   trail_attr_method_name(m), worst);
+		/* one query alone gives the same scores as inside a batch, to rounding */
+		float *one = malloc(sizeof(float) * N);
+		trail_attr_score(x, m, qq + (size_t)rows * D, 1, one, NULL);
+		double w2 = 0;
+		for (size_t i = 0; i < N; i++)
+			w2 = fabs(one[i] - sc[N + i]) / scale > w2 ? fabs(one[i] - sc[N + i]) / scale : w2;
+		ok(w2 < 1e-5, "%s: a query alone scores as in a batch (max rel %.2g)", trail_attr_method_name(m), w2);
+		free(one);
+		free(qq);
+	}
+	/* self-influence against the reference with q = g_i */
+	float self[300];
+	ok(!trail_attr_self_influence(x, self, NULL), "self-influence");
+	double worst = 0;
+	for (size_t i = 0; i < N; i += 37) {
+		/* the dequantised row i of the final set, as a query */
+		float gi[32];
+		double r;
+		char idb[72];
+		const char *who;
+		trail_attr_index_record(x, i, idb, &who);
+		(void)who;
+		/* score_ref of every record against e_i would be costly; use the reference solve directly */
+		float *all = malloc(sizeof(float) * N);
+		for (int e = 0; e < D; e++)
+			gi[e] = 0;
+		/* recover g_i from graddot scores against unit vectors */
+		for (int e = 0; e < D; e++) {
+			float u[32] = {0};
+			u[e] = 1;
+			trail_attr_score(x, TRAIL_ATTR_GRADDOT, u, 1, all, NULL);
+			gi[e] = all[i];
+		}
+		double *rr = malloc(sizeof(double) * N);
+		trail_attr_score_ref(x, TRAIL_ATTR_INFLUENCE, gi, 1, rr, NULL);
+		r = rr[i];
+		worst = fabs(r - self[i]) / fabs(r) > worst ? fabs(r - self[i]) / fabs(r) : worst;
+		free(rr);
+		free(all);
+	}
+	ok(worst < 1e-3, "self-influence is g^T (F + lambda I)^-1 g (max rel %.2g)", worst);
+	free(q), free(sc), free(ref);
+	trail_attr_index_free(x);
+	/* the same rows give the same bytes */
+	trail_map m1;
+	trail_map_file(path, &m1, NULL);
+	char d1[72];
+	trail_digest_str(m1.data, m1.len, d1);
+	trail_unmap(&m1);
+	ok(strlen(d1) == 71, "index digest %s", d1);
+	trail_dataset_free(d);
+}
+
+/* ---- the file's checks ------------------------------------------------------------------------ */
+
+static void damage(const char *path)
+{
+	void *buf;
+	size_t len;
+	trail_error e = {0};
+	trail_attr_index *x = NULL;
+	trail_read_file(path, 0, &buf, &len, NULL);
+	char bad[256];
+	snprintf(bad, sizeof bad, "%s.bad", path);
+	((uint8_t *)buf)[len / 2] ^= 1;
+	trail_write_atomic(bad, buf, len, 0644, NULL);
+	ok(trail_attr_index_open(bad, &x, &e) == TRAIL_EVERIFY && strstr(e.msg, "digest"), "a flipped bit: %s", e.msg);
+	((uint8_t *)buf)[len / 2] ^= 1;
+	trail_write_atomic(bad, buf, len - 100, 0644, NULL);
+	ok(trail_attr_index_open(bad, &x, &e) == TRAIL_EDATA, "truncated: %s", e.msg);
+	((uint8_t *)buf)[8] = 9;
+	trail_write_atomic(bad, buf, len, 0644, NULL);
+	ok(trail_attr_index_open(bad, &x, &e) == TRAIL_EDATA && strstr(e.msg, "rebuild"), "another version: %s", e.msg);
+	memcpy(buf, "GARBAGE!", 8);
+	trail_write_atomic(bad, buf, len, 0644, NULL);
+	ok(trail_attr_index_open(bad, &x, &e) == TRAIL_EDATA && strstr(e.msg, "magic"), "not an index: %s", e.msg);
+	ok(trail_attr_index_open("/nonexistent/idx", &x, &e) == TRAIL_ENOINPUT, "missing: %s", e.msg);
+	unlink(bad);
+	trail_free(buf);
+}
+
+/* ---- projections on a GPT-2 with LoRA ------------------------------------------------------------ */
+
+static void projections(const trail_tokenizer *tk)
+{
+	trail_gpt2_config c = {.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 32, .vocab_size = 257};
+	trail_model *m = NULL;
+	trail_lora_config lc = {.r = 4, .alpha = 8, .targets = TRAIL_LORA_C_ATTN | TRAIL_LORA_C_FC | TRAIL_LORA_MLP_PROJ};
+	ok(!trail_model_init(&c, 3, &m, NULL) && !trail_model_add_lora(m, &lc, 3, NULL), "a small GPT-2 with LoRA");
+	/* B is zero after init: give it values so the LoRA path matters */
+	size_t np;
+	float *pp = trail_model_params(m, &np);
+	for (size_t i = 0; i < np; i++)
+		pp[i] = (float)(0.05 * nrand());
+	trail_attr_params p = {.seed = 7, .k_in = 3, .k_out = 5, .targets = lc.targets};
+	trail_attr_proj *pr = NULL;
+	ok(!trail_attr_proj_new(m, &p, &pr, NULL) && trail_attr_proj_nlayers(pr) == 6 && trail_attr_proj_dim(pr) == 90,
+	   "projection of the 6 LoRA layers, 90 dimensions");
+	trail_dataset *d = dataset(3, tk, 0);
+	int T = 24;
+	int32_t x[3 * 24], y[3 * 24];
+	long cnt[3];
+	for (int b = 0; b < 3; b++) {
+		for (int t = 0; t < T; t++) {
+			x[b * T + t] = d->tok[b][t];
+			y[b * T + t] = t + 1 < T ? d->tok[b][t + 1] : -1;
+		}
+		if (b == 1) /* a shorter loss span */
+			for (int t = 0; t < 10; t++)
+				y[b * T + t] = -1;
+		cnt[b] = 0;
+		for (int t = 0; t < T; t++)
+			cnt[b] += y[b * T + t] >= 0;
+	}
+	float loss, g[3 * 90], gr[3 * 90], g1[90];
+	trail_model_keep_linear_io(m, 1);
+	trail_model_zero_grad(m);
+	int rc = trail_model_forward(m, x, y, 3, T, &loss, NULL) || trail_model_backward(m, NULL) ||
+		 trail_attr_project(pr, m, 3, T, cnt, g, NULL) || trail_attr_project_ref(pr, m, 3, T, cnt, gr, NULL);
+	double md = 0;
+	ok(!rc && tap_close(g, gr, 270, 1e-4, &md), "factored projection equals P_out dW^T P_in^T of the explicit dW (maxdiff %.2g)", md);
+	/* a record's row in a batch equals its gradient alone */
+	int32_t first = 11;
+	int32_t seq[24];
+	memcpy(seq, x + T, sizeof seq);
+	ok(!trail_attr_grad(pr, m, seq, (size_t)T, (size_t)first, g1, NULL), "one sequence alone");
+	double mx = 0;
+	for (int i = 0; i < 90; i++)
+		mx = fabs(g[90 + i]) > mx ? fabs(g[90 + i]) : mx;
+	ok(tap_close(g1, g + 90, 90, 1e-4 * mx, &md), "equals its row of the batch (maxdiff %.2g of %.2g)", md, mx);
+	trail_attr_proj_free(pr);
+	trail_model_free(m);
+	trail_dataset_free(d);
+}
+
+static void clusters(const trail_tokenizer *tk)
+{
+	trail_dataset *d = dataset(12, tk, 1);
+	trail_attr_ctx c = {.data = d, .near = 0.8};
+	size_t recs[2] = {11, 4};
+	json_t *cl = trail_attr_clusters(&c, recs, 2);
+	char *s = NULL;
+	size_t n;
+	trail_jcs(cl, &s, &n, NULL);
+	ok(json_array_size(cl) == 1, "one cluster: %s", s ? s : "");
+	json_t *c0 = json_array_get(cl, 0);
+	ok(json_array_size(json_object_get(c0, "records")) == 2 &&
+	   !strcmp(json_string_value(json_array_get(json_object_get(c0, "members"), 0)), "c1") &&
+	   !strcmp(json_string_value(json_object_get(c0, "first")), "c1") &&
+	   !strcmp(json_string_value(json_array_get(json_object_get(c0, "members"), 1)), "c9"),
+	   "the copy names both contributors, the earliest first");
+	trail_free(s);
+	json_decref(cl);
+	trail_dataset_free(d);
+}
+
+int main(void)
+{
+	trail_init();
+	/* fp16: every half survives f32 and back; rounding is to nearest even */
+	int bad = 0;
+	for (uint32_t h = 0; h < 65536; h++) {
+		float f = trail_attr_f32((uint16_t)h);
+		if (f == f && trail_attr_f16(f) != h)
+			bad++;
+	}
+	ok(!bad, "all 63,488 finite and infinite halves round-trip (%d bad)", bad);
+	ok(trail_attr_f16(1.0f + 1.0f / 2048) == 0x3c00 && trail_attr_f16(1.0f + 3.0f / 2048) == 0x3c02 &&
+	   trail_attr_f16(65520.0f) == 0x7c00 && trail_attr_f16(1e-8f) == 0 && trail_attr_f16(-2.0f) == 0xc000,
+	   "ties to even, overflow to infinity, underflow to zero");
+	trail_tokenizer *tk = NULL;
+	trail_tokenizer_bytes(&tk);
+	char path[] = "/tmp/trail-attr-XXXXXX";
+	int fd = mkstemp(path);
+	close(fd);
+	projections(tk);
+	scoring(path, tk);
+	damage(path);
+	logistic(path, tk);
+	clusters(tk);
+	unlink(path);
+	trail_tokenizer_free(tk);
+	return tap_done();
+}
