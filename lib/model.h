@@ -11,9 +11,13 @@
  *   LoRA on a layer with W [in,out]: A [r,in], B [out,r] (PEFT's lora_A,
  *   lora_B), y += (alpha/r) (x A^T) B^T.
  *
- * Ownership: a trail_model owns its parameter arena (or its file mapping),
- * gradients and activations; arrays returned by accessors stay owned by the
- * model and are valid until the next forward/backward or trail_model_free.
+ * Memory: one arena for the parameters, one for their gradients (made on
+ * the first backward; none for a frozen base under LoRA), one for the LoRA
+ * matrices and one for theirs, one for the activations.
+ *
+ * Ownership: a trail_model owns its arenas; arrays returned by accessors
+ * stay owned by the model and are valid until the next forward/backward,
+ * LoRA change or trail_model_free.
  */
 #ifndef TRAIL_MODEL_H
 #define TRAIL_MODEL_H
@@ -48,17 +52,37 @@ size_t trail_gpt2_num_params(const trail_gpt2_config *c);
 /* A model with GPT-2's initialisation (normal 0.02, projections scaled by 1/sqrt(2L)). */
 int trail_model_init(const trail_gpt2_config *c, uint64_t seed, trail_model **out,
 		     trail_error *err);
-/* Load config.json + model.safetensors from a directory (names with or without "transformer."). */
+/*
+ * Load config.json + model.safetensors (F32, F16 or BF16; names with or
+ * without "transformer."; the causal-mask buffers and lm_head of Hugging
+ * Face checkpoints are accepted and ignored) from a directory, or from a
+ * .safetensors path with config.json beside it. A missing path is
+ * TRAIL_ENOINPUT; a bad file, unknown tensor or a shape that disagrees with
+ * the config is TRAIL_EDATA naming the file.
+ */
 int trail_model_load(const char *dir, trail_model **out, trail_error *err);
 /* Write config.json + model.safetensors into dir (created if needed). */
 int trail_model_save(const trail_model *m, const char *dir, trail_error *err);
 void trail_model_free(trail_model *m);
 const trail_gpt2_config *trail_model_config(const trail_model *m);
+/* Route every product through the naive reference loop instead of BLAS (tests). */
+void trail_model_set_reference(trail_model *m, int on);
 
 /* Add LoRA matrices (A seeded normal/kaiming-like, B zero, as PEFT); base weights freeze. */
 int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t seed,
 			 trail_error *err);
-/* PEFT adapter directory: adapter_config.json + adapter_model.safetensors. */
+/* The LoRA configuration, or NULL without LoRA. */
+const trail_lora_config *trail_model_lora(const trail_model *m);
+/* Add a target name ("c_attn", "c_proj" = both projections, "attn.c_proj", "c_fc", "mlp.c_proj") to *bits. */
+int trail_lora_targets_parse(const char *name, int *bits);
+/* adapter_config.json as PEFT writes it (new reference); base_name may be NULL. */
+json_t *trail_lora_config_json(const trail_lora_config *lc, const char *base_name);
+/*
+ * PEFT adapter directory: adapter_config.json + adapter_model.safetensors.
+ * Loading accepts PEFT's keys with or without the adapter name
+ * (".lora_A.weight" or ".lora_A.default.weight") and checks every shape; on
+ * failure the model is left without LoRA.
+ */
 int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err);
 int trail_model_save_adapter(const trail_model *m, const char *dir, const char *base_name,
 			     trail_error *err);
@@ -86,16 +110,24 @@ float *trail_model_params(trail_model *m, size_t *n);
 float *trail_model_grads(trail_model *m, size_t *n);
 
 /*
- * The trainable linear layers, for attribution: after a forward and
- * backward with B = 1, layer i's input activations X [T,in] and output
- * gradients dY [T,out] (of the summed loss, i.e. the mean loss times the
- * count of targets). name is "h.3.attn.c_attn" and so on.
+ * The trained linear layers, for attribution (per-layer factored gradient
+ * projections, without forming a gradient): all 4 n_layer layers, or only
+ * the LoRA-targeted ones when the model has LoRA, in layer order. After
+ * trail_model_keep_linear_io(m, 1), a forward and a backward over one
+ * sequence (B = 1), layer i gives its input activations X [T,in] and the
+ * gradient of the mean loss with respect to its output dY [T,out] (rows are
+ * positions; T is B*T of the last forward). Then the weight gradient is
+ * dW = X^T dY [in,out]; for LoRA, dA = scale (dY B)^T X [r,in] and
+ * dB = scale dY^T (X A^T) [out,r], with A, B, scale from
+ * trail_model_linear_lora. name is "h.3.attn.c_attn" and so on.
+ * Keeping dY costs B*T*out floats per layer.
  */
-/* Keep each trainable layer's dY through backward (costs N*out floats per layer). */
 void trail_model_keep_linear_io(trail_model *m, int on);
 int trail_model_num_linear(const trail_model *m);
 int trail_model_linear_io(const trail_model *m, int i, const char **name, const float **X,
 			  const float **dY, int *in, int *out, int *T);
+int trail_model_linear_lora(const trail_model *m, int i, const float **A, const float **B, int *r,
+			    double *scale);
 
 /* ---- inference --------------------------------------------------------------- */
 
@@ -131,9 +163,15 @@ typedef struct trail_adamw {
 	long t;
 } trail_adamw;
 int trail_adamw_init(trail_adamw *o, size_t n);
-/* One step; grads are clipped to global norm `clip` first (0: no clipping). Returns the norm. */
+/*
+ * One step; grads are clipped to global norm `clip` first (0: no clipping).
+ * Returns the norm before clipping; a non-finite norm changes nothing.
+ */
 double trail_adamw_step(trail_adamw *o, trail_model *m, double lr, double clip);
 void trail_adamw_release(trail_adamw *o);
+
+/* The L2 norm of a vector, summed in double in a fixed order. */
+double trail_grad_norm(const float *g, size_t n);
 
 /* Warmup then cosine decay to 10% of the peak. */
 double trail_lr_schedule(double peak, long step, long warmup, long total);

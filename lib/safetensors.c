@@ -15,6 +15,102 @@ struct trail_st {
 	char *path;
 };
 
+/* Bytes per element of a safetensors dtype; 0 if unknown. */
+static size_t dtype_width(const char *dt)
+{
+	static const struct {
+		const char *name;
+		size_t w;
+	} t[] = {{"F64", 8}, {"I64", 8}, {"U64", 8}, {"F32", 4}, {"I32", 4}, {"U32", 4}, {"F16", 2}, {"BF16", 2},
+		 {"I16", 2}, {"U16", 2}, {"I8", 1}, {"U8", 1}, {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+	for (size_t i = 0; dt && i < sizeof t / sizeof t[0]; i++)
+		if (!strcmp(dt, t[i].name))
+			return t[i].w;
+	return 0;
+}
+
+typedef struct span {
+	uint64_t b, e;
+	const char *name;
+} span;
+
+static int by_begin(const void *x, const void *y)
+{
+	const span *a = x, *b = y;
+	return a->b < b->b ? -1 : a->b > b->b ? 1 : a->e < b->e ? -1 : a->e > b->e;
+}
+
+/*
+ * As the format requires: every entry has a known dtype, a shape of
+ * non-negative integers and offsets whose length is the shape's byte size;
+ * together the tensors cover the byte buffer exactly, without overlap. A
+ * truncated or padded file fails here, before anything is read.
+ */
+static int check_layout(trail_st *st, trail_error *err)
+{
+	size_t n = json_object_size(st->header), k = 0;
+	span *v = trail_malloc((n ? n : 1) * sizeof *v);
+	const char *name;
+	json_t *t;
+	int rc = TRAIL_OK;
+	if (!v)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	json_object_foreach(st->header, name, t) {
+		if (!strcmp(name, "__metadata__")) {
+			const char *mk;
+			json_t *mv;
+			int bad = !json_is_object(t);
+			json_object_foreach(t, mk, mv) bad |= !json_is_string(mv);
+			if (bad) {
+				rc = trail_error_at(err, TRAIL_EDATA, st->path, 0, "__metadata__ must map names to strings");
+				goto out;
+			}
+			continue;
+		}
+		json_t *sh = json_object_get(t, "shape"), *off = json_object_get(t, "data_offsets");
+		size_t w = dtype_width(json_string_value(json_object_get(t, "dtype")));
+		uint64_t cnt = 1;
+		int ok = json_is_object(t) && w && json_is_array(sh) && json_array_size(sh) <= 8 && json_is_array(off) &&
+			 json_array_size(off) == 2 && json_is_integer(json_array_get(off, 0)) &&
+			 json_is_integer(json_array_get(off, 1));
+		for (size_t i = 0; ok && i < json_array_size(sh); i++) {
+			json_t *d = json_array_get(sh, i);
+			ok = json_is_integer(d) && json_integer_value(d) >= 0 && json_integer_value(d) < ((json_int_t)1 << 40);
+			if (ok && (cnt = cnt * (uint64_t)json_integer_value(d)) > ((uint64_t)1 << 50))
+				ok = 0;
+		}
+		if (!ok) {
+			rc = trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s: bad entry (dtype, shape, data_offsets)",
+					    name);
+			goto out;
+		}
+		json_int_t b = json_integer_value(json_array_get(off, 0)), e = json_integer_value(json_array_get(off, 1));
+		if (b < 0 || e < b || (uint64_t)(e - b) != cnt * w) {
+			rc = trail_error_at(err, TRAIL_EDATA, st->path, 0,
+					    "tensor %s: data_offsets [%lld, %lld] do not hold its shape", name, (long long)b,
+					    (long long)e);
+			goto out;
+		}
+		v[k++] = (span){(uint64_t)b, (uint64_t)e, name};
+	}
+	qsort(v, k, sizeof *v, by_begin);
+	uint64_t at = 0;
+	for (size_t i = 0; i < k; i++) {
+		if (v[i].b != at) {
+			rc = trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s: %s at byte %llu", v[i].name,
+					    v[i].b < at ? "overlaps another" : "a gap before it", (unsigned long long)v[i].b);
+			goto out;
+		}
+		at = v[i].e;
+	}
+	if (at != st->datalen)
+		rc = trail_error_at(err, TRAIL_EDATA, st->path, 0, "%s: the tensors need %llu bytes, the file has %zu",
+				    at > st->datalen ? "truncated" : "trailing bytes", (unsigned long long)at, st->datalen);
+out:
+	trail_free(v);
+	return rc;
+}
+
 int trail_st_open(const char *path, trail_st **out, trail_error *err)
 {
 	trail_st *st = trail_calloc(1, sizeof *st);
@@ -44,19 +140,8 @@ int trail_st_open(const char *path, trail_st **out, trail_error *err)
 	}
 	st->data = p + 8 + hl;
 	st->datalen = st->map.len - 8 - hl;
-	/* every tensor's range must lie inside the file */
-	const char *k;
-	json_t *v;
-	json_object_foreach(st->header, k, v) {
-		if (!strcmp(k, "__metadata__"))
-			continue;
-		json_t *off = json_object_get(v, "data_offsets");
-		json_int_t b = json_integer_value(json_array_get(off, 0)), e = json_integer_value(json_array_get(off, 1));
-		if (!json_is_array(off) || b < 0 || e < b || (uint64_t)e > st->datalen) {
-			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "tensor %s lies outside the file (truncated?)", k);
-			goto fail;
-		}
-	}
+	if ((rc = check_layout(st, err)))
+		goto fail;
 	*out = st;
 	return TRAIL_OK;
 fail:
@@ -74,9 +159,14 @@ void trail_st_free(trail_st *st)
 	trail_free(st);
 }
 
+const json_t *trail_st_metadata(const trail_st *st)
+{
+	return json_object_get(st->header, "__metadata__");
+}
+
 int trail_st_has(const trail_st *st, const char *name)
 {
-	return json_object_get(st->header, name) != NULL;
+	return strcmp(name, "__metadata__") && json_object_get(st->header, name) != NULL;
 }
 
 size_t trail_st_count(const trail_st *st)

@@ -20,8 +20,16 @@
 
 typedef struct trail_st trail_st;
 
+/*
+ * Map and check a file: header length and JSON, every entry's dtype, shape
+ * and offsets, and that the tensors cover the data exactly (a truncated
+ * file is TRAIL_EDATA here, naming the file). A missing file is
+ * TRAIL_ENOINPUT.
+ */
 int trail_st_open(const char *path, trail_st **out, trail_error *err);
 void trail_st_free(trail_st *st);
+/* The "__metadata__" object (string values), or NULL; owned by st. */
+const json_t *trail_st_metadata(const trail_st *st);
 /* Does the file hold `name`? */
 int trail_st_has(const trail_st *st, const char *name);
 /* Number of tensors, and the i-th name (in header order). */
