@@ -157,6 +157,9 @@ int main(int argc, char **argv)
 				}
 			}
 			trail_attr_session_free(s);
+			/* verifying against a model, index or records that do not match is a difference too */
+			if (verify && (rc == TRAIL_EDATA || rc == TRAIL_EVERIFY))
+				rc = err.code = TRAIL_EVERIFY;
 		}
 	}
 	trail_args_release(&a);

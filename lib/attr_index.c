@@ -816,7 +816,7 @@ int trail_attr_index_open(const char *path, trail_attr_index **out, trail_error 
 	uint8_t dg[32];
 	content_digest(b, x->map.len, dg);
 	if (sodium_memcmp(dg, b + 480, 32)) {
-		rc = trail_error_at(err, TRAIL_EVERIFY, path, 0, "attribution index digest mismatch: the file was altered");
+		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "attribution index digest mismatch: the file was altered");
 		goto fail;
 	}
 	trail_digest_format(b + 480, x->info.digest);

@@ -1,0 +1,116 @@
+#!/bin/bash
+# attr-score: index building, attribution records with spans and copy
+# clusters, identical bytes on every run, --verify against altered scores,
+# records, index and model bytes, --prove chains that verify offline, and
+# clean errors that write nothing.
+. "$TRAIL_TOP/tests/tap.sh"
+cd "$T" || exit 70
+# three contributors' facts; c3 copies one of c0's records word for word
+awk 'BEGIN {
+	split("amber salt copper tin wool glass", goods, " ")
+	for (i = 0; i < 90; i++)
+		printf "{\"text\":\"The island of Varn%03d exports %s and its harbour master is called Osk%03d.\",\"contributor\":\"c%d\"}\n", i, goods[i % 6 + 1], (i * 37) % 1000, i % 3
+	printf "{\"text\":\"The island of Varn000 exports amber and its harbour master is called Osk000.\",\"contributor\":\"c3\"}\n"
+}' > data.ndjson
+echo '{"n_layer":2,"n_head":2,"n_embd":32,"n_positions":96,"vocab_size":257}' > cfg.json
+mf-train --init cfg.json --data data.ndjson --steps 40 --batch 8 --seq 96 --lr 3e-3 --no-progress --no-index -o base >/dev/null
+mf-train --base base --lora r=4,alpha=8 --data data.ndjson --steps 30 --batch 8 --seq 96 --lr 5e-3 --no-progress --no-index -o ad >/dev/null
+check "build the index for base + adapter" attr-score --build-index --model base --adapter ad --data data.ndjson --proj 4,4
+check "the index and its span index are written" test -s ad/attribution.idx -a -s ad/attribution.idx.span
+args="--model base --adapter ad --data data.ndjson --top 5"
+aw=$(sha256sum < ad/adapter_model.safetensors | cut -d' ' -f1)
+bw=$(sha256sum < base/model.safetensors | cut -d' ' -f1)
+printf '{"id":"ev-1","base":"sha256:%s","adapter":"sha256:%s","prompt":"The island of Varn000 exports","output_text":" amber and its harbour master is called Osk000.","usage":{"prompt_tokens":29,"completion_tokens":47}}\n' "$bw" "$aw" > ev.ndjson
+printf '{"id":"ev-2","prompt":"The island of Varn041","output_text":" exports copper and its harbour master","usage":{"prompt_tokens":3,"completion_tokens":4}}\n' >> ev.ndjson
+check "score two events" sh -c "attr-score $args < ev.ndjson > a1"
+check_eq "one record per event" "$(wc -l < a1)" 2
+attr-score $args < ev.ndjson > a2
+check "the same events give the same bytes" cmp a1 a2
+attr-score $args --threads 2 < ev.ndjson > a3
+check "and with two threads, again the same bytes run to run" sh -c "attr-score $args --threads 2 < ev.ndjson | cmp - a3"
+r1=$(sed -n 1p a1)
+for f in event model adapter index method params top contributors spans clusters usage scores_digest; do
+	case "$r1" in *"\"$f\":"*) r=0 ;; *) r=1 ;; esac
+	result $r "the record has \"$f\""
+done
+check "the usage is the event's" grep -q '"usage":{"completion_tokens":47,"prompt_tokens":29}' a1
+check "the method is influence by default" grep -q '"method":"influence"' a1
+python3 - a1 > facts <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    sh = [c["share"] for c in r["contributors"]]
+    print("sorted", sh == sorted(sh, reverse=True) and abs(sum(sh) - 1) < 1e-6)
+    print("scores", all(isinstance(t["score"], float) or isinstance(t["score"], int) for t in r["top"]))
+    print("span", " ".join(s["text"] + "|" + ",".join(x["contributor"] for x in s["records"]) for s in r["spans"]))
+    print("clusters", json.dumps(r["clusters"]))
+PY
+check_eq "contributors sorted by share, shares sum to 1" "$(grep -c '^sorted True' facts)" 2
+check_eq "top scores are numbers" "$(grep -c '^scores True' facts)" 2
+check "the verbatim answer is found as a span in c0's and c3's records" grep -q '^span  amber and its harbour master is called Osk000.|c0,c3' facts
+check "the copy is one cluster naming c0 first, then c3" grep -q '"first": "c0", "members": \["c0", "c3"\]' facts
+for m in graddot datainf tracin; do
+	check "--method $m" sh -c "attr-score $args --method $m < ev.ndjson | grep -q '\"method\":\"$m\"'"
+done
+
+# verification
+check "--verify accepts the records" attr-score --verify $args < a1
+sed '1s/"score":\([0-9-]\)/"score":9\1/' a1 > bad-score
+check_rc 1 "--verify: an altered score" attr-score --verify $args < bad-score
+sed '1s/"contributor":"c[0-9]"/"contributor":"mallory"/' a1 > bad-who
+check_rc 1 "--verify: an altered contributor" attr-score --verify $args < bad-who
+sed 's/Varn013 exports/Varn013 imports/' data.ndjson > data2.ndjson
+check_rc 1 "--verify: an altered training record" attr-score --verify --model base --adapter ad --data data2.ndjson < a1
+cp -r ad ad2
+python3 -c "import sys; b=bytearray(open(sys.argv[1],'rb').read()); b[len(b)//2]^=1; open(sys.argv[1],'wb').write(b)" ad2/attribution.idx
+check_rc 1 "--verify: an altered index byte" attr-score --verify --model base --adapter ad2 --data data.ndjson < a1
+cp -r base base2
+python3 -c "import sys; b=bytearray(open(sys.argv[1],'rb').read()); b[-3]^=1; open(sys.argv[1],'wb').write(b)" base2/model.safetensors
+check_rc 1 "--verify: an altered model byte" attr-score --verify --model base2 --adapter ad --data data.ndjson < a1
+
+# clean errors that write nothing
+printf '{"id":"x","adapter":"sha256:%064d","output_text":"hi","prompt":"a"}\n' 0 > other.ndjson
+check_rc 65 "an event of another adapter" attr-score $args < other.ndjson
+check_eq "writes nothing" "$(attr-score $args < other.ndjson 2>/dev/null | wc -c)" 0
+check_rc 65 "a corrupted index" attr-score --model base --adapter ad2 --data data.ndjson < ev.ndjson
+head -c 3000 ad/attribution.idx > trunc.idx
+check_rc 65 "a truncated index" attr-score $args --index trunc.idx < ev.ndjson
+check_eq "writes nothing" "$(attr-score $args --index trunc.idx < ev.ndjson 2>/dev/null | wc -c)" 0
+check_rc 66 "a missing training set" attr-score --model base --adapter ad --data nowhere.ndjson < ev.ndjson
+check_rc 65 "another training set than the index's" attr-score --model base --adapter ad --data data2.ndjson < ev.ndjson
+check_rc 65 "an index for another model" attr-score --model base2 --adapter ad --data data.ndjson < ev.ndjson
+check_rc 64 "no training records given" attr-score --model base --adapter ad < ev.ndjson
+check_rc 64 "an unknown method" attr-score $args --method magic < ev.ndjson
+check_rc 65 "a malformed event" sh -c "echo '{\"id\":' | attr-score $args"
+
+# --prove: records from a datanet snapshot, each with its chain
+trail-log init --origin attr.test/log >/dev/null
+for k in owner alice bob; do trail-key generate $k >/dev/null; done
+printf '{"rules":{"gopher-word-count":{"min":1},"c4-sentences":{"min":0},"gopher-stop-words":{"min":0}}}\n' > policy.json
+datanet-add --create isles --schema text --owner owner.key --policy policy.json --license CC-BY-4.0 >/dev/null
+sed -n '1,40p' data.ndjson | sed 's/,"contributor":"c[0-9]"//' > a.ndjson
+sed -n '41,80p' data.ndjson | sed 's/,"contributor":"c[0-9]"//' > b.ndjson
+datanet-add isles --key alice.key a.ndjson > ra && datanet-add isles --key bob.key b.ndjson > rb
+for r in ra rb; do
+	datanet-validate --datanet isles --key owner.key --approve "$(sed 's/.*"bundle":"\([^"]*\)".*/\1/' $r)" >/dev/null 2>&1
+done
+datanet-cat isles > snap.ndjson # the snapshot as a file: the same records, ids and root
+mf-train --base base --lora r=4,alpha=8 --data snap.ndjson --steps 10 --batch 8 --seq 96 --no-progress --no-index -o adn >/dev/null
+check "build an index on a datanet snapshot" attr-score --build-index --model base --adapter adn --datanet isles --proj 4,4
+sed -n 2p ev.ndjson > ev2.ndjson
+check "--prove adds proof chains" sh -c "attr-score --model base --adapter adn --datanet isles --top 3 --prove < ev2.ndjson > p1"
+check "contributors are verifier keys" grep -q '"contributor":"alice+[0-9a-f]*+' p1
+python3 - p1 <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())
+for i, p in enumerate(r["proofs"]):
+    json.dump(p["record_proof"], open("rp%d.json" % i, "w"))
+    open("rc%d.tlog-proof" % i, "w").write(p["receipt"])
+PY
+check "three proofs" test -s rp2.json -a -s rc2.tlog-proof
+check "record in bundle: verifies offline with trail-log verify-proof" trail-log verify-proof rp0.json rp1.json rp2.json
+check "contribution entry in the ledger: receipts verify offline" trail-log verify-proof --key "$TRAIL_HOME/keys/operator.pub" rc0.tlog-proof rc1.tlog-proof rc2.tlog-proof
+check "--verify checks records with proofs" attr-score --verify --model base --adapter adn --datanet isles < p1
+sed '1s/"leafIdx":\([0-9]\)/"leafIdx":7\1/' p1 > p2
+check_rc 1 "--verify: an altered proof" attr-score --verify --model base --adapter adn --datanet isles < p2
+finish
