@@ -63,10 +63,8 @@ datanet-cat "atlas@$size" > atlas.ndjson
 datanet-cat "ports@$size" > ports.ndjson
 printf '  atlas: %s records, ports: %s records\n' "$(wc -l < atlas.ndjson)" "$(wc -l < ports.ndjson)"
 
-if have mf-train && have lora-serve && have attr-score && have attr-settle; then
+if have mf-train && have lora-serve; then
 	. "$top/examples/pipeline.sh"
-else
-	say "(training, serving, attribution and settlement join this demo as their programs land)"
 fi
 
 say "a receipt for alice's contribution that anyone can verify offline"

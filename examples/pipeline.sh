@@ -1,0 +1,50 @@
+# The demo's second half, sourced by examples/demo.sh once the store holds
+# approved datanets: train a base model on both snapshots and one adapter
+# per datanet, serve the prompts, attribute every answer, settle the epoch,
+# and write the HTML report. Uses demo.sh's say, field, have, $size, $top.
+
+say "training a small base model on both snapshots, as of tree size $size"
+cat atlas.ndjson ports.ndjson > all.ndjson
+mf-train --init "$top/examples/demo-model.json" --data all.ndjson --steps "${DEMO_STEPS:-240}" --batch 16 --seq 128 \
+	--lr 2e-3 --threads 2 --no-progress -o base | sed 's/^/  /'
+
+say "one LoRA adapter per datanet, on its exact snapshot"
+mkdir -p adapters
+for dn in atlas ports; do
+	mf-train --base base --lora r=8,alpha=16,targets=c_attn,c_proj,c_fc --datanet "$dn@$size" \
+		--steps "${DEMO_ADAPTER_STEPS:-60}" --batch 8 --seq 128 --lr 2e-3 --threads 2 --no-progress \
+		-o "adapters/$dn" | sed 's/^/  /'
+done
+
+say "serving: every prompt through its datanet's adapter, batched together"
+lora-serve --base base --adapters adapters --events events.ndjson --record < data/prompts.ndjson > responses.ndjson
+sed -n 's/.*"id":"\([a-z0-9]*\)","model":"\([a-z]*\)","text":"\([^"]*\)".*/  [\2] \1: \3/p' responses.ndjson
+
+if have attr-score; then
+	say "attribution: which records and contributors shaped each answer"
+	: > attributions.ndjson
+	for dn in atlas ports; do
+		attr-score --build-index --model base --adapter "adapters/$dn" --datanet "$dn@$size" --threads 2 >/dev/null
+		grep "\"adapter\":\"$dn\"" events.ndjson |
+			attr-score --model base --adapter "adapters/$dn" --datanet "$dn@$size" --prove --threads 2 > "attr.$dn.ndjson"
+		cat "attr.$dn.ndjson" >> attributions.ndjson
+	done
+	sed 's/.*"contributors":\[{"contributor":"\([a-z]*\)+[^"]*","share":\([0-9.e-]*\)}.*"event":"\{0,1\}\([a-z0-9]*\).*/  \3: top contributor \1 (share \2)/' \
+		attributions.ndjson | head -12
+	attr-score --verify --model base --adapter adapters/atlas --datanet "atlas@$size" --threads 2 \
+		< attr.atlas.ndjson >/dev/null && echo "  every attribution re-runs bit for bit (attr-score --verify)"
+fi
+
+if have attr-settle && [ -s attributions.ndjson ]; then
+	say "settling epoch 1: fees paid to contributors, in exact integers"
+	attr-settle --policy "$top/examples/demo-settle-policy.json" --epoch 1 --key owner.key \
+		--format text < attributions.ndjson
+	attr-settle --policy "$top/examples/demo-settle-policy.json" --epoch 1 --key owner.key \
+		< attributions.ndjson > settlement.ndjson
+fi
+
+say "the report: demo-out/report.html"
+cat responses.ndjson $( [ -s attributions.ndjson ] && echo attributions.ndjson ) \
+	$( [ -s settlement.ndjson ] && echo settlement.ndjson ) atlas.ndjson ports.ndjson |
+	attr-report --title "trail demo: who shaped these answers" --key store/keys/operator.pub -o report.html
+echo "  $(wc -c < report.html) bytes, self-contained"
