@@ -126,23 +126,21 @@ void trail_k_expf(float *y, const float *x, size_t n)
 #define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_C 0.044715f
 
-/* tanh(s (x + c x^3)) = 1 - 2 / (1 + e^(2u)) */
-static inline vf vgelu_t(vf x)
+/*
+ * t = tanh(u), u = s (x + c x^3), through e = exp(2u): t = 1 - 2/(1+e), and
+ * 1 - t^2 = 4 e/(1+e)^2 without the cancellation of 1 - t*t.
+ */
+static inline vf gelu_f(vf x)
 {
-	vf u = vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x);
-	return vs(1.0f) - vs(2.0f) / (vs(1.0f) + vexp(u));
+	vf e = vexp(vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x)), d = vs(1.0f) / (vs(1.0f) + e);
+	return vs(0.5f) * x * (vs(2.0f) - vs(2.0f) * d);
 }
 
-static inline vf gelu_f(vf v)
+static inline vf gelu_b(vf x, vf dy)
 {
-	return vs(0.5f) * v * (vs(1.0f) + vgelu_t(v));
-}
-
-static inline vf gelu_b(vf v, vf d)
-{
-	vf t = vgelu_t(v);
-	return d * (vs(0.5f) * (vs(1.0f) + t) +
-		    vs(0.5f) * v * (vs(1.0f) - t * t) * vs(GELU_S) * (vs(1.0f) + vs(3 * GELU_C) * v * v));
+	vf e = vexp(vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x)), d = vs(1.0f) / (vs(1.0f) + e);
+	vf t = vs(1.0f) - vs(2.0f) * d, sech2 = vs(4.0f) * (e * d) * d;
+	return dy * (vs(0.5f) * (vs(1.0f) + t) + vs(0.5f) * x * sech2 * vs(GELU_S) * (vs(1.0f) + vs(3 * GELU_C) * x * x));
 }
 
 void trail_k_gelu_fwd(float *y, const float *x, size_t n)

@@ -228,9 +228,13 @@ int trail_st_read_f32(const trail_st *st, const char *name, const int64_t *shape
 		n *= (size_t)shape[i];
 	}
 	if (!ok) {
-		char *got = json_dumps(sh, JSON_COMPACT);
-		int rc = trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s has shape %s, expected %d dims [%lld%s]",
-					name, got ? got : "?", ndim, (long long)shape[0], ndim > 1 ? ",..." : "");
+		char *got = json_dumps(sh, JSON_COMPACT), want[160];
+		int w = snprintf(want, sizeof want, "[");
+		for (int i = 0; i < ndim && w < (int)sizeof want - 24; i++)
+			w += snprintf(want + w, sizeof want - (size_t)w, "%s%lld", i ? "," : "", (long long)shape[i]);
+		snprintf(want + w, sizeof want - (size_t)w, "]");
+		int rc = trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s has shape %s, expected %s", name,
+					got ? got : "?", want);
 		free(got);
 		return rc;
 	}

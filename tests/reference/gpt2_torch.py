@@ -4,8 +4,14 @@ weights, computed with PyTorch (float32), for tests/unit/test_torch_parity.c.
 
 usage: gpt2_torch.py OUTDIR [SEED]
 Writes OUTDIR/<name>/{config.json, model.safetensors, expected.json,
-logits.f32} for each configuration below. The committed fixtures in
-tests/data/model/ came from `gpt2_torch.py tests/data/model 1`."""
+logits.f32} for each configuration below ("wide" stores its weights as F16,
+and the reference computes with those rounded values), and
+OUTDIR/small-lora/: a LoRA adapter built with numpy in PEFT's layout
+(adapter_config.json, adapter_model.safetensors with PEFT's key names and
+shapes, lora_A [r, in], lora_B [out, r], fan_in_fan_out) for "small", with
+the logits PyTorch gives for the base weights with the adapter merged in
+(W + alpha/r A^T B^T). The committed fixtures in tests/data/model/ came from
+`gpt2_torch.py tests/data/model 1`."""
 import json, math, os, struct, sys
 
 import numpy as np
@@ -15,13 +21,41 @@ CONFIGS = {
     "small": dict(n_layer=2, n_head=4, n_embd=32, n_positions=16, vocab_size=257),
     "wide": dict(n_layer=3, n_head=2, n_embd=48, n_positions=24, vocab_size=300),
 }
+DTYPE = {"small": "F32", "wide": "F16"}
+# PEFT's module names under GPT2LMHeadModel, and the Conv1D shapes [in, out]
+LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"])
+MODULES = {"attn.c_attn": (1, 3), "attn.c_proj": (1, 1), "mlp.c_fc": (1, 4), "mlp.c_proj": (4, 1)}
 
 
-def write_safetensors(path, tensors):
+def peft_adapter(c, rng):
+    """lora_A.weight [r, in], lora_B.weight [out, r] for every targeted module, PEFT's saved keys."""
+    C, r = c["n_embd"], LORA["r"]
+    t = {}
+    for l in range(c["n_layer"]):
+        for mod, (i, o) in MODULES.items():
+            key = "base_model.model.transformer.h.%d.%s" % (l, mod)
+            t[key + ".lora_A.weight"] = rng.normal(0, 0.2, (r, i * C)).astype(np.float32)
+            t[key + ".lora_B.weight"] = rng.normal(0, 0.2, (o * C, r)).astype(np.float32)
+    return t
+
+
+def merged(c, base, ad):
+    s = LORA["lora_alpha"] / LORA["r"]
+    out = dict(base)
+    for l in range(c["n_layer"]):
+        for mod in MODULES:
+            key = "base_model.model.transformer.h.%d.%s" % (l, mod)
+            A, B = ad[key + ".lora_A.weight"], ad[key + ".lora_B.weight"]
+            w = "h.%d.%s.weight" % (l, mod)
+            out[w] = (base[w] + s * (A.T @ B.T)).astype(np.float32)
+    return out
+
+
+def write_safetensors(path, tensors, dtype="F32"):
     header, blobs, off = {}, [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        a = np.ascontiguousarray(tensors[name], dtype="<f4" if dtype == "F32" else "<f2")
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
         blobs.append(a.tobytes())
         off += a.nbytes
     h = json.dumps(header, separators=(",", ":")).encode()
@@ -76,7 +110,9 @@ def main():
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
         t = params(c, rng)
-        write_safetensors(os.path.join(d, "model.safetensors"), t)
+        if DTYPE[name] == "F16":
+            t = {k: v.astype(np.float16).astype(np.float32) for k, v in t.items()}
+        write_safetensors(os.path.join(d, "model.safetensors"), t, DTYPE[name])
         json.dump(c, open(os.path.join(d, "config.json"), "w"))
         B, S = 2, c["n_positions"]
         tok = torch.from_numpy(rng.integers(0, c["vocab_size"], (B, S)))
@@ -87,6 +123,18 @@ def main():
         logits.detach().numpy().astype("<f4").tofile(os.path.join(d, "logits.f32"))
         json.dump({"tokens": tok.reshape(-1).tolist(), "targets": tgt.reshape(-1).tolist(), "B": B, "T": S,
                    "loss": float(loss), "torch": torch.__version__}, open(os.path.join(d, "expected.json"), "w"))
+        if name == "small":
+            ad = peft_adapter(c, rng)
+            ld = os.path.join(out, "small-lora")
+            os.makedirs(ld, exist_ok=True)
+            write_safetensors(os.path.join(ld, "adapter_model.safetensors"), ad)
+            conf = dict(peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path="small", bias="none",
+                        fan_in_fan_out=True, lora_dropout=0.0, inference_mode=True, **LORA)
+            json.dump(conf, open(os.path.join(ld, "adapter_config.json"), "w"))
+            lg = forward(c, merged(c, t, ad), tok)
+            ll = torch.nn.functional.cross_entropy(lg.reshape(-1, c["vocab_size"]), tgt.reshape(-1), ignore_index=-1)
+            lg.detach().numpy().astype("<f4").tofile(os.path.join(ld, "logits.f32"))
+            json.dump({"loss": float(ll)}, open(os.path.join(ld, "expected.json"), "w"))
 
 
 main()

@@ -1,7 +1,9 @@
 /*
  * Logits and loss of GPT-2 configurations with fixed random weights against
- * PyTorch (tests/reference/gpt2_torch.py). The committed fixtures are in
- * tests/data/model/; TRAIL_REFERENCE_DIR points at freshly generated ones.
+ * PyTorch (tests/reference/gpt2_torch.py): F32 and F16 weights, and a
+ * PEFT-layout LoRA adapter built with numpy against PyTorch's logits for
+ * the merged weights. The committed fixtures are in tests/data/model/;
+ * TRAIL_REFERENCE_DIR points at freshly generated ones.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -12,7 +14,8 @@
 #include "tap.h"
 #include "util.h"
 
-static void check(const char *dir, const char *name)
+/* name: a model directory under dir; adapter: a LoRA adapter directory for it, or NULL */
+static void check(const char *dir, const char *name, const char *adapter)
 {
 	char path[4096], *d;
 	trail_error e = {0};
@@ -24,7 +27,18 @@ static void check(const char *dir, const char *name)
 		return;
 	}
 	char *ep = trail_path(d, "expected.json"), *lp = trail_path(d, "logits.f32");
-	json_t *x = json_load_file(ep, 0, NULL);
+	json_t *x = json_load_file(ep, 0, NULL), *xa = NULL;
+	char apath[4096];
+	if (adapter) { /* the adapter's own logits and loss replace the base's */
+		snprintf(apath, sizeof apath, "%s/%s", dir, adapter);
+		ok(trail_model_load_adapter(m, apath, &e) == 0, "%s: load the PEFT adapter built with numpy: %s", adapter, e.msg);
+		trail_free(lp);
+		lp = trail_path(apath, "logits.f32");
+		char *ap = trail_path(apath, "expected.json");
+		xa = json_load_file(ap, 0, NULL);
+		trail_free(ap);
+		name = adapter;
+	}
 	void *lb;
 	size_t ll;
 	int B = (int)json_integer_value(json_object_get(x, "B")), T = (int)json_integer_value(json_object_get(x, "T"));
@@ -39,10 +53,11 @@ static void check(const char *dir, const char *name)
 	double maxdiff = INFINITY;
 	int close = ll == n * 4 && tap_close(trail_model_logits(m), lb, n, 1e-4, &maxdiff);
 	ok(close, "%s: logits match PyTorch (maxdiff %.2e)", name, maxdiff);
-	double want = json_real_value(json_object_get(x, "loss"));
+	double want = json_real_value(json_object_get(xa ? xa : x, "loss"));
 	ok(fabs(loss - want) < 1e-4, "%s: loss %.6f vs PyTorch %.6f", name, loss, want);
 	trail_free(lb);
 	json_decref(x);
+	json_decref(xa);
 	free(tok);
 	free(tgt);
 	trail_free(ep);
@@ -59,7 +74,8 @@ int main(void)
 		snprintf(dir, sizeof dir, "%s", ref);
 	else
 		snprintf(dir, sizeof dir, "%s/tests/data/model", top ? top : ".");
-	check(dir, "small");
-	check(dir, "wide");
+	check(dir, "small", NULL);
+	check(dir, "wide", NULL); /* F16 weights */
+	check(dir, "small", "small-lora");
 	return tap_done();
 }
