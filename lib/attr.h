@@ -16,9 +16,10 @@
  *
  * Scores, for a query gradient q and record gradients g_i:
  *   graddot    q . g_i                                   (final weights)
- *   influence  q^T (F + lambda I)^-1 g_i, F = (1/N) sum_i g_i g_i^T, the
- *              projected empirical Fisher; lambda = damping * tr(F) / D;
- *              solved through its Cholesky factor, stored in the index
+ *   influence  q^T (F + lambda I)^-1 g_i, F the block-diagonal projected
+ *              empirical Fisher: per layer F_l = (1/N) sum_i g_il g_il^T,
+ *              lambda_l = damping * tr(F_l) / (k_in k_out); solved through
+ *              each block's Cholesky factor, stored in the index
  *   datainf    per layer, DataInf's closed form of the inverse of
  *              (1/N) sum_i (g_il g_il^T + lambda_l I), lambda_l = 0.1 x the
  *              mean squared gradient norm of the layer
@@ -40,8 +41,9 @@
  *   params   nsets x nparams f32: the trainable parameters of each set
  *   scales   nsets x nrecords f32: row scale (fp16 row = g / scale)
  *   norms    nsets x nrecords x nlayers f32: squared norm of each layer block
- *   lambda   nlayers f32 (DataInf), then f32 lambda of the influence solve
- *   chol     dim x dim f32: lower Cholesky factor of F + lambda I (final set)
+ *   lambda   nlayers f32 (DataInf), then nlayers f32 (influence)
+ *   chol     nlayers x (k_in k_out)^2 f32: lower Cholesky factors of
+ *            F_l + lambda_l I (final set)
  *   grads    nsets x nrecords x dim fp16
  *   records  nrecords x {u8 id[32], u64 contributor offset in blob, or ~0}
  *   blob     contributor strings, NUL-terminated

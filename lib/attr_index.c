@@ -364,8 +364,8 @@ void trail_attr_layout(trail_attr_hdr *h, trail_attr_off *o)
 	o->scales = al64(o->params + S * h->nparams * 4);
 	o->norms = al64(o->scales + S * N * 4);
 	o->lambda = al64(o->norms + S * N * L * 4);
-	o->chol = al64(o->lambda + (L + 1) * 4);
-	o->grads = al64(o->chol + D * D * 4);
+	o->chol = al64(o->lambda + 2 * L * 4);
+	o->grads = al64(o->chol + D * (D / L) * 4); /* L blocks of (D/L)^2 */
 	o->records = al64(o->grads + S * N * D * 2);
 	o->blob = o->records + N * 40;
 	o->end = o->blob + h->blob;

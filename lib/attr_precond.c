@@ -28,9 +28,15 @@ static void rows_f32(const uint16_t *grads, const float *scales, size_t D, size_
 			cblas_sscal((int)D, scales[i0 + r], buf + r * D, 1);
 }
 
+/*
+ * Per layer l (blocks of per = D/L coordinates): F_l = (1/N) sum_i g_il g_il^T,
+ * lambda_l = damping * tr(F_l) / per, and the lower Cholesky factor of
+ * F_l + lambda_l I. Block-diagonal, as K-FAC and LoGra treat layers: a
+ * query's solve reads L per^2 floats instead of D^2.
+ */
 int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err)
 {
-	size_t N = h->nrecords, D = h->dim, L = (size_t)h->nlayers, last = (size_t)h->nsets - 1;
+	size_t N = h->nrecords, D = h->dim, L = (size_t)h->nlayers, per = D / L, last = (size_t)h->nsets - 1;
 	const uint16_t *grads = (const uint16_t *)(map + o->grads) + last * N * D;
 	const float *scales = (const float *)(map + o->scales) + last * N;
 	const float *norms = (const float *)(map + o->norms) + last * N * L;
@@ -39,37 +45,41 @@ int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr
 	float *buf = trail_malloc(R * D * sizeof *buf);
 	if (!buf)
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	/* F [D,D] lower = (1/N) sum_i g_i g_i^T, one ssyrk per block of rows */
-	memset(F, 0, D * D * sizeof *F);
+	memset(F, 0, L * per * per * sizeof *F);
 	for (size_t i = 0; i < N; i += R) {
 		size_t n = N - i < R ? N - i : R;
 		rows_f32(grads, scales, D, i, n, buf, 1);
-		cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, (int)D, (int)n, 1.0f / (float)N, buf, (int)D, 1.0f, F,
-			    (int)D);
+		for (size_t l = 0; l < L; l++)
+			cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, (int)per, (int)n, 1.0f / (float)N, buf + l * per,
+				    (int)D, 1.0f, F + l * per * per, (int)per);
 	}
 	trail_free(buf);
-	double tr = 0;
-	for (size_t d = 0; d < D; d++)
-		tr += F[d * D + d];
-	double lam = h->damping * tr / (double)D;
-	if (!(lam > 0))
-		lam = h->damping; /* every gradient is zero: any positive damping will do */
-	for (size_t d = 0; d < D; d++) {
-		F[d * D + d] += (float)lam;
-		for (size_t e = d + 1; e < D; e++)
-			F[d * D + e] = 0; /* keep only the factor's triangle, so the file is deterministic */
+	for (size_t l = 0; l < L; l++) {
+		float *Fl = F + l * per * per;
+		double tr = 0;
+		for (size_t d = 0; d < per; d++)
+			tr += Fl[d * per + d];
+		double lam = h->damping * tr / (double)per;
+		if (!(lam > 0))
+			lam = h->damping; /* every gradient of the layer is zero: any positive damping will do */
+		for (size_t d = 0; d < per; d++) {
+			Fl[d * per + d] += (float)lam;
+			for (size_t e = d + 1; e < per; e++)
+				Fl[d * per + e] = 0; /* only the factor's triangle, so the file is deterministic */
+		}
+		lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)per, Fl, (lapack_int)per);
+		if (info)
+			return trail_error_set(err, TRAIL_EINTERNAL, "layer %zu: the damped covariance is not positive definite (%d)",
+					       l, (int)info);
+		lambda[L + l] = (float)lam;
 	}
-	lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)D, F, (lapack_int)D);
-	if (info)
-		return trail_error_set(err, TRAIL_EINTERNAL, "the damped covariance is not positive definite (%d)", (int)info);
 	/* DataInf: lambda_l = 0.1 x mean squared norm of layer l's blocks */
 	for (size_t l = 0; l < L; l++) {
-		double s = 0;
+		double sum = 0;
 		for (size_t i = 0; i < N; i++)
-			s += norms[i * L + l];
-		lambda[l] = (float)(s > 0 ? 0.1 * s / (double)N : 1e-30);
+			sum += norms[i * L + l];
+		lambda[l] = (float)(sum > 0 ? 0.1 * sum / (double)N : 1e-30);
 	}
-	lambda[L] = (float)lam;
 	return TRAIL_OK;
 }
 
@@ -123,13 +133,17 @@ static int pass(const trail_attr_index *x, int set, const float *V, int nq, doub
 	return TRAIL_OK;
 }
 
-/* v <- (L L^T)^-1 v for nq row vectors, with the stored factor. */
+/* Rows of V [nq,D] <- V (F + lambda I)^-1, block by block: solve Y L_l^T = V_l, then Z L_l = Y. */
 static void solve(const trail_attr_index *x, float *V, int nq)
 {
-	int D = (int)x->h.dim;
-	/* V [nq,D]: V (L L^T)^-1 = solve X L^T... with L L^T symmetric, rows solve L y = v then L^T z = y */
-	cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, nq, D, 1.0f, x->chol, D, V, D);
-	cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, nq, D, 1.0f, x->chol, D, V, D);
+	int D = (int)x->h.dim, L = x->h.nlayers, per = D / L;
+	for (int l = 0; l < L; l++) {
+		const float *Fl = x->chol + (size_t)l * per * per;
+		cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, nq, per, 1.0f, Fl, per,
+			    V + (size_t)l * per, D);
+		cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, nq, per, 1.0f, Fl, per,
+			    V + (size_t)l * per, D);
+	}
 }
 
 /*
@@ -228,9 +242,11 @@ int trail_attr_self_influence(const trail_attr_index *x, float *out, trail_error
 	for (size_t i = 0; i < N; i += R) {
 		size_t n = N - i < R ? N - i : R;
 		rows_f32(x->grads + set * N * D, x->scales + set * N, D, i, n, buf, 1);
-		/* rows y = g L^-T, so |y|^2 = g^T (L L^T)^-1 g */
-		cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, (int)n, (int)D, 1.0f, x->chol,
-			    (int)D, buf, (int)D);
+		/* rows y = g L^-T per block, so |y|^2 = g^T (F + lambda I)^-1 g */
+		size_t L = (size_t)x->h.nlayers, per = D / L;
+		for (size_t l = 0; l < L; l++)
+			cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, (int)n, (int)per, 1.0f,
+				    x->chol + l * per * per, (int)per, buf + l * per, (int)D);
 		for (size_t r = 0; r < n; r++) {
 			double s = 0;
 			for (size_t d = 0; d < D; d++)
@@ -264,14 +280,15 @@ int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, 
 			trail_free(v);
 			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		}
+		/* the block-diagonal F + lambda I in double (zero across layers), its own Cholesky factor */
 		for (size_t i = 0; i < N; i++)
 			for (size_t a = 0; a < D; a++) {
 				double ga = row_at(x, last, i, a);
-				for (size_t b = 0; b <= a; b++)
+				for (size_t b = (a / per) * per; b <= a; b++)
 					F[a * D + b] += ga * row_at(x, last, i, b) / (double)N;
 			}
 		for (size_t a = 0; a < D; a++)
-			F[a * D + a] += x->lambda[L];
+			F[a * D + a] += x->lambda[L + a / per];
 		for (size_t j = 0; j < D; j++) {
 			double s = F[j * D + j];
 			for (size_t k = 0; k < j; k++)

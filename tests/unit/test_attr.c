@@ -404,6 +404,43 @@ static void projections(const trail_tokenizer *tk)
 	for (int i = 0; i < 90; i++)
 		mx = fabs(g[90 + i]) > mx ? fabs(g[90 + i]) : mx;
 	ok(tap_close(g1, g + 90, 90, 1e-4 * mx, &md), "equals its row of the batch (maxdiff %.2g of %.2g)", md, mx);
+	/* an index over the model's six layers: block-diagonal influence and datainf against the reference */
+	trail_dataset *d2 = dataset(40, tk, 0);
+	trail_attr_ident id = {.model = "sha256:0"};
+	memcpy(id.root, d2->root, 44);
+	char path[] = "/tmp/trail-attr-XXXXXX";
+	close(mkstemp(path));
+	trail_attr_builder *b = NULL;
+	trail_attr_index *ix = NULL;
+	p.seq = 24;
+	ok(!trail_attr_builder_new(path, m, &id, &p, d2->n, 1, &b, NULL) && !trail_attr_builder_pass(b, 0, m, d2, 7, 1.0, NULL) &&
+	   !trail_attr_builder_finish(b, d2, NULL) && !trail_attr_index_open(path, &ix, NULL), "an index of 40 records through the model");
+	for (int meth = 0; ix && meth < 3; meth++) {
+		float sc[40];
+		double ref[40], worst = 0, scale = 0;
+		trail_attr_score(ix, meth, g1, 1, sc, NULL);
+		trail_attr_score_ref(ix, meth, g1, 1, ref, NULL);
+		for (int i = 0; i < 40; i++)
+			scale = fmax(scale, fabs(ref[i]));
+		for (int i = 0; i < 40; i++)
+			worst = fmax(worst, fabs(sc[i] - ref[i]) / scale);
+		ok(worst < 1e-4, "%s over 6 layer blocks matches the reference (max rel %.2g)", trail_attr_method_name(meth), worst);
+	}
+	/* a record's row equals its gradient computed alone */
+	float gr2[90];
+	int32_t xs[24];
+	for (int t = 0; t < 24; t++)
+		xs[t] = d2->tok[5][t];
+	trail_attr_grad(pr, m, xs, 24, 1, gr2, NULL);
+	float one[40];
+	trail_attr_score(ix, TRAIL_ATTR_GRADDOT, gr2, 1, one, NULL);
+	int best = 0;
+	for (int i = 1; i < 40; i++)
+		best = one[i] > one[best] ? i : best;
+	ok(best == 5, "graddot of a record's own gradient ranks it first");
+	trail_attr_index_free(ix);
+	unlink(path);
+	trail_dataset_free(d2);
 	trail_attr_proj_free(pr);
 	trail_model_free(m);
 	trail_dataset_free(d);
