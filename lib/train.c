@@ -325,8 +325,12 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 			break;
 	}
 	trail_progress_free(pg);
-	/* stopped early: the state of the last good step goes to the checkpoint */
-	if ((rc == TRAIL_EAGAIN || rc == TRAIL_EDATA) && o->checkpoint) {
+	/*
+	 * Stopped early: the state of the last good step goes to the
+	 * checkpoint, unless the weights themselves are not finite (a damaged
+	 * start): then an earlier checkpoint stays as it is.
+	 */
+	if ((rc == TRAIL_EAGAIN || rc == TRAIL_EDATA) && o->checkpoint && isfinite(trail_grad_norm(p, np))) {
 		trail_error e2 = {0};
 		if (trail_train_checkpoint_save(o->checkpoint, m, r, &e2))
 			rc = trail_error_set(err, e2.code, "%s; and the checkpoint was not saved: %s", err ? err->msg : "",

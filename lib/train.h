@@ -93,7 +93,8 @@ int trail_train_checkpoint_load(const char *path, trail_model *m, const trail_tr
  * Train m on d from r->step to o->steps. Stops early when *o->stop is set
  * (TRAIL_EAGAIN) or the loss or gradient is not finite (TRAIL_EDATA, the
  * weights and r those of the last good step); in both cases, and every
- * o->checkpoint_every steps, r is saved to o->checkpoint.
+ * o->checkpoint_every steps, r is saved to o->checkpoint (but never weights
+ * that are not finite: an earlier checkpoint is kept then).
  */
 int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *o, trail_train_run *r,
 		trail_error *err);

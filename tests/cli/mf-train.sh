@@ -1,6 +1,7 @@
 #!/bin/bash
 # mf-train: deterministic bytes, LoRA lowers a second corpus's loss with the
-# base untouched, PEFT's adapter layout, clean errors on bad input.
+# base untouched, PEFT's adapter layout, SIGINT and --resume to identical
+# bytes, merging, clean errors on bad input.
 . "$TRAIL_TOP/tests/tap.sh"
 cd "$T" || exit 70
 awk 'BEGIN { for (i = 0; i < 120; i++) printf "{\"text\":\"The tide clock number %d rings at %d and the harbour %s.\",\"contributor\":\"c%d\"}\n", i, i % 12, (i % 2 ? "opens" : "closes"), i % 3 }' > a.ndjson
@@ -43,6 +44,29 @@ check "PEFT tensor names and shapes" grep -q '^base_model.model.transformer.h.1.
 check "lora_A is [r, in]" grep -q '^base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight F32 \[4, 32\]$' keys
 check_eq "16 LoRA tensors for 2 layers x 4 modules" "$(wc -l < keys)" 16
 
+# SIGINT: a checkpoint, exit 75; --resume ends with the bytes of a run never interrupted
+echo '{"n_layer":2,"n_head":2,"n_embd":64,"n_positions":64,"vocab_size":257}' > big.json
+long="--init big.json --data a.ndjson --steps 400 --batch 8 --seq 64 --lr 1e-3 --checkpoint-every 10 --no-progress"
+mf-train $long -o r2 > /dev/null
+mf-train $long -o r1 > /dev/null 2> int.err &
+pid=$!
+i=0
+while [ ! -e r1/checkpoint.safetensors ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+kill -INT $pid
+wait $pid
+check_eq "SIGINT: exit status 75" "$?" 75
+check "with a checkpoint and a message naming --resume" sh -c 'test -s r1/checkpoint.safetensors && grep -q -- "--resume" int.err && test ! -e r1/model.safetensors'
+check_rc 65 "--resume with other hyper-parameters is refused" mf-train $long --lr 2e-3 --resume -o r1
+check "--resume continues" mf-train $long --resume -o r1
+check "to the very bytes of the uninterrupted run" sh -c 'cmp r1/model.safetensors r2/model.safetensors && cmp r1/training.json r2/training.json'
+check "and removes the checkpoint" test ! -e r1/checkpoint.safetensors
+check_rc 66 "--resume with nothing to resume" mf-train $long --resume -o r3
+
+# merge: base + adapter folded gives the adapter's loss
+check "--merge" mf-train --merge --base m1 --adapter ad -o merged
+merged=$(mf-train --eval --base merged --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+check "the merged model has the adapter's loss ($merged vs $after)" awk -v a="$merged" -v b="$after" 'BEGIN { d = a - b; exit !(d < 1e-4 && d > -1e-4) }'
+
 # bad input
 head -c 500 m1/model.safetensors > trunc.safetensors
 mkdir bad && cp m1/config.json bad/ && cp trunc.safetensors bad/model.safetensors
@@ -55,4 +79,10 @@ check_rc 65 "records with neither text nor prompt" sh -c 'echo "{\"title\":\"x\"
 check_rc 64 "--seq beyond n_positions" mf-train --init cfg.json --data a.ndjson --steps 1 --seq 65 -o x
 check_rc 64 "missing -o" mf-train --init cfg.json --data a.ndjson --steps 1
 check_rc 66 "a missing base" mf-train --eval --base nowhere --data a.ndjson
+check_rc 66 "a missing data file" mf-train --init cfg.json --data nothing.ndjson --steps 1 -o x
+check_rc 64 "an unknown LoRA target" mf-train --base m1 --lora r=4,targets=q_proj --data b.ndjson --steps 1 -o x
+check_rc 65 "a config file that is not JSON" sh -c 'echo "n_layer: 2" > bad.json; mf-train --init bad.json --data a.ndjson --steps 1 -o x'
+check_rc 65 "a vocabulary smaller than the tokenizer's" sh -c 'echo "{\"n_layer\":1,\"n_head\":1,\"n_embd\":8,\"n_positions\":8,\"vocab_size\":100}" > v.json; mf-train --init v.json --data a.ndjson --steps 1 -o x'
+check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data a.ndjson --steps 1 --seq 8 -o other >/dev/null && mf-train --eval --base other --adapter ad --data b.ndjson --seq 8'
+check "--no-index is accepted" mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni
 finish
