@@ -16,6 +16,8 @@ _mf_train() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--home )
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--name )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--steps )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--epochs )
@@ -38,13 +40,15 @@ _mf_train() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--tokenizer )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--checkpoint-every )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--adapter )
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --steps --epochs --batch -b --seq -t --lr --warmup --seed --threads --output -o --metrics --tokenizer --no-index --progress --no-progress --eval --adapter --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --lr --warmup --seed --threads --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi
