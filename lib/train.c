@@ -504,7 +504,7 @@ static int record_in_store(trail_store *s, const trail_train_job *j, const json_
 	json_t *base = json_object_get(man, "base");
 	if (base)
 		json_object_set(entry, "base", json_object_get(base, "weights"));
-	if ((rc = trail_ledger_open(s, 0, &l, err)) || (rc = trail_ledger_append(l, entry, &index, err)) ||
+	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)) || (rc = trail_ledger_append(l, entry, &index, err)) ||
 	    (rc = trail_ledger_commit(l, err)))
 		goto out;
 	json_object_set_new(result, "entry", json_integer((json_int_t)index));
