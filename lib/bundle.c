@@ -46,10 +46,29 @@ static int records_root(const json_t *ids, trail_hash root, trail_error *err)
 
 /* ---- writing ----------------------------------------------------------- */
 
+/*
+ * The archive is written through this sink, which either collects the bytes
+ * or compares them with an expected stream (reading checks that a bundle is
+ * in the one form create would have written, without a second copy).
+ */
+struct sink {
+	trail_buf out;
+	const char *want; /* compare mode when not NULL */
+	size_t wantlen, at;
+	int differs;
+};
+
 static la_ssize_t write_cb(struct archive *a, void *ctx, const void *buf, size_t n)
 {
+	struct sink *s = ctx;
 	(void)a;
-	return trail_buf_put(ctx, buf, n) ? -1 : (la_ssize_t)n;
+	if (s->want) {
+		if (s->at + n > s->wantlen || memcmp(s->want + s->at, buf, n))
+			s->differs = 1;
+		s->at += n;
+		return (la_ssize_t)n;
+	}
+	return trail_buf_put(&s->out, buf, n) ? -1 : (la_ssize_t)n;
 }
 
 static int add_member(struct archive *a, const char *name, const void *data, size_t n)
@@ -70,40 +89,72 @@ static int add_member(struct archive *a, const char *name, const void *data, siz
 	return ok ? TRAIL_OK : TRAIL_EINTERNAL;
 }
 
+/*
+ * The two members in name order, every header field fixed (nothing from the
+ * clock, the user or the umask), no padding past the end-of-archive blocks.
+ */
+static int pack(const char *man, size_t mlen, const char *recs, size_t rlen, int zstd,
+		struct sink *s, trail_error *err)
+{
+	struct archive *a = archive_write_new();
+	int rc = TRAIL_OK;
+	if (!a || archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
+	    (zstd && archive_write_add_filter_zstd(a) != ARCHIVE_OK) ||
+	    archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
+	    archive_write_open(a, s, NULL, write_cb, NULL) != ARCHIVE_OK ||
+	    add_member(a, MANIFEST, man, mlen) || add_member(a, RECORDS, recs, rlen) ||
+	    archive_write_close(a) != ARCHIVE_OK)
+		rc = a ? trail_error_set(err, TRAIL_EINTERNAL, "archive: %s",
+					 archive_error_string(a) ? archive_error_string(a) : "write failed")
+		       : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (a)
+		archive_write_free(a);
+	return rc;
+}
+
+/* records.ndjson: one canonical line per record; ids gets their digests. */
+static int record_lines(const json_t *records, trail_buf *body, json_t *ids, trail_error *err)
+{
+	size_t i;
+	json_t *r;
+	json_array_foreach(records, i, r) {
+		char *line, id[72];
+		size_t ll;
+		int rc;
+		if (!json_is_object(r))
+			return trail_error_set(err, TRAIL_EDATA, "record %zu is not a JSON object", i + 1);
+		if ((rc = trail_jcs(r, &line, &ll, err)))
+			return rc;
+		trail_digest_str(line, ll, id);
+		rc = trail_buf_put(body, line, ll) || trail_buf_put(body, "\n", 1) ||
+		     (ids && json_array_append_new(ids, json_string(id)));
+		trail_free(line);
+		if (rc)
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	if (!body->p && trail_buf_put(body, "", 0))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	return TRAIL_OK;
+}
+
 int trail_bundle_create(const json_t *records, const char *datanet, const char *license,
 			const json_t *source, const trail_signer *contributor, int zstd,
 			void **out, size_t *len, trail_error *err)
 {
-	trail_buf body = {0}, tar = {0};
+	trail_buf body = {0};
+	struct sink s = {.want = NULL};
 	json_t *ids = json_array(), *man = NULL;
-	char *mtext = NULL, id[72], b64[64];
+	char *mtext = NULL, b64[64];
 	size_t mlen;
 	trail_hash root;
-	struct archive *a = NULL;
-	int rc = TRAIL_OK;
-	if (!json_is_array(records) || !ids)
-		return json_decref(ids), trail_error_set(err, TRAIL_EINTERNAL, "records must be an array");
-	size_t i;
-	json_t *r;
-	json_array_foreach(records, i, r) {
-		char *line;
-		size_t ll;
-		if (!json_is_object(r)) {
-			rc = trail_error_set(err, TRAIL_EDATA, "record %zu is not a JSON object", i + 1);
-			goto out;
-		}
-		if ((rc = trail_jcs(r, &line, &ll, err)))
-			goto out;
-		trail_digest_str(line, ll, id);
-		rc = trail_buf_put(&body, line, ll) || trail_buf_put(&body, "\n", 1) ||
-		     json_array_append_new(ids, json_string(id));
-		trail_free(line);
-		if (rc) {
-			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-			goto out;
-		}
+	int rc;
+	if (!ids)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (!json_is_array(records) || !datanet) {
+		rc = trail_error_set(err, TRAIL_EUSAGE, "a bundle needs an array of records and a datanet");
+		goto out;
 	}
-	if ((rc = records_root(ids, root, err)))
+	if ((rc = record_lines(records, &body, ids, err)) || (rc = records_root(ids, root, err)))
 		goto out;
 	trail_base64(root, 32, b64);
 	man = json_pack("{s:s, s:s, s:s, s:I, s:s, s:s}", "format", FORMAT, "datanet", datanet,
@@ -114,32 +165,39 @@ int trail_bundle_create(const json_t *records, const char *datanet, const char *
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
-	if ((rc = trail_json_sign(man, contributor, err)) || (rc = trail_jcs(man, &mtext, &mlen, err)))
+	if ((rc = trail_json_sign(man, contributor, err)) || (rc = trail_jcs(man, &mtext, &mlen, err)) ||
+	    (rc = pack(mtext, mlen, body.p, body.n, zstd, &s, err)))
 		goto out;
-	if (!(a = archive_write_new()) || archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
-	    (zstd && archive_write_add_filter_zstd(a) != ARCHIVE_OK) ||
-	    archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
-	    archive_write_open(a, &tar, NULL, write_cb, NULL) != ARCHIVE_OK) {
-		rc = trail_error_set(err, TRAIL_EINTERNAL, "archive: %s",
-				     a ? archive_error_string(a) : "out of memory");
-		goto out;
-	}
-	if (add_member(a, MANIFEST, mtext, mlen) || add_member(a, RECORDS, body.p, body.n) ||
-	    archive_write_close(a) != ARCHIVE_OK) {
-		rc = trail_error_set(err, TRAIL_EINTERNAL, "archive: %s", archive_error_string(a));
-		goto out;
-	}
-	*out = tar.p;
-	*len = tar.n;
-	tar.p = NULL;
+	*out = s.out.p;
+	*len = s.out.n;
+	s.out.p = NULL;
 out:
-	if (a)
-		archive_write_free(a);
-	trail_buf_release(&tar);
+	trail_buf_release(&s.out);
 	trail_buf_release(&body);
 	trail_free(mtext);
 	json_decref(man);
 	json_decref(ids);
+	return rc;
+}
+
+int trail_bundle_pack(const trail_bundle *b, int zstd, void **out, size_t *len, trail_error *err)
+{
+	trail_buf body = {0};
+	struct sink s = {.want = NULL};
+	char *mtext = NULL;
+	size_t mlen;
+	int rc;
+	if ((rc = trail_jcs(b->manifest, &mtext, &mlen, err)) ||
+	    (rc = record_lines(b->records, &body, NULL, err)) ||
+	    (rc = pack(mtext, mlen, body.p, body.n, zstd, &s, err)))
+		goto out;
+	*out = s.out.p;
+	*len = s.out.n;
+	s.out.p = NULL;
+out:
+	trail_buf_release(&s.out);
+	trail_buf_release(&body);
+	trail_free(mtext);
 	return rc;
 }
 
@@ -218,6 +276,79 @@ static int check(trail_bundle *b, const char *rec, size_t rlen, const trail_bund
 	return TRAIL_OK;
 }
 
+static int is_zstd(const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	return len >= 4 && p[0] == 0x28 && p[1] == 0xb5 && p[2] == 0x2f && p[3] == 0xfd;
+}
+
+/* Bytes unpacked so far against the byte and compression-ratio limits. */
+static int over_limits(size_t total, size_t packed, const trail_bundle_limits *lim,
+		       trail_error *err)
+{
+	if (total > lim->max_bytes)
+		return trail_error_set(err, TRAIL_ELIMIT, "more than %zu bytes unpacked", lim->max_bytes);
+	/* small archives may compress well; a ratio means something past 1 MiB */
+	if (total > ((size_t)1 << 20) && total / (packed ? packed : 1) > lim->max_ratio)
+		return trail_error_set(err, TRAIL_ELIMIT, "compression ratio over %zu", lim->max_ratio);
+	return TRAIL_OK;
+}
+
+/* A zstd bundle's tar stream, decompressed into memory under the limits. */
+static int unzstd(const void *buf, size_t len, const trail_bundle_limits *lim, trail_buf *out,
+		  trail_error *err)
+{
+	struct archive *a = archive_read_new();
+	struct archive_entry *e;
+	char block[65536];
+	la_ssize_t n;
+	int rc = TRAIL_OK;
+	if (!a)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	archive_read_support_filter_zstd(a);
+	archive_read_support_format_raw(a);
+	if (archive_read_open_memory(a, buf, len) != ARCHIVE_OK ||
+	    archive_read_next_header(a, &e) != ARCHIVE_OK) {
+		rc = trail_error_set(err, TRAIL_EDATA, "not a bundle: %s", archive_error_string(a));
+		goto out;
+	}
+	while ((n = archive_read_data(a, block, sizeof block)) > 0) {
+		if ((rc = over_limits(out->n + (size_t)n, len, lim, err)))
+			goto out;
+		if (trail_buf_put(out, block, (size_t)n)) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	if (n < 0)
+		rc = trail_error_set(err, TRAIL_EDATA, "damaged zstd stream: %s", archive_error_string(a));
+out:
+	archive_read_free(a);
+	return rc;
+}
+
+/* Is this the one archive that pack() writes for these members? */
+static int canonical(const char *tar, size_t tarlen, const trail_buf *data, const json_t *man,
+		     trail_error *err)
+{
+	struct sink s = {.want = tar, .wantlen = tarlen};
+	char *mtext;
+	size_t mlen;
+	int rc = trail_jcs(man, &mtext, &mlen, err);
+	if (rc)
+		return rc;
+	int same = mlen == data[0].n && !memcmp(mtext, data[0].p, mlen);
+	trail_free(mtext);
+	if (!same)
+		return trail_error_set(err, TRAIL_EDATA, "%s is not canonical JSON", MANIFEST);
+	if ((rc = pack(data[0].p, data[0].n, data[1].p, data[1].n, 0, &s, err)))
+		return rc;
+	if (s.differs || s.at != tarlen)
+		return trail_error_set(err, TRAIL_EDATA,
+				       "archive is not in canonical form (headers, order or padding differ)");
+	return TRAIL_OK;
+}
+
 int trail_bundle_read(const void *buf, size_t len, const trail_bundle_limits *limits,
 		      trail_bundle **out, trail_error *err)
 {
@@ -227,19 +358,29 @@ int trail_bundle_read(const void *buf, size_t len, const trail_bundle_limits *li
 	else
 		trail_bundle_limits_default(&lim);
 	*out = NULL;
-	struct archive *a = archive_read_new();
+	struct archive *a = NULL;
 	struct archive_entry *e;
-	trail_buf data[2] = {{0}, {0}};
+	trail_buf data[2] = {{0}, {0}}, unz = {0};
 	trail_bundle *b = trail_calloc(1, sizeof *b);
-	size_t entries = 0, total = 0;
+	const char *tar = buf;
+	size_t tarlen = len, entries = 0, total = 0;
 	int rc = TRAIL_OK, r;
-	if (!a || !b || !(b->records = json_array()) || !(b->ids = json_array())) {
+	if (!b || !(b->records = json_array()) || !(b->ids = json_array())) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if (is_zstd(buf, len)) {
+		if ((rc = unzstd(buf, len, &lim, &unz, err)))
+			goto out;
+		tar = unz.p ? unz.p : "";
+		tarlen = unz.n;
+	}
+	if (!(a = archive_read_new())) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
 	archive_read_support_format_tar(a);
-	archive_read_support_filter_zstd(a);
-	if (archive_read_open_memory(a, buf, len) != ARCHIVE_OK) {
+	if (archive_read_open_memory(a, tar, tarlen) != ARCHIVE_OK) {
 		rc = trail_error_set(err, TRAIL_EDATA, "not a bundle: %s", archive_error_string(a));
 		goto out;
 	}
@@ -266,6 +407,16 @@ int trail_bundle_read(const void *buf, size_t len, const trail_bundle_limits *li
 			rc = trail_error_set(err, TRAIL_EDATA, "member '%s' has setuid/setgid bits", name);
 			goto out;
 		}
+		/* holes would unpack to zeros that the archive does not hold */
+		if (archive_entry_sparse_count(e) > 0) {
+			rc = trail_error_set(err, TRAIL_EDATA, "member '%s' is a sparse file", name);
+			goto out;
+		}
+		if (archive_entry_size(e) < 0 || (size_t)archive_entry_size(e) > lim.max_bytes - total) {
+			rc = trail_error_set(err, TRAIL_ELIMIT, "member '%s' is over the %zu-byte limit", name,
+					     lim.max_bytes);
+			goto out;
+		}
 		int k = !strcmp(name, MANIFEST) ? 0 : !strcmp(name, RECORDS) ? 1 : -1;
 		if (k < 0 || data[k].p) {
 			rc = trail_error_set(err, TRAIL_EDATA, "unexpected member '%s'", name);
@@ -275,14 +426,8 @@ int trail_bundle_read(const void *buf, size_t len, const trail_bundle_limits *li
 		la_ssize_t n;
 		while ((n = archive_read_data(a, block, sizeof block)) > 0) {
 			total += (size_t)n;
-			if (total > lim.max_bytes) {
-				rc = trail_error_set(err, TRAIL_ELIMIT, "more than %zu bytes unpacked", lim.max_bytes);
+			if ((rc = over_limits(total, len, &lim, err)))
 				goto out;
-			}
-			if (total > 1048576 && total / (len ? len : 1) > lim.max_ratio) {
-				rc = trail_error_set(err, TRAIL_ELIMIT, "compression ratio over %zu", lim.max_ratio);
-				goto out;
-			}
 			if (trail_buf_put(&data[k], block, (size_t)n)) {
 				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 				goto out;
@@ -305,14 +450,21 @@ int trail_bundle_read(const void *buf, size_t len, const trail_bundle_limits *li
 		rc = trail_error_set(err, TRAIL_EDATA, "a bundle holds %s and %s", MANIFEST, RECORDS);
 		goto out;
 	}
-	if ((rc = trail_json_parse(data[0].p, data[0].n, MANIFEST, &b->manifest, err)) ||
-	    (rc = check(b, data[1].p, data[1].n, &lim, err)))
+	if ((rc = trail_json_parse(data[0].p, data[0].n, MANIFEST, &b->manifest, err)))
+		goto out;
+	if (!json_is_object(b->manifest)) {
+		rc = trail_error_set(err, TRAIL_EDATA, "%s is not a JSON object", MANIFEST);
+		goto out;
+	}
+	if ((rc = check(b, data[1].p, data[1].n, &lim, err)) ||
+	    (rc = canonical(tar, tarlen, data, b->manifest, err)))
 		goto out;
 	*out = b;
 	b = NULL;
 out:
 	if (a)
 		archive_read_free(a);
+	trail_buf_release(&unz);
 	trail_buf_release(&data[0]);
 	trail_buf_release(&data[1]);
 	trail_bundle_free(b);

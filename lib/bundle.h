@@ -10,9 +10,22 @@
  *                    "signer", "sig"}
  *   records.ndjson  the records, one canonical JSON object per line
  *
- * The same records, datanet, key and options give the same bytes.
+ * The signature is trail_json_sign's (key.h): "signer" is the contributor's
+ * verifier key and "sig" the Ed25519 signature over the canonical JSON of the
+ * manifest without "sig", so it binds the datanet, the contributor, the
+ * license, the source and, through "root", every record.
+ *
+ * The same records, datanet, key and options give the same bytes: Ed25519
+ * signatures are deterministic and nothing comes from the clock, the user or
+ * the umask. The uncompressed tar is the reproducible form; zstd output is
+ * reproducible for one libzstd version (compressed bytes may differ between
+ * versions, the tar inside does not).
+ *
  * Reading never writes files: entries are read into memory under limits, and
- * anything but the two regular files is refused.
+ * anything but the two regular files is refused. A bundle is accepted only
+ * in its canonical form, the exact tar trail_bundle_pack would write for its
+ * content, so unpacking and re-packing any accepted bundle gives its bytes
+ * back (for zstd: its tar stream).
  *
  * Ownership: a trail_bundle owns its manifest and records (json_t
  * references); trail_bundle_free releases them. Byte buffers returned
@@ -32,7 +45,7 @@
 typedef struct trail_bundle_limits {
 	size_t max_entries;    /* archive members (default 16) */
 	size_t max_bytes;      /* uncompressed bytes in all (default 1 GiB) */
-	size_t max_ratio;      /* uncompressed / compressed (default 200) */
+	size_t max_ratio;      /* uncompressed / archive bytes, past 1 MiB (default 200) */
 	size_t max_record;     /* one record line (default 1 MiB) */
 } trail_bundle_limits;
 
@@ -53,11 +66,21 @@ int trail_bundle_create(const json_t *records, const char *datanet, const char *
 			void **out, size_t *len, trail_error *err);
 
 /*
- * Read and verify a bundle: archive safety and limits, the manifest's
- * signature, record count, canonical form of every record line and the
- * Merkle root. TRAIL_EDATA for a malformed or hostile archive,
+ * The archive of an already signed bundle (as trail_bundle_read gave it):
+ * nothing is signed again. Gives the bytes trail_bundle_create wrote.
+ */
+int trail_bundle_pack(const trail_bundle *b, int zstd, void **out, size_t *len, trail_error *err);
+
+/*
+ * Read and verify a bundle: archive safety and limits (no "..", absolute
+ * names, links, devices, FIFOs, setuid/setgid/sticky bits, sparse members,
+ * members beyond manifest.json and records.ndjson; member count, unpacked
+ * bytes and ratio within limits), the manifest's signature by its
+ * contributor, record count, canonical form of every record line, the
+ * Merkle root and the canonical form of the archive. TRAIL_EDATA for a
+ * malformed, hostile or non-canonical archive, TRAIL_ELIMIT over a limit,
  * TRAIL_EVERIFY when the content does not match its signed manifest.
- * limits may be NULL (defaults).
+ * limits may be NULL (defaults). Only an uncompressed or zstd tar is read.
  */
 int trail_bundle_read(const void *buf, size_t len, const trail_bundle_limits *limits,
 		      trail_bundle **out, trail_error *err);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hostile archives that bundle reading must refuse (tests/unit/test_bundle.c).
-Run from this directory: python3 make-hostile.py"""
-import io, tarfile
+Run from this directory: /usr/bin/python3 make-hostile.py (bomb.tar.zst needs the zstd program)."""
+import io, subprocess, tarfile
 
 def tar(name, members):
     with tarfile.open(name, "w", format=tarfile.PAX_FORMAT) as t:
@@ -39,3 +39,24 @@ with open("truncated.tar", "wb") as f:
         t.addfile(i, io.BytesIO(d))
     f.write(buf.getvalue()[:2000])
 open("not-a-tar.bin", "wb").write(b"this is not an archive at all\n" * 30)
+
+# a member that says it holds 4 GiB (over the byte limit) and stops short
+with open("huge-member.tar", "wb") as f:
+    i = tarfile.TarInfo("records.ndjson")
+    i.size = 4 << 30
+    f.write(i.tobuf(format=tarfile.USTAR_FORMAT) + b"{}\n" + b"\0" * 509)
+
+# a PAX sparse member: 1 TiB of holes around 16 stored bytes
+i = tarfile.TarInfo("records.ndjson")
+i.size = 16
+i.pax_headers = {"GNU.sparse.size": str(1 << 40), "GNU.sparse.numblocks": "1", "GNU.sparse.map": "0,16"}
+tar("sparse.tar", [(i, b"x" * 16)])
+
+# a compression bomb: 64 MiB of zeros in a few kilobytes of zstd
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+    i = tarfile.TarInfo("records.ndjson")
+    i.size = 64 << 20
+    t.addfile(i, io.BytesIO(bytes(i.size)))
+z = subprocess.run(["zstd", "-19", "-q", "-c"], input=buf.getvalue(), stdout=subprocess.PIPE, check=True)
+open("bomb.tar.zst", "wb").write(z.stdout)
