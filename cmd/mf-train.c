@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "json.h"
 #include "store.h"
 #include "train.h"
 
@@ -113,14 +114,17 @@ int main(int argc, char **argv)
 							   "--steps/--epochs, and -o DIR");
 	else {
 		json_t *res;
+		char *line;
+		size_t len;
 		signal(SIGINT, on_int);
 		signal(SIGTERM, on_int);
 		trail_blas_threads(j.threads);
-		if (!(rc = trail_train_job_run(&j, &res, &err))) {
-			json_dumpf(res, stdout, JSON_COMPACT);
+		if (!(rc = trail_train_job_run(&j, &res, &err)) && !(rc = trail_jcs(res, &line, &len, &err))) {
+			fwrite(line, 1, len, stdout);
 			putchar('\n');
-			json_decref(res);
+			trail_free(line);
 		}
+		json_decref(res);
 	}
 	trail_args_release(&a);
 	return trail_cli_finish(&cli, rc ? trail_cli_report(&cli, &err, stderr) : 0);
