@@ -93,7 +93,7 @@ int main(int argc, char **argv)
 	/* FLOPs: linear layers 2 N 12 C^2 L forward, the head 2 N C V, attention 4 B T^2 C L (full T x T);
 	 * backward: dX of each, and dW unless LoRA freezes it; LoRA's own products are small and not counted */
 	double N = (double)B * T, fl = 2 * N * 12.0 * C * C * L + 2 * N * C * 257, at = 4.0 * B * T * T * C * L;
-	double flops = lora ? 2 * fl + 3 * at - 2 * N * C * 257 / 2 : 3 * fl + 3 * at;
+	double flops = lora ? 2 * fl + 3 * at : 3 * fl + 3 * at;
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	printf("{\"impl\":\"trail\",\"mode\":\"%s\",\"params\":%zu,\"trainable\":%zu,\"tokens_per_s\":%.1f,\"gflops\":%.1f,"

@@ -85,4 +85,40 @@ check_rc 65 "a config file that is not JSON" sh -c 'echo "n_layer: 2" > bad.json
 check_rc 65 "a vocabulary smaller than the tokenizer's" sh -c 'echo "{\"n_layer\":1,\"n_head\":1,\"n_embd\":8,\"n_positions\":8,\"vocab_size\":100}" > v.json; mf-train --init v.json --data a.ndjson --steps 1 -o x'
 check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data a.ndjson --steps 1 --seq 8 -o other >/dev/null && mf-train --eval --base other --adapter ad --data b.ndjson --seq 8'
 check "--no-index is accepted" mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni
+# With a store: a datanet snapshot, the output's files as objects, a model entry
+mkdir st && cd st || exit 70
+trail-log init --origin mf-train.test/log >/dev/null
+for k in owner alice; do trail-key generate $k >/dev/null; done
+printf '{"rules":{"gopher-word-count":{"min":3},"c4-sentences":{"min":1},"gopher-stop-words":{"min":0}}}\n' > policy.json
+datanet-add --create isles --schema text --owner owner.key --policy policy.json --license CC-BY-4.0 >/dev/null
+head -40 ../a.ndjson | sed 's/,"contributor":"c[0-9]"//' > recs.ndjson
+bundle=$(datanet-add isles --key alice.key recs.ndjson | sed 's/.*"bundle":"\([^"]*\)".*/\1/')
+datanet-validate --datanet isles --key owner.key --record --approve "$bundle" >/dev/null
+check "train on a datanet snapshot" mf-train --init ../cfg.json --datanet isles --steps 3 --batch 4 --seq 32 --name tide --no-progress -o sm
+check "the manifest names the datanet and each record's contributor key" sh -c 'grep -q "\"datanet\":{\"name\":\"isles\",\"tree_size\":" sm/training.json && grep -q "\"contributor\":\"alice+" sm/training.json'
+check "a model entry in the ledger naming the weights" sh -c 'trail-log show | tail -1 | grep -q "\"type\":\"model\"" && trail-log show | tail -1 | grep -q "$(sha256sum sm/model.safetensors | cut -c1-64)"'
+check "the ledger verifies, objects included" trail-log verify
+cd .. || exit 70
+
+# Under make check-full: real text from Debian (fortunes, then the Jargon File)
+if [ -n "${TRAIL_FULL:-}" ] && [ -e /usr/share/games/fortunes/fortunes ] && [ -e /usr/share/dictd/jargon.dict.dz ]; then
+	for c in fortunes computers science; do sh "$TRAIL_TOP/examples/debian-text.sh" fortunes $c; done > all.ndjson
+	awk 'NR % 10 == 0' all.ndjson > held.ndjson
+	awk 'NR % 10 != 0' all.ndjson > train.ndjson
+	sh "$TRAIL_TOP/examples/debian-text.sh" jargon a-b > jargon.ndjson
+	awk 'NR % 10 == 0' jargon.ndjson > jheld.ndjson
+	awk 'NR % 10 != 0' jargon.ndjson > jtrain.ndjson
+	echo '{"n_layer":2,"n_head":4,"n_embd":96,"n_positions":128,"vocab_size":257}' > text.json
+	check "train from scratch on fortunes" mf-train --init text.json --data train.ndjson --steps 300 --batch 8 --seq 128 \
+		--lr 3e-3 --no-progress -o text
+	held=$(mf-train --eval --base text --data held.ndjson --seq 128 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+	check "held-out fortunes loss $held nats/byte < 2.6 (documented in mf-train(1))" awk -v a="$held" 'BEGIN { exit !(a < 2.6) }'
+	sha256sum text/model.safetensors > text.sum
+	jb=$(mf-train --eval --base text --data jheld.ndjson --seq 128 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+	check "LoRA on the Jargon File" mf-train --base text --lora r=8,alpha=16 --data jtrain.ndjson --steps 100 --batch 8 \
+		--seq 128 --lr 3e-3 --no-progress -o jad
+	ja=$(mf-train --eval --base text --adapter jad --data jheld.ndjson --seq 128 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+	check "lowers the held-out Jargon loss ($jb -> $ja)" awk -v a="$jb" -v b="$ja" 'BEGIN { exit !(b < a - 0.1) }'
+	check "with the base bit-identical" sha256sum -c --quiet text.sum
+fi
 finish
