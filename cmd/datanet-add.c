@@ -42,86 +42,45 @@ static const trail_cli cli = {
 
 struct conf {
 	const char *home, *create, *schema, *owner, *policy, *license, *key, *out;
-	int per_file, zstd, bundle_only;
-	trail_fetch_opts fetch;
+	int bundle_only;
+	trail_source_opts src;
 };
-
-/* Read one input (file, URL or "-") whole. */
-static int slurp(const char *in, const struct conf *c, void **buf, size_t *len, json_t **source,
-		 trail_error *err)
-{
-	char digest[72];
-	if (trail_is_url(in)) {
-		int rc = trail_fetch(in, &c->fetch, buf, len, digest, err);
-		if (!rc)
-			*source = json_pack("{s:s, s:s}", "url", in, "sha256", digest);
-		return rc;
-	}
-	size_t max = c->fetch.max_bytes ? c->fetch.max_bytes : (size_t)256 << 20;
-	return strcmp(in, "-") ? trail_read_file(in, max, buf, len, err)
-			       : trail_read_fd(0, "<stdin>", max, buf, len, err);
-}
 
 static int contribute(trail_args *a, struct conf *c, trail_error *err)
 {
 	trail_signer *k = NULL;
 	trail_store *s = NULL;
-	json_t *records = json_array(), *source = NULL, *receipt = NULL;
-	void *bundle = NULL, *buf;
-	size_t blen = 0, len;
+	json_t *receipt = NULL, *def = NULL, *pol = NULL;
+	void *bundle = NULL;
+	size_t blen, nrec;
+	char *line, d[72];
+	const char *name = a->rest[0];
 	int rc;
 	if (!c->key)
-		return json_decref(records), trail_error_set(err, TRAIL_EUSAGE, "adding needs --key KEYFILE");
+		return trail_error_set(err, TRAIL_EUSAGE, "adding needs --key KEYFILE");
 	if ((rc = trail_signer_load(c->key, &k, err)))
+		return rc;
+	/* in a store, a contribution takes the datanet's license unless told otherwise */
+	if (!c->bundle_only &&
+	    ((rc = trail_store_open(c->home, &s, err)) || (rc = trail_datanet_policy(s, name, &def, &pol, err))))
 		goto out;
-	const char *name = a->rest[0];
-	char *const *in = a->rest + 1;
-	int nin = a->nrest - 1;
-	const char *stdin_only[] = {"-"};
-	if (nin == 0)
-		in = (char *const *)stdin_only, nin = 1;
-	for (int i = 0; i < nin && !rc; i++) {
-		if ((rc = slurp(in[i], c, &buf, &len, &source, err)))
-			break;
-		if (trail_source_kind(buf, len) == TRAIL_SRC_BUNDLE) {
-			if (nin > 1)
-				rc = trail_error_at(err, TRAIL_EUSAGE, in[i], 0, "a bundle is a whole contribution: give it alone");
-			bundle = buf, blen = len;
-			break;
-		}
-		rc = trail_source_records(buf, len, in[i], c->per_file, records, err);
-		trail_free(buf);
-	}
-	if (!rc && !bundle) {
-		if (!json_array_size(records))
-			rc = trail_error_set(err, TRAIL_EDATA, "no records in the input");
-		else
-			rc = trail_bundle_create(records, name, c->license, nin == 1 ? source : NULL, k,
-						 c->zstd, &bundle, &blen, err);
-	}
-	if (rc)
+	if (!c->src.license && def)
+		c->src.license = json_string_value(json_object_get(def, "license"));
+	if ((rc = trail_source_bundle(a->rest + 1, a->nrest - 1, &c->src, name, k, &bundle, &blen, &nrec, err)))
 		goto out;
 	if (c->bundle_only) {
-		rc = trail_write_atomic(c->out, bundle, blen, 0644, err);
-		if (!rc) {
-			char d[72];
-			trail_digest_str(bundle, blen, d);
-			printf("{\"bundle\":\"%s\",\"records\":%zu}\n", d, json_array_size(records));
-		}
-		goto out;
-	}
-	if ((rc = trail_store_open(c->home, &s, err)) ||
-	    (rc = trail_datanet_contribute(s, name, bundle, blen, k, &receipt, err)))
-		goto out;
-	char *line;
-	if (!(rc = trail_jcs(receipt, &line, NULL, err))) {
+		trail_digest_str(bundle, blen, d);
+		if (!(rc = trail_write_atomic(c->out, bundle, blen, 0644, err)))
+			printf("{\"bundle\":\"%s\",\"records\":%zu}\n", d, nrec);
+	} else if (!(rc = trail_datanet_contribute(s, name, bundle, blen, k, &receipt, err)) &&
+		   !(rc = trail_jcs(receipt, &line, NULL, err))) {
 		puts(line);
 		trail_free(line);
 	}
 out:
-	json_decref(records);
-	json_decref(source);
 	json_decref(receipt);
+	json_decref(def);
+	json_decref(pol);
 	trail_free(bundle);
 	trail_signer_free(k);
 	trail_store_free(s);
@@ -158,7 +117,7 @@ int main(int argc, char **argv)
 {
 	trail_args a;
 	trail_error err = {0};
-	struct conf c = {.fetch = {.max_redirects = -1}};
+	struct conf c = {.src = {.fetch = {.max_redirects = -1}}};
 	const char *v;
 	long long n;
 	int o, rc = TRAIL_OK;
@@ -171,13 +130,13 @@ int main(int argc, char **argv)
 		case O_SCHEMA: c.schema = v; break;
 		case O_OWNER: c.owner = v; break;
 		case O_POLICY: c.policy = v; break;
-		case O_LICENSE: c.license = v; break;
+		case O_LICENSE: c.license = c.src.license = v; break;
 		case O_KEY: c.key = v; break;
-		case O_PERFILE: c.per_file = 1; break;
-		case O_SHA: c.fetch.sha256 = v; break;
-		case O_MAXB: rc = trail_parse_long(v, 1, 1LL << 40, &n, "--max-bytes", &err), c.fetch.max_bytes = (size_t)n; break;
-		case O_TIMEOUT: rc = trail_parse_long(v, 1, 86400, &n, "--timeout", &err), c.fetch.timeout_s = (long)n; break;
-		case O_ZSTD: c.zstd = 1; break;
+		case O_PERFILE: c.src.per_file = 1; break;
+		case O_SHA: c.src.fetch.sha256 = v; break;
+		case O_MAXB: rc = trail_parse_long(v, 1, 1LL << 40, &n, "--max-bytes", &err), c.src.fetch.max_bytes = (size_t)n; break;
+		case O_TIMEOUT: rc = trail_parse_long(v, 1, 86400, &n, "--timeout", &err), c.src.fetch.timeout_s = (long)n; break;
+		case O_ZSTD: c.src.zstd = 1; break;
 		case O_BUNDLE: c.bundle_only = 1; break;
 		case O_OUT: c.out = v; break;
 		}

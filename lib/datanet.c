@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,25 +12,37 @@ static const char *str(const json_t *o, const char *k)
 	return json_string_value(json_object_get(o, k));
 }
 
+/* A datanet name: 1-128 bytes, no '@' (it starts a tree size), spaces, quotes, '/' or '\'. */
+static int check_name(const char *s, size_t n, trail_error *err)
+{
+	if (n == 0 || n > 128)
+		return trail_error_set(err, TRAIL_EUSAGE, "a datanet name has 1 to 128 bytes");
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f || s[i] == '/' || s[i] == '"' ||
+		    s[i] == '\\' || s[i] == '@')
+			return trail_error_set(err, TRAIL_EUSAGE,
+					       "'%.*s': a datanet name has no spaces, quotes, '@', '/' or '\\'",
+					       (int)n, s);
+	return TRAIL_OK;
+}
+
 int trail_datanet_spec(const char *arg, char **name, uint64_t *size, trail_error *err)
 {
 	const char *at = strrchr(arg, '@');
+	int rc;
 	*size = 0;
+	*name = NULL;
 	if (at) {
 		char *end;
-		long long v = strtoll(at + 1, &end, 10);
-		if (end == at + 1 || *end || v < 1)
+		errno = 0;
+		unsigned long long v = strtoull(at + 1, &end, 10);
+		if (end == at + 1 || *end || v < 1 || errno || at[1] == '-' || at[1] == '+')
 			return trail_error_set(err, TRAIL_EUSAGE, "'%s': the tree size after @ is a positive integer", arg);
 		*size = (uint64_t)v;
 	}
 	size_t n = at ? (size_t)(at - arg) : strlen(arg);
-	if (n == 0 || n > 128)
-		return trail_error_set(err, TRAIL_EUSAGE, "'%s': no datanet name", arg);
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)arg[i] <= 0x20 || arg[i] == '/' || arg[i] == '"' || arg[i] == '\\')
-			return trail_error_set(err, TRAIL_EUSAGE,
-					       "'%.*s': a datanet name has no spaces, quotes, '/' or '\\'",
-					       (int)n, arg);
+	if ((rc = check_name(arg, n, err)))
+		return rc;
 	*name = trail_strndup(arg, n);
 	return *name ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 }
@@ -129,6 +142,8 @@ int trail_datanet_create(trail_store *s, const char *name, const char *schema,
 	int rc;
 	if (strcmp(schema, "text") && strcmp(schema, "instruct"))
 		return trail_error_set(err, TRAIL_EUSAGE, "schema '%s': text or instruct", schema);
+	if ((rc = check_name(name, strlen(name), err)))
+		return rc;
 	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)))
 		return rc;
 	if (trail_datanet_find(l, name, 0, &old, NULL, NULL) == TRAIL_OK) {
@@ -165,7 +180,7 @@ int trail_datanet_contribute(trail_store *s, const char *name, const void *bundl
 	trail_bundle *b = NULL;
 	trail_ledger *l = NULL;
 	json_t *def = NULL, *e = NULL;
-	char digest[72], *note = NULL;
+	char digest[72], *note = NULL, *proof = NULL;
 	uint64_t idx;
 	int rc;
 	*receipt = NULL;
@@ -206,14 +221,17 @@ int trail_datanet_contribute(trail_store *s, const char *name, const void *bundl
 		goto out;
 	}
 	if ((rc = append_signed(l, e, contributor, &idx, err)) ||
-	    (rc = trail_ledger_checkpoint(l, &note, err)))
+	    (rc = trail_ledger_checkpoint(l, &note, err)) ||
+	    (rc = trail_ledger_receipt(l, idx, &proof, err)))
 		goto out;
-	*receipt = json_pack("{s:s, s:I, s:s, s:O, s:s}", "datanet", name, "entry", (json_int_t)idx,
-			     "bundle", digest, "records", json_object_get(m, "records"), "checkpoint", note);
+	*receipt = json_pack("{s:s, s:I, s:s, s:O, s:s, s:s}", "datanet", name, "entry", (json_int_t)idx,
+			     "bundle", digest, "records", json_object_get(m, "records"), "checkpoint", note,
+			     "proof", proof);
 	if (!*receipt)
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 out:
 	trail_free(note);
+	trail_free(proof);
 	json_decref(e);
 	json_decref(def);
 	trail_ledger_free(l);
@@ -285,103 +303,177 @@ struct contrib {
 	uint64_t entry;
 	int approved;
 	char bundle[72];
-	char *contributor;
+	json_t *e; /* the signed contribution entry */
 };
 
-int trail_datanet_snapshot(trail_store *s, const char *name, uint64_t size,
-			   trail_datanet_record_fn fn, void *ctx, trail_error *err)
+struct trail_datanet_iter {
+	trail_store *store;
+	char *name;
+	uint64_t size;
+	struct contrib *cs;
+	size_t nc, k; /* contributions; the one being read */
+	trail_bundle *b;
+	size_t i; /* next record of b */
+};
+
+/* Collect the contributions to `name` below `n` and the owner's latest decisions. */
+static int scan(trail_ledger *l, trail_datanet_iter *it, uint64_t start, uint64_t n,
+		const char *owner, trail_error *err)
+{
+	size_t cap = 0;
+	for (uint64_t i = start + 1; i < n; i++) {
+		json_t *e;
+		int rc;
+		if ((rc = entry_of(l, i, "contribution", it->name, &e, err)))
+			return rc;
+		if (e && str(e, "bundle") && str(e, "contributor") &&
+		    !strcmp(str(e, "contributor"), str(e, "signer"))) {
+			if (it->nc == cap) {
+				struct contrib *nb = trail_realloc(it->cs, (cap = cap ? 2 * cap : 16) * sizeof *nb);
+				if (!nb) {
+					json_decref(e);
+					return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+				}
+				it->cs = nb;
+			}
+			struct contrib *c = &it->cs[it->nc++];
+			c->entry = i;
+			c->approved = 0;
+			c->e = e;
+			snprintf(c->bundle, sizeof c->bundle, "%s", str(e, "bundle"));
+			continue;
+		}
+		json_decref(e);
+		if ((rc = entry_of(l, i, "approval", it->name, &e, err)))
+			return rc;
+		/* the owner's latest decision on a contribution, for that bundle, counts */
+		json_t *ci = json_object_get(e, "contribution");
+		if (e && str(e, "signer") && !strcmp(str(e, "signer"), owner) && json_is_integer(ci))
+			for (size_t k = 0; k < it->nc; k++)
+				if ((json_int_t)it->cs[k].entry == json_integer_value(ci) && str(e, "bundle") &&
+				    !strcmp(str(e, "bundle"), it->cs[k].bundle))
+					it->cs[k].approved = str(e, "decision") && !strcmp(str(e, "decision"), "approve");
+		json_decref(e);
+	}
+	return TRAIL_OK;
+}
+
+int trail_datanet_iter_open(trail_store *s, const char *name, uint64_t size,
+			    trail_datanet_iter **out, trail_error *err)
 {
 	trail_ledger *l = NULL;
 	json_t *def = NULL;
-	struct contrib *cs = NULL;
-	size_t nc = 0, cap = 0;
 	uint64_t start;
 	int rc;
+	trail_datanet_iter *it = trail_calloc(1, sizeof *it);
+	*out = NULL;
+	if (!it || !(it->name = trail_strdup(name))) {
+		trail_free(it);
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	it->store = s;
 	if ((rc = trail_ledger_open(s, 0, &l, err)))
-		return rc;
+		goto out;
 	uint64_t n = trail_ledger_size(l);
 	if (size > n) {
 		rc = trail_error_set(err, TRAIL_ENOINPUT,
 				     "tree size %" PRIu64 " is beyond the ledger (%" PRIu64 ")", size, n);
 		goto out;
 	}
-	if (size)
-		n = size;
-	if ((rc = trail_datanet_find(l, name, n, &def, &start, err)))
+	it->size = size ? size : n;
+	if ((rc = trail_datanet_find(l, name, it->size, &def, &start, err)) ||
+	    (rc = scan(l, it, start, it->size, str(def, "owner"), err)))
 		goto out;
-	const char *owner = str(def, "owner");
-	for (uint64_t i = start + 1; i < n; i++) {
-		json_t *e;
-		if ((rc = entry_of(l, i, "contribution", name, &e, err)))
-			goto out;
-		if (e && str(e, "bundle") && str(e, "contributor") &&
-		    !strcmp(str(e, "contributor"), str(e, "signer"))) {
-			if (nc == cap) {
-				struct contrib *nb = trail_realloc(cs, (cap = cap ? 2 * cap : 16) * sizeof *cs);
-				if (!nb) {
-					json_decref(e);
-					rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-					goto out;
-				}
-				cs = nb;
-			}
-			struct contrib *c = &cs[nc++];
-			c->entry = i;
-			c->approved = 0;
-			snprintf(c->bundle, sizeof c->bundle, "%s", str(e, "bundle"));
-			c->contributor = trail_strdup(str(e, "contributor"));
-			json_decref(e);
-			continue;
-		}
-		json_decref(e);
-		if ((rc = entry_of(l, i, "approval", name, &e, err)))
-			goto out;
-		/* the owner's latest decision on a contribution counts */
-		if (e && str(e, "signer") && !strcmp(str(e, "signer"), owner))
-			for (size_t k = 0; k < nc; k++)
-				if ((json_int_t)cs[k].entry == json_integer_value(json_object_get(e, "contribution")))
-					cs[k].approved = !strcmp(str(e, "decision") ? str(e, "decision") : "", "approve");
-		json_decref(e);
-	}
-	for (size_t k = 0; k < nc && !rc; k++) {
-		if (!cs[k].approved)
-			continue;
-		void *buf;
-		size_t len;
-		trail_bundle *b;
-		if ((rc = trail_store_get(s, cs[k].bundle, &buf, &len, err)))
-			break;
-		rc = trail_bundle_read(buf, len, NULL, &b, err);
-		trail_free(buf);
-		if (rc)
-			break;
-		size_t i;
-		json_t *r;
-		json_array_foreach(b->records, i, r) {
-			json_t *o = json_copy(r);
-			if (!o || json_object_set(o, "record", json_array_get(b->ids, i)) ||
-			    json_object_set_new(o, "contributor", json_string(cs[k].contributor)) ||
-			    json_object_set_new(o, "bundle", json_string(cs[k].bundle)) ||
-			    json_object_set_new(o, "entry", json_integer((json_int_t)cs[k].entry))) {
-				json_decref(o);
-				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-				break;
-			}
-			int stop = fn(ctx, o);
-			json_decref(o);
-			if (stop) {
-				rc = stop;
-				break;
-			}
-		}
-		trail_bundle_free(b);
-	}
+	*out = it;
+	it = NULL;
 out:
-	for (size_t k = 0; k < nc; k++)
-		trail_free(cs[k].contributor);
-	trail_free(cs);
+	trail_datanet_iter_free(it);
 	json_decref(def);
 	trail_ledger_free(l);
+	return rc;
+}
+
+uint64_t trail_datanet_iter_size(const trail_datanet_iter *it)
+{
+	return it->size;
+}
+
+/* An approved bundle, checked against the entry that contributed it. */
+static int open_bundle(trail_datanet_iter *it, const struct contrib *c, trail_error *err)
+{
+	void *buf;
+	size_t len;
+	int rc;
+	if ((rc = trail_store_get(it->store, c->bundle, &buf, &len, err)))
+		return rc;
+	rc = trail_bundle_read(buf, len, NULL, &it->b, err);
+	trail_free(buf);
+	if (rc)
+		return trail_error_at(err, rc, c->bundle, 0, "%s", err ? err->msg : "");
+	json_t *m = it->b->manifest;
+	if (strcmp(str(m, "datanet"), it->name) || strcmp(str(m, "contributor"), str(c->e, "contributor")) ||
+	    !json_equal(json_object_get(m, "records"), json_object_get(c->e, "records")) ||
+	    !json_equal(json_object_get(m, "root"), json_object_get(c->e, "root")))
+		return trail_error_set(err, TRAIL_EVERIFY,
+				       "entry %" PRIu64 ": bundle %s does not match its contribution entry",
+				       c->entry, c->bundle);
+	it->i = 0;
+	return TRAIL_OK;
+}
+
+int trail_datanet_iter_next(trail_datanet_iter *it, json_t **rec, trail_error *err)
+{
+	int rc;
+	*rec = NULL;
+	for (;;) {
+		if (it->b && it->i < json_array_size(it->b->records))
+			break;
+		trail_bundle_free(it->b);
+		it->b = NULL;
+		while (it->k < it->nc && !it->cs[it->k].approved)
+			it->k++;
+		if (it->k == it->nc)
+			return TRAIL_OK;
+		if ((rc = open_bundle(it, &it->cs[it->k++], err)))
+			return rc;
+	}
+	const struct contrib *c = &it->cs[it->k - 1];
+	size_t i = it->i++;
+	json_t *o = json_copy(json_array_get(it->b->records, i));
+	if (!o || json_object_set(o, "record", json_array_get(it->b->ids, i)) ||
+	    json_object_set(o, "contributor", json_object_get(c->e, "contributor")) ||
+	    json_object_set_new(o, "bundle", json_string(c->bundle)) ||
+	    json_object_set_new(o, "entry", json_integer((json_int_t)c->entry))) {
+		json_decref(o);
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	*rec = o;
+	return TRAIL_OK;
+}
+
+void trail_datanet_iter_free(trail_datanet_iter *it)
+{
+	if (!it)
+		return;
+	for (size_t k = 0; k < it->nc; k++)
+		json_decref(it->cs[k].e);
+	trail_free(it->cs);
+	trail_bundle_free(it->b);
+	trail_free(it->name);
+	trail_free(it);
+}
+
+int trail_datanet_snapshot(trail_store *s, const char *name, uint64_t size,
+			   trail_datanet_record_fn fn, void *ctx, trail_error *err)
+{
+	trail_datanet_iter *it;
+	json_t *r;
+	int rc = trail_datanet_iter_open(s, name, size, &it, err);
+	while (!rc && !(rc = trail_datanet_iter_next(it, &r, err)) && r) {
+		rc = fn(ctx, r);
+		json_decref(r);
+	}
+	trail_datanet_iter_free(it);
 	return rc;
 }
 

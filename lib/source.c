@@ -3,6 +3,7 @@
 
 #include <curl/curl.h>
 
+#include "bundle.h"
 #include "json.h"
 #include "source.h"
 #include "util.h"
@@ -173,4 +174,72 @@ int trail_source_records(const void *buf, size_t len, const char *source, int pe
 		line++;
 	}
 	return add_text(records, start, (size_t)(end - start), source, start_line, err);
+}
+
+int trail_source_read(const char *input, const trail_fetch_opts *o, void **out, size_t *len,
+		      json_t **source, trail_error *err)
+{
+	char digest[72];
+	if (trail_is_url(input)) {
+		int rc = trail_fetch(input, o, out, len, digest, err);
+		if (rc || !source)
+			return rc;
+		json_decref(*source);
+		if (!(*source = json_pack("{s:s, s:s}", "url", input, "sha256", digest))) {
+			trail_free(*out);
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		}
+		return TRAIL_OK;
+	}
+	size_t max = o && o->max_bytes ? o->max_bytes : (size_t)256 << 20;
+	return strcmp(input, "-") ? trail_read_file(input, max, out, len, err)
+				  : trail_read_fd(0, "<stdin>", max, out, len, err);
+}
+
+int trail_source_bundle(char *const *inputs, int n, const trail_source_opts *o,
+			const char *datanet, const trail_signer *contributor, void **out,
+			size_t *len, size_t *records, trail_error *err)
+{
+	static char *const std_in[] = {"-"};
+	json_t *recs = json_array(), *source = NULL;
+	void *buf = NULL;
+	size_t blen;
+	int rc = TRAIL_OK;
+	*out = NULL;
+	if (!recs)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (n == 0)
+		inputs = std_in, n = 1;
+	for (int i = 0; i < n && !rc; i++) {
+		if ((rc = trail_source_read(inputs[i], &o->fetch, &buf, &blen, &source, err)))
+			break;
+		if (trail_source_kind(buf, blen) == TRAIL_SRC_BUNDLE) {
+			trail_bundle *b;
+			if (n > 1)
+				rc = trail_error_at(err, TRAIL_EUSAGE, inputs[i], 0,
+						    "a bundle is a whole contribution: give it alone");
+			else if ((rc = trail_bundle_read(buf, blen, NULL, &b, err)))
+				trail_error_at(err, rc, inputs[i], err ? err->line : 0, "%s", err ? err->msg : "");
+			else {
+				*records = json_array_size(b->records);
+				trail_bundle_free(b);
+				*out = buf, *len = blen, buf = NULL;
+			}
+			break;
+		}
+		rc = trail_source_records(buf, blen, inputs[i], o->per_file, recs, err);
+		trail_free(buf);
+		buf = NULL;
+	}
+	if (!rc && !*out) {
+		if (!json_array_size(recs))
+			rc = trail_error_set(err, TRAIL_EDATA, "no records in the input");
+		else if (!(rc = trail_bundle_create(recs, datanet, o->license, n == 1 ? source : NULL,
+						    contributor, o->zstd, out, len, err)))
+			*records = json_array_size(recs);
+	}
+	trail_free(buf);
+	json_decref(recs);
+	json_decref(source);
+	return rc;
 }

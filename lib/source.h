@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "key.h"
 #include "trail.h"
 
 typedef struct trail_fetch_opts {
@@ -40,5 +41,28 @@ int trail_source_kind(const void *buf, size_t len);
  */
 int trail_source_records(const void *buf, size_t len, const char *source, int per_file,
 			 json_t *records, trail_error *err);
+
+/* Read one input whole: a file, "-" (standard input) or an http(s) URL. For
+ * a URL, *source (if not NULL) gets {"url","sha256"}; else it is left alone. */
+int trail_source_read(const char *input, const trail_fetch_opts *o, void **out, size_t *len,
+		      json_t **source, trail_error *err);
+
+typedef struct trail_source_opts {
+	trail_fetch_opts fetch; /* also the size cap of files and standard input */
+	int per_file;           /* plain text: one record per input */
+	int zstd;               /* compress the bundle */
+	const char *license;    /* the contribution's license; NULL: "" */
+} trail_source_opts;
+
+/*
+ * One contribution from inputs (files, "-", URLs; none: "-"): their records
+ * packed into one bundle for `datanet`, signed by `contributor`, with the
+ * source in the manifest when the only input is a URL. An existing bundle
+ * must come alone and is verified and passed through unchanged. *records
+ * gets the record count. All inputs are read before anything is returned.
+ */
+int trail_source_bundle(char *const *inputs, int n, const trail_source_opts *o,
+			const char *datanet, const trail_signer *contributor, void **out,
+			size_t *len, size_t *records, trail_error *err);
 
 #endif

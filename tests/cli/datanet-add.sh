@@ -25,11 +25,39 @@ check_rc 65 "a malformed second input writes nothing (all or nothing)" sh -c 'pr
 check_eq "the ledger did not grow" "$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')" "$s0"
 
 # bundles built offline are byte-reproducible and can be added as they are
-datanet-add --bundle-only -o x1.tar atlas --key alice.key a.ndjson >/dev/null
-(umask 077; TZ=Asia/Tokyo datanet-add --bundle-only -o x2.tar atlas --key alice.key a.ndjson >/dev/null)
+# (a contribution takes the datanet's license unless --license says otherwise)
+datanet-add --bundle-only -o x1.tar atlas --key alice.key --license CC-BY-4.0 a.ndjson >/dev/null
+(umask 077; TZ=Asia/Tokyo datanet-add --bundle-only -o x2.tar atlas --key alice.key --license CC-BY-4.0 a.ndjson >/dev/null)
 check "the same records give the same bundle bytes" cmp x1.tar x2.tar
 check_eq "and the digest the store recorded" "sha256:$(sha256sum < x1.tar | cut -d' ' -f1)" "$ba"
 check_rc 1 "someone else cannot add alice's bundle" datanet-add atlas --key bob.key x1.tar
+datanet-add --bundle-only -o x3.tar.zst --zstd atlas --key alice.key -l CC0-1.0 - < a.ndjson > r3
+check_eq "a zstd bundle from standard input" "$(grep -c '"records":2' r3) $(head -c4 x3.tar.zst | od -An -tx1 | tr -d ' ')" "1 28b52ffd"
+datanet-add atlas --key alice.key x3.tar.zst > r3s
+check_eq "an existing bundle is added as it is" "$(sed 's/.*"bundle":"\([^"]*\)".*/\1/' r3s)" \
+	"sha256:$(sha256sum < x3.tar.zst | cut -d' ' -f1)"
+check_rc 64 "a bundle with other inputs" datanet-add atlas --key alice.key x1.tar a.ndjson
+printf 'One whole file,\n\nwith two paragraphs of text in it.\n' > whole.txt
+datanet-add atlas --key bob.key --per-file whole.txt > rw
+check "--per-file: one record for the whole file" grep -q '"records":1' rw
+printf '{"proof":%s}\n' "$(sed 's/.*"proof":\("[^"]*"\).*/\1/' ra)" |
+	/usr/bin/python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["proof"])' > ra.tlog-proof
+check "the receipt's proof verifies offline" trail-log verify-proof --key "$TRAIL_HOME/keys/operator.pub" ra.tlog-proof
+sed '3s/^index .*/index 0/' ra.tlog-proof > wrong.tlog-proof
+check_rc 1 "and not for another index" trail-log verify-proof --key "$TRAIL_HOME/keys/operator.pub" wrong.tlog-proof
+
+# hostile archives are refused with nothing written
+s0=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')
+o0=$(find "$TRAIL_HOME/objects" -type f | wc -l)
+bad=0
+for f in "$TRAIL_TOP"/tests/data/bundles/*.tar "$TRAIL_TOP"/tests/data/bundles/*.zst; do
+	datanet-add atlas --key alice.key "$f" >/dev/null 2>err
+	rc=$?
+	{ [ $rc = 65 ] || [ $rc = 64 ]; } && grep -q "$(basename "$f")" err || { bad=$((bad + 1)); echo "# $f: exit $rc"; }
+done
+check_eq "every hostile archive is refused, naming the file" "$bad" 0
+check_eq "the ledger did not grow" "$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')" "$s0"
+check_eq "no object was stored" "$(find "$TRAIL_HOME/objects" -type f | wc -l)" "$o0"
 
 # approval by the owner, then snapshots
 check_eq "nothing approved yet" "$(datanet-cat atlas | wc -l)" 0
@@ -50,8 +78,9 @@ check_rc 66 "a size beyond the ledger" datanet-cat atlas@100000
 
 # URL sources from a local server on 127.0.0.1
 mkdir www && cp a.ndjson www/a.ndjson
-python3 "$TRAIL_TOP/tests/data/bundles/httpd.py" www port >/dev/null 2>&1 &
+/usr/bin/python3 "$TRAIL_TOP/tests/data/bundles/httpd.py" www port >/dev/null 2>&1 &
 srv=$!
+trap 'kill $srv 2>/dev/null; rm -rf "$T"' EXIT
 for i in $(seq 50); do [ -s port ] && break; sleep 0.1; done
 url="http://127.0.0.1:$(cat port)"
 pin=$(sha256sum < a.ndjson | cut -d' ' -f1)
