@@ -91,8 +91,14 @@ check_rc 1 "a pin mismatch is refused" datanet-add atlas --key bob.key --sha256 
 check_rc 65 "over the size cap" datanet-add atlas --key bob.key --max-bytes 100000 "$url/big"
 check_rc 75 "a timeout is a temporary failure" datanet-add atlas --key bob.key --timeout 1 "$url/slow"
 check_rc 65 "a redirect loop stops" datanet-add atlas --key bob.key "$url/loop"
+check_rc 65 "four redirects are one too many" datanet-add atlas --key bob.key "$url/hop4"
+check_rc 65 "--max-bytes caps files too" datanet-add atlas --key bob.key --max-bytes 10 a.ndjson
 check_rc 66 "a missing page" datanet-add atlas --key bob.key "$url/nope.ndjson"
+check_rc 66 "a refused connection" datanet-add atlas --key bob.key "http://127.0.0.1:1/a.ndjson"
 check_eq "none of these wrote anything" "$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')" "$s0"
+datanet-add atlas --key bob.key --sha256 "$pin" "$url/hop3" > rh
+check "three redirects are followed" grep -q '"records":2' rh
+check "the contribution names the URL and its digest" sh -c "trail-log show | tail -1 | grep -q '\"source\":{\"sha256\":\"sha256:$pin\",\"url\":\"$url/hop3\"}'"
 kill $srv 2>/dev/null; wait $srv 2>/dev/null
 
 # two adds at the same time both land

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A test HTTP server on 127.0.0.1 for datanet-add's URL sources.
 usage: httpd.py DIR PORTFILE   serves DIR; /slow sleeps, /loop redirects forever,
-/big streams 8 MiB. Exits by itself after 120 s."""
+/hopN redirects N times to /a.ndjson, /big streams 8 MiB. Exits by itself
+after 120 s."""
 import http.server, os, sys, threading, time
 
 class H(http.server.SimpleHTTPRequestHandler):
@@ -13,6 +14,12 @@ class H(http.server.SimpleHTTPRequestHandler):
         if self.path.startswith("/loop"):
             self.send_response(302)
             self.send_header("Location", "/loop" + str(len(self.path)))
+            self.end_headers()
+            return
+        if self.path.startswith("/hop") and self.path[4:].isdigit():
+            k = int(self.path[4:])
+            self.send_response(302)
+            self.send_header("Location", "/hop%d" % (k - 1) if k > 1 else "/a.ndjson")
             self.end_headers()
             return
         if self.path == "/big":
