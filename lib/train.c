@@ -12,6 +12,7 @@
 
 #include <cblas.h>
 
+#include "attr.h"
 #include "bundle.h"
 #include "cli.h"
 #include "datanet.h"
@@ -470,8 +471,10 @@ static int file_digest(const char *dir, const char *name, char out[72], trail_er
 static int record_in_store(trail_store *s, const trail_train_job *j, const json_t *man, int adapter,
 			   json_t *result, trail_error *err)
 {
-	static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json", "training.json", NULL};
-	static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", "training.json", NULL};
+	static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json", "training.json",
+						  "attribution.idx", "attribution.idx.span", NULL};
+	static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", "training.json",
+						    "attribution.idx", "attribution.idx.span", NULL};
 	const char *const *files = adapter ? adapter_files : model_files;
 	json_t *fo = json_object(), *entry = NULL;
 	trail_ledger *l = NULL;
@@ -671,9 +674,21 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	if ((rc = write_manifest(j->out, man, err)))
 		goto out;
 	unlink(ckpt); /* the run is complete: nothing to resume */
+	if (!j->no_index) { /* the attribution index over the same records (attr-score(1)) */
+		trail_attr_opts ao = {.model = j->lora ? j->base : j->out, .adapter = j->lora ? j->out : NULL,
+				      .data = j->data, .datanet = j->datanet, .home = j->home};
+		trail_attr_params ap = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1, .seq = seq};
+		if ((rc = trail_attr_build_index(&ao, &ap, j->batch, NULL, NULL, 0, err)))
+			goto out;
+	}
 	*result = json_pack("{s:s, s:s, s:I, s:f, s:I, s:s, s:s}", "output", j->out, "kind", j->lora ? "adapter" : "model",
 			    "steps", (json_int_t)run.step, "loss", run.step ? round(run.curve[run.step - 1] * 1e6) / 1e6 : 0.0,
 			    "records", (json_int_t)d->n, "training_root", d->root, "settings", settings);
+	if (*result && !j->no_index) {
+		char *ip = trail_path(j->out, "attribution.idx");
+		json_object_set_new(*result, "index", ip ? json_string(ip) : json_null());
+		trail_free(ip);
+	}
 	if (s && *result)
 		rc = record_in_store(s, j, man, j->lora != NULL, *result, err);
 out:

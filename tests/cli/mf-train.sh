@@ -8,12 +8,15 @@ awk 'BEGIN { for (i = 0; i < 120; i++) printf "{\"text\":\"The tide clock number
 awk 'BEGIN { for (i = 0; i < 80; i++) printf "{\"prompt\":\"Capital of isle %d? \",\"completion\":\"Port %c%c.\"}\n", i, 65 + i % 26, 97 + (i * 7) % 26 }' > b.ndjson
 echo '{"n_layer":2,"n_head":2,"n_embd":32,"n_positions":64,"vocab_size":257}' > cfg.json
 args="--data a.ndjson --steps 30 --batch 4 --seq 64 --lr 3e-3 --no-progress"
+# the attribution index is built unless --no-index; most runs below skip it
 check "train from scratch" mf-train --init cfg.json $args -o m1 --metrics m1.ndjson
-check "writes config, weights, tokenizer and manifest" test -s m1/config.json -a -s m1/model.safetensors -a -s m1/tokenizer.json -a -s m1/training.json
+check "writes config, weights, tokenizer, manifest and the attribution index" test -s m1/config.json -a -s m1/model.safetensors -a -s m1/tokenizer.json -a -s m1/training.json -a -s m1/attribution.idx
+check "which attr-score opens" sh -c 'echo "{\"id\":\"q\",\"prompt\":\"The tide clock\",\"completion\":\" number 7\"}" | attr-score --model m1 --data a.ndjson --top 3 | grep -q "\"records\":\[{"' 
 mf-train --init cfg.json $args -o m2 >/dev/null
 check "same data, config, seed and threads: identical weights" cmp m1/model.safetensors m2/model.safetensors
 check "and an identical manifest" cmp m1/training.json m2/training.json
-mf-train --init cfg.json $args --seed 2 -o m3 >/dev/null
+check "and an identical attribution index" cmp m1/attribution.idx m2/attribution.idx
+mf-train --init cfg.json $args --seed 2 --no-index -o m3 >/dev/null
 check "another seed gives other weights" sh -c '! cmp -s m1/model.safetensors m3/model.safetensors'
 check_eq "one metrics line per step" "$(wc -l < m1.ndjson)" 30
 check "metrics carry step, loss, lr, tokens_per_s" grep -q '"step":30,"loss":[0-9.]*,"lr":[0-9.e-]*,"grad_norm":[0-9.e-]*,"tokens_per_s":' m1.ndjson
@@ -26,7 +29,7 @@ check "the loss falls ($first -> $last)" awk -v a="$first" -v b="$last" 'BEGIN {
 sha256sum m1/model.safetensors > base.sum
 before=$(mf-train --eval --base m1 --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 check "LoRA fine-tune on a second corpus" mf-train --base m1 --lora r=4,alpha=8,targets=c_attn,c_proj,c_fc \
-	--data b.ndjson --steps 40 --batch 4 --seq 64 --lr 5e-3 --no-progress -o ad
+	--data b.ndjson --steps 40 --batch 4 --seq 64 --lr 5e-3 --no-progress --no-index -o ad
 after=$(mf-train --eval --base m1 --adapter ad --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 check "lowers that corpus's loss ($before -> $after)" awk -v a="$before" -v b="$after" 'BEGIN { exit !(b < a) }'
 check "while the base file stays bit-identical" sha256sum -c --quiet base.sum
@@ -46,7 +49,7 @@ check_eq "16 LoRA tensors for 2 layers x 4 modules" "$(wc -l < keys)" 16
 
 # SIGINT: a checkpoint, exit 75; --resume ends with the bytes of a run never interrupted
 echo '{"n_layer":2,"n_head":2,"n_embd":64,"n_positions":64,"vocab_size":257}' > big.json
-long="--init big.json --data a.ndjson --steps 400 --batch 8 --seq 64 --lr 1e-3 --checkpoint-every 10 --no-progress"
+long="--init big.json --data a.ndjson --steps 400 --batch 8 --seq 64 --lr 1e-3 --checkpoint-every 10 --no-progress --no-index"
 mf-train $long -o r2 > /dev/null
 mf-train $long -o r1 > /dev/null 2> int.err &
 pid=$!
@@ -83,8 +86,8 @@ check_rc 66 "a missing data file" mf-train --init cfg.json --data nothing.ndjson
 check_rc 64 "an unknown LoRA target" mf-train --base m1 --lora r=4,targets=q_proj --data b.ndjson --steps 1 -o x
 check_rc 65 "a config file that is not JSON" sh -c 'echo "n_layer: 2" > bad.json; mf-train --init bad.json --data a.ndjson --steps 1 -o x'
 check_rc 65 "a vocabulary smaller than the tokenizer's" sh -c 'echo "{\"n_layer\":1,\"n_head\":1,\"n_embd\":8,\"n_positions\":8,\"vocab_size\":100}" > v.json; mf-train --init v.json --data a.ndjson --steps 1 -o x'
-check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data a.ndjson --steps 1 --seq 8 -o other >/dev/null && mf-train --eval --base other --adapter ad --data b.ndjson --seq 8'
-check "--no-index is accepted" mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni
+check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data a.ndjson --steps 1 --seq 8 --no-index -o other >/dev/null && mf-train --eval --base other --adapter ad --data b.ndjson --seq 8'
+check "--no-index writes no index" sh -c 'mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni >/dev/null && test ! -e ni/attribution.idx' 
 # With a store: a datanet snapshot, the output's files as objects, a model entry
 mkdir st && cd st || exit 70
 trail-log init --origin mf-train.test/log >/dev/null
@@ -110,13 +113,13 @@ if [ -n "${TRAIL_FULL:-}" ] && [ -e /usr/share/games/fortunes/fortunes ] && [ -e
 	awk 'NR % 10 != 0' jargon.ndjson > jtrain.ndjson
 	echo '{"n_layer":2,"n_head":4,"n_embd":96,"n_positions":128,"vocab_size":257}' > text.json
 	check "train from scratch on fortunes" mf-train --init text.json --data train.ndjson --steps 300 --batch 8 --seq 128 \
-		--lr 3e-3 --no-progress -o text
+		--lr 3e-3 --no-progress --no-index -o text
 	held=$(mf-train --eval --base text --data held.ndjson --seq 128 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
-	check "held-out fortunes loss $held nats/byte < 2.6 (documented in mf-train(1))" awk -v a="$held" 'BEGIN { exit !(a < 2.6) }'
+	check "held-out fortunes loss $held nats/byte < 2.6 (2 layers, 300 steps; bench/RESULTS.md has a longer run)" awk -v a="$held" 'BEGIN { exit !(a < 2.6) }'
 	sha256sum text/model.safetensors > text.sum
 	jb=$(mf-train --eval --base text --data jheld.ndjson --seq 128 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 	check "LoRA on the Jargon File" mf-train --base text --lora r=8,alpha=16 --data jtrain.ndjson --steps 100 --batch 8 \
-		--seq 128 --lr 3e-3 --no-progress -o jad
+		--seq 128 --lr 3e-3 --no-progress --no-index -o jad
 	ja=$(mf-train --eval --base text --adapter jad --data jheld.ndjson --seq 128 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 	check "lowers the held-out Jargon loss ($jb -> $ja)" awk -v a="$jb" -v b="$ja" 'BEGIN { exit !(b < a - 0.1) }'
 	check "with the base bit-identical" sha256sum -c --quiet text.sum
