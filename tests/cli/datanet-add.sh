@@ -110,4 +110,21 @@ wait $p1; r1=$?; wait $p2; r2=$?
 check_eq "both concurrent adds succeed" "$r1$r2" 00
 check "their entries differ" sh -c '! cmp -s rc1 rc2 && test "$(sed "s/.*\"entry\":\([0-9]*\).*/\1/" rc1)" != "$(sed "s/.*\"entry\":\([0-9]*\).*/\1/" rc2)"'
 check "the ledger verifies" trail-log verify
+
+# killed at any moment, an add leaves the store whole: it landed or it did not
+/usr/bin/python3 -c '
+for i in range(20000):
+    print("{\"text\":\"Line %d of a long contribution about the tides of Varnholm.\"}" % i)' > long.ndjson
+bad=0
+for d in 0.02 0.05 0.1 0.2 0.4; do
+	s0=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')
+	datanet-add atlas --key alice.key long.ndjson > rk 2>/dev/null & pk=$!
+	sleep $d; kill -9 $pk 2>/dev/null; wait $pk 2>/dev/null
+	s1=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/') || bad=$((bad + 1))
+	[ "$s1" = "$s0" ] || [ "$s1" = $((s0 + 1)) ] || bad=$((bad + 1))
+	# the entry counts as landed only if it is whole and its bundle is there
+	[ "$s1" = "$s0" ] || trail-log get "$s0" | grep -q '"type":"contribution"' || bad=$((bad + 1))
+done
+check_eq "five adds killed with SIGKILL leave a ledger that verifies, one entry or none each" "$bad" 0
+check "and the next add lands" datanet-add atlas --key bob.key c2.ndjson
 finish
