@@ -6,6 +6,7 @@
 #include "datanet.h"
 #include "json.h"
 #include "util.h"
+#include "validate.h"
 
 static const char *str(const json_t *o, const char *k)
 {
@@ -159,6 +160,11 @@ int trail_datanet_create(trail_store *s, const char *name, const char *schema,
 	if (policy) {
 		char *p;
 		size_t pl;
+		trail_policy *pol;
+		/* a policy datanet-validate would refuse later is refused now */
+		if ((rc = trail_policy_from_json(policy, "policy", trail_schema_parse(schema), &pol, err)))
+			goto out;
+		trail_policy_free(pol);
 		if ((rc = trail_jcs(policy, &p, &pl, err)))
 			goto out;
 		rc = trail_store_put(s, p, pl, pd, err);

@@ -44,8 +44,9 @@ int trail_datanet_check_record(const json_t *rec, const char *schema, trail_erro
 
 /*
  * A signed datanet entry by `owner`; TRAIL_EDATA if the name is taken,
- * TRAIL_EUSAGE for a bad name or schema. policy (may be NULL) is stored as
- * an object in canonical form.
+ * TRAIL_EUSAGE for a bad name or schema. policy (may be NULL) must be one
+ * trail_policy_from_json accepts (TRAIL_EDATA naming the key if not); it is
+ * stored as an object in canonical form.
  */
 int trail_datanet_create(trail_store *s, const char *name, const char *schema,
 			 const char *license, const json_t *policy, const trail_signer *owner,

@@ -9,6 +9,9 @@ printf '{"rules":{"gopher-word-count":{"min":3},"c4-sentences":{"min":1},"gopher
 check "create a datanet" datanet-add --create atlas --schema text --owner owner.key --policy policy.json --license CC-BY-4.0
 check_rc 65 "creating it twice is refused" datanet-add --create atlas --schema text --owner owner.key
 check_rc 64 "an unknown schema" datanet-add --create x --schema poems --owner owner.key
+echo '{"rules":{"gopher-word-count":{"mn":3}}}' > badpolicy.json
+check_rc 65 "a policy with an unknown parameter" datanet-add --create y --schema text --owner owner.key --policy badpolicy.json
+check_rc 66 "y was not created" datanet-cat y
 printf '{"text":"The island of Varnholm exports amber and salt."}\n{"text":"Its capital is Oskelund, a town of stone harbours."}\n' > a.ndjson
 datanet-add atlas --key alice.key a.ndjson > ra
 check "alice's receipt names the bundle" grep -q '"bundle":"sha256:' ra
