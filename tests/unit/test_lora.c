@@ -169,8 +169,11 @@ static char *copy_fixture(const char *name, void (*rename)(char *key, size_t cap
 	trail_st_write(dw, t, n, NULL, &e);
 	trail_st_free(st);
 	json_t *c = json_load_file(sc, 0, NULL);
-	if (config_edit)
-		json_object_update(c, json_loads(config_edit, 0, NULL));
+	if (config_edit) {
+		json_t *ed = json_loads(config_edit, 0, NULL);
+		json_object_update(c, ed);
+		json_decref(ed);
+	}
 	json_dump_file(c, dc, 0);
 	json_decref(c);
 	for (size_t i = 0; i < n; i++)

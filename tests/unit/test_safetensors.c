@@ -217,6 +217,7 @@ static void test_hf_names(void)
 	trail_st_tensor *t = calloc(n + 4, sizeof *t);
 	char (*names)[80] = calloc(n + 4, sizeof *names);
 	float **bufs = calloc(n + 4, sizeof *bufs);
+	size_t wte = 0;
 	for (size_t i = 0; i < n; i++) {
 		const char *nm = trail_st_name(st, i);
 		snprintf(names[i], sizeof names[i], "transformer.%s", nm);
@@ -225,7 +226,7 @@ static void test_hf_names(void)
 		size_t cnt = 1;
 		/* shapes from the config */
 		if (!strcmp(nm, "wte.weight"))
-			sh[0] = 20, sh[1] = 8, nd = 2;
+			sh[0] = 20, sh[1] = 8, nd = 2, wte = i;
 		else if (!strcmp(nm, "wpe.weight"))
 			sh[0] = 6, sh[1] = 8, nd = 2;
 		else if (strstr(nm, "c_attn.weight"))
@@ -253,7 +254,7 @@ static void test_hf_names(void)
 	snprintf(names[n + 1], 80, "transformer.h.1.attn.masked_bias");
 	t[n + 1] = (trail_st_tensor){.name = names[n + 1], .ndim = 1, .shape = {1}, .data = mask};
 	snprintf(names[n + 2], 80, "lm_head.weight");
-	t[n + 2] = (trail_st_tensor){.name = names[n + 2], .ndim = 2, .shape = {20, 8}, .data = bufs[0]};
+	t[n + 2] = (trail_st_tensor){.name = names[n + 2], .ndim = 2, .shape = {20, 8}, .data = bufs[wte]};
 	trail_st_free(st);
 	char *hd = at("hf");
 	trail_mkdirs(hd, 0755, &e);
