@@ -13,7 +13,11 @@ static const char *str(const json_t *o, const char *k)
 	return json_string_value(json_object_get(o, k));
 }
 
-/* A datanet name: 1-128 bytes, no '@' (it starts a tree size), spaces, quotes, '/' or '\'. */
+/*
+ * A datanet name: 1-128 bytes of UTF-8 without '@' (it starts a tree size),
+ * spaces, control characters, quotes, '/' or '\', so that it needs no
+ * escaping in canonical JSON and entries can be found by their bytes.
+ */
 static int check_name(const char *s, size_t n, trail_error *err)
 {
 	if (n == 0 || n > 128)
@@ -24,6 +28,8 @@ static int check_name(const char *s, size_t n, trail_error *err)
 			return trail_error_set(err, TRAIL_EUSAGE,
 					       "'%.*s': a datanet name has no spaces, quotes, '@', '/' or '\\'",
 					       (int)n, s);
+	if (!trail_utf8_valid(s, n))
+		return trail_error_set(err, TRAIL_EUSAGE, "a datanet name is UTF-8");
 	return TRAIL_OK;
 }
 
