@@ -19,7 +19,7 @@ MANDIR ?= $(PREFIX)/share/man
 B ?= build
 
 PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-dev \
-	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc
+	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc zsh fish
 # check-full also uses these: PyTorch and NumPy references, Chromium for the report.
 FULL_PKGS := python3-torch python3-numpy chromium
 PKGCONFIG_LIBS := jansson libarchive libsodium libcurl libmicrohttpd

@@ -207,7 +207,14 @@ static void fish_opts(const char *prog, const trail_opt *o, FILE *out)
 			else
 				fprintf(out, " -r -F");
 		}
-		fprintf(out, " -d '%s'\n", o->help ? o->help : "");
+		/* inside fish's single quotes only \' and \\ are escapes */
+		fputs(" -d '", out);
+		for (const char *h = o->help ? o->help : ""; *h; h++) {
+			if (*h == '\'' || *h == '\\')
+				fputc('\\', out);
+			fputc(*h, out);
+		}
+		fputs("'\n", out);
 	}
 }
 

@@ -30,6 +30,8 @@ for p in "$TRAIL_BUILD"/bin/*; do
 		cmp -s "$T/comp" "$TRAIL_TOP/completions/$f"
 		result $? "$name: completions/$f is up to date (make completions)"
 	done
+	command -v zsh >/dev/null && check "$name: the zsh completion parses" zsh -n "$TRAIL_TOP/completions/_$name"
+	command -v fish >/dev/null && check "$name: the fish completion parses" fish --no-execute "$TRAIL_TOP/completions/$name.fish"
 	# bash completion really completes: options after "-", and subcommands if any
 	got=$(bash -c ". '$TRAIL_TOP/completions/$name.bash'; COMP_WORDS=($name --he); COMP_CWORD=1; _${name//-/_}; echo \${COMPREPLY[*]}" 2>&1)
 	check_eq "$name: bash completes --he to --help" "$got" "--help"
