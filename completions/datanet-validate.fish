@@ -10,7 +10,7 @@ complete -c datanet-validate -l print-policy -d 'print the effective policy and 
 complete -c datanet-validate -l progress -d 'always show progress on stderr'
 complete -c datanet-validate -l no-progress -d 'never show progress'
 complete -c datanet-validate -l home -r -a '(__fish_complete_directories)' -d 'the store (default $TRAIL_HOME, else ./.trail)'
-complete -c datanet-validate -l datanet -s d -r -F -d 'check against this datanet's policy and approved records'
+complete -c datanet-validate -l datanet -s d -r -F -d 'check against this datanet\'s policy and approved records'
 complete -c datanet-validate -l key -s k -r -F -d 'signer key for --record, --approve, --reject'
 complete -c datanet-validate -l record -d 'append a signed validation entry to the ledger'
 complete -c datanet-validate -l approve -d 'owner: approve the bundles if every record is accepted'

@@ -6,7 +6,7 @@ complete -c lora-serve -l max-batch -r -F -d 'sequences decoded together; bounds
 complete -c lora-serve -l max-tokens -r -F -d 'the most max_tokens a request may ask (default 1024)'
 complete -c lora-serve -l events -s e -r -F -d 'append every inference event to FILE'
 complete -c lora-serve -l home -r -a '(__fish_complete_directories)' -d 'the store, with --record (default $TRAIL_HOME, else ./.trail)'
-complete -c lora-serve -l record -d 'record the run's events as an inference-batch ledger entry'
+complete -c lora-serve -l record -d 'record the run\'s events as an inference-batch ledger entry'
 complete -c lora-serve -l threads -r -F -d 'BLAS threads (default 1)'
 complete -c lora-serve -l help -s h -d 'print this help and exit'
 complete -c lora-serve -l version -d 'print the version and exit'
