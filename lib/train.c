@@ -453,10 +453,10 @@ static int write_manifest(const char *dir, const json_t *man, trail_error *err)
 	return rc;
 }
 
-/* The digest of a file, or an error naming it. */
+/* The digest of dir/name (name NULL: of the file dir), or an error naming it. */
 static int file_digest(const char *dir, const char *name, char out[72], trail_error *err)
 {
-	char *p = trail_path(dir, name);
+	char *p = name ? trail_path(dir, name) : trail_strdup(dir);
 	trail_map mp;
 	int rc = p ? trail_map_file(p, &mp, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	if (!rc) {
@@ -555,7 +555,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 		char dg[72];
 		struct stat sb;
 		int isdir = !stat(j->base, &sb) && S_ISDIR(sb.st_mode);
-		if (!(rc = isdir ? file_digest(j->base, "model.safetensors", dg, err) : file_digest(".", j->base, dg, err)))
+		if (!(rc = file_digest(j->base, isdir ? "model.safetensors" : NULL, dg, err)))
 			json_object_set_new(extra, "base", json_pack("{s:s, s:s}", "dir", j->base, "weights", dg));
 	}
 	if (rc)
