@@ -87,6 +87,7 @@ check_rc 64 "an unknown LoRA target" mf-train --base m1 --lora r=4,targets=q_pro
 check_rc 65 "a config file that is not JSON" sh -c 'echo "n_layer: 2" > bad.json; mf-train --init bad.json --data a.ndjson --steps 1 -o x'
 check_rc 65 "a vocabulary smaller than the tokenizer's" sh -c 'echo "{\"n_layer\":1,\"n_head\":1,\"n_embd\":8,\"n_positions\":8,\"vocab_size\":100}" > v.json; mf-train --init v.json --data a.ndjson --steps 1 -o x'
 check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data a.ndjson --steps 1 --seq 8 --no-index -o other >/dev/null && mf-train --eval --base other --adapter ad --data b.ndjson --seq 8'
+check_eq "--epochs 2 over 120 records of batch 8: 30 steps" "$(mf-train --init cfg.json --data a.ndjson --epochs 2 --batch 8 --seq 8 --no-index -o ep | sed 's/.*"steps":\([0-9]*\).*/\1/')" 30
 check "--no-index writes no index" sh -c 'mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni >/dev/null && test ! -e ni/attribution.idx' 
 # With a store: a datanet snapshot, the output's files as objects, a model entry
 mkdir st && cd st || exit 70
