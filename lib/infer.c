@@ -1,16 +1,20 @@
 /*
  * Batched inference for serving: a KV cache per sequence, and one step over
  * rows of many sequences and adapters — each base weight one sgemm over all
- * rows, each adapter's low-rank product over its own rows, gathered (the
- * CPU form of Punica's SGMV).
+ * rows in fixed-height blocks, each adapter's low-rank product over its own
+ * rows (the CPU form of Punica's SGMV), the attention of each row over its
+ * own cache. A naive double-precision path beside every kernel.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <cblas.h>
 
 #include "infer.h"
 #include "json.h"
+#include "model_int.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -27,22 +31,38 @@ typedef struct ilayer {
 struct trail_infer {
 	trail_gpt2_config c;
 	float *mem, *wte, *wpe, *lnfw, *lnfb;
+	size_t nparams;
 	ilayer *L;
+	int naive;
+	float *ws; /* step workspace, grown as needed */
+	size_t wsn;
+	struct rowkey *keys; /* [ordn] */
+	int *ord;            /* [ordn] */
+	size_t ordn;
 };
 
 struct trail_lora_w {
 	int r, nl;
-	double scale;
+	float scale;
 	float **A, **B; /* [n_layer*4], NULL where the layer has no LoRA */
 	float *mem;
 	size_t bytes;
 };
 
 struct trail_kvc {
-	float *mem; /* [L][2][P][C] */
+	float *mem; /* [L][2][cap][C], an anonymous mapping so a freed cache goes back to the system */
+	size_t len;
+	int cap;
 };
 
 static const char *const MOD[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+
+static void io_dims(int C, int k, int *in, int *out)
+{
+	static const int mul[4][2] = {{1, 3}, {1, 1}, {1, 4}, {4, 1}};
+	*in = mul[k][0] * C;
+	*out = mul[k][1] * C;
+}
 
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 {
@@ -61,14 +81,16 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
 	    (rc = trail_gpt2_config_parse(cj, &m->c, err)) || (rc = trail_st_open(wp, &st, err)))
 		goto out;
-	size_t C = (size_t)m->c.n_embd, n = trail_gpt2_num_params(&m->c);
-	if (!(m->mem = trail_malloc(n * sizeof *m->mem)) || !(m->L = trail_calloc((size_t)m->c.n_layer, sizeof *m->L))) {
+	size_t C = (size_t)m->c.n_embd;
+	m->nparams = trail_gpt2_num_params(&m->c);
+	if (!(m->mem = trail_malloc(m->nparams * sizeof *m->mem)) ||
+	    !(m->L = trail_calloc((size_t)m->c.n_layer, sizeof *m->L))) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
 	const char *pre = trail_st_has(st, "transformer.wte.weight") ? "transformer." : "";
 	float *p = m->mem;
-	char nm[128];
+	char nm[160];
 #define READ(dst, name, d0, d1, nd)                                                         \
 	do {                                                                                \
 		int64_t sh_[2] = {(int64_t)(d0), (int64_t)(d1)};                            \
@@ -82,7 +104,6 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 	READ(m->wpe, "wpe.weight", m->c.n_positions, C, 2);
 	for (int l = 0; l < m->c.n_layer; l++) {
 		ilayer *y = &m->L[l];
-		int io[4][2] = {{(int)C, 3 * (int)C}, {(int)C, (int)C}, {(int)C, 4 * (int)C}, {4 * (int)C, (int)C}};
 		char b[96];
 		snprintf(b, sizeof b, "h.%d.ln_1.weight", l);
 		READ(y->ln1w, b, C, 0, 1);
@@ -93,12 +114,11 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 		snprintf(b, sizeof b, "h.%d.ln_2.bias", l);
 		READ(y->ln2b, b, C, 0, 1);
 		for (int k = 0; k < 4; k++) {
-			y->lin[k].in = io[k][0];
-			y->lin[k].out = io[k][1];
+			io_dims((int)C, k, &y->lin[k].in, &y->lin[k].out);
 			snprintf(b, sizeof b, "h.%d.%s.weight", l, MOD[k]);
-			READ(y->lin[k].W, b, io[k][0], io[k][1], 2);
+			READ(y->lin[k].W, b, y->lin[k].in, y->lin[k].out, 2);
 			snprintf(b, sizeof b, "h.%d.%s.bias", l, MOD[k]);
-			READ(y->lin[k].b, b, io[k][1], 0, 1);
+			READ(y->lin[k].b, b, y->lin[k].out, 0, 1);
 		}
 	}
 	READ(m->lnfw, "ln_f.weight", C, 0, 1);
@@ -122,6 +142,9 @@ void trail_infer_free(trail_infer *m)
 		return;
 	trail_free(m->mem);
 	trail_free(m->L);
+	trail_free(m->ws);
+	trail_free(m->keys);
+	trail_free(m->ord);
 	trail_free(m);
 }
 
@@ -130,28 +153,50 @@ const trail_gpt2_config *trail_infer_config(const trail_infer *m)
 	return &m->c;
 }
 
-static size_t kv_bytes(const trail_infer *m)
+size_t trail_infer_bytes(const trail_infer *m)
 {
-	return (size_t)m->c.n_layer * 2 * (size_t)m->c.n_positions * (size_t)m->c.n_embd * sizeof(float);
+	return m->nparams * sizeof(float);
 }
 
-trail_kvc *trail_kvc_new(const trail_infer *m)
+void trail_infer_set_reference(trail_infer *m, int on)
 {
+	m->naive = on;
+}
+
+/* ---- KV caches ------------------------------------------------------------------- */
+
+size_t trail_kvc_bytes(const trail_infer *m, int cap)
+{
+	return (size_t)m->c.n_layer * 2 * (size_t)cap * (size_t)m->c.n_embd * sizeof(float);
+}
+
+trail_kvc *trail_kvc_new(const trail_infer *m, int cap)
+{
+	if (cap < 1 || cap > m->c.n_positions)
+		return NULL;
 	trail_kvc *kv = trail_calloc(1, sizeof *kv);
-	if (kv && !(kv->mem = trail_malloc(kv_bytes(m)))) {
+	if (!kv)
+		return NULL;
+	kv->len = trail_kvc_bytes(m, cap);
+	kv->cap = cap;
+	void *p = mmap(NULL, kv->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
 		trail_free(kv);
-		kv = NULL;
+		return NULL;
 	}
+	kv->mem = p;
 	return kv;
 }
 
 void trail_kvc_free(trail_kvc *kv)
 {
-	if (kv) {
-		trail_free(kv->mem);
-		trail_free(kv);
-	}
+	if (!kv)
+		return;
+	munmap(kv->mem, kv->len);
+	trail_free(kv);
 }
+
+/* ---- adapters -------------------------------------------------------------------- */
 
 void trail_lora_w_free(trail_lora_w *w)
 {
@@ -166,6 +211,11 @@ void trail_lora_w_free(trail_lora_w *w)
 size_t trail_lora_w_bytes(const trail_lora_w *w)
 {
 	return w->bytes;
+}
+
+int trail_lora_w_rank(const trail_lora_w *w)
+{
+	return w->r;
 }
 
 /* PEFT's name for a LoRA tensor, with or without the adapter name "default". */
@@ -187,8 +237,7 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 	json_t *cj = NULL;
 	trail_st *st = NULL;
 	trail_lora_w *w = NULL;
-	int rc, C = c->n_embd, nl = 4 * c->n_layer;
-	int io[4][2] = {{C, 3 * C}, {C, C}, {C, 4 * C}, {4 * C, C}};
+	int rc, C = c->n_embd, nl = 4 * c->n_layer, in, ou;
 	*out = NULL;
 	if (!cp || !wp) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -199,7 +248,8 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 		goto out;
 	json_t *r = json_object_get(cj, "r"), *al = json_object_get(cj, "lora_alpha");
 	const char *pt = json_string_value(json_object_get(cj, "peft_type"));
-	if (!pt || strcmp(pt, "LORA") || !json_is_integer(r) || json_integer_value(r) < 1 || !json_is_number(al)) {
+	if (!pt || strcmp(pt, "LORA") || !json_is_integer(r) || json_integer_value(r) < 1 ||
+	    json_integer_value(r) > 4096 || !json_is_number(al)) {
 		rc = trail_error_at(err, TRAIL_EDATA, cp, 0, "not a LoRA adapter config (peft_type, r, lora_alpha)");
 		goto out;
 	}
@@ -207,8 +257,10 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 	size_t total = 0, found = 0;
 	char nm[160];
 	for (int i = 0; i < nl; i++)
-		if (tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm))
-			total += (size_t)R * (size_t)(io[i % 4][0] + io[i % 4][1]);
+		if (tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm)) {
+			io_dims(C, i % 4, &in, &ou);
+			total += (size_t)R * (size_t)(in + ou);
+		}
 	if (!(w = trail_calloc(1, sizeof *w)) || !(w->A = trail_calloc((size_t)nl, sizeof *w->A)) ||
 	    !(w->B = trail_calloc((size_t)nl, sizeof *w->B)) || !(w->mem = trail_malloc((total ? total : 1) * sizeof *w->mem))) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -216,18 +268,19 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 	}
 	w->r = R;
 	w->nl = nl;
-	w->scale = json_is_true(json_object_get(cj, "use_rslora")) ? json_number_value(al) / sqrt(R)
-								     : json_number_value(al) / R;
+	w->scale = (float)(json_is_true(json_object_get(cj, "use_rslora")) ? json_number_value(al) / sqrt(R)
+									    : json_number_value(al) / R);
 	w->bytes = total * sizeof *w->mem;
 	float *p = w->mem;
 	for (int i = 0; i < nl; i++) {
 		if (!tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm))
 			continue;
-		int64_t sa[2] = {R, io[i % 4][0]}, sb[2] = {io[i % 4][1], R};
+		io_dims(C, i % 4, &in, &ou);
+		int64_t sa[2] = {R, in}, sb[2] = {ou, R};
 		w->A[i] = p;
-		p += (size_t)R * (size_t)io[i % 4][0];
+		p += (size_t)R * (size_t)in;
 		w->B[i] = p;
-		p += (size_t)R * (size_t)io[i % 4][1];
+		p += (size_t)R * (size_t)ou;
 		if ((rc = trail_st_read_f32(st, nm, sa, 2, w->A[i], err)))
 			goto out;
 		if (!tensor_name(st, i / 4, i % 4, 'B', nm, sizeof nm)) {
@@ -255,66 +308,151 @@ out:
 	return rc;
 }
 
+/* ---- kernels ------------------------------------------------------------------------ */
+
+/* Four-lane vectors (GCC/Clang extensions): the width every x86-64 and arm64 has. */
+typedef float v4 __attribute__((vector_size(16)));
+
+static inline v4 ld4(const float *p)
+{
+	v4 v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+/* sum a[i] b[i], in a fixed order for a given n */
+static float dot(const float *a, const float *b, int n)
+{
+	v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+	int i = 0;
+	for (; i + 16 <= n; i += 16) {
+		s0 += ld4(a + i) * ld4(b + i);
+		s1 += ld4(a + i + 4) * ld4(b + i + 4);
+		s2 += ld4(a + i + 8) * ld4(b + i + 8);
+		s3 += ld4(a + i + 12) * ld4(b + i + 12);
+	}
+	for (; i + 4 <= n; i += 4)
+		s0 += ld4(a + i) * ld4(b + i);
+	v4 s = (s0 + s1) + (s2 + s3);
+	float r = (s[0] + s[1]) + (s[2] + s[3]);
+	for (; i < n; i++)
+		r += a[i] * b[i];
+	return r;
+}
+
+/* y += a x */
+static void axpy(float *y, float a, const float *x, int n)
+{
+	int i = 0;
+	v4 av = {a, a, a, a};
+	for (; i + 4 <= n; i += 4) {
+		v4 v = ld4(y + i) + av * ld4(x + i);
+		memcpy(y + i, &v, sizeof v);
+	}
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+
+static double dot_ref(const float *a, const float *b, int n)
+{
+	double s = 0;
+	for (int i = 0; i < n; i++)
+		s += (double)a[i] * b[i];
+	return s;
+}
+
 /*
  * Row blocks of a fixed height: BLAS libraries pick kernels by matrix size,
  * so a row's result could change with how many rows share the call. In
  * blocks of RB rows (the last zero-padded) every row is computed the same
- * way whatever the batch: a request's output does not depend on its company.
- *   y [n,N] = alpha x [n,K] op(W) + beta y;  W [K,N], or [N,K] when transW
+ * way whatever the batch.
+ *   y [n,N] = x [n,K] op(W);  W [K,N], or [N,K] when transW.  pad: 2 RB max(K,N)
  */
 enum { RB = 16 };
 
-static void bgemm(int n, int N, int K, float alpha, const float *x, const float *W, int transW, float beta,
-		  float *y, float *px, float *py)
+static void bgemm(int naive, int n, int N, int K, const float *x, const float *W, int transW, float *y, float *pad)
 {
+	if (naive) {
+		for (int i = 0; i < n; i++)
+			for (int j = 0; j < N; j++) {
+				double s = 0;
+				for (int k = 0; k < K; k++)
+					s += (double)x[(size_t)i * K + k] * (transW ? W[(size_t)j * K + k] : W[(size_t)k * N + j]);
+				y[(size_t)i * N + j] = (float)s;
+			}
+		return;
+	}
+	float *px = pad, *py = pad + (size_t)RB * (K > N ? K : N);
 	int ldw = transW ? K : N;
 	for (int r = 0; r < n; r += RB) {
 		int k = n - r < RB ? n - r : RB;
 		const float *xa = x + (size_t)r * K;
 		float *ya = y + (size_t)r * N;
 		if (k < RB) {
-			memset(px, 0, sizeof *px * RB * (size_t)K);
 			memcpy(px, xa, sizeof *px * (size_t)k * K);
-			memset(py, 0, sizeof *py * RB * (size_t)N);
-			if (beta != 0)
-				memcpy(py, ya, sizeof *py * (size_t)k * N);
+			memset(px + (size_t)k * K, 0, sizeof *px * (size_t)(RB - k) * K);
 			xa = px;
 			ya = py;
 		}
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, transW ? CblasTrans : CblasNoTrans, RB, N, K, alpha, xa, K, W, ldw,
-			    beta, ya, N);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, transW ? CblasTrans : CblasNoTrans, RB, N, K, 1.0f, xa, K, W, ldw,
+			    0.0f, ya, N);
 		if (k < RB)
 			memcpy(y + (size_t)r * N, py, sizeof *py * (size_t)k * N);
 	}
 }
 
+/*
+ * y [out] += scale (x A^T) B^T for one row: u [r] = A x, then each output a
+ * dot of B's row with u. Row by row, so the result is the row's own.
+ */
+static void lora_row(int naive, const float *x, const float *A, const float *B, int r, int in, int out, float scale,
+		     float *y, float *u)
+{
+	if (naive) {
+		double ud[64], *up = r <= 64 ? ud : NULL;
+		for (int o = 0; o < out; o++) {
+			double s = 0;
+			for (int j = 0; j < r; j++) {
+				double uj = up && o ? up[j] : dot_ref(A + (size_t)j * in, x, in);
+				if (up && !o)
+					up[j] = uj;
+				s += uj * B[(size_t)o * r + j];
+			}
+			y[o] = (float)(y[o] + scale * s);
+		}
+		return;
+	}
+	for (int j = 0; j < r; j++)
+		u[j] = dot(A + (size_t)j * in, x, in);
+	for (int o = 0; o < out; o++)
+		y[o] += scale * dot(B + (size_t)o * r, u, r);
+}
+
 typedef struct work {
-	float *gx, *gu, *gy, *px, *py;
+	float *pad, *u;
+	const int *ord;
+	int naive;
 } work;
 
-/* y [n,out] = x W + b, then each adapter's scale (x A^T) B^T over its rows (gathered). */
-static void step_linear(const ilin *L, int li, int n, const float *x, float *y, const int *ord,
-			const trail_lora_w *const *lora, const work *w)
+/* y [n,out] = x W + b, then each adapter's low-rank product over its own rows (ord groups rows by adapter). */
+static void step_linear(const ilin *L, int li, int n, const float *x, float *y, const trail_lora_w *const *lora,
+			const work *w)
 {
-	bgemm(n, L->out, L->in, 1.0f, x, L->W, 0, 0.0f, y, w->px, w->py);
+	bgemm(w->naive, n, L->out, L->in, x, L->W, 0, y, w->pad);
 	for (int i = 0; i < n; i++)
 		for (int o = 0; o < L->out; o++)
 			y[(size_t)i * L->out + o] += L->b[o];
-	for (int s = 0; s < n;) { /* ord groups rows by adapter */
-		const trail_lora_w *a = lora[ord[s]];
+	for (int s = 0; s < n;) {
+		const trail_lora_w *a = lora[w->ord[s]];
 		int e = s;
-		while (e < n && lora[ord[e]] == a)
+		while (e < n && lora[w->ord[e]] == a)
 			e++;
-		if (a && a->A[li]) {
-			int k = e - s, r = a->r;
-			for (int j = 0; j < k; j++)
-				memcpy(w->gx + (size_t)j * L->in, x + (size_t)ord[s + j] * L->in, (size_t)L->in * sizeof *x);
-			bgemm(k, r, L->in, 1.0f, w->gx, a->A[li], 1, 0.0f, w->gu, w->px, w->py);
-			bgemm(k, L->out, r, (float)a->scale, w->gu, a->B[li], 1, 0.0f, w->gy, w->px, w->py);
-			for (int j = 0; j < k; j++)
-				for (int o = 0; o < L->out; o++)
-					y[(size_t)ord[s + j] * L->out + o] += w->gy[(size_t)j * L->out + o];
-		}
+		if (a && a->A[li])
+			for (int j = s; j < e; j++) {
+				int i = w->ord[j];
+				lora_row(w->naive, x + (size_t)i * L->in, a->A[li], a->B[li], a->r, L->in, L->out, a->scale,
+					 y + (size_t)i * L->out, w->u);
+			}
 		s = e;
 	}
 }
@@ -333,8 +471,49 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
 		out[c] = (float)((x[c] - m) * s) * w[c] + b[c];
 }
 
-/* GELU, tanh approximation (GPT-2's "gelu_new") */
-static void gelu(float *y, const float *x, size_t n)
+/*
+ * One row's attention over its cache: y [C] from q [C] (the row's query)
+ * and keys/values at positions 0..p of k, v [cap,C]; sc [p+1] scratch.
+ */
+static void attend(int naive, float *y, const float *q, const float *k, const float *v, int p, int C, int NH,
+		   float *sc)
+{
+	int hs = C / NH;
+	float scale = (float)(1.0 / sqrt((double)hs));
+	for (int h = 0; h < NH; h++) {
+		const float *qh = q + (size_t)h * hs;
+		float *o = y + (size_t)h * hs, mx = -INFINITY;
+		for (int u = 0; u <= p; u++) {
+			sc[u] = (naive ? (float)dot_ref(qh, k + (size_t)u * C + (size_t)h * hs, hs)
+				       : dot(qh, k + (size_t)u * C + (size_t)h * hs, hs)) * scale;
+			mx = sc[u] > mx ? sc[u] : mx;
+		}
+		double sum = 0;
+		for (int u = 0; u <= p; u++)
+			sc[u] -= mx;
+		if (naive)
+			for (int u = 0; u <= p; u++)
+				sc[u] = (float)exp(sc[u]);
+		else
+			trail_k_expf(sc, sc, (size_t)p + 1);
+		for (int u = 0; u <= p; u++)
+			sum += sc[u];
+		memset(o, 0, (size_t)hs * sizeof *o);
+		if (naive) {
+			for (int c = 0; c < hs; c++) {
+				double s = 0;
+				for (int u = 0; u <= p; u++)
+					s += (double)sc[u] * v[(size_t)u * C + (size_t)h * hs + c];
+				o[c] = (float)(s / sum);
+			}
+		} else {
+			for (int u = 0; u <= p; u++)
+				axpy(o, (float)(sc[u] / sum), v + (size_t)u * C + (size_t)h * hs, hs);
+		}
+	}
+}
+
+static void gelu_ref(float *y, const float *x, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		double v = x[i];
@@ -342,47 +521,68 @@ static void gelu(float *y, const float *x, size_t n)
 	}
 }
 
+typedef struct rowkey {
+	uintptr_t adapter;
+	int row;
+} rowkey;
+
+static int by_adapter(const void *a, const void *b)
+{
+	const rowkey *x = a, *y = b;
+	return x->adapter != y->adapter ? (x->adapter < y->adapter ? -1 : 1) : x->row - y->row;
+}
+
 int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
-		     const trail_lora_w *const *lora, float *logits, trail_error *err)
+		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
+		     trail_error *err)
 {
 	const trail_gpt2_config *c = &m->c;
-	int C = c->n_embd, V = c->vocab_size, NH = c->n_head, P = c->n_positions, hs = C / NH, rmax = 1;
+	int C = c->n_embd, V = c->vocab_size, NH = c->n_head, P = c->n_positions, rmax = 1;
 	if (n < 1)
 		return TRAIL_OK;
 	for (int i = 0; i < n; i++) {
-		if (tok[i] < 0 || tok[i] >= V || pos[i] < 0 || pos[i] >= P)
+		if (tok[i] < 0 || tok[i] >= V || pos[i] < 0 || pos[i] >= kv[i]->cap)
 			return trail_error_set(err, TRAIL_EDATA, "row %d: token %d at position %d out of range", i, tok[i], pos[i]);
 		if (lora[i] && lora[i]->r > rmax)
 			rmax = lora[i]->r;
 	}
+	for (int i = 0; i < nout; i++)
+		if (out_rows[i] < 0 || out_rows[i] >= n)
+			return trail_error_set(err, TRAIL_EINTERNAL, "logits for row %d of %d", out_rows[i], n);
 	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
-	float *mem = trail_malloc(sizeof(float) * (N * C * 4 + N * 3 * C + N * 4 * C * 4 + N * (size_t)rmax + (size_t)P +
-						    2 * RB * wide));
-	int *ord = trail_malloc(N * sizeof *ord);
-	if (!mem || !ord) {
-		trail_free(mem), trail_free(ord);
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc [P]; u [rmax]; pad 2 RB wide; lnout [nout,C] */
+	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + (size_t)P + (size_t)rmax + 2 * RB * wide + (size_t)nout * C;
+	if (need > m->wsn) {
+		float *ws = trail_malloc(need * sizeof *ws);
+		if (!ws)
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory for a step of %d rows", n);
+		trail_free(m->ws);
+		m->ws = ws;
+		m->wsn = need;
 	}
-	float *x = mem, *ln = x + N * C, *y = ln + N * C, *tmp = y + N * C, *qkv = tmp + N * C, *h = qkv + N * 3 * C;
-	float *hg = h + N * 4 * C, *sc;
-	work w;
-	w.gx = hg + N * 4 * C;
-	w.gy = w.gx + N * 4 * C;
-	w.gu = w.gy + N * 4 * C;
-	sc = w.gu + N * (size_t)rmax;
-	w.px = sc + P;
-	w.py = w.px + RB * wide;
-	/* group rows by adapter, stably */
-	for (int i = 0; i < n; i++)
-		ord[i] = i;
-	for (int i = 1; i < n; i++) {
-		int v = ord[i], j = i;
-		while (j > 0 && (uintptr_t)lora[ord[j - 1]] > (uintptr_t)lora[v]) {
-			ord[j] = ord[j - 1];
-			j--;
+	if (N > m->ordn) {
+		rowkey *o = trail_malloc(N * sizeof *o);
+		int *r = trail_malloc(N * sizeof *r);
+		if (!o || !r) {
+			trail_free(o), trail_free(r);
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory for a step of %d rows", n);
 		}
-		ord[j] = v;
+		trail_free(m->keys), trail_free(m->ord);
+		m->keys = o;
+		m->ord = r;
+		m->ordn = N;
 	}
+	float *x = m->ws, *ln = x + N * C, *att = ln + N * C, *tmp = att + N * C, *qkv = tmp + N * C;
+	float *h = qkv + N * 3 * C, *hg = h + N * 4 * C, *sc = hg + N * 4 * C, *u = sc + P, *pad = u + rmax;
+	float *lnout = pad + 2 * RB * wide;
+	/* group rows by adapter, in row order within a group: each adapter's segment */
+	for (int i = 0; i < n; i++)
+		m->keys[i] = (rowkey){(uintptr_t)lora[i], i};
+	qsort(m->keys, N, sizeof *m->keys, by_adapter);
+	int *ord = m->ord;
+	for (int i = 0; i < n; i++)
+		ord[i] = m->keys[i].row;
+	work w = {pad, u, ord, m->naive};
 	for (int i = 0; i < n; i++)
 		for (int k = 0; k < C; k++)
 			x[(size_t)i * C + k] = m->wte[(size_t)tok[i] * C + k] + m->wpe[(size_t)pos[i] * C + k];
@@ -390,54 +590,37 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		ilayer *Ly = &m->L[l];
 		for (int i = 0; i < n; i++)
 			layernorm(ln + (size_t)i * C, x + (size_t)i * C, Ly->ln1w, Ly->ln1b, C);
-		step_linear(&Ly->lin[0], 4 * l, n, ln, qkv, ord, lora, &w);
+		step_linear(&Ly->lin[0], 4 * l, n, ln, qkv, lora, &w);
 		for (int i = 0; i < n; i++) { /* cache this position's key and value */
-			memcpy(kv[i]->mem + ((size_t)l * 2 * P + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + C,
+			size_t cap = (size_t)kv[i]->cap;
+			memcpy(kv[i]->mem + ((size_t)l * 2 * cap + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + C,
 			       (size_t)C * sizeof *qkv);
-			memcpy(kv[i]->mem + (((size_t)l * 2 + 1) * P + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + 2 * C,
+			memcpy(kv[i]->mem + (((size_t)l * 2 + 1) * cap + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + 2 * C,
 			       (size_t)C * sizeof *qkv);
 		}
-		for (int i = 0; i < n; i++) { /* attention over the row's own cache */
-			const float *kb = kv[i]->mem + (size_t)l * 2 * P * C, *vb = kv[i]->mem + ((size_t)l * 2 + 1) * P * C;
-			for (int hh = 0; hh < NH; hh++) {
-				const float *q = qkv + (size_t)i * 3 * C + (size_t)hh * hs;
-				float mx = -INFINITY, scale = (float)(1.0 / sqrt((double)hs));
-				for (int u = 0; u <= pos[i]; u++) {
-					float s = 0;
-					for (int k = 0; k < hs; k++)
-						s += q[k] * kb[(size_t)u * C + (size_t)hh * hs + k];
-					sc[u] = s * scale;
-					mx = sc[u] > mx ? sc[u] : mx;
-				}
-				double sum = 0;
-				for (int u = 0; u <= pos[i]; u++)
-					sum += (sc[u] = expf(sc[u] - mx));
-				float *o = y + (size_t)i * C + (size_t)hh * hs;
-				memset(o, 0, (size_t)hs * sizeof *o);
-				for (int u = 0; u <= pos[i]; u++) {
-					float a = (float)(sc[u] / sum);
-					for (int k = 0; k < hs; k++)
-						o[k] += a * vb[(size_t)u * C + (size_t)hh * hs + k];
-				}
-			}
+		for (int i = 0; i < n; i++) {
+			size_t cap = (size_t)kv[i]->cap;
+			const float *kb = kv[i]->mem + (size_t)l * 2 * cap * C, *vb = kb + cap * C;
+			attend(m->naive, att + (size_t)i * C, qkv + (size_t)i * 3 * C, kb, vb, pos[i], C, NH, sc);
 		}
-		step_linear(&Ly->lin[1], 4 * l + 1, n, y, tmp, ord, lora, &w);
+		step_linear(&Ly->lin[1], 4 * l + 1, n, att, tmp, lora, &w);
 		for (size_t i = 0; i < N * C; i++)
 			x[i] += tmp[i];
 		for (int i = 0; i < n; i++)
 			layernorm(ln + (size_t)i * C, x + (size_t)i * C, Ly->ln2w, Ly->ln2b, C);
-		step_linear(&Ly->lin[2], 4 * l + 2, n, ln, h, ord, lora, &w);
-		gelu(hg, h, N * 4 * C);
-		step_linear(&Ly->lin[3], 4 * l + 3, n, hg, tmp, ord, lora, &w);
+		step_linear(&Ly->lin[2], 4 * l + 2, n, ln, h, lora, &w);
+		if (m->naive)
+			gelu_ref(hg, h, N * 4 * C);
+		else
+			trail_k_gelu_fwd(hg, h, N * 4 * C);
+		step_linear(&Ly->lin[3], 4 * l + 3, n, hg, tmp, lora, &w);
 		for (size_t i = 0; i < N * C; i++)
 			x[i] += tmp[i];
 	}
-	if (logits) {
-		for (int i = 0; i < n; i++)
-			layernorm(ln + (size_t)i * C, x + (size_t)i * C, m->lnfw, m->lnfb, C);
-		bgemm(n, V, C, 1.0f, ln, m->wte, 1, 0.0f, logits, w.px, w.py);
+	if (nout) {
+		for (int i = 0; i < nout; i++)
+			layernorm(lnout + (size_t)i * C, x + (size_t)out_rows[i] * C, m->lnfw, m->lnfb, C);
+		bgemm(m->naive, nout, V, C, lnout, m->wte, 1, logits, pad);
 	}
-	trail_free(mem);
-	trail_free(ord);
 	return TRAIL_OK;
 }

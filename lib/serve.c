@@ -1,50 +1,28 @@
+/*
+ * lora-serve's core: requests from validation to response, the bounded
+ * queue with round-robin admission between adapters, the decode loop
+ * (continuous batching over a KV-cache pool bounded in bytes), inference
+ * events and inference-batch ledger entries, and pipe mode.
+ */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "ledger.h"
-#include "infer.h"
-#include "serve.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "serve_int.h"
 
-typedef struct adapter {
-	char *name;
-	char digest[72];
-	trail_lora_w *w;
-	unsigned long long used; /* LRU clock */
-	int refs;                /* running sequences */
-	struct adapter *next;
-} adapter;
-
-typedef struct seq {
-	json_t *req;
-	char *id, *model, *prompt;
-	adapter *ad;
-	int32_t *tok; /* prompt then output */
-	int nprompt, n, max_new, prefilled;
-	double temperature, top_p;
-	uint64_t seed;
-	json_t *stop;
-	trail_kvc *kv;
-} seq;
-
-struct trail_server {
-	trail_serve_opts o;
-	trail_infer *m;
-	trail_tokenizer *tk;
-	char *base_name, base_digest[72];
-	adapter *ads;
-	size_t cache_used;
-	unsigned long long clock;
-	trail_kvc **pool;
-	int npool;
-	trail_serve_stats st;
-	trail_buf events; /* this run's event lines, for the ledger */
-};
+double serve_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
 
 static char *digest_file(const char *path, char out[72])
 {
@@ -64,24 +42,76 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 	if (!s)
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	s->o = *o;
-	if (!s->o.cache_bytes)
-		s->o.cache_bytes = (size_t)256 << 20;
-	if (!s->o.max_batch)
-		s->o.max_batch = 64;
-	if (!s->o.max_tokens)
-		s->o.max_tokens = 1024;
-	if (!s->o.max_prompt)
-		s->o.max_prompt = 65536;
-	if ((rc = trail_infer_load(o->base, &s->m, err)) || (rc = trail_tokenizer_load(o->base, &s->tk, err)))
+	s->events_fd = -1;
+	s->started = serve_now();
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->wake, NULL);
+	pthread_cond_init(&s->changed, NULL);
+#define DEF(f, v) if (!s->o.f) s->o.f = (v)
+	DEF(cache_bytes, (size_t)256 << 20);
+	DEF(max_batch, 64);
+	DEF(max_queue, 256);
+	DEF(max_tokens, 1024);
+	DEF(max_prompt, 65536);
+	DEF(step_rows, 512);
+	DEF(max_body, (size_t)1 << 20);
+	DEF(batch_events, 1000);
+	DEF(max_connections, 256);
+	DEF(timeout_s, 10);
+#undef DEF
+	if (s->o.step_rows < s->o.max_batch)
+		s->o.step_rows = s->o.max_batch;
+	if ((rc = trail_infer_load(o->base, &s->m, err)))
+		goto fail;
+	const trail_gpt2_config *c = trail_infer_config(s->m);
+	if (!s->o.kv_bytes)
+		s->o.kv_bytes = (size_t)s->o.max_batch * trail_kvc_bytes(s->m, c->n_positions);
+	if (o->tokenizer)
+		rc = trail_tokenizer_load(o->tokenizer, &s->tk, err);
+	else if ((rc = trail_tokenizer_load(o->base, &s->tk, err)) == TRAIL_ENOINPUT && c->vocab_size == 257)
+		rc = trail_tokenizer_bytes(&s->tk) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
+	if (rc)
 		goto fail;
 	char *w = trail_path(o->base, "model.safetensors");
-	digest_file(w, s->base_digest);
+	if (!w || !digest_file(w, s->base_digest)) {
+		trail_free(w);
+		rc = trail_error_at(err, TRAIL_EIO, o->base, 0, "cannot read model.safetensors");
+		goto fail;
+	}
 	trail_free(w);
-	const char *slash = strrchr(o->base, '/');
-	s->base_name = trail_strdup(slash && slash[1] ? slash + 1 : o->base);
-	s->pool = trail_calloc((size_t)s->o.max_batch, sizeof *s->pool);
-	if (!s->base_name || !s->pool) {
+	/* the base's name: its directory's last component */
+	size_t bl = strlen(o->base);
+	while (bl > 1 && o->base[bl - 1] == '/')
+		bl--;
+	size_t b0 = bl;
+	while (b0 > 0 && o->base[b0 - 1] != '/')
+		b0--;
+	s->base.name = trail_malloc(bl - b0 + 1);
+	if (s->base.name) {
+		memcpy(s->base.name, o->base + b0, bl - b0);
+		s->base.name[bl - b0] = 0;
+	}
+	int B = s->o.max_batch, R = s->o.step_rows, V = c->vocab_size;
+	s->act = trail_calloc((size_t)B, sizeof *s->act);
+	s->adm = trail_calloc((size_t)B, sizeof *s->adm);
+	s->done = trail_calloc((size_t)B, sizeof *s->done);
+	s->logits = trail_malloc((size_t)B * (size_t)V * sizeof *s->logits);
+	s->rtok = trail_malloc((size_t)R * sizeof *s->rtok);
+	s->rpos = trail_malloc((size_t)R * sizeof *s->rpos);
+	s->rkv = trail_malloc((size_t)R * sizeof *s->rkv);
+	s->rlw = trail_malloc((size_t)R * sizeof *s->rlw);
+	s->rout = trail_malloc((size_t)B * sizeof *s->rout);
+	s->rseq = trail_malloc((size_t)B * sizeof *s->rseq);
+	s->cands = trail_malloc((size_t)V * sizeof(cand));
+	if (!s->base.name || !s->act || !s->adm || !s->done || !s->logits || !s->rtok || !s->rpos || !s->rkv || !s->rlw || !s->rout || !s->rseq ||
+	    !s->cands) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((rc = reg_scan(s, err)))
+		goto fail;
+	if (o->events && (s->events_fd = open(o->events, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", o->events);
 		goto fail;
 	}
 	*out = s;
@@ -95,296 +125,266 @@ void trail_server_free(trail_server *s)
 {
 	if (!s)
 		return;
-	for (adapter *a = s->ads, *n; a; a = n) {
-		n = a->next;
-		trail_lora_w_free(a->w);
-		trail_free(a->name);
-		trail_free(a);
+	if (s->mhd)
+		trail_server_http_stop(s, NULL);
+	for (int i = 0; i < s->nact; i++) {
+		trail_kvc_free(s->act[i]->kv);
+		s->act[i]->kv = NULL;
+		req_unref(s, s->act[i]);
 	}
-	for (int i = 0; i < s->npool; i++)
-		trail_kvc_free(s->pool[i]);
-	trail_free(s->pool);
+	for (adapter *a = s->rr_head; a; a = a->rr)
+		for (sreq *q = a->qhead, *n; q; q = n) {
+			n = q->next;
+			req_unref(s, q);
+		}
+	reg_free(s);
+	if (s->events_fd >= 0)
+		close(s->events_fd);
 	trail_infer_free(s->m);
 	trail_tokenizer_free(s->tk);
-	trail_free(s->base_name);
-	trail_buf_release(&s->events);
+	trail_free(s->base.name);
+	trail_free(s->act), trail_free(s->adm), trail_free(s->done), trail_free(s->logits), trail_free(s->rtok), trail_free(s->rpos), trail_free(s->rkv);
+	trail_free(s->rlw), trail_free(s->rout), trail_free(s->rseq), trail_free(s->cands);
+	trail_buf_release(&s->batch);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->wake);
+	pthread_cond_destroy(&s->changed);
 	trail_free(s);
 }
 
-void trail_server_stats(const trail_server *s, trail_serve_stats *st)
+void trail_server_stats(trail_server *s, trail_serve_stats *st)
 {
+	pthread_mutex_lock(&s->mu);
 	*st = s->st;
+	st->adapters = s->reg.nall;
+	st->queued = s->queued;
+	st->active = s->nact;
 	st->cache_bytes = s->cache_used;
+	st->cache_budget = s->o.cache_bytes;
+	st->kv_bytes = s->kv_used;
+	st->kv_budget = s->o.kv_bytes;
+	st->base_bytes = trail_infer_bytes(s->m);
+	pthread_mutex_unlock(&s->mu);
 }
 
-/* ---- adapters ------------------------------------------------------------------ */
-
-static int valid_name(const char *n)
+size_t trail_server_load_times(trail_server *s, double *ms, size_t max)
 {
-	if (!n || !*n || n[0] == '.' || strlen(n) > 200)
-		return 0;
-	for (const char *p = n; *p; p++)
-		if (*p == '/' || (unsigned char)*p < 0x20)
-			return 0;
-	return 1;
-}
-
-/* Evict least recently used adapters not in use until `need` more bytes fit. */
-static void evict(trail_server *s, size_t need)
-{
-	while (s->cache_used + need > s->o.cache_bytes) {
-		adapter **best = NULL;
-		for (adapter **p = &s->ads; *p; p = &(*p)->next)
-			if (!(*p)->refs && (!best || (*p)->used < (*best)->used))
-				best = p;
-		if (!best)
-			return; /* everything is in use: go over budget rather than fail requests */
-		adapter *a = *best;
-		*best = a->next;
-		s->cache_used -= trail_lora_w_bytes(a->w);
-		trail_lora_w_free(a->w);
-		trail_free(a->name);
-		trail_free(a);
-		s->st.adapter_evictions++;
-	}
-}
-
-/* The adapter named `name`, loading it if needed; NULL with *code 404 if unknown. */
-static adapter *get_adapter(trail_server *s, const char *name, int *code, trail_error *err)
-{
-	for (adapter *a = s->ads; a; a = a->next)
-		if (!strcmp(a->name, name)) {
-			a->used = ++s->clock;
-			return a;
-		}
-	*code = 404;
-	if (!s->o.adapters || !valid_name(name)) {
-		trail_error_set(err, TRAIL_ENOINPUT, "unknown model '%s'", name);
-		return NULL;
-	}
-	char *dir = trail_path(s->o.adapters, name), *w = dir ? trail_path(dir, "adapter_model.safetensors") : NULL;
-	struct stat st;
-	adapter *a = NULL;
-	if (!dir || !w || stat(w, &st)) {
-		trail_error_set(err, TRAIL_ENOINPUT, "unknown model '%s'", name);
-		goto out;
-	}
-	*code = 500;
-	if (!(a = trail_calloc(1, sizeof *a)) || !(a->name = trail_strdup(name)))
-		goto oom;
-	if (trail_lora_w_load(s->m, dir, &a->w, err)) {
-		*code = 422;
-		trail_free(a->name);
-		trail_free(a);
-		a = NULL;
-		goto out;
-	}
-	digest_file(w, a->digest);
-	evict(s, trail_lora_w_bytes(a->w));
-	s->cache_used += trail_lora_w_bytes(a->w);
-	a->used = ++s->clock;
-	a->next = s->ads;
-	s->ads = a;
-	s->st.adapter_loads++;
-	goto out;
-oom:
-	trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (a)
-		trail_free(a->name);
-	trail_free(a);
-	a = NULL;
-out:
-	trail_free(dir);
-	trail_free(w);
-	return a;
+	size_t ring = sizeof s->load_ms / sizeof *s->load_ms;
+	pthread_mutex_lock(&s->mu);
+	size_t n = s->nload < ring ? (size_t)s->nload : ring;
+	if (n > max)
+		n = max;
+	for (size_t i = 0; i < n; i++)
+		ms[i] = s->load_ms[(s->nload - n + i) % ring];
+	pthread_mutex_unlock(&s->mu);
+	return n;
 }
 
 /* ---- requests -------------------------------------------------------------------- */
 
-static void free_seq(trail_server *s, seq *q)
+void req_unref(trail_server *s, sreq *q)
 {
-	if (!q)
+	(void)s;
+	if (!q || --q->refs > 0)
 		return;
-	if (q->ad)
-		q->ad->refs--;
-	if (q->kv) {
-		if (s->npool < s->o.max_batch)
-			s->pool[s->npool++] = q->kv;
-		else
-			trail_kvc_free(q->kv);
-	}
+	trail_kvc_free(q->kv);
 	json_decref(q->req);
 	trail_free(q->id);
+	trail_free(q->model);
 	trail_free(q->tok);
+	trail_free(q->body);
+	trail_buf_release(&q->text);
+	trail_buf_release(&q->out);
 	trail_free(q);
 }
 
-/* Validate a request and make its sequence; *code is the HTTP-style status on failure. */
-static seq *make_seq(trail_server *s, json_t *req, int *code, trail_error *err)
+json_t *serve_error_json(int status, const char *msg)
 {
-	seq *q = trail_calloc(1, sizeof *q);
-	int P = trail_infer_config(s->m)->n_positions;
-	*code = 400;
+	const char *type = status == 404 ? "not_found_error" : status == 429 ? "rate_limit_error"
+		: status >= 500 ? "server_error" : "invalid_request_error";
+	return json_pack("{s:{s:s, s:s, s:i}}", "error", "message", msg, "type", type, "code", status);
+}
+
+#define BAD(code, ...) do { *status = (code); trail_error_set(err, TRAIL_EDATA, __VA_ARGS__); goto bad; } while (0)
+
+sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *err)
+{
+	const trail_gpt2_config *c = trail_infer_config(s->m);
+	sreq *q = trail_calloc(1, sizeof *q);
+	char num[32];
 	if (!q) {
-		*code = 500;
+		*status = 500;
 		trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		return NULL;
 	}
+	q->refs = 1;
+	q->http = http;
+	q->keep = (size_t)-1;
 	q->req = json_incref(req);
+	q->created = (long)time(NULL);
 	json_t *id = json_object_get(req, "id");
-	char num[32];
-	if (json_is_integer(id))
-		snprintf(num, sizeof num, "%lld", (long long)json_integer_value(id));
-	q->id = trail_strdup(json_is_string(id) ? json_string_value(id) : json_is_integer(id) ? num : "");
-	if (!json_is_object(req)) {
-		trail_error_set(err, TRAIL_EDATA, "a request is a JSON object");
-		goto bad;
+	if (json_is_string(id))
+		q->id = trail_strdup(json_string_value(id));
+	else if (json_is_integer(id))
+		snprintf(num, sizeof num, "%lld", (long long)json_integer_value(id)), q->id = trail_strdup(num);
+	else {
+		pthread_mutex_lock(&s->mu);
+		snprintf(num, sizeof num, "cmpl-%llu", ++s->next_id);
+		pthread_mutex_unlock(&s->mu);
+		q->id = trail_strdup(http ? num : "");
 	}
-	const char *model = json_string_value(json_object_get(req, "model"));
-	const char *prompt = json_string_value(json_object_get(req, "prompt"));
+	if (!q->id)
+		BAD(500, "out of memory");
+	if (!json_is_object(req))
+		BAD(400, "a request is a JSON object");
+	json_t *jm = json_object_get(req, "model"), *jp = json_object_get(req, "prompt");
+	if (http && json_is_array(jp) && json_array_size(jp) == 1) /* OpenAI's prompt list, of one */
+		jp = json_array_get(jp, 0);
+	if (!json_is_string(jm) || !json_is_string(jp))
+		BAD(400, "\"model\" and \"prompt\" are strings");
+	if (json_string_length(jp) > (size_t)s->o.max_prompt)
+		BAD(413, "prompt longer than %d bytes", s->o.max_prompt);
+	if (!(q->model = trail_strdup(json_string_value(jm))))
+		BAD(500, "out of memory");
+	q->prompt = json_string_value(jp);
 	json_t *mt = json_object_get(req, "max_tokens"), *te = json_object_get(req, "temperature");
-	json_t *tp = json_object_get(req, "top_p"), *sd = json_object_get(req, "seed");
-	q->stop = json_object_get(req, "stop");
-	if (!model || !prompt) {
-		trail_error_set(err, TRAIL_EDATA, "\"model\" and \"prompt\" are strings");
-		goto bad;
-	}
-	if (json_string_length(json_object_get(req, "prompt")) > (size_t)s->o.max_prompt) {
-		*code = 413;
-		trail_error_set(err, TRAIL_ELIMIT, "prompt longer than %d bytes", s->o.max_prompt);
-		goto bad;
-	}
-	q->max_new = mt ? (int)json_integer_value(mt) : 16;
-	q->temperature = te ? json_number_value(te) : 1.0;
-	q->top_p = tp ? json_number_value(tp) : 1.0;
-	q->seed = sd ? (uint64_t)json_integer_value(sd) : 0;
-	if ((mt && !json_is_integer(mt)) || q->max_new < 1 || q->max_new > s->o.max_tokens) {
-		trail_error_set(err, TRAIL_EDATA, "max_tokens is an integer in 1..%d", s->o.max_tokens);
-		goto bad;
-	}
-	if ((te && !json_is_number(te)) || !(q->temperature >= 0 && q->temperature <= 10)) {
-		trail_error_set(err, TRAIL_EDATA, "temperature is a number in 0..10");
-		goto bad;
-	}
-	if ((tp && !json_is_number(tp)) || !(q->top_p > 0 && q->top_p <= 1)) {
-		trail_error_set(err, TRAIL_EDATA, "top_p is a number in (0, 1]");
-		goto bad;
-	}
-	if ((sd && !json_is_integer(sd)) || (q->stop && !json_is_string(q->stop) &&
-					     (!json_is_array(q->stop) || json_array_size(q->stop) > 4))) {
-		trail_error_set(err, TRAIL_EDATA, "seed is an integer; stop a string or up to 4 strings");
-		goto bad;
+	json_t *tp = json_object_get(req, "top_p"), *sd = json_object_get(req, "seed"), *st = json_object_get(req, "stop");
+	json_t *sm = json_object_get(req, "stream"), *nn = json_object_get(req, "n");
+	if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > s->o.max_tokens))
+		BAD(400, "max_tokens is an integer in 1..%d", s->o.max_tokens);
+	q->max_new = mt && !json_is_null(mt) ? (int)json_integer_value(mt) : 16;
+	q->temperature = te && !json_is_null(te) ? json_number_value(te) : 1.0;
+	if (te && !json_is_null(te) && (!json_is_number(te) || !(q->temperature >= 0 && q->temperature <= 2)))
+		BAD(400, "temperature is a number in 0..2");
+	q->top_p = tp && !json_is_null(tp) ? json_number_value(tp) : 1.0;
+	if (tp && !json_is_null(tp) && (!json_is_number(tp) || !(q->top_p > 0 && q->top_p <= 1)))
+		BAD(400, "top_p is a number in (0, 1]");
+	if (sd && !json_is_null(sd) && !json_is_integer(sd))
+		BAD(400, "seed is an integer");
+	q->seed = sd && !json_is_null(sd) ? (uint64_t)json_integer_value(sd) : 0;
+	if (sm && !json_is_boolean(sm))
+		BAD(400, "stream is true or false");
+	q->stream = http && json_is_true(sm);
+	if (nn && !json_is_null(nn) && (!json_is_integer(nn) || json_integer_value(nn) != 1))
+		BAD(400, "only n = 1 is served");
+	if (st && !json_is_null(st)) {
+		if (json_is_string(st)) {
+			q->stops[q->nstop++] = json_string_value(st);
+		} else if (json_is_array(st) && json_array_size(st) <= 4) {
+			size_t i;
+			json_t *v;
+			json_array_foreach(st, i, v) {
+				if (!json_is_string(v))
+					BAD(400, "stop is a string or up to 4 strings");
+				q->stops[q->nstop++] = json_string_value(v);
+			}
+		} else {
+			BAD(400, "stop is a string or up to 4 strings");
+		}
+		for (int i = 0; i < q->nstop; i++) {
+			q->stoplen[i] = strlen(q->stops[i]);
+			if (q->stoplen[i] == 0 || q->stoplen[i] > 256)
+				BAD(400, "a stop string has 1 to 256 bytes");
+			if (q->stoplen[i] > q->maxstop)
+				q->maxstop = q->stoplen[i];
+		}
+		q->stop = st;
 	}
 	size_t n;
 	int32_t *ids;
-	if (trail_tokenizer_encode(s->tk, prompt, strlen(prompt), &ids, &n, err))
-		goto bad;
-	if (n == 0 || (int)n + 1 > P) {
-		trail_free(ids);
-		*code = n ? 413 : 400;
-		trail_error_set(err, TRAIL_ELIMIT, n ? "prompt of %zu tokens does not fit the context of %d" : "empty prompt", n, P);
+	if (trail_tokenizer_encode(s->tk, q->prompt, json_string_length(jp), &ids, &n, err)) {
+		*status = 500;
 		goto bad;
 	}
-	q->tok = trail_realloc(ids, ((size_t)P + 1) * sizeof *ids);
-	if (!q->tok) {
+	if (n == 0 || (int)n >= c->n_positions) {
 		trail_free(ids);
-		goto bad;
+		if (n)
+			BAD(413, "prompt of %zu tokens does not fit the context of %d", n, c->n_positions);
+		BAD(400, "empty prompt");
 	}
 	q->nprompt = q->n = (int)n;
-	q->model = (char *)model;
-	q->prompt = (char *)prompt;
-	if (strcmp(model, s->base_name) && strcmp(model, "base")) {
-		int c2;
-		if (!(q->ad = get_adapter(s, model, &c2, err))) {
-			*code = c2;
-			goto bad;
-		}
-		q->ad->refs++;
+	q->cap = q->nprompt + q->max_new < c->n_positions ? q->nprompt + q->max_new : c->n_positions;
+	if (!(q->tok = trail_realloc(ids, ((size_t)q->cap + 1) * sizeof *ids))) {
+		trail_free(ids);
+		BAD(500, "out of memory");
+	}
+	if (strcmp(q->model, s->base.name) && strcmp(q->model, "base")) {
+		pthread_mutex_lock(&s->mu);
+		q->ad = reg_find(s, q->model);
+		pthread_mutex_unlock(&s->mu);
+		if (!q->ad)
+			BAD(404, "unknown model '%s'", q->model);
 	}
 	return q;
 bad:
-	*code = *code ? *code : 400;
-	s->st.errors++;
-	json_t *keep = q->req;
-	q->req = NULL;
-	free_seq(s, q);
-	json_decref(keep);
+	req_unref(s, q);
 	return NULL;
 }
+#undef BAD
 
-/* ---- sampling ------------------------------------------------------------------ */
-
-static uint64_t mix(uint64_t z)
+int req_submit(trail_server *s, sreq *q)
 {
-	z += 0x9E3779B97F4A7C15ULL;
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-	return z ^ (z >> 31);
-}
-
-typedef struct cand {
-	double p;
-	int id;
-} cand;
-
-static int by_p(const void *a, const void *b)
-{
-	const cand *x = a, *y = b;
-	return x->p < y->p ? 1 : x->p > y->p ? -1 : x->id - y->id;
-}
-
-/* Greedy at temperature 0; else top-p sampling with a counter-based draw, so a
- * request's tokens do not depend on what else is in the batch. */
-static int sample(const float *lg, int V, const seq *q, cand *c)
-{
-	int best = 0;
-	for (int v = 1; v < V; v++)
-		if (lg[v] > lg[best])
-			best = v;
-	if (q->temperature == 0)
-		return best;
-	double sum = 0;
-	for (int v = 0; v < V; v++) {
-		c[v].p = exp(((double)lg[v] - lg[best]) / q->temperature);
-		c[v].id = v;
-		sum += c[v].p;
+	pthread_mutex_lock(&s->mu);
+	if (s->draining || s->stop) {
+		pthread_mutex_unlock(&s->mu);
+		return 503;
 	}
-	qsort(c, (size_t)V, sizeof *c, by_p);
-	double keep = 0;
-	int k = 0;
-	while (k < V && (k == 0 || keep < q->top_p * sum))
-		keep += c[k++].p;
-	double u = (double)(mix(q->seed ^ mix((uint64_t)(q->n - q->nprompt) + 0x5eed)) >> 11) / 9007199254740992.0 * keep;
-	for (int i = 0; i < k; i++) {
-		if (u < c[i].p)
-			return c[i].id;
-		u -= c[i].p;
+	if (s->queued >= s->o.max_queue) {
+		pthread_mutex_unlock(&s->mu);
+		return 429;
 	}
-	return c[k - 1].id;
+	adapter *a = q->ad ? q->ad : &s->base;
+	q->refs++;
+	q->t_queued = serve_now();
+	q->next = NULL;
+	if (a->qtail)
+		a->qtail->next = q;
+	else
+		a->qhead = q;
+	a->qtail = q;
+	if (!a->in_rr) {
+		a->in_rr = 1;
+		a->rr = NULL;
+		if (s->rr_tail)
+			s->rr_tail->rr = a;
+		else
+			s->rr_head = a;
+		s->rr_tail = a;
+	}
+	s->queued++;
+	s->inflight++;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->mu);
+	return 0;
 }
 
-/* ---- responses -------------------------------------------------------------------- */
-
-/* Bytes to a JSON string: invalid UTF-8 becomes U+FFFD (the event keeps the token ids). */
-static json_t *text_json(const char *s, size_t n)
+/* Take the first request of the ring's first adapter; that adapter goes to the back. Under mu. */
+static sreq *rr_pop(trail_server *s)
 {
-	trail_buf b = {0};
-	for (size_t i = 0; i < n;) {
-		size_t k = 1;
-		unsigned char c = (unsigned char)s[i];
-		k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-		if (k && i + k <= n && trail_utf8_valid(s + i, k)) {
-			trail_buf_put(&b, s + i, k);
-			i += k;
-		} else {
-			trail_buf_put(&b, "\xef\xbf\xbd", 3);
-			i++;
-		}
+	adapter *a = s->rr_head;
+	sreq *q = a->qhead;
+	a->qhead = q->next;
+	if (!a->qhead)
+		a->qtail = NULL;
+	q->next = NULL;
+	s->rr_head = a->rr;
+	if (!s->rr_head)
+		s->rr_tail = NULL;
+	a->rr = NULL;
+	a->in_rr = 0;
+	if (a->qhead) {
+		a->in_rr = 1;
+		if (s->rr_tail)
+			s->rr_tail->rr = a;
+		else
+			s->rr_head = a;
+		s->rr_tail = a;
 	}
-	json_t *j = json_stringn(b.p ? b.p : "", b.n);
-	trail_buf_release(&b);
-	return j;
+	s->queued--;
+	return q;
 }
+
+/* ---- responses ------------------------------------------------------------------- */
 
 static json_t *ids_json(const int32_t *t, int n)
 {
@@ -394,114 +394,404 @@ static json_t *ids_json(const int32_t *t, int n)
 	return a;
 }
 
-static void write_line(FILE *out, json_t *j)
+static char *jcs_line(const json_t *j, size_t *len)
 {
-	char *s;
-	if (j && !trail_jcs(j, &s, NULL, NULL)) {
-		fputs(s, out);
-		fputc('\n', out);
-		trail_free(s);
+	char *s = NULL;
+	if (!j || trail_jcs(j, &s, len, NULL))
+		return NULL;
+	return s;
+}
+
+/* "data: <json>\n\n" onto q->out (under mu) */
+static void sse_put(sreq *q, const json_t *j)
+{
+	size_t n;
+	char *s = jcs_line(j, &n);
+	if (!s)
+		return;
+	trail_buf_put(&q->out, "data: ", 6);
+	trail_buf_put(&q->out, s, n);
+	trail_buf_put(&q->out, "\n\n", 2);
+	trail_free(s);
+}
+
+static json_t *chunk_json(const sreq *q, const char *text, size_t n, const char *reason)
+{
+	return json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s?}]}", "id", q->id, "object", "text_completion",
+			 "created", (json_int_t)q->created, "model", q->model, "choices", "index", 0, "text",
+			 serve_text_json(text, n), "logprobs", "finish_reason", reason);
+}
+
+/* Deliver a failure for a request already queued. */
+static void fail_req(trail_server *s, sreq *q, int status, const char *msg, FILE *out)
+{
+	json_t *e = serve_error_json(status, msg);
+	if (!q->http) {
+		json_t *r = json_pack("{s:s, s:{s:i, s:s}}", "id", q->id, "error", "code", status, "message", msg);
+		char *line = jcs_line(r, NULL);
+		if (line && out) {
+			fputs(line, out);
+			fputc('\n', out);
+			fflush(out);
+		}
+		trail_free(line);
+		json_decref(r);
 	}
-	fflush(out);
+	pthread_mutex_lock(&s->mu);
+	s->st.errors++;
+	if (q->http) {
+		q->status = status;
+		q->body = jcs_line(e, NULL);
+		if (q->stream)
+			sse_put(q, e);
+		q->done = 1;
+		pthread_cond_broadcast(&s->changed);
+	}
+	pthread_mutex_unlock(&s->mu);
+	json_decref(e);
 }
 
-static void respond_error(trail_server *s, FILE *out, const char *id, int code, const char *msg)
+/*
+ * The event and the response of a finished request: the event goes to the
+ * events file and the batch; the response waits in q->body until deliver().
+ */
+static void finish(trail_server *s, sreq *q)
 {
-	json_t *r = json_pack("{s:s, s:{s:i, s:s}}", "id", id ? id : "", "error", "code", code, "message", msg);
-	write_line(out, r);
-	json_decref(r);
-	(void)s;
-}
-
-static void finish(trail_server *s, seq *q, const char *reason, size_t textlen, FILE *out)
-{
-	char *text;
-	size_t tl;
 	int nout = q->n - q->nprompt;
-	trail_tokenizer_decode(s->tk, q->tok + q->nprompt, (size_t)nout, &text, &tl, NULL);
-	if (textlen < tl)
-		tl = textlen;
-	char rd[72];
+	const char *text = q->text.p ? q->text.p : "";
+	if (q->keep > q->text.n)
+		q->keep = q->text.n;
+	char rd[72] = "";
 	trail_jcs_digest(q->req, rd, NULL);
 	json_t *usage = json_pack("{s:i, s:i, s:i}", "prompt_tokens", q->nprompt, "completion_tokens", nout,
 				  "total_tokens", q->n);
-	json_t *ev = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s?, s:o, s:o, s:o, s:s, s:o, s:{s:f, s:f, s:I, s:i, s:O?}, s:O}",
-			       "id", q->id, "request_digest", rd, "base", s->base_name, "base_digest", s->base_digest,
+	json_t *ev = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s?, s:o, s:o, s:o, s:s, s:o, "
+			       "s:{s:f, s:f, s:I, s:i, s:O?}, s:O}",
+			       "id", q->id, "request_digest", rd, "base", s->base.name, "base_digest", s->base_digest,
 			       "adapter", q->ad ? q->ad->name : NULL, "adapter_digest", q->ad ? q->ad->digest : NULL,
-			       "prompt", text_json(q->prompt, strlen(q->prompt)), "prompt_tokens", ids_json(q->tok, q->nprompt),
-			       "output_tokens", ids_json(q->tok + q->nprompt, nout), "finish_reason", reason,
-			       "output_text", text_json(text, tl), "sampling", "temperature", q->temperature, "top_p", q->top_p,
-			       "seed", (json_int_t)q->seed, "max_tokens", q->max_new, "stop", q->stop, "usage", usage);
-	json_t *r = json_pack("{s:s, s:s, s:o, s:s, s:O, s:O}", "id", q->id, "model", q->model, "text", text_json(text, tl),
-			      "finish_reason", reason, "usage", usage, "event", ev);
-	write_line(out, r);
-	char *line;
-	if (ev && !trail_jcs(ev, &line, NULL, NULL)) {
-		if (s->o.events) {
-			fputs(line, s->o.events);
-			fputc('\n', s->o.events);
+			       "prompt", serve_text_json(q->prompt, strlen(q->prompt)), "prompt_tokens",
+			       ids_json(q->tok, q->nprompt), "output_tokens", ids_json(q->tok + q->nprompt, nout),
+			       "finish_reason", q->finish_reason, "output_text", serve_text_json(text, q->keep),
+			       "sampling", "temperature", q->temperature, "top_p", q->top_p, "seed", (json_int_t)q->seed,
+			       "max_tokens", q->max_new, "stop", q->stop, "usage", usage);
+	size_t evn = 0;
+	char *evl = jcs_line(ev, &evn);
+	if (evl) {
+		if (s->events_fd >= 0) {
+			evl[evn] = '\n'; /* one write per event, so concurrent appends stay whole */
+			trail_write_all(s->events_fd, evl, evn + 1, "events", NULL);
+			evl[evn] = 0;
 		}
-		trail_buf_put(&s->events, line, strlen(line));
-		trail_buf_put(&s->events, "\n", 1);
-		trail_free(line);
+		if (s->o.store) {
+			trail_buf_put(&s->batch, evl, evn);
+			trail_buf_put(&s->batch, "\n", 1);
+			s->batch_n++;
+		}
 	}
+	trail_free(evl);
+	json_t *r;
+	if (!q->http)
+		r = json_pack("{s:s, s:s, s:o, s:s, s:O, s:O}", "id", q->id, "model", q->model,
+			      "text", serve_text_json(text, q->keep), "finish_reason", q->finish_reason, "usage", usage,
+			      "event", ev);
+	else if (!q->stream)
+		r = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s}], s:O, s:o, s:s, s:O}", "id", q->id, "object",
+			      "text_completion", "created", (json_int_t)q->created, "model", q->model, "choices", "index", 0,
+			      "text", serve_text_json(text, q->keep), "logprobs", "finish_reason", q->finish_reason, "usage",
+			      usage, "text", serve_text_json(text, q->keep), "finish_reason", q->finish_reason, "event", ev);
+	else {
+		r = chunk_json(q, text + q->sent, q->keep > q->sent ? q->keep - q->sent : 0, q->finish_reason);
+		json_object_set(r, "usage", usage);
+		json_object_set(r, "event", ev);
+	}
+	size_t bn = 0;
+	char *b = jcs_line(r, &bn);
+	if (b && q->stream) { /* the last chunk, then the end of the stream */
+		trail_buf sb = {0};
+		trail_buf_put(&sb, "data: ", 6);
+		trail_buf_put(&sb, b, bn);
+		trail_buf_put(&sb, "\n\ndata: [DONE]\n\n", 18);
+		trail_free(b);
+		b = sb.p;
+	}
+	q->body = b;
+	pthread_mutex_lock(&s->mu);
 	s->st.prompt_tokens += (unsigned long long)q->nprompt;
 	s->st.completion_tokens += (unsigned long long)nout;
+	pthread_mutex_unlock(&s->mu);
 	json_decref(r);
 	json_decref(ev);
 	json_decref(usage);
-	trail_free(text);
 }
 
-/* Has the output reached a stop string? Returns the text length to keep, or -1. */
-static long stopped(trail_server *s, const seq *q)
+/* Hand a finished request's response over: a line on out, or to its connection. */
+static void deliver(trail_server *s, sreq *q, FILE *out)
 {
-	if (!q->stop)
-		return -1;
-	char *text;
-	size_t tl;
-	long at = -1;
-	if (trail_tokenizer_decode(s->tk, q->tok + q->nprompt, (size_t)(q->n - q->nprompt), &text, &tl, NULL))
-		return -1;
-	size_t k;
-	json_t *v;
-	json_t *list = json_is_string(q->stop) ? json_pack("[O]", q->stop) : json_incref(q->stop);
-	json_array_foreach(list, k, v) {
-		const char *st = json_string_value(v);
-		char *hit = st && *st ? memmem(text, tl, st, strlen(st)) : NULL;
-		if (hit && (at < 0 || hit - text < at))
-			at = hit - text;
+	if (!q->http) {
+		if (q->body && out) {
+			fputs(q->body, out);
+			fputc('\n', out);
+			fflush(out);
+		}
+		return;
 	}
-	json_decref(list);
-	trail_free(text);
-	return at;
+	pthread_mutex_lock(&s->mu);
+	q->status = 200;
+	if (q->stream && q->body) {
+		trail_buf_put(&q->out, q->body, strlen(q->body));
+		trail_free(q->body);
+		q->body = NULL;
+	}
+	q->done = 1;
+	pthread_cond_broadcast(&s->changed);
+	pthread_mutex_unlock(&s->mu);
 }
 
-/* ---- the loop ------------------------------------------------------------------------ */
+int serve_flush_batch(trail_server *s, trail_error *err)
+{
+	if (!s->o.store || !s->batch_n)
+		return TRAIL_OK;
+	char dg[72];
+	trail_ledger *l;
+	int rc;
+	if ((rc = trail_store_put(s->o.store, s->batch.p, s->batch.n, dg, err)) ||
+	    (rc = trail_ledger_open(s->o.store, TRAIL_LEDGER_WRITE, &l, err)))
+		return rc;
+	json_t *e = json_pack("{s:s, s:s, s:I, s:s, s:s}", "type", "inference-batch", "events_object", dg, "events",
+			      (json_int_t)s->batch_n, "base", s->base.name, "base_digest", s->base_digest);
+	uint64_t idx;
+	if (!e)
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	else if (!(rc = trail_ledger_append(l, e, &idx, err)))
+		rc = trail_ledger_commit(l, err);
+	json_decref(e);
+	trail_ledger_free(l);
+	if (!rc) {
+		s->batch.n = 0;
+		s->batch_n = 0;
+	}
+	return rc;
+}
+
+/* ---- the engine ------------------------------------------------------------------------ */
+
+static void retire(trail_server *s, int i)
+{
+	sreq *q = s->act[i];
+	if (q->ad)
+		cache_release(s, q->ad);
+	s->kv_used -= trail_kvc_bytes(s->m, q->cap);
+	trail_kvc_free(q->kv);
+	q->kv = NULL;
+	s->act[i] = s->act[--s->nact];
+	pthread_mutex_lock(&s->mu);
+	s->inflight--;
+	pthread_cond_broadcast(&s->changed);
+	req_unref(s, q);
+	pthread_mutex_unlock(&s->mu);
+}
+
+void engine_fail_all(trail_server *s, const trail_error *e)
+{
+	while (s->nact > 0) {
+		fail_req(s, s->act[s->nact - 1], 500, e->msg[0] ? e->msg : "internal error", NULL);
+		retire(s, s->nact - 1);
+	}
+}
+
+/* Append SSE text that can no longer change. */
+static void stream_more(trail_server *s, sreq *q)
+{
+	size_t safe = serve_safe_prefix(q, q->text.p, q->text.n);
+	if (safe <= q->sent)
+		return;
+	json_t *j = chunk_json(q, q->text.p + q->sent, safe - q->sent, NULL);
+	pthread_mutex_lock(&s->mu);
+	sse_put(q, j);
+	pthread_cond_broadcast(&s->changed);
+	pthread_mutex_unlock(&s->mu);
+	json_decref(j);
+	q->sent = safe;
+}
+
+int engine_round(trail_server *s, FILE *out, trail_error *err)
+{
+	const trail_gpt2_config *c = trail_infer_config(s->m);
+	int V = c->vocab_size, B = s->o.max_batch, nadm = 0;
+	/* drop sequences whose client went away */
+	for (int i = 0; i < s->nact; i++) {
+		pthread_mutex_lock(&s->mu);
+		int gone = s->act[i]->cancelled;
+		pthread_mutex_unlock(&s->mu);
+		if (gone)
+			retire(s, i--);
+	}
+	/*
+	 * Admit round-robin between adapters while the batch, the KV pool and
+	 * the adapter cache allow: pinned adapters plus those about to load
+	 * stay within the cache budget, so loading never evicts one in use.
+	 * With nothing running, the next request goes in whatever it needs.
+	 */
+	pthread_mutex_lock(&s->mu);
+	size_t kv = s->kv_used, reserved = 0;
+	while (s->rr_head && s->nact + nadm < B) {
+		sreq *q = s->rr_head->qhead;
+		if (q->cancelled) {
+			req_unref(s, rr_pop(s));
+			s->inflight--;
+			continue;
+		}
+		adapter *a = q->ad;
+		size_t need = trail_kvc_bytes(s->m, q->cap), extra = 0;
+		if (a && !a->w)
+			extra = a->pending ? 0 : a->est;
+		else if (a && !a->refs)
+			extra = trail_lora_w_bytes(a->w);
+		if (s->nact + nadm > 0 && (kv + need > s->o.kv_bytes || s->pinned + reserved + extra > s->o.cache_bytes))
+			break;
+		kv += need;
+		if (a && !a->w) {
+			reserved += extra;
+			a->pending = 1;
+		} else if (a) {
+			cache_pin(s, a);
+			q->pinned = 1;
+		}
+		s->adm[nadm++] = rr_pop(s);
+	}
+	pthread_mutex_unlock(&s->mu);
+	for (int i = 0; i < nadm; i++) {
+		sreq *q = s->adm[i];
+		trail_error e = {0};
+		int rc = q->ad && !q->pinned ? cache_acquire(s, q->ad, &e) : TRAIL_OK;
+		if (!rc)
+			q->pinned = q->ad != NULL;
+		if (rc || !(q->kv = trail_kvc_new(s->m, q->cap))) {
+			if (q->ad && q->pinned)
+				cache_release(s, q->ad);
+			else if (q->ad)
+				q->ad->pending = 0;
+			fail_req(s, q, rc == TRAIL_EDATA ? 422 : rc && rc != TRAIL_ENOMEM ? 500 : 503,
+				 rc ? e.msg : "out of memory for the KV cache", out);
+			pthread_mutex_lock(&s->mu);
+			s->inflight--;
+			req_unref(s, q);
+			pthread_mutex_unlock(&s->mu);
+			continue;
+		}
+		s->kv_used += trail_kvc_bytes(s->m, q->cap);
+		q->t_admit = serve_now();
+		s->act[s->nact++] = q;
+	}
+	if (!s->nact)
+		return nadm > 0;
+	/* rows: the next token of every decoding sequence, then prompt chunks while rows are left */
+	int R = s->o.step_rows, n = 0, nout = 0;
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < s->nact; i++) {
+			sreq *q = s->act[i];
+			int decoding = q->fed >= q->nprompt;
+			if (decoding != !pass || q->fed >= q->n)
+				continue;
+			int k = q->n - q->fed;
+			if (k > R - n)
+				k = R - n;
+			for (int t = 0; t < k; t++, n++) {
+				s->rtok[n] = q->tok[q->fed + t];
+				s->rpos[n] = q->fed + t;
+				s->rkv[n] = q->kv;
+				s->rlw[n] = q->ad ? q->ad->w : NULL;
+			}
+			q->fed += k;
+			if (k && q->fed == q->n) {
+				s->rout[nout] = n - 1;
+				s->rseq[nout++] = i;
+			}
+		}
+	int rc = trail_infer_step(s->m, n, s->rtok, s->rpos, s->rkv, s->rlw, nout, s->rout, s->logits, err);
+	if (rc)
+		return -rc;
+	pthread_mutex_lock(&s->mu);
+	s->st.steps++;
+	s->st.rows += (unsigned long long)n;
+	pthread_mutex_unlock(&s->mu);
+	/* sample; finished sequences are answered once their events are synced */
+	int ndone = 0;
+	for (int j = 0; j < nout; j++) {
+		sreq *q = s->act[s->rseq[j]];
+		double u = q->temperature > 0 ? serve_uniform(q->seed, (uint64_t)(q->n - q->nprompt)) : 0;
+		int next = serve_sample(s->logits + (size_t)j * V, V, q->temperature, q->top_p, u, s->cands);
+		if (next == trail_tokenizer_eot(s->tk)) {
+			q->finish_reason = "stop";
+		} else {
+			size_t before = q->text.n, tl = 0;
+			const char *tb = trail_tokenizer_token(s->tk, next, &tl);
+			q->tok[q->n++] = next;
+			if (tb)
+				trail_buf_put(&q->text, tb, tl);
+			long at = q->nstop ? serve_find_stop(q, q->text.p, q->text.n, before) : -1;
+			if (at >= 0) {
+				q->finish_reason = "stop";
+				q->keep = (size_t)at;
+			} else if (q->n - q->nprompt >= q->max_new || q->n >= q->cap) {
+				q->finish_reason = "length";
+			}
+		}
+		if (q->finish_reason)
+			s->done[ndone++] = s->rseq[j];
+		else if (q->stream)
+			stream_more(s, q);
+	}
+	for (int j = 0; j < ndone; j++)
+		finish(s, s->act[s->done[j]]);
+	if (ndone && s->events_fd >= 0 && fdatasync(s->events_fd))
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", s->o.events);
+	/* in decreasing slot order: retire moves the last slot into the freed one */
+	for (int a = 1; a < ndone; a++)
+		for (int b = a; b > 0 && s->done[b] > s->done[b - 1]; b--) {
+			int t = s->done[b];
+			s->done[b] = s->done[b - 1];
+			s->done[b - 1] = t;
+		}
+	for (int j = 0; j < ndone; j++) {
+		deliver(s, s->act[s->done[j]], out);
+		retire(s, s->done[j]);
+	}
+	if (!rc && s->batch_n >= (size_t)s->o.batch_events)
+		rc = serve_flush_batch(s, err);
+	return rc ? -rc : 1;
+}
+
+/* ---- pipe mode ------------------------------------------------------------------------- */
+
+static void pipe_error(trail_server *s, FILE *out, const char *id, int status, const char *msg)
+{
+	json_t *r = json_pack("{s:s, s:{s:i, s:s}}", "id", id ? id : "", "error", "code", status, "message", msg);
+	char *line = jcs_line(r, NULL);
+	if (line) {
+		fputs(line, out);
+		fputc('\n', out);
+	}
+	fflush(out);
+	trail_free(line);
+	json_decref(r);
+	pthread_mutex_lock(&s->mu);
+	s->st.errors++;
+	pthread_mutex_unlock(&s->mu);
+}
 
 int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_infer_config(s->m);
-	int V = c->vocab_size, P = c->n_positions, B = s->o.max_batch, rc = TRAIL_OK;
-	seq **act = trail_calloc((size_t)B, sizeof *act);
-	size_t rowcap = (size_t)B * (size_t)P;
-	int32_t *tok = trail_malloc(rowcap * sizeof *tok);
-	int *pos = trail_malloc(rowcap * sizeof *pos), *last = trail_malloc((size_t)B * sizeof *last);
-	trail_kvc **kvs = trail_malloc(rowcap * sizeof *kvs);
-	const trail_lora_w **ls = trail_malloc(rowcap * sizeof *ls);
-	float *logits = trail_malloc(rowcap * (size_t)V * sizeof *logits);
-	cand *cands = trail_malloc((size_t)V * sizeof *cands);
-	trail_ndjson *rd = trail_ndjson_new(in, "<stdin>", (size_t)s->o.max_prompt * 8 + 4096);
-	int nact = 0, eof = 0;
-	if (!act || !tok || !pos || !last || !kvs || !ls || !logits || !cands || !rd) {
-		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-		goto out;
-	}
-	while (!eof || nact) {
-		/* admit requests while there is room; block only when idle */
-		while (!eof && nact < B) {
+	trail_ndjson *rd = trail_ndjson_new(in, "<stdin>", s->o.max_body);
+	int eof = 0, rc = TRAIL_OK;
+	if (!rd)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (;;) {
+		/* read ahead while the queue has room; block on input only when idle */
+		while (!eof && s->queued < s->o.max_queue) {
 			struct pollfd p = {fileno(in), POLLIN, 0};
-			if (nact && trail_ndjson_buffered(rd) == 0 && poll(&p, 1, 0) == 0)
+			int idle = !s->nact && !s->queued;
+			if (!idle && trail_ndjson_buffered(rd) == 0 && poll(&p, 1, 0) == 0)
 				break;
 			json_t *req;
 			trail_error e = {0};
@@ -510,90 +800,37 @@ int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 				eof = 1;
 				break;
 			}
+			pthread_mutex_lock(&s->mu);
 			s->st.requests++;
+			pthread_mutex_unlock(&s->mu);
 			if (r) {
-				s->st.errors++;
-				respond_error(s, out, NULL, 400, e.msg);
+				pipe_error(s, out, NULL, r == TRAIL_ELIMIT ? 413 : 400, e.msg);
 				continue;
 			}
-			int code;
-			seq *q = make_seq(s, req, &code, &e);
+			int status;
+			sreq *q = req_new(s, req, 0, &status, &e);
 			if (!q) {
-				json_t *id = json_object_get(req, "id");
-				respond_error(s, out, json_is_string(id) ? json_string_value(id) : NULL, code, e.msg);
-			} else if (!(q->kv = s->npool ? s->pool[--s->npool] : trail_kvc_new(s->m))) {
-				free_seq(s, q);
-				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory for the KV cache");
+				json_t *id = json_is_object(req) ? json_object_get(req, "id") : NULL;
+				char num[32];
+				if (json_is_integer(id))
+					snprintf(num, sizeof num, "%lld", (long long)json_integer_value(id));
+				pipe_error(s, out, json_is_string(id) ? json_string_value(id) : json_is_integer(id) ? num : NULL,
+					   status, e.msg);
 			} else {
-				act[nact++] = q;
+				req_submit(s, q);
+				req_unref(s, q);
 			}
 			json_decref(req);
 		}
-		if (!nact)
-			continue;
-		/* one step: prompts of new sequences and the next token of the others */
-		int n = 0;
-		for (int i = 0; i < nact; i++) {
-			seq *q = act[i];
-			int from = q->prefilled ? q->n - 1 : 0;
-			for (int t = from; t < q->n; t++) {
-				tok[n] = q->tok[t];
-				pos[n] = t;
-				kvs[n] = q->kv;
-				ls[n] = q->ad ? q->ad->w : NULL;
-				n++;
-			}
-			last[i] = n - 1;
-			q->prefilled = 1;
+		int r = engine_round(s, out, err);
+		if (r < 0) {
+			rc = -r;
+			break;
 		}
-		if ((rc = trail_infer_step(s->m, n, tok, pos, kvs, ls, logits, err)))
-			goto out;
-		s->st.steps++;
-		s->st.rows += (unsigned long long)n;
-		for (int i = 0; i < nact; i++) {
-			seq *q = act[i];
-			int next = sample(logits + (size_t)last[i] * V, V, q, cands);
-			const char *why = NULL;
-			long keep = -1;
-			if (next == trail_tokenizer_eot(s->tk)) {
-				why = "stop";
-			} else {
-				q->tok[q->n++] = next;
-				if ((keep = stopped(s, q)) >= 0)
-					why = "stop";
-				else if (q->n - q->nprompt >= q->max_new || q->n >= P)
-					why = "length";
-			}
-			if (why) {
-				finish(s, q, why, keep >= 0 ? (size_t)keep : (size_t)-1, out);
-				free_seq(s, q);
-				nact--;
-				act[i] = act[nact];
-				last[i] = last[nact]; /* the moved sequence keeps its own row */
-				i--;
-			}
-		}
+		if (!r && eof && !s->queued && !s->nact)
+			break;
 	}
-	/* the run's events, recorded as one inference-batch entry */
-	if (s->o.store && s->events.n) {
-		char dg[72];
-		trail_ledger *l;
-		if (!(rc = trail_store_put(s->o.store, s->events.p, s->events.n, dg, err)) &&
-		    !(rc = trail_ledger_open(s->o.store, TRAIL_LEDGER_WRITE, &l, err))) {
-			json_t *e = json_pack("{s:s, s:s, s:s, s:I}", "type", "inference-batch", "events_object", dg, "base",
-					      s->base_digest, "requests", (json_int_t)s->st.requests);
-			uint64_t idx;
-			if (!(rc = trail_ledger_append(l, e, &idx, err)))
-				rc = trail_ledger_commit(l, err);
-			json_decref(e);
-			trail_ledger_free(l);
-		}
-	}
-out:
-	for (int i = 0; i < nact; i++)
-		free_seq(s, act[i]);
 	trail_ndjson_free(rd);
-	trail_free(act), trail_free(tok), trail_free(pos), trail_free(last), trail_free(kvs), trail_free(ls);
-	trail_free(logits), trail_free(cands);
-	return rc;
+	int fr = serve_flush_batch(s, rc ? NULL : err);
+	return rc ? rc : fr;
 }

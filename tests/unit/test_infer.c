@@ -43,16 +43,19 @@ int main(void)
 	trail_infer *im;
 	ok(trail_model_save(m, bdir, &e) == 0 && trail_infer_load(bdir, &im, &e) == 0, "load the base for inference: %s", e.msg);
 	/* prefill all at once */
-	trail_kvc *kv = trail_kvc_new(im), *kvs[T];
+	trail_kvc *kv = trail_kvc_new(im, c.n_positions), *kvs[T];
+	int rows[T];
+	for (int t = 0; t < T; t++)
+		rows[t] = t;
 	const trail_lora_w *none[T] = {0};
 	for (int t = 0; t < T; t++)
 		kvs[t] = kv;
-	ok(trail_infer_step(im, T, tok, pos, kvs, none, got, &e) == 0, "prefill step");
+	ok(trail_infer_step(im, T, tok, pos, kvs, none, T, rows, got, &e) == 0, "prefill step");
 	ok(maxdiff(ref, got, (size_t)T * V) < 1e-4, "prefill logits = forward logits (%.2e)", maxdiff(ref, got, (size_t)T * V));
 	/* one token at a time through the cache */
 	float md = 0;
 	for (int t = 0; t < T; t++) {
-		trail_infer_step(im, 1, tok + t, pos + t, &kv, none, got, &e);
+		trail_infer_step(im, 1, tok + t, pos + t, &kv, none, 1, rows, got, &e);
 		md = fmaxf(md, maxdiff(ref + (size_t)t * V, got, (size_t)V));
 	}
 	ok(md < 1e-4, "token-by-token decoding with the cache = forward (%.2e)", md);
@@ -89,13 +92,16 @@ int main(void)
 	trail_kvc **bk = malloc(sizeof *bk * n), *caches[NA];
 	const trail_lora_w **bl = malloc(sizeof *bl * n);
 	float *out = malloc(sizeof(float) * n * V);
+	int *brow = malloc(sizeof *brow * n);
+	for (int i = 0; i < n; i++)
+		brow[i] = i;
 	for (int a = 0; a < NA; a++)
-		caches[a] = trail_kvc_new(im);
+		caches[a] = trail_kvc_new(im, c.n_positions);
 	for (int i = 0; i < n; i++) { /* interleaved so adapters' rows are not contiguous */
 		int a = i % NA, t = i / NA;
 		bt[i] = tok[t], bp[i] = t, bk[i] = caches[a], bl[i] = w[a];
 	}
-	ok(trail_infer_step(im, n, bt, bp, bk, bl, out, &e) == 0, "one step over %d rows of %d adapters", n, NA);
+	ok(trail_infer_step(im, n, bt, bp, bk, bl, n, brow, out, &e) == 0, "one step over %d rows of %d adapters", n, NA);
 	md = 0;
 	for (int a = 0; a < NA; a++)
 		md = fmaxf(md, maxdiff(out + (size_t)((T - 1) * NA + a) * V, solo + (size_t)a * V, (size_t)V));
