@@ -29,8 +29,16 @@ if have attr-score; then
 			attr-score --model base --adapter "adapters/$dn" --datanet "$dn@$size" --prove --threads 2 > "attr.$dn.ndjson"
 		cat "attr.$dn.ndjson" >> attributions.ndjson
 	done
-	sed 's/.*"contributors":\[{"contributor":"\([a-z]*\)+[^"]*","share":\([0-9.e-]*\)}.*"event":"\{0,1\}\([a-z0-9]*\).*/  \3: top contributor \1 (share \2)/' \
-		attributions.ndjson | head -12
+	# each answer, its top contributors and top record
+	while IFS= read -r a; do
+		id=$(printf '%s\n' "$a" | sed -n 's/.*"event":"\([a-z0-9]*\)".*/\1/p')
+		ans=$(grep "\"id\":\"$id\"" responses.ndjson | sed -n 's/.*"text":"\([^"]*\)".*/\1/p')
+		who=$(printf '%s\n' "$a" | sed 's/.*"contributors":\[\([^]]*\)\].*/\1/' |
+			sed 's/{"contributor":"\([a-z]*\)+[^"]*","share":\([0-9.e-]*\)}/\1 \2/g' |
+			awk -F, '{ for (i = 1; i <= NF && i <= 3; i++) { split($i, p, " "); printf "%s%s %.0f%%", (i > 1 ? ", " : ""), p[1], p[2] * 100 } }')
+		top=$(printf '%s\n' "$a" | sed -n 's/.*"top":\[{"contributor":"\([a-z]*\)+[^"]*","record":"sha256:\([0-9a-f]\{12\}\)[^"]*","score":\([0-9.e+-]*\)}.*/\2 by \1/p')
+		printf '  %-3s "%s"  <- %s; top record %s\n' "$id" "$ans" "$who" "$top"
+	done < attributions.ndjson
 	attr-score --verify --model base --adapter adapters/atlas --datanet "atlas@$size" --threads 2 \
 		< attr.atlas.ndjson >/dev/null && echo "  every attribution re-runs bit for bit (attr-score --verify)"
 fi
