@@ -8,11 +8,23 @@ _lora_serve() {
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--adapters|-a)
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--tokenizer )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--cache-mb )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--kv-mb )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--max-batch )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--max-queue )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--max-tokens )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--max-prompt )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--step-rows )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--max-body )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--events|-e)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -20,11 +32,17 @@ _lora_serve() {
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--threads )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--listen|-l)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--max-connections )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--timeout )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --base --adapters -a --cache-mb --max-batch --max-tokens --events -e --home --record --threads --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --base --adapters -a --tokenizer --cache-mb --kv-mb --max-batch --max-queue --max-tokens --max-prompt --step-rows --max-body --events -e --home --record --threads --listen -l --max-connections --timeout --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -249,7 +249,7 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 	q->prompt = json_string_value(jp);
 	json_t *mt = json_object_get(req, "max_tokens"), *te = json_object_get(req, "temperature");
 	json_t *tp = json_object_get(req, "top_p"), *sd = json_object_get(req, "seed"), *st = json_object_get(req, "stop");
-	json_t *sm = json_object_get(req, "stream"), *nn = json_object_get(req, "n");
+	json_t *sm = json_object_get(req, "stream"), *nn = json_object_get(req, "n"), *ie = json_object_get(req, "ignore_eos");
 	if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > s->o.max_tokens))
 		BAD(400, "max_tokens is an integer in 1..%d", s->o.max_tokens);
 	q->max_new = mt && !json_is_null(mt) ? (int)json_integer_value(mt) : 16;
@@ -265,6 +265,9 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 	if (sm && !json_is_boolean(sm))
 		BAD(400, "stream is true or false");
 	q->stream = http && json_is_true(sm);
+	if (ie && !json_is_boolean(ie))
+		BAD(400, "ignore_eos is true or false");
+	q->ignore_eos = json_is_true(ie);
 	if (nn && !json_is_null(nn) && (!json_is_integer(nn) || json_integer_value(nn) != 1))
 		BAD(400, "only n = 1 is served");
 	if (st && !json_is_null(st)) {
@@ -680,6 +683,8 @@ int engine_round(trail_server *s, FILE *out, trail_error *err)
 			continue;
 		}
 		s->kv_used += trail_kvc_bytes(s->m, q->cap);
+		if (s->kv_used > s->st.kv_peak)
+			s->st.kv_peak = s->kv_used; /* read with mu held elsewhere; written by the engine alone */
 		q->t_admit = serve_now();
 		s->act[s->nact++] = q;
 	}
@@ -721,7 +726,7 @@ int engine_round(trail_server *s, FILE *out, trail_error *err)
 		sreq *q = s->act[s->rseq[j]];
 		double u = q->temperature > 0 ? serve_uniform(q->seed, (uint64_t)(q->n - q->nprompt)) : 0;
 		int next = serve_sample(s->logits + (size_t)j * V, V, q->temperature, q->top_p, u, s->cands);
-		if (next == trail_tokenizer_eot(s->tk)) {
+		if (next == trail_tokenizer_eot(s->tk) && !q->ignore_eos) {
 			q->finish_reason = "stop";
 		} else {
 			size_t before = q->text.n, tl = 0;

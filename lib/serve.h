@@ -71,6 +71,7 @@ typedef struct trail_serve_stats {
 	unsigned long long requests, errors, prompt_tokens, completion_tokens, steps, rows;
 	unsigned long long adapter_loads, adapter_evictions, adapters;
 	size_t cache_bytes, cache_budget, kv_bytes, kv_budget, base_bytes;
+	size_t cache_peak, kv_peak; /* the most either held at once */
 	int active, queued;
 } trail_serve_stats;
 void trail_server_stats(trail_server *s, trail_serve_stats *st);

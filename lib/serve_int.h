@@ -69,7 +69,7 @@ struct sreq {
 	size_t keep;     /* text bytes kept (a stop string cuts the rest) */
 	double t_queued, t_admit, t_done;
 	/* HTTP */
-	int http, stream;
+	int http, stream, ignore_eos;
 	long created;
 	/* under s->mu */
 	trail_buf out;   /* SSE bytes for the connection */
@@ -148,7 +148,7 @@ int serve_sample(const float *logits, int V, double temperature, double top_p, d
 long serve_find_stop(const sreq *q, const char *text, size_t n, size_t from);
 /* How much of text[0..n) can be sent now: not a possible stop string's start, nor half a UTF-8 character. */
 size_t serve_safe_prefix(const sreq *q, const char *text, size_t n);
-/* A JSON string of bytes, invalid UTF-8 as U+FFFD. */
+/* A JSON string of bytes, invalid UTF-8 and NUL as U+FFFD (the token ids stay exact). */
 json_t *serve_text_json(const char *s, size_t n);
 
 /* core (serve.c) */

@@ -235,6 +235,8 @@ int cache_acquire(trail_server *s, adapter *a, trail_error *err)
 	lru_front(s, a);
 	cache_pin(s, a);
 	pthread_mutex_lock(&s->mu);
+	if (s->cache_used > s->st.cache_peak)
+		s->st.cache_peak = s->cache_used;
 	s->st.adapter_loads++;
 	s->load_ms[s->nload++ % (sizeof s->load_ms / sizeof *s->load_ms)] = ms;
 	pthread_mutex_unlock(&s->mu);

@@ -101,15 +101,16 @@ size_t serve_safe_prefix(const sreq *q, const char *text, size_t n)
 	return k;
 }
 
+/* NUL too: strict JSON readers (jansson's, without JSON_ALLOW_NUL) refuse "\u0000". */
 json_t *serve_text_json(const char *s, size_t n)
 {
-	if (trail_utf8_valid(s, n))
+	if (trail_utf8_valid(s, n) && !memchr(s, 0, n))
 		return json_stringn(n ? s : "", n);
 	trail_buf b = {0};
 	for (size_t i = 0; i < n;) {
 		unsigned char c = (unsigned char)s[i];
 		size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-		if (k && i + k <= n && trail_utf8_valid(s + i, k)) {
+		if (k && c && i + k <= n && trail_utf8_valid(s + i, k)) {
 			trail_buf_put(&b, s + i, k);
 			i += k;
 		} else {
