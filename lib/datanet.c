@@ -328,6 +328,20 @@ struct trail_datanet_iter {
 	size_t i; /* next record of b */
 };
 
+/* Contributions are collected in ledger order: binary search by entry. */
+static struct contrib *find_contrib(struct contrib *cs, size_t n, uint64_t entry)
+{
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (cs[mid].entry < entry)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && cs[lo].entry == entry ? &cs[lo] : NULL;
+}
+
 /* Collect the contributions to `name` below `n` and the owner's latest decisions. */
 static int scan(trail_ledger *l, trail_datanet_iter *it, uint64_t start, uint64_t n,
 		const char *owner, trail_error *err)
@@ -360,11 +374,12 @@ static int scan(trail_ledger *l, trail_datanet_iter *it, uint64_t start, uint64_
 			return rc;
 		/* the owner's latest decision on a contribution, for that bundle, counts */
 		json_t *ci = json_object_get(e, "contribution");
-		if (e && str(e, "signer") && !strcmp(str(e, "signer"), owner) && json_is_integer(ci))
-			for (size_t k = 0; k < it->nc; k++)
-				if ((json_int_t)it->cs[k].entry == json_integer_value(ci) && str(e, "bundle") &&
-				    !strcmp(str(e, "bundle"), it->cs[k].bundle))
-					it->cs[k].approved = str(e, "decision") && !strcmp(str(e, "decision"), "approve");
+		struct contrib *c = e && str(e, "signer") && !strcmp(str(e, "signer"), owner) &&
+					    json_is_integer(ci) && json_integer_value(ci) >= 0
+				    ? find_contrib(it->cs, it->nc, (uint64_t)json_integer_value(ci))
+				    : NULL;
+		if (c && str(e, "bundle") && !strcmp(str(e, "bundle"), c->bundle))
+			c->approved = str(e, "decision") && !strcmp(str(e, "decision"), "approve");
 		json_decref(e);
 	}
 	return TRAIL_OK;
