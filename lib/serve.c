@@ -158,10 +158,8 @@ void trail_server_stats(trail_server *s, trail_serve_stats *st)
 	*st = s->st;
 	st->adapters = s->reg.nall;
 	st->queued = s->queued;
-	st->active = s->nact;
-	st->cache_bytes = s->cache_used;
+	st->active = s->inflight - s->queued; /* s->nact and the byte counts belong to the engine: mirrors, under mu */
 	st->cache_budget = s->o.cache_bytes;
-	st->kv_bytes = s->kv_used;
 	st->kv_budget = s->o.kv_bytes;
 	st->base_bytes = trail_infer_bytes(s->m);
 	pthread_mutex_unlock(&s->mu);
@@ -589,6 +587,8 @@ static void retire(trail_server *s, int i)
 	s->act[i] = s->act[--s->nact];
 	pthread_mutex_lock(&s->mu);
 	s->inflight--;
+	s->st.kv_bytes = s->kv_used;
+	s->st.cache_bytes = s->cache_used;
 	pthread_cond_broadcast(&s->changed);
 	req_unref(s, q);
 	pthread_mutex_unlock(&s->mu);
@@ -683,8 +683,11 @@ int engine_round(trail_server *s, FILE *out, trail_error *err)
 			continue;
 		}
 		s->kv_used += trail_kvc_bytes(s->m, q->cap);
+		pthread_mutex_lock(&s->mu);
+		s->st.kv_bytes = s->kv_used;
 		if (s->kv_used > s->st.kv_peak)
-			s->st.kv_peak = s->kv_used; /* read with mu held elsewhere; written by the engine alone */
+			s->st.kv_peak = s->kv_used;
+		pthread_mutex_unlock(&s->mu);
 		q->t_admit = serve_now();
 		s->act[s->nact++] = q;
 	}

@@ -191,6 +191,7 @@ static void evict(trail_server *s, size_t need)
 			a->w = NULL;
 			pthread_mutex_lock(&s->mu);
 			s->st.adapter_evictions++;
+			s->st.cache_bytes = s->cache_used;
 			pthread_mutex_unlock(&s->mu);
 		}
 		a = p;
@@ -235,6 +236,7 @@ int cache_acquire(trail_server *s, adapter *a, trail_error *err)
 	lru_front(s, a);
 	cache_pin(s, a);
 	pthread_mutex_lock(&s->mu);
+	s->st.cache_bytes = s->cache_used;
 	if (s->cache_used > s->st.cache_peak)
 		s->st.cache_peak = s->cache_used;
 	s->st.adapter_loads++;

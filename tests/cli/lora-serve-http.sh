@@ -136,9 +136,9 @@ node load.mjs $U $secs > load.json 2> load.err
 kill $mon 2>/dev/null
 check "load test ($secs s, 16 concurrent clients): no errors" grep -q '"bad":0' load.json
 check "load test: requests answered" sh -c "grep -q '\"ok\":[1-9]' load.json"
-n=$(wc -l < rss.txt)
-first=$(head -n $((n / 3)) rss.txt | sort -n | tail -1)
-last=$(tail -n $((n / 3)) rss.txt | sort -n | tail -1)
+nr=$(wc -l < rss.txt)
+first=$(head -n $((nr / 3)) rss.txt | sort -n | tail -1)
+last=$(tail -n $((nr / 3)) rss.txt | sort -n | tail -1)
 echo "# $(cat load.json); RSS kB: first third max $first, last third max $last"
 check "resident memory stable over the load test (last third within 10% + 4 MB of the first)" \
 	test "$last" -le $((first + first / 10 + 4096))
