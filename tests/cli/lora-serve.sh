@@ -65,6 +65,21 @@ check "the event carries base and adapter digests" grep -q '"adapter":"a2","adap
 check "prompt and output token ids, text, sampling, usage, request digest" \
 	sh -c 'grep -q "\"output_text\":" events.ndjson && grep -q "\"prompt_tokens\":\[" events.ndjson && grep -q "\"request_digest\":\"sha256:" events.ndjson && grep -q "\"sampling\":{" events.ndjson && grep -q "\"usage\":{" events.ndjson'
 check "the response's event is the appended event" sh -c "sed 's/.*\"event\":\(.*\),\"finish_reason.*/\1/' evr.ndjson | cmp - events.ndjson"
+echo '{"id":"ev2","model":"a3","prompt":"Harbour 2 ","max_tokens":4,"temperature":0}' |
+	lora-serve --base base --adapters ads --events events.ndjson > /dev/null
+check_eq "--events appends: two runs, two events" "$(wc -l < events.ndjson)" 2
+
+# a store: the run's events become an object named by an inference-batch entry
+trail-log --home store init > /dev/null
+lora-serve --base base --adapters ads --home store < many.ndjson > /dev/null
+check "--home: an inference-batch ledger entry" sh -c "trail-log --home store show | grep -q '\"type\":\"inference-batch\"'"
+check_eq "naming the 64 events" "$(trail-log --home store show | grep inference-batch | sed 's/.*"events":\([0-9]*\).*/\1/')" 64
+check "and the ledger verifies" trail-log --home store verify
+
+# scheduling limits do not change answers: a 1 MB KV pool, 3-row prefill chunks
+lora-serve --base base --adapters ads --kv-mb 1 --step-rows 3 --max-batch 16 < many.ndjson > kv.ndjson
+check "a small KV pool and chunked prefill: every answer the same" cmp <(key kv.ndjson) <(key alone.ndjson)
+check_rc 66 "a missing adapters directory" sh -c 'echo | lora-serve --base base --adapters nowhere'
 check_rc 64 "--base is required" lora-serve
 check_rc 66 "a missing base" sh -c 'echo | lora-serve --base nowhere'
 finish
