@@ -36,7 +36,7 @@ if have attr-score; then
 		who=$(printf '%s\n' "$a" | sed 's/.*"contributors":\[\([^]]*\)\].*/\1/' |
 			sed 's/{"contributor":"\([a-z]*\)+[^"]*","share":\([0-9.e-]*\)}/\1 \2/g' |
 			awk -F, '{ for (i = 1; i <= NF && i <= 3; i++) { split($i, p, " "); printf "%s%s %.0f%%", (i > 1 ? ", " : ""), p[1], p[2] * 100 } }')
-		top=$(printf '%s\n' "$a" | sed -n 's/.*"top":\[{"contributor":"\([a-z]*\)+[^"]*","record":"sha256:\([0-9a-f]\{12\}\)[^"]*","score":\([0-9.e+-]*\)}.*/\2 by \1/p')
+		best=$(printf '%s\n' "$a" | sed -n 's/.*"top":\[{"contributor":"\([a-z]*\)+[^"]*","record":"sha256:\([0-9a-f]\{12\}\)[^"]*","score":\([0-9.e+-]*\)}.*/\2 by \1/p')
 		printf '  %-3s "%s"  <- %s; top record %s\n' "$id" "$ans" "$who" "$top"
 	done < attributions.ndjson
 	attr-score --verify --model base --adapter adapters/atlas --datanet "atlas@$size" --threads 2 \
