@@ -37,7 +37,7 @@ if have attr-score; then
 			sed 's/{"contributor":"\([a-z]*\)+[^"]*","share":\([0-9.e-]*\)}/\1 \2/g' |
 			awk -F, '{ for (i = 1; i <= NF && i <= 3; i++) { split($i, p, " "); printf "%s%s %.0f%%", (i > 1 ? ", " : ""), p[1], p[2] * 100 } }')
 		best=$(printf '%s\n' "$a" | sed -n 's/.*"top":\[{"contributor":"\([a-z]*\)+[^"]*","record":"sha256:\([0-9a-f]\{12\}\)[^"]*","score":\([0-9.e+-]*\)}.*/\2 by \1/p')
-		printf '  %-3s "%s"  <- %s; top record %s\n' "$id" "$ans" "$who" "$top"
+		printf '  %-3s "%s"  <- %s; top record %s\n' "$id" "$ans" "$who" "$best"
 	done < attributions.ndjson
 	attr-score --verify --model base --adapter adapters/atlas --datanet "atlas@$size" --threads 2 \
 		< attr.atlas.ndjson >/dev/null && echo "  every attribution re-runs bit for bit (attr-score --verify)"
