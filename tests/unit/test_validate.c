@@ -604,7 +604,8 @@ static void test_validator(void)
 		      "source", "field notes");
 	trail_validator_check(v, r, 3, &vd, &acc, &e);
 	ok(json_is_true(json_object_get(vd, "ok")) && acc &&
-		   json_equal(json_object_get(acc, "source"), json_string("field notes")),
+		   !strcmp(json_string_value(json_object_get(acc, "source")) ? json_string_value(json_object_get(acc, "source")) : "",
+			   "field notes"),
 	   "a new record with an extra string field is accepted and kept whole");
 	char first[72];
 	snprintf(first, sizeof first, "%s", json_string_value(json_object_get(vd, "record")));
