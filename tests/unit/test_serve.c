@@ -432,8 +432,9 @@ int main(void)
 		trail_server_free(s);
 		fclose(fi), fclose(fo);
 		size_t bound = st.base_bytes + og.cache_bytes + st.kv_budget;
-		diag("resident: %ld kB before, peak %ld kB serving; base %zu + cache %zu + KV pool %zu = %zu kB", before, peak,
-		     st.base_bytes, og.cache_bytes, st.kv_budget, bound / 1024);
+		diag("resident: %ld kB before, peak %ld kB serving; base %zu + cache %zu + KV pool %zu = %zu kB "
+		     "(cache peak %zu, KV peak %zu)", before, peak, st.base_bytes, og.cache_bytes, st.kv_budget, bound / 1024,
+		     st.cache_peak, st.kv_peak);
 		ok(st.completion_tokens == 8000 && st.errors == 0 && st.adapter_evictions > 0,
 		   "10.8M base: 2,000 requests over 2,000 adapters, %llu loads, %llu evictions", st.adapter_loads,
 		   st.adapter_evictions);
