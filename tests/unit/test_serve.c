@@ -334,7 +334,8 @@ int main(void)
 		int k = snprintf(l, sizeof l, "{\"id\":\"x%d\",\"model\":\"a1\",\"prompt\":\"Hi\",\"max_tokens\":3,\"temperature\":0}\n", i);
 		trail_buf_put(&rb, l, (size_t)k);
 	}
-	trail_buf_put(&rb, "{\"id\":\"y\",\"model\":\"a2\",\"prompt\":\"Hi\",\"max_tokens\":3,\"temperature\":0}\n", 72);
+	const char *yl = "{\"id\":\"y\",\"model\":\"a2\",\"prompt\":\"Hi\",\"max_tokens\":3,\"temperature\":0}\n";
+	trail_buf_put(&rb, yl, strlen(yl));
 	trail_serve_opts orr = o;
 	orr.max_batch = 1;
 	json_t *ord = NULL, *rr = serve(&orr, rb.p, &ord, NULL);
