@@ -511,7 +511,8 @@ static void finish(trail_server *s, sreq *q)
 		trail_buf sb = {0};
 		trail_buf_put(&sb, "data: ", 6);
 		trail_buf_put(&sb, b, bn);
-		trail_buf_put(&sb, "\n\ndata: [DONE]\n\n", 18);
+		static const char end[] = "\n\ndata: [DONE]\n\n";
+		trail_buf_put(&sb, end, sizeof end - 1);
 		trail_free(b);
 		b = sb.p;
 	}

@@ -150,6 +150,11 @@ static enum MHD_Result completions(struct MHD_Connection *c, trail_server *s, co
 	k->counted = 1; /* the drain waits for this answer to be sent */
 	s->conns_begun++;
 	pthread_mutex_unlock(&s->mu);
+	/*
+	 * The idle timeout is for clients that stall; a request waiting for its
+	 * tokens is not idle. Off until the answer is sent (restored in completed()).
+	 */
+	MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
 	if (q->stream) {
 		stream *st = trail_calloc(1, sizeof *st);
 		struct MHD_Response *r = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, st, sse_free)
@@ -257,10 +262,11 @@ static void completed(void *cls, struct MHD_Connection *c, void **ctx, enum MHD_
 {
 	trail_server *s = cls;
 	conn *k = *ctx;
-	(void)c, (void)why;
+	(void)why;
 	if (!k)
 		return;
 	if (k->counted) {
+		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)s->o.timeout_s);
 		pthread_mutex_lock(&s->mu);
 		s->conns_done++;
 		pthread_cond_broadcast(&s->changed);
