@@ -812,6 +812,13 @@ int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 			pthread_mutex_lock(&s->mu);
 			s->st.requests++;
 			pthread_mutex_unlock(&s->mu);
+			if (r == TRAIL_EIO || r == TRAIL_ENOMEM) { /* the stream itself failed: answer what is running, then stop */
+				rc = r;
+				if (err)
+					*err = e;
+				eof = 1;
+				break;
+			}
 			if (r) {
 				pipe_error(s, out, NULL, r == TRAIL_ELIMIT ? 413 : 400, e.msg);
 				continue;
@@ -831,9 +838,9 @@ int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 			}
 			json_decref(req);
 		}
-		int r = engine_round(s, out, err);
+		int r = engine_round(s, out, rc ? NULL : err);
 		if (r < 0) {
-			rc = -r;
+			rc = rc ? rc : -r;
 			break;
 		}
 		if (!r && eof && !s->queued && !s->nact)
