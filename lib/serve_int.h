@@ -28,7 +28,7 @@ typedef struct sreq sreq;
 /* A registered adapter (or the base, with no directory). */
 typedef struct adapter {
 	char *name, *dir;
-	char digest[72];       /* of adapter_model.safetensors, set on first load */
+	char digest[72];       /* of adapter_model.safetensors: on first load or digest look-up (under mu) */
 	size_t est;            /* expected cache bytes before the first load: the file's size */
 	/* the engine's cache */
 	trail_lora_w *w;       /* NULL while not cached */
@@ -123,7 +123,11 @@ struct trail_server {
 /* registry (serve_registry.c) */
 int reg_scan(trail_server *s, trail_error *err);
 void reg_free(trail_server *s);
-/* The adapter called name, registering it if its directory appeared since the scan; NULL: unknown. Under mu. */
+/*
+ * The adapter called name, registering it if its directory appeared since
+ * the scan, or whose weights file has digest name ("sha256:..."); NULL:
+ * unknown. Under mu.
+ */
 adapter *reg_find(trail_server *s, const char *name);
 /*
  * Engine: make a's weights resident and pin them (refs + 1), evicting the

@@ -127,9 +127,35 @@ int reg_scan(trail_server *s, trail_error *err)
 	return rc ? trail_error_set(err, rc, "out of memory") : TRAIL_OK;
 }
 
+static int file_digest(const adapter *a, char out[72])
+{
+	trail_map mp;
+	char *p = trail_path(a->dir, "adapter_model.safetensors");
+	int ok = p && !trail_map_file(p, &mp, NULL);
+	if (ok) {
+		trail_digest_str(mp.data ? mp.data : "", mp.len, out);
+		trail_unmap(&mp);
+	}
+	trail_free(p);
+	return ok;
+}
+
 adapter *reg_find(trail_server *s, const char *name)
 {
 	registry *r = &s->reg;
+	if (!strncmp(name, "sha256:", 7)) { /* by the digest of its weights file: hashed on first such look-up */
+		uint8_t d[TRAIL_DIGEST_LEN];
+		if (trail_digest_parse(name, d))
+			return NULL;
+		for (size_t i = 0; i < r->nall; i++) {
+			adapter *a = r->all[i];
+			if (!a->digest[0] && !file_digest(a, a->digest))
+				continue;
+			if (!strcmp(a->digest, name))
+				return a;
+		}
+		return NULL;
+	}
 	if (!valid_name(name))
 		return NULL;
 	adapter *a = r->slot[slot_of(r, name)];
@@ -219,14 +245,11 @@ int cache_acquire(trail_server *s, adapter *a, trail_error *err)
 	int rc = trail_lora_w_load(s->m, a->dir, &w, err);
 	if (rc)
 		return rc;
-	if (!a->digest[0]) {
-		trail_map mp;
-		char *p = trail_path(a->dir, "adapter_model.safetensors");
-		if (p && !trail_map_file(p, &mp, NULL)) {
-			trail_digest_str(mp.data ? mp.data : "", mp.len, a->digest);
-			trail_unmap(&mp);
-		}
-		trail_free(p);
+	char dg[72];
+	if (file_digest(a, dg)) { /* the digest of what was loaded, for the events */
+		pthread_mutex_lock(&s->mu);
+		memcpy(a->digest, dg, sizeof dg);
+		pthread_mutex_unlock(&s->mu);
 	}
 	double ms = (serve_now() - t0) * 1e3;
 	a->w = w;

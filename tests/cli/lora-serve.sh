@@ -79,6 +79,10 @@ check "and the ledger verifies" trail-log --home store verify
 # scheduling limits do not change answers: a 1 MB KV pool, 3-row prefill chunks
 lora-serve --base base --adapters ads --kv-mb 1 --step-rows 3 --max-batch 16 < many.ndjson > kv.ndjson
 check "a small KV pool and chunked prefill: every answer the same" cmp <(key kv.ndjson) <(key alone.ndjson)
+d=sha256:$(sha256sum ads/a7/adapter_model.safetensors | cut -d' ' -f1)
+check_eq "an adapter named by the digest of its weights" \
+	"$(printf '{"id":"r7","model":"%s","prompt":"Harbour 7 ","max_tokens":16,"temperature":0}\n' $d | lora-serve --base base --adapters ads | key /dev/stdin)" \
+	"$(key alone.ndjson | grep '^r7 ')"
 check_rc 66 "a missing adapters directory" sh -c 'echo | lora-serve --base base --adapters nowhere'
 check_rc 64 "--base is required" lora-serve
 check_rc 66 "a missing base" sh -c 'echo | lora-serve --base nowhere'
