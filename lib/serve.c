@@ -439,7 +439,8 @@ static void fail_req(trail_server *s, sreq *q, int status, const char *msg, FILE
 		json_decref(r);
 	}
 	pthread_mutex_lock(&s->mu);
-	s->st.errors++;
+	if (!q->http || q->stream) /* HTTP answers with a status are counted as they are sent */
+		s->st.errors++;
 	if (q->http) {
 		q->status = status;
 		q->body = jcs_line(e, NULL);
