@@ -46,6 +46,14 @@ static void count_status(trail_server *s, int status)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Tell clients how long an idle connection lives, so they stop reusing it before it is closed under them. */
+static void keep_alive(struct MHD_Response *r, const trail_server *s)
+{
+	char v[32];
+	snprintf(v, sizeof v, "timeout=%d", s->o.timeout_s);
+	MHD_add_response_header(r, "Keep-Alive", v);
+}
+
 static enum MHD_Result reply(struct MHD_Connection *c, trail_server *s, int status, const char *type, const char *body,
 			     size_t n)
 {
@@ -53,6 +61,7 @@ static enum MHD_Result reply(struct MHD_Connection *c, trail_server *s, int stat
 	if (!r)
 		return MHD_NO;
 	MHD_add_response_header(r, "Content-Type", type);
+	keep_alive(r, s);
 	if (status == 429 || status == 503)
 		MHD_add_response_header(r, "Retry-After", "1");
 	if (status == 413)
@@ -171,6 +180,7 @@ static enum MHD_Result completions(struct MHD_Connection *c, trail_server *s, co
 		st->q = q; /* the stream holds the request's reference now */
 		MHD_add_response_header(r, "Content-Type", "text/event-stream");
 		MHD_add_response_header(r, "Cache-Control", "no-cache");
+		keep_alive(r, s);
 		enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
 		MHD_destroy_response(r);
 		count_status(s, 200);

@@ -171,6 +171,18 @@ check "a full queue answers 429, as JSON" sh -c "grep -l 429 q*.code >/dev/null 
 check "and the admitted ones 200" grep -q 200 q1.code q2.code q3.code q4.code q5.code q6.code
 kill -TERM $pid
 wait $pid
+# a request waiting longer than the idle timeout for its turn is still answered
+start w --max-batch 1 --timeout 1
+U=http://127.0.0.1:$port
+t0=$(date +%s.%N)
+for i in $(seq 1 24); do
+	curl -s -o w$i.json -w '%{http_code}\n' $U/v1/completions -d '{"model":"a1","prompt":"x","max_tokens":120,"ignore_eos":true}' > w$i.code &
+done
+wait $(jobs -p | grep -v "^$pid$") 2>/dev/null
+echo "# 24 requests one at a time: $(echo "$(date +%s.%N) - $t0" | bc) s with a 1 s idle timeout"
+check_eq "requests queued past the idle timeout are answered" "$(cat w*.code | sort | uniq -c | tr -s ' ')" " 24 200"
+kill -TERM $pid
+wait $pid
 check_rc 69 "a port in use: 69" /usr/bin/python3 -c '
 import socket, subprocess, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
