@@ -172,15 +172,19 @@ check "and the admitted ones 200" grep -q 200 q1.code q2.code q3.code q4.code q5
 kill -TERM $pid
 wait $pid
 # a request waiting longer than the idle timeout for its turn is still answered
-start w --max-batch 1 --timeout 1
-U=http://127.0.0.1:$port
+echo '{"n_layer":4,"n_head":4,"n_embd":256,"n_positions":256,"vocab_size":257}' > big.json
+mf-train --init big.json --data a.ndjson --steps 1 --batch 1 --seq 16 --no-index --no-progress -o big >/dev/null
+lora-serve --base big --listen 127.0.0.1:0 --max-batch 1 --timeout 1 > w.out 2> w.err &
+pid=$!
+for _ in $(seq 100); do grep -q port w.out 2>/dev/null && break; sleep 0.1; done
+U=http://127.0.0.1:$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' w.out)
 t0=$(date +%s.%N)
-for i in $(seq 1 24); do
-	curl -s -o w$i.json -w '%{http_code}\n' $U/v1/completions -d '{"model":"a1","prompt":"x","max_tokens":120,"ignore_eos":true}' > w$i.code &
+for i in $(seq 1 8); do
+	curl -s -o w$i.json -w '%{http_code}\n' $U/v1/completions -d '{"model":"base","prompt":"x","max_tokens":120,"ignore_eos":true}' > w$i.code &
 done
 wait $(jobs -p | grep -v "^$pid$") 2>/dev/null
-echo "# 24 requests one at a time: $(echo "$(date +%s.%N) - $t0" | bc) s with a 1 s idle timeout"
-check_eq "requests queued past the idle timeout are answered" "$(cat w*.code | sort | uniq -c | tr -s ' ')" " 24 200"
+echo "# 8 requests of 120 tokens one at a time: $(echo "$(date +%s.%N) - $t0" | bc) s, with a 1 s idle timeout"
+check_eq "requests queued past the idle timeout are answered" "$(cat w*.code | sort | uniq -c | tr -s ' ')" " 8 200"
 kill -TERM $pid
 wait $pid
 check_rc 69 "a port in use: 69" /usr/bin/python3 -c '
