@@ -157,20 +157,6 @@ check "and no new connections after" sh -c "! curl -s -m 2 $U/health"
 check "every answered completion left its event in --events" \
 	sh -c "test \$(wc -l < events.ndjson) -ge 5 && ! grep -qv '\"output_tokens\":\[' events.ndjson"
 
-# 429 on a full queue
-start q --max-batch 1 --max-queue 1
-U=http://127.0.0.1:$port
-for i in 1 2 3 4 5 6; do
-	curl -s -o q$i.json -w '%{http_code}\n' $U/v1/completions -d '{"model":"a0","prompt":"x","max_tokens":120,"ignore_eos":true}' > q$i.code &
-done
-wait $(jobs -p | grep -v "^$pid$") 2>/dev/null
-sleep 0.2
-codes=$(cat q*.code | sort | uniq -c | tr -s ' ' | tr '\n' ',')
-echo "# statuses: $codes"
-check "a full queue answers 429, as JSON" sh -c "grep -l 429 q*.code >/dev/null && grep -q '\"code\":429' \$(grep -l 429 q*.code | sed 's/code/json/' | head -1)"
-check "and the admitted ones 200" grep -q 200 q1.code q2.code q3.code q4.code q5.code q6.code
-kill -TERM $pid
-wait $pid
 # a request waiting longer than the idle timeout for its turn is still answered
 echo '{"n_layer":4,"n_head":4,"n_embd":256,"n_positions":256,"vocab_size":257}' > big.json
 mf-train --init big.json --data a.ndjson --steps 1 --batch 1 --seq 16 --no-index --no-progress -o big >/dev/null
@@ -185,6 +171,22 @@ done
 wait $(jobs -p | grep -v "^$pid$") 2>/dev/null
 echo "# 8 requests of 120 tokens one at a time: $(echo "$(date +%s.%N) - $t0" | bc) s, with a 1 s idle timeout"
 check_eq "requests queued past the idle timeout are answered" "$(cat w*.code | sort | uniq -c | tr -s ' ')" " 8 200"
+kill -TERM $pid
+wait $pid
+# 429 on a full queue
+lora-serve --base big --listen 127.0.0.1:0 --max-batch 1 --max-queue 1 > q.out 2> q.err &
+pid=$!
+for _ in $(seq 100); do grep -q port q.out 2>/dev/null && break; sleep 0.1; done
+U=http://127.0.0.1:$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' q.out)
+for i in 1 2 3 4 5 6; do
+	curl -s -o q$i.json -w '%{http_code}\n' $U/v1/completions -d '{"model":"base","prompt":"x","max_tokens":120,"ignore_eos":true}' > q$i.code &
+done
+wait $(jobs -p | grep -v "^$pid$") 2>/dev/null
+sleep 0.2
+codes=$(cat q*.code | sort | uniq -c | tr -s ' ' | tr '\n' ',')
+echo "# statuses: $codes"
+check "a full queue answers 429, as JSON" sh -c "grep -l 429 q*.code >/dev/null && grep -q '\"code\":429' \$(grep -l 429 q*.code | sed 's/code/json/' | head -1)"
+check "and the admitted ones 200" grep -q 200 q1.code q2.code q3.code q4.code q5.code q6.code
 kill -TERM $pid
 wait $pid
 check_rc 69 "a port in use: 69" /usr/bin/python3 -c '
