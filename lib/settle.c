@@ -1,164 +1,897 @@
-#include <math.h>
+/*
+ * Settlement. Three parts:
+ *
+ *  1. a strict, allocation-free JSON scanner that reads the few members
+ *     settlement needs straight from each NDJSON line (building a JSON tree
+ *     per record would cost more than everything else together);
+ *  2. the accumulator: per payee, exact sums in 128-bit integers of
+ *       acc  = sum over records of fee_num(r) * w(r, payee)
+ *       mfee = sum of fee_num(r) over the records of the payee's model
+ *     where fee_num(r) = prompt_tokens * fee_per_1k_prompt +
+ *     completion_tokens * fee_per_1k_completion is 1000 times the record's
+ *     fee, and w(r, payee) is its share in units of 1e-9 after clusters and
+ *     normalisation (sum over a record <= 1e9);
+ *  3. the result: fees = floor(sum fee_num / 1000) minor units, split by
+ *     largest remainder at every level (roles by basis points, then payees
+ *     by their exact quotas), then penalties and the conservation checks.
+ *
+ * Sums of integers do not depend on the order they are taken in, and every
+ * rounding happens once, at the end, on those sums: the result is a
+ * function of the multiset of lines.
+ */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
 #include <xxhash.h>
 
 #include "json.h"
+#include "key.h"
 #include "ledger.h"
 #include "settle.h"
+#include "store.h"
 #include "util.h"
 
 typedef unsigned __int128 u128;
+typedef __int128 i128;
 
-#define SCALE 1000000000ULL /* shares as integers */
+#define NANO 1000000000LL                /* fixed-point unit of shares and scores */
+#define FIX_MAX 1000000000000000000LL    /* |fixed-point value| saturates here (1e9) */
+#define COUNT_MAX (1ULL << 40)           /* tokens, fees per 1k, flag counts */
+/* sum of fee_num: fees stay below 2^53, the largest integer JSON carries exactly */
+#define FEES_MAX (((u128)1 << 53) * 1000 - 1)
+#define LINE_LIMIT ((size_t)256 << 20)
+#define DEPTH_MAX 64
+
+enum { R_PLATFORM, R_MODEL, R_STAKERS, R_CONTRIB };
+static const char *const ROLE[4] = {"platform", "model", "stakers", "contributors"};
+static const char *const ROLE_OUT[4] = {"platform", "model", "stakers", "contributor"};
+
+/* ---- growable byte buffer ------------------------------------------------------------ */
+
+typedef struct sbuf {
+	char *p;
+	size_t n, cap;
+	int oom;
+} sbuf;
+
+static int sb_reserve(sbuf *b, size_t more)
+{
+	if (b->n + more <= b->cap)
+		return 0;
+	size_t nc = b->cap ? b->cap : 256;
+	while (nc < b->n + more)
+		nc *= 2;
+	char *np = trail_realloc(b->p, nc);
+	if (!np) {
+		b->oom = 1;
+		return -1;
+	}
+	b->p = np;
+	b->cap = nc;
+	return 0;
+}
+
+static void sb_put(sbuf *b, const void *d, size_t n)
+{
+	if (!sb_reserve(b, n)) {
+		memcpy(b->p + b->n, d, n);
+		b->n += n;
+	}
+}
+
+static void sb_c(sbuf *b, char c)
+{
+	if (!sb_reserve(b, 1))
+		b->p[b->n++] = c;
+}
+
+static void sb_i64(sbuf *b, int64_t v)
+{
+	char t[24];
+	int n = 0;
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+	do
+		t[n++] = (char)('0' + u % 10);
+	while (u /= 10);
+	if (v < 0)
+		t[n++] = '-';
+	if (!sb_reserve(b, (size_t)n))
+		while (n)
+			b->p[b->n++] = t[--n];
+}
+
+/* A string in RFC 8785 form: only '"', '\\' and control characters escaped. */
+static void sb_jstr(sbuf *b, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	sb_c(b, '"');
+	size_t i = 0;
+	while (i < n) {
+		size_t j = i;
+		while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\')
+			j++;
+		sb_put(b, s + i, j - i);
+		if (j == n)
+			break;
+		unsigned char c = (unsigned char)s[j];
+		char e[6] = {'\\', 0};
+		size_t en = 2;
+		switch (c) {
+		case '"': e[1] = '"'; break;
+		case '\\': e[1] = '\\'; break;
+		case '\b': e[1] = 'b'; break;
+		case '\f': e[1] = 'f'; break;
+		case '\n': e[1] = 'n'; break;
+		case '\r': e[1] = 'r'; break;
+		case '\t': e[1] = 't'; break;
+		default:
+			memcpy(e + 1, "u00", 3);
+			e[4] = hex[c >> 4];
+			e[5] = hex[c & 15];
+			en = 6;
+		}
+		sb_put(b, e, en);
+		i = j + 1;
+	}
+	sb_c(b, '"');
+}
+
+/* ---- the scanner ----------------------------------------------------------------------- */
+
+/* A value's JSON text inside the current line. */
+typedef struct span {
+	const char *p, *e;
+} span;
+
+typedef struct scan {
+	const char *p, *e;
+	const char *why; /* the first thing found wrong */
+} scan;
+
+static int bad(scan *s, const char *why)
+{
+	if (!s->why)
+		s->why = why;
+	return -1;
+}
+
+static void ws(scan *s)
+{
+	while (s->p < s->e && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+		s->p++;
+}
+
+static int lit(scan *s, char c)
+{
+	ws(s);
+	if (s->p < s->e && *s->p == c) {
+		s->p++;
+		return 1;
+	}
+	return 0;
+}
+
+/* Length of the UTF-8 sequence at p (first byte >= 0x80), 0 if invalid. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *e)
+{
+	unsigned c = p[0];
+	size_t n;
+	unsigned lo = 0x80, hi = 0xbf;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		if (c == 0xe0)
+			lo = 0xa0;
+		if (c == 0xed)
+			hi = 0x9f; /* no surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		if (c == 0xf0)
+			lo = 0x90;
+		if (c == 0xf4)
+			hi = 0x8f;
+	} else
+		return 0;
+	if ((size_t)(e - p) < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+static int hex4(const char *p, unsigned *v)
+{
+	*v = 0;
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+		unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+			     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+			     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16;
+		if (d > 15)
+			return -1;
+		*v = *v << 4 | d;
+	}
+	return 0;
+}
+
+/*
+ * A string at s->p: checked completely (escapes, surrogate pairs, UTF-8, no
+ * control characters, no NUL). *raw gets the text between the quotes and
+ * *esc whether it holds escapes (then decode() gives its value).
+ */
+static int str_scan(scan *s, span *raw, int *esc)
+{
+	ws(s);
+	if (s->p >= s->e || *s->p != '"')
+		return bad(s, "a string was expected");
+	const char *p = ++s->p, *e = s->e;
+	*esc = 0;
+	raw->p = p;
+	for (;;) {
+		while (p < e && (unsigned char)*p >= 0x20 && *p != '"' && *p != '\\' && (unsigned char)*p < 0x80)
+			p++;
+		if (p >= e)
+			return bad(s, "unterminated string");
+		unsigned char c = (unsigned char)*p;
+		if (c == '"')
+			break;
+		if (c < 0x20)
+			return bad(s, "control character in a string");
+		if (c >= 0x80) {
+			size_t n = utf8_len((const unsigned char *)p, (const unsigned char *)e);
+			if (!n)
+				return bad(s, "invalid UTF-8");
+			p += n;
+			continue;
+		}
+		/* an escape */
+		*esc = 1;
+		if (e - p < 2)
+			return bad(s, "unterminated string");
+		switch (p[1]) {
+		case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+			p += 2;
+			break;
+		case 'u': {
+			unsigned v, w;
+			if (e - p < 6 || hex4(p + 2, &v))
+				return bad(s, "bad \\u escape");
+			if (v == 0)
+				return bad(s, "\\u0000 in a string");
+			p += 6;
+			if (v >= 0xdc00 && v <= 0xdfff)
+				return bad(s, "lone surrogate in a string");
+			if (v >= 0xd800 && v <= 0xdbff) {
+				if (e - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &w) || w < 0xdc00 || w > 0xdfff)
+					return bad(s, "lone surrogate in a string");
+				p += 6;
+			}
+			break;
+		}
+		default:
+			return bad(s, "bad escape in a string");
+		}
+	}
+	raw->e = p;
+	s->p = p + 1;
+	return 0;
+}
+
+/* Decode a checked string body with escapes, appending it to b (no NUL). */
+static void decode(const span *raw, sbuf *b)
+{
+	const char *p = raw->p;
+	while (p < raw->e) {
+		if (*p != '\\') {
+			const char *q = p;
+			while (q < raw->e && *q != '\\')
+				q++;
+			sb_put(b, p, (size_t)(q - p));
+			p = q;
+			continue;
+		}
+		char c = p[1];
+		p += 2;
+		switch (c) {
+		case 'b': sb_c(b, '\b'); break;
+		case 'f': sb_c(b, '\f'); break;
+		case 'n': sb_c(b, '\n'); break;
+		case 'r': sb_c(b, '\r'); break;
+		case 't': sb_c(b, '\t'); break;
+		case 'u': {
+			unsigned v, w;
+			hex4(p, &v);
+			p += 4;
+			if (v >= 0xd800 && v <= 0xdbff) {
+				hex4(p + 2, &w);
+				p += 6;
+				v = 0x10000 + ((v - 0xd800) << 10) + (w - 0xdc00);
+			}
+			char u[4];
+			size_t n;
+			if (v < 0x80)
+				u[0] = (char)v, n = 1;
+			else if (v < 0x800)
+				u[0] = (char)(0xc0 | v >> 6), u[1] = (char)(0x80 | (v & 63)), n = 2;
+			else if (v < 0x10000)
+				u[0] = (char)(0xe0 | v >> 12), u[1] = (char)(0x80 | (v >> 6 & 63)),
+				u[2] = (char)(0x80 | (v & 63)), n = 3;
+			else
+				u[0] = (char)(0xf0 | v >> 18), u[1] = (char)(0x80 | (v >> 12 & 63)),
+				u[2] = (char)(0x80 | (v >> 6 & 63)), u[3] = (char)(0x80 | (v & 63)), n = 4;
+			sb_put(b, u, n);
+			break;
+		}
+		default: sb_c(b, c); break;
+		}
+	}
+}
+
+static int digits(scan *s)
+{
+	const char *p = s->p;
+	while (s->p < s->e && *s->p >= '0' && *s->p <= '9')
+		s->p++;
+	return s->p > p ? 0 : bad(s, "malformed number");
+}
+
+/* A number per RFC 8259; *isint when it has neither fraction nor exponent. */
+static int num_scan(scan *s, span *t, int *isint)
+{
+	ws(s);
+	t->p = s->p;
+	*isint = 1;
+	if (s->p < s->e && *s->p == '-')
+		s->p++;
+	if (s->p < s->e && *s->p == '0')
+		s->p++;
+	else if (digits(s))
+		return -1;
+	if (s->p < s->e && *s->p == '.') {
+		s->p++;
+		*isint = 0;
+		if (digits(s))
+			return -1;
+	}
+	if (s->p < s->e && (*s->p == 'e' || *s->p == 'E')) {
+		s->p++;
+		*isint = 0;
+		if (s->p < s->e && (*s->p == '+' || *s->p == '-'))
+			s->p++;
+		if (digits(s))
+			return -1;
+	}
+	t->e = s->p;
+	return 0;
+}
+
+static int value_skip(scan *s, int depth);
+
+static int word(scan *s, const char *w, size_t n)
+{
+	if ((size_t)(s->e - s->p) < n || memcmp(s->p, w, n))
+		return bad(s, "invalid JSON value");
+	s->p += n;
+	return 0;
+}
+
+/* Check and step over one value. */
+static int value_skip(scan *s, int depth)
+{
+	span t;
+	int f;
+	ws(s);
+	if (s->p >= s->e)
+		return bad(s, "a value was expected");
+	if (depth > DEPTH_MAX)
+		return bad(s, "nested too deeply");
+	switch (*s->p) {
+	case '"':
+		return str_scan(s, &t, &f);
+	case '{':
+		s->p++;
+		if (lit(s, '}'))
+			return 0;
+		do {
+			if (str_scan(s, &t, &f))
+				return -1;
+			if (!lit(s, ':'))
+				return bad(s, "':' was expected");
+			if (value_skip(s, depth + 1))
+				return -1;
+		} while (lit(s, ','));
+		return lit(s, '}') ? 0 : bad(s, "',' or '}' was expected");
+	case '[':
+		s->p++;
+		if (lit(s, ']'))
+			return 0;
+		do
+			if (value_skip(s, depth + 1))
+				return -1;
+		while (lit(s, ','));
+		return lit(s, ']') ? 0 : bad(s, "',' or ']' was expected");
+	case 't':
+		return word(s, "true", 4);
+	case 'f':
+		return word(s, "false", 5);
+	case 'n':
+		return word(s, "null", 4);
+	default:
+		return num_scan(s, &t, &f);
+	}
+}
+
+/*
+ * An object whose members named in keys[] are wanted: their values' text
+ * goes to out[i] (out[i].p == NULL when absent). Every value is checked;
+ * a wanted key given twice is an error.
+ */
+static int object(scan *s, const char *const *keys, size_t nk, span *out, int depth)
+{
+	for (size_t i = 0; i < nk; i++)
+		out[i].p = out[i].e = NULL;
+	if (!lit(s, '{'))
+		return bad(s, "an object was expected");
+	if (lit(s, '}'))
+		return 0;
+	do {
+		span k;
+		int esc;
+		char kb[32];
+		size_t kn;
+		if (str_scan(s, &k, &esc))
+			return -1;
+		const char *kp = k.p;
+		kn = (size_t)(k.e - k.p);
+		if (esc && kn < sizeof kb) { /* rare: decode short keys to compare them */
+			sbuf b = {kb, 0, sizeof kb, 0};
+			decode(&k, &b);
+			kp = kb, kn = b.n;
+		}
+		if (!lit(s, ':'))
+			return bad(s, "':' was expected");
+		ws(s);
+		size_t i = nk;
+		for (size_t j = 0; j < nk && i == nk; j++)
+			if (strlen(keys[j]) == kn && !memcmp(keys[j], kp, kn))
+				i = j;
+		const char *v = s->p;
+		if (value_skip(s, depth + 1))
+			return -1;
+		if (i < nk) {
+			if (out[i].p)
+				return bad(s, "a member is given twice");
+			out[i].p = v, out[i].e = s->p;
+		}
+	} while (lit(s, ','));
+	return lit(s, '}') ? 0 : bad(s, "',' or '}' was expected");
+}
+
+/* Iterate an array value: first call with *started == 0. 1 an element (in el), 0 the end. */
+static int array_next(scan *s, int *started, span *el)
+{
+	if (!*started) {
+		*started = 1;
+		if (!lit(s, '['))
+			return bad(s, "an array was expected");
+		if (lit(s, ']'))
+			return 0;
+	} else if (!lit(s, ',')) {
+		return lit(s, ']') ? 0 : bad(s, "',' or ']' was expected");
+	}
+	ws(s);
+	el->p = s->p;
+	if (value_skip(s, 1))
+		return -1;
+	el->e = s->p;
+	return 1;
+}
+
+static int is_null(const span *v)
+{
+	return v->e - v->p == 4 && !memcmp(v->p, "null", 4);
+}
+
+/* An integer in [0, max]. */
+static int get_count(scan *s, const span *v, uint64_t max, uint64_t *out, const char *what)
+{
+	scan t = {v->p, v->e, NULL};
+	span n;
+	int isint;
+	if (num_scan(&t, &n, &isint) || !isint || *n.p == '-')
+		return bad(s, what);
+	uint64_t x = 0;
+	for (const char *p = n.p; p < n.e; p++) {
+		x = x * 10 + (uint64_t)(*p - '0');
+		if (x > max)
+			return bad(s, what);
+	}
+	*out = x;
+	return 0;
+}
+
+/*
+ * A number's value in units of 1e-9, rounded toward zero and saturated at
+ * +-FIX_MAX, computed from its decimal text with integers only.
+ */
+static int get_fixed(scan *s, const span *v, int64_t *out, const char *what)
+{
+	scan t = {v->p, v->e, NULL};
+	span n;
+	int isint;
+	if (num_scan(&t, &n, &isint))
+		return bad(s, what);
+	const u128 big = (u128)FIX_MAX * FIX_MAX; /* 1e36: beyond it digits no longer matter */
+	const char *p = n.p;
+	int neg = *p == '-', frac = 0;
+	long k = 9;
+	u128 m = 0;
+	p += neg;
+	for (; p < n.e && *p != 'e' && *p != 'E'; p++) {
+		if (*p == '.') {
+			frac = 1;
+			continue;
+		}
+		if (m < big) {
+			m = m * 10 + (unsigned)(*p - '0');
+			k -= frac;
+		} else if (!frac) {
+			k++;
+		}
+	}
+	if (p < n.e) {
+		long x = 0;
+		int xneg = 0;
+		p++;
+		if (*p == '+' || *p == '-')
+			xneg = *p++ == '-';
+		for (; p < n.e; p++)
+			if (x < 100000)
+				x = x * 10 + (*p - '0');
+		k += xneg ? -x : x;
+	}
+	if (m && k > 0) {
+		while (k-- > 0 && m <= (u128)FIX_MAX)
+			m *= 10;
+	} else if (m && k < 0) {
+		if (k < -40)
+			m = 0;
+		while (k++ < 0 && m)
+			m /= 10;
+	}
+	if (m > (u128)FIX_MAX)
+		m = FIX_MAX;
+	*out = neg ? -(int64_t)m : (int64_t)m;
+	return 0;
+}
+
+/* ---- payees ---------------------------------------------------------------------------- */
 
 typedef struct payee {
-	char *name;
-	u128 acc;        /* sum over records of fee_milli * weight */
-	long rejected, flagged;
-	double poisoning, negative;
+	char *name; /* owned, NUL-terminated */
+	uint32_t len;
+	uint32_t slot;  /* position in the current record's credit list */
+	uint64_t mark;  /* the record that slot belongs to */
+	u128 acc;       /* sum of fee_num * w */
+	u128 mfee;      /* sum of fee_num over records of the models this payee owns */
+	i128 neg;       /* sum of negative top scores, 1e-9 units */
+	uint64_t rejected, flagged, poisoning;
+	uint64_t stake;
 } payee;
+
+/* String -> index + 1, open addressing over XXH3 (a hash table, not a content address). */
+typedef struct ent {
+	uint64_t h;
+	uint32_t v; /* payee index + 1; 0: empty */
+} ent;
+
+typedef struct table {
+	ent *e;
+	size_t cap, n;
+} table;
+
+/* A string as read from a line: in the line itself, or decoded into the arena. */
+typedef struct sref {
+	size_t off;
+	uint32_t len;
+	uint8_t arena, null;
+} sref;
+
+typedef struct credit {
+	uint32_t who;
+	u128 w;
+	u128 rem;
+} credit;
+
+typedef struct scored {
+	sref who;
+	int64_t v;
+} scored;
+
+typedef struct cluster {
+	sref first;
+	size_t m0, m1; /* members[m0..m1) */
+} cluster;
+
+#define VEC(T) struct { T *v; size_t n, cap; }
 
 struct trail_settle {
 	json_t *policy;
-	long long fee_p, fee_c;
-	long long bps[4]; /* platform, model, stakers, contributors */
-	const char *platform, *model_owner;
-	long long max_rejected, max_flagged, slash_bps;
-	double max_poisoning, min_influence;
-	payee *tab;
-	size_t cap, n;
-	u128 fee_milli;  /* sum of fees, in 1/1000 minor units */
-	u128 full;       /* sum of fee_milli * SCALE: what full attribution would weigh */
-	uint8_t inputs[32]; /* multiset digest: sum of record digests mod 2^256 */
-	long long records;
+	uint64_t fee_p, fee_c;
+	int64_t bps[4];
+	uint32_t platform, model_owner;
+	int64_t max_rejected, max_flagged, max_poisoning; /* -1: no rule */
+	int has_min_influence;
+	int64_t min_influence; /* 1e-9 units */
+	int64_t slash_bps;
+
+	payee *pay;
+	size_t npay, cappay;
+	table names;  /* payee name -> payee */
+	table models; /* model -> owning payee; keys in mnames */
+	char **mnames;     /* models named in model_owners */
+	uint32_t *mowner;  /* their owners (payee indexes) */
+	size_t nmodels;
+
+	u128 fees;    /* sum of fee_num */
+	uint8_t inputs[32];
+	uint64_t records, flag_lines, serial;
+
+	/* per-line scratch, reused: bounded by the longest line */
+	sbuf arena, view;
+	VEC(scored) contrib;
+	VEC(scored) top;
+	VEC(sref) members;
+	VEC(sref) poison;
+	VEC(cluster) clusters;
+	VEC(credit) cred;
 };
 
-static const char *const ROLE[4] = {"platform", "model", "stakers", "contributors"};
+#define VEC_PUSH(s, vec, x)                                                                       \
+	((vec).n < (vec).cap || vec_grow((void **)&(vec).v, &(vec).cap, sizeof *(vec).v) == 0     \
+		 ? ((vec).v[(vec).n++] = (x), 0)                                                   \
+		 : -1)
 
-/* ---- the payee table (open addressing, xxHash) -------------------------------- */
-
-static payee *find(trail_settle *s, const char *name, int create)
+static int vec_grow(void **v, size_t *cap, size_t size)
 {
-	if (create && (s->n + 1) * 4 > s->cap * 3) {
-		size_t nc = s->cap ? s->cap * 2 : 64;
-		payee *nt = trail_calloc(nc, sizeof *nt);
-		if (!nt)
-			return NULL;
-		for (size_t i = 0; i < s->cap; i++) {
-			if (!s->tab[i].name)
-				continue;
-			size_t h = (size_t)XXH3_64bits(s->tab[i].name, strlen(s->tab[i].name)) & (nc - 1);
-			while (nt[h].name)
-				h = (h + 1) & (nc - 1);
-			nt[h] = s->tab[i];
-		}
-		trail_free(s->tab);
-		s->tab = nt;
-		s->cap = nc;
-	}
-	if (!s->cap)
-		return NULL;
-	size_t h = (size_t)XXH3_64bits(name, strlen(name)) & (s->cap - 1);
-	while (s->tab[h].name) {
-		if (!strcmp(s->tab[h].name, name))
-			return &s->tab[h];
-		h = (h + 1) & (s->cap - 1);
-	}
-	if (!create || !(s->tab[h].name = trail_strdup(name)))
-		return NULL;
-	s->n++;
-	return &s->tab[h];
+	size_t nc = *cap ? *cap * 2 : 16;
+	void *nv = trail_realloc(*v, nc * size);
+	if (!nv)
+		return -1;
+	*v = nv;
+	*cap = nc;
+	return 0;
 }
 
-/* ---- policy -------------------------------------------------------------------- */
-
-static int get_int(const json_t *o, const char *k, long long def, long long min, long long *out, trail_error *err)
+static uint64_t hash(const char *p, size_t n)
 {
-	json_t *v = json_object_get(o, k);
-	if (!v) {
-		*out = def;
-		return TRAIL_OK;
-	}
-	if (!json_is_integer(v) || json_integer_value(v) < min)
-		return trail_error_set(err, TRAIL_EDATA, "policy: %s is an integer >= %lld", k, min);
-	*out = json_integer_value(v);
-	return TRAIL_OK;
+	return XXH3_64bits(p, n);
 }
+
+static int table_grow(table *t)
+{
+	size_t nc = t->cap ? t->cap * 2 : 64;
+	ent *ne = trail_calloc(nc, sizeof *ne);
+	if (!ne)
+		return -1;
+	for (size_t i = 0; i < t->cap; i++) {
+		if (!t->e[i].v)
+			continue;
+		size_t j = (size_t)t->e[i].h & (nc - 1);
+		while (ne[j].v)
+			j = (j + 1) & (nc - 1);
+		ne[j] = t->e[i];
+	}
+	trail_free(t->e);
+	t->e = ne;
+	t->cap = nc;
+	return 0;
+}
+
+/* The slot for key (n bytes) under h: found (v != 0) or the empty one to fill. */
+static ent *table_slot(table *t, char **keys, const char *k, size_t n, uint64_t h)
+{
+	size_t j = (size_t)h & (t->cap - 1);
+	while (t->e[j].v) {
+		const char *x = keys[t->e[j].v - 1];
+		if (t->e[j].h == h && !memcmp(x, k, n) && x[n] == 0)
+			return &t->e[j];
+		j = (j + 1) & (t->cap - 1);
+	}
+	return &t->e[j];
+}
+
+static ent *name_slot(trail_settle *s, const char *k, size_t n, uint64_t h)
+{
+	size_t j = (size_t)h & (s->names.cap - 1);
+	while (s->names.e[j].v) {
+		const payee *p = &s->pay[s->names.e[j].v - 1];
+		if (s->names.e[j].h == h && p->len == n && !memcmp(p->name, k, n))
+			return &s->names.e[j];
+		j = (j + 1) & (s->names.cap - 1);
+	}
+	return &s->names.e[j];
+}
+
+/* The payee called k; created when `create`. 0 found/created, 1 absent, -1 out of memory. */
+static int payee_get(trail_settle *s, const char *k, size_t n, int create, uint32_t *out)
+{
+	if ((s->names.n + 1) * 4 > s->names.cap * 3 && table_grow(&s->names))
+		return -1;
+	uint64_t h = hash(k, n);
+	ent *e = name_slot(s, k, n, h);
+	if (e->v) {
+		*out = e->v - 1;
+		return 0;
+	}
+	if (!create)
+		return 1;
+	if (s->npay == s->cappay && vec_grow((void **)&s->pay, &s->cappay, sizeof *s->pay))
+		return -1;
+	payee *p = &s->pay[s->npay];
+	memset(p, 0, sizeof *p);
+	if (!(p->name = trail_malloc(n + 1)))
+		return -1;
+	memcpy(p->name, k, n);
+	p->name[n] = 0;
+	p->len = (uint32_t)n;
+	e->h = h;
+	e->v = (uint32_t)++s->npay;
+	s->names.n++;
+	*out = (uint32_t)(s->npay - 1);
+	return 0;
+}
+
+/* ---- policy ------------------------------------------------------------------------------ */
 
 static int check_keys(const json_t *o, const char *const *ok, const char *where, trail_error *err)
 {
 	const char *k;
 	json_t *v;
 	json_object_foreach((json_t *)o, k, v) {
-		int known = 0;
-		for (const char *const *p = ok; *p; p++)
-			known |= !strcmp(*p, k);
-		if (!known)
-			return trail_error_set(err, TRAIL_EDATA, "policy: unknown key %s%s", where, k);
+		const char *const *p = ok;
+		while (*p && strcmp(*p, k))
+			p++;
+		if (!*p)
+			return trail_error_set(err, TRAIL_EDATA, "policy: unknown member %s%s", where, k);
 	}
 	return TRAIL_OK;
 }
 
+static int get_int(const json_t *o, const char *k, int64_t def, int64_t min, int64_t max, const char *where,
+		   int64_t *out, trail_error *err)
+{
+	json_t *v = json_object_get(o, k);
+	if (!v) {
+		*out = def;
+		return TRAIL_OK;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+		return trail_error_set(err, TRAIL_EDATA, "policy: %s%s is an integer from %lld to %lld", where, k,
+				       (long long)min, (long long)max);
+	*out = json_integer_value(v);
+	return TRAIL_OK;
+}
+
+static int named_payee(trail_settle *s, const json_t *policy, const char *k, const char *def, uint32_t *out,
+		       trail_error *err)
+{
+	json_t *v = json_object_get(policy, k);
+	const char *name = v ? json_string_value(v) : def;
+	if (!name || !*name)
+		return trail_error_set(err, TRAIL_EDATA, "policy: %s is a non-empty string", k);
+	return payee_get(s, name, strlen(name), 1, out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory")
+							 : TRAIL_OK;
+}
+
 int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 {
-	static const char *top[] = {"fee_per_1k_prompt", "fee_per_1k_completion", "split_bps", "platform",
-				    "model_owner", "stakes", "penalty", NULL};
-	static const char *pen[] = {"max_rejected", "max_flagged", "max_poisoning", "min_influence", "slash_bps", NULL};
-	trail_settle *s = trail_calloc(1, sizeof *s);
-	json_t *split = json_object_get(policy, "split_bps"), *pe = json_object_get(policy, "penalty");
-	json_t *stakes = json_object_get(policy, "stakes");
-	int rc;
+	static const char *const top[] = {"fee_per_1k_prompt", "fee_per_1k_completion", "split_bps", "platform",
+					  "model_owner", "model_owners", "stakes", "penalty", NULL};
+	static const char *const pen[] = {"max_rejected", "max_flagged", "max_poisoning", "min_influence",
+					  "slash_bps", NULL};
+	static const char *const roles[] = {"platform", "model", "stakers", "contributors", NULL};
 	*out = NULL;
-	if (!s)
+	if (!json_is_object(policy))
+		return trail_error_set(err, TRAIL_EDATA, "policy: a JSON object");
+	json_t *split = json_object_get(policy, "split_bps"), *pe = json_object_get(policy, "penalty");
+	json_t *stakes = json_object_get(policy, "stakes"), *owners = json_object_get(policy, "model_owners");
+	if (!json_is_object(split))
+		return trail_error_set(err, TRAIL_EDATA, "policy: split_bps is an object");
+	if ((pe && !json_is_object(pe)) || (stakes && !json_is_object(stakes)) || (owners && !json_is_object(owners)))
+		return trail_error_set(err, TRAIL_EDATA, "policy: penalty, stakes and model_owners are objects");
+	trail_settle *s = trail_calloc(1, sizeof *s);
+	if (!s || !(s->policy = json_deep_copy(policy))) {
+		trail_free(s);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	s->policy = json_deep_copy(policy);
-	if (!json_is_object(policy) || !json_is_object(split) || (pe && !json_is_object(pe)) ||
-	    (stakes && !json_is_object(stakes))) {
-		rc = trail_error_set(err, TRAIL_EDATA, "policy: an object with split_bps (and penalty, stakes objects)");
-		goto fail;
 	}
-	static const char *roles[] = {"platform", "model", "stakers", "contributors", NULL};
+	int64_t fp, fc, sum = 0;
+	int rc;
 	if ((rc = check_keys(policy, top, "", err)) || (rc = check_keys(split, roles, "split_bps.", err)) ||
 	    (pe && (rc = check_keys(pe, pen, "penalty.", err))) ||
-	    (rc = get_int(policy, "fee_per_1k_prompt", 0, 0, &s->fee_p, err)) ||
-	    (rc = get_int(policy, "fee_per_1k_completion", 0, 0, &s->fee_c, err)))
+	    (rc = get_int(policy, "fee_per_1k_prompt", 0, 0, (int64_t)COUNT_MAX, "", &fp, err)) ||
+	    (rc = get_int(policy, "fee_per_1k_completion", 0, 0, (int64_t)COUNT_MAX, "", &fc, err)))
 		goto fail;
-	long long sum = 0;
+	s->fee_p = (uint64_t)fp;
+	s->fee_c = (uint64_t)fc;
 	for (int i = 0; i < 4; i++) {
-		if ((rc = get_int(split, ROLE[i], 0, 0, &s->bps[i], err)))
+		if ((rc = get_int(split, ROLE[i], 0, 0, 10000, "split_bps.", &s->bps[i], err)))
 			goto fail;
 		sum += s->bps[i];
 	}
 	if (sum != 10000) {
-		rc = trail_error_set(err, TRAIL_EDATA, "policy: split_bps sums to %lld, not 10000", sum);
+		rc = trail_error_set(err, TRAIL_EDATA, "policy: split_bps sums to %lld, not 10000", (long long)sum);
 		goto fail;
 	}
-	if ((rc = get_int(pe, "max_rejected", -1, -1, &s->max_rejected, err)) ||
-	    (rc = get_int(pe, "max_flagged", -1, -1, &s->max_flagged, err)) ||
-	    (rc = get_int(pe, "slash_bps", 0, 0, &s->slash_bps, err)))
+	if ((rc = get_int(pe, "max_rejected", -1, 0, INT64_MAX, "penalty.", &s->max_rejected, err)) ||
+	    (rc = get_int(pe, "max_flagged", -1, 0, INT64_MAX, "penalty.", &s->max_flagged, err)) ||
+	    (rc = get_int(pe, "max_poisoning", -1, 0, INT64_MAX, "penalty.", &s->max_poisoning, err)) ||
+	    (rc = get_int(pe, "slash_bps", 0, 0, 10000, "penalty.", &s->slash_bps, err)))
 		goto fail;
-	json_t *mp = json_object_get(pe, "max_poisoning"), *mi = json_object_get(pe, "min_influence");
-	s->max_poisoning = mp ? json_number_value(mp) : INFINITY;
-	s->min_influence = mi ? json_number_value(mi) : -INFINITY;
-	if (s->slash_bps > 10000) {
-		rc = trail_error_set(err, TRAIL_EDATA, "policy: penalty.slash_bps is at most 10000");
-		goto fail;
-	}
-	const char *k;
-	json_t *v;
-	json_object_foreach(stakes, k, v)
-		if (!json_is_integer(v) || json_integer_value(v) < 0) {
-			rc = trail_error_set(err, TRAIL_EDATA, "policy: stakes.%s is a non-negative integer", k);
+	json_t *mi = json_object_get(pe, "min_influence");
+	if (mi) {
+		/* read from its canonical text, as scores are */
+		char nb[40];
+		scan t = {nb, nb, NULL};
+		span v;
+		if (!json_is_number(mi) || trail_jcs_number(json_number_value(mi), nb, sizeof nb)) {
+			rc = trail_error_set(err, TRAIL_EDATA, "policy: penalty.min_influence is a number");
 			goto fail;
 		}
-	s->platform = json_string_value(json_object_get(policy, "platform"));
-	s->model_owner = json_string_value(json_object_get(policy, "model_owner"));
-	if (!s->platform)
-		s->platform = "platform";
-	if (!s->model_owner)
-		s->model_owner = "model";
+		v.p = nb, v.e = t.e = nb + strlen(nb);
+		if (get_fixed(&t, &v, &s->min_influence, "number")) {
+			rc = trail_error_set(err, TRAIL_EDATA, "policy: penalty.min_influence is a number");
+			goto fail;
+		}
+		s->has_min_influence = 1;
+	}
+	if ((rc = named_payee(s, policy, "platform", "platform", &s->platform, err)) ||
+	    (rc = named_payee(s, policy, "model_owner", "model", &s->model_owner, err)))
+		goto fail;
+	const char *k;
+	json_t *v;
+	json_object_foreach(stakes, k, v) {
+		uint32_t i;
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (json_int_t)1 << 53) {
+			rc = trail_error_set(err, TRAIL_EDATA, "policy: stakes.%s is an integer from 0 to 2^53-1", k);
+			goto fail;
+		}
+		if (payee_get(s, k, strlen(k), 1, &i)) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto fail;
+		}
+		s->pay[i].stake = (uint64_t)json_integer_value(v);
+	}
+	size_t no = json_object_size(owners);
+	if (no && (!(s->mnames = trail_calloc(no, sizeof *s->mnames)) ||
+		   !(s->mowner = trail_calloc(no, sizeof *s->mowner)))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto fail;
+	}
+	json_object_foreach(owners, k, v) {
+		uint32_t i;
+		const char *who = json_string_value(v);
+		if (!who || !*who) {
+			rc = trail_error_set(err, TRAIL_EDATA, "policy: model_owners.%s is a non-empty string", k);
+			goto fail;
+		}
+		if (payee_get(s, who, strlen(who), 1, &i) ||
+		    ((s->models.n + 1) * 4 > s->models.cap * 3 && table_grow(&s->models)) ||
+		    !(s->mnames[s->nmodels] = trail_strdup(k))) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto fail;
+		}
+		uint64_t h = hash(k, strlen(k));
+		ent *e = table_slot(&s->models, s->mnames, k, strlen(k), h);
+		s->mowner[s->nmodels++] = i;
+		e->h = h;
+		e->v = (uint32_t)s->nmodels;
+		s->models.n++;
+	}
 	*out = s;
 	return TRAIL_OK;
 fail:
@@ -170,14 +903,103 @@ void trail_settle_free(trail_settle *s)
 {
 	if (!s)
 		return;
-	for (size_t i = 0; i < s->cap; i++)
-		trail_free(s->tab[i].name);
-	trail_free(s->tab);
+	for (size_t i = 0; i < s->npay; i++)
+		trail_free(s->pay[i].name);
+	for (size_t i = 0; i < s->nmodels; i++)
+		trail_free(s->mnames[i]);
+	trail_free(s->pay);
+	trail_free(s->names.e);
+	trail_free(s->models.e);
+	trail_free(s->mnames);
+	trail_free(s->mowner);
+	trail_free(s->arena.p);
+	trail_free(s->view.p);
+	trail_free(s->contrib.v);
+	trail_free(s->top.v);
+	trail_free(s->members.v);
+	trail_free(s->poison.v);
+	trail_free(s->clusters.v);
+	trail_free(s->cred.v);
 	json_decref(s->policy);
 	trail_free(s);
 }
 
-/* ---- accounting -------------------------------------------------------------------- */
+uint64_t trail_settle_records(const trail_settle *s)
+{
+	return s->records;
+}
+
+size_t trail_settle_payees(const trail_settle *s)
+{
+	return s->npay;
+}
+
+/* ---- reading a line -------------------------------------------------------------------- */
+
+enum { K_TYPE, K_EVENT, K_USAGE, K_CONTRIB, K_CLUSTERS, K_TOP, K_MODEL, K_POISON, K_WHO, K_REJ, K_FLAG, NKEYS };
+static const char *const LINE_KEYS[NKEYS] = {"type", "event", "usage", "contributors", "clusters", "top",
+					     "model", "poisoning", "contributor", "rejected", "flagged"};
+
+/* A string value (or null, when nullok) as a reference into the line or the arena. */
+static int get_str(trail_settle *s, scan *sc, const char *line, const span *v, int nullok, sref *out,
+		   const char *what)
+{
+	scan t = {v->p, v->e, NULL};
+	span raw;
+	int esc;
+	memset(out, 0, sizeof *out);
+	if (nullok && is_null(v)) {
+		out->null = 1;
+		return 0;
+	}
+	if (str_scan(&t, &raw, &esc) || raw.e == raw.p || raw.e - raw.p > (1 << 30))
+		return bad(sc, what);
+	if (!esc) {
+		out->off = (size_t)(raw.p - line);
+		out->len = (uint32_t)(raw.e - raw.p);
+		return 0;
+	}
+	out->off = s->arena.n;
+	out->arena = 1;
+	decode(&raw, &s->arena);
+	out->len = (uint32_t)(s->arena.n - out->off);
+	return 0;
+}
+
+static const char *str_of(const trail_settle *s, const char *line, const sref *r)
+{
+	return r->arena ? s->arena.p + r->off : line + r->off;
+}
+
+static void view_str(trail_settle *s, const char *line, const sref *r)
+{
+	if (r->null)
+		sb_put(&s->view, "null", 4);
+	else
+		sb_jstr(&s->view, str_of(s, line, r), r->len);
+}
+
+static void view_key(trail_settle *s, const char *k, int first)
+{
+	if (!first)
+		sb_c(&s->view, ',');
+	sb_jstr(&s->view, k, strlen(k));
+	sb_c(&s->view, ':');
+}
+
+/* [[name, value], ...] */
+static void view_pairs(trail_settle *s, const char *line, const scored *v, size_t n)
+{
+	sb_c(&s->view, '[');
+	for (size_t i = 0; i < n; i++) {
+		sb_put(&s->view, i ? ",[" : "[", i ? 2 : 1);
+		view_str(s, line, &v[i].who);
+		sb_c(&s->view, ',');
+		sb_i64(&s->view, v[i].v);
+		sb_c(&s->view, ']');
+	}
+	sb_c(&s->view, ']');
+}
 
 static void add256(uint8_t acc[32], const uint8_t d[32])
 {
@@ -189,300 +1011,841 @@ static void add256(uint8_t acc[32], const uint8_t d[32])
 	}
 }
 
+static int oom(trail_error *err)
+{
+	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+static int name_cmp(const payee *a, const payee *b)
+{
+	size_t n = a->len < b->len ? a->len : b->len;
+	int c = memcmp(a->name, b->name, n);
+	return c ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+/* largest remainder first, then name */
+static int by_rem(const void *x, const void *y, void *ctx)
+{
+	const credit *a = x, *b = y;
+	const payee *pay = ctx;
+	if (a->rem != b->rem)
+		return a->rem > b->rem ? -1 : 1;
+	return name_cmp(&pay[a->who], &pay[b->who]);
+}
+
+/* Credit w to payee who in the current record's list. */
+static int credit_add(trail_settle *s, uint32_t who, u128 w)
+{
+	payee *p = &s->pay[who];
+	if (p->mark == s->serial) {
+		s->cred.v[p->slot].w += w;
+		return 0;
+	}
+	p->mark = s->serial;
+	p->slot = (uint32_t)s->cred.n;
+	return VEC_PUSH(s, s->cred, ((credit){who, w, 0}));
+}
+
+/*
+ * A record's credit: positive shares, merged by name. A cluster of copies
+ * counts once: its members' credit (the first's own included) is replaced
+ * by the largest of them, credited to the first; the record's credit is
+ * then scaled back to the sum it had (at most 1e9) by largest remainder,
+ * as it is when the shares add up to more than 1e9. Fills s->cred.
+ */
+static int record_credit(trail_settle *s, const char *line)
+{
+	uint32_t who;
+	s->serial++;
+	s->cred.n = 0;
+	for (size_t i = 0; i < s->contrib.n; i++) {
+		const scored *c = &s->contrib.v[i];
+		if (c->v <= 0)
+			continue;
+		if (payee_get(s, str_of(s, line, &c->who), c->who.len, 1, &who) || credit_add(s, who, (u128)c->v))
+			return -1;
+	}
+	u128 S0 = 0, S = 0;
+	int collapsed = 0;
+	for (size_t i = 0; i < s->cred.n; i++)
+		S0 += s->cred.v[i].w;
+	for (size_t i = 0; i < s->clusters.n; i++) {
+		const cluster *cl = &s->clusters.v[i];
+		uint32_t first;
+		u128 best = 0;
+		int any = 0;
+		if (cl->first.null)
+			continue;
+		if (payee_get(s, str_of(s, line, &cl->first), cl->first.len, 1, &first))
+			return -1;
+		if (s->pay[first].mark == s->serial)
+			best = s->cred.v[s->pay[first].slot].w;
+		for (size_t j = cl->m0; j < cl->m1; j++) {
+			const sref *m = &s->members.v[j];
+			int r = payee_get(s, str_of(s, line, m), m->len, 0, &who);
+			if (r < 0)
+				return -1;
+			if (r || who == first || s->pay[who].mark != s->serial || !s->cred.v[s->pay[who].slot].w)
+				continue;
+			credit *c = &s->cred.v[s->pay[who].slot];
+			best = c->w > best ? c->w : best;
+			c->w = 0;
+			any = 1;
+		}
+		if (!any)
+			continue;
+		collapsed = 1;
+		if (s->pay[first].mark == s->serial)
+			s->cred.v[s->pay[first].slot].w = best;
+		else if (credit_add(s, first, best))
+			return -1;
+	}
+	for (size_t i = 0; i < s->cred.n; i++)
+		S += s->cred.v[i].w;
+	u128 target = S0 < (u128)NANO ? S0 : (u128)NANO;
+	if (S && (S > (u128)NANO || (collapsed && S != target))) {
+		u128 given = 0;
+		for (size_t i = 0; i < s->cred.n; i++) {
+			u128 num = s->cred.v[i].w * target;
+			s->cred.v[i].w = num / S;
+			s->cred.v[i].rem = num % S;
+			given += s->cred.v[i].w;
+		}
+		qsort_r(s->cred.v, s->cred.n, sizeof *s->cred.v, by_rem, s->pay);
+		for (size_t i = 0; given < target; i++, given++)
+			s->cred.v[i].w++;
+	}
+	return 0;
+}
+
+static int line_record(trail_settle *s, const char *line, scan *sc, const span *f, trail_error *err)
+{
+	static const char *const ukeys[] = {"prompt_tokens", "completion_tokens"};
+	static const char *const ckeys[] = {"contributor", "share"};
+	static const char *const lkeys[] = {"members", "first"};
+	static const char *const tkeys[] = {"contributor", "score"};
+	static const char *const ekeys[] = {"id"};
+	span u[2], el, c[2];
+	uint64_t pt, ct;
+	sref event, model = {0};
+	int started;
+	s->contrib.n = s->top.n = s->members.n = s->poison.n = s->clusters.n = 0;
+
+	if (!f[K_EVENT].p || !f[K_USAGE].p || !f[K_CONTRIB].p)
+		return bad(sc, "an attribution record has event, usage and contributors");
+	scan t = {f[K_USAGE].p, f[K_USAGE].e, NULL};
+	if (object(&t, ukeys, 2, u, 1) || !u[0].p || !u[1].p ||
+	    get_count(sc, &u[0], COUNT_MAX, &pt, "usage.prompt_tokens is an integer from 0 to 2^40") ||
+	    get_count(sc, &u[1], COUNT_MAX, &ct, "usage.completion_tokens is an integer from 0 to 2^40"))
+		return bad(sc, "usage is {\"prompt_tokens\": N, \"completion_tokens\": N}");
+	t = (scan){f[K_EVENT].p, f[K_EVENT].e, NULL};
+	if (*t.p == '{') {
+		if (object(&t, ekeys, 1, c, 1) || !c[0].p ||
+		    get_str(s, sc, line, &c[0], 0, &event, "event.id is a non-empty string"))
+			return bad(sc, "an event object has a string id");
+	} else if (get_str(s, sc, line, &f[K_EVENT], 0, &event, "event is a string or an object with an id")) {
+		return -1;
+	}
+	if (f[K_MODEL].p && get_str(s, sc, line, &f[K_MODEL], 1, &model, "model is a string or null"))
+		return -1;
+
+	t = (scan){f[K_CONTRIB].p, f[K_CONTRIB].e, NULL};
+	started = 0;
+	for (int r; (r = array_next(&t, &started, &el));) {
+		scored x;
+		scan o = {el.p, el.e, NULL};
+		if (r < 0 || object(&o, ckeys, 2, c, 2) || !c[0].p || !c[1].p)
+			return bad(sc, "contributors is an array of {\"contributor\", \"share\"}");
+		if (get_str(s, sc, line, &c[0], 0, &x.who, "contributors[].contributor is a non-empty string") ||
+		    get_fixed(sc, &c[1], &x.v, "contributors[].share is a number") || VEC_PUSH(s, s->contrib, x))
+			return sc->why ? -1 : oom(err);
+	}
+	if (f[K_CLUSTERS].p) {
+		t = (scan){f[K_CLUSTERS].p, f[K_CLUSTERS].e, NULL};
+		started = 0;
+		for (int r; (r = array_next(&t, &started, &el));) {
+			cluster cl;
+			scan o = {el.p, el.e, NULL};
+			if (r < 0 || object(&o, lkeys, 2, c, 2) || !c[0].p)
+				return bad(sc, "clusters is an array of {\"members\": [...], \"first\"}");
+			if (!c[1].p)
+				cl.first = (sref){0, 0, 0, 1};
+			else if (get_str(s, sc, line, &c[1], 1, &cl.first, "clusters[].first is a string or null"))
+				return -1;
+			cl.m0 = s->members.n;
+			scan m = {c[0].p, c[0].e, NULL};
+			int st = 0;
+			for (int q; (q = array_next(&m, &st, &el));) {
+				sref who;
+				if (q < 0 || get_str(s, sc, line, &el, 0, &who, "clusters[].members are non-empty strings"))
+					return bad(sc, "clusters[].members are non-empty strings");
+				if (VEC_PUSH(s, s->members, who))
+					return oom(err);
+			}
+			cl.m1 = s->members.n;
+			if (VEC_PUSH(s, s->clusters, cl))
+				return oom(err);
+		}
+	}
+	if (f[K_TOP].p) {
+		t = (scan){f[K_TOP].p, f[K_TOP].e, NULL};
+		started = 0;
+		for (int r; (r = array_next(&t, &started, &el));) {
+			scored x = {{0, 0, 0, 1}, 0};
+			scan o = {el.p, el.e, NULL};
+			if (r < 0 || object(&o, tkeys, 2, c, 2))
+				return bad(sc, "top is an array of {\"contributor\", \"score\"}");
+			if ((c[0].p && get_str(s, sc, line, &c[0], 1, &x.who, "top[].contributor is a string or null")) ||
+			    (c[1].p && !is_null(&c[1]) && get_fixed(sc, &c[1], &x.v, "top[].score is a number or null")))
+				return -1;
+			if (VEC_PUSH(s, s->top, x))
+				return oom(err);
+		}
+	}
+	if (f[K_POISON].p) {
+		t = (scan){f[K_POISON].p, f[K_POISON].e, NULL};
+		started = 0;
+		for (int r; (r = array_next(&t, &started, &el));) {
+			sref who;
+			if (r < 0 || get_str(s, sc, line, &el, 0, &who, "poisoning is an array of contributors"))
+				return bad(sc, "poisoning is an array of contributors");
+			if (VEC_PUSH(s, s->poison, who))
+				return oom(err);
+		}
+	}
+	if (s->arena.oom)
+		return oom(err);
+
+	u128 fee = (u128)pt * s->fee_p + (u128)ct * s->fee_c;
+	if (s->fees + fee > FEES_MAX) {
+		trail_error_set(err, TRAIL_ELIMIT, "the epoch's fees exceed 2^53-1 minor units");
+		return -2;
+	}
+
+	/* the record's part of the inputs digest: RFC 8785 text of what was read */
+	s->view.n = 0;
+	sb_c(&s->view, '{');
+	int first = 1;
+	if (f[K_CLUSTERS].p) {
+		view_key(s, "clusters", first), first = 0;
+		sb_c(&s->view, '[');
+		for (size_t i = 0; i < s->clusters.n; i++) {
+			const cluster *cl = &s->clusters.v[i];
+			sb_put(&s->view, i ? ",[" : "[", i ? 2 : 1);
+			view_str(s, line, &cl->first);
+			sb_put(&s->view, ",[", 2);
+			for (size_t j = cl->m0; j < cl->m1; j++) {
+				if (j > cl->m0)
+					sb_c(&s->view, ',');
+				view_str(s, line, &s->members.v[j]);
+			}
+			sb_put(&s->view, "]]", 2);
+		}
+		sb_c(&s->view, ']');
+	}
+	view_key(s, "contributors", first);
+	view_pairs(s, line, s->contrib.v, s->contrib.n);
+	view_key(s, "event", 0);
+	view_str(s, line, &event);
+	if (f[K_MODEL].p) {
+		view_key(s, "model", 0);
+		view_str(s, line, &model);
+	}
+	if (f[K_POISON].p) {
+		view_key(s, "poisoning", 0);
+		sb_c(&s->view, '[');
+		for (size_t i = 0; i < s->poison.n; i++) {
+			if (i)
+				sb_c(&s->view, ',');
+			view_str(s, line, &s->poison.v[i]);
+		}
+		sb_c(&s->view, ']');
+	}
+	if (f[K_TOP].p) {
+		view_key(s, "top", 0);
+		view_pairs(s, line, s->top.v, s->top.n);
+	}
+	view_key(s, "usage", 0);
+	sb_c(&s->view, '[');
+	sb_i64(&s->view, (int64_t)pt);
+	sb_c(&s->view, ',');
+	sb_i64(&s->view, (int64_t)ct);
+	sb_put(&s->view, "]}", 2);
+	if (s->view.oom)
+		return oom(err);
+
+	/* from here on the record counts; only memory can fail */
+	uint32_t who;
+	if (record_credit(s, line))
+		return oom(err);
+	for (size_t i = 0; i < s->cred.n; i++)
+		s->pay[s->cred.v[i].who].acc += fee * s->cred.v[i].w;
+	who = s->model_owner;
+	if (model.len && s->nmodels) {
+		const char *m = str_of(s, line, &model);
+		ent *e = table_slot(&s->models, s->mnames, m, model.len, hash(m, model.len));
+		if (e->v)
+			who = s->mowner[e->v - 1];
+	}
+	s->pay[who].mfee += fee;
+	for (size_t i = 0; i < s->top.n; i++) {
+		const scored *x = &s->top.v[i];
+		if (x->who.null || x->v >= 0)
+			continue;
+		if (payee_get(s, str_of(s, line, &x->who), x->who.len, 1, &who))
+			return oom(err);
+		s->pay[who].neg += x->v;
+	}
+	for (size_t i = 0; i < s->poison.n; i++) {
+		if (payee_get(s, str_of(s, line, &s->poison.v[i]), s->poison.v[i].len, 1, &who))
+			return oom(err);
+		s->pay[who].poisoning++;
+	}
+	uint8_t d[32];
+	crypto_hash_sha256(d, (const unsigned char *)s->view.p, s->view.n);
+	add256(s->inputs, d);
+	s->fees += fee;
+	s->records++;
+	return 0;
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+static int line_flags(trail_settle *s, const char *line, scan *sc, const span *f, trail_error *err)
+{
+	sref who;
+	uint64_t n[3] = {0, 0, 0};
+	const int k[3] = {K_REJ, K_FLAG, K_POISON};
+	if (!f[K_WHO].p || get_str(s, sc, line, &f[K_WHO], 0, &who, "a flags line names its contributor"))
+		return bad(sc, "a flags line names its contributor");
+	for (int i = 0; i < 3; i++)
+		if (f[k[i]].p && get_count(sc, &f[k[i]], COUNT_MAX, &n[i], "flag counts are integers from 0 to 2^40"))
+			return -1;
+	if (s->arena.oom)
+		return oom(err);
+	s->view.n = 0;
+	sb_put(&s->view, "{\"contributor\":", 15);
+	view_str(s, line, &who);
+	sb_put(&s->view, ",\"flagged\":", 11);
+	sb_i64(&s->view, (int64_t)n[1]);
+	sb_put(&s->view, ",\"poisoning\":", 13);
+	sb_i64(&s->view, (int64_t)n[2]);
+	sb_put(&s->view, ",\"rejected\":", 12);
+	sb_i64(&s->view, (int64_t)n[0]);
+	sb_put(&s->view, ",\"type\":\"flags\"}", 16);
+	uint32_t i;
+	if (s->view.oom || payee_get(s, str_of(s, line, &who), who.len, 1, &i))
+		return oom(err);
+	payee *p = &s->pay[i];
+	p->rejected = sat_add(p->rejected, n[0]);
+	p->flagged = sat_add(p->flagged, n[1]);
+	p->poisoning = sat_add(p->poisoning, n[2]);
+	uint8_t d[32];
+	crypto_hash_sha256(d, (const unsigned char *)s->view.p, s->view.n);
+	add256(s->inputs, d);
+	s->flag_lines++;
+	return 0;
+}
+
+int trail_settle_line(trail_settle *s, const char *line, size_t len, trail_error *err)
+{
+	scan sc = {line, line + len, NULL};
+	span f[NKEYS];
+	ws(&sc);
+	if (sc.p == sc.e)
+		return TRAIL_OK;
+	s->arena.n = 0;
+	s->arena.oom = s->view.oom = 0;
+	if (*sc.p != '{')
+		return trail_error_set(err, TRAIL_EDATA, "not a JSON object");
+	if (object(&sc, LINE_KEYS, NKEYS, f, 0))
+		return trail_error_set(err, TRAIL_EDATA, "%s", sc.why);
+	ws(&sc);
+	if (sc.p != sc.e)
+		return trail_error_set(err, TRAIL_EDATA, "text after the JSON object");
+	int rc;
+	if (f[K_TYPE].p) {
+		static const char flags[] = "\"flags\"";
+		if (f[K_TYPE].e - f[K_TYPE].p != 7 || memcmp(f[K_TYPE].p, flags, 7))
+			return trail_error_set(err, TRAIL_EDATA,
+					       "a line with a type other than \"flags\" is not settlement input");
+		rc = line_flags(s, line, &sc, f, err);
+	} else {
+		rc = line_record(s, line, &sc, f, err);
+	}
+	if (rc == -1 && sc.why)
+		return trail_error_set(err, TRAIL_EDATA, "%s", sc.why);
+	if (rc == -2)
+		return TRAIL_ELIMIT;
+	return rc ? (err && err->code ? err->code : TRAIL_ENOMEM) : TRAIL_OK;
+}
+
 int trail_settle_add(trail_settle *s, const json_t *rec, trail_error *err)
 {
-	json_t *u = json_object_get(rec, "usage"), *cs = json_object_get(rec, "contributors");
-	json_t *pt = json_object_get(u, "prompt_tokens"), *ct = json_object_get(u, "completion_tokens");
-	if (!json_is_object(rec) || !json_is_integer(pt) || !json_is_integer(ct) || json_integer_value(pt) < 0 ||
-	    json_integer_value(ct) < 0 || !json_is_array(cs))
-		return trail_error_set(err, TRAIL_EDATA, "an attribution record has usage {prompt_tokens, completion_tokens} and contributors");
-	char dg[72];
-	uint8_t d[32];
-	int rc = trail_jcs_digest(rec, dg, err);
-	if (rc)
-		return rc;
-	trail_digest_parse(dg, d);
-	add256(s->inputs, d);
-	s->records++;
-	u128 fee = (u128)json_integer_value(pt) * (u128)s->fee_p + (u128)json_integer_value(ct) * (u128)s->fee_c;
-	s->fee_milli += fee;
-	s->full += fee * SCALE;
-	/* shares: positive only, copies credited to their cluster's first contributor */
-	size_t n = json_array_size(cs), i;
-	json_t *c;
-	json_t *credit = json_object();
-	if (!credit)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	json_array_foreach(cs, i, c) {
-		const char *who = json_string_value(json_object_get(c, "contributor"));
-		double sh = json_number_value(json_object_get(c, "share"));
-		if (!who || !json_is_number(json_object_get(c, "share")) || !isfinite(sh)) {
-			json_decref(credit);
-			return trail_error_set(err, TRAIL_EDATA, "contributors[%zu]: contributor and a finite share", i);
-		}
-		if (sh > 0) {
-			double prev = json_number_value(json_object_get(credit, who));
-			json_object_set_new(credit, who, json_real(prev + sh));
-		}
-	}
-	json_t *cl;
-	json_array_foreach(json_object_get(rec, "clusters"), i, cl) {
-		const char *first = json_string_value(json_object_get(cl, "first"));
-		size_t j;
-		json_t *m;
-		double moved = 0;
-		if (!first)
-			continue;
-		json_array_foreach(json_object_get(cl, "members"), j, m) {
-			const char *who = json_string_value(m);
-			if (!who || !strcmp(who, first))
-				continue;
-			moved += json_number_value(json_object_get(credit, who));
-			json_object_del(credit, who);
-		}
-		if (moved > 0)
-			json_object_set_new(credit, first, json_real(json_number_value(json_object_get(credit, first)) + moved));
-	}
-	/* normalise to SCALE, so the record weighs at most its fee */
-	double total = 0;
-	const char *k;
-	json_t *v;
-	json_object_foreach(credit, k, v) total += json_real_value(v);
-	json_object_foreach(credit, k, v) {
-		payee *p = find(s, k, 1);
-		if (!p) {
-			json_decref(credit);
-			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-		}
-		uint64_t w = (uint64_t)llround(json_real_value(v) / (total > 1 ? total : 1) * (double)SCALE);
-		p->acc += fee * w;
-	}
-	json_decref(credit);
-	/* negative influence, for the penalty */
-	json_t *t;
-	json_array_foreach(json_object_get(rec, "top"), i, t) {
-		const char *who = json_string_value(json_object_get(t, "contributor"));
-		double sc = json_number_value(json_object_get(t, "score"));
-		payee *p;
-		if (who && sc < 0 && (p = find(s, who, 1)))
-			p->negative += sc;
-	}
-	(void)n;
-	return TRAIL_OK;
+	char *t = json_dumps(rec, JSON_COMPACT);
+	if (!t)
+		return trail_error_set(err, TRAIL_EDATA, "not a JSON value that can be written");
+	int rc = trail_settle_line(s, t, strlen(t), err);
+	free(t);
+	return rc;
 }
 
-int trail_settle_flag(trail_settle *s, const json_t *f, trail_error *err)
+int trail_settle_read(trail_settle *s, FILE *in, const char *src, trail_error *err)
 {
-	const char *who = json_string_value(json_object_get(f, "contributor"));
-	payee *p;
-	if (!who)
-		return trail_error_set(err, TRAIL_EDATA, "a flags line names a contributor");
-	if (!(p = find(s, who, 1)))
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	p->rejected += (long)json_integer_value(json_object_get(f, "rejected"));
-	p->flagged += (long)json_integer_value(json_object_get(f, "flagged"));
-	p->poisoning = fmax(p->poisoning, json_number_value(json_object_get(f, "poisoning")));
-	return TRAIL_OK;
+	size_t cap = (size_t)1 << 20, have = 0;
+	char *buf = trail_malloc(cap);
+	long lineno = 0;
+	int rc = TRAIL_OK;
+	if (!buf)
+		return oom(err);
+	for (;;) {
+		size_t got = fread(buf + have, 1, cap - have, in), start = 0;
+		have += got;
+		char *nl;
+		while (!rc && (nl = memchr(buf + start, '\n', have - start))) {
+			lineno++;
+			if ((rc = trail_settle_line(s, buf + start, (size_t)(nl - buf) - start, err)))
+				break;
+			start = (size_t)(nl - buf) + 1;
+		}
+		if (rc)
+			break;
+		memmove(buf, buf + start, have - start);
+		have -= start;
+		if (got == 0 || have == cap) {
+			if (ferror(in)) {
+				rc = trail_error_at(err, TRAIL_EIO, src, lineno + 1, "read error");
+				goto out;
+			}
+			if (got == 0) {
+				if (have) { /* a last line without its newline */
+					lineno++;
+					rc = trail_settle_line(s, buf, have, err);
+				}
+				break;
+			}
+			if (cap >= LINE_LIMIT) {
+				trail_free(buf);
+				return trail_error_at(err, TRAIL_ELIMIT, src, lineno + 1, "a line longer than 256 MiB");
+			}
+			char *nb = trail_realloc(buf, cap * 2);
+			if (!nb) {
+				rc = oom(err);
+				goto out;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+	}
+	if (rc && err) {
+		char msg[sizeof err->msg];
+		memcpy(msg, err->msg, sizeof msg);
+		trail_error_at(err, rc, src, lineno, "%s", msg);
+	}
+out:
+	trail_free(buf);
+	return rc;
 }
 
-/* ---- result -------------------------------------------------------------------------- */
+/* ---- the result ---------------------------------------------------------------------- */
 
-typedef struct share {
-	const char *name;
+/* q = a * b / d, r = a * b % d, for d < 2^127 and a quotient below 2^128. */
+static void muldiv(uint64_t a, u128 b, u128 d, u128 *q, u128 *r)
+{
+	if (b >> 64 == 0) {
+		u128 p = (u128)a * (uint64_t)b;
+		*q = p / d;
+		*r = p % d;
+		return;
+	}
+	/* a * b = hi * 2^128 + lo, then long division one bit at a time */
+	u128 lo = (u128)a * (uint64_t)b, mid = (u128)a * (uint64_t)(b >> 64);
+	uint64_t hi = (uint64_t)(mid >> 64);
+	u128 low = lo + (mid << 64);
+	hi += low < lo;
+	u128 rem = 0, quo = 0;
+	for (int i = 191; i >= 0; i--) {
+		unsigned bit = i >= 128 ? (unsigned)(hi >> (i - 128)) & 1 : (unsigned)(low >> i) & 1;
+		rem = rem << 1 | bit;
+		quo <<= 1;
+		if (rem >= d) {
+			rem -= d;
+			quo |= 1;
+		}
+	}
+	*q = quo;
+	*r = rem;
+}
+
+typedef struct part {
+	uint32_t who;
 	u128 w, rem;
-	long long amount;
-} share;
+	int64_t amount;
+} part;
 
-static int by_rem(const void *a, const void *b)
+static int part_by_rem(const void *x, const void *y, void *ctx)
 {
-	const share *x = a, *y = b;
-	if (x->rem != y->rem)
-		return x->rem > y->rem ? -1 : 1;
-	return strcmp(x->name, y->name);
+	const part *a = *(part *const *)x, *b = *(part *const *)y;
+	const payee *pay = ctx;
+	if (a->rem != b->rem)
+		return a->rem > b->rem ? -1 : 1;
+	return name_cmp(&pay[a->who], &pay[b->who]);
 }
 
-static int by_name(const void *a, const void *b)
+/*
+ * Largest remainder: P over the parts, part i's quota P * w_i / D (sum of
+ * w_i <= D). Each gets the floor of its quota, then one unit each goes to
+ * the largest remainders (equal remainders: the smaller name first) until
+ * floor(P * sum w / D) is given out. Returns that total; -1 out of memory.
+ */
+static int64_t hamilton(const trail_settle *s, part *v, size_t n, int64_t P, u128 D)
 {
-	return strcmp(((const share *)a)->name, ((const share *)b)->name);
-}
-
-/* Largest remainder: split T over weights w (sum W > 0); ties by name. */
-static void hamilton(share *v, size_t n, long long T, u128 W)
-{
-	long long given = 0;
+	u128 W = 0, T, r, given = 0;
+	for (size_t i = 0; i < n; i++)
+		W += v[i].w;
+	if (!n || !D)
+		return 0;
+	muldiv((uint64_t)P, W, D, &T, &r);
 	for (size_t i = 0; i < n; i++) {
-		u128 num = (u128)T * v[i].w;
-		v[i].amount = (long long)(num / W);
-		v[i].rem = num % W;
-		given += v[i].amount;
+		u128 q;
+		muldiv((uint64_t)P, v[i].w, D, &q, &v[i].rem);
+		v[i].amount = (int64_t)q;
+		given += q;
 	}
-	qsort(v, n, sizeof *v, by_rem);
-	for (size_t i = 0; given < T && i < n; i++, given++)
-		v[i].amount++;
-	qsort(v, n, sizeof *v, by_name);
+	if (given < T) {
+		part **o = trail_malloc(n * sizeof *o);
+		if (!o)
+			return -1;
+		for (size_t i = 0; i < n; i++)
+			o[i] = &v[i];
+		qsort_r(o, n, sizeof *o, part_by_rem, s->pay);
+		for (size_t i = 0; given < T; i++, given++)
+			o[i]->amount++;
+		trail_free(o);
+	}
+	return (int64_t)T;
 }
 
-static int penalized(const trail_settle *s, const payee *p)
+static int idx_by_name(const void *x, const void *y, void *ctx)
 {
-	return (s->max_rejected >= 0 && p->rejected > s->max_rejected) ||
-	       (s->max_flagged >= 0 && p->flagged > s->max_flagged) || p->poisoning > s->max_poisoning ||
-	       p->negative < s->min_influence;
+	const payee *pay = ctx;
+	return name_cmp(&pay[*(const uint32_t *)x], &pay[*(const uint32_t *)y]);
+}
+
+/* The penalty rules p breaks, as an array of names (empty: none). */
+static json_t *reasons(const trail_settle *s, const payee *p)
+{
+	json_t *a = json_array();
+	if (s->max_rejected >= 0 && p->rejected > (uint64_t)s->max_rejected)
+		json_array_append_new(a, json_string("rejected"));
+	if (s->max_flagged >= 0 && p->flagged > (uint64_t)s->max_flagged)
+		json_array_append_new(a, json_string("flagged"));
+	if (s->max_poisoning >= 0 && p->poisoning > (uint64_t)s->max_poisoning)
+		json_array_append_new(a, json_string("poisoning"));
+	if (s->has_min_influence && p->neg < (i128)s->min_influence)
+		json_array_append_new(a, json_string("negative-influence"));
+	return a;
+}
+
+static int payout(json_t *out, const char *to, const char *role, int64_t amount, int64_t *paid)
+{
+	if (amount <= 0)
+		return 0;
+	*paid += amount;
+	return json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:I}", "type", "payout", "to", to, "role", role,
+						     "amount", (json_int_t)amount));
+}
+
+/* One role's pool over the payees whose weight `w` is set, in name order; penalised ones withheld. */
+static int64_t pay_role(trail_settle *s, const uint32_t *order, part *v, int role, int64_t pool, u128 D,
+			json_t *pay, json_t *withheld, int64_t *paid, int64_t *held, int *rc)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < s->npay; i++) {
+		const payee *p = &s->pay[order[i]];
+		u128 w = role == R_MODEL ? p->mfee : role == R_STAKERS ? (u128)p->stake : p->acc;
+		if (w)
+			v[n++] = (part){order[i], w, 0, 0};
+	}
+	int64_t T = hamilton(s, v, n, pool, D);
+	if (T < 0) {
+		*rc = TRAIL_ENOMEM;
+		return 0;
+	}
+	for (size_t i = 0; i < n && !*rc; i++) {
+		const payee *p = &s->pay[v[i].who];
+		json_t *why = role == R_MODEL ? json_array() : reasons(s, p);
+		if (!why) {
+			*rc = TRAIL_ENOMEM;
+		} else if (json_array_size(why)) {
+			if (v[i].amount > 0 &&
+			    json_array_append_new(withheld, json_pack("{s:s, s:s, s:I, s:O}", "to", p->name, "role",
+								      ROLE_OUT[role], "amount", (json_int_t)v[i].amount,
+								      "reasons", why)))
+				*rc = TRAIL_ENOMEM;
+			*held += v[i].amount;
+		} else if (payout(pay, p->name, ROLE_OUT[role], v[i].amount, paid)) {
+			*rc = TRAIL_ENOMEM;
+		}
+		json_decref(why);
+	}
+	return T;
 }
 
 int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_error *err)
 {
-	long long F = (long long)(s->fee_milli / 1000);
-	share roles[4];
-	for (int i = 0; i < 4; i++)
-		roles[i] = (share){ROLE[i], (u128)s->bps[i], 0, 0};
-	hamilton(roles, 4, F, 10000);
-	long long pool[4];
-	for (int i = 0; i < 4; i++)
-		for (int j = 0; j < 4; j++)
-			if (!strcmp(roles[j].name, ROLE[i]))
-				pool[i] = roles[j].amount;
-	json_t *res = json_array();
-	long long paid = 0;
-	size_t nst = json_object_size(json_object_get(s->policy, "stakes"));
-	share *v = trail_calloc((s->n > nst ? s->n : nst) + 1, sizeof *v);
-	if (!res || !v) {
-		json_decref(res);
-		trail_free(v);
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	*out = NULL;
+	int64_t F = (int64_t)(s->fees / 1000), pool[4], given = 0, rem[4];
+	/* roles: basis points, largest remainder, equal remainders in role order */
+	for (int i = 0; i < 4; i++) {
+		pool[i] = (int64_t)((u128)F * (u128)s->bps[i] / 10000);
+		rem[i] = (int64_t)((u128)F * (u128)s->bps[i] % 10000);
+		given += pool[i];
 	}
-#define PAY(to, role, amt)                                                                                 \
-	do {                                                                                               \
-		if ((amt) > 0) {                                                                           \
-			json_array_append_new(res, json_pack("{s:s, s:s, s:s, s:I}", "type", "payout", "to", \
-							     (to), "role", (role), "amount", (json_int_t)(amt))); \
-			paid += (amt);                                                                     \
-		}                                                                                          \
-	} while (0)
-	PAY(s->platform, "platform", pool[0]);
-	PAY(s->model_owner, "model", pool[1]);
-	/* stakers: by stake, penalised stakers excluded */
-	json_t *stakes = json_object_get(s->policy, "stakes");
-	size_t n = 0;
-	u128 W = 0;
-	const char *k;
-	json_t *val;
-	json_object_foreach(stakes, k, val) {
-		payee *p = find(s, k, 0);
-		if (json_integer_value(val) <= 0 || (p && penalized(s, p)))
-			continue;
-		v[n++] = (share){k, (u128)json_integer_value(val), 0, 0};
-		W += (u128)json_integer_value(val);
+	while (given < F) {
+		int best = 0;
+		for (int i = 1; i < 4; i++)
+			if (rem[i] > rem[best])
+				best = i;
+		pool[best]++;
+		rem[best] = -1;
+		given++;
 	}
-	if (W) {
-		hamilton(v, n, pool[2], W);
-		for (size_t i = 0; i < n; i++)
-			PAY(v[i].name, "stakers", v[i].amount);
+
+	uint32_t *order = trail_malloc(s->npay * sizeof *order);
+	part *v = trail_malloc(s->npay * sizeof *v);
+	json_t *pay = json_array(), *withheld = json_array(), *slashed = json_array(), *res = NULL;
+	int64_t paid = 0, held = 0, unattributed = 0, unstaked = 0, slash_total = 0;
+	int rc = 0;
+	if (!order || !v || !pay || !withheld || !slashed) {
+		rc = TRAIL_ENOMEM;
+		goto done;
 	}
-	/* contributors: the attributed part of the pool, by weight; penalised ones withheld */
-	n = 0;
-	u128 A = 0;
-	for (size_t i = 0; i < s->cap; i++) {
-		payee *p = &s->tab[i];
-		if (!p->name || !p->acc)
-			continue;
-		v[n++] = (share){p->name, p->acc, 0, 0};
-		A += p->acc;
+	for (size_t i = 0; i < s->npay; i++)
+		order[i] = (uint32_t)i;
+	qsort_r(order, s->npay, sizeof *order, idx_by_name, s->pay);
+
+	if (payout(pay, s->pay[s->platform].name, "platform", pool[R_PLATFORM], &paid))
+		rc = TRAIL_ENOMEM;
+	int64_t tm = pay_role(s, order, v, R_MODEL, pool[R_MODEL], s->fees, pay, withheld, &paid, &held, &rc);
+	u128 stake = 0;
+	for (size_t i = 0; i < s->npay; i++)
+		stake += s->pay[i].stake;
+	int64_t ts = pay_role(s, order, v, R_STAKERS, pool[R_STAKERS], stake, pay, withheld, &paid, &held, &rc);
+	unstaked = pool[R_STAKERS] - ts;
+	int64_t tc = pay_role(s, order, v, R_CONTRIB, pool[R_CONTRIB], s->fees * (u128)NANO, pay, withheld, &paid,
+			      &held, &rc);
+	unattributed = pool[R_CONTRIB] - tc;
+	for (size_t i = 0; i < s->npay && !rc; i++) {
+		const payee *p = &s->pay[order[i]];
+		json_t *why = p->stake ? reasons(s, p) : NULL;
+		int64_t amt = (int64_t)((u128)p->stake * (u128)s->slash_bps / 10000);
+		if (why && json_array_size(why) && amt > 0) {
+			slash_total += amt;
+			if (json_array_append_new(slashed, json_pack("{s:s, s:I, s:I, s:O}", "to", p->name, "stake",
+								     (json_int_t)p->stake, "amount", (json_int_t)amt,
+								     "reasons", why)))
+				rc = TRAIL_ENOMEM;
+		}
+		json_decref(why);
 	}
-	if (A && s->full) {
-		long long T = (long long)((u128)pool[3] * A / s->full);
-		if (T > pool[3]) /* per-record rounding of shares may overshoot by a hair */
-			T = pool[3];
-		hamilton(v, n, T, A);
-		for (size_t i = 0; i < n; i++)
-			if (!penalized(s, find(s, v[i].name, 0)))
-				PAY(v[i].name, "contributor", v[i].amount);
+	if (rc)
+		goto done;
+
+	/* conservation, checked from the lines themselves */
+	int64_t sum = 0, neg = 0;
+	size_t i;
+	json_t *l;
+	json_array_foreach(pay, i, l) {
+		int64_t a = json_integer_value(json_object_get(l, "amount"));
+		sum += a;
+		neg |= a <= 0;
 	}
-	/* slashing: a share of the stake of every penalised staker */
-	json_object_foreach(stakes, k, val) {
-		payee *p = find(s, k, 0);
-		long long amt = (long long)((u128)json_integer_value(val) * (u128)s->slash_bps / 10000);
-		if (p && penalized(s, p) && amt > 0)
-			json_array_append_new(res, json_pack("{s:s, s:s, s:I}", "type", "slash", "to", k, "amount",
-							     (json_int_t)amt));
+	int64_t retained = F - paid;
+	if (pool[0] + pool[1] + pool[2] + pool[3] != F || sum != paid || neg || retained < 0 ||
+	    (F && tm != pool[R_MODEL]) || ts > pool[R_STAKERS] || tc > pool[R_CONTRIB] ||
+	    retained != unattributed + unstaked + held) {
+		rc = trail_error_set(err, TRAIL_EINTERNAL,
+				     "conservation failed: fees %lld, paid %lld (lines %lld), retained %lld = "
+				     "unattributed %lld + unstaked %lld + withheld %lld",
+				     (long long)F, (long long)paid, (long long)sum, (long long)retained,
+				     (long long)unattributed, (long long)unstaked, (long long)held);
+		goto done;
 	}
-#undef PAY
-	trail_free(v);
-	long long retained = F - paid;
-	if (retained < 0 || paid + retained != F) {
-		json_decref(res);
-		return trail_error_set(err, TRAIL_EINTERNAL, "conservation failed: paid %lld, fees %lld", paid, F);
-	}
-	char pd[72], id[72] = "sha256:", od[72];
-	trail_hex(s->inputs, 32, id + 7);
-	trail_jcs_digest(s->policy, pd, NULL);
-	trail_jcs_digest(res, od, NULL);
-	json_t *ep = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:s, s:s, s:s}", "type", "epoch", "epoch", epoch, "fees",
-			       (json_int_t)F, "paid", (json_int_t)paid, "retained", (json_int_t)retained, "records",
-			       (json_int_t)s->records, "inputs_digest", id, "policy_digest", pd, "payouts_digest", od);
+	char in[72] = "sha256:", pd[72], od[72], dg[72];
+	trail_hex(s->inputs, 32, in + 7);
+	if ((rc = trail_jcs_digest(s->policy, pd, err)) || (rc = trail_jcs_digest(pay, od, err)))
+		goto done;
+	json_t *ep = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:s, s:s, s:s}", "type",
+			       "epoch", "epoch", epoch, "fees", (json_int_t)F, "paid", (json_int_t)paid, "retained",
+			       (json_int_t)retained, "records", (json_int_t)s->records, "flags",
+			       (json_int_t)s->flag_lines, "unattributed", (json_int_t)unattributed, "unstaked",
+			       (json_int_t)unstaked, "withheld", withheld, "slashed", slashed, "inputs_digest", in,
+			       "policy_digest", pd, "payouts_digest", od);
 	/* the epoch's digest covers inputs, policy and outputs */
-	char dg[72];
-	trail_jcs_digest(ep, dg, NULL);
-	json_object_set_new(ep, "digest", json_string(dg));
-	json_array_append_new(res, ep);
+	if (!ep || (rc = trail_jcs_digest(ep, dg, err)) || json_object_set_new(ep, "digest", json_string(dg)) ||
+	    json_array_append_new(pay, ep)) {
+		rc = rc ? rc : TRAIL_ENOMEM;
+		goto done;
+	}
+	res = pay;
+	pay = NULL;
+done:
+	if (rc == TRAIL_ENOMEM)
+		oom(err);
+	trail_free(order);
+	trail_free(v);
+	json_decref(pay);
+	json_decref(withheld);
+	json_decref(slashed);
 	*out = res;
-	return TRAIL_OK;
+	return rc;
+}
+
+/* ---- for people ------------------------------------------------------------------------- */
+
+/* A verifier key "name+hex+base64" shown as "name+hex"; other names whole. */
+static int shown(const char *to)
+{
+	const char *a = strchr(to, '+'), *b = a ? strchr(a + 1, '+') : NULL;
+	return b && b - a == 9 ? (int)(b - to) : (int)strlen(to);
+}
+
+static void join(FILE *f, const json_t *a)
+{
+	size_t i;
+	json_t *x;
+	json_array_foreach(a, i, x)
+		fprintf(f, "%s%s", i ? ", " : "", json_string_value(x));
+}
+
+int trail_settle_print_text(const json_t *res, FILE *f)
+{
+	size_t i;
+	json_t *l, *ep = NULL;
+	fprintf(f, "%-12s %-44s %16s\n", "ROLE", "PAYEE", "AMOUNT");
+	json_array_foreach(res, i, l) {
+		const char *t = json_string_value(json_object_get(l, "type")), *to;
+		if (t && !strcmp(t, "epoch"))
+			ep = l;
+		if (!t || strcmp(t, "payout"))
+			continue;
+		to = json_string_value(json_object_get(l, "to"));
+		fprintf(f, "%-12s %-44.*s %16lld\n", json_string_value(json_object_get(l, "role")), shown(to), to,
+			(long long)json_integer_value(json_object_get(l, "amount")));
+	}
+	if (!ep)
+		return TRAIL_EDATA;
+	json_array_foreach(json_object_get(ep, "withheld"), i, l) {
+		const char *to = json_string_value(json_object_get(l, "to"));
+		fprintf(f, "%-12s %-44.*s %16lld  as %s, for: ", "withheld", shown(to), to,
+			(long long)json_integer_value(json_object_get(l, "amount")),
+			json_string_value(json_object_get(l, "role")));
+		join(f, json_object_get(l, "reasons"));
+		fputc('\n', f);
+	}
+	json_array_foreach(json_object_get(ep, "slashed"), i, l) {
+		const char *to = json_string_value(json_object_get(l, "to"));
+		fprintf(f, "%-12s %-44.*s %16lld  of a stake of %lld, for: ", "slashed", shown(to), to,
+			(long long)json_integer_value(json_object_get(l, "amount")),
+			(long long)json_integer_value(json_object_get(l, "stake")));
+		join(f, json_object_get(l, "reasons"));
+		fputc('\n', f);
+	}
+	fprintf(f, "epoch %s: fees %lld = paid %lld + retained %lld (unattributed %lld, unstaked %lld, withheld "
+		   "the rest); %lld records\n",
+		json_string_value(json_object_get(ep, "epoch")), (long long)json_integer_value(json_object_get(ep, "fees")),
+		(long long)json_integer_value(json_object_get(ep, "paid")),
+		(long long)json_integer_value(json_object_get(ep, "retained")),
+		(long long)json_integer_value(json_object_get(ep, "unattributed")),
+		(long long)json_integer_value(json_object_get(ep, "unstaked")),
+		(long long)json_integer_value(json_object_get(ep, "records")));
+	return ferror(f) ? TRAIL_EIO : TRAIL_OK;
+}
+
+/* ---- the ledger ------------------------------------------------------------------------- */
+
+/*
+ * The settlement of `epoch` recorded in the ledger: *index, or
+ * UINT64_MAX when there is none. Entries are canonical JSON, so a plain
+ * byte search finds the candidates before any is parsed.
+ */
+static int find_settlement(trail_ledger *l, const char *epoch, uint64_t *index, json_t **entry, trail_error *err)
+{
+	static const char type[] = "\"type\":\"settlement\"";
+	sbuf pat = {0};
+	int rc = TRAIL_OK;
+	*index = UINT64_MAX;
+	*entry = NULL;
+	sb_put(&pat, "\"epoch\":", 8);
+	sb_jstr(&pat, epoch, strlen(epoch));
+	if (pat.oom)
+		return oom(err);
+	for (uint64_t i = 0, n = trail_ledger_size(l); i < n && !rc && !*entry; i++) {
+		char *b;
+		size_t len;
+		json_t *j;
+		if ((rc = trail_ledger_get(l, i, &b, &len, err)))
+			break;
+		if (memmem(b, len, type, sizeof type - 1) && memmem(b, len, pat.p, pat.n) &&
+		    trail_json_parse(b, len, "log", &j, NULL) == TRAIL_OK) {
+			const char *e = json_string_value(json_object_get(j, "epoch"));
+			if (e && !strcmp(e, epoch)) {
+				*entry = j;
+				*index = i;
+			} else {
+				json_decref(j);
+			}
+		}
+		trail_free(b);
+	}
+	trail_free(pat.p);
+	return rc;
 }
 
 int trail_settle_record(trail_settle *s, trail_store *st, const char *epoch, const trail_signer *key,
 			json_t **out, int *recorded, trail_error *err)
 {
 	trail_ledger *l = NULL;
-	json_t *res = NULL, *e = NULL;
-	char pat[160];
-	int rc = trail_ledger_open(st, TRAIL_LEDGER_WRITE | TRAIL_LEDGER_NOWAIT, &l, err);
+	json_t *res = NULL, *e = NULL, *prev = NULL;
+	uint64_t at;
+	int rc;
 	*out = NULL;
 	*recorded = 0;
-	if (rc)
-		return rc;
 	if ((rc = trail_settle_result(s, epoch, &res, err)))
-		goto out;
+		return rc;
 	json_t *ep = json_array_get(res, json_array_size(res) - 1);
 	const char *in = json_string_value(json_object_get(ep, "inputs_digest"));
 	const char *pd = json_string_value(json_object_get(ep, "policy_digest"));
-	json_t *jid = json_string(epoch);
-	char *q = jid ? json_dumps(jid, JSON_ENCODE_ANY) : NULL;
-	snprintf(pat, sizeof pat, "\"epoch\":%s", q ? q : "\"\"");
-	free(q);
-	json_decref(jid);
-	for (uint64_t i = 0; i < trail_ledger_size(l); i++) {
-		char *b;
-		size_t n;
-		json_t *j;
-		if ((rc = trail_ledger_get(l, i, &b, &n, err)))
-			goto out;
-		static const char want[] = "\"type\":\"settlement\"";
-		int hit = memmem(b, n, want, sizeof want - 1) && memmem(b, n, pat, strlen(pat));
-		if (hit && trail_json_parse(b, n, "log/data", &j, NULL) == TRAIL_OK) {
-			const char *ri = json_string_value(json_object_get(j, "inputs_digest"));
-			const char *rp = json_string_value(json_object_get(j, "policy_digest"));
-			const char *ro = json_string_value(json_object_get(j, "result_object"));
-			if (!ri || !rp || strcmp(ri, in) || strcmp(rp, pd)) {
-				rc = trail_error_set(err, TRAIL_EVERIFY,
-						     "epoch %s was settled at entry %llu with other inputs or policy", epoch,
-						     (unsigned long long)i);
-			} else {
-				void *ob;
-				size_t ol;
-				json_t *prev;
-				if (!(rc = trail_store_get(st, ro, &ob, &ol, err))) {
-					if (!(rc = trail_json_parse(ob, ol, ro, &prev, err))) {
-						json_decref(res);
-						res = prev;
-						*recorded = 1;
-					}
-					trail_free(ob);
-				}
-			}
-			json_decref(j);
-			trail_free(b);
+	/* the lock is held from the search to the commit: one settlement per epoch */
+	if ((rc = trail_ledger_open(st, TRAIL_LEDGER_WRITE | TRAIL_LEDGER_NOWAIT, &l, err)) ||
+	    (rc = find_settlement(l, epoch, &at, &prev, err)))
+		goto out;
+	if (prev) {
+		const char *ri = json_string_value(json_object_get(prev, "inputs_digest"));
+		const char *rp = json_string_value(json_object_get(prev, "policy_digest"));
+		const char *ro = json_string_value(json_object_get(prev, "result_object"));
+		void *ob;
+		size_t ol;
+		json_t *old;
+		if (!ri || !rp || !ro || strcmp(ri, in) || strcmp(rp, pd)) {
+			rc = trail_error_set(err, TRAIL_EVERIFY, "epoch %s was settled at entry %llu with other %s", epoch,
+					     (unsigned long long)at, ri && !strcmp(ri, in) ? "policy" : "inputs");
 			goto out;
 		}
-		trail_free(b);
+		if ((rc = trail_store_get(st, ro, &ob, &ol, err)))
+			goto out;
+		rc = trail_json_parse(ob, ol, ro, &old, err);
+		trail_free(ob);
+		if (rc)
+			goto out;
+		json_decref(res);
+		res = old;
+		*recorded = 1;
+		goto out;
 	}
 	char *text, od[72];
 	size_t tl;
@@ -490,18 +1853,21 @@ int trail_settle_record(trail_settle *s, trail_store *st, const char *epoch, con
 		goto out;
 	rc = trail_store_put(st, text, tl, od, err);
 	trail_free(text);
-	if (rc)
+	if (rc || (!key && (rc = trail_store_operator(st, &key, err))))
 		goto out;
 	e = json_pack("{s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:O, s:O}", "type", "settlement", "epoch", epoch,
 		      "inputs_digest", in, "policy_digest", pd, "result_object", od, "fees", json_object_get(ep, "fees"),
 		      "paid", json_object_get(ep, "paid"), "retained", json_object_get(ep, "retained"), "digest",
 		      json_object_get(ep, "digest"));
-	uint64_t idx;
-	if (!e || (key && (rc = trail_json_sign(e, key, err))) || (rc = trail_ledger_append(l, e, &idx, err)) ||
-	    (rc = trail_ledger_commit(l, err)))
-		rc = rc ? rc : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (!e) {
+		rc = oom(err);
+		goto out;
+	}
+	if (!(rc = trail_json_sign(e, key, err)) && !(rc = trail_ledger_append(l, e, &at, err)))
+		rc = trail_ledger_commit(l, err);
 out:
 	json_decref(e);
+	json_decref(prev);
 	trail_ledger_free(l);
 	if (rc)
 		json_decref(res);
