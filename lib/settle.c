@@ -1755,13 +1755,16 @@ int trail_settle_print_text(const json_t *res, FILE *f)
 		join(f, json_object_get(l, "reasons"));
 		fputc('\n', f);
 	}
-	fprintf(f, "epoch %s: fees %lld = paid %lld + retained %lld (unattributed %lld, unstaked %lld, withheld "
-		   "the rest); %lld records\n",
+	long long held = 0;
+	json_array_foreach(json_object_get(ep, "withheld"), i, l)
+		held += json_integer_value(json_object_get(l, "amount"));
+	fprintf(f, "epoch %s: fees %lld = paid %lld + retained %lld (unattributed %lld, unstaked %lld, withheld %lld); "
+		   "%lld records\n",
 		json_string_value(json_object_get(ep, "epoch")), (long long)json_integer_value(json_object_get(ep, "fees")),
 		(long long)json_integer_value(json_object_get(ep, "paid")),
 		(long long)json_integer_value(json_object_get(ep, "retained")),
 		(long long)json_integer_value(json_object_get(ep, "unattributed")),
-		(long long)json_integer_value(json_object_get(ep, "unstaked")),
+		(long long)json_integer_value(json_object_get(ep, "unstaked")), held,
 		(long long)json_integer_value(json_object_get(ep, "records")));
 	return ferror(f) ? TRAIL_EIO : TRAIL_OK;
 }

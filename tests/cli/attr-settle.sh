@@ -1,55 +1,98 @@
 #!/bin/bash
-# attr-settle: idempotent epochs, changed inputs refused, the lock, and
-# SIGKILL at random points always ending with one settlement per epoch.
+# attr-settle: the worked example of attr-settle(1) byte for byte, idempotent
+# epochs, changed inputs or policy refused, the lock, exit statuses, and
+# SIGKILL at random points (50 here, 500 under check-full) always ending
+# with one settlement per epoch and the payouts of a clean run.
 . "$TRAIL_TOP/tests/tap.sh"
+data=$TRAIL_TOP/tests/data/settle
 cd "$T" || exit 70
+
+# the worked example, without a store
+attr-settle --dry-run --policy "$data/policy.json" --epoch 2026-11 "$data/input.ndjson" > ex.out 2> ex.err
+check_eq "the worked example: exit 0" "$?" 0
+check "the worked example's output, byte for byte" cmp ex.out "$data/expected.ndjson"
+check "quiet on success" test ! -s ex.err
+attr-settle --dry-run --format text --policy "$data/policy.json" --epoch 2026-11 < "$data/input.ndjson" > ex.txt
+check "--format text: the table" cmp ex.txt "$data/expected.txt"
+
 trail-log init >/dev/null
 cat > pol.json <<'J'
 {"fee_per_1k_prompt": 100, "fee_per_1k_completion": 300,
  "split_bps": {"platform": 1000, "model": 2000, "stakers": 1000, "contributors": 6000},
- "stakes": {"alice": 500, "bob": 100}, "penalty": {"max_rejected": 2, "slash_bps": 5000}}
+ "stakes": {"c1": 500, "c2": 100}, "penalty": {"max_rejected": 2, "slash_bps": 5000}}
 J
 awk 'BEGIN { for (i = 0; i < 400; i++) printf "{\"event\":\"e%d\",\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d},\"contributors\":[{\"contributor\":\"c%d\",\"share\":0.75},{\"contributor\":\"c%d\",\"share\":0.25}]}\n", i, 100 + i, 30 + i % 50, i % 7, (i + 3) % 7 }' > attr.ndjson
-attr-settle --policy pol.json --epoch 2026-11 < attr.ndjson > r1
-rc=$?
-check_eq "settle an epoch" "$rc" 0
-check "one payout line per payee, then the epoch line" sh -c 'tail -1 r1 | grep -q "\"type\":\"epoch\"" && grep -c "\"type\":\"payout\"" r1 | grep -q "^1[01]$"'
-fees=$(tail -1 r1 | sed 's/.*"fees":\([0-9]*\).*/\1/'); paid=$(tail -1 r1 | sed 's/.*"paid":\([0-9]*\).*/\1/'); ret=$(tail -1 r1 | sed 's/.*"retained":\([0-9]*\).*/\1/')
-check_eq "paid + retained = fees" "$((paid + ret))" "$fees"
-check_eq "the payouts add up to paid" "$(grep '"type":"payout"' r1 | sed 's/.*"amount":\([0-9]*\).*/\1/' | awk '{s += $1} END {print s}')" "$paid"
-attr-settle --policy pol.json --epoch 2026-11 < attr.ndjson > r2
+echo '{"type":"flags","contributor":"c2","rejected":3}' >> attr.ndjson
+attr-settle --policy pol.json --epoch 2026-11 < attr.ndjson > r1 2> e1
+check_eq "settle an epoch in the store" "$?" 0
+check "quiet" test ! -s e1
+check "one payout line per payee, then the epoch line" sh -c 'tail -1 r1 | grep -q "\"type\":\"epoch\"" && test "$(grep -c "\"type\":\"payout\"" r1)" -eq 9'
+ep=$(tail -1 r1)
+num() { printf '%s\n' "$ep" | sed "s/.*\"$1\":\\([0-9]*\\).*/\\1/"; }
+check_eq "paid + retained = fees" "$(($(num paid) + $(num retained)))" "$(num fees)"
+check_eq "the payouts add up to paid" "$(grep '"type":"payout"' r1 | sed 's/.*"amount":\([0-9]*\).*/\1/' | awk '{s += $1} END {print s}')" "$(num paid)"
+check "c2 (3 rejected records) is withheld and slashed" sh -c 'tail -1 r1 | grep -q "\"slashed\":\[{\"amount\":50,\"reasons\":\[\"rejected\"\],\"stake\":100,\"to\":\"c2\"}\]" && ! grep -q "\"to\":\"c2\",\"type\":\"payout\"" r1'
+check_eq "one settlement entry" "$(trail-log show | grep -c '"type":"settlement"')" 1
+dg=$(printf '%s' "$ep" | sed 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/')
+check "the entry is signed and carries the epoch's digest" sh -c "trail-log show | grep '\"type\":\"settlement\"' | grep '\"sig\":' | grep -q '$dg'"
+attr-settle -v --policy pol.json --epoch 2026-11 < attr.ndjson > r2 2> e2
 check_eq "settling again: exit 0" "$?" 0
 check "the same output" cmp r1 r2
-check_eq "one settlement entry" "$(trail-log show | grep -c '"type":"settlement"')" 1
+check "-v says it was settled before" grep -q "settled before" e2
+check_eq "still one settlement entry" "$(trail-log show | grep -c '"type":"settlement"')" 1
 shuf attr.ndjson 2>/dev/null > shuffled || sort -r attr.ndjson > shuffled
-attr-settle --policy pol.json --epoch 2026-11 < shuffled > r3
+attr-settle --policy pol.json --epoch 2026-11 shuffled > r3
 check "shuffled inputs are the same inputs" cmp r1 r3
-check_rc 1 "different inputs for a settled epoch are refused" sh -c 'head -100 attr.ndjson | attr-settle --policy pol.json --epoch 2026-11'
-check_rc 1 "so is a different policy" sh -c "sed 's/6000/5999/; s/1000, \"model\"/1001, \"model\"/' pol.json > pol2.json; attr-settle --policy pol2.json --epoch 2026-11 < attr.ndjson"
+check_rc 1 "different inputs for a settled epoch are refused (exit 1)" sh -c 'head -100 attr.ndjson | attr-settle --policy pol.json --epoch 2026-11'
+sed 's/"contributors": 6000/"contributors": 5999/; s/"platform": 1000/"platform": 1001/' pol.json > pol2.json
+check_rc 1 "so is a different policy" sh -c 'attr-settle --policy pol2.json --epoch 2026-11 < attr.ndjson'
 check "--dry-run records nothing" sh -c 'attr-settle --dry-run --policy pol.json --epoch dry < attr.ndjson >/dev/null && ! trail-log show | grep -q "\"epoch\":\"dry\""'
-check "--format text prints a table" sh -c 'attr-settle --dry-run --format text --policy pol.json --epoch t < attr.ndjson | grep -q "^epoch t: fees"'
-check "verify passes" trail-log verify
+trail-key generate settler >/dev/null 2>&1
+attr-settle --key settler.key --policy pol.json --epoch signed < attr.ndjson > /dev/null
+check "--key signs the entry with that key" sh -c "trail-log show | grep '\"epoch\":\"signed\"' | grep -q \"\$(cut -d+ -f1-2 settler.pub)\""
+check "the ledger verifies" trail-log verify
+
+# exit statuses and messages
+printf '{"event":"a","usage":{"prompt_tokens":1,"completion_tokens":1},"contributors":[]}\n\n{"event":"b","usage":{"prompt_tokens":1}}\n' > bad.ndjson
+attr-settle --dry-run --policy pol.json --epoch x < bad.ndjson > /dev/null 2> bad.err
+check_eq "a bad record: 65" "$?" 65
+check "named with its line" grep -q '^attr-settle: error: <stdin>:3: ' bad.err
+check_rc 66 "a missing input: 66" attr-settle --dry-run --policy pol.json --epoch x nosuch.ndjson
+check_rc 64 "no --epoch: 64" attr-settle --policy pol.json < attr.ndjson
+check_rc 65 "a bad policy: 65" sh -c 'echo "{\"split_bps\":{\"platform\":1}}" > p3.json; attr-settle --dry-run --policy p3.json --epoch x < attr.ndjson'
+check_rc 66 "a store named but missing: 66" attr-settle --home "$T/none" --policy pol.json --epoch x attr.ndjson
+check "-h prints the usage" sh -c 'attr-settle -h | grep -q -- "--policy FILE --epoch ID"'
 
 # the lock: another writer holds the ledger
 (flock "$TRAIL_HOME/log/lock" sleep 3) &
 sleep 0.5
-check_rc 69 "while another run holds the lock: 69" sh -c 'attr-settle --policy pol.json --epoch locked < attr.ndjson'
+check_rc 69 "while another writer holds the ledger: 69" attr-settle --policy pol.json --epoch locked attr.ndjson
 wait
+check "and nothing was recorded" sh -c '! trail-log show | grep -q "\"epoch\":\"locked\""'
 
-# crashes at random points, then re-runs: exactly one settlement per epoch
-kills=${TRAIL_SETTLE_KILLS:-50}
+# SIGKILL at random points, then a re-run: one settlement per epoch, the clean payouts
+kills=50
 [ -n "${TRAIL_FULL:-}" ] && kills=500
-awk 'BEGIN { for (i = 0; i < 20000; i++) printf "{\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":9},\"contributors\":[{\"contributor\":\"c%d\",\"share\":1}]}\n", i % 900, i % 31 }' > big.ndjson
-attr-settle --dry-run --policy pol.json --epoch k < big.ndjson > want
+RANDOM=7
+awk 'BEGIN { for (i = 0; i < 50000; i++) printf "{\"event\":\"e%d\",\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":9},\"contributors\":[{\"contributor\":\"c%d\",\"share\":0.7},{\"contributor\":\"c%d\",\"share\":0.3}]}\n", i, i % 900, i % 31, i % 17 }' > big.ndjson
+attr-settle --dry-run --policy pol.json --epoch k < big.ndjson | grep '"type":"payout"' > want
+t0=$(date +%s%N)
+attr-settle --dry-run --policy pol.json --epoch k < big.ndjson > /dev/null
+ms=$(( ($(date +%s%N) - t0) / 1000000 + 20 )) # kill points span the whole run
+before=0 after=0 wrong=0
 for i in $(seq 1 "$kills"); do
-	attr-settle --policy pol.json --epoch k < big.ndjson > /dev/null 2>&1 &
+	attr-settle --policy pol.json --epoch "k$i" big.ndjson > /dev/null 2>&1 &
 	pid=$!
-	sleep "0.0$((RANDOM % 10))"
+	sleep "$(printf '0.%03d' $((RANDOM % ms)))"
 	kill -9 $pid 2>/dev/null
 	wait $pid 2>/dev/null
+	if trail-log show | grep -q "\"epoch\":\"k$i\""; then after=$((after + 1)); else before=$((before + 1)); fi
+	attr-settle --policy pol.json --epoch "k$i" big.ndjson > got 2>/dev/null || wrong=$((wrong + 1))
+	grep '"type":"payout"' got | cmp -s - want || wrong=$((wrong + 1))
 done
-attr-settle --policy pol.json --epoch k < big.ndjson > got
-check_eq "after $kills SIGKILLs: exactly one settlement for the epoch" "$(trail-log show | grep -c '"epoch":"k"')" 1
-check "and the payouts a clean run computes" cmp want got
+echo "# $kills runs killed: $before before the commit, $after after it"
+check_eq "$kills re-runs after SIGKILL: all exit 0 with the clean payouts" "$wrong" 0
+check_eq "exactly one settlement per epoch" "$(trail-log show | grep -o '"epoch":"k[0-9]*"' | sort | uniq -c | awk '$1 != 1' | wc -l) $(trail-log show | grep -c '"epoch":"k[0-9]*"')" "0 $kills"
+check "kills landed both before and after the commit" test "$before" -gt 0 -a "$after" -gt 0
 check "the ledger verifies" trail-log verify
 finish
