@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cblas.h>
@@ -39,6 +40,14 @@ struct trail_infer {
 	struct rowkey *keys; /* [ordn] */
 	int *ord;            /* [ordn] */
 	size_t ordn;
+	/* one helper thread for the row-wise work of a step (trail_infer_set_threads) */
+	pthread_t th;
+	int helper, stop;
+	pthread_mutex_t pmu;
+	pthread_cond_t go, done;
+	unsigned long gen, fin;
+	const struct rowjob *job;
+	int jlo, jhi;
 };
 
 struct trail_lora_w {
@@ -140,6 +149,16 @@ void trail_infer_free(trail_infer *m)
 {
 	if (!m)
 		return;
+	if (m->helper) {
+		pthread_mutex_lock(&m->pmu);
+		m->stop = 1;
+		pthread_cond_signal(&m->go);
+		pthread_mutex_unlock(&m->pmu);
+		pthread_join(m->th, NULL);
+		pthread_mutex_destroy(&m->pmu);
+		pthread_cond_destroy(&m->go);
+		pthread_cond_destroy(&m->done);
+	}
 	trail_free(m->mem);
 	trail_free(m->L);
 	trail_free(m->ws);
@@ -428,35 +447,6 @@ static void lora_row(int naive, const float *x, const float *A, const float *B, 
 		y[o] += scale * dot(B + (size_t)o * r, u, r);
 }
 
-typedef struct work {
-	float *pad, *u;
-	const int *ord;
-	int naive;
-} work;
-
-/* y [n,out] = x W + b, then each adapter's low-rank product over its own rows (ord groups rows by adapter). */
-static void step_linear(const ilin *L, int li, int n, const float *x, float *y, const trail_lora_w *const *lora,
-			const work *w)
-{
-	bgemm(w->naive, n, L->out, L->in, x, L->W, 0, y, w->pad);
-	for (int i = 0; i < n; i++)
-		for (int o = 0; o < L->out; o++)
-			y[(size_t)i * L->out + o] += L->b[o];
-	for (int s = 0; s < n;) {
-		const trail_lora_w *a = lora[w->ord[s]];
-		int e = s;
-		while (e < n && lora[w->ord[e]] == a)
-			e++;
-		if (a && a->A[li])
-			for (int j = s; j < e; j++) {
-				int i = w->ord[j];
-				lora_row(w->naive, x + (size_t)i * L->in, a->A[li], a->B[li], a->r, L->in, L->out, a->scale,
-					 y + (size_t)i * L->out, w->u);
-			}
-		s = e;
-	}
-}
-
 /* out [C] = (x - mean) / sqrt(var + 1e-5) * w + b, accumulated in double */
 static void layernorm(float *out, const float *x, const float *w, const float *b, int C)
 {
@@ -532,12 +522,150 @@ static int by_adapter(const void *a, const void *b)
 	return x->adapter != y->adapter ? (x->adapter < y->adapter ? -1 : 1) : x->row - y->row;
 }
 
+/*
+ * The row-wise work of a step, between the base products: everything a row
+ * computes from itself and its own cache alone, so rows split between
+ * threads in any way give the same bits.
+ */
+enum { P_LN1, P_QKV, P_ATT, P_PROJ, P_FC, P_MPROJ };
+
+typedef struct rowjob {
+	const trail_infer *m;
+	int phase, l;
+	const int *ord, *pos;
+	trail_kvc *const *kv;
+	const trail_lora_w *const *lora;
+	float *x, *ln, *att, *tmp, *qkv, *h, *hg;
+	float *sc[2], *u[2]; /* scratch per thread: scores [P], LoRA hidden [rmax] */
+} rowjob;
+
+/* y [out] += b + the row's adapter's low-rank product of x */
+static void finish_linear(const rowjob *k, int i, int li, const ilin *L, const float *x, float *y, float *u)
+{
+	for (int o = 0; o < L->out; o++)
+		y[o] += L->b[o];
+	const trail_lora_w *a = k->lora[i];
+	if (a && a->A[li])
+		lora_row(k->m->naive, x, a->A[li], a->B[li], a->r, L->in, L->out, a->scale, y, u);
+}
+
+/* Rows ord[lo..hi) through the job's phase, with thread t's scratch. */
+static void rows(const rowjob *k, int lo, int hi, int t)
+{
+	const trail_infer *m = k->m;
+	int C = m->c.n_embd, l = k->l;
+	const ilayer *Ly = &m->L[l];
+	for (int j = lo; j < hi; j++) {
+		int i = k->ord[j];
+		size_t ic = (size_t)i * C;
+		float *x = k->x + ic, *ln = k->ln + ic, *att = k->att + ic, *tmp = k->tmp + ic;
+		float *qkv = k->qkv + 3 * ic, *h = k->h + 4 * ic, *hg = k->hg + 4 * ic;
+		size_t cap = (size_t)k->kv[i]->cap;
+		float *kb = k->kv[i]->mem + (size_t)l * 2 * cap * C, *vb = kb + cap * C;
+		switch (k->phase) {
+		case P_LN1:
+			layernorm(ln, x, Ly->ln1w, Ly->ln1b, C);
+			break;
+		case P_QKV: /* and cache this position's key and value */
+			finish_linear(k, i, 4 * l, &Ly->lin[0], ln, qkv, k->u[t]);
+			memcpy(kb + (size_t)k->pos[i] * C, qkv + C, (size_t)C * sizeof *qkv);
+			memcpy(vb + (size_t)k->pos[i] * C, qkv + 2 * C, (size_t)C * sizeof *qkv);
+			break;
+		case P_ATT: /* once every row's key and value are cached: a prompt's rows see each other */
+			attend(m->naive, att, qkv, kb, vb, k->pos[i], C, m->c.n_head, k->sc[t]);
+			break;
+		case P_PROJ:
+			finish_linear(k, i, 4 * l + 1, &Ly->lin[1], att, tmp, k->u[t]);
+			for (int c = 0; c < C; c++)
+				x[c] += tmp[c];
+			layernorm(ln, x, Ly->ln2w, Ly->ln2b, C);
+			break;
+		case P_FC:
+			finish_linear(k, i, 4 * l + 2, &Ly->lin[2], ln, h, k->u[t]);
+			if (m->naive)
+				gelu_ref(hg, h, (size_t)4 * C);
+			else
+				trail_k_gelu_fwd(hg, h, (size_t)4 * C);
+			break;
+		case P_MPROJ: /* and the next layer's first LayerNorm */
+			finish_linear(k, i, 4 * l + 3, &Ly->lin[3], hg, tmp, k->u[t]);
+			for (int c = 0; c < C; c++)
+				x[c] += tmp[c];
+			if (l + 1 < m->c.n_layer)
+				layernorm(ln, x, m->L[l + 1].ln1w, m->L[l + 1].ln1b, C);
+			break;
+		}
+	}
+}
+
+static void *helper_main(void *p)
+{
+	trail_infer *m = p;
+	unsigned long seen = 0;
+	pthread_mutex_lock(&m->pmu);
+	for (;;) {
+		while (m->gen == seen && !m->stop)
+			pthread_cond_wait(&m->go, &m->pmu);
+		if (m->stop)
+			break;
+		seen = m->gen;
+		const rowjob *k = m->job;
+		int lo = m->jlo, hi = m->jhi;
+		pthread_mutex_unlock(&m->pmu);
+		rows(k, lo, hi, 1);
+		pthread_mutex_lock(&m->pmu);
+		m->fin = seen;
+		pthread_cond_signal(&m->done);
+	}
+	pthread_mutex_unlock(&m->pmu);
+	return NULL;
+}
+
+void trail_infer_set_threads(trail_infer *m, int n)
+{
+	if (n < 2 || m->helper)
+		return;
+	pthread_mutex_init(&m->pmu, NULL);
+	pthread_cond_init(&m->go, NULL);
+	pthread_cond_init(&m->done, NULL);
+	if (pthread_create(&m->th, NULL, helper_main, m) == 0) {
+		m->helper = 1;
+		return;
+	}
+	pthread_mutex_destroy(&m->pmu);
+	pthread_cond_destroy(&m->go);
+	pthread_cond_destroy(&m->done);
+}
+
+/* A phase over rows [0,n): the second half on the helper thread, when there is one. */
+static void run_rows(trail_infer *m, rowjob *k, int phase, int l, int n)
+{
+	k->phase = phase;
+	k->l = l;
+	if (!m->helper || n < 4) {
+		rows(k, 0, n, 0);
+		return;
+	}
+	pthread_mutex_lock(&m->pmu);
+	m->job = k;
+	m->jlo = n / 2;
+	m->jhi = n;
+	unsigned long g = ++m->gen;
+	pthread_cond_signal(&m->go);
+	pthread_mutex_unlock(&m->pmu);
+	rows(k, 0, n / 2, 0);
+	pthread_mutex_lock(&m->pmu);
+	while (m->fin != g)
+		pthread_cond_wait(&m->done, &m->pmu);
+	pthread_mutex_unlock(&m->pmu);
+}
+
 int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
 		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
 		     trail_error *err)
 {
 	const trail_gpt2_config *c = &m->c;
-	int C = c->n_embd, V = c->vocab_size, NH = c->n_head, P = c->n_positions, rmax = 1;
+	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, rmax = 1;
 	if (n < 1)
 		return TRAIL_OK;
 	for (int i = 0; i < n; i++) {
@@ -550,8 +678,8 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		if (out_rows[i] < 0 || out_rows[i] >= n)
 			return trail_error_set(err, TRAIL_EINTERNAL, "logits for row %d of %d", out_rows[i], n);
 	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
-	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc [P]; u [rmax]; pad 2 RB wide; lnout [nout,C] */
-	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + (size_t)P + (size_t)rmax + 2 * RB * wide + (size_t)nout * C;
+	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 2 RB wide; lnout [nout,C] */
+	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)P + 2 * (size_t)rmax + 2 * RB * wide + (size_t)nout * C;
 	if (need > m->wsn) {
 		float *ws = trail_malloc(need * sizeof *ws);
 		if (!ws)
@@ -572,54 +700,36 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		m->ord = r;
 		m->ordn = N;
 	}
-	float *x = m->ws, *ln = x + N * C, *att = ln + N * C, *tmp = att + N * C, *qkv = tmp + N * C;
-	float *h = qkv + N * 3 * C, *hg = h + N * 4 * C, *sc = hg + N * 4 * C, *u = sc + P, *pad = u + rmax;
-	float *lnout = pad + 2 * RB * wide;
-	/* group rows by adapter, in row order within a group: each adapter's segment */
+	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
+	k.x = m->ws, k.ln = k.x + N * C, k.att = k.ln + N * C, k.tmp = k.att + N * C, k.qkv = k.tmp + N * C;
+	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C, k.sc[0] = k.hg + N * 4 * C, k.sc[1] = k.sc[0] + P;
+	k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
+	float *pad = k.u[1] + rmax, *lnout = pad + 2 * RB * wide;
+	/* rows grouped by adapter, in row order within a group: each adapter's segment, read once per phase */
 	for (int i = 0; i < n; i++)
 		m->keys[i] = (rowkey){(uintptr_t)lora[i], i};
 	qsort(m->keys, N, sizeof *m->keys, by_adapter);
-	int *ord = m->ord;
 	for (int i = 0; i < n; i++)
-		ord[i] = m->keys[i].row;
-	work w = {pad, u, ord, m->naive};
+		m->ord[i] = m->keys[i].row;
 	for (int i = 0; i < n; i++)
-		for (int k = 0; k < C; k++)
-			x[(size_t)i * C + k] = m->wte[(size_t)tok[i] * C + k] + m->wpe[(size_t)pos[i] * C + k];
+		for (int c2 = 0; c2 < C; c2++)
+			k.x[(size_t)i * C + c2] = m->wte[(size_t)tok[i] * C + c2] + m->wpe[(size_t)pos[i] * C + c2];
+	run_rows(m, &k, P_LN1, 0, n);
 	for (int l = 0; l < c->n_layer; l++) {
-		ilayer *Ly = &m->L[l];
-		for (int i = 0; i < n; i++)
-			layernorm(ln + (size_t)i * C, x + (size_t)i * C, Ly->ln1w, Ly->ln1b, C);
-		step_linear(&Ly->lin[0], 4 * l, n, ln, qkv, lora, &w);
-		for (int i = 0; i < n; i++) { /* cache this position's key and value */
-			size_t cap = (size_t)kv[i]->cap;
-			memcpy(kv[i]->mem + ((size_t)l * 2 * cap + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + C,
-			       (size_t)C * sizeof *qkv);
-			memcpy(kv[i]->mem + (((size_t)l * 2 + 1) * cap + (size_t)pos[i]) * C, qkv + (size_t)i * 3 * C + 2 * C,
-			       (size_t)C * sizeof *qkv);
-		}
-		for (int i = 0; i < n; i++) {
-			size_t cap = (size_t)kv[i]->cap;
-			const float *kb = kv[i]->mem + (size_t)l * 2 * cap * C, *vb = kb + cap * C;
-			attend(m->naive, att + (size_t)i * C, qkv + (size_t)i * 3 * C, kb, vb, pos[i], C, NH, sc);
-		}
-		step_linear(&Ly->lin[1], 4 * l + 1, n, att, tmp, lora, &w);
-		for (size_t i = 0; i < N * C; i++)
-			x[i] += tmp[i];
-		for (int i = 0; i < n; i++)
-			layernorm(ln + (size_t)i * C, x + (size_t)i * C, Ly->ln2w, Ly->ln2b, C);
-		step_linear(&Ly->lin[2], 4 * l + 2, n, ln, h, lora, &w);
-		if (m->naive)
-			gelu_ref(hg, h, N * 4 * C);
-		else
-			trail_k_gelu_fwd(hg, h, N * 4 * C);
-		step_linear(&Ly->lin[3], 4 * l + 3, n, hg, tmp, lora, &w);
-		for (size_t i = 0; i < N * C; i++)
-			x[i] += tmp[i];
+		const ilayer *Ly = &m->L[l];
+		bgemm(m->naive, n, Ly->lin[0].out, C, k.ln, Ly->lin[0].W, 0, k.qkv, pad);
+		run_rows(m, &k, P_QKV, l, n);
+		run_rows(m, &k, P_ATT, l, n);
+		bgemm(m->naive, n, C, C, k.att, Ly->lin[1].W, 0, k.tmp, pad);
+		run_rows(m, &k, P_PROJ, l, n);
+		bgemm(m->naive, n, 4 * C, C, k.ln, Ly->lin[2].W, 0, k.h, pad);
+		run_rows(m, &k, P_FC, l, n);
+		bgemm(m->naive, n, C, 4 * C, k.hg, Ly->lin[3].W, 0, k.tmp, pad);
+		run_rows(m, &k, P_MPROJ, l, n);
 	}
 	if (nout) {
 		for (int i = 0; i < nout; i++)
-			layernorm(lnout + (size_t)i * C, x + (size_t)out_rows[i] * C, m->lnfw, m->lnfb, C);
+			layernorm(lnout + (size_t)i * C, k.x + (size_t)out_rows[i] * C, m->lnfw, m->lnfb, C);
 		bgemm(m->naive, nout, V, C, lnout, m->wte, 1, logits, pad);
 	}
 	return TRAIL_OK;

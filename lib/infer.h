@@ -16,7 +16,8 @@
  * with rsLoRA). A KV cache of capacity cap holds [L][2][cap][C] floats.
  *
  * Ownership: each handle owns its memory; *_free(NULL) is a no-op. A
- * trail_infer keeps a scratch workspace, so one thread steps it at a time;
+ * trail_infer keeps a scratch workspace (and its helper thread), so one
+ * thread steps it at a time;
  * adapters and caches are only read by a step.
  */
 #ifndef TRAIL_INFER_H
@@ -40,6 +41,12 @@ size_t trail_infer_bytes(const trail_infer *m);
  * loops accumulating in double (the reference the tests compare with).
  */
 void trail_infer_set_reference(trail_infer *m, int on);
+/*
+ * Split the row-wise work of a step (bias, low-rank products, attention,
+ * LayerNorm, GELU) over n threads (1 or 2: one helper thread). The results
+ * are the same bits for any n.
+ */
+void trail_infer_set_threads(trail_infer *m, int n);
 
 typedef struct trail_lora_w trail_lora_w;
 /*

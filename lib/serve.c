@@ -63,6 +63,7 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 		s->o.step_rows = s->o.max_batch;
 	if ((rc = trail_infer_load(o->base, &s->m, err)))
 		goto fail;
+	trail_infer_set_threads(s->m, s->o.threads);
 	const trail_gpt2_config *c = trail_infer_config(s->m);
 	if (!s->o.kv_bytes)
 		s->o.kv_bytes = (size_t)s->o.max_batch * trail_kvc_bytes(s->m, c->n_positions);

@@ -195,7 +195,7 @@ int main(int argc, char **argv)
 	double gflops = 2.0 * 64 * 1536 * 384 * greps / (now() - g0) / 1e9;
 	free(big), free(bx), free(by);
 
-	trail_serve_opts o = {.base = base, .adapters = ads, .max_batch = 64, .cache_bytes = (size_t)1 << 30};
+	trail_serve_opts o = {.base = base, .adapters = ads, .max_batch = 64, .cache_bytes = (size_t)1 << 30, .threads = TH};
 	int N = 64, ND = 16, NC = NA < 256 ? NA : 256, REPS = getenv("BENCH_REPS") ? atoi(getenv("BENCH_REPS")) : 3;
 	/*
 	 * (a) one adapter, (b) 64 adapters, (c) NC requests spread uniformly over
@@ -224,6 +224,18 @@ int main(int argc, char **argv)
 	trail_serve_opts od = o;
 	od.max_batch = 1;
 	D = serve(&od, rd, NULL, NULL);
+	/* (c) over every adapter once: one long run, between two runs of (a) */
+	run A1 = {0}, Call = {0}, A2 = {0};
+	if (NA > NC) {
+		char *rall = requests(NA, NA, 997, TOK);
+		trail_serve_opts oall = oc;
+		oall.max_queue = NA;
+		A1 = serve(&o, ra, NULL, NULL);
+		Call = serve(&oall, rall, NULL, NULL);
+		A2 = serve(&o, ra, NULL, NULL);
+		free(rall);
+	}
+	double aa = (A1.tok_s + A2.tok_s) / 2;
 	long rss0 = Cv.rss_start_kb, hwm = Cv.peak_kb;
 	qsort(loads, nl, sizeof *loads, cmp_d);
 	double p50 = nl ? loads[nl / 2] : 0, p99 = nl ? loads[(size_t)(nl * 0.99)] : 0;
@@ -241,11 +253,13 @@ int main(int argc, char **argv)
 	       "\"bandwidth_bound_step_ms\":%.2f,\"bandwidth_bound_one_at_a_time_tok_s\":%.1f,\"sgemm_gflops\":%.1f,"
 	       "\"sgemm_bound_tok_s\":%.1f,"
 	       "\"c_rss_before_kb\":%ld,\"c_peak_rss_kb\":%ld,\"base_bytes\":%zu,\"cache_budget\":%zu,\"kv_pool\":%zu,"
-	       "\"bound_kb\":%zu}\n",
+	       "\"bound_kb\":%zu,\"c_all_requests\":%d,\"c_all_tok_s\":%.1f,\"c_all_loads\":%llu,"
+	       "\"c_all_evictions\":%llu,\"a_around_c_all_tok_s\":%.1f,\"c_all_over_a\":%.3f,\"c_all_peak_rss_kb\":%ld}\n",
 	       np, NA, adapter_file, tbuild, TH, TOK, A.tok_s, Bv.tok_s, NA, Cv.tok_s, D.tok_s, Bv.tok_s / A.tok_s,
 	       Cv.tok_s / A.tok_s, A.tok_s / D.tok_s, REPS, NC, Cv.st.adapter_loads, Cv.st.adapter_evictions, p50, p99,
 	       step_a, step_d, bw / 1e9, wbytes, bound_ms, 1e3 / bound_ms, gflops, gemm_bound_tok_s, rss0, hwm,
-	       Cv.st.base_bytes, budget, kvpool, (Cv.st.base_bytes + budget + kvpool) / 1024);
+	       Cv.st.base_bytes, budget, kvpool, (Cv.st.base_bytes + budget + kvpool) / 1024, NA > NC ? NA : 0, Call.tok_s,
+	       Call.st.adapter_loads, Call.st.adapter_evictions, aa, aa > 0 ? Call.tok_s / aa : 0, Call.peak_kb);
 	if (sum == 1234.5)
 		fprintf(stderr, "%g\n", sum); /* keeps the read loop */
 	free(ra), free(rb), free(rc), free(rd);

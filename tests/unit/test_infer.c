@@ -120,6 +120,19 @@ int main(void)
 		trail_kvc_free(k1);
 	}
 	ok(exact, "a sequence alone gives bit-identical logits to its rows in the mixed batch");
+	/* a helper thread for the row-wise work: the same bits */
+	trail_infer_set_threads(im, 2);
+	float *two = malloc(sizeof(float) * n * V);
+	trail_kvc *tc[NA];
+	for (int a = 0; a < NA; a++)
+		tc[a] = trail_kvc_new(im, c.n_positions);
+	for (int i = 0; i < n; i++)
+		bk[i] = tc[i % NA];
+	ok(trail_infer_step(im, n, bt, bp, bk, bl, n, brow, two, &e) == 0 && !memcmp(two, out, sizeof(float) * n * V),
+	   "two threads: bit-identical logits for all %d rows", n);
+	for (int a = 0; a < NA; a++)
+		trail_kvc_free(tc[a]);
+	free(two);
 	/* the naive double-precision path agrees with the fast path */
 	trail_infer_set_reference(im, 1);
 	float *naive = malloc(sizeof(float) * n * V);

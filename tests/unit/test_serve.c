@@ -250,13 +250,14 @@ int main(void)
 
 	/* 64 requests over 64 adapters, batched, vs one at a time */
 	char *in64 = reqs(64, 64, 1, 24, ",\"temperature\":0");
-	trail_serve_opts o = {.base = base, .adapters = ads, .max_batch = 64, .max_queue = 64};
+	trail_serve_opts o = {.base = base, .adapters = ads, .max_batch = 64, .max_queue = 64, .threads = 2};
 	trail_serve_stats st;
 	json_t *batched = serve(&o, in64, NULL, &st);
 	ok(batched && json_object_size(batched) == 64 && st.errors == 0, "64 answers");
 	ok(st.steps < 64 * 25 / 4, "in batches (%llu steps for 64 x 24 tokens)", st.steps);
 	trail_serve_opts o1 = o;
 	o1.max_batch = 1;
+	o1.threads = 1; /* batched with a helper thread, alone without */
 	json_t *alone = serve(&o1, in64, NULL, NULL);
 	ok(batched && alone && same_outputs(batched, alone, 64, NULL), "each of 64 requests over 64 adapters gets exactly its solo output");
 	char *t0 = tokens_of(batched, "r0"), *t1 = tokens_of(batched, "r1");
