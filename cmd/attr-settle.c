@@ -26,8 +26,8 @@ static const trail_opt opts[] = {
 
 static const trail_cli cli = {
 	.prog = "attr-settle",
-	.usage = "--policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v]\n"
-		 "    [--format ndjson|text] [FILE|-]...",
+	.usage = "--policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v] [--format ndjson|text] "
+		 "[FILE|-]...",
 	.summary = "Settle an epoch: fees from attribution records paid to platform, model owners, stakers and "
 		   "contributors in exact integers, recorded once in the ledger.",
 	.opts = opts,
