@@ -1,25 +1,32 @@
 #!/bin/sh
 # Settlement throughput and memory: N generated attribution records (default
-# 10 million) over 1,000 contributors, streamed through attr-settle --dry-run.
+# 10 million, attr-score's shape, 1,000 contributors).
+#   1. the engine alone: trail_settle_line over records generated in memory,
+#      only the settlement calls timed;
+#   2. the program: bench_settle gen N | attr-settle --dry-run, wall time and
+#      peak RSS, beside the generator's own time (gen N > /dev/null).
 # usage: bench/settle/run.sh [N]
+set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
 B=${B:-build}
 n=${1:-10000000}
-cat > /tmp/trail-bench-settle-policy.json <<'J'
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \
+	-o "$tmp/bench_settle" "$top/bench/settle/bench_settle.c" "$top/$B/libtrail.a" \
+	$(pkg-config --libs jansson libsodium) -lxxhash -lm
+"$tmp/bench_settle" engine "$n"
+cat > "$tmp/policy.json" <<'J'
 {"fee_per_1k_prompt": 100, "fee_per_1k_completion": 300,
  "split_bps": {"platform": 1000, "model": 2000, "stakers": 1000, "contributors": 6000}}
 J
-gen() {
-	awk -v n="$n" 'BEGIN { for (i = 0; i < n; i++) printf "{\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d},\"contributors\":[{\"contributor\":\"c%d\",\"share\":0.6},{\"contributor\":\"c%d\",\"share\":0.4}]}\n", i % 997, i % 89, i % 1000, (i * 7) % 1000 }'
-}
 t0=$(date +%s.%N)
-gen | wc -c > /tmp/trail-bench-settle-bytes
+"$tmp/bench_settle" gen "$n" > /dev/null
 t1=$(date +%s.%N)
-gen | /usr/bin/time -f '%M' -o /tmp/trail-bench-settle-rss "$top/$B/bin/attr-settle" --dry-run \
-	--policy /tmp/trail-bench-settle-policy.json --epoch bench > /tmp/trail-bench-settle-out
+"$tmp/bench_settle" gen "$n" | /usr/bin/time -f '%M %U' -o "$tmp/rss" "$top/$B/bin/attr-settle" --dry-run \
+	--policy "$tmp/policy.json" --epoch bench > "$tmp/out"
 t2=$(date +%s.%N)
-awk -v n="$n" -v a="$t0" -v b="$t1" -v c="$t2" -v rss="$(cat /tmp/trail-bench-settle-rss)" \
-	-v bytes="$(cat /tmp/trail-bench-settle-bytes)" 'BEGIN {
-	gen = b - a; total = c - b; net = total - gen
-	printf "{\"records\":%d,\"bytes\":%d,\"seconds_total\":%.2f,\"seconds_generator\":%.2f,\"records_per_s\":%.0f,\"records_per_s_net\":%.0f,\"peak_rss_kb\":%d}\n", n, bytes, total, gen, n / total, n / net, rss }'
-tail -1 /tmp/trail-bench-settle-out
+read -r rss user < "$tmp/rss"
+awk -v n="$n" -v a="$t0" -v b="$t1" -v c="$t2" -v rss="$rss" -v user="$user" 'BEGIN {
+	printf "{\"program_records\":%d,\"generator_seconds\":%.2f,\"pipeline_seconds\":%.2f,\"program_user_seconds\":%.2f,\"records_per_s_pipeline\":%.0f,\"records_per_s_program_cpu\":%.0f,\"program_peak_rss_kb\":%d}\n", n, b - a, c - b, user, n / (c - b), n / user, rss }'
+tail -1 "$tmp/out" | cut -c1-200
