@@ -22,6 +22,10 @@ PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-d
 	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc zsh fish
 # check-full also uses these: PyTorch and NumPy references, Chromium for the report.
 FULL_PKGS := python3-torch python3-numpy chromium
+# and node with npm for the GPT-2 tokenizer reference (tests/cli/bpe-reference.sh),
+# installed only when the commands are missing: a nodejs that bundles npm
+# conflicts with Debian's npm package.
+NODE_PKGS := nodejs npm
 PKGCONFIG_LIBS := jansson libarchive libsodium libcurl libmicrohttpd
 
 CFLAGS ?= -O2 -g
@@ -96,7 +100,8 @@ deps:
 	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS)"
 
 deps-full:
-	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS) $(FULL_PKGS)"
+	@$(MAKE) --no-print-directory install-pkgs \
+	  P="$(PKGS) $(FULL_PKGS) $$(command -v node >/dev/null && command -v npm >/dev/null || echo $(NODE_PKGS))"
 
 install-pkgs:
 	@missing=""; for p in $(P); do \
