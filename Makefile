@@ -58,7 +58,7 @@ FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%_replay)
 HEADERS := $(wildcard lib/*.h)
 
 .PHONY: all deps deps-full install-pkgs check check-full demo asan ubsan fuzz bench install uninstall \
-	clean completions man-lint
+	clean completions man-lint unicode-tab
 .DELETE_ON_ERROR:
 
 all: $(B)/libtrail.a $(PROGS) $(B)/trail.pc
@@ -185,6 +185,11 @@ uninstall:
 	  rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$n \
 	    $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$n \
 	    $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$n.fish; done
+
+# The letter, number and space classes of the GPT-2 tokenizer, from Debian's unicode-data.
+unicode-tab:
+	@$(MAKE) --no-print-directory install-pkgs P=unicode-data
+	sh lib/unicode_tab.sh > lib/unicode_tab.c.tmp && mv lib/unicode_tab.c.tmp lib/unicode_tab.c
 
 man-lint:
 	@for m in man/*.[157]; do mandoc -Tlint -Wwarning $$m || exit 1; done
