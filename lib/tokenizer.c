@@ -213,29 +213,43 @@ static void merge_put(trail_tokenizer *t, int32_t a, int32_t b, int32_t rank, in
 	t->mt[h] = (merge_slot){key, rank, id};
 }
 
-/* Scratch for bpe_piece over a piece of up to cap bytes. */
+/* Scratch for bpe_piece over a piece of up to cap bytes; pieces up to
+ * WORK_SMALL bytes (nearly all) use the array inside, longer ones the heap. */
+#define WORK_SMALL 64
+#define WORK_BYTES(cap) ((cap) * (6 * sizeof(uint64_t) + 3 * sizeof(int32_t)))
+
 typedef struct work {
 	int32_t *id, *nx, *pv;
-	uint64_t *heap, *pend;
+	uint64_t *heap, *pend; /* heap: the m - 1 first pairs plus at most two per merge */
 	size_t cap;
+	void *owned;
+	uint64_t small[WORK_BYTES(WORK_SMALL) / sizeof(uint64_t)];
 } work;
+
+static void work_carve(work *w, uint64_t *p, size_t cap)
+{
+	w->heap = p;
+	w->pend = p + 3 * cap;
+	w->id = (int32_t *)(w->pend + 3 * cap);
+	w->nx = w->id + cap;
+	w->pv = w->nx + cap;
+	w->cap = cap;
+}
 
 static int work_reserve(work *w, size_t m)
 {
 	if (m <= w->cap)
 		return TRAIL_OK;
-	size_t cap = m < 256 ? 256 : m;
-	/* heap: the m - 1 first pairs plus at most two per merge */
-	char *p = trail_malloc(cap * (3 * sizeof(int32_t) + 6 * sizeof(uint64_t)));
+	if (m <= WORK_SMALL) {
+		work_carve(w, w->small, WORK_SMALL);
+		return TRAIL_OK;
+	}
+	uint64_t *p = trail_malloc(WORK_BYTES(m));
 	if (!p)
 		return TRAIL_ENOMEM;
-	trail_free(w->heap);
-	w->heap = (uint64_t *)p;
-	w->pend = w->heap + 3 * cap;
-	w->id = (int32_t *)(w->pend + 3 * cap);
-	w->nx = w->id + cap;
-	w->pv = w->nx + cap;
-	w->cap = cap;
+	trail_free(w->owned);
+	w->owned = p;
+	work_carve(w, p, m);
 	return TRAIL_OK;
 }
 
@@ -764,8 +778,10 @@ static int gpt2_encode(const trail_tokenizer *t, const uint8_t *s, size_t len, i
 		       trail_error *err)
 {
 	cache *c = t->cache && !pthread_mutex_trylock(&t->cache->lock) ? t->cache : NULL;
-	work w = {0};
+	work w;
 	size_t k = 0;
+	w.cap = 0;
+	w.owned = NULL;
 	int rc = TRAIL_OK;
 	for (size_t i = 0, e; i < len; i = e) {
 		e = piece_end(s, len, i);
@@ -799,7 +815,7 @@ static int gpt2_encode(const trail_tokenizer *t, const uint8_t *s, size_t len, i
 	}
 	if (c)
 		pthread_mutex_unlock(&c->lock);
-	trail_free(w.heap);
+	trail_free(w.owned);
 	*n = k;
 	return rc;
 }
