@@ -415,19 +415,24 @@ int trail_tokenizer_bytes(trail_tokenizer **out)
 	return TRAIL_OK;
 }
 
-/* The first of names that exists in dir, as a trail_malloc'd path; NULL if none. */
-static char *first_file(const char *dir, const char *a, const char *b)
+/* The first of a and b that exists in dir, as a trail_malloc'd path in
+ * *out (NULL if neither); TRAIL_ENOMEM when a path cannot be made. */
+static int first_file(const char *dir, const char *a, const char *b, char **out)
 {
 	struct stat st;
-	char *p = trail_path(dir, a);
-	if (p && stat(p, &st) == 0)
-		return p;
-	trail_free(p);
-	p = trail_path(dir, b);
-	if (p && stat(p, &st) == 0)
-		return p;
-	trail_free(p);
-	return NULL;
+	const char *names[] = {a, b};
+	*out = NULL;
+	for (int i = 0; i < 2; i++) {
+		char *p = trail_path(dir, names[i]);
+		if (!p)
+			return TRAIL_ENOMEM;
+		if (stat(p, &st) == 0) {
+			*out = p;
+			return TRAIL_OK;
+		}
+		trail_free(p);
+	}
+	return TRAIL_OK;
 }
 
 /* Token spellings to raw bytes: each character is one byte of the alphabet, else the token is literal. */
@@ -613,11 +618,12 @@ out:
 /* Hugging Face's layout (vocab.json, merges.txt) or OpenAI's (encoder.json, vocab.bpe). */
 static int gpt2_load(const char *dir, trail_tokenizer **out, trail_error *err)
 {
-	char *vp = first_file(dir, "vocab.json", "encoder.json"), *mp = first_file(dir, "merges.txt", "vocab.bpe");
+	char *vp = NULL, *mp = NULL;
 	json_t *vocab = NULL;
 	int rc;
 	trail_tokenizer *t = trail_calloc(1, sizeof *t);
-	if (!t) {
+	if (!t || first_file(dir, "vocab.json", "encoder.json", &vp) || first_file(dir, "merges.txt", "vocab.bpe", &mp) ||
+	    !vp) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -650,15 +656,21 @@ int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *e
 	char *p = trail_path(spec, "tokenizer.json");
 	void *b;
 	size_t n;
-	int rc = p ? trail_read_file(p, 4096, &b, &n, NULL) : TRAIL_ENOMEM;
+	if (!p)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	int rc = trail_read_file(p, 4096, &b, &n, NULL);
 	trail_free(p);
+	if (rc == TRAIL_ENOMEM)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	if (rc == TRAIL_OK) {
 		int bytes = strstr(b, "\"bytes\"") != NULL;
 		trail_free(b);
 		if (bytes)
 			return trail_tokenizer_bytes(out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
 	}
-	if ((p = first_file(spec, "vocab.json", "encoder.json"))) {
+	if (first_file(spec, "vocab.json", "encoder.json", &p))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (p) {
 		trail_free(p);
 		return gpt2_load(spec, out, err);
 	}
@@ -717,7 +729,10 @@ static int gpt2_save(const trail_tokenizer *t, const char *dir, trail_error *err
 		/* a byte tokenizer's tokenizer.json left by an earlier run would win on load */
 		void *old;
 		size_t n;
-		if (!trail_read_file(tp, 4096, &old, &n, NULL)) {
+		int orc = trail_read_file(tp, 4096, &old, &n, NULL);
+		if (orc == TRAIL_ENOMEM)
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		if (orc == TRAIL_OK) {
 			if (strstr(old, "\"bytes\"") && unlink(tp))
 				rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", tp);
 			trail_free(old);

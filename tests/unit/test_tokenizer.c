@@ -195,6 +195,74 @@ static void check_refused(const char *dir)
 	trail_tokenizer_free(t);
 }
 
+/* ---- out-of-memory injection: the N-th allocation fails, for every N ---- */
+
+static long countdown = -1, allocations;
+
+static void *fail_malloc(size_t n)
+{
+	allocations++;
+	if (countdown == 0)
+		return NULL;
+	if (countdown > 0)
+		countdown--;
+	return malloc(n);
+}
+
+static void *fail_realloc(void *p, size_t n)
+{
+	allocations++;
+	if (countdown == 0)
+		return NULL;
+	if (countdown > 0)
+		countdown--;
+	return realloc(p, n);
+}
+
+/* load, encode, decode, save; the first error code */
+static int oom_scenario(const char *dir, const char *out, int *parsing)
+{
+	trail_tokenizer *t = NULL;
+	int32_t *ids = NULL;
+	char *text = NULL;
+	size_t n, len;
+	static const char s[] = "hello world!! it's caf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd aaaaaaaa\xff 1234";
+	*parsing = 1;
+	int rc = trail_tokenizer_load(dir, &t, NULL);
+	*parsing = 0;
+	if (!rc)
+		rc = trail_tokenizer_encode(t, s, sizeof s - 1, &ids, &n, NULL);
+	if (!rc && !(rc = trail_tokenizer_decode(t, ids, n, &text, &len, NULL)) && (len != sizeof s - 1 || memcmp(text, s, len)))
+		rc = TRAIL_EINTERNAL;
+	if (!rc)
+		rc = trail_tokenizer_save(t, out, NULL);
+	trail_free(ids);
+	trail_free(text);
+	trail_tokenizer_free(t);
+	return rc;
+}
+
+static void check_oom(const char *dir, const char *out)
+{
+	int parsing;
+	trail_set_alloc(fail_malloc, fail_realloc, free);
+	allocations = 0;
+	int rc = oom_scenario(dir, out, &parsing);
+	long total = allocations, failed = 0, bad = 0;
+	for (long k = 0; k < total; k++) {
+		countdown = k;
+		rc = oom_scenario(dir, out, &parsing);
+		countdown = -1;
+		/* jansson cannot always tell a failed allocation from bad syntax */
+		if (rc == TRAIL_ENOMEM || (rc == TRAIL_EDATA && parsing))
+			failed++;
+		else if (rc != TRAIL_OK && bad++ < 3)
+			diag("allocation %ld: error %d", k, rc);
+	}
+	trail_set_alloc(NULL, NULL, NULL);
+	ok(bad == 0, "out of memory at each of %ld allocations: a clean error or absorbed (%ld reported)", total, failed);
+}
+
 /* ---- against the reference encoder ---- */
 
 static void reference(const char *dir)
@@ -403,6 +471,7 @@ int main(void)
 		trail_free(v2);
 	}
 	trail_tokenizer_free(t2);
+	check_oom(dir, tmp);
 	check_refused(tmp);
 	snprintf(path, sizeof path, "rm -rf '%s'", tmp);
 	if (system(path)) {
