@@ -92,7 +92,9 @@ function randChar() {
   const [lo, hi] = pick(ranges)
   return String.fromCodePoint(lo + Math.floor(rand() * (hi - lo + 1)))
 }
-for (let i = 0; i < 4000; i++) {
+// at least 4,000, and enough for 12,000 strings in all where little text is installed
+const generated = Math.max(4000, 12000 - out.length)
+for (let i = 0; i < generated; i++) {
   let s = ''
   const n = 1 + Math.floor(rand() * (rand() < 0.1 ? 400 : 40))
   while (s.length < n) s += rand() < 0.35 ? pick(words) + (rand() < 0.5 ? ' ' : '') : randChar()
