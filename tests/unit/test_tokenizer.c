@@ -177,7 +177,7 @@ static void check_refused(const char *dir)
 	ok(trail_tokenizer_load(dir, &t, &e) == TRAIL_EDATA, "a negative id: %s", e.msg);
 	/* the synthetic vocabulary with a bad merges.txt */
 	char src[4096];
-	void *b;
+	void *b = NULL;
 	size_t n;
 	snprintf(src, sizeof src, "%s/tests/data/tokenizer/vocab.json", top());
 	if (trail_read_file(src, 0, &b, &n, NULL) == 0) {
@@ -278,7 +278,7 @@ static void reference(const char *dir)
 	/* the Hugging Face layout written by save: the same mapping */
 	ok(mkdtemp(tmp) && !trail_tokenizer_save(t, tmp, &e) && !trail_tokenizer_load(tmp, &t2, &e),
 	   "saved as vocab.json and merges.txt, loaded back: %s", e.msg);
-	void *cb, *ib;
+	void *cb = NULL, *ib = NULL;
 	size_t cl, il;
 	snprintf(path, sizeof path, "%s/corpus.ndjson", dir);
 	int rc = trail_read_file(path, 0, &cb, &cl, &e);
@@ -429,7 +429,7 @@ int main(void)
 	/* OpenAI's layout, and save + reload */
 	if (!mkdtemp(tmp))
 		return 1;
-	void *b;
+	void *b = NULL;
 	size_t n;
 	snprintf(path, sizeof path, "%s/vocab.json", dir);
 	trail_read_file(path, 0, &b, &n, NULL);
@@ -452,7 +452,7 @@ int main(void)
 	ok(trail_tokenizer_load(tmp, &t2, &e) == 0, "load what was saved: %s", e.msg);
 	if (t2) {
 		check_cases(t2, "saved vocab.json + merges.txt");
-		void *m1, *m2, *v1, *v2;
+		void *m1 = NULL, *m2 = NULL, *v1 = NULL, *v2 = NULL;
 		size_t l1, l2, k1, k2;
 		char p1[4200];
 		snprintf(path, sizeof path, "%s/merges.txt", tmp);
