@@ -186,6 +186,10 @@ static size_t piece_end(const uint8_t *s, size_t n, size_t i)
 
 /* ---- merges ---- */
 
+/* Merges are keyed by the pair of ids, as GPT-2's Python keys them by the
+ * pair of strings. (The JavaScript reference joins the two strings with a
+ * comma, which makes ('",', '"') look like the merge ('"', ',"'); the
+ * comparison's corpus holds runs of such characters and no id differs.) */
 static inline size_t merge_hash(uint64_t key, size_t mask)
 {
 	return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & mask;

@@ -6,6 +6,7 @@
 //   generated   seeded random strings over many scripts, emoji sequences,
 //               combining marks, CJK, every kind of space and control
 //               character, digits and contractions
+//   punctuation runs of quotes, commas and brackets
 //   edge cases  a fixed list
 // Usage: node bpe_corpus.js [SEED] > corpus.ndjson
 // Only characters assigned by Unicode 15.0 are generated, the version of
@@ -98,6 +99,17 @@ for (let i = 0; i < generated; i++) {
   let s = ''
   const n = 1 + Math.floor(rand() * (rand() < 0.1 ? 400 : 40))
   while (s.length < n) s += rand() < 0.35 ? pick(words) + (rand() < 0.5 ? ' ' : '') : randChar()
+  emit(s, Infinity)
+}
+
+// The reference keys a merge by its pair joined with a comma, so ('",', '"')
+// reads as the merge ('"', ',"'); GPT-2 keys by the pair itself. Runs of
+// these characters are where the two could part.
+const punct = ['"', ',', '}', ']', ')', "'", '[', '.', '{', ' ']
+for (let i = 0; i < 3000; i++) {
+  let s = ''
+  const n = 2 + Math.floor(rand() * 8)
+  while (s.length < n) s += pick(punct)
   emit(s, Infinity)
 }
 
