@@ -146,6 +146,15 @@ static int bad(scan *s, const char *why)
 	return -1;
 }
 
+/* a == b for n bytes: keys and names are short, a call to memcmp costs more than the loop */
+static inline int same(const char *a, const char *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
 static inline void ws(scan *s)
 {
 	while (s->p < s->e && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
@@ -500,7 +509,7 @@ static int key_of(scan *s, const mkey *keys, int nk, const char *k, size_t kn, u
 {
 	*out = -1;
 	for (int i = 0; i < nk; i++)
-		if (keys[i].n == kn && !memcmp(keys[i].k, k, kn)) {
+		if (keys[i].n == kn && same(keys[i].k, k, kn)) {
 			if (*seen & 1u << i)
 				return bad(s, "a member is given twice");
 			*seen |= 1u << i;
@@ -743,7 +752,7 @@ static ent *name_slot(trail_settle *s, const char *k, size_t n, uint64_t h)
 	size_t j = (size_t)h & (s->names.cap - 1);
 	while (s->names.e[j].v) {
 		const payee *p = &s->pay[s->names.e[j].v - 1];
-		if (s->names.e[j].h == h && p->len == n && !memcmp(p->name, k, n))
+		if (s->names.e[j].h == h && p->len == n && same(p->name, k, n))
 			return &s->names.e[j];
 		j = (j + 1) & (s->names.cap - 1);
 	}
@@ -1337,8 +1346,8 @@ static uint64_t sat_add(uint64_t a, uint64_t b)
 /*
  * The view a line adds to the inputs digest: what settlement uses from it,
  * in a compact binary form (attr-settle(1) defines it). Integers are
- * LEB128, signed ones zigzag; strings their length and decoded bytes, an
- * absent or null string length 0 (names are never empty).
+ * LEB128, signed ones zigzag; strings as view_str() writes them. The
+ * event's id is left out: it cannot change the result.
  */
 static void sb_uv(sbuf *b, uint64_t v)
 {
@@ -1356,11 +1365,40 @@ static void sb_sv(sbuf *b, int64_t v)
 	sb_uv(b, (uint64_t)v << 1 ^ (uint64_t)(v >> 63));
 }
 
+/* a lowercase hex digit's value + 1; 0 for any other byte (a table: the digits are random, branches would miss) */
+static const uint8_t HEX1[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+	['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
+
+/*
+ * A string: LEB128 of twice its length, then its bytes; a content address
+ * ("sha256:" and 64 lowercase hex digits) as 65 (2 * 32 + 1) and its 32
+ * bytes; absent or null: 0.
+ */
 static void view_str(trail_settle *s, const char *lp, const sref *r)
 {
-	sb_uv(&s->view, r->null ? 0 : r->len);
-	if (!r->null)
-		sb_put(&s->view, str_of(s, lp, r), r->len);
+	const char *p = str_of(s, lp, r);
+	if (r->null) {
+		sb_c(&s->view, 0);
+		return;
+	}
+	if (r->len == 71 && same(p, "sha256:", 7) && !sb_reserve(&s->view, 33)) {
+		char *o = s->view.p + s->view.n;
+		unsigned missing = 0;
+		o[0] = 65;
+		for (int i = 0; i < 32; i++) {
+			unsigned hi = HEX1[(unsigned char)p[7 + 2 * i]], lo = HEX1[(unsigned char)p[8 + 2 * i]];
+			missing |= (hi == 0) | (lo == 0);
+			o[1 + i] = (char)((hi - 1) << 4 | ((lo - 1) & 15));
+		}
+		if (!missing) {
+			s->view.n += 33;
+			return;
+		}
+	}
+	sb_uv(&s->view, (uint64_t)r->len * 2);
+	sb_put(&s->view, p, r->len);
 }
 
 /* personalisation of the inputs digest's BLAKE2b: the view's version */
@@ -1388,7 +1426,6 @@ static int line_record(trail_settle *s, const rdline *l, trail_error *err)
 	sb_c(&s->view, 'R');
 	sb_uv(&s->view, pt);
 	sb_uv(&s->view, ct);
-	view_str(s, lp, &l->event);
 	view_str(s, lp, &l->model);
 	sb_uv(&s->view, s->contrib.n);
 	for (size_t i = 0; i < s->contrib.n; i++) {
@@ -1939,8 +1976,10 @@ static int find_settlement(trail_ledger *l, const char *epoch, uint64_t *index, 
 			break;
 		if (memmem(b, len, type, sizeof type - 1) && memmem(b, len, pat.p, pat.n) &&
 		    trail_json_parse(b, len, "log", &j, NULL) == TRAIL_OK) {
+			/* the byte search is only a filter: "type" and "epoch" must be the entry's own members */
 			const char *e = json_string_value(json_object_get(j, "epoch"));
-			if (e && !strcmp(e, epoch)) {
+			const char *t = json_string_value(json_object_get(j, "type"));
+			if (e && t && !strcmp(t, "settlement") && !strcmp(e, epoch)) {
 				*entry = j;
 				*index = i;
 			} else {

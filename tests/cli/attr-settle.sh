@@ -52,6 +52,16 @@ attr-settle --key settler.key --policy pol.json --epoch signed < attr.ndjson > /
 check "--key signs the entry with that key" sh -c "trail-log show | grep '\"epoch\":\"signed\"' | grep -q \"\$(cut -d+ -f1-2 settler.pub)\""
 check "the ledger verifies" trail-log verify
 
+# the recorded settlement is found by the entry's own type and its exact epoch
+echo '{"type":"note","epoch":"E1","about":{"type":"settlement","epoch":"E1"}}' | trail-log append > /dev/null
+check_rc 0 "an entry of another type that names a settlement of the epoch is not one" sh -c 'attr-settle --policy pol.json --epoch E1 < attr.ndjson > /dev/null'
+check_eq "and E1 is settled once" "$(trail-log show | grep '"result_object"' | grep -c '"epoch":"E1"')" 1
+check_rc 0 "an epoch that is a prefix of a settled one is another epoch" sh -c 'head -100 attr.ndjson | attr-settle --policy pol.json --epoch 2026-1 > /dev/null'
+check_rc 0 "so is one that extends it" sh -c 'head -100 attr.ndjson | attr-settle --policy pol.json --epoch 2026-11-b > /dev/null'
+sed 's/"event":"e7"/"event":"renamed"/' attr.ndjson > renamed.ndjson
+attr-settle --policy pol.json --epoch 2026-11 renamed.ndjson > r4
+check "an event id changed is the same inputs (it cannot change the result): the recorded result" cmp r1 r4
+
 # exit statuses and messages
 printf '{"event":"a","usage":{"prompt_tokens":1,"completion_tokens":1},"contributors":[]}\n\n{"event":"b","usage":{"prompt_tokens":1}}\n' > bad.ndjson
 attr-settle --dry-run --policy pol.json --epoch x < bad.ndjson > /dev/null 2> bad.err

@@ -280,6 +280,75 @@ static void shuffle(void)
 		free(a[i]), free(b[i]);
 }
 
+/* ---- what the inputs digest covers ------------------------------------------------------- */
+
+static char *inputs_of(const json_t *pol, const char *a, const char *b)
+{
+	char *l[2] = {(char *)a, (char *)b};
+	json_t *res = settle_lines(pol, l, 2, "d");
+	char *d = res ? strdup(json_string_value(json_object_get(json_array_get(res, json_array_size(res) - 1),
+								      "inputs_digest"))) : NULL;
+	json_decref(res);
+	return d;
+}
+
+static void coverage(void)
+{
+	json_t *pol = json_pack("{s:i, s:{s:i}, s:{s:i}}", "fee_per_1k_prompt", 1000, "split_bps", "contributors", 10000,
+				"penalty", "max_poisoning", 5);
+#define REC(ev, model, u, extra)                                                                                   \
+	"{\"event\":\"" ev "\",\"model\":" model ",\"usage\":{\"prompt_tokens\":" u ",\"completion_tokens\":2},"     \
+	"\"contributors\":[{\"contributor\":\"alice\",\"share\":0.5},{\"contributor\":\"bob\",\"share\":0.25}]" extra "}"
+#define HEXM "\"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\""
+#define TOP(s) ",\"top\":[{\"record\":\"r1\",\"contributor\":\"carol\",\"score\":" s "}]"
+	const char *base = REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]");
+	const char *flags = "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":1,\"flagged\":2,\"poisoning\":3}";
+	struct {
+		const char *rec, *fl, *what;
+	} differ[] = {
+		{REC("e1", HEXM, "11", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "usage"},
+		{REC("e1", "\"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeefe\"", "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "the model"},
+		{REC("e1", "\"sha256:00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\"", "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "the model's letter case"},
+		{REC("e1", "null", "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "no model"},
+		{REC("e1", HEXM, "10", TOP("-0.6") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "a negative score"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\",\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "a poisoning report"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"alice\"}]"), flags, "a cluster's first"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":null}]"), flags, "a cluster's first, null"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":2,\"flagged\":2,\"poisoning\":3}", "rejected"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":1,\"flagged\":3,\"poisoning\":3}", "flagged"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":1,\"flagged\":2,\"poisoning\":4}", "poisoning counted"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"frank\",\"rejected\":1,\"flagged\":2,\"poisoning\":3}", "the flagged contributor"},
+	}, same[] = {
+		{REC("e2", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "the event id"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"d\\u0061ve\"],\"method\":\"x\",\"clusters\":[{\"records\":[],\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "escapes and ignored members"},
+		{base, "{\"poisoning\":3,\"flagged\":2,\"rejected\":1,\"contributor\":\"erin\",\"type\":\"flags\",\"note\":1}", "member order"},
+	};
+	char *d0 = inputs_of(pol, base, flags);
+	int bad = 0;
+	for (size_t i = 0; i < sizeof differ / sizeof *differ; i++) {
+		char *d = inputs_of(pol, differ[i].rec, differ[i].fl);
+		if (!d0 || !d || !strcmp(d0, d))
+			bad++, diag("digest unchanged by %s", differ[i].what);
+		free(d);
+	}
+	ok(bad == 0, "the inputs digest changes with usage, model, negative scores, poisoning reports, clusters and every "
+		     "count of a flags line (%d missed)", bad);
+	bad = 0;
+	for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+		char *d = inputs_of(pol, same[i].rec, same[i].fl);
+		if (!d0 || !d || strcmp(d0, d))
+			bad++, diag("digest changed by %s", same[i].what);
+		free(d);
+	}
+	ok(bad == 0, "but not with the event id, escapes, member order or ignored members (%d changed)", bad);
+	ok(d0 && !strncmp(d0, "blake2b:", 8) && strlen(d0) == 8 + 64, "it is written blake2b:<64 hex digits>");
+	free(d0);
+	json_decref(pol);
+#undef REC
+#undef HEXM
+#undef TOP
+}
+
 /* ---- manipulation ------------------------------------------------------------------------ */
 
 static json_t *POL;
@@ -549,6 +618,7 @@ int main(void)
 {
 	property();
 	shuffle();
+	coverage();
 	manipulation();
 	penalties();
 	strict();
