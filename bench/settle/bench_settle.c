@@ -102,6 +102,8 @@ int main(int argc, char **argv)
 	}
 	trail_settle *s;
 	trail_error err = {0};
+	if (trail_init()) /* libsodium picks its fastest BLAKE2b here */
+		return 70;
 	json_t *pol = json_pack("{s:i, s:i, s:{s:i, s:i, s:i, s:i}, s:{s:i, s:i}, s:{s:i, s:f, s:i}}", "fee_per_1k_prompt", 100,
 				"fee_per_1k_completion", 300, "split_bps", "platform", 1000, "model", 2000, "stakers", 1000,
 				"contributors", 6000, "stakes", "contrib-0001", 5000, "contrib-0002", 100, "penalty",
