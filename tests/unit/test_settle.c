@@ -614,6 +614,69 @@ static void models(void)
 	json_decref(pol);
 }
 
+/*
+ * The largest-remainder products at their extremes: fees at the 2^53-1 cap
+ * times per-payee weights near 2^93 (the 192-bit path), stakes near 2^53
+ * each summing past 2^55. Each amount is checked against its quota
+ * computed in long double (64-bit mantissa: error far below 1 unit here).
+ */
+static void extremes(void)
+{
+	json_t *pol = json_pack("{s:I, s:{s:i, s:i}, s:{s:I, s:I, s:I, s:I, s:I}}", "fee_per_1k_prompt", (json_int_t)1 << 40,
+				"split_bps", "stakers", 3333, "contributors", 6667, "stakes", "s1",
+				((json_int_t)1 << 53) - 1, "s2", ((json_int_t)1 << 53) - 3, "s3", (json_int_t)1 << 52,
+				"s4", (json_int_t)7, "s5", ((json_int_t)1 << 53) - 11);
+	char l[512];
+	trail_settle *s;
+	trail_settle_new(pol, &s, NULL);
+	int n = 0;
+	/* 7 records of 2^60 fee numerators: fees 7 * 2^60 / 1000, just under 2^53 */
+	for (; n < 7; n++) {
+		snprintf(l, sizeof l, "{\"event\":\"x%d\",\"usage\":{\"prompt_tokens\":%llu,\"completion_tokens\":0},"
+				      "\"contributors\":[{\"contributor\":\"a\",\"share\":0.333333333},{\"contributor\":\"b\","
+				      "\"share\":0.333333333},{\"contributor\":\"c\",\"share\":0.%09d}]}", n, 1ULL << 20,
+			 333333334 - n);
+		trail_settle_line(s, l, strlen(l), NULL);
+	}
+	json_t *res;
+	trail_error e = {0};
+	int rc = trail_settle_result(s, "x", &res, &e);
+	if (rc)
+		diag("%s", e.msg);
+	long long F = ep_int(res, "fees"), pc = 0, ps = 0;
+	long double D = 7.0L * 1e9L, stake = (long double)(((1LL << 53) - 1) + ((1LL << 53) - 3) + (1LL << 52) + 7 + ((1LL << 53) - 11));
+	int far = 0;
+	long long pool_c = (long long)((unsigned __int128)F * 6667 / 10000), pool_s = F - pool_c;
+	/* pools: largest remainder over the two roles, so each within 1 of its exact share */
+	const char *who[] = {"a", "b", "c"};
+	for (int i = 0; i < 3; i++) {
+		long double w = 0;
+		for (int k = 0; k < 7; k++)
+			w += i < 2 ? 333333333.0L : (long double)(333333334 - k);
+		long long a = paid(res, who[i], "contributor");
+		long double q = (long double)pool_c * w / D;
+		pc += a;
+		if (a < q - 2 || a > q + 2) /* the pool itself may differ by 1 from F * 6667 / 10000 */
+			far++, diag("%s: %lld, quota %.3Lf", who[i], a, q);
+	}
+	const char *st[] = {"s1", "s2", "s3", "s4", "s5"};
+	const long long sv[] = {(1LL << 53) - 1, (1LL << 53) - 3, 1LL << 52, 7, (1LL << 53) - 11};
+	for (int i = 0; i < 5; i++) {
+		long long a = paid(res, st[i], "stakers");
+		long double q = (long double)pool_s * (long double)sv[i] / stake;
+		ps += a;
+		if (a < q - 2 || a > q + 2)
+			far++, diag("%s: %lld, quota %.3Lf", st[i], a, q);
+	}
+	ok(rc == TRAIL_OK && F > (1LL << 52) && far == 0 && pc + ps == ep_int(res, "paid") &&
+	   ep_int(res, "paid") + ep_int(res, "retained") == F,
+	   "fees near 2^53 (%lld), weights near 2^93, stakes near 2^53 summing past 2^55: every amount at its quota, "
+	   "paid + retained = fees", F);
+	json_decref(res);
+	trail_settle_free(s);
+	json_decref(pol);
+}
+
 int main(void)
 {
 	property();
@@ -623,6 +686,7 @@ int main(void)
 	penalties();
 	strict();
 	models();
+	extremes();
 	json_decref(POL);
 	return tap_done();
 }
