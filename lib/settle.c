@@ -1,9 +1,10 @@
 /*
  * Settlement. Three parts:
  *
- *  1. a strict, allocation-free JSON scanner that reads the few members
- *     settlement needs straight from each NDJSON line (building a JSON tree
- *     per record would cost more than everything else together);
+ *  1. a strict, allocation-free JSON scanner that checks each NDJSON line
+ *     and reads the few members settlement needs in the same pass
+ *     (building a JSON tree per record would cost more than everything
+ *     else together), optionally over blocks of lines in several threads;
  *  2. the accumulator: per payee, exact sums in 128-bit integers of
  *       acc  = sum over records of fee_num(r) * w(r, payee)
  *       mfee = sum of fee_num(r) over the records of the payee's model
