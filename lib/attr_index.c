@@ -837,6 +837,15 @@ int trail_attr_index_open(const char *path, trail_attr_index **out, trail_error 
 	x->lambda = (const float *)(b + x->o.lambda);
 	x->chol = (const float *)(b + x->o.chol);
 	x->grads = (const uint16_t *)(b + x->o.grads);
+	size_t per = h->dim / (size_t)h->nlayers;
+	if (!(x->cholt = trail_malloc(h->dim * per * sizeof *x->cholt))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (size_t l = 0; l < (size_t)h->nlayers; l++)
+		for (size_t i = 0; i < per; i++)
+			for (size_t j = 0; j < per; j++)
+				x->cholt[l * per * per + j * per + i] = x->chol[l * per * per + i * per + j];
 	trail_attr_info *in = &x->info;
 	in->nrecords = h->nrecords;
 	in->nlayers = h->nlayers;
@@ -863,6 +872,7 @@ void trail_attr_index_free(trail_attr_index *x)
 		return;
 	if (x->map.data)
 		trail_unmap(&x->map);
+	trail_free(x->cholt);
 	trail_free(x);
 }
 

@@ -38,6 +38,7 @@ struct trail_attr_index {
 	trail_attr_off o;
 	trail_attr_info info;
 	const float *scales, *norms, *lambda, *chol;
+	float *cholt; /* the factors transposed (upper, row major), for the forward solve by rows */
 	const uint16_t *grads;
 };
 
