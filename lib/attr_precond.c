@@ -346,34 +346,34 @@ typedef struct solve_ctx {
 	float *V;
 } solve_ctx;
 
-static int solve_rows(void *p, size_t k0, size_t k1)
+static int solve_blocks(void *p, size_t u0, size_t u1)
 {
 	const solve_ctx *c = p;
 	size_t D = c->x->h.dim, L = (size_t)c->x->h.nlayers, per = D / L;
 	double *y = trail_malloc(per * sizeof *y);
 	if (!y)
 		return TRAIL_ENOMEM;
-	for (size_t k = k0; k < k1; k++)
-		for (size_t l = 0; l < L; l++) {
-			const float *Lf = c->x->chol + l * per * per, *U = c->x->cholt + l * per * per;
-			float *v = c->V + k * D + l * per;
-			for (size_t i = 0; i < per; i++)
-				y[i] = v[i];
-			for (size_t j = 0; j < per; j++) {
-				double yj = y[j] /= U[j * per + j];
-				const float *u = U + j * per;
-				for (size_t i = j + 1; i < per; i++)
-					y[i] -= u[i] * yj;
-			}
-			for (size_t j = per; j-- > 0;) {
-				double zj = y[j] /= Lf[j * per + j];
-				const float *lr = Lf + j * per;
-				for (size_t i = 0; i < j; i++)
-					y[i] -= lr[i] * zj;
-			}
-			for (size_t i = 0; i < per; i++)
-				v[i] = (float)y[i];
+	for (size_t u = u0; u < u1; u++) { /* block u: layer u % L of query u / L */
+		size_t l = u % L;
+		const float *Lf = c->x->chol + l * per * per, *U = c->x->cholt + l * per * per;
+		float *v = c->V + u / L * D + l * per;
+		for (size_t i = 0; i < per; i++)
+			y[i] = v[i];
+		for (size_t j = 0; j < per; j++) {
+			double yj = y[j] /= U[j * per + j];
+			const float *ur = U + j * per;
+			for (size_t i = j + 1; i < per; i++)
+				y[i] -= ur[i] * yj;
 		}
+		for (size_t j = per; j-- > 0;) {
+			double zj = y[j] /= Lf[j * per + j];
+			const float *lr = Lf + j * per;
+			for (size_t i = 0; i < j; i++)
+				y[i] -= lr[i] * zj;
+		}
+		for (size_t i = 0; i < per; i++)
+			v[i] = (float)y[i];
+	}
 	trail_free(y);
 	return TRAIL_OK;
 }
@@ -487,7 +487,7 @@ int trail_attr_score(const trail_attr_index *x, int method, const float *q, int 
 	memcpy(V, q, (size_t)nq * D * sizeof *V);
 	if (method == TRAIL_ATTR_INFLUENCE) {
 		solve_ctx c = {x, V};
-		if (split((size_t)nq, 1, solve_rows, &c))
+		if (split((size_t)nq * (size_t)x->h.nlayers, 1, solve_blocks, &c))
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	} else if (method == TRAIL_ATTR_DATAINF)
 		for (int k = 0; k < nq && !rc; k++)
