@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cblas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <sodium.h>
 
@@ -85,13 +86,26 @@ __attribute__((target("f16c,avx"))) static void f16_to_f32_f16c(const uint16_t *
 		out[i] = trail_attr_f32(in[i]);
 }
 
+int trail_attr_cpu(void)
+{
+	/* cpuid rather than __builtin_cpu_supports, which not every compiler knows "f16c" in */
+	unsigned a, b, c, d, lo, hi;
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX) || !(c & bit_F16C))
+		return 0;
+	__asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	if ((lo & 6) != 6) /* the OS saves the XMM and YMM registers */
+		return 0;
+	int f = TRAIL_ATTR_CPU_F16C;
+	if ((c & bit_FMA) && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2))
+		f |= TRAIL_ATTR_CPU_AVX2_FMA;
+	return f;
+}
+
 void trail_attr_f16_to_f32(const uint16_t *in, float *out, size_t n)
 {
 	static int f16c = -1;
-	if (f16c < 0) {
-		__builtin_cpu_init();
-		f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-	}
+	if (f16c < 0)
+		f16c = trail_attr_cpu() & TRAIL_ATTR_CPU_F16C;
 	if (f16c) {
 		f16_to_f32_f16c(in, out, n);
 		return;

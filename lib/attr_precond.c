@@ -220,8 +220,8 @@ static lanes_fn *kernel(void)
 	if (e && *e && strcmp(e, "0"))
 		return lanes_c;
 #ifdef TRAIL_ATTR_AVX
-	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+	int f = trail_attr_cpu();
+	if ((f & TRAIL_ATTR_CPU_F16C) && (f & TRAIL_ATTR_CPU_AVX2_FMA))
 		return lanes_avx;
 #endif
 	return lanes_c;
