@@ -456,10 +456,14 @@ static void pack_sig(const trail_ndindex *ix, const uint32_t *sig, uint8_t *out)
 /* b-bit estimate of the Jaccard similarity, clamped to [0, 1]. */
 static double score(const trail_ndindex *ix, const uint8_t *x, const uint8_t *y)
 {
-	int diff = 0;
-	for (int i = 0; i < ix->sigbytes; i++) {
+	int diff = 0, i = 0;
+	for (; i + 8 <= ix->sigbytes; i += 8) {
+		uint64_t d = tx_load(x + i) ^ tx_load(y + i);
+		diff += (int)tx_popcount((d | (d >> 1)) & 0x5555555555555555ull);
+	}
+	for (; i < ix->sigbytes; i++) {
 		unsigned d = x[i] ^ y[i];
-		diff += __builtin_popcount((d | (d >> 1)) & 0x55u);
+		diff += (int)tx_popcount((d | (d >> 1)) & 0x55u);
 	}
 	double m = (double)(ix->k - diff) / ix->k;
 	double j = (m - 0.25) / 0.75;

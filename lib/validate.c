@@ -33,6 +33,7 @@ struct trail_validator {
 	char *source;
 	trail_minhasher *mh;
 	trail_ndindex *ix;
+	trail_qscratch *qs;
 	uint64_t napproved; /* index ordinals below this are approved records */
 	long *ixline;       /* input line of index ordinal napproved + i */
 	size_t nixline, ixlinecap;
@@ -107,7 +108,8 @@ int trail_validator_new(const trail_policy *p, trail_validator **out, trail_erro
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	v->p = p;
 	v->redact = p->redact;
-	if (trail_minhasher_new(&p->nd, &v->mh) || trail_ndindex_new(&p->nd, &v->ix)) {
+	if (trail_minhasher_new(&p->nd, &v->mh) || trail_ndindex_new(&p->nd, &v->ix) ||
+	    !(v->qs = trail_qscratch_new())) {
 		trail_validator_free(v);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
@@ -121,6 +123,7 @@ void trail_validator_free(trail_validator *v)
 		return;
 	trail_minhasher_free(v->mh);
 	trail_ndindex_free(v->ix);
+	trail_qscratch_free(v->qs);
 	trail_free(v->ixline);
 	trail_free(v->ids.id);
 	trail_free(v->ids.line);
@@ -543,7 +546,7 @@ int trail_validator_check(trail_validator *v, const json_t *record, long n, json
 			char *own;
 			size_t len;
 			const char *text = content(v, rec, &len, &own);
-			int q = text ? trail_quality_check(p, text, len, R) : -1;
+			int q = text ? trail_quality_check_with(p, v->qs, text, len, R) : -1;
 			trail_free(own);
 			if (q)
 				goto out;

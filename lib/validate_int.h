@@ -86,6 +86,16 @@ struct trail_policy {
 const char *trail_rule_name_of(int id);
 
 /*
+ * Scratch buffers for the quality rules, kept from one text to the next
+ * (trail_quality_check makes and frees one per call).
+ */
+typedef struct trail_qscratch trail_qscratch;
+trail_qscratch *trail_qscratch_new(void);
+void trail_qscratch_free(trail_qscratch *q);
+int trail_quality_check_with(const trail_policy *p, trail_qscratch *q, const char *text,
+			     size_t len, json_t *reasons);
+
+/*
  * For the tests: make m use MinHash kernel `which` (0 the C reference,
  * 1 AVX2, 2 AVX-512); TRAIL_EUSAGE where the CPU lacks it. Every kernel
  * gives the same signature.
@@ -144,6 +154,19 @@ static inline uint64_t tx_eq(uint64_t x, unsigned c)
 static inline unsigned tx_bits(uint64_t mask)
 {
 	return (unsigned)((((mask >> 7) & TX_ONES) * 0x0102040810204080ull) >> 56);
+}
+
+/* Bit count, without a library call where the target has no POPCNT instruction. */
+static inline unsigned tx_popcount(uint64_t x)
+{
+#ifdef __POPCNT__
+	return (unsigned)__builtin_popcountll(x);
+#else
+	x -= (x >> 1) & 0x5555555555555555ull;
+	x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+	x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+	return (unsigned)((x * 0x0101010101010101ull) >> 56);
+#endif
 }
 
 /* ASCII letters folded to lower case. */
