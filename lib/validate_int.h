@@ -96,6 +96,14 @@ int trail_quality_check_with(const trail_policy *p, trail_qscratch *q, const cha
 			     size_t len, json_t *reasons);
 
 /*
+ * For the tests: trail_pii_scan with each byte-driven scanner (phones,
+ * IPv4, tokens) run on its own over every byte, as written; the fast path
+ * runs them in one pass and must find the same matches.
+ */
+long trail_pii_scan_reference(const char *s, size_t len, unsigned kinds, trail_pii_match *m,
+			      size_t max);
+
+/*
  * For the tests: make m use MinHash kernel `which` (0 the C reference,
  * 1 AVX2, 2 AVX-512); TRAIL_EUSAGE where the CPU lacks it. Every kernel
  * gives the same signature.

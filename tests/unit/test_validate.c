@@ -446,6 +446,59 @@ static char *edit_text(const char *t, int every)
 	return r;
 }
 
+/*
+ * The one-pass PII scan against each scanner run on its own over every
+ * byte: random texts over the bytes phones, addresses and tokens are made
+ * of, with seeds of each kind spliced in, every kind and each alone.
+ */
+static void test_pii_onepass(void)
+{
+	static const char *const seeds[] = {
+		"+44 20 7946 0958", "(212) 555-0187", "1 415 555 2671", "020 7946 0958",
+		"8.8.8.8", "203.0.113.9", "version 1.2.3.4", "AKIAIOSFODNN7EXAMPLE",
+		"ghp_abcdefghijklmnopqrstuvwxyz0123456789", "xoxb-1234-5678-abcdefghij",
+		"sk_live_abcdefghijklmnop1234", "sk-AbCdEf12GhIjKl34MnOpQr56",
+		"AIzaSyA-abcdefghijklmnopqrstuvwxyz12345", "github_pat_abcdefghijklmnopqrstuvwx",
+		"a@b.example.org", "2001:4860:4860::8888", "-----BEGIN RSA PRIVATE KEY-----"};
+	static const char bytes[] = "0123456789 +-.()/:,_$#Aagxsrkh@\nAIzaSKIAob\xc3\xa9";
+	int same = 1, total = 0;
+	for (int t = 0; t < 3000 && same; t++) {
+		char buf[400];
+		size_t len = 0, want = (size_t)(rnd() % 380);
+		while (len < want) {
+			if (rnd() % 6 == 0) {
+				const char *sd = seeds[rnd() % (sizeof seeds / sizeof *seeds)];
+				size_t n = strlen(sd);
+				if (len + n >= sizeof buf)
+					break;
+				memcpy(buf + len, sd, n);
+				len += n;
+			} else {
+				buf[len++] = bytes[rnd() % (sizeof bytes - 1)];
+			}
+		}
+		for (unsigned kinds = 0; kinds <= 32 && same; kinds = kinds ? kinds << 1 : 1) {
+			unsigned k = kinds == 32 ? 31u : kinds;
+			trail_pii_match a[64], b[64];
+			long na = trail_pii_scan(buf, len, k, a, 64);
+			long nb = trail_pii_scan_reference(buf, len, k, b, 64);
+			same = na == nb;
+			for (long q = 0; same && q < na && q < 64; q++)
+				same = a[q].kind == b[q].kind && a[q].start == b[q].start &&
+				       a[q].end == b[q].end;
+			total += na > 0 ? (int)na : 0;
+			if (!same) {
+				diag("kinds %u: %ld vs reference %ld in [%.*s]", k, na, nb, (int)len, buf);
+				for (long q = 0; q < na && q < 64; q++)
+					diag("  fast %d %zu-%zu", a[q].kind, a[q].start, a[q].end);
+				for (long q = 0; q < nb && q < 64; q++)
+					diag("  ref  %d %zu-%zu", b[q].kind, b[q].start, b[q].end);
+			}
+		}
+	}
+	ok(same, "one-pass PII scan finds what each scanner finds alone (%d matches)", total);
+}
+
 static void test_minhash(void)
 {
 	trail_nd_params np;
@@ -853,6 +906,7 @@ int main(void)
 	test_policy();
 	test_quality();
 	test_pii();
+	test_pii_onepass();
 	test_minhash();
 	test_minhash_pinned();
 	test_index();
