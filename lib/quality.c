@@ -54,6 +54,8 @@ struct doc {
 	size_t nl;
 	char *low;     /* the text with ASCII letters folded */
 	uint64_t *msp, *mcont, *malpha, *mnl; /* per 64 bytes: whitespace, continuation, letter, '\n' */
+	uint64_t *mend;                       /* per 64 bytes: '.', '!', '?' */
+	uint64_t *mpunct;                     /* per 64 bytes: ASCII punctuation */
 	uint64_t *gh;  /* n-gram hashes, built up one word at a time */
 	uint32_t *cand; /* n-gram positions still in the running */
 	struct span *spans; /* paragraphs */
@@ -99,10 +101,11 @@ static inline int is_space(unsigned char c)
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+/* ASCII punctuation: '!'..'/', ':'..'@', '['..'`', '{'..'~', as a 128-bit set. */
 static inline int is_punct(unsigned char c)
 {
-	return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') ||
-	       (c >= '{' && c <= '~');
+	static const uint64_t set[2] = {0xFC00FFFE00000000ull, 0x78000001F8000001ull};
+	return c < 128 && (set[c >> 6] >> (c & 63)) & 1;
 }
 
 static void strip(const char *s, size_t *off, size_t *len)
@@ -170,13 +173,15 @@ static int reserve(void *pp, size_t *cap, size_t n, size_t sz)
  */
 static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size_t cnt, size_t wi)
 {
-	uint64_t sp = 0, cont = 0, alpha = 0, nl = 0, hash = 0, high = 0;
+	uint64_t sp = 0, cont = 0, alpha = 0, nl = 0, hash = 0, end = 0, punct = 0, high = 0;
 	size_t k = 0;
 #ifdef __SSE2__
 	const __m128i c20 = _mm_set1_epi8(0x20), cA = _mm_set1_epi8('A'), c25 = _mm_set1_epi8(25);
 	const __m128i ca = _mm_set1_epi8('a'), c9 = _mm_set1_epi8('\t'), c4 = _mm_set1_epi8(4);
 	const __m128i csp = _mm_set1_epi8(' '), cnl = _mm_set1_epi8('\n'), chash = _mm_set1_epi8('#');
-	const __m128i cC0 = _mm_set1_epi8((char)0xC0);
+	const __m128i cC0 = _mm_set1_epi8((char)0xC0), cdot = _mm_set1_epi8('.');
+	const __m128i cbang = _mm_set1_epi8('!'), cq = _mm_set1_epi8('?');
+	const __m128i c0 = _mm_set1_epi8('0'), c9d = _mm_set1_epi8(9), c5d = _mm_set1_epi8(0x5D);
 	for (; k + 16 <= cnt; k += 16) {
 		__m128i x = _mm_loadu_si128((const __m128i *)(u + base + k));
 		/* unsigned t <= m as min(t, m) == t */
@@ -194,6 +199,15 @@ static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size
 		alpha |= (uint64_t)((unsigned)_mm_movemask_epi8(lo) | hb) << k;
 		nl |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, cnl)) << k;
 		hash |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, chash)) << k;
+		__m128i se = _mm_or_si128(_mm_cmpeq_epi8(x, cdot),
+					  _mm_or_si128(_mm_cmpeq_epi8(x, cbang), _mm_cmpeq_epi8(x, cq)));
+		end |= (uint64_t)(unsigned)_mm_movemask_epi8(se) << k;
+		/* punctuation: '!' .. '~' but not a letter or digit */
+		__m128i tg = _mm_sub_epi8(x, cbang), td = _mm_sub_epi8(x, c0);
+		__m128i gr = _mm_cmpeq_epi8(_mm_min_epu8(tg, c5d), tg);
+		__m128i dg = _mm_cmpeq_epi8(_mm_min_epu8(td, c9d), td);
+		__m128i pu = _mm_andnot_si128(_mm_or_si128(lo, dg), gr);
+		punct |= (uint64_t)(unsigned)_mm_movemask_epi8(pu) << k;
 		high |= hb;
 	}
 #endif
@@ -214,6 +228,10 @@ static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size
 		alpha |= (uint64_t)tx_bits(ma) << k;
 		nl |= (uint64_t)tx_bits(tx_eq(x, '\n')) << k;
 		hash |= (uint64_t)tx_bits(tx_eq(x, '#')) << k;
+		end |= (uint64_t)tx_bits(tx_eq(x, '.') | tx_eq(x, '!') | tx_eq(x, '?')) << k;
+		uint64_t mp = tx_range(x, '!', '/') | tx_range(x, ':', '@') | tx_range(x, '[', '`') |
+			      tx_range(x, '{', '~');
+		punct |= (uint64_t)tx_bits(mp) << k;
 		high |= x & TX_HIGH;
 	}
 	if (cnt < 64)
@@ -222,6 +240,8 @@ static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size
 	d->mcont[wi] = cont;
 	d->malpha[wi] = alpha;
 	d->mnl[wi] = nl;
+	d->mend[wi] = end;
+	d->mpunct[wi] = punct;
 	d->hashes += tx_popcount(hash);
 	return high;
 }
@@ -259,11 +279,13 @@ static int doc_init(trail_qscratch *q, const char *s, size_t len)
 	d->nonsym = d->nonsym_cps = d->alpha = 0;
 	d->nw = d->nl = 0;
 	size_t nm = len / 64 + 1;
-	if (reserve(&d->low, &q->bcap, len + 1, 1) || reserve(&d->msp, &q->mcap, 4 * nm, 8))
+	if (reserve(&d->low, &q->bcap, len + 1, 1) || reserve(&d->msp, &q->mcap, 6 * nm, 8))
 		return -1;
 	d->mcont = d->msp + nm;
 	d->malpha = d->mcont + nm;
 	d->mnl = d->malpha + nm;
+	d->mend = d->mnl + nm;
+	d->mpunct = d->mend + nm;
 	const unsigned char *u = (const unsigned char *)s;
 	uint64_t high = 0;
 	size_t cont = 0;
@@ -295,15 +317,30 @@ static int doc_init(trail_qscratch *q, const char *s, size_t len)
 	d->nw = ns;
 	for (size_t i = 0; i < d->nw; i++) {
 		struct word *w = &d->w[i];
-		size_t wst = w->off, e = wst + w->len;
-		w->cps = w->len - (uint32_t)bits_in(d->mcont, wst, e);
-		d->alpha += bits_in(d->malpha, wst, e) != 0;
+		size_t wst = w->off, e = wst + w->len, bo = wst, bl = w->len;
 		w->h = XXH3_64bits(s + wst, w->len);
-		size_t bo = wst, bl = w->len;
-		while (bl && is_punct(u[bo]))
-			bo++, bl--;
-		while (bl && is_punct(u[bo + bl - 1]))
-			bl--;
+		if ((wst >> 6) == ((e - 1) >> 6)) {
+			/* Within one mask word: the word's bits from bit 0, len of them. */
+			size_t sh = wst & 63;
+			uint64_t in = ~0ull >> (64 - w->len);
+			uint64_t wc = (d->mcont[wst >> 6] >> sh) & in;
+			uint64_t bare = ~(d->mpunct[wst >> 6] >> sh) & in;
+			w->cps = w->len - tx_popcount(wc);
+			d->alpha += ((d->malpha[wst >> 6] >> sh) & in) != 0;
+			if (bare) {
+				bo = wst + (size_t)__builtin_ctzll(bare);
+				bl = wst + 64 - (size_t)__builtin_clzll(bare) - bo;
+			} else {
+				bl = 0;
+			}
+		} else {
+			w->cps = w->len - (uint32_t)bits_in(d->mcont, wst, e);
+			d->alpha += bits_in(d->malpha, wst, e) != 0;
+			while (bl && is_punct(u[bo]))
+				bo++, bl--;
+			while (bl && is_punct(u[bo + bl - 1]))
+				bl--;
+		}
 		w->boff = (uint32_t)bo;
 		w->blen = (uint32_t)bl;
 		if (bl) {
@@ -716,21 +753,38 @@ static int c4_terminal(const char *l, size_t len)
 	return c == '.' || c == '?' || c == '!' || c == '"';
 }
 
-/* Sentence ends in a line: runs of . ! ? followed by whitespace or the end. */
-static size_t sentences(const char *l, size_t len)
+/* The first set bit of mask array m in [a, b), or b. */
+static size_t next_bit(const uint64_t *m, size_t a, size_t b)
 {
-	size_t n = 0;
-	for (size_t i = 0; i < len; i++) {
-		if (l[i] != '.' && l[i] != '!' && l[i] != '?')
-			continue;
+	while (a < b) {
+		uint64_t w = m[a >> 6] & (~0ull << (a & 63));
+		if (w) {
+			size_t i = (a & ~(size_t)63) + (size_t)__builtin_ctzll(w);
+			return i < b ? i : b;
+		}
+		a = (a | 63) + 1;
+	}
+	return b;
+}
+
+/*
+ * Sentence ends in the line s[off .. off + len): runs of . ! ? (with
+ * closing quotes and brackets) followed by whitespace or the end, after a
+ * byte that is not whitespace. The runs start at the bits of d->mend.
+ */
+static size_t sentences(const struct doc *d, size_t off, size_t len)
+{
+	const char *s = d->s;
+	size_t n = 0, end = off + len;
+	for (size_t i = next_bit(d->mend, off, end); i < end; i = next_bit(d->mend, i, end)) {
 		size_t j = i;
-		while (j < len && (l[j] == '.' || l[j] == '!' || l[j] == '?' || l[j] == '"' ||
-				   l[j] == '\'' || l[j] == ')'))
+		while (j < end && (s[j] == '.' || s[j] == '!' || s[j] == '?' || s[j] == '"' ||
+				   s[j] == '\'' || s[j] == ')'))
 			j++;
-		if ((j == len || is_space((unsigned char)l[j])) && i > 0 &&
-		    !is_space((unsigned char)l[i - 1]))
+		if ((j == end || is_space((unsigned char)s[j])) && i > off &&
+		    !is_space((unsigned char)s[i - 1]))
 			n++;
-		i = j;
+		i = j + (j < end);
 	}
 	return n;
 }
@@ -771,8 +825,15 @@ static int c4(const trail_policy *p, struct doc *d, json_t *R)
 			any |= pol_any[k] = (k < 2 || cookie) && has_phrase(d, 0, d->len, policy_phrases[k]);
 		for (size_t i = 0; i < d->nl; i++) {
 			size_t off = d->lines[i].off, len = d->lines[i].len, end = off + len;
+			/* The line's conditions are all needed, so the cheap ones go first. */
+			strip(d->s, &off, &len);
+			const char *l = d->s + off;
+			if (!len)
+				continue;
+			if (p->c4_terminal_punct && !c4_terminal(l, len))
+				continue;
 			/* Words of this line: d->w is in text order. */
-			while (wi < d->nw && d->w[wi].off < off)
+			while (wi < d->nw && d->w[wi].off < d->lines[i].off)
 				wi++;
 			size_t nwl = 0;
 			int longword = 0;
@@ -780,11 +841,7 @@ static int c4(const trail_policy *p, struct doc *d, json_t *R)
 				nwl++;
 				longword |= (long long)d->w[k].cps > p->c4_max_word_len;
 			}
-			strip(d->s, &off, &len);
-			const char *l = d->s + off;
-			if (longword || !len)
-				continue;
-			if (p->c4_terminal_punct && !c4_terminal(l, len))
+			if (longword)
 				continue;
 			if ((long long)nwl < p->c4_min_line_words)
 				continue;
@@ -795,7 +852,7 @@ static int c4(const trail_policy *p, struct doc *d, json_t *R)
 				pol = pol_any[k] && has_phrase(d, off, len, policy_phrases[k]);
 			if (pol)
 				continue;
-			ns += sentences(l, len);
+			ns += sentences(d, off, len);
 		}
 		if ((long long)ns < p->c4_min_sentences &&
 		    reason(R, R_C4_SENTENCES, (double)ns, "min", (double)p->c4_min_sentences))
