@@ -8,12 +8,19 @@
  *   bands  5 bytes/band   8-bit fingerprint + 32-bit ordinal, in a sorted
  *                         array per band with a 2^16-bucket directory
  * so 32 + 28 + 70 bytes at the default 14 x 8, plus the directories
- * (14 * 256 KiB in all) and a hash table per band for the records added
- * since the last merge (at most 1/32 of the index). A band's 32-bit key
- * splits into 16 bits of bucket, 8 of fingerprint and 8 used only while
- * the record is recent; two records are candidates when they share a band
- * key (24 bits once merged: a false candidate per ~2^24/N lookups), and
- * every candidate is scored from the 2-bit signatures.
+ * (14 * 256 KiB in all) and, per band, a hash table of the keys of the
+ * records added since the last merge (at most 1/32 of the index), each
+ * key's records chained in order. A band's 32-bit key splits into 16 bits
+ * of bucket, 8 of fingerprint and 8 used only while the record is recent;
+ * two records are candidates when they share a band key (24 bits once
+ * merged: a false candidate per ~2^24/N lookups), and every candidate is
+ * scored from the 2-bit signatures.
+ *
+ * Work per query is bounded: a band contributes its BAND_CAP earliest
+ * records with the key (a binary search finds them in the sorted array, the
+ * chain holds them in order). Only a flood of near-identical records puts
+ * more than that many behind one key, and then the earliest stand for the
+ * rest: the best match among them is reported, the same on every run.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -358,14 +365,21 @@ double trail_jaccard(const uint64_t *a, size_t na, const uint64_t *b, size_t nb)
 #define DIRBITS 16
 #define DIRSIZE (1u << DIRBITS)
 #define DELTA_MIN 4096
+#define BAND_CAP 32
+
+/* A recent key: the first and last recent record with it (ordinal + 1); head 0: empty. */
+struct rslot {
+	uint32_t key, head, tail;
+};
 
 struct band {
 	uint32_t *dir; /* DIRSIZE + 1 offsets into fp/ord; NULL while empty */
 	uint8_t *fp;
 	uint32_t *ord;
 	size_t n;
-	uint64_t *slots; /* recent: key << 32 | (ordinal + 1); 0 = empty */
-	size_t cap;      /* power of two, or 0 */
+	struct rslot *slots; /* recent keys, open addressing */
+	size_t cap, nkeys;   /* cap: power of two, or 0 */
+	uint32_t *next;      /* per recent record (ordinal - rbase): next with its key, + 1; 0 last */
 };
 
 struct trail_ndindex {
@@ -375,7 +389,8 @@ struct trail_ndindex {
 	uint8_t *sigs;
 	size_t n, cap;
 	struct band *b;
-	size_t recent; /* records not yet merged */
+	size_t recent; /* records not yet merged: ordinals n - recent .. n - 1 */
+	size_t nextcap; /* of each band's next */
 	uint32_t *cand;
 	size_t ncand, candcap;
 	uint32_t keys[64]; /* band keys of the last signature keyed */
@@ -409,6 +424,7 @@ void trail_ndindex_free(trail_ndindex *ix)
 		trail_free(ix->b[j].fp);
 		trail_free(ix->b[j].ord);
 		trail_free(ix->b[j].slots);
+		trail_free(ix->b[j].next);
 	}
 	trail_free(ix->b);
 	trail_free(ix->ids);
@@ -433,7 +449,8 @@ size_t trail_ndindex_bytes(const trail_ndindex *ix)
 	t += ix->cap * (32 + (size_t)ix->sigbytes) + ix->candcap * sizeof *ix->cand;
 	for (int j = 0; j < ix->p.bands; j++) {
 		const struct band *b = &ix->b[j];
-		t += (b->dir ? (DIRSIZE + 1) * sizeof *b->dir : 0) + b->n * 5 + b->cap * 8;
+		t += (b->dir ? (DIRSIZE + 1) * sizeof *b->dir : 0) + b->n * 5 +
+		     b->cap * sizeof *b->slots + ix->nextcap * sizeof *b->next;
 	}
 	return t;
 }
@@ -489,30 +506,48 @@ static int cand_push(trail_ndindex *ix, uint32_t o)
 	return 0;
 }
 
-/* Candidates sharing band j's key (in ix->keys) appended to ix->cand. */
-static int band_candidates(trail_ndindex *ix, int j)
+/* The slot of key in band b's recent table: its own or the empty one to take. */
+static size_t rslot_find(const struct band *b, uint32_t key)
+{
+	size_t s = slot_of(key, b->cap);
+	while (b->slots[s].head && b->slots[s].key != key)
+		s = (s + 1) & (b->cap - 1);
+	return s;
+}
+
+/*
+ * Candidates sharing band j's key (in ix->keys) appended to ix->cand: the
+ * `cap` earliest, merged records first (their ordinals are all lower).
+ */
+static int band_candidates(trail_ndindex *ix, int j, size_t cap)
 {
 	struct band *b = &ix->b[j];
 	uint32_t key = ix->keys[j];
+	size_t taken = 0;
 	if (b->dir) {
-		uint32_t bucket = key >> (32 - DIRBITS), fp = (key >> 8) & 0xff;
-		for (uint32_t i = b->dir[bucket]; i < b->dir[bucket + 1]; i++)
-			if (b->fp[i] == fp && cand_push(ix, b->ord[i]))
+		/* A bucket is sorted by fingerprint, then ordinal. */
+		uint32_t bucket = key >> (32 - DIRBITS);
+		uint8_t fp = (uint8_t)(key >> 8);
+		size_t lo = b->dir[bucket], hi = b->dir[bucket + 1];
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (b->fp[mid] < fp)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (size_t i = lo; i < b->dir[bucket + 1] && b->fp[i] == fp && taken < cap; i++, taken++)
+			if (cand_push(ix, b->ord[i]))
 				return -1;
 	}
 	if (b->cap) {
-		for (size_t s = slot_of(key, b->cap); b->slots[s]; s = (s + 1) & (b->cap - 1))
-			if ((uint32_t)(b->slots[s] >> 32) == key &&
-			    cand_push(ix, (uint32_t)b->slots[s] - 1))
+		size_t base = ix->n - ix->recent;
+		const struct rslot *r = &b->slots[rslot_find(b, key)];
+		for (uint32_t o = r->head; o && taken < cap; o = b->next[o - 1 - base], taken++)
+			if (cand_push(ix, o - 1))
 				return -1;
 	}
 	return 0;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
 }
 
 int trail_ndindex_query(trail_ndindex *ix, const uint32_t *sig, uint64_t *ordinal, double *sc)
@@ -522,20 +557,21 @@ int trail_ndindex_query(trail_ndindex *ix, const uint32_t *sig, uint64_t *ordina
 	pack_sig(ix, sig, packed);
 	ix->ncand = 0;
 	for (int j = 0; j < ix->p.bands; j++)
-		if (band_candidates(ix, j))
+		if (band_candidates(ix, j, BAND_CAP))
 			return -TRAIL_ENOMEM;
 	if (!ix->ncand)
 		return 0;
-	qsort(ix->cand, ix->ncand, sizeof *ix->cand, cmp_u32);
+	/*
+	 * A record shared by several bands is scored once per band, which
+	 * costs less than sorting the candidates to drop the repeats; ties go
+	 * to the earliest record.
+	 */
 	int found = 0;
 	double best = -1;
 	for (size_t i = 0; i < ix->ncand; i++) {
-		if (i && ix->cand[i] == ix->cand[i - 1])
-			continue;
 		uint32_t o = ix->cand[i];
 		double s = score(ix, packed, ix->sigs + (size_t)o * ix->sigbytes);
-		/* Candidates come in ordinal order: ">" keeps the earliest on ties. */
-		if (s >= ix->p.threshold && s > best) {
+		if (s >= ix->p.threshold && (s > best || (s == best && o < *ordinal))) {
 			best = s;
 			*ordinal = o;
 			found = 1;
@@ -552,7 +588,7 @@ int trail_ndindex_contains(trail_ndindex *ix, const uint32_t *sig, const uint8_t
 	/* An exact copy has the same signature, so it shares band 0. */
 	band_keys(ix, sig);
 	ix->ncand = 0;
-	if (band_candidates(ix, 0))
+	if (band_candidates(ix, 0, SIZE_MAX))
 		return -TRAIL_ENOMEM;
 	uint32_t best = UINT32_MAX;
 	for (size_t i = 0; i < ix->ncand; i++)
@@ -564,32 +600,59 @@ int trail_ndindex_contains(trail_ndindex *ix, const uint32_t *sig, const uint8_t
 	return 1;
 }
 
-/* Insert into band b's recent table, which holds `recent` entries before this one. */
-static int slots_insert(struct band *b, size_t recent, uint32_t key, uint32_t ord)
+/*
+ * Room in every band for one more recent record, before any is changed, so
+ * that an add either happens in full or not at all.
+ */
+static int recent_reserve(trail_ndindex *ix)
 {
-	if ((recent + 1) * 2 > b->cap) {
+	if (ix->recent + 1 > ix->nextcap) {
+		size_t nc = ix->nextcap ? ix->nextcap * 2 : 1024;
+		for (int j = 0; j < ix->p.bands; j++) {
+			uint32_t *nx = trail_realloc(ix->b[j].next, nc * sizeof *nx);
+			if (!nx)
+				return -1;
+			ix->b[j].next = nx;
+		}
+		ix->nextcap = nc;
+	}
+	for (int j = 0; j < ix->p.bands; j++) {
+		struct band *b = &ix->b[j];
+		if ((b->nkeys + 1) * 2 <= b->cap)
+			continue;
 		size_t nc = b->cap ? b->cap * 2 : 1024;
-		uint64_t *ns = trail_calloc(nc, sizeof *ns);
+		struct rslot *ns = trail_calloc(nc, sizeof *ns);
 		if (!ns)
 			return -1;
 		for (size_t i = 0; i < b->cap; i++) {
-			uint64_t e = b->slots[i];
-			if (!e)
+			if (!b->slots[i].head)
 				continue;
-			size_t s = slot_of((uint32_t)(e >> 32), nc);
-			while (ns[s])
-				s = (s + 1) & (nc - 1);
-			ns[s] = e;
+			size_t q = slot_of(b->slots[i].key, nc);
+			while (ns[q].head)
+				q = (q + 1) & (nc - 1);
+			ns[q] = b->slots[i];
 		}
 		trail_free(b->slots);
 		b->slots = ns;
 		b->cap = nc;
 	}
-	size_t s = slot_of(key, b->cap);
-	while (b->slots[s])
-		s = (s + 1) & (b->cap - 1);
-	b->slots[s] = (uint64_t)key << 32 | ((uint64_t)ord + 1);
 	return 0;
+}
+
+/* Append recent record o (the newest) to key's chain in band b; room is reserved. */
+static void recent_insert(trail_ndindex *ix, struct band *b, uint32_t key, uint32_t o)
+{
+	size_t base = ix->n - ix->recent;
+	struct rslot *r = &b->slots[rslot_find(b, key)];
+	b->next[o - base] = 0;
+	if (!r->head) {
+		r->key = key;
+		r->head = o + 1;
+		b->nkeys++;
+	} else {
+		b->next[r->tail - 1 - base] = o + 1;
+	}
+	r->tail = o + 1;
 }
 
 /*
@@ -597,7 +660,7 @@ static int slots_insert(struct band *b, size_t recent, uint32_t key, uint32_t or
  * (bucket, fingerprint, ordinal); recent ordinals are all newer than the
  * merged ones, so equal keys keep insertion order.
  */
-static int band_merge(struct band *b, size_t recent)
+static int band_merge(struct band *b, size_t recent, size_t base)
 {
 	size_t n = b->n + recent, k = 0;
 	uint64_t *t = trail_malloc((recent ? recent : 1) * sizeof *t);
@@ -612,8 +675,9 @@ static int band_merge(struct band *b, size_t recent)
 		return -1;
 	}
 	for (size_t i = 0; i < b->cap; i++)
-		if (b->slots[i])
-			t[k++] = (b->slots[i] >> 40) << 32 | (uint32_t)(b->slots[i] - 1);
+		for (uint32_t o = b->slots[i].head; o; o = b->next[o - 1 - base])
+			t[k++] = (uint64_t)(b->slots[i].key >> 8) << 32 | (o - 1);
+	n = b->n + k; /* k < recent only when an earlier merge of this band succeeded */
 	qsort(t, k, sizeof *t, cmp_u64);
 	/* Merge two streams keyed by 24 bits: bucket << 8 | fingerprint. */
 	size_t i = 0, j = 0, o = 0;
@@ -651,7 +715,7 @@ static int band_merge(struct band *b, size_t recent)
 	b->ord = ord;
 	b->n = n;
 	b->slots = NULL;
-	b->cap = 0;
+	b->cap = b->nkeys = 0;
 	return 0;
 }
 
@@ -660,9 +724,14 @@ int trail_ndindex_compact(trail_ndindex *ix)
 	if (!ix->recent)
 		return TRAIL_OK;
 	for (int j = 0; j < ix->p.bands; j++)
-		if (band_merge(&ix->b[j], ix->recent))
+		if (band_merge(&ix->b[j], ix->recent, ix->n - ix->recent))
 			return TRAIL_ENOMEM;
 	ix->recent = 0;
+	for (int j = 0; j < ix->p.bands; j++) {
+		trail_free(ix->b[j].next);
+		ix->b[j].next = NULL;
+	}
+	ix->nextcap = 0;
 	return TRAIL_OK;
 }
 
@@ -689,34 +758,15 @@ int trail_ndindex_add(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[3
 		if (rc)
 			return rc;
 	}
+	if (recent_reserve(ix))
+		return TRAIL_ENOMEM;
 	band_keys(ix, sig);
 	uint32_t o = (uint32_t)ix->n;
-	for (int j = 0; j < ix->p.bands; j++)
-		if (slots_insert(&ix->b[j], ix->recent, ix->keys[j], o)) {
-			/* Undo the bands already written so the index stays consistent. */
-			for (int q = 0; q < j; q++) {
-				struct band *b = &ix->b[q];
-				for (size_t s = 0; s < b->cap; s++)
-					if (b->slots[s] && (uint32_t)b->slots[s] - 1 == o) {
-						b->slots[s] = 0;
-						/* Re-seat the rest of the probe run. */
-						for (size_t t = (s + 1) & (b->cap - 1); b->slots[t];
-						     t = (t + 1) & (b->cap - 1)) {
-							uint64_t e = b->slots[t];
-							b->slots[t] = 0;
-							size_t u = slot_of((uint32_t)(e >> 32), b->cap);
-							while (b->slots[u])
-								u = (u + 1) & (b->cap - 1);
-							b->slots[u] = e;
-						}
-						break;
-					}
-			}
-			return TRAIL_ENOMEM;
-		}
-	memcpy(ix->ids[o], id, 32);
-	pack_sig(ix, sig, ix->sigs + (size_t)o * ix->sigbytes);
 	ix->n++;
 	ix->recent++;
+	for (int j = 0; j < ix->p.bands; j++)
+		recent_insert(ix, &ix->b[j], ix->keys[j], o);
+	memcpy(ix->ids[o], id, 32);
+	pack_sig(ix, sig, ix->sigs + (size_t)o * ix->sigbytes);
 	return TRAIL_OK;
 }
