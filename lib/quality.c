@@ -59,10 +59,13 @@ struct doc {
 	uint64_t *gh;  /* n-gram hashes, built up one word at a time */
 	uint32_t *cand; /* n-gram positions still in the running */
 	struct span *spans; /* paragraphs */
-	/* hash set scratch */
-	uint64_t *keys;
-	uint32_t *vals;
+	/* hash set scratch: an entry is in the set when its gen is the set's */
+	struct hent {
+		uint64_t key;
+		uint32_t val, gen;
+	} *ht;
 	size_t cap, mask;
+	uint32_t gen;
 	uint32_t *slot;     /* per candidate: its n-gram's slot */
 };
 
@@ -90,8 +93,7 @@ void trail_qscratch_free(trail_qscratch *q)
 	trail_free(d->gh);
 	trail_free(d->cand);
 	trail_free(d->spans);
-	trail_free(d->keys);
-	trail_free(d->vals);
+	trail_free(d->ht);
 	trail_free(d->slot);
 	trail_free(q);
 }
@@ -372,7 +374,11 @@ static int doc_init(trail_qscratch *q, const char *s, size_t len)
 	return 0;
 }
 
-/* The hash set: 64-bit keys (0 reserved) with a 32-bit count, for n items. */
+/*
+ * The hash set: 64-bit keys with a 32-bit count, for n items. Emptied by
+ * moving to the next generation, not by clearing, as it is refilled for
+ * every n-gram length of every text.
+ */
 static int set_reset(trail_qscratch *q, size_t n)
 {
 	struct doc *d = &q->d;
@@ -380,37 +386,40 @@ static int set_reset(trail_qscratch *q, size_t n)
 	while (cap < n * 2)
 		cap *= 2;
 	if (cap > d->cap) {
-		trail_free(d->keys);
-		trail_free(d->vals);
-		d->keys = trail_malloc(cap * sizeof *d->keys);
-		d->vals = trail_malloc(cap * sizeof *d->vals);
-		d->cap = d->keys && d->vals ? cap : 0;
-		if (!d->cap)
+		trail_free(d->ht);
+		d->ht = trail_calloc(cap, sizeof *d->ht);
+		d->cap = d->ht ? cap : 0;
+		d->gen = 0;
+		if (!d->ht)
 			return -1;
 	}
+	if (++d->gen == 0) {
+		memset(d->ht, 0, d->cap * sizeof *d->ht);
+		d->gen = 1;
+	}
 	d->mask = cap - 1;
-	memset(d->keys, 0, cap * sizeof *d->keys);
 	return 0;
 }
 
-/* Add key; returns its slot, whose count (vals) it increments. */
+/* Add key; returns its slot, whose count (ht[].val) it increments. */
 static inline size_t set_slot(struct doc *d, uint64_t key)
 {
-	key |= 1; /* never 0 */
 	size_t m = d->mask, s = (size_t)(key * 0x9E3779B97F4A7C15ull >> 20) & m;
-	while (d->keys[s] && d->keys[s] != key)
+	struct hent *h = d->ht;
+	while (h[s].gen == d->gen && h[s].key != key)
 		s = (s + 1) & m;
-	if (!d->keys[s]) {
-		d->keys[s] = key;
-		d->vals[s] = 0;
+	if (h[s].gen != d->gen) {
+		h[s].gen = d->gen;
+		h[s].key = key;
+		h[s].val = 0;
 	}
-	d->vals[s]++;
+	h[s].val++;
 	return s;
 }
 
 static inline uint32_t set_add(struct doc *d, uint64_t key)
 {
-	return d->vals[set_slot(d, key)];
+	return d->ht[set_slot(d, key)].val;
 }
 
 static double round4(double v)
@@ -685,7 +694,7 @@ static int gopher_repetition(const trail_policy *p, trail_qscratch *q,
 			d->slot[j] = (uint32_t)set_slot(d, d->gh[d->cand[j]]);
 		k = 0;
 		for (size_t j = 0; j < nc; j++)
-			if (d->vals[d->slot[j]] > 1) {
+			if (d->ht[d->slot[j]].val > 1) {
 				d->cand[k] = d->cand[j];
 				d->slot[k++] = d->slot[j];
 			}
@@ -695,7 +704,7 @@ static int gopher_repetition(const trail_policy *p, trail_qscratch *q,
 			for (size_t j = 0; j < nc; j++) {
 				uint32_t i = d->cand[j];
 				size_t cps = (size_t)n - 1 + (size_t)(d->wcps[i + (size_t)n] - d->wcps[i]);
-				size_t c = d->vals[d->slot[j]];
+				size_t c = d->ht[d->slot[j]].val;
 				if (c * cps > best)
 					best = c * cps;
 			}
@@ -708,22 +717,22 @@ static int gopher_repetition(const trail_policy *p, trail_qscratch *q,
 		}
 		if (n >= 5 && !dup_done) {
 			/*
-			 * Greedy scan over the repeated positions; vals is reused to
+			 * Greedy scan over the repeated positions; the counts are reused to
 			 * mark the repeated n-grams seen so far. Positions a counted
 			 * repeat covers are skipped without being marked.
 			 */
 			size_t rep = 0, next = 0;
 			for (size_t j = 0; j < nc; j++)
-				d->vals[d->slot[j]] = 0;
+				d->ht[d->slot[j]].val = 0;
 			for (size_t j = 0; j < nc; j++) {
 				uint32_t i = d->cand[j];
 				if (i < next)
 					continue;
-				if (d->vals[d->slot[j]]) {
+				if (d->ht[d->slot[j]].val) {
 					rep += (size_t)(d->wcps[i + (size_t)n] - d->wcps[i]);
 					next = i + (size_t)n;
 				} else {
-					d->vals[d->slot[j]] = 1;
+					d->ht[d->slot[j]].val = 1;
 					next = i + 1;
 				}
 			}
