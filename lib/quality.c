@@ -56,6 +56,8 @@ struct doc {
 	uint64_t *msp, *mcont, *malpha, *mnl; /* per 64 bytes: whitespace, continuation, letter, '\n' */
 	uint64_t *mend;                       /* per 64 bytes: '.', '!', '?' */
 	uint64_t *mpunct;                     /* per 64 bytes: ASCII punctuation */
+	uint64_t *mdot;                       /* per 64 bytes: '.' */
+	size_t nmask;                         /* mask words in use: ceil(len / 64) */
 	uint64_t *gh;  /* n-gram hashes, built up one word at a time */
 	uint32_t *cand; /* n-gram positions still in the running */
 	struct span *spans; /* paragraphs */
@@ -175,7 +177,7 @@ static int reserve(void *pp, size_t *cap, size_t n, size_t sz)
  */
 static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size_t cnt, size_t wi)
 {
-	uint64_t sp = 0, cont = 0, alpha = 0, nl = 0, hash = 0, end = 0, punct = 0, high = 0;
+	uint64_t sp = 0, cont = 0, alpha = 0, nl = 0, hash = 0, end = 0, punct = 0, dot = 0, high = 0;
 	size_t k = 0;
 #ifdef __SSE2__
 	const __m128i c20 = _mm_set1_epi8(0x20), cA = _mm_set1_epi8('A'), c25 = _mm_set1_epi8(25);
@@ -201,8 +203,9 @@ static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size
 		alpha |= (uint64_t)((unsigned)_mm_movemask_epi8(lo) | hb) << k;
 		nl |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, cnl)) << k;
 		hash |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, chash)) << k;
-		__m128i se = _mm_or_si128(_mm_cmpeq_epi8(x, cdot),
-					  _mm_or_si128(_mm_cmpeq_epi8(x, cbang), _mm_cmpeq_epi8(x, cq)));
+		__m128i dt = _mm_cmpeq_epi8(x, cdot);
+		__m128i se = _mm_or_si128(dt, _mm_or_si128(_mm_cmpeq_epi8(x, cbang), _mm_cmpeq_epi8(x, cq)));
+		dot |= (uint64_t)(unsigned)_mm_movemask_epi8(dt) << k;
 		end |= (uint64_t)(unsigned)_mm_movemask_epi8(se) << k;
 		/* punctuation: '!' .. '~' but not a letter or digit */
 		__m128i tg = _mm_sub_epi8(x, cbang), td = _mm_sub_epi8(x, c0);
@@ -231,6 +234,7 @@ static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size
 		nl |= (uint64_t)tx_bits(tx_eq(x, '\n')) << k;
 		hash |= (uint64_t)tx_bits(tx_eq(x, '#')) << k;
 		end |= (uint64_t)tx_bits(tx_eq(x, '.') | tx_eq(x, '!') | tx_eq(x, '?')) << k;
+		dot |= (uint64_t)tx_bits(tx_eq(x, '.')) << k;
 		uint64_t mp = tx_range(x, '!', '/') | tx_range(x, ':', '@') | tx_range(x, '[', '`') |
 			      tx_range(x, '{', '~');
 		punct |= (uint64_t)tx_bits(mp) << k;
@@ -244,21 +248,25 @@ static uint64_t masks64(struct doc *d, const unsigned char *u, size_t base, size
 	d->mnl[wi] = nl;
 	d->mend[wi] = end;
 	d->mpunct[wi] = punct;
+	d->mdot[wi] = dot;
 	d->hashes += tx_popcount(hash);
 	return high;
 }
 
-/* Ellipses: runs of three or more dots (counted once each), and U+2026. */
-static size_t count_ellipses(const char *s, size_t len, int ascii)
+/*
+ * Ellipses: runs of three or more dots, counted once each (at a dot with
+ * dots at the next two bytes and none before), and U+2026.
+ */
+static size_t count_ellipses(const struct doc *d, int ascii)
 {
-	size_t n = 0;
-	const char *p = s, *end = s + len;
-	while ((p = memmem(p, (size_t)(end - p), "...", 3))) {
-		n += p == s || p[-1] != '.';
-		while (p < end && *p == '.')
-			p++;
+	size_t n = 0, nm = d->nmask;
+	for (size_t wi = 0; wi < nm; wi++) {
+		uint64_t m = d->mdot[wi], next = wi + 1 < nm ? d->mdot[wi + 1] : 0;
+		uint64_t before = m << 1 | (wi ? d->mdot[wi - 1] >> 63 : 0);
+		n += tx_popcount(m & ~before & (m >> 1 | next << 63) & (m >> 2 | next << 62));
 	}
-	for (p = s; !ascii && (p = memmem(p, (size_t)(end - p), "\xe2\x80\xa6", 3)); p += 3)
+	const char *p = d->s, *end = d->s + d->len;
+	for (; !ascii && (p = memmem(p, (size_t)(end - p), "\xe2\x80\xa6", 3)); p += 3)
 		n++;
 	return n;
 }
@@ -281,13 +289,14 @@ static int doc_init(trail_qscratch *q, const char *s, size_t len)
 	d->nonsym = d->nonsym_cps = d->alpha = 0;
 	d->nw = d->nl = 0;
 	size_t nm = len / 64 + 1;
-	if (reserve(&d->low, &q->bcap, len + 1, 1) || reserve(&d->msp, &q->mcap, 6 * nm, 8))
+	if (reserve(&d->low, &q->bcap, len + 1, 1) || reserve(&d->msp, &q->mcap, 7 * nm, 8))
 		return -1;
 	d->mcont = d->msp + nm;
 	d->malpha = d->mcont + nm;
 	d->mnl = d->malpha + nm;
 	d->mend = d->mnl + nm;
 	d->mpunct = d->mend + nm;
+	d->mdot = d->mpunct + nm;
 	const unsigned char *u = (const unsigned char *)s;
 	uint64_t high = 0;
 	size_t cont = 0;
@@ -298,7 +307,8 @@ static int doc_init(trail_qscratch *q, const char *s, size_t len)
 	}
 	d->low[len] = 0;
 	d->cps = len - cont;
-	d->ellipses = count_ellipses(s, len, !high);
+	d->nmask = (len + 63) / 64;
+	d->ellipses = count_ellipses(d, !high);
 
 	/* Words: runs of non-whitespace, from the 0->1 and 1->0 steps of ~msp. */
 	if (reserve(&d->w, &q->wcap, len / 2 + 1, sizeof *d->w))
@@ -754,6 +764,63 @@ static int gopher_repetition(const trail_policy *p, trail_qscratch *q,
 static const char *const policy_phrases[] = {"terms of use", "privacy policy", "cookie policy",
 					     "uses cookies", "use of cookies", "use cookies"};
 
+/* The phrases C4 looks for: bit k of phrases_in's answer for phrase k. */
+enum { PH_LOREM, PH_JS, PH_POLICY }; /* PH_POLICY + k: policy_phrases[k] */
+#define PHRASE(s) {s, sizeof s - 1}
+static const struct {
+	const char *s;
+	size_t n;
+} phrases[] = {PHRASE("lorem ipsum"),   PHRASE("javascript"),     PHRASE("terms of use"),
+	       PHRASE("privacy policy"), PHRASE("cookie policy"),  PHRASE("uses cookies"),
+	       PHRASE("use of cookies"), PHRASE("use cookies")};
+#define NPHRASES (sizeof phrases / sizeof *phrases)
+
+/*
+ * Which phrases the folded text holds, in one pass: positions where a
+ * phrase's first two bytes stand (an SSE2 mask of the pairs), each checked
+ * against the phrases starting so.
+ */
+static unsigned phrases_in(const struct doc *d)
+{
+	const unsigned char *u = (const unsigned char *)d->low;
+	size_t len = d->len, i = 0;
+	unsigned found = 0, all = (1u << NPHRASES) - 1;
+	for (;;) {
+		uint32_t m = 0;
+		size_t base = i;
+#ifdef __SSE2__
+		/* d->low has a NUL at len, so the load at i + 1 stays inside. */
+		if (i + 16 <= len) {
+			__m128i x = _mm_loadu_si128((const __m128i *)(u + i));
+			__m128i y = _mm_loadu_si128((const __m128i *)(u + i + 1));
+#define PAIR(a, b) _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(a)), _mm_cmpeq_epi8(y, _mm_set1_epi8(b)))
+			__m128i c = _mm_or_si128(_mm_or_si128(PAIR('l', 'o'), PAIR('j', 'a')),
+						 _mm_or_si128(PAIR('t', 'e'), PAIR('p', 'r')));
+			c = _mm_or_si128(c, _mm_or_si128(PAIR('c', 'o'), PAIR('u', 's')));
+#undef PAIR
+			m = (uint32_t)_mm_movemask_epi8(c);
+			i += 16;
+		}
+#endif
+		if (base == i) {
+			if (i >= len)
+				break;
+			m = 1; /* one byte at a time at the end */
+			i++;
+		}
+		for (; m; m &= m - 1) {
+			size_t p = base + (size_t)__builtin_ctzll(m);
+			for (size_t k = 0; k < NPHRASES; k++)
+				if (u[p] == (unsigned char)phrases[k].s[0] && p + phrases[k].n <= len &&
+				    !memcmp(u + p, phrases[k].s, phrases[k].n))
+					found |= 1u << k;
+		}
+		if (found == all)
+			break;
+	}
+	return found;
+}
+
 static int c4_terminal(const char *l, size_t len)
 {
 	if (!len || ends_with(l, len, "..."))
@@ -800,7 +867,8 @@ static size_t sentences(const struct doc *d, size_t off, size_t len)
 
 static int c4(const trail_policy *p, struct doc *d, json_t *R)
 {
-	if (p->on[R_C4_LOREM] && has_phrase(d, 0, d->len, "lorem ipsum")) {
+	unsigned ph = p->on[R_C4_LOREM] || p->on[R_C4_SENTENCES] ? phrases_in(d) : 0;
+	if (p->on[R_C4_LOREM] && (ph >> PH_LOREM & 1)) {
 		json_t *r = json_pack("{s:s}", "rule", trail_rule_name_of(R_C4_LOREM));
 		if (!r || json_array_append_new(R, r))
 			return -1;
@@ -823,15 +891,11 @@ static int c4(const trail_policy *p, struct doc *d, json_t *R)
 	}
 	if (p->on[R_C4_SENTENCES]) {
 		size_t ns = 0, wi = 0;
-		/*
-		 * Phrases checked per line only when the text holds them at all;
-		 * the last four all hold "cookie".
-		 */
-		int js = p->c4_javascript && has_phrase(d, 0, d->len, "javascript");
+		/* Phrases checked per line only when the text holds them at all. */
+		int js = p->c4_javascript && (ph >> PH_JS & 1);
 		int pol_any[6] = {0}, any = 0;
-		int cookie = p->c4_policy_lines && has_phrase(d, 0, d->len, "cookie");
 		for (size_t k = 0; p->c4_policy_lines && k < 6; k++)
-			any |= pol_any[k] = (k < 2 || cookie) && has_phrase(d, 0, d->len, policy_phrases[k]);
+			any |= pol_any[k] = ph >> (PH_POLICY + k) & 1;
 		for (size_t i = 0; i < d->nl; i++) {
 			size_t off = d->lines[i].off, len = d->lines[i].len, end = off + len;
 			/* The line's conditions are all needed, so the cheap ones go first. */
