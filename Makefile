@@ -130,7 +130,7 @@ check-full: deps-full
 	@B=$(B) TRAIL_FULL=1 sh tests/run
 
 asan:
-	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	@TRAIL_SANITIZER=AddressSanitizer $(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined" check
 
 ubsan:
