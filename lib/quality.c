@@ -681,13 +681,14 @@ static int gopher_repetition(const trail_policy *p, trail_qscratch *q,
 	 * each n looks only at the positions still in cand (in text order); an
 	 * n-gram that occurs once never matters to either rule, and every
 	 * occurrence of a repeated one is a candidate, so the counts are exact.
-	 * Repetition is equality of these hashes, which is order-blind in the
-	 * first two words (h(a) ^ h(b)); verdicts depend on it, so it stays.
+	 * Repetition is equality of these hashes. A word's hash is mixed
+	 * before the next is folded in, so "a b" and "b a" differ.
 	 */
 	int top_done = !p->on[R_GR_TOP], dup_done = !p->on[R_GR_DUP];
 	size_t nw = d->nw, nc = nw;
 	for (size_t i = 0; i < nw; i++) {
-		d->gh[i] = d->w[i].h;
+		uint64_t h = d->w[i].h * 0x9E3779B97F4A7C15ull;
+		d->gh[i] = h ^ (h >> 29);
 		d->cand[i] = (uint32_t)i;
 		d->wcps[i + 1] = d->wcps[i] + d->w[i].cps;
 	}

@@ -268,6 +268,19 @@ static void test_quality(void)
 		json_decref(r);
 		free(cases[i].text);
 	}
+	{
+		/* Two words repeated fire the top 2-gram rule; the same words swapped do not. */
+		static const char *a = "antidisestablishmentarianism", *b = "pneumonoultramicroscopicsilicovolcanoconiosis";
+		char t[1024];
+		snprintf(t, sizeof t, "%.256s The %s %s scholars met. Later the %s %s printers left.", GOOD, a, b, a, b);
+		r = reasons_of(p, t);
+		ok(has_rule(r, "gopher-top-ngram", 0), "a repeated 2-gram is found");
+		json_decref(r);
+		snprintf(t, sizeof t, "%.256s The %s %s scholars met. Later the %s %s printers left.", GOOD, a, b, b, a);
+		r = reasons_of(p, t);
+		ok(!has_rule(r, "gopher-top-ngram", 0), "n-grams are ordered: \"a b\" is not \"b a\"");
+		json_decref(r);
+	}
 	r = reasons_of(p, "");
 	ok(has_rule(r, "gopher-word-count", 0) && has_rule(r, "fineweb-line-punct", 0),
 	   "an empty text fails the word count and line punctuation");
