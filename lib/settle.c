@@ -1829,7 +1829,8 @@ int trail_settle_read_threads(trail_settle *s, FILE *in, const char *src, int th
 				}
 				b->p = np, b->cap = nc;
 			}
-			memcpy(b->p, carry, ncarry);
+			if (ncarry)
+				memcpy(b->p, carry, ncarry);
 			b->n = ncarry;
 			size_t got = fread(b->p + b->n, 1, b->cap - b->n, in);
 			b->n += got;
@@ -1871,7 +1872,8 @@ int trail_settle_read_threads(trail_settle *s, FILE *in, const char *src, int th
 				}
 				carry = nc2, capcarry = tail * 2;
 			}
-			memcpy(carry, nl + 1, tail);
+			if (tail)
+				memcpy(carry, nl + 1, tail);
 			ncarry = tail;
 			b->n -= tail + 1; /* the last newline too: block_lines reads up to the end */
 		}
