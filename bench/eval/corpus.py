@@ -55,7 +55,7 @@ def fortunes(limit=120):
     return out
 
 
-def foldoc(limit=96):
+def foldoc(limit=80):
     """(headword, definition) of FOLDOC entries, definition cut to fit with the headword."""
     idx = open(os.path.join(DICT, "foldoc.index"), encoding="utf-8", errors="ignore")
     data = gzip.open(os.path.join(DICT, "foldoc.dict.dz")).read()

@@ -15,7 +15,7 @@
 #   BASE_CFG           another config.json for the base (smoke runs)
 #   N (2000) Q (100)   FOLDOC records of the fine-tuning set, held-out queries
 #   SUBSETS (50)       retrained adapters, each on a seeded random half
-#   EPOCHS (3) LR (2e-3) LORA (r=8,alpha=16)   the adapters
+#   EPOCHS (2) LR (3e-3) LORA (r=8,alpha=16)   the adapters
 #   JOBS (2)           retrains at once, one BLAS thread each
 set -e
 mode=${1:-all}
@@ -27,11 +27,11 @@ BASE_STEPS=${BASE_STEPS:-1000}
 N=${N:-2000}
 Q=${Q:-100}
 SUBSETS=${SUBSETS:-50}
-EPOCHS=${EPOCHS:-3}
-LR=${LR:-2e-3}
+EPOCHS=${EPOCHS:-2}
+LR=${LR:-3e-3}
 LORA=${LORA:-r=8,alpha=16}
 JOBS=${JOBS:-2}
-SEQ=96
+SEQ=80
 mkdir -p "$W"
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 secs() { date +%s.%N; }
