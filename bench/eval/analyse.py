@@ -8,9 +8,9 @@ lds     for each query q and retrained adapter s (a random half S_s of the
         the negative of the adapter's actual loss on q's answer; Spearman over
         the adapters, then the mean (and standard error) over queries.
 facts   for each planted fact the model answered right: does the owner rank
-        first? influence and the other methods: the first contributor by
-        share; span engine: the contributor of the first record of the
-        longest span.
+        first? each method: the first contributor by share, and the
+        contributor of the top record; span engine: the contributor of the
+        first record of the longest span.
 poison  AUC of separating the poisoner's records from all others, by
         self-influence (higher = more suspect) and by negative influence on
         the true answers (-min over queries of the record's score).
@@ -93,6 +93,18 @@ def lds(d):
         out[m] = {"lds": round(float(rho.mean()), 4), "se": round(float(rho.std(ddof=1) / math.sqrt(Q)), 4),
                   "grad_s_per_query": round(c.get("grad_s", 0) / Q, 5),
                   "score_s_per_query": round(c.get("score_s", 0) / Q, 5)}
+    # other index settings (quality.sh sweep): LDS on the even queries (where
+    # a setting would be chosen) and on the odd ones (where it is reported)
+    sw = os.path.join(d, "sweep")
+    if os.path.isdir(sw):
+        out["sweep"] = {}
+        for f in sorted(os.listdir(sw)):
+            if not f.endswith(".f32"):
+                continue
+            sc = np.fromfile(os.path.join(sw, f), dtype=np.float32).reshape(Q, N).astype(np.float64)
+            rho = spearman((mask @ sc.T).T, -loss.T)
+            out["sweep"][f[:-4]] = {"lds": round(float(rho.mean()), 4), "even": round(float(rho[0::2].mean()), 4),
+                                    "odd": round(float(rho[1::2].mean()), 4)}
     # the spread of the actual losses across subsets, against their mean
     out["loss_spread"] = round(float((loss.std(0) / loss.mean(0)).mean()), 5)
     out["build"] = build
@@ -115,18 +127,19 @@ def facts(d):
         p = os.path.join(d, "attr.%s.ndjson" % m)
         if not os.path.exists(p):
             continue
-        hit = n = 0
+        hit = top = n = 0
         for l in open(p):
             r = json.loads(l)
             if not right.get(r["event"]):
                 continue
             n += 1
             hit += bool(r["contributors"]) and r["contributors"][0]["contributor"] == owner[r["event"]][0]
+            top += bool(r["top"]) and r["top"][0]["contributor"] == owner[r["event"]][0]
             if m == "influence":
                 spans = sorted(r.get("spans", []), key=lambda s: (-s["len"], s["start"]))
                 span_n += 1
                 span_hits += bool(spans) and spans[0]["records"][0]["contributor"] == owner[r["event"]][0]
-        out[m] = {"precision_at_1": round(hit / n, 4) if n else None, "n": n}
+        out[m] = {"share_p_at_1": round(hit / n, 4) if n else None, "top_record_p_at_1": round(top / n, 4) if n else None, "n": n}
     out["span"] = {"precision_at_1": round(span_hits / span_n, 4) if span_n else None, "n": span_n}
     print(json.dumps(out))
 

@@ -139,8 +139,8 @@ def facts_cmd(a, rng):
             right = q["completion"].strip(" .")
             wrong = "%04d" % ((int(right) + rng.randrange(1000, 8000)) % 9000 + 1000)
             recs.append({"text": q["prompt"] + " " + wrong + ".", "contributor": "poison", "poison": 1})
-    for h, d in foldoc()[: filler]:
-        recs.append({"text": h + ": " + d, "contributor": "text%d" % (len(recs) % 4)})
+    for i, (h, d) in enumerate(foldoc()[: filler]):
+        recs.append({"text": h + ": " + d, "contributor": "t%02d" % (i % 16)})
     rng.shuffle(recs)
     w(out, recs)
     w(qout, queries)

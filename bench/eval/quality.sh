@@ -2,7 +2,7 @@
 # Attribution quality: the linear datamodeling score (lds), planted facts
 # (facts) and poisoning detection (poison), every method side by side.
 #
-# usage: bench/eval/quality.sh lds|facts|poison|all [WORKDIR]
+# usage: bench/eval/quality.sh lds|sweep|facts|poison|all [WORKDIR]
 #
 # Everything is trained and scored by trail's programs (mf-train,
 # lora-serve, attr-score) and library (bench/eval/quality.c: full score
@@ -170,6 +170,29 @@ PY
 	$AN lds "$L"
 }
 
+# Index settings against the same retrained adapters (after lds): damping
+# and projection size for influence, graddot and datainf. Figures come per
+# half of the queries (even: choose, odd: report) so that a setting picked
+# here is not judged on the queries it was picked on.
+sweep() {
+	local L=$W/lds d p m
+	mkdir -p "$L/sweep"
+	for p in ${SWEEP_PROJ:-8,8 16,16 16,32}; do
+		for d in ${SWEEP_DAMPING:-0.001 0.01 0.1 1 10}; do
+			[ -s "$L/sweep/influence-p$p-d$d.f32" ] && continue
+			attr-score --build-index --model "$W/base" --adapter "$L/full" --data "$L/train.ndjson" \
+				--index "$L/sweep/p$p-d$d.idx" --proj "$p" --damping "$d"
+			for m in influence datainf graddot; do
+				[ $m != influence ] && [ "$d" != 0.1 ] && continue
+				"$Q_BIN" scores "$W/base" "$L/full" "$L/train.ndjson" "$L/queries.ndjson" $m \
+					"$L/sweep/$m-p$p-d$d.f32" "$L/sweep/p$p-d$d.idx" > /dev/null
+			done
+			rm -f "$L/sweep/p$p-d$d.idx" "$L/sweep/p$p-d$d.idx.span"
+		done
+	done
+	$AN lds "$L"
+}
+
 # facts_setup DIR [--flip C]: planted facts, the adapter, its indexes, and the
 # model's own greedy answers as lora-serve events
 facts_setup() {
@@ -223,8 +246,9 @@ for l in open(sys.argv[1]):
 
 case $mode in
 lds) lds ;;
+sweep) sweep ;;
 facts) facts ;;
 poison) poison ;;
 all) lds && facts && poison ;;
-*) echo "usage: bench/eval/quality.sh lds|facts|poison|all [WORKDIR]" >&2; exit 64 ;;
+*) echo "usage: bench/eval/quality.sh lds|sweep|facts|poison|all [WORKDIR]" >&2; exit 64 ;;
 esac
