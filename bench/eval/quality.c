@@ -15,6 +15,9 @@
  *       the adapter of a training checkpoint (mf-train --checkpoint-every):
  *       ADAPTER's layout with the checkpoint's trainable parameters, written
  *       to OUT as a PEFT directory, for tracin's --checkpoint; prints the step.
+ *       ADAPTER "-": a whole-model run, MODEL the trained model, OUT a model.
+ *
+ * ADAPTER "-" everywhere: no adapter (the index covers the model's weights).
  *   quality loss MODEL QUERIES ADAPTER...
  *       for each adapter (on MODEL), one line: the mean loss of each query's
  *       completion tokens given its prompt, space separated, in query order.
@@ -107,7 +110,7 @@ static int write_floats(const char *path, const float *v, size_t n)
 static int cmd_scores(int argc, char **argv, int self)
 {
 	trail_error err = {0};
-	trail_attr_opts o = {.model = argv[2], .adapter = argv[3], .data = argv[4], .top = 1, .min_span = 8,
+	trail_attr_opts o = {.model = argv[2], .adapter = strcmp(argv[3], "-") ? argv[3] : NULL, .data = argv[4], .top = 1, .min_span = 8,
 			     .near = 0.8, .max_count = 16};
 	const char *out;
 	int method = TRAIL_ATTR_INFLUENCE;
@@ -203,7 +206,8 @@ static int cmd_ckpt(char **argv)
 	trail_error err = {0};
 	trail_model *m = NULL;
 	trail_st *st = NULL;
-	if (trail_model_load(argv[2], &m, &err) || trail_model_load_adapter(m, argv[3], &err))
+	int whole = !strcmp(argv[3], "-");
+	if (trail_model_load(argv[2], &m, &err) || (!whole && trail_model_load_adapter(m, argv[3], &err)))
 		return die(argv[3], &err);
 	if (trail_st_open(argv[4], &st, &err))
 		return die(argv[4], &err);
@@ -213,7 +217,7 @@ static int cmd_ckpt(char **argv)
 	if (trail_st_read_f32(st, "params", shape, 1, p, &err))
 		return die(argv[4], &err);
 	const char *step = json_string_value(json_object_get(trail_st_metadata(st), "step"));
-	if (trail_model_save_adapter(m, argv[5], argv[2], &err))
+	if (whole ? trail_model_save(m, argv[5], &err) : trail_model_save_adapter(m, argv[5], argv[2], &err))
 		return die(argv[5], &err);
 	printf("%s\n", step ? step : "?");
 	trail_st_free(st);

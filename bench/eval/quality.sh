@@ -17,6 +17,11 @@
 #   SUBSETS (50)       retrained adapters, each on a seeded random half
 #   EPOCHS (2) LR (3e-3) LORA (r=8,alpha=16)   the adapters
 #   JOBS (2)           retrains at once, one BLAS thread each
+#   FACT_K (16) FACT_F (4) FILLER (400) FACT_EPOCHS (20) FACT_LR (1e-3)
+#   FACT_WHOLE (1)     planted facts: contributors, facts each (three
+#                      records per fact), FOLDOC records beside them, the
+#                      fine-tune (of the whole base; 0: an adapter), tracin
+#                      checkpoints every 5 epochs
 set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -60,15 +65,26 @@ base() {
 		--lr 3e-3 --seed 1 --no-index --no-progress --metrics "$W/base.metrics" -o "$W/base" > "$W/base.out"
 }
 
-# train_ckpt DATA OUT EPOCHS LR: an adapter, keeping the checkpoints of the
-# end of every epoch but the last as adapters OUT.ckN (tracin); the checkpoint
-# file is rewritten every epoch and copied as soon as it appears.
+# What is trained: an adapter on the base (WHOLE=0), or the whole base
+# fine-tuned (WHOLE=1). pair OUT sets M and A, the model and adapter ("-":
+# none) that OUT stands for.
+WHOLE=0
+pair() {
+	if [ "$WHOLE" = 1 ]; then M=$1 A=-; else M=$W/base A=$1; fi
+}
+adapter_opt() { [ "$A" = - ] || printf -- '--adapter %s' "$A"; }
+
+# train_ckpt DATA OUT EPOCHS LR [CK]: an adapter (or the fine-tuned model),
+# keeping the checkpoints of the end of every CK-th epoch (default 1) but the
+# last as adapters (models) OUT.ckN for tracin; the checkpoint file is
+# rewritten each time and copied as soon as it appears.
 train_ckpt() {
-	local data=$1 out=$2 ep=$3 lr=$4 n every
+	local data=$1 out=$2 ep=$3 lr=$4 ck=${5:-1} n every lora=""
 	n=$(wc -l < "$data")
-	every=$(( (n + 7) / 8 ))
+	every=$(( (n + 7) / 8 * ck ))
+	[ "$WHOLE" = 1 ] || lora="--lora $LORA"
 	rm -rf "$out" "$out".ck*
-	mf-train --base "$W/base" --lora "$LORA" --data "$data" --epochs "$ep" --batch 8 --seq $SEQ --lr "$lr" \
+	mf-train --base "$W/base" $lora --data "$data" --epochs "$ep" --batch 8 --seq $SEQ --lr "$lr" \
 		--seed 1 --no-index --no-progress --checkpoint-every "$every" --metrics "$out.metrics" -o "$out" > "$out.out" &
 	local pid=$! last=""
 	mkdir -p "$out.cks"
@@ -87,7 +103,11 @@ train_ckpt() {
 	for f in "$out".cks/*; do
 		[ -f "$f" ] || continue
 		local step
-		step=$("$Q_BIN" ckpt "$W/base" "$out" "$f" "$out.tmpck")
+		if [ "$WHOLE" = 1 ]; then
+			step=$("$Q_BIN" ckpt "$out" - "$f" "$out.tmpck")
+		else
+			step=$("$Q_BIN" ckpt "$W/base" "$out" "$f" "$out.tmpck")
+		fi
 		rm -rf "$out.ck$step"
 		mv "$out.tmpck" "$out.ck$step"
 	done
@@ -105,29 +125,31 @@ tracin_args() {
 	done
 }
 
-# build_indexes MODEL-ADAPTER DATA PREFIX: the final-weights index (influence,
-# graddot, datainf) and the tracin index, timed
+# build_indexes OUT DATA PREFIX: the final-weights index (influence, graddot,
+# datainf) and the tracin index, timed
 build_indexes() {
-	local ad=$1 data=$2 pre=$3 t0 t1 t2
+	local out=$1 data=$2 pre=$3 t0 t1 t2
+	pair "$out"
 	t0=$(secs)
-	attr-score --build-index --model "$W/base" --adapter "$ad" --data "$data" --index "$ad/attribution.idx" ${PROJ:+--proj $PROJ}
+	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/attribution.idx" ${PROJ:+--proj $PROJ}
 	t1=$(secs)
-	attr-score --build-index --model "$W/base" --adapter "$ad" --data "$data" --index "$ad/tracin.idx" ${PROJ:+--proj $PROJ} $(tracin_args "$ad")
+	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/tracin.idx" ${PROJ:+--proj $PROJ} $(tracin_args "$out")
 	t2=$(secs)
 	printf '{"index_s":%.2f,"tracin_index_s":%.2f,"checkpoints":%d}\n' "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" \
-		"$(ls -d "$ad".ck* 2>/dev/null | wc -l)" > "$pre.build.json"
+		"$(ls -d "$out".ck* 2>/dev/null | wc -l)" > "$pre.build.json"
 }
 
-# scores_all MODEL-ADAPTER DATA QUERIES PREFIX: every method's full score matrix
+# scores_all OUT DATA QUERIES PREFIX: every method's full score matrix, and self-influence
 scores_all() {
-	local ad=$1 data=$2 qs=$3 pre=$4 m idx
+	local out=$1 data=$2 qs=$3 pre=$4 m idx
+	pair "$out"
 	: > "$pre.cost.ndjson"
 	for m in influence tracin graddot datainf; do
-		idx=$ad/attribution.idx
-		[ $m = tracin ] && idx=$ad/tracin.idx
-		"$Q_BIN" scores "$W/base" "$ad" "$data" "$qs" $m "$pre.$m.f32" "$idx" >> "$pre.cost.ndjson"
+		idx=$out/attribution.idx
+		[ $m = tracin ] && idx=$out/tracin.idx
+		"$Q_BIN" scores "$M" "$A" "$data" "$qs" $m "$pre.$m.f32" "$idx" >> "$pre.cost.ndjson"
 	done
-	"$Q_BIN" self "$W/base" "$ad" "$data" "$pre.self.f32" "$ad/attribution.idx"
+	"$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx"
 }
 
 lds() {
@@ -193,28 +215,37 @@ sweep() {
 	$AN lds "$L"
 }
 
-# facts_setup DIR [--flip C]: planted facts, the adapter, its indexes, and the
-# model's own greedy answers as lora-serve events
+# facts_setup DIR [--flip C]: planted facts, the base fine-tuned on them
+# (whole model: a rank-8 adapter of this size does not learn 64 four-digit
+# codes in 20 epochs; see bench/RESULTS.md), its indexes, and the model's own
+# greedy answers as lora-serve events
 facts_setup() {
 	local D=$1
 	shift
 	mkdir -p "$D"
-	$PY facts "$D/train.ndjson" "$D/facts.ndjson" --contributors "${FACT_K:-16}" --facts "${FACT_F:-8}" \
-		--filler "${FILLER:-600}" "$@"
-	if [ ! -s "$D/ad/adapter_model.safetensors" ]; then
-		log "facts: the adapter ($(wc -l < "$D/train.ndjson") records)"
-		train_ckpt "$D/train.ndjson" "$D/ad" "${FACT_EPOCHS:-8}" "${FACT_LR:-3e-3}"
+	$PY facts "$D/train.ndjson" "$D/facts.ndjson" --contributors "${FACT_K:-16}" --facts "${FACT_F:-4}" \
+		--filler "${FILLER:-400}" "$@"
+	WHOLE=${FACT_WHOLE:-1}
+	SEQ=64
+	if [ ! -s "$D/ft/training.json" ]; then
+		log "facts: fine-tune on $(wc -l < "$D/train.ndjson") records"
+		train_ckpt "$D/train.ndjson" "$D/ft" "${FACT_EPOCHS:-20}" "${FACT_LR:-1e-3}" 5
 	fi
-	build_indexes "$D/ad" "$D/train.ndjson" "$D/ad"
-	mkdir -p "$D/serve"
-	rm -rf "$D/serve/ad"
-	cp -r "$D/ad" "$D/serve/ad"
+	build_indexes "$D/ft" "$D/train.ndjson" "$D/ft"
+	pair "$D/ft"
+	local model=base serve=""
+	if [ "$A" != - ]; then
+		mkdir -p "$D/serve"
+		rm -rf "$D/serve/ft"
+		cp -r "$D/ft" "$D/serve/ft"
+		model=ft serve="--adapters $D/serve"
+	fi
 	python3 -c '
 import json, sys
 for l in open(sys.argv[1]):
     q = json.loads(l)
-    print(json.dumps({"id": q["id"], "model": "ad", "prompt": q["prompt"], "max_tokens": 6, "temperature": 0}))
-' "$D/facts.ndjson" | lora-serve --base "$W/base" --adapters "$D/serve" > "$D/answers.ndjson"
+    print(json.dumps({"id": q["id"], "model": sys.argv[2], "prompt": q["prompt"], "max_tokens": 6, "temperature": 0}))
+' "$D/facts.ndjson" "$model" | lora-serve --base "$M" $serve > "$D/answers.ndjson"
 }
 
 facts() {
@@ -222,9 +253,9 @@ facts() {
 	local D=$W/facts m
 	facts_setup "$D"
 	for m in influence tracin graddot datainf; do
-		idx=$D/ad/attribution.idx
-		[ $m = tracin ] && idx=$D/ad/tracin.idx
-		attr-score --model "$W/base" --adapter "$D/ad" --index "$idx" --data "$D/train.ndjson" --method $m \
+		idx=$D/ft/attribution.idx
+		[ $m = tracin ] && idx=$D/ft/tracin.idx
+		attr-score --model "$M" $(adapter_opt) --index "$idx" --data "$D/train.ndjson" --method $m \
 			--top 5 --min-span 5 < "$D/answers.ndjson" > "$D/attr.$m.ndjson"
 	done
 	$AN facts "$D"
@@ -240,7 +271,7 @@ for l in open(sys.argv[1]):
     q = json.loads(l)
     print(json.dumps({"prompt": q["prompt"], "completion": q["completion"]}))
 ' "$D/facts.ndjson" > "$D/truth.ndjson"
-	scores_all "$D/ad" "$D/train.ndjson" "$D/truth.ndjson" "$D/truth"
+	scores_all "$D/ft" "$D/train.ndjson" "$D/truth.ndjson" "$D/truth"
 	$AN poison "$D"
 }
 
