@@ -17,11 +17,11 @@
 #   SUBSETS (50)       retrained adapters, each on a seeded random half
 #   EPOCHS (2) LR (3e-3) LORA (r=8,alpha=16)   the adapters
 #   JOBS (2)           retrains at once, one BLAS thread each
-#   FACT_K (16) FACT_F (4) FILLER (400) FACT_EPOCHS (20) FACT_LR (1e-3)
+#   FACT_K (8) FACT_F (4) FILLER (200) FACT_EPOCHS (30) FACT_LR (1e-3)
 #   FACT_WHOLE (1)     planted facts: contributors, facts each (three
 #                      records per fact), FOLDOC records beside them, the
 #                      fine-tune (of the whole base; 0: an adapter), tracin
-#                      checkpoints every 5 epochs
+#                      checkpoints every 10 epochs
 set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -223,13 +223,13 @@ facts_setup() {
 	local D=$1
 	shift
 	mkdir -p "$D"
-	$PY facts "$D/train.ndjson" "$D/facts.ndjson" --contributors "${FACT_K:-16}" --facts "${FACT_F:-4}" \
-		--filler "${FILLER:-400}" "$@"
+	$PY facts "$D/train.ndjson" "$D/facts.ndjson" --contributors "${FACT_K:-8}" --facts "${FACT_F:-4}" \
+		--filler "${FILLER:-200}" "$@"
 	WHOLE=${FACT_WHOLE:-1}
 	SEQ=64
 	if [ ! -s "$D/ft/training.json" ]; then
 		log "facts: fine-tune on $(wc -l < "$D/train.ndjson") records"
-		train_ckpt "$D/train.ndjson" "$D/ft" "${FACT_EPOCHS:-20}" "${FACT_LR:-1e-3}" 5
+		train_ckpt "$D/train.ndjson" "$D/ft" "${FACT_EPOCHS:-30}" "${FACT_LR:-1e-3}" 10
 	fi
 	build_indexes "$D/ft" "$D/train.ndjson" "$D/ft"
 	pair "$D/ft"
