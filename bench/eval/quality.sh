@@ -37,9 +37,18 @@ LR=${LR:-3e-3}
 LORA=${LORA:-r=8,alpha=16}
 JOBS=${JOBS:-2}
 SEQ=80
+# Debian's text corpora and NumPy for the analysis
+missing=""
+[ -f /usr/share/games/fortunes/fortunes ] || missing="$missing fortunes"
+[ -f /usr/share/dictd/foldoc.index ] || missing="$missing dict-foldoc"
+if [ -n "$missing" ]; then
+	echo "quality.sh: error: missing packages:$missing (apt-get install$missing python3-numpy)" >&2
+	exit 66
+fi
 mkdir -p "$W"
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 secs() { date +%s.%N; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
 
 # the helper, built against this tree's library
 Q_BIN=$W/quality
@@ -135,7 +144,7 @@ build_indexes() {
 	t1=$(secs)
 	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/tracin.idx" ${PROJ:+--proj $PROJ} $(tracin_args "$out")
 	t2=$(secs)
-	printf '{"index_s":%.2f,"tracin_index_s":%.2f,"checkpoints":%d}\n' "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" \
+	printf '{"index_s":%s,"tracin_index_s":%s,"checkpoints":%d}\n' "$(minus "$t1" "$t0")" "$(minus "$t2" "$t1")" \
 		"$(ls -d "$out".ck* 2>/dev/null | wc -l)" > "$pre.build.json"
 }
 
@@ -162,7 +171,7 @@ lds() {
 		local t0
 		t0=$(secs)
 		train_ckpt "$L/train.ndjson" "$L/full" "$EPOCHS" "$LR"
-		printf '{"train_s":%.2f}\n' "$(echo "$(secs) - $t0" | bc)" > "$L/full.train.json"
+		printf '{"train_s":%s}\n' "$(minus "$(secs)" "$t0")" > "$L/full.train.json"
 	fi
 	log "lds: indexes"
 	build_indexes "$L/full" "$L/train.ndjson" "$L/full"
@@ -185,7 +194,7 @@ PY
 	seq -f %02g 0 $((SUBSETS - 1)) | xargs -P "$JOBS" -I{} sh -c \
 		'[ -s "$1/{}/adapter_model.safetensors" ] || mf-train --base "$2" --lora "$3" --data "$1/{}.ndjson" --epochs "$4" --batch 8 --seq '$SEQ' --lr "$5" --seed 1 --no-index --no-progress -o "$1/{}" > "$1/{}.out"' \
 		_ "$L/sub" "$W/base" "$LORA" "$EPOCHS" "$LR"
-	printf '{"retrain_wall_s":%.1f,"jobs":%d}\n' "$(echo "$(secs) - $t0" | bc)" "$JOBS" > "$L/retrain.json"
+	printf '{"retrain_wall_s":%s,"jobs":%d}\n' "$(minus "$(secs)" "$t0")" "$JOBS" > "$L/retrain.json"
 	log "lds: losses"
 	"$Q_BIN" loss "$W/base" "$L/queries.ndjson" $(seq -f "$L/sub/%02g" 0 $((SUBSETS - 1))) > "$L/losses.txt"
 	"$Q_BIN" loss "$W/base" "$L/queries.ndjson" "$L/full" > "$L/full.loss.txt"
