@@ -22,6 +22,10 @@ PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-d
 	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc zsh fish
 # check-full also uses these: PyTorch and NumPy references, Chromium for the report.
 FULL_PKGS := python3-torch python3-numpy chromium
+# and node with npm for the GPT-2 tokenizer reference (tests/cli/bpe-reference.sh),
+# installed only when the commands are missing: a nodejs that bundles npm
+# conflicts with Debian's npm package.
+NODE_PKGS := nodejs npm
 PKGCONFIG_LIBS := jansson libarchive libsodium libcurl libmicrohttpd
 
 CFLAGS ?= -O2 -g
@@ -54,7 +58,7 @@ FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%_replay)
 HEADERS := $(wildcard lib/*.h)
 
 .PHONY: all deps deps-full install-pkgs check check-full demo asan ubsan fuzz bench install uninstall \
-	clean completions man-lint
+	clean completions man-lint unicode-tab
 .DELETE_ON_ERROR:
 
 all: $(B)/libtrail.a $(PROGS) $(B)/trail.pc
@@ -96,7 +100,8 @@ deps:
 	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS)"
 
 deps-full:
-	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS) $(FULL_PKGS)"
+	@$(MAKE) --no-print-directory install-pkgs \
+	  P="$(PKGS) $(FULL_PKGS) $$(command -v node >/dev/null && command -v npm >/dev/null || echo $(NODE_PKGS))"
 
 install-pkgs:
 	@missing=""; for p in $(P); do \
@@ -125,7 +130,7 @@ check-full: deps-full
 	@B=$(B) TRAIL_FULL=1 sh tests/run
 
 asan:
-	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	@TRAIL_SANITIZER=AddressSanitizer $(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined" check
 
 ubsan:
@@ -180,6 +185,11 @@ uninstall:
 	  rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$n \
 	    $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$n \
 	    $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$n.fish; done
+
+# The letter, number and space classes of the GPT-2 tokenizer, from Debian's unicode-data.
+unicode-tab:
+	@$(MAKE) --no-print-directory install-pkgs P=unicode-data
+	sh lib/unicode_tab.sh > lib/unicode_tab.c.tmp && mv lib/unicode_tab.c.tmp lib/unicode_tab.c
 
 man-lint:
 	@for m in man/*.[157]; do mandoc -Tlint -Wwarning $$m || exit 1; done

@@ -32,7 +32,7 @@ static const trail_opt opts[] = {
 	{O_SEQ, "seq", 0, "T", "with --build-index: tokens per record (default: as trained)", NULL},
 	{O_BATCH, "batch", 0, "B", "with --build-index: records per forward pass (default 8)", NULL},
 	{O_CKPT, "checkpoint", 0, "DIR[:W]", "with --build-index: a checkpoint for tracin, weight W (repeatable)", "dir"},
-	{O_THREADS, "threads", 0, "N", "BLAS threads (default 1; the bits of scores depend on it)", NULL},
+	{O_THREADS, "threads", 0, "N", "threads for BLAS and scoring (default 1; scores do not depend on it)", NULL},
 	{0},
 };
 

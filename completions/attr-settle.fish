@@ -6,6 +6,7 @@ complete -c attr-settle -l home -r -a '(__fish_complete_directories)' -d 'the st
 complete -c attr-settle -l dry-run -s n -d 'compute and print; record nothing'
 complete -c attr-settle -l verbose -s v -d 'say on stderr what was done (silent otherwise)'
 complete -c attr-settle -l format -s f -x -a 'ndjson text' -d 'ndjson (default) or text'
+complete -c attr-settle -l threads -s j -r -F -d 'read with N threads, 1 to 64 (default 2); the same result'
 complete -c attr-settle -l help -s h -d 'print this help and exit'
 complete -c attr-settle -l version -d 'print the version and exit'
 complete -c attr-settle -l completion -x -a 'bash zsh fish' -d 'print a completion script (bash, zsh, fish)'

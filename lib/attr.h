@@ -207,10 +207,14 @@ int trail_attr_query_grad(const trail_attr_index *x, const trail_attr_proj *p, t
 
 /*
  * Scores of nq queries against every record: scores [nq, nrecords].
- * q holds nq blocks of trail_attr_query_rows(x, method) x dim. Blocks of
- * rows are converted from fp16 and scored with one sgemm (sgemv for one
- * query) each, in a fixed order: the same inputs and BLAS thread count give
- * the same bits.
+ * q holds nq blocks of trail_attr_query_rows(x, method) x dim. Each score
+ * is scale_i x dot(g_i, v) with the dot product in one defined order
+ * (eight lanes of fused multiply-adds in coordinate order, the lanes added
+ * in a fixed tree; fp16 converted inside it), the influence solve in
+ * double: the same inputs give the same bits whatever the thread count
+ * (trail_blas_threads, which also splits the records), the CPU's kernel
+ * (F16C + FMA, or the portable one: TRAIL_ATTR_SCALAR=1 in the environment
+ * forces it) or the number of queries scored together.
  */
 int trail_attr_score(const trail_attr_index *x, int method, const float *q, int nq,
 		     float *scores, trail_error *err);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cblas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <sodium.h>
 
@@ -85,13 +86,26 @@ __attribute__((target("f16c,avx"))) static void f16_to_f32_f16c(const uint16_t *
 		out[i] = trail_attr_f32(in[i]);
 }
 
+int trail_attr_cpu(void)
+{
+	/* cpuid rather than __builtin_cpu_supports, which not every compiler knows "f16c" in */
+	unsigned a, b, c, d, lo, hi;
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX) || !(c & bit_F16C))
+		return 0;
+	__asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	if ((lo & 6) != 6) /* the OS saves the XMM and YMM registers */
+		return 0;
+	int f = TRAIL_ATTR_CPU_F16C;
+	if ((c & bit_FMA) && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2))
+		f |= TRAIL_ATTR_CPU_AVX2_FMA;
+	return f;
+}
+
 void trail_attr_f16_to_f32(const uint16_t *in, float *out, size_t n)
 {
 	static int f16c = -1;
-	if (f16c < 0) {
-		__builtin_cpu_init();
-		f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-	}
+	if (f16c < 0)
+		f16c = trail_attr_cpu() & TRAIL_ATTR_CPU_F16C;
 	if (f16c) {
 		f16_to_f32_f16c(in, out, n);
 		return;
@@ -837,6 +851,15 @@ int trail_attr_index_open(const char *path, trail_attr_index **out, trail_error 
 	x->lambda = (const float *)(b + x->o.lambda);
 	x->chol = (const float *)(b + x->o.chol);
 	x->grads = (const uint16_t *)(b + x->o.grads);
+	size_t per = h->dim / (size_t)h->nlayers;
+	if (!(x->cholt = trail_malloc(h->dim * per * sizeof *x->cholt))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (size_t l = 0; l < (size_t)h->nlayers; l++)
+		for (size_t i = 0; i < per; i++)
+			for (size_t j = 0; j < per; j++)
+				x->cholt[l * per * per + j * per + i] = x->chol[l * per * per + i * per + j];
 	trail_attr_info *in = &x->info;
 	in->nrecords = h->nrecords;
 	in->nlayers = h->nlayers;
@@ -863,6 +886,7 @@ void trail_attr_index_free(trail_attr_index *x)
 		return;
 	if (x->map.data)
 		trail_unmap(&x->map);
+	trail_free(x->cholt);
 	trail_free(x);
 }
 

@@ -38,12 +38,16 @@ struct trail_attr_index {
 	trail_attr_off o;
 	trail_attr_info info;
 	const float *scales, *norms, *lambda, *chol;
+	float *cholt; /* the factors transposed (upper, row major), for the forward solve by rows */
 	const uint16_t *grads;
 };
 
 void trail_attr_layout(trail_attr_hdr *h, trail_attr_off *o);
 void trail_attr_fill(const trail_dataset *d, size_t r, int T, int32_t *x, int32_t *y, long *count);
 void trail_attr_f16_to_f32(const uint16_t *in, float *out, size_t n);
+/* What the CPU (and OS) support: TRAIL_ATTR_CPU_* bits; 0 off x86. */
+enum { TRAIL_ATTR_CPU_F16C = 1, TRAIL_ATTR_CPU_AVX2_FMA = 2 };
+int trail_attr_cpu(void);
 /* Covariance, its Cholesky factor and the DataInf dampings, written into the mapped file. */
 int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err);
 double trail_attr_set_weight(const trail_attr_index *x, int set);

@@ -1,9 +1,10 @@
 /*
  * Settlement. Three parts:
  *
- *  1. a strict, allocation-free JSON scanner that reads the few members
- *     settlement needs straight from each NDJSON line (building a JSON tree
- *     per record would cost more than everything else together);
+ *  1. a strict, allocation-free JSON scanner that checks each NDJSON line
+ *     and reads the few members settlement needs in the same pass
+ *     (building a JSON tree per record would cost more than everything
+ *     else together), optionally over blocks of lines in several threads;
  *  2. the accumulator: per payee, exact sums in 128-bit integers of
  *       acc  = sum over records of fee_num(r) * w(r, payee)
  *       mfee = sum of fee_num(r) over the records of the payee's model
@@ -20,6 +21,7 @@
  * function of the multiset of lines.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,21 +92,6 @@ static void sb_c(sbuf *b, char c)
 		b->p[b->n++] = c;
 }
 
-static void sb_i64(sbuf *b, int64_t v)
-{
-	char t[24];
-	int n = 0;
-	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-	do
-		t[n++] = (char)('0' + u % 10);
-	while (u /= 10);
-	if (v < 0)
-		t[n++] = '-';
-	if (!sb_reserve(b, (size_t)n))
-		while (n)
-			b->p[b->n++] = t[--n];
-}
-
 /* A string in RFC 8785 form: only '"', '\\' and control characters escaped. */
 static void sb_jstr(sbuf *b, const char *s, size_t n)
 {
@@ -151,6 +138,7 @@ typedef struct span {
 typedef struct scan {
 	const char *p, *e;
 	const char *why; /* the first thing found wrong */
+	int oom;
 } scan;
 
 static int bad(scan *s, const char *why)
@@ -160,13 +148,22 @@ static int bad(scan *s, const char *why)
 	return -1;
 }
 
-static void ws(scan *s)
+/* a == b for n bytes: keys and names are short, a call to memcmp costs more than the loop */
+static inline int same(const char *a, const char *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
+static inline void ws(scan *s)
 {
 	while (s->p < s->e && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
 		s->p++;
 }
 
-static int lit(scan *s, char c)
+static inline int lit(scan *s, char c)
 {
 	ws(s);
 	if (s->p < s->e && *s->p == c) {
@@ -230,6 +227,20 @@ static const char *plain(const char *p, const char *e)
 {
 #ifdef __SSE2__
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+#define STOPS(x)                                                                                                   \
+	(_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),           \
+					_mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x))) |                                   \
+	 _mm_movemask_epi8(x))
+	/* 32 bytes a step: a content address (71 bytes) takes 3 steps, and fewer mispredicted exits */
+	while (e - p >= 32) {
+		__m128i a = _mm_loadu_si128((const __m128i *)(const void *)p);
+		__m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + 16));
+		unsigned m = (unsigned)STOPS(a) | (unsigned)STOPS(b) << 16;
+		if (m)
+			return p + __builtin_ctz(m);
+		p += 32;
+	}
+#undef STOPS
 	while (e - p >= 16) {
 		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
 		__m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
@@ -452,56 +463,45 @@ static int value_skip(scan *s, int depth)
 }
 
 /*
- * An object whose members named in keys[] are wanted: their values' text
- * goes to out[i] (out[i].p == NULL when absent). Every value is checked;
- * a wanted key given twice is an error.
+ * Members and elements, one at a time: start with *n == 0. members() gives
+ * 1 with the next key (decoded when it holds escapes) after its ':', 0 at
+ * the '}'; elements() 1 with s->p at the next element, 0 at the ']'.
  */
-static int object(scan *s, const char *const *keys, size_t nk, span *out, int depth)
+#define KEY_RAW_MAX 72 /* the longest key wanted (12 bytes) written with \u escapes */
+
+static int members(scan *s, int *n, char *kb, const char **k, size_t *kn)
 {
-	for (size_t i = 0; i < nk; i++)
-		out[i].p = out[i].e = NULL;
-	if (!lit(s, '{'))
-		return bad(s, "an object was expected");
-	if (lit(s, '}'))
-		return 0;
-	do {
-		span k;
-		int esc;
-		char kb[32];
-		size_t kn;
-		if (str_scan(s, &k, &esc))
-			return -1;
-		const char *kp = k.p;
-		kn = (size_t)(k.e - k.p);
-		if (esc && kn < sizeof kb) { /* rare: decode short keys to compare them */
-			sbuf b = {kb, 0, sizeof kb, 0};
-			decode(&k, &b);
-			kp = kb, kn = b.n;
-		}
-		if (!lit(s, ':'))
-			return bad(s, "':' was expected");
-		ws(s);
-		size_t i = nk;
-		for (size_t j = 0; j < nk && i == nk; j++)
-			if (strlen(keys[j]) == kn && !memcmp(keys[j], kp, kn))
-				i = j;
-		const char *v = s->p;
-		if (value_skip(s, depth + 1))
-			return -1;
-		if (i < nk) {
-			if (out[i].p)
-				return bad(s, "a member is given twice");
-			out[i].p = v, out[i].e = s->p;
-		}
-	} while (lit(s, ','));
-	return lit(s, '}') ? 0 : bad(s, "',' or '}' was expected");
+	span raw;
+	int esc;
+	if (!*n) {
+		if (!lit(s, '{'))
+			return bad(s, "an object was expected");
+		if (lit(s, '}'))
+			return 0;
+	} else if (!lit(s, ',')) {
+		return lit(s, '}') ? 0 : bad(s, "',' or '}' was expected");
+	}
+	++*n;
+	if (str_scan(s, &raw, &esc))
+		return -1;
+	*k = raw.p;
+	*kn = (size_t)(raw.e - raw.p);
+	if (esc) { /* rare: a key with escapes is compared decoded; a long one is no key wanted */
+		sbuf b = {kb, 0, KEY_RAW_MAX, 0};
+		if (*kn <= KEY_RAW_MAX)
+			decode(&raw, &b);
+		*k = kb;
+		*kn = b.n;
+	}
+	if (!lit(s, ':'))
+		return bad(s, "':' was expected");
+	ws(s);
+	return 1;
 }
 
-/* Iterate an array value: first call with *started == 0. 1 an element (in el), 0 the end. */
-static int array_next(scan *s, int *started, span *el)
+static int elements(scan *s, int *n)
 {
-	if (!*started) {
-		*started = 1;
+	if (!*n) {
 		if (!lit(s, '['))
 			return bad(s, "an array was expected");
 		if (lit(s, ']'))
@@ -509,55 +509,88 @@ static int array_next(scan *s, int *started, span *el)
 	} else if (!lit(s, ',')) {
 		return lit(s, ']') ? 0 : bad(s, "',' or ']' was expected");
 	}
+	++*n;
 	ws(s);
-	el->p = s->p;
-	if (value_skip(s, 1))
-		return -1;
-	el->e = s->p;
 	return 1;
 }
 
-static int is_null(const span *v)
+/* Which of keys[] (nk < 32) k is, or -1; *seen refuses a key given twice. */
+typedef struct mkey {
+	const char *k;
+	size_t n;
+} mkey;
+#define KEY(s) {s, sizeof s - 1}
+
+static int key_of(scan *s, const mkey *keys, int nk, const char *k, size_t kn, unsigned *seen, int *out)
 {
-	return v->e - v->p == 4 && !memcmp(v->p, "null", 4);
+	*out = -1;
+	for (int i = 0; i < nk; i++)
+		if (keys[i].n == kn && same(keys[i].k, k, kn)) {
+			if (*seen & 1u << i)
+				return bad(s, "a member is given twice");
+			*seen |= 1u << i;
+			*out = i;
+			break;
+		}
+	return 0;
 }
 
-/* An integer in [0, max]. */
-static int get_count(scan *s, const span *v, uint64_t max, uint64_t *out, const char *what)
+/* An integer in [0, max] at s->p; -1 (no message) for anything else. */
+static int count_at(scan *s, uint64_t max, uint64_t *out)
 {
-	scan t = {v->p, v->e, NULL};
-	span n;
-	int isint;
-	if (num_scan(&t, &n, &isint) || !isint || *n.p == '-')
-		return bad(s, what);
+	const char *p = s->p, *e = s->e, *q;
 	uint64_t x = 0;
-	for (const char *p = n.p; p < n.e; p++) {
-		x = x * 10 + (uint64_t)(*p - '0');
-		if (x > max)
-			return bad(s, what);
+	if (p < e && *p == '0') {
+		p++;
+	} else {
+		for (q = p; p < e && (unsigned)(unsigned char)*p - '0' < 10; p++)
+			if ((x = x * 10 + (uint64_t)(*p - '0')) > max)
+				return -1;
+		if (p == q)
+			return -1;
 	}
+	if (p < e && (*p == '.' || *p == 'e' || *p == 'E'))
+		return -1;
+	s->p = p;
 	*out = x;
 	return 0;
 }
 
 /*
- * A number's value in units of 1e-9, rounded toward zero and saturated at
+ * The value of a number's checked text in units of 1e-9, rounded toward zero and saturated at
  * +-FIX_MAX, computed from its decimal text with integers only.
  */
-static int get_fixed(scan *s, const span *v, int64_t *out, const char *what)
+static int64_t fixed_slow(const char *p, const char *e);
+
+static int64_t fixed_of(const char *p, const char *e)
 {
-	scan t = {v->p, v->e, NULL};
-	span n;
-	int isint;
-	if (num_scan(&t, &n, &isint))
-		return bad(s, what);
+	/* the usual case: no exponent, at most 9 integer digits; digits past 1e-9 are dropped */
+	static const uint64_t pow10[10] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, NANO};
+	const char *q = p + (*p == '-');
+	uint64_t ip = 0, fr = 0;
+	int ni = 0, nf = 0;
+	for (; q < e && (unsigned)(unsigned char)*q - '0' < 10 && ni < 10; q++, ni++)
+		ip = ip * 10 + (uint64_t)(*q - '0');
+	if (ni <= 9 && q < e && *q == '.')
+		for (q++; q < e && (unsigned)(unsigned char)*q - '0' < 10; q++)
+			if (nf < 9)
+				fr = fr * 10 + (uint64_t)(*q - '0'), nf++;
+	if (ni <= 9 && q == e) {
+		int64_t m = (int64_t)(ip * NANO + fr * pow10[9 - nf]);
+		return *p == '-' ? -m : m;
+	}
+	return fixed_slow(p, e);
+}
+
+/* Any number: the mantissa's digits in 128 bits, the exponent applied by steps of ten. */
+static int64_t fixed_slow(const char *p, const char *e)
+{
 	const u128 big = (u128)FIX_MAX * FIX_MAX; /* 1e36: beyond it digits no longer matter */
-	const char *p = n.p;
 	int neg = *p == '-', frac = 0;
 	long k = 9;
 	u128 m = 0;
 	p += neg;
-	for (; p < n.e && *p != 'e' && *p != 'E'; p++) {
+	for (; p < e && *p != 'e' && *p != 'E'; p++) {
 		if (*p == '.') {
 			frac = 1;
 			continue;
@@ -569,13 +602,13 @@ static int get_fixed(scan *s, const span *v, int64_t *out, const char *what)
 			k++;
 		}
 	}
-	if (p < n.e) {
+	if (p < e) {
 		long x = 0;
 		int xneg = 0;
 		p++;
 		if (*p == '+' || *p == '-')
 			xneg = *p++ == '-';
-		for (; p < n.e; p++)
+		for (; p < e; p++)
 			if (x < 100000)
 				x = x * 10 + (*p - '0');
 		k += xneg ? -x : x;
@@ -591,8 +624,7 @@ static int get_fixed(scan *s, const span *v, int64_t *out, const char *what)
 	}
 	if (m > (u128)FIX_MAX)
 		m = FIX_MAX;
-	*out = neg ? -(int64_t)m : (int64_t)m;
-	return 0;
+	return neg ? -(int64_t)m : (int64_t)m;
 }
 
 /* ---- payees ---------------------------------------------------------------------------- */
@@ -736,7 +768,7 @@ static ent *name_slot(trail_settle *s, const char *k, size_t n, uint64_t h)
 	size_t j = (size_t)h & (s->names.cap - 1);
 	while (s->names.e[j].v) {
 		const payee *p = &s->pay[s->names.e[j].v - 1];
-		if (s->names.e[j].h == h && p->len == n && !memcmp(p->name, k, n))
+		if (s->names.e[j].h == h && p->len == n && same(p->name, k, n))
 			return &s->names.e[j];
 		j = (j + 1) & (s->names.cap - 1);
 	}
@@ -862,17 +894,15 @@ int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 	if (mi) {
 		/* read from its canonical text, as scores are */
 		char nb[40];
-		scan t = {nb, nb, NULL};
+		scan t = {nb, nb, NULL, 0};
 		span v;
-		if (!json_is_number(mi) || trail_jcs_number(json_number_value(mi), nb, sizeof nb)) {
+		int isint;
+		if (!json_is_number(mi) || trail_jcs_number(json_number_value(mi), nb, sizeof nb) ||
+		    (t.e = nb + strlen(nb), num_scan(&t, &v, &isint)) || t.p != t.e) {
 			rc = trail_error_set(err, TRAIL_EDATA, "policy: penalty.min_influence is a number");
 			goto fail;
 		}
-		v.p = nb, v.e = t.e = nb + strlen(nb);
-		if (get_fixed(&t, &v, &s->min_influence, "number")) {
-			rc = trail_error_set(err, TRAIL_EDATA, "policy: penalty.min_influence is a number");
-			goto fail;
-		}
+		s->min_influence = fixed_of(v.p, v.e);
 		s->has_min_influence = 1;
 	}
 	if ((rc = named_payee(s, policy, "platform", "platform", &s->platform, err)) ||
@@ -960,71 +990,9 @@ size_t trail_settle_payees(const trail_settle *s)
 	return s->npay;
 }
 
-/* ---- reading a line -------------------------------------------------------------------- */
-
-enum { K_TYPE, K_EVENT, K_USAGE, K_CONTRIB, K_CLUSTERS, K_TOP, K_MODEL, K_POISON, K_WHO, K_REJ, K_FLAG, NKEYS };
-static const char *const LINE_KEYS[NKEYS] = {"type", "event", "usage", "contributors", "clusters", "top",
-					     "model", "poisoning", "contributor", "rejected", "flagged"};
-
-/* A string value (or null, when nullok) as a reference into the line or the arena. */
-static int get_str(trail_settle *s, scan *sc, const char *line, const span *v, int nullok, sref *out,
-		   const char *what)
-{
-	scan t = {v->p, v->e, NULL};
-	span raw;
-	int esc;
-	memset(out, 0, sizeof *out);
-	if (nullok && is_null(v)) {
-		out->null = 1;
-		return 0;
-	}
-	if (str_scan(&t, &raw, &esc) || raw.e == raw.p || raw.e - raw.p > (1 << 30))
-		return bad(sc, what);
-	if (!esc) {
-		out->off = (size_t)(raw.p - line);
-		out->len = (uint32_t)(raw.e - raw.p);
-		return 0;
-	}
-	out->off = s->arena.n;
-	out->arena = 1;
-	decode(&raw, &s->arena);
-	out->len = (uint32_t)(s->arena.n - out->off);
-	return 0;
-}
-
 static const char *str_of(const trail_settle *s, const char *line, const sref *r)
 {
 	return r->arena ? s->arena.p + r->off : line + r->off;
-}
-
-static void view_str(trail_settle *s, const char *line, const sref *r)
-{
-	if (r->null)
-		sb_put(&s->view, "null", 4);
-	else
-		sb_jstr(&s->view, str_of(s, line, r), r->len);
-}
-
-static void view_key(trail_settle *s, const char *k, int first)
-{
-	if (!first)
-		sb_c(&s->view, ',');
-	sb_jstr(&s->view, k, strlen(k));
-	sb_c(&s->view, ':');
-}
-
-/* [[name, value], ...] */
-static void view_pairs(trail_settle *s, const char *line, const scored *v, size_t n)
-{
-	sb_c(&s->view, '[');
-	for (size_t i = 0; i < n; i++) {
-		sb_put(&s->view, i ? ",[" : "[", i ? 2 : 1);
-		view_str(s, line, &v[i].who);
-		sb_c(&s->view, ',');
-		sb_i64(&s->view, v[i].v);
-		sb_c(&s->view, ']');
-	}
-	sb_c(&s->view, ']');
 }
 
 static void add256(uint8_t acc[32], const uint8_t d[32])
@@ -1144,172 +1112,375 @@ static int record_credit(trail_settle *s, const char *line)
 	return 0;
 }
 
-static int line_record(trail_settle *s, const char *line, scan *sc, const span *f, trail_error *err)
+/* ---- reading a line -------------------------------------------------------------------- */
+
+/*
+ * One pass over the line: every value is checked as JSON while the members
+ * settlement uses are read into the per-line scratch. Whether the line is a
+ * record or a flags line is known only at its end (the "type" member may
+ * come last), so a member whose value has not the shape wanted is checked
+ * again as plain JSON and its fault kept: an error if the line turns out to
+ * use that member, nothing otherwise (a flags line ignores a record's
+ * members, and the other way round).
+ */
+enum { K_TYPE, K_EVENT, K_USAGE, K_CONTRIB, K_CLUSTERS, K_TOP, K_MODEL, K_POISON, K_WHO, K_REJ, K_FLAG, NKEYS };
+static const mkey LINE_KEYS[NKEYS] = {KEY("type"),  KEY("event"),     KEY("usage"),    KEY("contributors"),
+				     KEY("clusters"), KEY("top"),    KEY("model"),    KEY("poisoning"),
+				     KEY("contributor"), KEY("rejected"), KEY("flagged")};
+
+/* What one line holds, read in one pass. */
+typedef struct line {
+	const char *p;           /* the line: string references point into it */
+	unsigned seen;           /* members present (1 << K_...) */
+	const char *fault[NKEYS]; /* a member's value not of the shape wanted */
+	span type;
+	sref event, model, who;
+	uint64_t usage[2], count[3]; /* prompt, completion; rejected, flagged, poisoning */
+	int poison_list;         /* "poisoning" was an array (a record's), else a count */
+} rdline;
+
+/* A string, or null when nullok, at s->p: a reference into the line or the arena. */
+static int str_at(trail_settle *t, scan *s, const char *lp, int nullok, sref *out, const char *what)
 {
-	static const char *const ukeys[] = {"prompt_tokens", "completion_tokens"};
-	static const char *const ckeys[] = {"contributor", "share"};
-	static const char *const lkeys[] = {"members", "first"};
-	static const char *const tkeys[] = {"contributor", "score"};
-	static const char *const ekeys[] = {"id"};
-	span u[2], el, c[2];
-	uint64_t pt, ct;
-	sref event, model = {0};
-	int started;
-	s->contrib.n = s->top.n = s->members.n = s->poison.n = s->clusters.n = 0;
-
-	if (!f[K_EVENT].p || !f[K_USAGE].p || !f[K_CONTRIB].p)
-		return bad(sc, "an attribution record has event, usage and contributors");
-	scan t = {f[K_USAGE].p, f[K_USAGE].e, NULL};
-	if (object(&t, ukeys, 2, u, 1) || !u[0].p || !u[1].p ||
-	    get_count(sc, &u[0], COUNT_MAX, &pt, "usage.prompt_tokens is an integer from 0 to 2^40") ||
-	    get_count(sc, &u[1], COUNT_MAX, &ct, "usage.completion_tokens is an integer from 0 to 2^40"))
-		return bad(sc, "usage is {\"prompt_tokens\": N, \"completion_tokens\": N}");
-	t = (scan){f[K_EVENT].p, f[K_EVENT].e, NULL};
-	if (*t.p == '{') {
-		if (object(&t, ekeys, 1, c, 1) || !c[0].p ||
-		    get_str(s, sc, line, &c[0], 0, &event, "event.id is a non-empty string"))
-			return bad(sc, "an event object has a string id");
-	} else if (get_str(s, sc, line, &f[K_EVENT], 0, &event, "event is a string or an object with an id")) {
-		return -1;
+	span raw;
+	int esc;
+	memset(out, 0, sizeof *out);
+	if (nullok && s->e - s->p >= 4 && !memcmp(s->p, "null", 4)) {
+		s->p += 4;
+		out->null = 1;
+		return 0;
 	}
-	if (f[K_MODEL].p && get_str(s, sc, line, &f[K_MODEL], 1, &model, "model is a string or null"))
+	if (s->p >= s->e || *s->p != '"')
+		return bad(s, what);
+	if (str_scan(s, &raw, &esc))
 		return -1;
-
-	t = (scan){f[K_CONTRIB].p, f[K_CONTRIB].e, NULL};
-	started = 0;
-	for (int r; (r = array_next(&t, &started, &el));) {
-		scored x;
-		scan o = {el.p, el.e, NULL};
-		if (r < 0 || object(&o, ckeys, 2, c, 2) || !c[0].p || !c[1].p)
-			return bad(sc, "contributors is an array of {\"contributor\", \"share\"}");
-		if (get_str(s, sc, line, &c[0], 0, &x.who, "contributors[].contributor is a non-empty string") ||
-		    get_fixed(sc, &c[1], &x.v, "contributors[].share is a number") || VEC_PUSH(s, s->contrib, x))
-			return sc->why ? -1 : oom(err);
+	if (raw.e == raw.p || raw.e - raw.p > (1 << 30))
+		return bad(s, what);
+	if (!esc) {
+		out->off = (size_t)(raw.p - lp);
+		out->len = (uint32_t)(raw.e - raw.p);
+		return 0;
 	}
-	if (f[K_CLUSTERS].p) {
-		t = (scan){f[K_CLUSTERS].p, f[K_CLUSTERS].e, NULL};
-		started = 0;
-		for (int r; (r = array_next(&t, &started, &el));) {
-			cluster cl;
-			scan o = {el.p, el.e, NULL};
-			if (r < 0 || object(&o, lkeys, 2, c, 2) || !c[0].p)
-				return bad(sc, "clusters is an array of {\"members\": [...], \"first\"}");
-			if (!c[1].p)
-				cl.first = (sref){0, 0, 0, 1};
-			else if (get_str(s, sc, line, &c[1], 1, &cl.first, "clusters[].first is a string or null"))
+	out->off = t->arena.n;
+	out->arena = 1;
+	decode(&raw, &t->arena);
+	out->len = (uint32_t)(t->arena.n - out->off);
+	return 0;
+}
+
+static int fixed_at(scan *s, int64_t *out)
+{
+	span n;
+	int isint;
+	if (s->p >= s->e || (*s->p != '-' && (unsigned)(unsigned char)*s->p - '0' >= 10) || num_scan(s, &n, &isint))
+		return -1;
+	*out = fixed_of(n.p, n.e);
+	return 0;
+}
+
+
+static int rd_usage(scan *s, rdline *l, int depth)
+{
+	static const mkey k[] = {KEY("prompt_tokens"), KEY("completion_tokens")};
+	char kb[KEY_RAW_MAX];
+	const char *kp;
+	size_t kn;
+	unsigned seen = 0;
+	int n = 0, r, i;
+	while ((r = members(s, &n, kb, &kp, &kn)) > 0) {
+		if (key_of(s, k, 2, kp, kn, &seen, &i))
+			return -1;
+		if (i < 0 ? value_skip(s, depth + 1) : count_at(s, COUNT_MAX, &l->usage[i]))
+			return bad(s, "prompt_tokens and completion_tokens are integers from 0 to 2^40");
+	}
+	return r < 0 ? -1 : seen == 3 ? 0 : bad(s, "{\"prompt_tokens\": N, \"completion_tokens\": N} was expected");
+}
+
+static int rd_event(trail_settle *t, scan *s, rdline *l, int depth)
+{
+	static const mkey k[] = {KEY("id")};
+	char kb[KEY_RAW_MAX];
+	const char *kp;
+	size_t kn;
+	unsigned seen = 0;
+	int n = 0, r, i;
+	if (s->p < s->e && *s->p != '{')
+		return str_at(t, s, l->p, 0, &l->event, "a string or an object with an id was expected");
+	while ((r = members(s, &n, kb, &kp, &kn)) > 0)
+		if (key_of(s, k, 1, kp, kn, &seen, &i) ||
+		    (i < 0 ? value_skip(s, depth + 1) : str_at(t, s, l->p, 0, &l->event, "id is a non-empty string")))
+			return -1;
+	return r < 0 ? -1 : seen ? 0 : bad(s, "an event object has a string id");
+}
+
+/* [{"contributor": NAME, "share": N}...] (pairs_top: [{"contributor": NAME|null, "score": N|null}...]) */
+static int rd_pairs(trail_settle *t, scan *s, const char *lp, int is_top, int depth)
+{
+	static const mkey kc[] = {KEY("contributor"), KEY("share")}, kt[] = {KEY("contributor"), KEY("score")};
+	char kb[KEY_RAW_MAX];
+	const char *kp;
+	size_t kn;
+	int n = 0, r, q, i;
+	while ((r = elements(s, &n)) > 0) {
+		scored x = {{0, 0, 0, 1}, 0};
+		unsigned seen = 0;
+		int m = 0;
+		while ((q = members(s, &m, kb, &kp, &kn)) > 0) {
+			if (key_of(s, is_top ? kt : kc, 2, kp, kn, &seen, &i))
 				return -1;
-			cl.m0 = s->members.n;
-			scan m = {c[0].p, c[0].e, NULL};
-			int st = 0;
-			for (int q; (q = array_next(&m, &st, &el));) {
-				sref who;
-				if (q < 0 || get_str(s, sc, line, &el, 0, &who, "clusters[].members are non-empty strings"))
-					return bad(sc, "clusters[].members are non-empty strings");
-				if (VEC_PUSH(s, s->members, who))
-					return oom(err);
+			if (i < 0) {
+				if (value_skip(s, depth + 2))
+					return -1;
+			} else if (i == 0) {
+				if (str_at(t, s, lp, is_top, &x.who, "contributor is a non-empty string"))
+					return -1;
+			} else if (is_top && s->e - s->p >= 4 && !memcmp(s->p, "null", 4)) {
+				s->p += 4;
+			} else if (fixed_at(s, &x.v)) {
+				return bad(s, is_top ? "score is a number or null" : "share is a number");
 			}
-			cl.m1 = s->members.n;
-			if (VEC_PUSH(s, s->clusters, cl))
-				return oom(err);
 		}
+		if (q < 0)
+			return -1;
+		if (!is_top && seen != 3)
+			return bad(s, "an array of {\"contributor\", \"share\"} was expected");
+		if (is_top ? VEC_PUSH(t, t->top, x) : VEC_PUSH(t, t->contrib, x))
+			return s->oom = 1, -1;
 	}
-	if (f[K_TOP].p) {
-		t = (scan){f[K_TOP].p, f[K_TOP].e, NULL};
-		started = 0;
-		for (int r; (r = array_next(&t, &started, &el));) {
-			scored x = {{0, 0, 0, 1}, 0};
-			scan o = {el.p, el.e, NULL};
-			if (r < 0 || object(&o, tkeys, 2, c, 2))
-				return bad(sc, "top is an array of {\"contributor\", \"score\"}");
-			if ((c[0].p && get_str(s, sc, line, &c[0], 1, &x.who, "top[].contributor is a string or null")) ||
-			    (c[1].p && !is_null(&c[1]) && get_fixed(sc, &c[1], &x.v, "top[].score is a number or null")))
-				return -1;
-			if (VEC_PUSH(s, s->top, x))
-				return oom(err);
-		}
-	}
-	if (f[K_POISON].p) {
-		t = (scan){f[K_POISON].p, f[K_POISON].e, NULL};
-		started = 0;
-		for (int r; (r = array_next(&t, &started, &el));) {
-			sref who;
-			if (r < 0 || get_str(s, sc, line, &el, 0, &who, "poisoning is an array of contributors"))
-				return bad(sc, "poisoning is an array of contributors");
-			if (VEC_PUSH(s, s->poison, who))
-				return oom(err);
-		}
-	}
-	if (s->arena.oom)
-		return oom(err);
+	return r;
+}
 
+/* [NAME...] into `to` */
+static int rd_names(trail_settle *t, scan *s, const char *lp, int members_list)
+{
+	int n = 0, r;
+	while ((r = elements(s, &n)) > 0) {
+		sref who;
+		if (str_at(t, s, lp, 0, &who, "an array of non-empty strings was expected"))
+			return -1;
+		if (members_list ? VEC_PUSH(t, t->members, who) : VEC_PUSH(t, t->poison, who))
+			return s->oom = 1, -1;
+	}
+	return r;
+}
+
+/* [{"members": [NAME...], "first": NAME|null}...] */
+static int rd_clusters(trail_settle *t, scan *s, const char *lp, int depth)
+{
+	static const mkey k[] = {KEY("members"), KEY("first")};
+	char kb[KEY_RAW_MAX];
+	const char *kp;
+	size_t kn;
+	int n = 0, r, q, i;
+	while ((r = elements(s, &n)) > 0) {
+		cluster cl = {{0, 0, 0, 1}, t->members.n, 0};
+		unsigned seen = 0;
+		int m = 0;
+		while ((q = members(s, &m, kb, &kp, &kn)) > 0) {
+			if (key_of(s, k, 2, kp, kn, &seen, &i))
+				return -1;
+			if (i < 0 ? value_skip(s, depth + 2)
+				  : i == 0 ? (cl.m0 = t->members.n, rd_names(t, s, lp, 1))
+					   : str_at(t, s, lp, 1, &cl.first, "first is a string or null"))
+				return -1;
+			if (i == 0)
+				cl.m1 = t->members.n;
+		}
+		if (q < 0)
+			return -1;
+		if (!(seen & 1))
+			return bad(s, "an array of {\"members\": [...], \"first\"} was expected");
+		if (VEC_PUSH(t, t->clusters, cl))
+			return s->oom = 1, -1;
+	}
+	return r;
+}
+
+/* One member's value, read as the member wants. */
+static int rd_member(trail_settle *t, scan *s, rdline *l, int k)
+{
+	const char *v = s->p;
+	switch (k) {
+	case K_TYPE:
+		if (value_skip(s, 1))
+			return -1;
+		l->type = (span){v, s->p};
+		return 0;
+	case K_EVENT: return rd_event(t, s, l, 1);
+	case K_USAGE: return rd_usage(s, l, 1);
+	case K_CONTRIB: return rd_pairs(t, s, l->p, 0, 1);
+	case K_TOP: return rd_pairs(t, s, l->p, 1, 1);
+	case K_CLUSTERS: return rd_clusters(t, s, l->p, 1);
+	case K_MODEL: return str_at(t, s, l->p, 1, &l->model, "a string or null was expected");
+	case K_WHO: return str_at(t, s, l->p, 0, &l->who, "a non-empty string was expected");
+	case K_REJ:
+	case K_FLAG:
+	case K_POISON:
+		l->poison_list = k == K_POISON && s->p < s->e && *s->p == '[';
+		if (l->poison_list)
+			return rd_names(t, s, l->p, 0);
+		return count_at(s, COUNT_MAX, &l->count[k == K_REJ ? 0 : k == K_FLAG ? 1 : 2])
+			       ? bad(s, "an integer from 0 to 2^40 was expected")
+			       : 0;
+	}
+	return value_skip(s, 1);
+}
+
+/* The whole line: 0, or -1 with s->why (or s->oom). */
+static int rd_line(trail_settle *t, scan *s, rdline *l)
+{
+	char kb[KEY_RAW_MAX];
+	const char *kp;
+	size_t kn;
+	int n = 0, r, k;
+	while ((r = members(s, &n, kb, &kp, &kn)) > 0) {
+		const char *v = s->p;
+		if (key_of(s, LINE_KEYS, NKEYS, kp, kn, &l->seen, &k))
+			return -1;
+		if (!rd_member(t, s, l, k))
+			continue;
+		if (s->oom || k < 0)
+			return -1;
+		/* not the shape wanted: is it JSON at all? */
+		l->fault[k] = s->why ? s->why : "not of the type wanted";
+		s->why = NULL;
+		s->p = v;
+		if (value_skip(s, 1))
+			return -1;
+	}
+	if (r < 0)
+		return -1;
+	ws(s);
+	return s->p == s->e ? 0 : bad(s, "text after the JSON object");
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+/*
+ * The view a line adds to the inputs digest: what settlement uses from it,
+ * in a compact binary form (attr-settle(1) defines it). Integers are
+ * LEB128, signed ones zigzag; strings as view_str() writes them. The
+ * event's id is left out: it cannot change the result.
+ */
+static void sb_uv(sbuf *b, uint64_t v)
+{
+	if (sb_reserve(b, 10))
+		return;
+	while (v >= 0x80) {
+		b->p[b->n++] = (char)(v | 0x80);
+		v >>= 7;
+	}
+	b->p[b->n++] = (char)v;
+}
+
+static void sb_sv(sbuf *b, int64_t v)
+{
+	sb_uv(b, (uint64_t)v << 1 ^ (uint64_t)(v >> 63));
+}
+
+/* a lowercase hex digit's value + 1; 0 for any other byte (a table: the digits are random, branches would miss) */
+static const uint8_t HEX1[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+	['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
+
+/*
+ * A string: LEB128 of twice its length, then its bytes; a content address
+ * ("sha256:" and 64 lowercase hex digits) as 65 (2 * 32 + 1) and its 32
+ * bytes; absent or null: 0.
+ */
+static void view_str(trail_settle *s, const char *lp, const sref *r)
+{
+	const char *p = str_of(s, lp, r);
+	if (r->null) {
+		sb_c(&s->view, 0);
+		return;
+	}
+	if (r->len == 71 && same(p, "sha256:", 7) && !sb_reserve(&s->view, 33)) {
+		char *o = s->view.p + s->view.n;
+		unsigned missing = 0;
+		o[0] = 65;
+		for (int i = 0; i < 32; i++) {
+			unsigned hi = HEX1[(unsigned char)p[7 + 2 * i]], lo = HEX1[(unsigned char)p[8 + 2 * i]];
+			missing |= (hi == 0) | (lo == 0);
+			o[1 + i] = (char)((hi - 1) << 4 | ((lo - 1) & 15));
+		}
+		if (!missing) {
+			s->view.n += 33;
+			return;
+		}
+	}
+	sb_uv(&s->view, (uint64_t)r->len * 2);
+	sb_put(&s->view, p, r->len);
+}
+
+/* personalisation of the inputs digest's BLAKE2b: the view's version */
+static const unsigned char VIEW_PERSONAL[16] = "trail-settle-v2";
+
+static void view_digest(trail_settle *s)
+{
+	uint8_t d[32];
+	crypto_generichash_blake2b_salt_personal(d, sizeof d, (const unsigned char *)s->view.p, s->view.n, NULL, 0,
+						 NULL, VIEW_PERSONAL);
+	add256(s->inputs, d);
+}
+
+static int line_record(trail_settle *s, const rdline *l, trail_error *err)
+{
+	const char *lp = l->p;
+	uint64_t pt = l->usage[0], ct = l->usage[1];
 	u128 fee = (u128)pt * s->fee_p + (u128)ct * s->fee_c;
 	if (s->fees + fee > FEES_MAX) {
 		trail_error_set(err, TRAIL_ELIMIT, "the epoch's fees exceed 2^53-1 minor units");
 		return -2;
 	}
 
-	/* the record's part of the inputs digest: RFC 8785 text of what was read */
 	s->view.n = 0;
-	sb_c(&s->view, '{');
-	int first = 1;
-	if (f[K_CLUSTERS].p) {
-		view_key(s, "clusters", first), first = 0;
-		sb_c(&s->view, '[');
-		for (size_t i = 0; i < s->clusters.n; i++) {
-			const cluster *cl = &s->clusters.v[i];
-			sb_put(&s->view, i ? ",[" : "[", i ? 2 : 1);
-			view_str(s, line, &cl->first);
-			sb_put(&s->view, ",[", 2);
-			for (size_t j = cl->m0; j < cl->m1; j++) {
-				if (j > cl->m0)
-					sb_c(&s->view, ',');
-				view_str(s, line, &s->members.v[j]);
-			}
-			sb_put(&s->view, "]]", 2);
+	sb_c(&s->view, 'R');
+	sb_uv(&s->view, pt);
+	sb_uv(&s->view, ct);
+	view_str(s, lp, &l->model);
+	sb_uv(&s->view, s->contrib.n);
+	for (size_t i = 0; i < s->contrib.n; i++) {
+		view_str(s, lp, &s->contrib.v[i].who);
+		sb_sv(&s->view, s->contrib.v[i].v);
+	}
+	sb_uv(&s->view, s->clusters.n);
+	for (size_t i = 0; i < s->clusters.n; i++) {
+		const cluster *cl = &s->clusters.v[i];
+		view_str(s, lp, &cl->first);
+		sb_uv(&s->view, cl->m1 - cl->m0);
+		for (size_t j = cl->m0; j < cl->m1; j++)
+			view_str(s, lp, &s->members.v[j]);
+	}
+	sb_uv(&s->view, s->poison.n);
+	for (size_t i = 0; i < s->poison.n; i++)
+		view_str(s, lp, &s->poison.v[i]);
+	size_t nneg = 0;
+	for (size_t i = 0; i < s->top.n; i++)
+		nneg += !s->top.v[i].who.null && s->top.v[i].v < 0;
+	sb_uv(&s->view, nneg);
+	for (size_t i = 0; i < s->top.n; i++)
+		if (!s->top.v[i].who.null && s->top.v[i].v < 0) {
+			view_str(s, lp, &s->top.v[i].who);
+			sb_sv(&s->view, s->top.v[i].v);
 		}
-		sb_c(&s->view, ']');
-	}
-	view_key(s, "contributors", first);
-	view_pairs(s, line, s->contrib.v, s->contrib.n);
-	view_key(s, "event", 0);
-	view_str(s, line, &event);
-	if (f[K_MODEL].p) {
-		view_key(s, "model", 0);
-		view_str(s, line, &model);
-	}
-	if (f[K_POISON].p) {
-		view_key(s, "poisoning", 0);
-		sb_c(&s->view, '[');
-		for (size_t i = 0; i < s->poison.n; i++) {
-			if (i)
-				sb_c(&s->view, ',');
-			view_str(s, line, &s->poison.v[i]);
-		}
-		sb_c(&s->view, ']');
-	}
-	if (f[K_TOP].p) {
-		view_key(s, "top", 0);
-		view_pairs(s, line, s->top.v, s->top.n);
-	}
-	view_key(s, "usage", 0);
-	sb_c(&s->view, '[');
-	sb_i64(&s->view, (int64_t)pt);
-	sb_c(&s->view, ',');
-	sb_i64(&s->view, (int64_t)ct);
-	sb_put(&s->view, "]}", 2);
 	if (s->view.oom)
 		return oom(err);
 
 	/* from here on the record counts; only memory can fail */
 	uint32_t who;
-	if (record_credit(s, line))
+	if (record_credit(s, lp))
 		return oom(err);
 	for (size_t i = 0; i < s->cred.n; i++)
 		s->pay[s->cred.v[i].who].acc += fee * s->cred.v[i].w;
 	who = s->model_owner;
-	if (model.len && s->nmodels) {
-		const char *m = str_of(s, line, &model);
-		ent *e = table_slot(&s->models, s->mnames, m, model.len, hash(m, model.len));
+	if (l->model.len && s->nmodels) {
+		const char *m = str_of(s, lp, &l->model);
+		ent *e = table_slot(&s->models, s->mnames, m, l->model.len, hash(m, l->model.len));
 		if (e->v)
 			who = s->mowner[e->v - 1];
 	}
@@ -1318,92 +1489,92 @@ static int line_record(trail_settle *s, const char *line, scan *sc, const span *
 		const scored *x = &s->top.v[i];
 		if (x->who.null || x->v >= 0)
 			continue;
-		if (payee_get(s, str_of(s, line, &x->who), x->who.len, 1, &who))
+		if (payee_get(s, str_of(s, lp, &x->who), x->who.len, 1, &who))
 			return oom(err);
 		s->pay[who].neg += x->v;
 	}
 	for (size_t i = 0; i < s->poison.n; i++) {
-		if (payee_get(s, str_of(s, line, &s->poison.v[i]), s->poison.v[i].len, 1, &who))
+		if (payee_get(s, str_of(s, lp, &s->poison.v[i]), s->poison.v[i].len, 1, &who))
 			return oom(err);
 		s->pay[who].poisoning++;
 	}
-	uint8_t d[32];
-	crypto_hash_sha256(d, (const unsigned char *)s->view.p, s->view.n);
-	add256(s->inputs, d);
+	view_digest(s);
 	s->fees += fee;
 	s->records++;
 	return 0;
 }
 
-static uint64_t sat_add(uint64_t a, uint64_t b)
+static int line_flags(trail_settle *s, const rdline *l, trail_error *err)
 {
-	return a + b < a ? UINT64_MAX : a + b;
-}
-
-static int line_flags(trail_settle *s, const char *line, scan *sc, const span *f, trail_error *err)
-{
-	sref who;
-	uint64_t n[3] = {0, 0, 0};
-	const int k[3] = {K_REJ, K_FLAG, K_POISON};
-	if (!f[K_WHO].p || get_str(s, sc, line, &f[K_WHO], 0, &who, "a flags line names its contributor"))
-		return bad(sc, "a flags line names its contributor");
-	for (int i = 0; i < 3; i++)
-		if (f[k[i]].p && get_count(sc, &f[k[i]], COUNT_MAX, &n[i], "flag counts are integers from 0 to 2^40"))
-			return -1;
-	if (s->arena.oom)
-		return oom(err);
-	s->view.n = 0;
-	sb_put(&s->view, "{\"contributor\":", 15);
-	view_str(s, line, &who);
-	sb_put(&s->view, ",\"flagged\":", 11);
-	sb_i64(&s->view, (int64_t)n[1]);
-	sb_put(&s->view, ",\"poisoning\":", 13);
-	sb_i64(&s->view, (int64_t)n[2]);
-	sb_put(&s->view, ",\"rejected\":", 12);
-	sb_i64(&s->view, (int64_t)n[0]);
-	sb_put(&s->view, ",\"type\":\"flags\"}", 16);
 	uint32_t i;
-	if (s->view.oom || payee_get(s, str_of(s, line, &who), who.len, 1, &i))
+	s->view.n = 0;
+	sb_c(&s->view, 'F');
+	view_str(s, l->p, &l->who);
+	for (int k = 0; k < 3; k++)
+		sb_uv(&s->view, l->count[k]);
+	if (s->view.oom || payee_get(s, str_of(s, l->p, &l->who), l->who.len, 1, &i))
 		return oom(err);
 	payee *p = &s->pay[i];
-	p->rejected = sat_add(p->rejected, n[0]);
-	p->flagged = sat_add(p->flagged, n[1]);
-	p->poisoning = sat_add(p->poisoning, n[2]);
-	uint8_t d[32];
-	crypto_hash_sha256(d, (const unsigned char *)s->view.p, s->view.n);
-	add256(s->inputs, d);
+	p->rejected = sat_add(p->rejected, l->count[0]);
+	p->flagged = sat_add(p->flagged, l->count[1]);
+	p->poisoning = sat_add(p->poisoning, l->count[2]);
+	view_digest(s);
 	s->flag_lines++;
 	return 0;
 }
 
-int trail_settle_line(trail_settle *s, const char *line, size_t len, trail_error *err)
+/* The first fault among the members `use` that the line has, as "member: fault". */
+static const char *faulty(const rdline *l, unsigned use, char *buf, size_t size)
 {
-	scan sc = {line, line + len, NULL};
-	span f[NKEYS];
+	for (int k = 0; k < NKEYS; k++)
+		if (use & l->seen & 1u << k && l->fault[k]) {
+			snprintf(buf, size, "%s: %s", LINE_KEYS[k].k, l->fault[k]);
+			return buf;
+		}
+	return NULL;
+}
+
+int trail_settle_line(trail_settle *s, const char *text, size_t len, trail_error *err)
+{
+	scan sc = {text, text + len, NULL, 0};
+	rdline l;
+	char why[160];
+	const char *f;
 	ws(&sc);
 	if (sc.p == sc.e)
 		return TRAIL_OK;
 	s->arena.n = 0;
 	s->arena.oom = s->view.oom = 0;
+	s->contrib.n = s->top.n = s->members.n = s->poison.n = s->clusters.n = 0;
 	if (*sc.p != '{')
 		return trail_error_set(err, TRAIL_EDATA, "not a JSON object");
-	if (object(&sc, LINE_KEYS, NKEYS, f, 0))
-		return trail_error_set(err, TRAIL_EDATA, "%s", sc.why);
-	ws(&sc);
-	if (sc.p != sc.e)
-		return trail_error_set(err, TRAIL_EDATA, "text after the JSON object");
+	memset(&l, 0, sizeof l);
+	l.p = text;
+	if (rd_line(s, &sc, &l))
+		return sc.oom ? oom(err) : trail_error_set(err, TRAIL_EDATA, "%s", sc.why);
+	if (s->arena.oom)
+		return oom(err);
 	int rc;
-	if (f[K_TYPE].p) {
+	if (l.seen & 1u << K_TYPE) {
 		static const char flags[] = "\"flags\"";
-		if (f[K_TYPE].e - f[K_TYPE].p != 7 || memcmp(f[K_TYPE].p, flags, 7))
+		if (l.type.e - l.type.p != 7 || memcmp(l.type.p, flags, 7))
 			return trail_error_set(err, TRAIL_EDATA,
 					       "a line with a type other than \"flags\" is not settlement input");
-		rc = line_flags(s, line, &sc, f, err);
+		if (!(l.seen & 1u << K_WHO) || l.fault[K_WHO])
+			return trail_error_set(err, TRAIL_EDATA, "a flags line names its contributor");
+		if ((f = faulty(&l, 1u << K_REJ | 1u << K_FLAG | 1u << K_POISON, why, sizeof why)) || l.poison_list)
+			return trail_error_set(err, TRAIL_EDATA, "%s", f ? f : "poisoning: a count was expected");
+		rc = line_flags(s, &l, err);
 	} else {
-		rc = line_record(s, line, &sc, f, err);
+		const unsigned need = 1u << K_EVENT | 1u << K_USAGE | 1u << K_CONTRIB;
+		if ((l.seen & need) != need)
+			return trail_error_set(err, TRAIL_EDATA, "an attribution record has event, usage and contributors");
+		if ((f = faulty(&l, need | 1u << K_CLUSTERS | 1u << K_TOP | 1u << K_MODEL | 1u << K_POISON, why,
+				sizeof why)) ||
+		    (l.seen & 1u << K_POISON && !l.poison_list))
+			return trail_error_set(err, TRAIL_EDATA, "%s", f ? f : "poisoning: an array of contributors was expected");
+		rc = line_record(s, &l, err);
 	}
-	if (rc == -1 && sc.why)
-		return trail_error_set(err, TRAIL_EDATA, "%s", sc.why);
 	if (rc == -2)
 		return TRAIL_ELIMIT;
 	return rc ? (err && err->code ? err->code : TRAIL_ENOMEM) : TRAIL_OK;
@@ -1473,6 +1644,290 @@ int trail_settle_read(trail_settle *s, FILE *in, const char *src, trail_error *e
 	}
 out:
 	trail_free(buf);
+	return rc;
+}
+
+/* ---- reading with helper threads --------------------------------------------------------- */
+
+/*
+ * The input is cut at newlines into blocks of about BLOCK bytes, handed in
+ * order to `threads` workers, each with its own handle made from the same
+ * policy. The per-payee sums are exact integers, so adding the workers'
+ * handles into s afterwards gives exactly the sums one thread would have:
+ * the result does not depend on the number of threads. An error is
+ * reported for the first bad line in input order (every block before it
+ * was dispatched, so read, before the reader stopped).
+ */
+#define BLOCK ((size_t)4 << 20)
+
+typedef struct block {
+	char *p;
+	size_t n, cap;
+	uint64_t seq;
+	long lines; /* lines read in this block: all of them, or up to the bad one */
+	int rc;
+	trail_error err;
+	struct block *next;
+} block;
+
+typedef struct rdpool {
+	pthread_mutex_t mu;
+	pthread_cond_t full_cv, free_cv;
+	block *full, *full_tail, *free;
+	int done, failed;
+	uint64_t fail_seq;
+	block *blocks;
+	size_t nblocks;
+	long *lines; /* lines of block seq, once read */
+	size_t caplines;
+} rdpool;
+
+typedef struct worker {
+	rdpool *pl;
+	trail_settle *s;
+	pthread_t th;
+} worker;
+
+static void block_lines(trail_settle *s, block *b)
+{
+	size_t start = 0;
+	char *nl;
+	b->lines = 0;
+	b->rc = TRAIL_OK;
+	while (start < b->n) {
+		nl = memchr(b->p + start, '\n', b->n - start);
+		size_t end = nl ? (size_t)(nl - b->p) : b->n;
+		b->lines++;
+		if ((b->rc = trail_settle_line(s, b->p + start, end - start, &b->err)))
+			return;
+		start = end + 1;
+	}
+}
+
+static void *work(void *arg)
+{
+	worker *w = arg;
+	rdpool *pl = w->pl;
+	pthread_mutex_lock(&pl->mu);
+	for (;;) {
+		while (!pl->full && !pl->done)
+			pthread_cond_wait(&pl->full_cv, &pl->mu);
+		block *b = pl->full;
+		if (!b)
+			break;
+		if (!(pl->full = b->next))
+			pl->full_tail = NULL;
+		pthread_mutex_unlock(&pl->mu);
+		block_lines(w->s, b);
+		pthread_mutex_lock(&pl->mu);
+		pl->lines[b->seq] = b->lines;
+		if (b->rc && (!pl->failed || b->seq < pl->fail_seq)) {
+			pl->failed = 1;
+			pl->fail_seq = b->seq;
+		}
+		if (b->rc) { /* kept aside: its error is reported */
+			b->next = NULL;
+		} else {
+			b->next = pl->free;
+			pl->free = b;
+		}
+		pthread_cond_signal(&pl->free_cv);
+	}
+	pthread_mutex_unlock(&pl->mu);
+	return NULL;
+}
+
+/* Add t's sums into s: payees by name. */
+static int merge(trail_settle *s, const trail_settle *t)
+{
+	for (size_t i = 0; i < t->npay; i++) {
+		const payee *q = &t->pay[i];
+		uint32_t k;
+		if (payee_get(s, q->name, q->len, 1, &k))
+			return -1;
+		payee *p = &s->pay[k];
+		p->acc += q->acc;
+		p->mfee += q->mfee;
+		p->neg += q->neg;
+		p->rejected = sat_add(p->rejected, q->rejected);
+		p->flagged = sat_add(p->flagged, q->flagged);
+		p->poisoning = sat_add(p->poisoning, q->poisoning);
+	}
+	s->fees += t->fees;
+	add256(s->inputs, t->inputs);
+	s->records += t->records;
+	s->flag_lines += t->flag_lines;
+	return 0;
+}
+
+int trail_settle_read_threads(trail_settle *s, FILE *in, const char *src, int threads, trail_error *err)
+{
+	if (threads <= 1)
+		return trail_settle_read(s, in, src, err);
+	if (threads > 64)
+		threads = 64;
+	rdpool pl = {.nblocks = (size_t)threads * 2 + 2};
+	worker w[64];
+	int started = 0, rc = TRAIL_OK;
+	uint64_t seq = 0;
+	char *carry = NULL; /* the start of a line cut by the end of a block */
+	size_t ncarry = 0, capcarry = 0;
+	block *failed = NULL;
+	pthread_mutex_init(&pl.mu, NULL);
+	pthread_cond_init(&pl.full_cv, NULL);
+	pthread_cond_init(&pl.free_cv, NULL);
+	if (!(pl.blocks = trail_calloc(pl.nblocks, sizeof *pl.blocks))) {
+		rc = oom(err);
+		goto out;
+	}
+	for (size_t i = 0; i < pl.nblocks; i++) {
+		if (!(pl.blocks[i].p = trail_malloc(pl.blocks[i].cap = BLOCK))) {
+			rc = oom(err);
+			goto out;
+		}
+		pl.blocks[i].next = pl.free;
+		pl.free = &pl.blocks[i];
+	}
+	for (; started < threads; started++) {
+		w[started].pl = &pl;
+		if (started == 0) {
+			w[0].s = s;
+		} else if ((rc = trail_settle_new(s->policy, &w[started].s, err))) {
+			goto out;
+		}
+		if (pthread_create(&w[started].th, NULL, work, &w[started])) {
+			if (started)
+				trail_settle_free(w[started].s);
+			rc = trail_error_set(err, TRAIL_ENOMEM, "cannot start a thread");
+			goto out;
+		}
+	}
+	for (int eof = 0; !eof;) {
+		pthread_mutex_lock(&pl.mu);
+		while (!pl.free && !pl.failed)
+			pthread_cond_wait(&pl.free_cv, &pl.mu);
+		block *b = pl.failed ? NULL : pl.free;
+		if (b)
+			pl.free = b->next;
+		pthread_mutex_unlock(&pl.mu);
+		if (!b)
+			break;
+		/* the block: the carried part line, then as much input as fits, cut after its last newline */
+		char *nl = NULL;
+		b->n = 0;
+		for (;;) {
+			if (b->cap < ncarry + BLOCK / 2) {
+				size_t nc = b->cap;
+				while (nc < ncarry + BLOCK / 2)
+					nc *= 2;
+				char *np = nc > LINE_LIMIT + BLOCK ? NULL : trail_realloc(b->p, nc);
+				if (!np) {
+					rc = nc > LINE_LIMIT + BLOCK
+						     ? trail_error_set(err, TRAIL_ELIMIT, "%s: a line longer than 256 MiB", src)
+						     : oom(err);
+					break;
+				}
+				b->p = np, b->cap = nc;
+			}
+			memcpy(b->p, carry, ncarry);
+			b->n = ncarry;
+			size_t got = fread(b->p + b->n, 1, b->cap - b->n, in);
+			b->n += got;
+			if (got == 0) {
+				if (ferror(in))
+					rc = trail_error_set(err, TRAIL_EIO, "%s: read error", src);
+				eof = 1;
+				ncarry = 0;
+				break;
+			}
+			nl = memrchr(b->p + ncarry, '\n', got);
+			if (nl)
+				break;
+			/* no newline yet: the whole block is one line's start; carry it and read on */
+			if (ncarry + got > capcarry) {
+				char *nc2 = trail_realloc(carry, (ncarry + got) * 2);
+				if (!nc2) {
+					rc = oom(err);
+					break;
+				}
+				carry = nc2, capcarry = (ncarry + got) * 2;
+			}
+			memcpy(carry, b->p, ncarry + got);
+			ncarry += got;
+		}
+		if (rc) {
+			pthread_mutex_lock(&pl.mu);
+			b->next = pl.free, pl.free = b;
+			pthread_mutex_unlock(&pl.mu);
+			break;
+		}
+		if (nl) {
+			size_t tail = b->n - (size_t)(nl - b->p) - 1;
+			if (tail > capcarry) {
+				char *nc2 = trail_realloc(carry, tail * 2);
+				if (!nc2) {
+					rc = oom(err);
+					break;
+				}
+				carry = nc2, capcarry = tail * 2;
+			}
+			memcpy(carry, nl + 1, tail);
+			ncarry = tail;
+			b->n -= tail + 1; /* the last newline too: block_lines reads up to the end */
+		}
+		b->seq = seq++;
+		b->next = NULL;
+		pthread_mutex_lock(&pl.mu);
+		if (b->seq >= pl.caplines) {
+			long *nl2 = trail_realloc(pl.lines, (pl.caplines * 2 + 64) * sizeof *nl2);
+			if (!nl2) {
+				b->next = pl.free, pl.free = b;
+				pthread_mutex_unlock(&pl.mu);
+				rc = oom(err);
+				break;
+			}
+			pl.lines = nl2, pl.caplines = pl.caplines * 2 + 64;
+		}
+		if (pl.full_tail)
+			pl.full_tail->next = b;
+		else
+			pl.full = b;
+		pl.full_tail = b;
+		pthread_cond_signal(&pl.full_cv);
+		pthread_mutex_unlock(&pl.mu);
+	}
+out:
+	pthread_mutex_lock(&pl.mu);
+	pl.done = 1;
+	pthread_cond_broadcast(&pl.full_cv);
+	pthread_mutex_unlock(&pl.mu);
+	for (int i = 0; i < started; i++)
+		pthread_join(w[i].th, NULL);
+	/* the first bad line in input order: every block before it was read whole */
+	if (!rc && pl.failed) {
+		long before = 0;
+		for (uint64_t i = 0; i < pl.fail_seq; i++)
+			before += pl.lines[i];
+		for (size_t i = 0; i < pl.nblocks; i++)
+			if (pl.blocks[i].rc && pl.blocks[i].seq == pl.fail_seq)
+				failed = &pl.blocks[i];
+		rc = trail_error_at(err, failed->rc, src, before + failed->lines, "%s", failed->err.msg);
+	}
+	for (int i = 1; i < started; i++) {
+		if (!rc && merge(s, w[i].s))
+			rc = oom(err);
+		trail_settle_free(w[i].s);
+	}
+	if (!rc && s->fees > FEES_MAX)
+		rc = trail_error_set(err, TRAIL_ELIMIT, "the epoch's fees exceed 2^53-1 minor units");
+	for (size_t i = 0; pl.blocks && i < pl.nblocks; i++)
+		trail_free(pl.blocks[i].p);
+	trail_free(pl.blocks);
+	trail_free(pl.lines);
+	trail_free(carry);
+	pthread_mutex_destroy(&pl.mu);
+	pthread_cond_destroy(&pl.full_cv);
+	pthread_cond_destroy(&pl.free_cv);
 	return rc;
 }
 
@@ -1701,8 +2156,8 @@ int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_
 				     (long long)unattributed, (long long)unstaked, (long long)held);
 		goto done;
 	}
-	char in[72] = "sha256:", pd[72], od[72], dg[72];
-	trail_hex(s->inputs, 32, in + 7);
+	char in[80] = "blake2b:", pd[72], od[72], dg[72];
+	trail_hex(s->inputs, 32, in + 8);
 	if ((rc = trail_jcs_digest(s->policy, pd, err)) || (rc = trail_jcs_digest(pay, od, err)))
 		goto done;
 	json_t *ep = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:s, s:s, s:s}", "type",
@@ -1821,8 +2276,10 @@ static int find_settlement(trail_ledger *l, const char *epoch, uint64_t *index, 
 			break;
 		if (memmem(b, len, type, sizeof type - 1) && memmem(b, len, pat.p, pat.n) &&
 		    trail_json_parse(b, len, "log", &j, NULL) == TRAIL_OK) {
+			/* the byte search is only a filter: "type" and "epoch" must be the entry's own members */
 			const char *e = json_string_value(json_object_get(j, "epoch"));
-			if (e && !strcmp(e, epoch)) {
+			const char *t = json_string_value(json_object_get(j, "type"));
+			if (e && t && !strcmp(t, "settlement") && !strcmp(e, epoch)) {
 				*entry = j;
 				*index = i;
 			} else {

@@ -67,6 +67,12 @@ int trail_settle_add(trail_settle *s, const json_t *rec, trail_error *err);
  * line accepted is 256 MiB.
  */
 int trail_settle_read(trail_settle *s, FILE *in, const char *src, trail_error *err);
+/*
+ * The same with `threads` workers (1: trail_settle_read), each with its own
+ * sums, added into s at the end: the result is the same whatever the
+ * number of threads; an error names the first bad line in input order.
+ */
+int trail_settle_read_threads(trail_settle *s, FILE *in, const char *src, int threads, trail_error *err);
 
 /* Attribution records accounted so far; payees known (named in the policy or the input). */
 uint64_t trail_settle_records(const trail_settle *s);

@@ -471,7 +471,7 @@ static int file_digest(const char *dir, const char *name, char out[72], trail_er
 static int record_in_store(trail_store *s, const trail_train_job *j, const json_t *man, int adapter,
 			   json_t *result, trail_error *err)
 {
-	static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json", "training.json",
+	static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "training.json",
 						  "attribution.idx", "attribution.idx.span", NULL};
 	static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", "training.json",
 						    "attribution.idx", "attribution.idx.span", NULL};

@@ -33,7 +33,10 @@ struct trail_validator {
 	char *source;
 	trail_minhasher *mh;
 	trail_ndindex *ix;
+	trail_qscratch *qs;
 	uint64_t napproved; /* index ordinals below this are approved records */
+	uint32_t *apslot;   /* approved records in the index by id: ordinal + 1; 0 empty */
+	size_t apcap, napslot; /* apcap: power of two */
 	long *ixline;       /* input line of index ordinal napproved + i */
 	size_t nixline, ixlinecap;
 	struct idset ids;
@@ -99,6 +102,51 @@ static int idset_add(struct idset *s, const uint8_t id[32], long line)
 	return TRAIL_OK;
 }
 
+/*
+ * Approved records that are in the near-duplicate index, by id, so an exact
+ * copy of one is found in constant time however many records share its
+ * LSH buckets. Ids live in the index; the table holds ordinals.
+ */
+static long approved_find(const trail_validator *v, const uint8_t id[32])
+{
+	if (!v->apcap)
+		return -1;
+	for (size_t i = idslot(id, v->apcap); v->apslot[i]; i = (i + 1) & (v->apcap - 1))
+		if (!memcmp(trail_ndindex_id(v->ix, v->apslot[i] - 1), id, 32))
+			return (long)v->apslot[i] - 1;
+	return -1;
+}
+
+/* Record index ordinal o (an approved record with this id) unless one is there already. */
+static int approved_add(trail_validator *v, const uint8_t id[32], uint64_t o)
+{
+	if (approved_find(v, id) >= 0)
+		return TRAIL_OK;
+	if ((v->napslot + 1) * 2 > v->apcap) {
+		size_t nc = v->apcap ? v->apcap * 2 : 1024;
+		uint32_t *ns = trail_calloc(nc, sizeof *ns);
+		if (!ns)
+			return TRAIL_ENOMEM;
+		for (size_t i = 0; i < v->apcap; i++) {
+			if (!v->apslot[i])
+				continue;
+			size_t k = idslot(trail_ndindex_id(v->ix, v->apslot[i] - 1), nc);
+			while (ns[k])
+				k = (k + 1) & (nc - 1);
+			ns[k] = v->apslot[i];
+		}
+		trail_free(v->apslot);
+		v->apslot = ns;
+		v->apcap = nc;
+	}
+	size_t k = idslot(id, v->apcap);
+	while (v->apslot[k])
+		k = (k + 1) & (v->apcap - 1);
+	v->apslot[k] = (uint32_t)o + 1;
+	v->napslot++;
+	return TRAIL_OK;
+}
+
 int trail_validator_new(const trail_policy *p, trail_validator **out, trail_error *err)
 {
 	trail_validator *v = trail_calloc(1, sizeof *v);
@@ -107,7 +155,8 @@ int trail_validator_new(const trail_policy *p, trail_validator **out, trail_erro
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	v->p = p;
 	v->redact = p->redact;
-	if (trail_minhasher_new(&p->nd, &v->mh) || trail_ndindex_new(&p->nd, &v->ix)) {
+	if (trail_minhasher_new(&p->nd, &v->mh) || trail_ndindex_new(&p->nd, &v->ix) ||
+	    !(v->qs = trail_qscratch_new())) {
 		trail_validator_free(v);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
@@ -121,7 +170,9 @@ void trail_validator_free(trail_validator *v)
 		return;
 	trail_minhasher_free(v->mh);
 	trail_ndindex_free(v->ix);
+	trail_qscratch_free(v->qs);
 	trail_free(v->ixline);
+	trail_free(v->apslot);
 	trail_free(v->ids.id);
 	trail_free(v->ids.line);
 	trail_free(v->ids.slot);
@@ -218,9 +269,12 @@ int trail_validator_approve(trail_validator *v, const json_t *record, trail_erro
 	long ns = text ? trail_minhash(v->mh, text, len, v->sig) : -TRAIL_ENOMEM;
 	trail_free(own);
 	int rc = ns < 0 ? TRAIL_ENOMEM : TRAIL_OK;
-	if (!rc && ns > 0)
+	if (!rc && ns > 0) {
+		uint64_t o = trail_ndindex_count(v->ix);
 		rc = trail_ndindex_add(v->ix, v->sig, raw);
-	else if (!rc)
+		if (!rc)
+			rc = approved_add(v, raw, o);
+	} else if (!rc)
 		rc = idset_add(&v->ids, raw, 0);
 	if (rc)
 		return trail_error_set(err, rc, "cannot index approved record %s", id);
@@ -412,15 +466,11 @@ static int check_dups(trail_validator *v, const json_t *rec, const uint8_t raw[3
 		return -1;
 	if (ns == 0)
 		return 0;
-	if (v->napproved) {
-		int c = trail_ndindex_contains(v->ix, v->sig, raw, &ord);
-		if (c < 0)
-			return -1;
-		if (c && ord < v->napproved) {
-			if (!p->on[R_DUPLICATE])
-				return 0;
-			return add(R, dup_reason(v, "duplicate", raw, 0, -1));
-		}
+	if (v->napproved && approved_find(v, raw) >= 0) {
+		/* An exact copy of an approved record (the earliest with this id). */
+		if (!p->on[R_DUPLICATE])
+			return 0;
+		return add(R, dup_reason(v, "duplicate", raw, 0, -1));
 	}
 	if (p->on[R_NEAR]) {
 		double score;
@@ -543,7 +593,7 @@ int trail_validator_check(trail_validator *v, const json_t *record, long n, json
 			char *own;
 			size_t len;
 			const char *text = content(v, rec, &len, &own);
-			int q = text ? trail_quality_check(p, text, len, R) : -1;
+			int q = text ? trail_quality_check_with(p, v->qs, text, len, R) : -1;
 			trail_free(own);
 			if (q)
 				goto out;

@@ -121,12 +121,17 @@ void trail_ndindex_free(trail_ndindex *ix);
 int trail_ndindex_add(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[32]);
 /*
  * The best match for a signature: the record with the highest score at or
- * above the threshold (the earliest on ties). Returns 1 and fills
- * ordinal/score when found, 0 when not, -TRAIL_ENOMEM on failure.
+ * above the threshold (the earliest on ties) among the candidates, which
+ * are at most the 32 earliest records sharing each band key, so a flood of
+ * near-identical records costs a bounded amount per query. Returns 1 and
+ * fills ordinal/score when found, 0 when not, -TRAIL_ENOMEM on failure.
  */
 int trail_ndindex_query(trail_ndindex *ix, const uint32_t *sig, uint64_t *ordinal,
 			double *score);
-/* Whether a record with this id and signature is in the index (exact copy). */
+/*
+ * Whether a record with this id and signature is in the index (exact copy):
+ * every record sharing its first band key is compared, however many.
+ */
 int trail_ndindex_contains(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[32],
 			   uint64_t *ordinal);
 const uint8_t *trail_ndindex_id(const trail_ndindex *ix, uint64_t ordinal);

@@ -2,6 +2,7 @@
 #   check DESC CMD...      ok if CMD exits 0
 #   check_rc RC DESC CMD...ok if CMD exits with RC
 #   check_eq DESC GOT WANT
+#   skip DESC WHY          a check not run here, and why
 #   finish                 prints the plan; exits 1 if anything failed
 n=0 failed=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/trail-cli.XXXXXX") || exit 70
@@ -24,4 +25,5 @@ check_eq() {
 	result $r "$1"
 	[ $r -eq 0 ] || printf '#   got:  %s\n#   want: %s\n' "$2" "$3"
 }
+skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
 finish() { echo "1..$n"; [ "$failed" -eq 0 ]; }

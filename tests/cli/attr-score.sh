@@ -1,8 +1,8 @@
 #!/bin/bash
 # attr-score: index building, attribution records with spans and copy
-# clusters, identical bytes on every run, --verify against altered scores,
-# records, index and model bytes, --prove chains that verify offline, and
-# clean errors that write nothing.
+# clusters, identical bytes on every run, thread count and scoring kernel,
+# --verify against altered scores, records, index and model bytes, --prove
+# chains that verify offline, and clean errors that write nothing.
 . "$TRAIL_TOP/tests/tap.sh"
 cd "$T" || exit 70
 # three contributors' facts; c3 copies one of c0's records word for word
@@ -28,6 +28,8 @@ attr-score $args < ev.ndjson > a2
 check "the same events give the same bytes" cmp a1 a2
 attr-score $args --threads 2 < ev.ndjson > a3
 check "and with two threads, again the same bytes run to run" sh -c "attr-score $args --threads 2 < ev.ndjson | cmp - a3"
+check "one thread and two give the same bytes" cmp a1 a3
+check "the portable scoring kernel gives the same bytes" sh -c "TRAIL_ATTR_SCALAR=1 attr-score $args < ev.ndjson | cmp - a1"
 r1=$(sed -n 1p a1)
 for f in event model adapter index method params top contributors spans clusters usage scores_digest; do
 	case "$r1" in *"\"$f\":"*) r=0 ;; *) r=1 ;; esac

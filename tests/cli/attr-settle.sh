@@ -52,6 +52,16 @@ attr-settle --key settler.key --policy pol.json --epoch signed < attr.ndjson > /
 check "--key signs the entry with that key" sh -c "trail-log show | grep '\"epoch\":\"signed\"' | grep -q \"\$(cut -d+ -f1-2 settler.pub)\""
 check "the ledger verifies" trail-log verify
 
+# the recorded settlement is found by the entry's own type and its exact epoch
+echo '{"type":"note","epoch":"E1","about":{"type":"settlement","epoch":"E1"}}' | trail-log append > /dev/null
+check_rc 0 "an entry of another type that names a settlement of the epoch is not one" sh -c 'attr-settle --policy pol.json --epoch E1 < attr.ndjson > /dev/null'
+check_eq "and E1 is settled once" "$(trail-log show | grep '"result_object"' | grep -c '"epoch":"E1"')" 1
+check_rc 0 "an epoch that is a prefix of a settled one is another epoch" sh -c 'head -100 attr.ndjson | attr-settle --policy pol.json --epoch 2026-1 > /dev/null'
+check_rc 0 "so is one that extends it" sh -c 'head -100 attr.ndjson | attr-settle --policy pol.json --epoch 2026-11-b > /dev/null'
+sed 's/"event":"e7"/"event":"renamed"/' attr.ndjson > renamed.ndjson
+attr-settle --policy pol.json --epoch 2026-11 renamed.ndjson > r4
+check "an event id changed is the same inputs (it cannot change the result): the recorded result" cmp r1 r4
+
 # exit statuses and messages
 printf '{"event":"a","usage":{"prompt_tokens":1,"completion_tokens":1},"contributors":[]}\n\n{"event":"b","usage":{"prompt_tokens":1}}\n' > bad.ndjson
 attr-settle --dry-run --policy pol.json --epoch x < bad.ndjson > /dev/null 2> bad.err
@@ -76,6 +86,18 @@ kills=50
 RANDOM=7
 awk 'BEGIN { for (i = 0; i < 50000; i++) printf "{\"event\":\"e%d\",\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":9},\"contributors\":[{\"contributor\":\"c%d\",\"share\":0.7},{\"contributor\":\"c%d\",\"share\":0.3}]}\n", i, i % 900, i % 31, i % 17 }' > big.ndjson
 attr-settle --dry-run --policy pol.json --epoch k < big.ndjson | grep '"type":"payout"' > want
+
+# threads: the input is cut into blocks (several here); sums are added exactly, so the bytes are the same
+for j in 1 2 3 7; do attr-settle --dry-run --threads $j --policy pol.json --epoch k < big.ndjson > "j$j"; done
+check "1, 2, 3 and 7 threads print the same bytes" sh -c 'cmp j1 j2 && cmp j1 j3 && cmp j1 j7'
+awk 'NR == 41234 { sub(/"usage"/, "\"usage\":1,\"u\"") } { print }' big.ndjson | head -c -1 > bigbad.ndjson
+for j in 1 2; do attr-settle --dry-run --threads $j --policy pol.json --epoch k bigbad.ndjson > /dev/null 2> "jbad$j"; echo $? >> "jbad$j"; done
+check "a bad line deep in the input: the same message and status with 2 threads" cmp jbad1 jbad2
+check "naming its line" grep -q 'bigbad.ndjson:41234: ' jbad2
+head -c -1 big.ndjson > nonl.ndjson
+attr-settle --dry-run --threads 2 --policy pol.json --epoch k nonl.ndjson | grep '"type":"payout"' > jnonl
+check "a last line without its newline is read" cmp jnonl want
+check_rc 64 "--threads 0: 64" attr-settle --dry-run --threads 0 --policy pol.json --epoch k big.ndjson
 t0=$(date +%s%N)
 attr-settle --dry-run --policy pol.json --epoch k < big.ndjson > /dev/null
 ms=$(( ($(date +%s%N) - t0) / 1000000 + 20 )) # kill points span the whole run

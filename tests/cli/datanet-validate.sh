@@ -74,7 +74,32 @@ printf '{"text":"x"}\n' > "$T/one.ndjson"
 chmod 000 "$T/one.ndjson" 2>/dev/null
 [ "$(id -u)" = 0 ] || check_rc 66 "unreadable input: exit 66" datanet-validate "$T/one.ndjson"
 
-# The effective policy, and the man page against it.
+# A flood of near-identical short records: every LSH band key is shared by
+# all of them, and the work per record must stay bounded (it was quadratic).
+# 20,000 records here, 200,000 under check-full, each run within a limit.
+nflood=20000 limit=60
+[ -n "${TRAIL_FULL:-}" ] && nflood=200000 limit=180
+awk -v n=$nflood 'BEGIN { for (i = 0; i < n; i++) printf "{\"text\":\"the committee met on tuesday to review the harbour plan and agreed that the new pier should open before the summer season begins in the old town, entry %d.\"}\n", i }' > "$T/flood.ndjson"
+head -1 "$T/flood.ndjson" | sed 's/entry 0/entry approved/' > "$T/flood-approved.ndjson"
+timeout $limit datanet-validate --no-progress --approved "$T/flood-approved.ndjson" "$T/flood.ndjson" > "$T/flood1.out" 2>/dev/null
+check_eq "a flood of $nflood near-identical records is checked within ${limit}s" "$?" 1
+timeout $limit datanet-validate --no-progress --approved "$T/flood-approved.ndjson" "$T/flood.ndjson" > "$T/flood2.out" 2>/dev/null
+check "and gives the same verdicts on every run" cmp "$T/flood1.out" "$T/flood2.out"
+check_eq "every flood record is a near duplicate of an earlier record or the approved one" "$(python3 - "$T/flood1.out" <<'PYEOF'
+import json, sys
+bad = 0
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    if "summary" in v:
+        continue
+    near = [r for r in v["reasons"] if r["rule"] == "near-duplicate"]
+    if len(near) != 1 or near[0].get("n", 0) >= v["n"]:
+        bad += 1
+print(bad)
+PYEOF
+)" 0
+
+
 datanet-validate --print-policy > "$T/policy.json"
 check "--print-policy prints a policy that parses back" datanet-validate --policy "$T/policy.json" good.ndjson
 man="$TRAIL_TOP/man/datanet-validate.1"

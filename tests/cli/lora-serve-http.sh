@@ -140,8 +140,12 @@ nr=$(wc -l < rss.txt)
 first=$(head -n $((nr / 3)) rss.txt | sort -n | tail -1)
 last=$(tail -n $((nr / 3)) rss.txt | sort -n | tail -1)
 echo "# $(cat load.json); RSS kB: first third max $first, last third max $last"
-check "resident memory stable over the load test (last third within 10% + 4 MB of the first)" \
-	test "$last" -le $((first + first / 10 + 4096))
+if [ -n "${TRAIL_SANITIZER:-}" ]; then
+	skip "resident memory stable over the load test" "$TRAIL_SANITIZER keeps freed memory in quarantine"
+else
+	check "resident memory stable over the load test (last third within 10% + 4 MB of the first)" \
+		test "$last" -le $((first + first / 10 + 4096))
+fi
 
 # SIGTERM: the request in flight is finished, then exit 0
 curl -s -o drain.json -w '%{http_code}' $U/v1/completions -d '{"model":"a0","prompt":"Harbour 1","max_tokens":100,"temperature":0,"ignore_eos":true}' > drain.code &

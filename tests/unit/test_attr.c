@@ -228,6 +228,63 @@ static void logistic(const char *path, const trail_tokenizer *tk)
 	trail_dataset_free(d);
 }
 
+/* ---- one summation order: thread count, kernel and batching give the same bits ------------------ */
+
+/* Scores of every method for nq queries [nq, sets x D] with `threads` and the SIMD (or portable) kernel. */
+static int score_all(const trail_attr_index *x, const float *q, int nq, int threads, int portable, float *out)
+{
+	size_t N = trail_attr_index_info(x)->nrecords, D = trail_attr_index_info(x)->dim;
+	int S = trail_attr_index_info(x)->nsets, rc = 0;
+	float *qq = malloc(sizeof(float) * (size_t)nq * D);
+	trail_blas_threads(threads);
+	if (portable)
+		setenv("TRAIL_ATTR_SCALAR", "1", 1);
+	for (int m = 0; m < 4; m++) {
+		const float *qm = q;
+		if (m != TRAIL_ATTR_TRACIN) { /* the final set's row of each query */
+			for (int k = 0; k < nq; k++)
+				memcpy(qq + (size_t)k * D, q + ((size_t)k * S + (size_t)S - 1) * D, sizeof(float) * D);
+			qm = qq;
+		}
+		rc |= trail_attr_score(x, m, qm, nq, out + (size_t)m * nq * N, NULL);
+	}
+	unsetenv("TRAIL_ATTR_SCALAR");
+	trail_blas_threads(1);
+	free(qq);
+	return rc;
+}
+
+static void same_bits(const trail_attr_index *x, const char *what)
+{
+	uint64_t saved = rs; /* its own draws: the other tests' data stay as they were */
+	size_t N = trail_attr_index_info(x)->nrecords, D = trail_attr_index_info(x)->dim;
+	int S = trail_attr_index_info(x)->nsets, nq = 5;
+	float *q = malloc(sizeof(float) * nq * S * D), *ref = malloc(sizeof(float) * 4 * nq * N);
+	float *got = malloc(sizeof(float) * 4 * nq * N);
+	for (size_t i = 0; i < (size_t)nq * S * D; i++)
+		q[i] = (float)nrand();
+	int rc = score_all(x, q, nq, 1, 0, ref);
+	static const struct {
+		int threads, portable;
+		const char *name;
+	} cf[] = {{2, 0, "2 threads"}, {1, 1, "the portable kernel"}, {2, 1, "the portable kernel on 2 threads"}};
+	for (int c = 0; c < 3; c++) {
+		int r2 = score_all(x, q, nq, cf[c].threads, cf[c].portable, got);
+		ok(!rc && !r2 && !memcmp(ref, got, sizeof(float) * 4 * nq * N), "%s: every method with %s gives the same bits",
+		   what, cf[c].name);
+	}
+	/* each query alone, as in attr-score, against its row of the batch */
+	int same = 1;
+	for (int k = 0; k < nq; k++) {
+		rc |= score_all(x, q + (size_t)k * S * D, 1, 2, k & 1, got);
+		for (int m = 0; m < 4; m++)
+			same &= !memcmp(got + (size_t)m * N, ref + ((size_t)m * nq + (size_t)k) * N, sizeof(float) * N);
+	}
+	ok(!rc && same, "%s: a query alone gives the bits of its row of a batch", what);
+	free(q), free(ref), free(got);
+	rs = saved;
+}
+
 /* ---- scoring against the reference --------------------------------------------------------- */
 
 static void scoring(const char *path, const trail_tokenizer *tk)
@@ -315,6 +372,7 @@ static void scoring(const char *path, const trail_tokenizer *tk)
 		free(all);
 	}
 	ok(worst < 1e-3, "self-influence is g^T (F + lambda I)^-1 g (max rel %.2g)", worst);
+	same_bits(x, "300 records x 32");
 	free(q), free(sc), free(ref);
 	trail_attr_index_free(x);
 	/* the same rows give the same bytes */
@@ -325,6 +383,41 @@ static void scoring(const char *path, const trail_tokenizer *tk)
 	trail_unmap(&m1);
 	ok(strlen(d1) == 71, "index digest %s", d1);
 	trail_dataset_free(d);
+}
+
+/* 2,100 records (three DataInf chunks, several row blocks a thread) of 21 coordinates (a partial lane group) */
+static void bits_chunks(const trail_tokenizer *tk)
+{
+	size_t N = 2100;
+	int S = 2, D = 21;
+	uint64_t saved = rs;
+	trail_dataset *d = dataset(N, tk, 0);
+	trail_attr_ident id = {.model = "sha256:0"};
+	memcpy(id.root, d->root, 44);
+	trail_attr_params p = {.seed = 1, .k_in = 3, .k_out = 7, .damping = 0.05};
+	char path[] = "/tmp/trail-attr-XXXXXX";
+	close(mkstemp(path));
+	trail_attr_builder *b = NULL;
+	trail_attr_index *x = NULL;
+	int rc = trail_attr_builder_new(path, NULL, &id, &p, N, S, &b, NULL);
+	float g[21];
+	for (int s = 0; s < S && !rc; s++) {
+		rc = trail_attr_builder_set(b, s, NULL, 1.0 + s, NULL);
+		for (size_t i = 0; i < N && !rc; i++) {
+			double sc = pow(10, -3 + 4 * urand());
+			for (int e = 0; e < D; e++)
+				g[e] = (float)(sc * nrand());
+			rc = trail_attr_builder_add(b, s, i, g, NULL);
+		}
+	}
+	ok(!rc && !trail_attr_builder_finish(b, d, NULL) && !trail_attr_index_open(path, &x, NULL),
+	   "an index of 2,100 records x 21");
+	if (x)
+		same_bits(x, "2,100 records x 21");
+	trail_attr_index_free(x);
+	unlink(path);
+	trail_dataset_free(d);
+	rs = saved;
 }
 
 /* ---- the file's checks ------------------------------------------------------------------------ */
@@ -438,6 +531,8 @@ static void projections(const trail_tokenizer *tk)
 	for (int i = 1; i < 40; i++)
 		best = one[i] > one[best] ? i : best;
 	ok(best == 5, "graddot of a record's own gradient ranks it first");
+	if (ix)
+		same_bits(ix, "6 layer blocks of 15");
 	trail_attr_index_free(ix);
 	unlink(path);
 	trail_dataset_free(d2);
@@ -488,6 +583,7 @@ int main(void)
 	close(fd);
 	projections(tk);
 	scoring(path, tk);
+	bits_chunks(tk);
 	damage(path);
 	logistic(path, tk);
 	clusters(tk);

@@ -280,6 +280,75 @@ static void shuffle(void)
 		free(a[i]), free(b[i]);
 }
 
+/* ---- what the inputs digest covers ------------------------------------------------------- */
+
+static char *inputs_of(const json_t *pol, const char *a, const char *b)
+{
+	char *l[2] = {(char *)a, (char *)b};
+	json_t *res = settle_lines(pol, l, 2, "d");
+	char *d = res ? strdup(json_string_value(json_object_get(json_array_get(res, json_array_size(res) - 1),
+								      "inputs_digest"))) : NULL;
+	json_decref(res);
+	return d;
+}
+
+static void coverage(void)
+{
+	json_t *pol = json_pack("{s:i, s:{s:i}, s:{s:i}}", "fee_per_1k_prompt", 1000, "split_bps", "contributors", 10000,
+				"penalty", "max_poisoning", 5);
+#define REC(ev, model, u, extra)                                                                                   \
+	"{\"event\":\"" ev "\",\"model\":" model ",\"usage\":{\"prompt_tokens\":" u ",\"completion_tokens\":2},"     \
+	"\"contributors\":[{\"contributor\":\"alice\",\"share\":0.5},{\"contributor\":\"bob\",\"share\":0.25}]" extra "}"
+#define HEXM "\"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\""
+#define TOP(s) ",\"top\":[{\"record\":\"r1\",\"contributor\":\"carol\",\"score\":" s "}]"
+	const char *base = REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]");
+	const char *flags = "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":1,\"flagged\":2,\"poisoning\":3}";
+	struct {
+		const char *rec, *fl, *what;
+	} differ[] = {
+		{REC("e1", HEXM, "11", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "usage"},
+		{REC("e1", "\"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeefe\"", "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "the model"},
+		{REC("e1", "\"sha256:00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\"", "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "the model's letter case"},
+		{REC("e1", "null", "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "no model"},
+		{REC("e1", HEXM, "10", TOP("-0.6") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "a negative score"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\",\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "a poisoning report"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"alice\"}]"), flags, "a cluster's first"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":null}]"), flags, "a cluster's first, null"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":2,\"flagged\":2,\"poisoning\":3}", "rejected"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":1,\"flagged\":3,\"poisoning\":3}", "flagged"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"erin\",\"rejected\":1,\"flagged\":2,\"poisoning\":4}", "poisoning counted"},
+		{base, "{\"type\":\"flags\",\"contributor\":\"frank\",\"rejected\":1,\"flagged\":2,\"poisoning\":3}", "the flagged contributor"},
+	}, same[] = {
+		{REC("e2", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"dave\"],\"clusters\":[{\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "the event id"},
+		{REC("e1", HEXM, "10", TOP("-0.5") ",\"poisoning\":[\"d\\u0061ve\"],\"method\":\"x\",\"clusters\":[{\"records\":[],\"members\":[\"alice\",\"bob\"],\"first\":\"bob\"}]"), flags, "escapes and ignored members"},
+		{base, "{\"poisoning\":3,\"flagged\":2,\"rejected\":1,\"contributor\":\"erin\",\"type\":\"flags\",\"note\":1}", "member order"},
+	};
+	char *d0 = inputs_of(pol, base, flags);
+	int bad = 0;
+	for (size_t i = 0; i < sizeof differ / sizeof *differ; i++) {
+		char *d = inputs_of(pol, differ[i].rec, differ[i].fl);
+		if (!d0 || !d || !strcmp(d0, d))
+			bad++, diag("digest unchanged by %s", differ[i].what);
+		free(d);
+	}
+	ok(bad == 0, "the inputs digest changes with usage, model, negative scores, poisoning reports, clusters and every "
+		     "count of a flags line (%d missed)", bad);
+	bad = 0;
+	for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+		char *d = inputs_of(pol, same[i].rec, same[i].fl);
+		if (!d0 || !d || strcmp(d0, d))
+			bad++, diag("digest changed by %s", same[i].what);
+		free(d);
+	}
+	ok(bad == 0, "but not with the event id, escapes, member order or ignored members (%d changed)", bad);
+	ok(d0 && !strncmp(d0, "blake2b:", 8) && strlen(d0) == 8 + 64, "it is written blake2b:<64 hex digits>");
+	free(d0);
+	json_decref(pol);
+#undef REC
+#undef HEXM
+#undef TOP
+}
+
 /* ---- manipulation ------------------------------------------------------------------------ */
 
 static json_t *POL;
@@ -545,14 +614,79 @@ static void models(void)
 	json_decref(pol);
 }
 
+/*
+ * The largest-remainder products at their extremes: fees at the 2^53-1 cap
+ * times per-payee weights near 2^93 (the 192-bit path), stakes near 2^53
+ * each summing past 2^55. Each amount is checked against its quota
+ * computed in long double (64-bit mantissa: error far below 1 unit here).
+ */
+static void extremes(void)
+{
+	json_t *pol = json_pack("{s:I, s:{s:i, s:i}, s:{s:I, s:I, s:I, s:I, s:I}}", "fee_per_1k_prompt", (json_int_t)1 << 40,
+				"split_bps", "stakers", 3333, "contributors", 6667, "stakes", "s1",
+				((json_int_t)1 << 53) - 1, "s2", ((json_int_t)1 << 53) - 3, "s3", (json_int_t)1 << 52,
+				"s4", (json_int_t)7, "s5", ((json_int_t)1 << 53) - 11);
+	char l[512];
+	trail_settle *s;
+	trail_settle_new(pol, &s, NULL);
+	int n = 0;
+	/* 7 records of 2^60 fee numerators: fees 7 * 2^60 / 1000, just under 2^53 */
+	for (; n < 7; n++) {
+		snprintf(l, sizeof l, "{\"event\":\"x%d\",\"usage\":{\"prompt_tokens\":%llu,\"completion_tokens\":0},"
+				      "\"contributors\":[{\"contributor\":\"a\",\"share\":0.333333333},{\"contributor\":\"b\","
+				      "\"share\":0.333333333},{\"contributor\":\"c\",\"share\":0.%09d}]}", n, 1ULL << 20,
+			 333333334 - n);
+		trail_settle_line(s, l, strlen(l), NULL);
+	}
+	json_t *res;
+	trail_error e = {0};
+	int rc = trail_settle_result(s, "x", &res, &e);
+	if (rc)
+		diag("%s", e.msg);
+	long long F = ep_int(res, "fees"), pc = 0, ps = 0;
+	long double D = 7.0L * 1e9L, stake = (long double)(((1LL << 53) - 1) + ((1LL << 53) - 3) + (1LL << 52) + 7 + ((1LL << 53) - 11));
+	int far = 0;
+	long long pool_c = (long long)((unsigned __int128)F * 6667 / 10000), pool_s = F - pool_c;
+	/* pools: largest remainder over the two roles, so each within 1 of its exact share */
+	const char *who[] = {"a", "b", "c"};
+	for (int i = 0; i < 3; i++) {
+		long double w = 0;
+		for (int k = 0; k < 7; k++)
+			w += i < 2 ? 333333333.0L : (long double)(333333334 - k);
+		long long a = paid(res, who[i], "contributor");
+		long double q = (long double)pool_c * w / D;
+		pc += a;
+		if (a < q - 2 || a > q + 2) /* the pool itself may differ by 1 from F * 6667 / 10000 */
+			far++, diag("%s: %lld, quota %.3Lf", who[i], a, q);
+	}
+	const char *st[] = {"s1", "s2", "s3", "s4", "s5"};
+	const long long sv[] = {(1LL << 53) - 1, (1LL << 53) - 3, 1LL << 52, 7, (1LL << 53) - 11};
+	for (int i = 0; i < 5; i++) {
+		long long a = paid(res, st[i], "stakers");
+		long double q = (long double)pool_s * (long double)sv[i] / stake;
+		ps += a;
+		if (a < q - 2 || a > q + 2)
+			far++, diag("%s: %lld, quota %.3Lf", st[i], a, q);
+	}
+	ok(rc == TRAIL_OK && F > (1LL << 52) && far == 0 && pc + ps == ep_int(res, "paid") &&
+	   ep_int(res, "paid") + ep_int(res, "retained") == F,
+	   "fees near 2^53 (%lld), weights near 2^93, stakes near 2^53 summing past 2^55: every amount at its quota, "
+	   "paid + retained = fees", F);
+	json_decref(res);
+	trail_settle_free(s);
+	json_decref(pol);
+}
+
 int main(void)
 {
 	property();
 	shuffle();
+	coverage();
 	manipulation();
 	penalties();
 	strict();
 	models();
+	extremes();
 	json_decref(POL);
 	return tap_done();
 }

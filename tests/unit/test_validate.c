@@ -7,7 +7,9 @@
 #include "json.h"
 #include "tap.h"
 #include "util.h"
-#include "validate.h"
+#include "validate_int.h"
+
+#include <xxhash.h>
 
 /* A paragraph that passes every default rule. */
 #define GOOD                                                                                      \
@@ -444,6 +446,59 @@ static char *edit_text(const char *t, int every)
 	return r;
 }
 
+/*
+ * The one-pass PII scan against each scanner run on its own over every
+ * byte: random texts over the bytes phones, addresses and tokens are made
+ * of, with seeds of each kind spliced in, every kind and each alone.
+ */
+static void test_pii_onepass(void)
+{
+	static const char *const seeds[] = {
+		"+44 20 7946 0958", "(212) 555-0187", "1 415 555 2671", "020 7946 0958",
+		"8.8.8.8", "203.0.113.9", "version 1.2.3.4", "AKIAIOSFODNN7EXAMPLE",
+		"ghp_abcdefghijklmnopqrstuvwxyz0123456789", "xoxb-1234-5678-abcdefghij",
+		"sk_live_abcdefghijklmnop1234", "sk-AbCdEf12GhIjKl34MnOpQr56",
+		"AIzaSyA-abcdefghijklmnopqrstuvwxyz12345", "github_pat_abcdefghijklmnopqrstuvwx",
+		"a@b.example.org", "2001:4860:4860::8888", "-----BEGIN RSA PRIVATE KEY-----"};
+	static const char bytes[] = "0123456789 +-.()/:,_$#Aagxsrkh@\nAIzaSKIAob\xc3\xa9";
+	int same = 1, total = 0;
+	for (int t = 0; t < 3000 && same; t++) {
+		char buf[400];
+		size_t len = 0, want = (size_t)(rnd() % 380);
+		while (len < want) {
+			if (rnd() % 6 == 0) {
+				const char *sd = seeds[rnd() % (sizeof seeds / sizeof *seeds)];
+				size_t n = strlen(sd);
+				if (len + n >= sizeof buf)
+					break;
+				memcpy(buf + len, sd, n);
+				len += n;
+			} else {
+				buf[len++] = bytes[rnd() % (sizeof bytes - 1)];
+			}
+		}
+		for (unsigned kinds = 0; kinds <= 32 && same; kinds = kinds ? kinds << 1 : 1) {
+			unsigned k = kinds == 32 ? 31u : kinds;
+			trail_pii_match a[64], b[64];
+			long na = trail_pii_scan(buf, len, k, a, 64);
+			long nb = trail_pii_scan_reference(buf, len, k, b, 64);
+			same = na == nb;
+			for (long q = 0; same && q < na && q < 64; q++)
+				same = a[q].kind == b[q].kind && a[q].start == b[q].start &&
+				       a[q].end == b[q].end;
+			total += na > 0 ? (int)na : 0;
+			if (!same) {
+				diag("kinds %u: %ld vs reference %ld in [%.*s]", k, na, nb, (int)len, buf);
+				for (long q = 0; q < na && q < 64; q++)
+					diag("  fast %d %zu-%zu", a[q].kind, a[q].start, a[q].end);
+				for (long q = 0; q < nb && q < 64; q++)
+					diag("  ref  %d %zu-%zu", b[q].kind, b[q].start, b[q].end);
+			}
+		}
+	}
+	ok(same, "one-pass PII scan finds what each scanner finds alone (%d matches)", total);
+}
+
 static void test_minhash(void)
 {
 	trail_nd_params np;
@@ -493,6 +548,109 @@ static void test_minhash(void)
 	trail_minhasher_free(m);
 }
 
+/*
+ * Signatures are part of the stored state (indexes are rebuilt from them and
+ * compared across runs), so their values are pinned: XXH3 of the 112
+ * minima of three texts, as computed when the format was set. Every MinHash
+ * kernel this CPU runs must give the C reference's signature.
+ */
+static void test_minhash_pinned(void)
+{
+	static const struct {
+		const char *text;
+		long shingles;
+		uint64_t digest;
+	} pin[] = {
+		{"Hello, world", 1, 0x6f7d71a5bdedf92dull},
+		{"The Quick brown fox, jumps over the lazy dog. It was 1999; caf\xc3\xa9 "
+		 "na\xc3\xafve ABC-123 x_y",
+		 14, 0x39a8cda6906c8f85ull},
+		{"a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 AA BB CC DD "
+		 "EE FF GG HH II JJ KK",
+		 43, 0x9d107d9298d9797eull},
+	};
+	trail_nd_params np;
+	trail_nd_params_default(&np);
+	trail_minhasher *m;
+	trail_minhasher_new(&np, &m);
+	for (size_t i = 0; i < sizeof pin / sizeof *pin; i++) {
+		uint32_t s[112];
+		long n = trail_minhash(m, pin[i].text, strlen(pin[i].text), s);
+		ok(n == pin[i].shingles && XXH3_64bits(s, sizeof s) == pin[i].digest,
+		   "pinned signature %zu (%ld shingles, %016llx)", i, n,
+		   (unsigned long long)XXH3_64bits(s, sizeof s));
+	}
+	/* Kernels against the reference, over texts of every length up to 3 words per byte. */
+	int kernels = 0, same = 1;
+	for (int kern = 1; kern <= 2; kern++) {
+		if (trail_minhasher_set_kernel(m, kern))
+			continue;
+		kernels++;
+		for (int t = 0; t < 300 && same; t++) {
+			uint32_t s0[112], s1[112];
+			char *txt = random_text(1 + t % 150, NULL);
+			size_t len = strlen(txt), cut = (size_t)(t % 7);
+			len -= cut < len ? cut : 0;
+			trail_minhasher_set_kernel(m, 0);
+			long n0 = trail_minhash(m, txt, len, s0);
+			trail_minhasher_set_kernel(m, kern);
+			long n1 = trail_minhash(m, txt, len, s1);
+			same = n0 == n1 && !memcmp(s0, s1, sizeof s0);
+			free(txt);
+		}
+	}
+	ok(same, "%d vector MinHash kernels agree with the C reference", kernels);
+
+	/*
+	 * The word scanner (a bit mask per 64 bytes) against a byte-at-a-time
+	 * one: shingle sets of random texts over letters of both cases,
+	 * digits, punctuation, spaces and UTF-8, words crossing 64-byte marks.
+	 */
+	static const char alpha[] = "aBcZz09 .,-_\n\t\xc3\xa9@A";
+	int agree = 1;
+	for (int t = 0; t < 2000 && agree; t++) {
+		size_t len = (size_t)(rnd() % 300), nw = 0;
+		char *txt = malloc(len + 1), low[300];
+		uint64_t words[300], ref[300];
+		for (size_t i = 0; i < len; i++)
+			txt[i] = alpha[rnd() % (sizeof alpha - 1)];
+		for (size_t i = 0; i < len; i++)
+			low[i] = (char)(txt[i] >= 'A' && txt[i] <= 'Z' ? txt[i] + 32 : txt[i]);
+		for (size_t i = 0; i < len;) {
+			size_t st = i;
+			while (i < len && ((low[i] >= 'a' && low[i] <= 'z') ||
+					   (low[i] >= '0' && low[i] <= '9') || (unsigned char)low[i] >= 0x80))
+				i++;
+			if (i > st)
+				words[nw++] = XXH3_64bits(low + st, i - st);
+			else
+				i++;
+		}
+		size_t nref = 0;
+		if (nw)
+			for (size_t i = 0; i + 5 <= nw || (i == 0 && nw < 5); i++)
+				ref[nref++] = XXH3_64bits_withSeed(words + i, (nw < 5 ? nw : 5) * 8, np.seed);
+		for (size_t i = 1; i < nref; i++) /* insertion sort, then unique */
+			for (size_t j = i; j > 0 && ref[j - 1] > ref[j]; j--) {
+				uint64_t x = ref[j];
+				ref[j] = ref[j - 1];
+				ref[j - 1] = x;
+			}
+		size_t u = 0;
+		for (size_t i = 0; i < nref; i++)
+			if (!u || ref[u - 1] != ref[i])
+				ref[u++] = ref[i];
+		const uint64_t *sh;
+		long n = trail_shingles(m, txt, len, &sh);
+		agree = n == (long)u && (!u || !memcmp(sh, ref, u * 8));
+		if (!agree)
+			diag("text %d: %ld shingles, reference %zu", t, n, u);
+		free(txt);
+	}
+	ok(agree, "word scanner matches a byte-at-a-time reference on 2000 random texts");
+	trail_minhasher_free(m);
+}
+
 static void test_index(void)
 {
 	trail_nd_params np;
@@ -539,8 +697,28 @@ static void test_index(void)
 	for (int i = 0; i < N; i += 7)
 		self += trail_ndindex_query(ix, sigs[i], &o, &sc) == 1 && o == (uint64_t)i;
 	ok(self == (N + 6) / 7, "the same after compaction");
-	double per = (double)trail_ndindex_bytes(ix) / N;
-	diag("index: %.1f bytes per record at %d records (directories dominate at this size)", per, N);
+	/*
+	 * A flood: 30,000 more records with one signature share every band key.
+	 * Queries stay bounded and give the earliest of the tied best; an exact
+	 * copy is still found by id however deep in the flood it is.
+	 */
+	enum { F = 30000 };
+	for (int i = 0; i < F; i++) {
+		memcpy(id, &(int){N + i}, sizeof(int));
+		if (trail_ndindex_add(ix, sigs[3], id))
+			break;
+	}
+	int f = trail_ndindex_query(ix, sigs[3], &o, &sc);
+	ok(f == 1 && o == 3 && sc == 1.0, "flood: the earliest identical record is the match (%llu)",
+	   (unsigned long long)o);
+	memcpy(id, &(int){N + F - 1}, sizeof(int));
+	ok(trail_ndindex_contains(ix, sigs[3], id, &o) == 1 && o == (uint64_t)(N + F - 1),
+	   "flood: the last copy is found by id");
+	trail_ndindex_compact(ix);
+	f = trail_ndindex_query(ix, sigs[3], &o, &sc);
+	ok(f == 1 && o == 3, "flood: the same after compaction");
+	double per = (double)trail_ndindex_bytes(ix) / (N + F);
+	diag("index: %.1f bytes per record at %d records (directories dominate at this size)", per, N + F);
 	ok(per < 400, "index size is bounded");
 	trail_ndindex_free(ix);
 	trail_minhasher_free(m);
@@ -748,7 +926,9 @@ int main(void)
 	test_policy();
 	test_quality();
 	test_pii();
+	test_pii_onepass();
 	test_minhash();
+	test_minhash_pinned();
 	test_index();
 	test_validator();
 	return tap_done();
