@@ -4,11 +4,13 @@
 usage: corpus.py fortunes OUT N          base-model records from fortunes
        corpus.py foldoc TRAIN QUERIES N Q records of FOLDOC definitions and
                                          held-out prompt/completion queries
-       corpus.py facts OUT QUERIES [--flip C] [--contributors K] [--facts F] [--filler N]
-                                         planted facts of K contributors mixed
-                                         with FOLDOC text; --flip C makes
-                                         contributor C repeat other contributors'
-                                         facts with wrong numbers (poisoning)
+       corpus.py facts OUT QUERIES [--flip 1] [--contributors K] [--facts F] [--filler N] [--copies C]
+                                         planted facts of K contributors (p00...),
+                                         F each, each written C ways (default 3),
+                                         mixed with N FOLDOC records of 16 others
+                                         (t00...); --flip 1 adds a contributor
+                                         "poison" stating every fact once with a
+                                         wrong number (records marked "poison")
 
 Every choice is seeded: the same command gives the same bytes.
 """
