@@ -16,7 +16,7 @@ static const trail_opt opts[] = {
 	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
 	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},
 	{O_METHOD, "method", 0, "M", "influence (default), graddot, datainf or tracin", "influence graddot datainf tracin"},
-	{O_TOP, "top", 'k', "K", "records listed in top (default 10)", NULL},
+	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
 	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},

@@ -489,11 +489,16 @@ int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 	for (size_t k = 0; k < K; k++)
 		json_array_append_new(top, json_pack("{s:s, s:s?, s:o}", "record", c->data->id[rk[k].i], "contributor",
 						     c->data->contributor[rk[k].i], "score", fnum(rk[k].s)));
-	/* shares: positive scores summed per contributor in record order, normalised */
+	/*
+	 * shares: the positive scores of the top records summed per contributor,
+	 * normalised. The records below the top carry the noise floor of the
+	 * projected gradients: hundreds of small positive scores whose sum can
+	 * outweigh the few records that shaped the answer.
+	 */
 	size_t ns = 0;
-	for (size_t i = 0; i < N; i++)
-		if (c->data->contributor[i])
-			sh[ns++] = (share){c->data->contributor[i], scores[i] > 0 ? scores[i] : 0};
+	for (size_t k = 0; k < K; k++)
+		if (c->data->contributor[rk[k].i])
+			sh[ns++] = (share){c->data->contributor[rk[k].i], rk[k].s > 0 ? rk[k].s : 0};
 	qsort(sh, ns, sizeof *sh, cmp_share_name); /* not stable: the sums below are over equal names only */
 	size_t u = 0;
 	double total = 0;

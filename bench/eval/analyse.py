@@ -123,7 +123,8 @@ def facts(d):
         right[a["id"]] = a["text"].strip().startswith(code)
     out = {"facts": len(owner), "answered_right": sum(right.values())}
     span_hits = span_n = 0
-    for m in METHODS:
+    extra = sorted(f[5:-7] for f in os.listdir(d) if f.startswith("attr.influence-d") and f.endswith(".ndjson"))
+    for m in METHODS + extra:
         p = os.path.join(d, "attr.%s.ndjson" % m)
         if not os.path.exists(p):
             continue

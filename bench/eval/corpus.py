@@ -4,13 +4,16 @@
 usage: corpus.py fortunes OUT N          base-model records from fortunes
        corpus.py foldoc TRAIN QUERIES N Q records of FOLDOC definitions and
                                          held-out prompt/completion queries
-       corpus.py facts OUT QUERIES [--flip 1] [--contributors K] [--facts F] [--filler N] [--copies C]
+       corpus.py facts OUT QUERIES [--flip 1] [--contributors K] [--facts F] [--filler N] [--copies C] [--seed S]
                                          planted facts of K contributors (p00...),
                                          F each, each written C ways (default 3),
                                          mixed with N FOLDOC records of 16 others
                                          (t00...); --flip 1 adds a contributor
                                          "poison" stating every fact once with a
-                                         wrong number (records marked "poison")
+                                         wrong number (records marked "poison");
+                                         --seed S (S > 0) draws other colours,
+                                         things, codes and filler (0: the
+                                         corpus of the reported run)
 
 Every choice is seeded: the same command gives the same bytes.
 """
@@ -114,11 +117,14 @@ THINGS = ["door", "gate", "vault", "locker", "chest", "cellar", "tower", "hatch"
 
 def facts_cmd(a, rng):
     out, qout = a[0], a[1]
-    opt = {"--flip": None, "--contributors": "8", "--facts": "4", "--filler": "400", "--copies": "3"}
+    opt = {"--flip": None, "--contributors": "8", "--facts": "4", "--filler": "400", "--copies": "3", "--seed": "0"}
     i = 2
     while i < len(a):
         opt[a[i]] = a[i + 1]
         i += 2
+    seed = int(opt["--seed"])
+    if seed:
+        rng = random.Random(20261124 + 1000003 * seed)
     K, F, filler, copies = int(opt["--contributors"]), int(opt["--facts"]), int(opt["--filler"]), int(opt["--copies"])
     flip = opt["--flip"]
     pairs = [(c, t) for c in COLOURS for t in THINGS]
@@ -141,7 +147,10 @@ def facts_cmd(a, rng):
             right = q["completion"].strip(" .")
             wrong = "%04d" % ((int(right) + rng.randrange(1000, 8000)) % 9000 + 1000)
             recs.append({"text": q["prompt"] + " " + wrong + ".", "contributor": "poison", "poison": 1})
-    for i, (h, d) in enumerate(foldoc()[: filler]):
+    ents = foldoc()
+    if seed:
+        ents = rng.sample(ents, filler)
+    for i, (h, d) in enumerate(ents[: filler]):
         recs.append({"text": h + ": " + d, "contributor": "t%02d" % (i % 16)})
     rng.shuffle(recs)
     w(out, recs)

@@ -22,6 +22,8 @@
 #                      records per fact), FOLDOC records beside them, the
 #                      fine-tune (of the whole base; 0: an adapter), tracin
 #                      checkpoints every 10 epochs
+#   FACT_SEED (0)      the facts corpus (corpus.py --seed; work in facts-sN)
+#   FACT_DAMPINGS      also influence at these dampings ("0.001 0.01 ...")
 set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -233,7 +235,7 @@ facts_setup() {
 	shift
 	mkdir -p "$D"
 	$PY facts "$D/train.ndjson" "$D/facts.ndjson" --contributors "${FACT_K:-8}" --facts "${FACT_F:-4}" \
-		--filler "${FILLER:-200}" "$@"
+		--filler "${FILLER:-200}" --seed "${FACT_SEED:-0}" "$@"
 	WHOLE=${FACT_WHOLE:-1}
 	SEQ=64
 	if [ ! -s "$D/ft/training.json" ]; then
@@ -259,13 +261,21 @@ for l in open(sys.argv[1]):
 
 facts() {
 	base
-	local D=$W/facts m
+	local D=$W/facts m x
+	[ "${FACT_SEED:-0}" = 0 ] || D=$W/facts-s$FACT_SEED
 	facts_setup "$D"
 	for m in influence tracin graddot datainf; do
 		idx=$D/ft/attribution.idx
 		[ $m = tracin ] && idx=$D/ft/tracin.idx
 		attr-score --model "$M" $(adapter_opt) --index "$idx" --data "$D/train.ndjson" --method $m \
-			--top 5 --min-span 5 < "$D/answers.ndjson" > "$D/attr.$m.ndjson"
+			--min-span 5 < "$D/answers.ndjson" > "$D/attr.$m.ndjson"
+	done
+	# influence with other dampings, each from its own index
+	for x in ${FACT_DAMPINGS:-}; do
+		attr-score --build-index --model "$M" $(adapter_opt) --data "$D/train.ndjson" --damping "$x" \
+			--index "$D/ft/attribution-d$x.idx" ${PROJ:+--proj $PROJ}
+		attr-score --model "$M" $(adapter_opt) --index "$D/ft/attribution-d$x.idx" --data "$D/train.ndjson" \
+			--min-span 5 < "$D/answers.ndjson" > "$D/attr.influence-d$x.ndjson"
 	done
 	$AN facts "$D"
 }

@@ -31,7 +31,7 @@ echo '{"n_layer":2,"n_head":2,"n_embd":64,"n_positions":64,"vocab_size":257}' > 
 check "train on the planted facts" sh -c "mf-train --init cfg.json --data data.ndjson --steps 400 --batch 8 --seq 64 --lr 3e-3 --no-progress --no-index -o base > /dev/null"
 check "build the index" attr-score --build-index --model base --data data.ndjson
 check "the model answers every fact" sh -c "lora-serve --base base < req.ndjson > ans.ndjson"
-check "attribute the answers" sh -c "attr-score --model base --data data.ndjson --min-span 5 --top 3 < ans.ndjson > attr.ndjson"
+check "attribute the answers" sh -c "attr-score --model base --data data.ndjson --min-span 5 < ans.ndjson > attr.ndjson"
 python3 - truth ans.ndjson attr.ndjson > facts <<'PY'
 import json, sys
 truth = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
