@@ -26,7 +26,7 @@ static const trail_opt opts[] = {
 	{O_EVENTS, "events", 'e', "FILE", "append every inference event to FILE, synced before the response", "file"},
 	{O_HOME, "home", 0, "DIR", "the store: record inference-batch ledger entries", "dir"},
 	{O_RECORD, "record", 0, NULL, "record inference-batch entries in the default store ($TRAIL_HOME, else ./.trail)", NULL},
-	{O_THREADS, "threads", 0, "N", "threads for each step: BLAS, and the row-wise work with 2 or more (default 1)", NULL},
+	{O_THREADS, "threads", 0, "N", "threads for each step (default 1; answers do not depend on it)", NULL},
 	{O_LISTEN, "listen", 'l', "ADDR:PORT", "serve HTTP (OpenAI-compatible) instead of standard input", NULL},
 	{O_CONNS, "max-connections", 0, "N", "HTTP connections at once (default 256)", NULL},
 	{O_TIMEOUT, "timeout", 0, "SECONDS", "close an HTTP connection idle this long (default 10)", NULL},
@@ -105,7 +105,6 @@ int main(int argc, char **argv)
 	if (!rc && listen)
 		pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	if (!rc) {
-		trail_blas_threads((int)threads);
 		o.threads = (int)threads;
 		if (!(rc = trail_server_new(&o, &s, &err)))
 			rc = listen ? http(s, listen, &sigs, &err) : trail_server_pipe(s, stdin, stdout, &err);

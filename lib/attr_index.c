@@ -354,10 +354,18 @@ int trail_attr_grad(const trail_attr_proj *p, trail_model *m, const int32_t *tok
 	}
 	float loss;
 	int rc;
+	/*
+	 * One BLAS thread: OpenBLAS splits a product between threads in ways
+	 * that change its rounding, and a query's gradient must not depend on
+	 * the thread count (scoring is split so that it does not).
+	 */
+	int nt = openblas_get_num_threads();
+	openblas_set_num_threads(1);
 	trail_model_keep_linear_io(m, 1);
 	trail_model_zero_grad(m);
 	if (!(rc = trail_model_forward(m, tok, y, 1, (int)n, &loss, err)) && !(rc = trail_model_backward(m, err)))
 		rc = trail_attr_project(p, m, 1, (int)n, &count, g, err);
+	openblas_set_num_threads(nt);
 	trail_free(y);
 	return rc;
 }

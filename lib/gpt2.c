@@ -754,7 +754,7 @@ static int ensure_acts(trail_model *m, int B, int T, trail_error *err)
 	}
 	/* per layer: ln1, qkv, atty, res1, ln2, fch, fchg, res2 = 16C per row, att, LN stats, LoRA u */
 	size_t per = N * 16 * C + (size_t)B * NH * (size_t)T * (size_t)T + 4 * N + 4 * N * r;
-	size_t keep = m->keep_io ? N * 12 * C : 0;
+	size_t keep = m->keep_io ? N * 12 * C : 0; /* the room stays until the next reallocation */
 	/* scratch: dres | dln | dbig [4C] | dqkv [3C] | LoRA [r] per row, then 2 T^2 for attention */
 	size_t scratch = N * (9 * C + r) + 2 * (size_t)T * T;
 	size_t total = 2 * N * C + 2 * N + 2 * N * V + (size_t)m->c.n_layer * (per + keep) + scratch;
@@ -799,9 +799,10 @@ static int ensure_acts(trail_model *m, int B, int T, trail_error *err)
 			L->u = NULL;
 			if (L->A)
 				TAKE(L->u, N * r);
-			L->keep_dy = NULL;
+			L->keep_room = NULL;
 			if (m->keep_io)
-				TAKE(L->keep_dy, N * (size_t)L->out);
+				TAKE(L->keep_room, N * (size_t)L->out);
+			L->keep_dy = L->keep_room;
 		}
 	}
 	TAKE(m->scratch, scratch);
@@ -810,6 +811,7 @@ static int ensure_acts(trail_model *m, int B, int T, trail_error *err)
 	m->T = T;
 	m->cap = (int)N;
 	m->capT = T;
+	m->io_room = m->keep_io;
 	return TRAIL_OK;
 }
 
@@ -968,10 +970,19 @@ float *trail_model_grads(trail_model *m, size_t *n)
 
 void trail_model_keep_linear_io(trail_model *m, int on)
 {
-	if (m->keep_io != !!on) {
-		m->keep_io = !!on;
-		m->cap = 0; /* reallocate with (or without) room for dY */
+	if (m->keep_io == !!on)
+		return;
+	m->keep_io = !!on;
+	if (on && !m->io_room) {
+		m->cap = 0; /* reallocate with room for dY */
+		return;
 	}
+	/* switch the copies on or off in the arena as it is: no new pages to fault in */
+	for (int l = 0; l < m->c.n_layer; l++)
+		for (int k = 0; k < 4; k++) {
+			trail_lin *L = trail_model_lin(m, l, k);
+			L->keep_dy = on ? L->keep_room : NULL;
+		}
 }
 
 int trail_model_num_linear(const trail_model *m)

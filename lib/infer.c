@@ -47,6 +47,7 @@ struct trail_infer {
 	pthread_cond_t go, done;
 	unsigned long gen, fin;
 	const struct rowjob *job;
+	const struct gemmjob *gjob; /* the job is a base product when set */
 	int jlo, jhi;
 };
 
@@ -381,42 +382,58 @@ static double dot_ref(const float *a, const float *b, int n)
 }
 
 /*
- * Row blocks of a fixed height: BLAS libraries pick kernels by matrix size,
- * so a row's result could change with how many rows share the call. In
- * blocks of RB rows (the last zero-padded) every row is computed the same
- * way whatever the batch.
- *   y [n,N] = x [n,K] op(W);  W [K,N], or [N,K] when transW.  pad: 2 RB max(K,N)
+ * The base products, y [n,N] = x [n,K] op(W) with W [K,N] (or [N,K] when
+ * transW), made independent of the batch and of the thread count. BLAS
+ * libraries pick kernels by matrix size and split a product between their
+ * threads in ways that change its rounding, so a row's result could change
+ * with the rows beside it or with --threads. Here every call has a fixed
+ * shape and runs on one BLAS thread: blocks of RB rows (the last
+ * zero-padded) with the rows as the kernel's vector lanes (column-major
+ * y^T, transposed back), times a fixed split of the columns. Work units
+ * (block, column part) go whole to one thread or the other, so which thread
+ * computes a unit does not matter.
  */
 enum { RB = 16 };
 
-static void bgemm(int naive, int n, int N, int K, const float *x, const float *W, int transW, float *y, float *pad)
+typedef struct gemmjob {
+	int n, N, K, transW, parts;
+	const float *x, *W;
+	float *y;
+	float *pad[2]; /* per thread: an x block [RB,K] and a y^T block [N,RB] */
+} gemmjob;
+
+/* The columns of part p of `parts`: a fixed split on 64-column bounds. */
+static void part_cols(const gemmjob *g, int p, int *c0, int *c1)
 {
-	if (naive) {
-		for (int i = 0; i < n; i++)
-			for (int j = 0; j < N; j++) {
-				double s = 0;
-				for (int k = 0; k < K; k++)
-					s += (double)x[(size_t)i * K + k] * (transW ? W[(size_t)j * K + k] : W[(size_t)k * N + j]);
-				y[(size_t)i * N + j] = (float)s;
-			}
-		return;
-	}
-	float *px = pad, *py = pad + (size_t)RB * (K > N ? K : N);
-	int ldw = transW ? K : N;
-	for (int r = 0; r < n; r += RB) {
-		int k = n - r < RB ? n - r : RB;
-		const float *xa = x + (size_t)r * K;
-		float *ya = y + (size_t)r * N;
+	int half = ((g->N / 2) + 63) & ~63;
+	*c0 = p ? half : 0;
+	*c1 = g->parts == 1 || p ? g->N : half;
+}
+
+static void gemm_units(const gemmjob *g, int u0, int u1, int t)
+{
+	float *px = g->pad[t], *pt = px + (size_t)RB * g->K;
+	for (int u = u0; u < u1; u++) {
+		int r = u / g->parts * RB, k = g->n - r < RB ? g->n - r : RB, c0, c1;
+		part_cols(g, u % g->parts, &c0, &c1);
+		int w = c1 - c0;
+		const float *xa = g->x + (size_t)r * g->K;
 		if (k < RB) {
-			memcpy(px, xa, sizeof *px * (size_t)k * K);
-			memset(px + (size_t)k * K, 0, sizeof *px * (size_t)(RB - k) * K);
+			memcpy(px, xa, sizeof *px * (size_t)k * g->K);
+			memset(px + (size_t)k * g->K, 0, sizeof *px * (size_t)(RB - k) * g->K);
 			xa = px;
-			ya = py;
 		}
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, transW ? CblasTrans : CblasNoTrans, RB, N, K, 1.0f, xa, K, W, ldw,
-			    0.0f, ya, N);
-		if (k < RB)
-			memcpy(y + (size_t)r * N, py, sizeof *py * (size_t)k * N);
+		if (g->transW)
+			cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, RB, w, g->K, 1.0f, xa, g->K,
+				    g->W + (size_t)c0 * g->K, g->K, 0.0f, pt, RB);
+		else
+			cblas_sgemm(CblasColMajor, CblasTrans, CblasTrans, RB, w, g->K, 1.0f, xa, g->K, g->W + c0, g->N,
+				    0.0f, pt, RB);
+		for (int i = 0; i < k; i++) {
+			float *yr = g->y + (size_t)(r + i) * g->N + c0;
+			for (int j = 0; j < w; j++)
+				yr[j] = pt[(size_t)j * RB + i];
+		}
 	}
 }
 
@@ -610,9 +627,13 @@ static void *helper_main(void *p)
 			break;
 		seen = m->gen;
 		const rowjob *k = m->job;
+		const gemmjob *g = m->gjob;
 		int lo = m->jlo, hi = m->jhi;
 		pthread_mutex_unlock(&m->pmu);
-		rows(k, lo, hi, 1);
+		if (g)
+			gemm_units(g, lo, hi, 1);
+		else
+			rows(k, lo, hi, 1);
 		pthread_mutex_lock(&m->pmu);
 		m->fin = seen;
 		pthread_cond_signal(&m->done);
@@ -637,27 +658,58 @@ void trail_infer_set_threads(trail_infer *m, int n)
 	pthread_cond_destroy(&m->done);
 }
 
-/* A phase over rows [0,n): the second half on the helper thread, when there is one. */
-static void run_rows(trail_infer *m, rowjob *k, int phase, int l, int n)
+/* Items [0,n) of a row phase or a base product: the second half on the helper thread, when there is one. */
+static void run_split(trail_infer *m, const rowjob *k, const gemmjob *g, int n)
 {
-	k->phase = phase;
-	k->l = l;
-	if (!m->helper || n < 4) {
-		rows(k, 0, n, 0);
+	if (!m->helper || n < (g ? 2 : 4)) {
+		if (g)
+			gemm_units(g, 0, n, 0);
+		else
+			rows(k, 0, n, 0);
 		return;
 	}
 	pthread_mutex_lock(&m->pmu);
 	m->job = k;
+	m->gjob = g;
 	m->jlo = n / 2;
 	m->jhi = n;
-	unsigned long g = ++m->gen;
+	unsigned long gn = ++m->gen;
 	pthread_cond_signal(&m->go);
 	pthread_mutex_unlock(&m->pmu);
-	rows(k, 0, n / 2, 0);
+	if (g)
+		gemm_units(g, 0, n / 2, 0);
+	else
+		rows(k, 0, n / 2, 0);
 	pthread_mutex_lock(&m->pmu);
-	while (m->fin != g)
+	while (m->fin != gn)
 		pthread_cond_wait(&m->done, &m->pmu);
 	pthread_mutex_unlock(&m->pmu);
+}
+
+/* A phase over rows [0,n). */
+static void run_rows(trail_infer *m, rowjob *k, int phase, int l, int n)
+{
+	k->phase = phase;
+	k->l = l;
+	run_split(m, k, NULL, n);
+}
+
+/* y [n,N] = x [n,K] op(W) (see gemmjob); pad: 4 RB max(K,N) floats. */
+static void bgemm(trail_infer *m, int n, int N, int K, const float *x, const float *W, int transW, float *y,
+		  float *pad)
+{
+	if (m->naive) {
+		for (int i = 0; i < n; i++)
+			for (int j = 0; j < N; j++) {
+				double s = 0;
+				for (int k = 0; k < K; k++)
+					s += (double)x[(size_t)i * K + k] * (transW ? W[(size_t)j * K + k] : W[(size_t)k * N + j]);
+				y[(size_t)i * N + j] = (float)s;
+			}
+		return;
+	}
+	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, {pad, pad + (size_t)RB * (size_t)(K + N)}};
+	run_split(m, NULL, &g, (n + RB - 1) / RB * g.parts);
 }
 
 int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
@@ -678,8 +730,8 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		if (out_rows[i] < 0 || out_rows[i] >= n)
 			return trail_error_set(err, TRAIL_EINTERNAL, "logits for row %d of %d", out_rows[i], n);
 	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
-	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 2 RB wide; lnout [nout,C] */
-	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)P + 2 * (size_t)rmax + 2 * RB * wide + (size_t)nout * C;
+	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
+	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)P + 2 * (size_t)rmax + 4 * RB * wide + (size_t)nout * C;
 	if (need > m->wsn) {
 		float *ws = trail_malloc(need * sizeof *ws);
 		if (!ws)
@@ -701,10 +753,12 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		m->ordn = N;
 	}
 	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
+	int blas = openblas_get_num_threads(); /* one BLAS thread per product: see gemmjob */
+	openblas_set_num_threads(1);
 	k.x = m->ws, k.ln = k.x + N * C, k.att = k.ln + N * C, k.tmp = k.att + N * C, k.qkv = k.tmp + N * C;
 	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C, k.sc[0] = k.hg + N * 4 * C, k.sc[1] = k.sc[0] + P;
 	k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
-	float *pad = k.u[1] + rmax, *lnout = pad + 2 * RB * wide;
+	float *pad = k.u[1] + rmax, *lnout = pad + 4 * RB * wide;
 	/* rows grouped by adapter, in row order within a group: each adapter's segment, read once per phase */
 	for (int i = 0; i < n; i++)
 		m->keys[i] = (rowkey){(uintptr_t)lora[i], i};
@@ -717,20 +771,21 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 	run_rows(m, &k, P_LN1, 0, n);
 	for (int l = 0; l < c->n_layer; l++) {
 		const ilayer *Ly = &m->L[l];
-		bgemm(m->naive, n, Ly->lin[0].out, C, k.ln, Ly->lin[0].W, 0, k.qkv, pad);
+		bgemm(m, n, Ly->lin[0].out, C, k.ln, Ly->lin[0].W, 0, k.qkv, pad);
 		run_rows(m, &k, P_QKV, l, n);
 		run_rows(m, &k, P_ATT, l, n);
-		bgemm(m->naive, n, C, C, k.att, Ly->lin[1].W, 0, k.tmp, pad);
+		bgemm(m, n, C, C, k.att, Ly->lin[1].W, 0, k.tmp, pad);
 		run_rows(m, &k, P_PROJ, l, n);
-		bgemm(m->naive, n, 4 * C, C, k.ln, Ly->lin[2].W, 0, k.h, pad);
+		bgemm(m, n, 4 * C, C, k.ln, Ly->lin[2].W, 0, k.h, pad);
 		run_rows(m, &k, P_FC, l, n);
-		bgemm(m->naive, n, C, 4 * C, k.hg, Ly->lin[3].W, 0, k.tmp, pad);
+		bgemm(m, n, C, 4 * C, k.hg, Ly->lin[3].W, 0, k.tmp, pad);
 		run_rows(m, &k, P_MPROJ, l, n);
 	}
 	if (nout) {
 		for (int i = 0; i < nout; i++)
 			layernorm(lnout + (size_t)i * C, k.x + (size_t)out_rows[i] * C, m->lnfw, m->lnfb, C);
-		bgemm(m->naive, nout, V, C, lnout, m->wte, 1, logits, pad);
+		bgemm(m, nout, V, C, lnout, m->wte, 1, logits, pad);
 	}
+	openblas_set_num_threads(blas);
 	return TRAIL_OK;
 }

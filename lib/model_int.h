@@ -26,6 +26,7 @@ typedef struct trail_lin {
 	float *u;                /* LoRA hidden state x A^T [N,r] */
 	const float *x;          /* the last input [N,in] */
 	float *keep_dy;          /* dY [N,out] kept for attribution, or NULL */
+	float *keep_room;        /* where keep_dy points when kept, NULL when the arena has no room */
 	char name[40];           /* "h.3.attn.c_attn" */
 } trail_lin;
 
@@ -53,7 +54,7 @@ struct trail_model {
 	int32_t *tok, *tgt;
 	float loss;
 	long counted;
-	int keep_io;
+	int keep_io, io_room; /* dY kept; the arena has room for it */
 	int naive; /* every product by the reference loop instead of BLAS */
 };
 
