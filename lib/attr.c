@@ -346,6 +346,46 @@ static int cmp_ranked(const void *a, const void *b)
 	return x->i < y->i ? -1 : x->i > y->i;
 }
 
+/* Sift rk[i] down a heap of n whose root is the lowest-ranked (by cmp_ranked). */
+static void sift_down(ranked *h, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, w = i;
+		if (l < n && cmp_ranked(&h[l], &h[w]) > 0)
+			w = l;
+		if (r < n && cmp_ranked(&h[r], &h[w]) > 0)
+			w = r;
+		if (w == i)
+			return;
+		ranked t = h[i];
+		h[i] = h[w];
+		h[w] = t;
+		i = w;
+	}
+}
+
+/*
+ * rk [K]: the K highest-ranked of the N scores, in rank order (score, then
+ * record index): the first K of a full sort, in O(N log K).
+ */
+static void top_k(const float *scores, size_t N, size_t K, ranked *rk)
+{
+	if (!K)
+		return;
+	for (size_t i = 0; i < K; i++)
+		rk[i] = (ranked){scores[i], i};
+	for (size_t i = K / 2; i-- > 0;)
+		sift_down(rk, K, i);
+	for (size_t i = K; i < N; i++) {
+		ranked x = {scores[i], i};
+		if (cmp_ranked(&x, &rk[0]) < 0) {
+			rk[0] = x;
+			sift_down(rk, K, 0);
+		}
+	}
+	qsort(rk, K, sizeof *rk, cmp_ranked);
+}
+
 typedef struct share {
 	const char *who;
 	double v;
@@ -479,12 +519,9 @@ int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 	/* the digest of every score, as little-endian float32 */
 	char sd[72];
 	trail_digest_str(scores, N * sizeof *scores, sd);
-	for (size_t i = 0; i < N; i++)
-		rk[i] = (ranked){scores[i], i};
 	size_t K = (size_t)(c->top > 0 ? c->top : 10);
 	K = K < N ? K : N;
-	/* partial selection would do; N log N keeps the order obviously total */
-	qsort(rk, N, sizeof *rk, cmp_ranked);
+	top_k(scores, N, K, rk);
 	json_t *top = json_array();
 	for (size_t k = 0; k < K; k++)
 		json_array_append_new(top, json_pack("{s:s, s:s?, s:o}", "record", c->data->id[rk[k].i], "contributor",

@@ -49,6 +49,18 @@ for line in open(sys.argv[1]):
 PY
 check_eq "contributors sorted by share, shares sum to 1" "$(grep -c '^sorted True' facts)" 2
 check_eq "top scores are numbers" "$(grep -c '^scores True' facts)" 2
+# the top K is the first K of every record ranked by score
+attr-score --model base --adapter ad --data data.ndjson --top 91 < ev.ndjson > all91
+attr-score --model base --adapter ad --data data.ndjson --top 7 < ev.ndjson > top7
+check_eq "the top records are the first of all of them ranked, scores non-increasing" "$(python3 - all91 top7 <<'PY'
+import json, sys
+a = [json.loads(l)["top"] for l in open(sys.argv[1])]
+b = [json.loads(l)["top"] for l in open(sys.argv[2])]
+ok = all(len(x) == 91 and len({t["record"] for t in x}) == 91 and
+         all(x[i]["score"] >= x[i + 1]["score"] for i in range(90)) and y == x[:7] for x, y in zip(a, b))
+print(ok and len(a) == len(b) == 2)
+PY
+)" True
 check "the verbatim answer is found as a span in c0's and c3's records" grep -q '^span  amber and its harbour master is called Osk000.|c0,c3' facts
 check "the copy is one cluster naming c0 first, then c3" grep -q '"first": "c0", "members": \["c0", "c3"\]' facts
 for m in graddot datainf tracin; do
