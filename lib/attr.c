@@ -505,10 +505,12 @@ int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 	if ((rc = check_event_model(c, ev, err)) || (rc = event_tokens(c, ev, &tok, &n, &first, err)))
 		goto out;
 	int rows = trail_attr_query_rows(c->index, c->method);
+	size_t K = (size_t)(c->top > 0 ? c->top : 10);
+	K = K < N ? K : N;
 	q = trail_malloc((size_t)rows * D * sizeof *q);
 	scores = trail_malloc(N * sizeof *scores);
-	rk = trail_malloc(N * sizeof *rk);
-	sh = trail_malloc(N * sizeof *sh);
+	rk = trail_malloc((K ? K : 1) * sizeof *rk);
+	sh = trail_malloc((K ? K : 1) * sizeof *sh);
 	if (!q || !scores || !rk || !sh) {
 		rc = oom(err);
 		goto out;
@@ -519,8 +521,6 @@ int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 	/* the digest of every score, as little-endian float32 */
 	char sd[72];
 	trail_digest_str(scores, N * sizeof *scores, sd);
-	size_t K = (size_t)(c->top > 0 ? c->top : 10);
-	K = K < N ? K : N;
 	top_k(scores, N, K, rk);
 	json_t *top = json_array();
 	for (size_t k = 0; k < K; k++)

@@ -811,7 +811,6 @@ static int ensure_acts(trail_model *m, int B, int T, trail_error *err)
 	m->T = T;
 	m->cap = (int)N;
 	m->capT = T;
-	m->io_room = m->keep_io;
 	return TRAIL_OK;
 }
 
@@ -973,7 +972,7 @@ void trail_model_keep_linear_io(trail_model *m, int on)
 	if (m->keep_io == !!on)
 		return;
 	m->keep_io = !!on;
-	if (on && !m->io_room) {
+	if (on && (!m->cap || !trail_model_lin(m, 0, 0)->keep_room)) {
 		m->cap = 0; /* reallocate with room for dY */
 		return;
 	}

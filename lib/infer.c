@@ -615,6 +615,15 @@ static void rows(const rowjob *k, int lo, int hi, int t)
 	}
 }
 
+/* Items [lo,hi) of a row phase k, or of a base product g when set, on thread t. */
+static void run_items(const rowjob *k, const gemmjob *g, int lo, int hi, int t)
+{
+	if (g)
+		gemm_units(g, lo, hi, t);
+	else
+		rows(k, lo, hi, t);
+}
+
 static void *helper_main(void *p)
 {
 	trail_infer *m = p;
@@ -630,10 +639,7 @@ static void *helper_main(void *p)
 		const gemmjob *g = m->gjob;
 		int lo = m->jlo, hi = m->jhi;
 		pthread_mutex_unlock(&m->pmu);
-		if (g)
-			gemm_units(g, lo, hi, 1);
-		else
-			rows(k, lo, hi, 1);
+		run_items(k, g, lo, hi, 1);
 		pthread_mutex_lock(&m->pmu);
 		m->fin = seen;
 		pthread_cond_signal(&m->done);
@@ -662,10 +668,7 @@ void trail_infer_set_threads(trail_infer *m, int n)
 static void run_split(trail_infer *m, const rowjob *k, const gemmjob *g, int n)
 {
 	if (!m->helper || n < (g ? 2 : 4)) {
-		if (g)
-			gemm_units(g, 0, n, 0);
-		else
-			rows(k, 0, n, 0);
+		run_items(k, g, 0, n, 0);
 		return;
 	}
 	pthread_mutex_lock(&m->pmu);
@@ -676,10 +679,7 @@ static void run_split(trail_infer *m, const rowjob *k, const gemmjob *g, int n)
 	unsigned long gn = ++m->gen;
 	pthread_cond_signal(&m->go);
 	pthread_mutex_unlock(&m->pmu);
-	if (g)
-		gemm_units(g, 0, n / 2, 0);
-	else
-		rows(k, 0, n / 2, 0);
+	run_items(k, g, 0, n / 2, 0);
 	pthread_mutex_lock(&m->pmu);
 	while (m->fin != gn)
 		pthread_cond_wait(&m->done, &m->pmu);

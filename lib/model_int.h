@@ -54,7 +54,7 @@ struct trail_model {
 	int32_t *tok, *tgt;
 	float loss;
 	long counted;
-	int keep_io, io_room; /* dY kept; the arena has room for it */
+	int keep_io;
 	int naive; /* every product by the reference loop instead of BLAS */
 };
 
