@@ -47,7 +47,7 @@ QLD = @echo "  LD    $@";
 QAR = @echo "  AR    $@";
 endif
 
-LIB_SRC := $(sort $(wildcard lib/*.c))
+LIB_SRC := $(sort $(wildcard lib/*/*.c))
 LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 CMD_SRC := $(sort $(wildcard cmd/*.c))
 PROGS := $(CMD_SRC:cmd/%.c=$(B)/bin/%)
@@ -55,7 +55,16 @@ TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TESTS := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%_replay)
-HEADERS := $(wildcard lib/*.h)
+HEADERS := lib/trail.h $(wildcard lib/*/*.h)
+# What users include: the umbrella and one header per subsystem (not the *_int.h).
+# Headers of earlier releases, installed as one-line forwarders so that their users still build.
+COMPAT_HEADERS := util.h=core/core.h json.h=core/core.h cli.h=core/core.h \
+	key.h=ledger/ledger.h merkle.h=ledger/ledger.h store.h=ledger/ledger.h ledger.h=ledger/ledger.h \
+	bundle.h=data/data.h source.h=data/data.h validate.h=data/data.h datanet.h=data/data.h \
+	model.h=model/model.h tokenizer.h=model/model.h safetensors.h=model/model.h infer.h=model/model.h \
+	train.h=job/job.h span.h=attr/attr.h attr.h=attr/attr.h serve.h=serve/serve.h \
+	settle.h=settle/settle.h report.h=report/report.h
+PUBLIC_HEADERS := lib/trail.h $(filter-out %_int.h,$(wildcard lib/*/*.h))
 
 .PHONY: all deps deps-full install-pkgs check check-full demo asan ubsan fuzz bench install uninstall \
 	clean completions man-lint unicode-tab
@@ -167,7 +176,10 @@ install: all
 	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
 	install -m 644 $(B)/libtrail.a $(DESTDIR)$(LIBDIR)/
 	install -m 644 $(B)/trail.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
-	install -m 644 $(HEADERS) $(DESTDIR)$(INCDIR)/
+	for h in $(PUBLIC_HEADERS); do d=$${h#lib/}; install -d $(DESTDIR)$(INCDIR)/$$(dirname $$d); \
+	  install -m 644 $$h $(DESTDIR)$(INCDIR)/$$d; done
+	for m in $(COMPAT_HEADERS); do printf '/* %s moved to %s */\n#include "%s"\n' \
+	  $${m%%=*} $${m#*=} $${m#*=} > $(DESTDIR)$(INCDIR)/$${m%%=*}; done
 	for m in man/*.1; do [ -e "$$m" ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man1/; done; true
 	for m in man/*.5; do [ -e "$$m" ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man5/; done; true
 	for m in man/*.7; do [ -e "$$m" ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man7/; done; true
@@ -189,7 +201,7 @@ uninstall:
 # The letter, number and space classes of the GPT-2 tokenizer, from Debian's unicode-data.
 unicode-tab:
 	@$(MAKE) --no-print-directory install-pkgs P=unicode-data
-	sh lib/unicode_tab.sh > lib/unicode_tab.c.tmp && mv lib/unicode_tab.c.tmp lib/unicode_tab.c
+	sh lib/model/unicode_tab.sh > lib/model/unicode_tab.c.tmp && mv lib/model/unicode_tab.c.tmp lib/model/unicode_tab.c
 
 man-lint:
 	@for m in man/*.[157]; do mandoc -Tlint -Wwarning $$m || exit 1; done

@@ -3,10 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "json.h"
-#include "report.h"
-#include "util.h"
+#include "core/core.h"
+#include "report/report.h"
 
 enum { O_OUT = 1, O_TITLE, O_KEY };
 

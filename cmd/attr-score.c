@@ -3,10 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attr.h"
-#include "cli.h"
-#include "json.h"
-#include "store.h"
+#include "attr/attr.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS };

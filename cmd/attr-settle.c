@@ -5,11 +5,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli.h"
-#include "json.h"
-#include "settle.h"
-#include "store.h"
-#include "util.h"
+#include "core/core.h"
+#include "settle/settle.h"
+#include "ledger/ledger.h"
 
 enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS };
 

@@ -4,11 +4,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cli.h"
-#include "datanet.h"
-#include "json.h"
-#include "source.h"
-#include "util.h"
+#include "core/core.h"
+#include "data/data.h"
 
 enum { O_HOME = 1, O_CREATE, O_SCHEMA, O_OWNER, O_POLICY, O_LICENSE, O_KEY, O_PERFILE,
        O_SHA, O_MAXB, O_TIMEOUT, O_ZSTD, O_BUNDLE, O_OUT };

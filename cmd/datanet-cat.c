@@ -2,9 +2,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli.h"
-#include "datanet.h"
-#include "json.h"
+#include "core/core.h"
+#include "data/data.h"
 
 enum { O_HOME = 1 };
 

@@ -5,12 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli.h"
-#include "datanet.h"
-#include "json.h"
-#include "source.h"
-#include "util.h"
-#include "validate.h"
+#include "core/core.h"
+#include "data/data.h"
 
 enum { O_POLICY = 1, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
        O_PRINT, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };

@@ -4,9 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli.h"
-#include "serve.h"
-#include "train.h"
+#include "core/core.h"
+#include "serve/serve.h"
+#include "model/model.h"
 
 enum { O_BASE = 1, O_ADAPTERS, O_TOK, O_CACHE, O_KV, O_BATCH, O_QUEUE, O_MAXTOK, O_PROMPT, O_ROWS, O_BODY, O_EVENTS,
        O_HOME, O_RECORD, O_THREADS, O_LISTEN, O_CONNS, O_TIMEOUT };

@@ -3,9 +3,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cli.h"
-#include "key.h"
-#include "util.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 
 enum { O_DIR = 1, O_TEXT };
 

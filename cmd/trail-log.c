@@ -4,10 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "json.h"
-#include "ledger.h"
-#include "util.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 
 enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPROGRESS };
 

@@ -30,12 +30,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "attr.h"
-#include "model.h"
-#include "safetensors.h"
-#include "tokenizer.h"
-#include "train.h"
-#include "util.h"
+#include "attr/attr.h"
+#include "model/model.h"
+#include "core/core.h"
 
 static double now(void)
 {

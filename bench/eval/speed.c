@@ -21,9 +21,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "attr.h"
-#include "train.h"
-#include "util.h"
+#include "attr/attr.h"
+#include "model/model.h"
+#include "core/core.h"
 
 static double now(void)
 {

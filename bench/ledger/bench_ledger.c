@@ -10,9 +10,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "json.h"
-#include "ledger.h"
-#include "util.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 
 static double now(void)
 {

@@ -12,7 +12,7 @@
 #include <math.h>
 #include <time.h>
 
-#include "merkle.h"
+#include "ledger/ledger.h"
 
 static double now(void)
 {

@@ -19,10 +19,9 @@
 
 #include <cblas.h>
 
-#include "model.h"
-#include "serve.h"
-#include "train.h"
-#include "util.h"
+#include "model/model.h"
+#include "serve/serve.h"
+#include "core/core.h"
 
 static double now(void)
 {

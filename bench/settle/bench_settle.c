@@ -13,7 +13,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "settle.h"
+#include "settle/settle.h"
 
 static uint64_t rs = 88172645463325252ULL;
 static uint64_t rnd(void)

@@ -12,8 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "tokenizer.h"
-#include "util.h"
+#include "model/model.h"
+#include "core/core.h"
 
 typedef struct stamp {
 	double wall, cpu;

@@ -15,8 +15,7 @@
 
 #include <cblas.h>
 
-#include "model.h"
-#include "train.h"
+#include "model/model.h"
 
 static double now(void)
 {

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "validate.h"
+#include "data/data.h"
 
 static double now(void)
 {

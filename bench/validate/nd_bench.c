@@ -19,7 +19,7 @@
 
 #include <jansson.h>
 
-#include "validate.h"
+#include "data/data.h"
 
 #define NB 10
 static const double edges[NB + 1] = {0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0000001};

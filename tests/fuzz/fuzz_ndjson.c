@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "json.h"
+#include "core/core.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

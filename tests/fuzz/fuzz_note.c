@@ -5,8 +5,7 @@
  */
 #include <string.h>
 
-#include "key.h"
-#include "ledger.h"
+#include "ledger/ledger.h"
 
 /* The C2SP documentation example key (public). */
 static const char VKEY[] = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";

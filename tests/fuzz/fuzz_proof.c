@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "merkle.h"
+#include "ledger/ledger.h"
 
 #define LEAVES 300
 

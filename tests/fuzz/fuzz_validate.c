@@ -7,7 +7,7 @@
  */
 #include <string.h>
 
-#include "validate.h"
+#include "data/data.h"
 
 static void check_pii(const char *s, size_t n)
 {

@@ -10,11 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "attr.h"
-#include "json.h"
+#include "attr/attr.h"
+#include "core/core.h"
 #include "tap.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "model/model.h"
 
 static uint64_t rs = 0x9E3779B97F4A7C15ULL;
 static double urand(void)

@@ -10,10 +10,9 @@
 #include <archive.h>
 #include <archive_entry.h>
 
-#include "bundle.h"
-#include "json.h"
+#include "data/data.h"
+#include "core/core.h"
 #include "tap.h"
-#include "util.h"
 
 static json_t *sample(void)
 {

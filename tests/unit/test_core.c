@@ -5,10 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "store.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 #include "tap.h"
-#include "util.h"
 
 static char *jcs_of(const char *text)
 {

@@ -9,10 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "datanet.h"
-#include "json.h"
+#include "data/data.h"
+#include "core/core.h"
 #include "tap.h"
-#include "util.h"
 
 static trail_signer *key(const char *name)
 {

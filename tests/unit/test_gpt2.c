@@ -12,10 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "model_int.h"
+#include "model/model.h"
+#include "model/model_int.h"
 #include "tap.h"
-#include "util.h"
+#include "core/core.h"
 
 enum { L = 2, NH = 2, C = 8, P = 8, V = 11, B = 2, T = 5 };
 

@@ -8,9 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "infer.h"
+#include "model/model.h"
 #include "tap.h"
-#include "util.h"
+#include "core/core.h"
 
 enum { T = 12, NA = 6 };
 

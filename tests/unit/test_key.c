@@ -2,10 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "key.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 #include "tap.h"
-#include "util.h"
 
 static json_t *vector(void)
 {

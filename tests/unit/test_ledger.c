@@ -7,10 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "ledger.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 #include "tap.h"
-#include "util.h"
 
 static trail_hash *leaves;
 

@@ -10,11 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "model.h"
-#include "safetensors.h"
+#include "core/core.h"
+#include "model/model.h"
 #include "tap.h"
-#include "util.h"
 
 static char dir[] = "/tmp/trail-lora-XXXXXX";
 enum { T = 12 };

@@ -12,9 +12,9 @@
 
 #include <jansson.h>
 
-#include "merkle.h"
+#include "ledger/ledger.h"
 #include "tap.h"
-#include "util.h"
+#include "core/core.h"
 
 /* Reference: an explicit tree with MTH split at the largest power of two < n. */
 struct ref {

@@ -6,11 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "key.h"
-#include "ledger.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
 #include "tap.h"
-#include "util.h"
 
 static long countdown = -1; /* allocations left before failing; -1 = never */
 static long allocations;

@@ -12,11 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "model.h"
-#include "safetensors.h"
+#include "core/core.h"
+#include "model/model.h"
 #include "tap.h"
-#include "util.h"
 
 static char dir[] = "/tmp/trail-st-XXXXXX";
 

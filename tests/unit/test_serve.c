@@ -15,8 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "serve_int.h"
+#include "core/core.h"
+#include "serve/serve_int.h"
 #include "tap.h"
 
 #define BAIL_OUT(...) (printf("Bail out! "), printf(__VA_ARGS__), printf("\n"), exit(1))

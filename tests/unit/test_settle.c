@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "settle.h"
+#include "core/core.h"
+#include "settle/settle.h"
 #include "tap.h"
 
 typedef unsigned __int128 u128;

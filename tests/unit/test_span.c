@@ -3,9 +3,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "span.h"
+#include "attr/attr.h"
 #include "tap.h"
-#include "util.h"
+#include "core/core.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 static uint32_t rnd(uint32_t n)

@@ -15,11 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "json.h"
+#include "core/core.h"
 #include "tap.h"
-#include "tokenizer.h"
-#include "unicode.h"
-#include "util.h"
+#include "model/model.h"
+#include "model/model_int.h"
 
 static const char *top(void)
 {

@@ -9,10 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "model.h"
+#include "core/core.h"
+#include "model/model.h"
 #include "tap.h"
-#include "util.h"
 
 /* name: a model directory under dir; adapter: a LoRA adapter directory for it, or NULL */
 static void check(const char *dir, const char *name, const char *adapter)

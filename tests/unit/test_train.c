@@ -11,12 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "model.h"
-#include "safetensors.h"
+#include "core/core.h"
+#include "model/model.h"
 #include "tap.h"
-#include "train.h"
-#include "util.h"
 
 static char dir[] = "/tmp/trail-train-XXXXXX";
 static const trail_gpt2_config cfg = {2, 2, 16, 32, 257};

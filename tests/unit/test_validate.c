@@ -4,10 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
+#include "core/core.h"
 #include "tap.h"
-#include "util.h"
-#include "validate_int.h"
+#include "data/data_int.h"
 
 #include <xxhash.h>
 

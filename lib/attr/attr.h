@@ -1,0 +1,365 @@
+/*
+ * The span engine: a suffix array over a tokenised training set, to find
+ * the maximal spans of an answer that occur verbatim in training data, with
+ * their counts and the records they occur in (the infini-gram idea).
+ *
+ * File layout (little-endian, mmap-able; all sections 8-byte aligned):
+ *   header   magic "TRLSPAN\0", u32 version (1), u32 reserved,
+ *            u64 ntokens, u64 nrecords, u32 vocab, u32 reserved,
+ *            32-byte training-set root (the caller's, e.g. the Merkle root
+ *            over record ids), 32-byte SHA-256 of everything after the header
+ *   tokens   u32[ntokens]: each record's tokens followed by a separator
+ *            (vocab + record index, so no two separators are equal and no
+ *            match crosses a record boundary)
+ *   starts   u64[nrecords + 1]: offset of each record in tokens
+ *   sa       u32[ntokens]: suffix array (ntokens < 2^32)
+ *
+ * Ownership: the index handle owns its mapping; spans returned by
+ * trail_span_match are one trail_malloc'd array (records included), freed
+ * with trail_free.
+ */
+#ifndef TRAIL_ATTR_H
+#define TRAIL_ATTR_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+#define TRAIL_SPAN_MAX_RECORDS 16 /* record ids listed per span */
+
+/* Build an index over nrec records (token arrays) and write it atomically. */
+int trail_span_build(const int32_t *const *recs, const size_t *lens, size_t nrec,
+		     uint32_t vocab, const uint8_t root[32], const char *path, trail_error *err);
+
+typedef struct trail_span_index trail_span_index;
+
+/* Open (mmap) and check an index: magic, version, sizes, content digest. */
+int trail_span_open(const char *path, trail_span_index **out, trail_error *err);
+void trail_span_free(trail_span_index *x);
+uint64_t trail_span_ntokens(const trail_span_index *x);
+uint64_t trail_span_nrecords(const trail_span_index *x);
+const uint8_t *trail_span_root(const trail_span_index *x);
+
+/* Occurrences of q[0..n) in the training set: the count (0 if none). */
+uint64_t trail_span_count(const trail_span_index *x, const int32_t *q, size_t n);
+
+typedef struct trail_span {
+	size_t start, len;   /* in the query */
+	uint64_t count;      /* occurrences in the training set */
+	size_t nrecords;     /* distinct records listed (at most TRAIL_SPAN_MAX_RECORDS) */
+	uint64_t records[TRAIL_SPAN_MAX_RECORDS]; /* record indexes, ascending */
+} trail_span;
+
+/*
+ * Maximal spans of q of at least min_len tokens that occur in the training
+ * set at most max_count times (0: no limit): for each query position the
+ * longest match starting there, kept when not inside the previous one.
+ * O(L log N) binary-search steps per query position.
+ */
+int trail_span_match(const trail_span_index *x, const int32_t *q, size_t n, size_t min_len,
+		     uint64_t max_count, trail_span **out, size_t *nout, trail_error *err);
+
+/*
+ * Proof of Attribution, the influence engine: a per-record index of
+ * projected loss gradients, preconditioned scoring of queries against it,
+ * and the attribution records attr-score prints.
+ *
+ * Projection (in the manner of LoGra). A trained linear layer y = x W with
+ * inputs X [T,in] and output gradients dY [T,out] has the weight gradient
+ * dW = X^T dY. Each layer l gets two seeded Gaussian matrices P_in [k_in,in]
+ * and P_out [k_out,out] (entries N(0, 1/k)), and a sequence's projected
+ * gradient is
+ *     g_l = sum_t outer(P_out dY_t, P_in X_t)      [k_out,k_in], row major
+ * so the whole vector g = (g_0, g_1, ...) has D = L k_in k_out numbers and
+ * equals (P_out (x) P_in) vec(dW) without ever forming dW. Gradients are of
+ * the summed token loss (the negative log-likelihood of the counted
+ * targets).
+ *
+ * Scores, for a query gradient q and record gradients g_i:
+ *   graddot    q . g_i                                   (final weights)
+ *   influence  q^T (F + lambda I)^-1 g_i, F the block-diagonal projected
+ *              empirical Fisher: per layer F_l = (1/N) sum_i g_il g_il^T,
+ *              lambda_l = damping * tr(F_l) / (k_in k_out); solved through
+ *              each block's Cholesky factor, stored in the index
+ *   datainf    per layer, DataInf's closed form of the inverse of
+ *              (1/N) sum_i (g_il g_il^T + lambda_l I), lambda_l = 0.1 x the
+ *              mean squared gradient norm of the layer
+ *   tracin     sum_c w_c q_c . g_ci over the gradient sets saved at
+ *              checkpoints c while training (w_c: the learning rate there)
+ * A positive score means training on the record lowered the query's loss.
+ *
+ * Index file (little-endian, mmap-able, every section 64-byte aligned):
+ *   header   512 bytes: magic "TRLATTR\0", u32 version (1), u32 dtype
+ *            (1 = fp16), u64 nrecords, u32 nlayers, u32 dim, u32 nsets,
+ *            u32 k_in, u32 k_out, u32 targets, u64 seed, f64 damping,
+ *            u64 nparams, u64 blob, u64 file length, u32 seq, u32 reserved,
+ *            char model[72], adapter[72], root[48] (training-set Merkle
+ *            root, base64), at 480 the SHA-256 of header[0,480) and of
+ *            everything after the header
+ *   layers   nlayers x {u32 in, u32 out, u32 index, u32 reserved, char name[48]}
+ *   sets     nsets x {f64 weight, f64 reserved}; the last set is the final
+ *            model, earlier ones checkpoints (tracin)
+ *   params   nsets x nparams f32: the trainable parameters of each set
+ *   scales   nsets x nrecords f32: row scale (fp16 row = g / scale)
+ *   norms    nsets x nrecords x nlayers f32: squared norm of each layer block
+ *   lambda   nlayers f32 (DataInf), then nlayers f32 (influence)
+ *   chol     nlayers x (k_in k_out)^2 f32: lower Cholesky factors of
+ *            F_l + lambda_l I (final set)
+ *   grads    nsets x nrecords x dim fp16
+ *   records  nrecords x {u8 id[32], u64 contributor offset in blob, or ~0}
+ *   blob     contributor strings, NUL-terminated
+ *
+ * Ownership: handles are freed with their *_free (NULL is a no-op); arrays
+ * returned through pointers are trail_malloc'd unless said otherwise.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "model/model.h"
+
+#define TRAIL_ATTR_VERSION 1
+#define TRAIL_ATTR_MAX_DIM 8192 /* the dense preconditioner is dim^2 floats */
+
+enum { TRAIL_ATTR_INFLUENCE, TRAIL_ATTR_GRADDOT, TRAIL_ATTR_DATAINF, TRAIL_ATTR_TRACIN };
+
+/* "influence", "graddot", "datainf", "tracin" -> TRAIL_ATTR_*; -1 if unknown. */
+int trail_attr_method(const char *name);
+const char *trail_attr_method_name(int method);
+
+/* What an index is tied to: digests of the weights and the training set. */
+typedef struct trail_attr_ident {
+	char model[72];   /* "sha256:" of model.safetensors */
+	char adapter[72]; /* "sha256:" of adapter_model.safetensors, "" for none */
+	char root[48];    /* base64 RFC 9162 root over the record ids */
+} trail_attr_ident;
+
+typedef struct trail_attr_params {
+	uint64_t seed;  /* projection seed */
+	int k_in, k_out; /* per layer */
+	int targets;    /* TRAIL_LORA_* bits of the layers to project; 0: all */
+	double damping; /* relative damping of the influence solve (default 0.1) */
+	int seq;        /* tokens per record, as in training (records are cut) */
+} trail_attr_params;
+
+/* ---- projection -------------------------------------------------------------- */
+
+typedef struct trail_attr_proj trail_attr_proj;
+
+/* The projection of model m's selected linear layers. */
+int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_attr_proj **out,
+			trail_error *err);
+void trail_attr_proj_free(trail_attr_proj *p);
+size_t trail_attr_proj_dim(const trail_attr_proj *p);
+int trail_attr_proj_nlayers(const trail_attr_proj *p);
+
+/*
+ * Projected gradients of the B sequences of the last forward/backward of m
+ * (made with trail_model_keep_linear_io on): row b of g [B,dim] is the
+ * gradient of sequence b's summed loss, given its count of targets
+ * (the backward differentiates the batch's mean loss: total = sum counts).
+ */
+int trail_attr_project(const trail_attr_proj *p, const trail_model *m, int B, int T,
+		       const long *counts, float *g, trail_error *err);
+/* Naive reference of trail_attr_project (for tests): explicit dW then P_out dW^T P_in^T. */
+int trail_attr_project_ref(const trail_attr_proj *p, const trail_model *m, int B, int T,
+			   const long *counts, float *g, trail_error *err);
+
+/*
+ * The projected gradient g [dim] of the summed loss of tok[first..n) given
+ * the tokens before (targets are tok[t+1] for t+1 >= first). n is at most
+ * the model's n_positions; first >= 1. Leaves keep_linear_io on.
+ */
+int trail_attr_grad(const trail_attr_proj *p, trail_model *m, const int32_t *tok, size_t n,
+		    size_t first, float *g, trail_error *err);
+
+/* ---- building an index ------------------------------------------------------- */
+
+typedef struct trail_attr_builder trail_attr_builder;
+
+/*
+ * Start an index for nrecords records at path (written to a temporary file
+ * beside it; nothing appears at path before trail_attr_builder_finish).
+ * nsets: gradient sets, 1 for the final model only, more with tracin
+ * checkpoints (the last set is always the final model).
+ */
+int trail_attr_builder_new(const char *path, const trail_model *m, const trail_attr_ident *id,
+			   const trail_attr_params *p, size_t nrecords, int nsets,
+			   trail_attr_builder **out, trail_error *err);
+/*
+ * Record the gradients of set `set` at m's current weights: copies the
+ * trainable parameters and the set's weight (the learning rate at that
+ * point, for tracin). Call before or after adding the set's rows.
+ */
+int trail_attr_builder_set(trail_attr_builder *b, int set, trail_model *m, double weight,
+			   trail_error *err);
+/* Add one row: the projected gradient g [dim] of record `rec` in `set`. */
+int trail_attr_builder_add(trail_attr_builder *b, int set, size_t rec, const float *g,
+			   trail_error *err);
+/*
+ * After a forward and backward of m over a batch of records (rows b*T..,
+ * trail_model_keep_linear_io on): project and add each record's gradient.
+ * counts[b] are the records' counted targets.
+ */
+int trail_attr_builder_add_batch(trail_attr_builder *b, int set, trail_model *m,
+				 const size_t *recs, const long *counts, int B, int T,
+				 trail_error *err);
+/*
+ * One pass over the dataset at m's current weights: forward and backward of
+ * every record in batches of `batch` (cut at p->seq tokens as in
+ * training), added to `set`, whose weight is `weight`.
+ */
+int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m,
+			    const trail_dataset *d, int batch, double weight, trail_error *err);
+/*
+ * Compute the curvature statistics, write the record table (ids and
+ * contributors, from d) and the digest, fsync and rename into place. Every
+ * row of every set must have been added. The builder is freed either way.
+ */
+int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, trail_error *err);
+/* Drop an unfinished index (its temporary file is removed). */
+void trail_attr_builder_free(trail_attr_builder *b);
+
+/* ---- reading and scoring ----------------------------------------------------- */
+
+typedef struct trail_attr_index trail_attr_index;
+
+/*
+ * Map and check an index: magic and version (a hint when they differ),
+ * sizes against the file length, the SHA-256 of the content (TRAIL_EVERIFY
+ * when it differs: truncated or altered).
+ */
+int trail_attr_index_open(const char *path, trail_attr_index **out, trail_error *err);
+void trail_attr_index_free(trail_attr_index *x);
+
+typedef struct trail_attr_info {
+	uint64_t nrecords;
+	int nlayers, nsets, k_in, k_out, targets, seq;
+	size_t dim, nparams;
+	uint64_t seed;
+	double damping;
+	trail_attr_ident id;
+	char digest[72]; /* of the whole file's content (the header's SHA-256) */
+} trail_attr_info;
+const trail_attr_info *trail_attr_index_info(const trail_attr_index *x);
+/* Record i's id ("sha256:") and contributor (NULL when none). */
+void trail_attr_index_record(const trail_attr_index *x, size_t i, char id[72],
+			     const char **contributor);
+/* The projection the index was built with, for model m (checked against the layers). */
+int trail_attr_index_proj(const trail_attr_index *x, const trail_model *m, trail_attr_proj **out,
+			  trail_error *err);
+
+/*
+ * Query gradients for `method`: q gets nsets x dim (tracin: one per set,
+ * computed at each set's saved parameters, m's own restored after) or dim.
+ * trail_attr_query_rows tells how many rows of dim.
+ */
+int trail_attr_query_rows(const trail_attr_index *x, int method);
+int trail_attr_query_grad(const trail_attr_index *x, const trail_attr_proj *p, trail_model *m,
+			  int method, const int32_t *tok, size_t n, size_t first, float *q,
+			  trail_error *err);
+
+/*
+ * Scores of nq queries against every record: scores [nq, nrecords].
+ * q holds nq blocks of trail_attr_query_rows(x, method) x dim. Each score
+ * is scale_i x dot(g_i, v) with the dot product in one defined order
+ * (eight lanes of fused multiply-adds in coordinate order, the lanes added
+ * in a fixed tree; fp16 converted inside it), the influence solve in
+ * double: the same inputs give the same bits whatever the thread count
+ * (trail_blas_threads, which also splits the records), the CPU's kernel
+ * (F16C + FMA, or the portable one: TRAIL_ATTR_SCALAR=1 in the environment
+ * forces it) or the number of queries scored together.
+ */
+int trail_attr_score(const trail_attr_index *x, int method, const float *q, int nq,
+		     float *scores, trail_error *err);
+/* Naive double-precision reference of trail_attr_score, for tests. */
+int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, int nq,
+			 double *scores, trail_error *err);
+
+/* Self-influence g_i^T (F + lambda I)^-1 g_i of every record (poisoning and outliers). */
+int trail_attr_self_influence(const trail_attr_index *x, float *out, trail_error *err);
+
+/* fp16 conversion (round to nearest even), exposed for tests and benches. */
+uint16_t trail_attr_f16(float f);
+float trail_attr_f32(uint16_t h);
+
+/* ---- attribution records ----------------------------------------------------- */
+
+/*
+ * Everything an attribution run needs, opened once: the model (with its
+ * adapter), the tokenizer, the index, the training records and their span
+ * index. All references are borrowed.
+ */
+typedef struct trail_attr_ctx {
+	trail_model *model;
+	const trail_tokenizer *tk;
+	const trail_attr_index *index;
+	const trail_attr_proj *proj;
+	const trail_dataset *data;      /* the training records, in index order */
+	const json_t *records;          /* their JSON (with "entry", "bundle" from snapshots), or NULL */
+	const trail_span_index *spans;  /* or NULL: no spans */
+	const char *index_name;         /* as printed in "index" */
+	int method, top, min_span;
+	uint64_t max_count;             /* rarity filter of spans (0: none) */
+	double near;                    /* Jaccard threshold of near-duplicate clusters */
+} trail_attr_ctx;
+
+/*
+ * One attribution record for one inference event (or a lora-serve response
+ * holding one in "event"). TRAIL_EDATA for an event of another base or
+ * adapter than the index, or without tokens or text. *out: new reference.
+ */
+int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
+		     trail_error *err);
+/* Recompute an attribution record: TRAIL_OK if identical, TRAIL_EVERIFY with the difference. */
+int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error *err);
+
+/*
+ * Near-duplicate clusters among `recs` (indexes into c->data): records with
+ * the same tokens, or whose 8-token shingle sets have Jaccard >= c->near,
+ * from different contributors; earliest ledger entry (else training order)
+ * first. New reference: [{"records","members","first"}].
+ */
+json_t *trail_attr_clusters(const trail_attr_ctx *c, const size_t *recs, size_t n);
+
+/* ---- sessions: what attr-score opens once ---------------------------------------- */
+
+typedef struct trail_attr_opts {
+	const char *model, *adapter; /* directories */
+	const char *index;           /* default: ADAPTER (else MODEL)/attribution.idx */
+	const char *data;            /* training records, NDJSON */
+	const char *datanet, *home;  /* or a datanet snapshot NAME@SIZE in a store */
+	int method, top, min_span, prove;
+	uint64_t max_count;          /* rarity filter of spans (0: none) */
+	double near;                 /* near-duplicate Jaccard threshold (default 0.8) */
+} trail_attr_opts;
+
+typedef struct trail_attr_session trail_attr_session;
+
+/*
+ * Load the model and adapter, the tokenizer, the index (checked), the
+ * training records (their root must be the index's) and the span index
+ * (INDEX.span, else built in a temporary file). Every mismatch is a clean
+ * TRAIL_EDATA naming both sides; a missing input TRAIL_ENOINPUT.
+ */
+int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, trail_error *err);
+void trail_attr_session_free(trail_attr_session *s);
+const trail_attr_ctx *trail_attr_session_ctx(const trail_attr_session *s);
+/* One attribution record (with "proofs" when o->prove). */
+int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t **out, trail_error *err);
+/* Recompute a record (proofs are checked offline, not recomputed). */
+int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err);
+
+/*
+ * Build the index (o->index) and its span index for an existing model or
+ * adapter and its training records. ckpts: directories of checkpoints
+ * saved while training (adapters, or models), each a tracin gradient set
+ * with weight ckpt_weights[i] (NULL: 1); the final model is the last set.
+ */
+int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *p, int batch,
+			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
+			   trail_error *err);
+
+#endif

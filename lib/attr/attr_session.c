@@ -1,0 +1,459 @@
+/*
+ * Attribution sessions: open the model, adapter, tokenizer, index, training
+ * records and span index once, check that they belong together, then
+ * attribute events one by one; the proof chain of top records; building an
+ * index for an existing model.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "attr/attr_int.h"
+#include "data/data.h"
+#include "core/core.h"
+#include "ledger/ledger.h"
+#include "model/model.h"
+
+struct trail_attr_session {
+	trail_attr_ctx c;
+	trail_model *m;
+	trail_tokenizer *tk;
+	trail_attr_index *x;
+	trail_attr_proj *p;
+	trail_dataset *d;
+	json_t *recs;
+	trail_span_index *sp;
+	trail_store *store;
+	char *index_path;
+	int prove;
+};
+
+static int oom(trail_error *err)
+{
+	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+static int add_record(void *ctx, const json_t *rec)
+{
+	return json_array_append((json_t *)ctx, (json_t *)rec) ? TRAIL_ENOMEM : TRAIL_OK;
+}
+
+/* sha256 of DIR/NAME, the digest lora-serve and training.json give weights. */
+static int file_digest(const char *dir, const char *name, char out[72], trail_error *err)
+{
+	char *p = trail_path(dir, name);
+	trail_map mp;
+	int rc;
+	if (!p)
+		return oom(err);
+	if (!(rc = trail_map_file(p, &mp, err))) {
+		trail_digest_str(mp.data, mp.len, out);
+		trail_unmap(&mp);
+	}
+	trail_free(p);
+	return rc;
+}
+
+/* The training records: an NDJSON file or a datanet snapshot. */
+static int load_records(const trail_attr_opts *o, trail_store **store, json_t *recs, trail_error *err)
+{
+	int rc;
+	if (o->data) {
+		void *buf;
+		size_t len;
+		if ((rc = trail_read_file(o->data, (size_t)1 << 34, &buf, &len, err)))
+			return rc;
+		rc = trail_source_records(buf, len, o->data, 0, recs, err);
+		trail_free(buf);
+		return rc;
+	}
+	if (!o->datanet)
+		return trail_error_set(err, TRAIL_EUSAGE, "the training records are needed: --data FILE or --datanet NAME@SIZE");
+	char *name = NULL;
+	uint64_t size = 0;
+	if ((rc = trail_datanet_spec(o->datanet, &name, &size, err)) || (rc = trail_store_open(o->home, store, err))) {
+		trail_free(name);
+		return rc;
+	}
+	if (!size) {
+		trail_ledger *l;
+		if (!(rc = trail_ledger_open(*store, 0, &l, err))) {
+			size = trail_ledger_size(l);
+			trail_ledger_free(l);
+		}
+	}
+	if (!rc)
+		rc = trail_datanet_snapshot(*store, name, size, add_record, recs, err);
+	trail_free(name);
+	return rc;
+}
+
+static char *default_index(const trail_attr_opts *o)
+{
+	return trail_path(o->adapter ? o->adapter : o->model, "attribution.idx");
+}
+
+/* Model, adapter, tokenizer and the digests that identify them. */
+static int load_model(const trail_attr_opts *o, trail_model **m, trail_tokenizer **tk, trail_attr_ident *id,
+		      trail_error *err)
+{
+	int rc;
+	memset(id, 0, sizeof *id);
+	if (!o->model)
+		return trail_error_set(err, TRAIL_EUSAGE, "--model DIR is required");
+	if ((rc = trail_model_load(o->model, m, err)) || (rc = file_digest(o->model, "model.safetensors", id->model, err)) ||
+	    (rc = trail_tokenizer_load(o->model, tk, err)))
+		return rc;
+	if (o->adapter && ((rc = trail_model_load_adapter(*m, o->adapter, err)) ||
+			   (rc = file_digest(o->adapter, "adapter_model.safetensors", id->adapter, err))))
+		return rc;
+	return TRAIL_OK;
+}
+
+int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, trail_error *err)
+{
+	trail_attr_session *s = trail_calloc(1, sizeof *s);
+	trail_attr_ident id;
+	int rc;
+	*out = NULL;
+	if (!s || !(s->recs = json_array())) {
+		trail_free(s);
+		return oom(err);
+	}
+	s->index_path = o->index ? trail_strdup(o->index) : default_index(o);
+	if (!s->index_path) {
+		rc = oom(err);
+		goto fail;
+	}
+	if ((rc = load_model(o, &s->m, &s->tk, &id, err)) || (rc = trail_attr_index_open(s->index_path, &s->x, err)))
+		goto fail;
+	const trail_attr_info *in = trail_attr_index_info(s->x);
+	if (strcmp(in->id.model, id.model)) {
+		rc = trail_error_at(err, TRAIL_EDATA, s->index_path, 0, "the index is for base model %s, not %s (%s)",
+				    in->id.model, id.model, o->model);
+		goto fail;
+	}
+	if (strcmp(in->id.adapter, id.adapter)) {
+		rc = trail_error_at(err, TRAIL_EDATA, s->index_path, 0, "the index is for adapter %s, not %s",
+				    in->id.adapter[0] ? in->id.adapter : "(none)", id.adapter[0] ? id.adapter : "(none)");
+		goto fail;
+	}
+	if ((rc = trail_attr_index_proj(s->x, s->m, &s->p, err)) || (rc = load_records(o, &s->store, s->recs, err)) ||
+	    (rc = trail_dataset_from_records(s->recs, s->tk, &s->d, err)))
+		goto fail;
+	if (strcmp(s->d->root, in->id.root) || s->d->n != in->nrecords) {
+		rc = trail_error_set(err, TRAIL_EDATA, "the training records (%zu, root %s) are not the index's (%llu, root %s)",
+				     s->d->n, s->d->root, (unsigned long long)in->nrecords, in->id.root);
+		goto fail;
+	}
+	/* the span index beside the index, else built now in a temporary file */
+	char *spp = trail_malloc(strlen(s->index_path) + 6);
+	if (!spp) {
+		rc = oom(err);
+		goto fail;
+	}
+	sprintf(spp, "%s.span", s->index_path);
+	uint8_t root[32];
+	size_t rl;
+	trail_unbase64(s->d->root, strlen(s->d->root), root, 32, &rl);
+	if (access(spp, F_OK) == 0) {
+		if (!(rc = trail_span_open(spp, &s->sp, err)) && memcmp(trail_span_root(s->sp), root, 32))
+			rc = trail_error_at(err, TRAIL_EDATA, spp, 0, "the span index is for another training set");
+	} else {
+		char tmp[] = "/tmp/trail-span.XXXXXX";
+		const char *td = getenv("TMPDIR");
+		char *path = trail_path(td && *td ? td : "/tmp", "trail-span.XXXXXX");
+		int fd = path ? mkstemp(path) : -1;
+		(void)tmp;
+		if (fd < 0)
+			rc = path ? trail_error_errno(err, TRAIL_EIO, errno, "%s", path) : oom(err);
+		else {
+			close(fd);
+			if (!(rc = trail_span_build((const int32_t *const *)s->d->tok, s->d->len, s->d->n,
+						    (uint32_t)trail_model_config(s->m)->vocab_size, root, path, err)))
+				rc = trail_span_open(path, &s->sp, err);
+			unlink(path);
+		}
+		trail_free(path);
+	}
+	trail_free(spp);
+	if (rc)
+		goto fail;
+	s->prove = o->prove;
+	if (o->prove && !s->store) {
+		rc = trail_error_set(err, TRAIL_EUSAGE, "--prove needs a datanet snapshot in a store (--datanet, --home)");
+		goto fail;
+	}
+	s->c = (trail_attr_ctx){.model = s->m, .tk = s->tk, .index = s->x, .proj = s->p, .data = s->d, .records = s->recs,
+				.spans = s->sp, .index_name = s->index_path, .method = o->method, .top = o->top,
+				.min_span = o->min_span, .max_count = o->max_count, .near = o->near > 0 ? o->near : 0.8};
+	*out = s;
+	return TRAIL_OK;
+fail:
+	trail_attr_session_free(s);
+	return rc;
+}
+
+void trail_attr_session_free(trail_attr_session *s)
+{
+	if (!s)
+		return;
+	trail_model_free(s->m);
+	trail_tokenizer_free(s->tk);
+	trail_attr_index_free(s->x);
+	trail_attr_proj_free(s->p);
+	trail_dataset_free(s->d);
+	json_decref(s->recs);
+	trail_span_free(s->sp);
+	trail_store_free(s->store);
+	trail_free(s->index_path);
+	trail_free(s);
+}
+
+const trail_attr_ctx *trail_attr_session_ctx(const trail_attr_session *s)
+{
+	return &s->c;
+}
+
+/* ---- proofs ---------------------------------------------------------------------------- */
+
+static size_t rec_index(const trail_attr_session *s, const char *id, const char *who)
+{
+	for (size_t i = 0; i < s->d->n; i++)
+		if (!strcmp(s->d->id[i], id) && (!who || (s->d->contributor[i] && !strcmp(s->d->contributor[i], who))))
+			return i;
+	return (size_t)-1;
+}
+
+/*
+ * record -> bundle (inclusion of the record id in the bundle's record
+ * root, in the transparency-dev test-case format) -> the signed
+ * contribution entry -> its tlog-proof receipt against a signed checkpoint.
+ */
+static int prove_one(trail_attr_session *s, trail_ledger *l, size_t i, json_t **out, trail_error *err)
+{
+	json_t *r = json_array_get(s->recs, i);
+	const char *bundle = json_string_value(json_object_get(r, "bundle"));
+	json_t *ej = json_object_get(r, "entry");
+	trail_bundle *b = NULL;
+	json_t *entry = NULL;
+	char bd[72], *receipt = NULL;
+	int rc;
+	if (!bundle || !json_is_integer(ej))
+		return trail_error_set(err, TRAIL_EDATA, "record %s has no bundle or ledger entry", s->d->id[i]);
+	uint64_t e = (uint64_t)json_integer_value(ej);
+	if ((rc = trail_datanet_load_bundle(s->store, bundle, &b, bd, err)) ||
+	    (rc = trail_ledger_get_json(l, e, &entry, err)) || (rc = trail_ledger_receipt(l, e, &receipt, err)))
+		goto out;
+	size_t n = json_array_size(b->ids), pos = n;
+	trail_hash *leaves = trail_malloc((n ? n : 1) * sizeof *leaves);
+	if (!leaves) {
+		rc = oom(err);
+		goto out;
+	}
+	for (size_t k = 0; k < n; k++) {
+		uint8_t dg[32];
+		const char *idk = json_string_value(json_array_get(b->ids, k));
+		trail_digest_parse(idk, dg);
+		trail_merkle_leaf(dg, 32, leaves[k]);
+		if (pos == n && !strcmp(idk, s->d->id[i]))
+			pos = k;
+	}
+	trail_merkle_mem *t = pos < n ? trail_merkle_mem_new(leaves, n) : NULL;
+	trail_hash proof[TRAIL_MERKLE_MAXPROOF], root;
+	size_t np = 0;
+	if (pos == n)
+		rc = trail_error_set(err, TRAIL_EDATA, "record %s is not in bundle %s", s->d->id[i], bundle);
+	else if (!t)
+		rc = oom(err);
+	else if (!(rc = trail_merkle_prove_inclusion(trail_merkle_mem_get, t, pos, n, proof, &np, err))) {
+		trail_merkle_root_of((const trail_hash *)leaves, n, root);
+		char b64[64];
+		json_t *pa = json_array();
+		for (size_t k = 0; k < np; k++) {
+			trail_base64(proof[k], 32, b64);
+			json_array_append_new(pa, json_string(b64));
+		}
+		char rb[64], lb[64];
+		trail_base64(root, 32, rb);
+		trail_base64(leaves[pos], 32, lb);
+		*out = json_pack("{s:s, s:s?, s:s, s:I, s:{s:I, s:I, s:s, s:s, s:o}, s:O, s:s}", "record", s->d->id[i],
+				 "contributor", s->d->contributor[i], "bundle", bundle, "entry", (json_int_t)e, "record_proof",
+				 "leafIdx", (json_int_t)pos, "treeSize", (json_int_t)n, "root", rb, "leafHash", lb, "proof",
+				 pa, "contribution", entry, "receipt", receipt);
+		if (!*out)
+			rc = oom(err);
+	}
+	trail_merkle_mem_free(t);
+	trail_free(leaves);
+out:
+	trail_bundle_free(b);
+	json_decref(entry);
+	trail_free(receipt);
+	return rc;
+}
+
+static int add_proofs(trail_attr_session *s, json_t *rec, trail_error *err)
+{
+	trail_ledger *l;
+	int rc = trail_ledger_open(s->store, 0, &l, err);
+	if (rc)
+		return rc;
+	json_t *proofs = json_array(), *t;
+	size_t k;
+	json_array_foreach(json_object_get(rec, "top"), k, t) {
+		size_t i = rec_index(s, json_string_value(json_object_get(t, "record")),
+				     json_string_value(json_object_get(t, "contributor")));
+		json_t *p = NULL;
+		if (i == (size_t)-1)
+			continue;
+		if ((rc = prove_one(s, l, i, &p, err)))
+			break;
+		json_array_append_new(proofs, p);
+	}
+	trail_ledger_free(l);
+	if (rc)
+		json_decref(proofs);
+	else
+		json_object_set_new(rec, "proofs", proofs);
+	return rc;
+}
+
+int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t **out, trail_error *err)
+{
+	int rc = trail_attr_event(&s->c, event, out, err);
+	if (!rc && s->prove && (rc = add_proofs(s, *out, err))) {
+		json_decref(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+/* Each proof: the record's inclusion in its bundle, the entry's leaf in the receipt, the receipt itself. */
+static int check_proofs(trail_attr_session *s, const json_t *proofs, trail_error *err)
+{
+	size_t k;
+	json_t *p;
+	const trail_verifier *v = s->store ? trail_store_operator_vkey(s->store) : NULL;
+	json_array_foreach(proofs, k, p) {
+		const char *rc_ = json_string_value(json_object_get(p, "receipt"));
+		json_t *entry = json_object_get(p, "contribution");
+		uint64_t idx;
+		trail_hash leaf, mine;
+		char *bytes = NULL;
+		size_t bl;
+		int rc;
+		if (!rc_ || !entry || !v)
+			return trail_error_set(err, TRAIL_EVERIFY, "proof %zu: no receipt, entry or log key", k);
+		if ((rc = trail_merkle_check_json(json_object_get(p, "record_proof"), err)))
+			return rc == TRAIL_EDATA ? trail_error_set(err, TRAIL_EVERIFY, "proof %zu: %s", k, err->msg) : rc;
+		if ((rc = trail_receipt_verify(rc_, strlen(rc_), &v, 1, &idx, leaf, err)))
+			return rc;
+		if ((rc = trail_jcs(entry, &bytes, &bl, err)))
+			return rc;
+		trail_merkle_leaf(bytes, bl, mine);
+		trail_free(bytes);
+		if (memcmp(mine, leaf, 32) || idx != (uint64_t)json_integer_value(json_object_get(p, "entry")))
+			return trail_error_set(err, TRAIL_EVERIFY, "proof %zu: the receipt is for another entry", k);
+		if ((rc = trail_json_verify(entry, err)))
+			return rc;
+	}
+	return TRAIL_OK;
+}
+
+int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err)
+{
+	int rc = trail_attr_verify(&s->c, record, err);
+	json_t *p = json_object_get(record, "proofs");
+	if (!rc && p)
+		rc = check_proofs(s, p, err);
+	return rc;
+}
+
+/* ---- building for an existing model ------------------------------------------------------ */
+
+static int training_seq(const char *dir, int *seq)
+{
+	char *p = trail_path(dir, "training.json");
+	void *buf = NULL;
+	size_t len;
+	json_t *j = NULL;
+	if (p && !trail_read_file(p, 1 << 30, &buf, &len, NULL) && !trail_json_parse(buf, len, p, &j, NULL)) {
+		json_t *v = json_object_get(json_object_get(j, "hyperparameters"), "seq");
+		if (json_is_integer(v))
+			*seq = (int)json_integer_value(v);
+	}
+	json_decref(j);
+	trail_free(buf), trail_free(p);
+	return TRAIL_OK;
+}
+
+int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp, int batch,
+			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts, trail_error *err)
+{
+	trail_model *m = NULL, *cm = NULL;
+	trail_tokenizer *tk = NULL;
+	trail_dataset *d = NULL;
+	trail_store *store = NULL;
+	trail_attr_builder *b = NULL;
+	json_t *recs = json_array();
+	trail_attr_ident id;
+	char *path = o->index ? trail_strdup(o->index) : default_index(o), *spp = NULL;
+	int rc;
+	if (!recs || !path) {
+		rc = oom(err);
+		goto out;
+	}
+	if ((rc = load_model(o, &m, &tk, &id, err)) || (rc = load_records(o, &store, recs, err)) ||
+	    (rc = trail_dataset_from_records(recs, tk, &d, err)))
+		goto out;
+	memcpy(id.root, d->root, sizeof id.root - 1); /* base64 of 32 bytes: 44 characters */
+	id.root[sizeof id.root - 1] = 0;
+	trail_attr_params p = *pp;
+	if (!p.seq)
+		training_seq(o->adapter ? o->adapter : o->model, &p.seq);
+	if (!p.seq)
+		p.seq = trail_model_config(m)->n_positions;
+	if (!p.targets && trail_model_has_lora(m))
+		p.targets = trail_model_lora(m)->targets;
+	if ((rc = trail_attr_builder_new(path, m, &id, &p, d->n, (int)nckpts + 1, &b, err)))
+		goto out;
+	for (size_t c = 0; c < nckpts; c++) {
+		/* a checkpoint: the same base with the checkpoint's adapter, or the checkpoint's model */
+		if ((rc = o->adapter ? trail_model_load(o->model, &cm, err) : trail_model_load(ckpts[c], &cm, err)) ||
+		    (o->adapter && (rc = trail_model_load_adapter(cm, ckpts[c], err))) ||
+		    (rc = trail_attr_builder_pass(b, (int)c, cm, d, batch, ckpt_weights ? ckpt_weights[c] : 1.0, err)))
+			goto out;
+		trail_model_free(cm);
+		cm = NULL;
+	}
+	if ((rc = trail_attr_builder_pass(b, (int)nckpts, m, d, batch, ckpt_weights && nckpts ? ckpt_weights[nckpts - 1] : 1.0, err)))
+		goto out;
+	rc = trail_attr_builder_finish(b, d, err);
+	b = NULL;
+	if (rc)
+		goto out;
+	/* the span index beside it */
+	uint8_t root[32];
+	size_t rl;
+	trail_unbase64(d->root, strlen(d->root), root, 32, &rl);
+	if (!(spp = trail_malloc(strlen(path) + 6))) {
+		rc = oom(err);
+		goto out;
+	}
+	sprintf(spp, "%s.span", path);
+	rc = trail_span_build((const int32_t *const *)d->tok, d->len, d->n, (uint32_t)trail_model_config(m)->vocab_size,
+			      root, spp, err);
+out:
+	trail_attr_builder_free(b);
+	trail_model_free(m), trail_model_free(cm);
+	trail_tokenizer_free(tk);
+	trail_dataset_free(d);
+	trail_store_free(store);
+	json_decref(recs);
+	trail_free(path), trail_free(spp);
+	return rc;
+}

@@ -1,0 +1,463 @@
+#include <unistd.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "core/core.h"
+#include "ledger/ledger.h"
+
+#define ALG_ED25519 0x01
+#define NAME_MAX_LEN 256
+#define MAX_SIGS 64
+
+struct trail_signer {
+	char *name;
+	char *vkey;
+	uint32_t id;
+	uint8_t sk[crypto_sign_SECRETKEYBYTES];
+};
+
+struct trail_verifier {
+	char *name;
+	char *str;
+	uint32_t id;
+	uint8_t pk[crypto_sign_PUBLICKEYBYTES];
+};
+
+/* A key name: non-empty, printable, no '+' and no spaces. */
+static int valid_name(const char *s, size_t n)
+{
+	if (n == 0 || n > NAME_MAX_LEN)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c <= 0x20 || c == 0x7f || c == '+')
+			return 0;
+	}
+	return 1;
+}
+
+static uint32_t key_id(const char *name, size_t n, const uint8_t pk[32])
+{
+	crypto_hash_sha256_state st;
+	uint8_t h[32], tag[2] = {'\n', ALG_ED25519};
+	crypto_hash_sha256_init(&st);
+	crypto_hash_sha256_update(&st, (const uint8_t *)name, n);
+	crypto_hash_sha256_update(&st, tag, 2);
+	crypto_hash_sha256_update(&st, pk, 32);
+	crypto_hash_sha256_final(&st, h);
+	return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+}
+
+/* Format "<name>+<id>+<base64(0x01 || key)>" (plus an optional prefix). */
+static char *format_key(const char *prefix, const char *name, uint32_t id, const uint8_t key[32])
+{
+	uint8_t raw[33];
+	raw[0] = ALG_ED25519;
+	memcpy(raw + 1, key, 32);
+	char b64[64];
+	trail_base64(raw, 33, b64);
+	size_t n = strlen(prefix) + strlen(name) + 8 + strlen(b64) + 4;
+	char *s = trail_malloc(n);
+	if (s)
+		snprintf(s, n, "%s%s+%08x+%s", prefix, name, id, b64);
+	sodium_memzero(raw, sizeof raw);
+	return s;
+}
+
+/*
+ * Split "<name>+<8 lowercase hex>+<base64(0x01 || 32 bytes)>" into its parts.
+ * Names hold no '+', so the name ends at the first one (base64 may hold '+').
+ */
+static int split_key(const char *s, size_t len, size_t *namelen, uint32_t *id, uint8_t key[32])
+{
+	const char *prev = memchr(s, '+', len);
+	if (!prev || (size_t)(prev - s) + 10 > len || prev[9] != '+')
+		return TRAIL_EDATA;
+	const char *last = prev + 9;
+	*namelen = (size_t)(prev - s);
+	if (!valid_name(s, *namelen))
+		return TRAIL_EDATA;
+	uint8_t idb[4];
+	for (int i = 1; i <= 8; i++)
+		if (!((prev[i] >= '0' && prev[i] <= '9') || (prev[i] >= 'a' && prev[i] <= 'f')))
+			return TRAIL_EDATA;
+	if (trail_unhex(prev + 1, 8, idb, 4))
+		return TRAIL_EDATA;
+	*id = (uint32_t)idb[0] << 24 | (uint32_t)idb[1] << 16 | (uint32_t)idb[2] << 8 | idb[3];
+	uint8_t raw[64];
+	size_t n;
+	const char *b = last + 1;
+	if (trail_unbase64(b, len - (size_t)(b - s), raw, sizeof raw, &n) || n != 33 ||
+	    raw[0] != ALG_ED25519)
+		return TRAIL_EDATA;
+	memcpy(key, raw + 1, 32);
+	sodium_memzero(raw, sizeof raw);
+	return TRAIL_OK;
+}
+
+int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *err)
+{
+	if (!valid_name(name, strlen(name)))
+		return trail_error_set(err, TRAIL_EUSAGE,
+				       "invalid key name '%s' (no '+', spaces or control characters)",
+				       name);
+	uint8_t seed[32], pk[32], sk[64];
+	randombytes_buf(seed, sizeof seed);
+	crypto_sign_seed_keypair(pk, sk, seed);
+	uint32_t id = key_id(name, strlen(name), pk);
+	*skey = format_key("PRIVATE+KEY+", name, id, seed);
+	*vkey = format_key("", name, id, pk);
+	sodium_memzero(seed, sizeof seed);
+	sodium_memzero(sk, sizeof sk);
+	if (!*skey || !*vkey) {
+		trail_free(*skey);
+		trail_free(*vkey);
+		*skey = *vkey = NULL;
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	return TRAIL_OK;
+}
+
+int trail_signer_parse(const char *skey, size_t len, trail_signer **out, trail_error *err)
+{
+	static const char pfx[] = "PRIVATE+KEY+";
+	size_t namelen;
+	uint32_t id;
+	uint8_t seed[32], pk[32];
+	*out = NULL;
+	if (len < sizeof pfx - 1 || memcmp(skey, pfx, sizeof pfx - 1) ||
+	    split_key(skey + sizeof pfx - 1, len - (sizeof pfx - 1), &namelen, &id, seed))
+		return trail_error_set(err, TRAIL_EDATA, "malformed signer key");
+	trail_signer *s = trail_calloc(1, sizeof *s);
+	if (!s)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	crypto_sign_seed_keypair(pk, s->sk, seed);
+	sodium_memzero(seed, sizeof seed);
+	const char *name = skey + sizeof pfx - 1;
+	if (key_id(name, namelen, pk) != id) {
+		trail_signer_free(s);
+		return trail_error_set(err, TRAIL_EDATA, "signer key id does not match its key");
+	}
+	s->id = id;
+	s->name = trail_strndup(name, namelen);
+	s->vkey = s->name ? format_key("", s->name, id, pk) : NULL;
+	if (!s->vkey) {
+		trail_signer_free(s);
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	*out = s;
+	return TRAIL_OK;
+}
+
+int trail_verifier_parse(const char *vkey, size_t len, trail_verifier **out, trail_error *err)
+{
+	size_t namelen;
+	uint32_t id;
+	uint8_t pk[32];
+	*out = NULL;
+	if (split_key(vkey, len, &namelen, &id, pk))
+		return trail_error_set(err, TRAIL_EDATA, "malformed verifier key");
+	if (key_id(vkey, namelen, pk) != id)
+		return trail_error_set(err, TRAIL_EDATA, "verifier key id does not match its key");
+	trail_verifier *v = trail_calloc(1, sizeof *v);
+	if (!v)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	v->id = id;
+	memcpy(v->pk, pk, 32);
+	v->name = trail_strndup(vkey, namelen);
+	v->str = trail_strndup(vkey, len);
+	if (!v->name || !v->str) {
+		trail_verifier_free(v);
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	*out = v;
+	return TRAIL_OK;
+}
+
+/* Read a one-line key file, without its trailing newline. */
+static int read_key_file(const char *path, char **buf, size_t *len, trail_error *err)
+{
+	int rc = trail_read_file(path, 4096, (void **)buf, len, err);
+	if (rc)
+		return rc;
+	while (*len && ((*buf)[*len - 1] == '\n' || (*buf)[*len - 1] == '\r'))
+		(*buf)[--*len] = 0;
+	return TRAIL_OK;
+}
+
+int trail_signer_load(const char *path, trail_signer **out, trail_error *err)
+{
+	char *buf;
+	size_t len;
+	int rc = read_key_file(path, &buf, &len, err);
+	if (rc)
+		return rc;
+	rc = trail_signer_parse(buf, len, out, err);
+	sodium_memzero(buf, len);
+	trail_free(buf);
+	if (rc)
+		trail_error_at(err, rc, path, 0, "malformed signer key");
+	return rc;
+}
+
+int trail_verifier_load(const char *path_or_key, trail_verifier **out, trail_error *err)
+{
+	size_t n = strlen(path_or_key);
+	if (trail_verifier_parse(path_or_key, n, out, NULL) == TRAIL_OK)
+		return TRAIL_OK;
+	char *buf;
+	size_t len;
+	int rc = read_key_file(path_or_key, &buf, &len, err);
+	if (rc)
+		return rc;
+	rc = trail_verifier_parse(buf, len, out, err);
+	trail_free(buf);
+	if (rc)
+		trail_error_at(err, rc, path_or_key, 0, "malformed verifier key");
+	return rc;
+}
+
+void trail_signer_free(trail_signer *s)
+{
+	if (!s)
+		return;
+	sodium_memzero(s->sk, sizeof s->sk);
+	trail_free(s->name);
+	trail_free(s->vkey);
+	trail_free(s);
+}
+
+void trail_verifier_free(trail_verifier *v)
+{
+	if (!v)
+		return;
+	trail_free(v->name);
+	trail_free(v->str);
+	trail_free(v);
+}
+
+const char *trail_signer_name(const trail_signer *s) { return s->name; }
+const char *trail_signer_vkey(const trail_signer *s) { return s->vkey; }
+const char *trail_verifier_name(const trail_verifier *v) { return v->name; }
+const char *trail_verifier_str(const trail_verifier *v) { return v->str; }
+uint32_t trail_verifier_id(const trail_verifier *v) { return v->id; }
+
+void trail_sign(const trail_signer *s, const void *msg, size_t len, uint8_t sig[TRAIL_SIG_LEN])
+{
+	crypto_sign_detached(sig, NULL, msg, len, s->sk);
+}
+
+int trail_verify(const trail_verifier *v, const void *msg, size_t len,
+		 const uint8_t sig[TRAIL_SIG_LEN])
+{
+	return crypto_sign_verify_detached(sig, msg, len, v->pk) == 0 ? TRAIL_OK : TRAIL_EVERIFY;
+}
+
+/* ---- signed notes ------------------------------------------------------ */
+
+static const char DASH[] = "\xe2\x80\x94 "; /* U+2014 EM DASH, space */
+
+static int valid_text(const char *t, size_t n)
+{
+	if (n == 0 || t[n - 1] != '\n')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)t[i];
+		if ((c < 0x20 && c != '\n') || c == 0x7f)
+			return 0;
+	}
+	return trail_utf8_valid(t, n);
+}
+
+int trail_note_sign(const char *text, size_t len, const trail_signer *const *signers,
+		    size_t nsigners, char **note, size_t *notelen, trail_error *err)
+{
+	if (!valid_text(text, len))
+		return trail_error_set(err, TRAIL_EDATA,
+				       "note text must be non-empty UTF-8 ending in a newline, "
+				       "without control characters");
+	if (nsigners == 0 || nsigners > MAX_SIGS)
+		return trail_error_set(err, TRAIL_EUSAGE, "a note needs 1 to %d signers", MAX_SIGS);
+	size_t cap = len + 1 + nsigners * (NAME_MAX_LEN + 128) + 1;
+	char *o = trail_malloc(cap);
+	if (!o)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	memcpy(o, text, len);
+	size_t n = len;
+	o[n++] = '\n';
+	for (size_t i = 0; i < nsigners; i++) {
+		const trail_signer *s = signers[i];
+		uint8_t blob[4 + TRAIL_SIG_LEN];
+		blob[0] = (uint8_t)(s->id >> 24);
+		blob[1] = (uint8_t)(s->id >> 16);
+		blob[2] = (uint8_t)(s->id >> 8);
+		blob[3] = (uint8_t)s->id;
+		trail_sign(s, text, len, blob + 4);
+		char b64[128];
+		trail_base64(blob, sizeof blob, b64);
+		n += (size_t)snprintf(o + n, cap - n, "%s%s %s\n", DASH, s->name, b64);
+	}
+	o[n] = 0;
+	*note = o;
+	if (notelen)
+		*notelen = n;
+	return TRAIL_OK;
+}
+
+int trail_note_open(const char *note, size_t len, const trail_verifier *const *vs, size_t nv,
+		    char **text, size_t *textlen, trail_error *err)
+{
+	/* The signature block follows the last blank line. */
+	const char *sep = NULL;
+	for (size_t i = len; i >= 2; i--)
+		if (note[i - 1] == '\n' && note[i - 2] == '\n') {
+			sep = note + i - 2;
+			break;
+		}
+	if (!sep || len == 0 || note[len - 1] != '\n')
+		return trail_error_set(err, TRAIL_EDATA, "malformed note: no signature block");
+	size_t tlen = (size_t)(sep - note) + 1;
+	if (!valid_text(note, tlen))
+		return trail_error_set(err, TRAIL_EDATA, "malformed note text");
+	const char *p = sep + 2, *end = note + len;
+	int nsig = 0, verified = 0;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl || ++nsig > MAX_SIGS || (size_t)(nl - p) < sizeof DASH ||
+		    memcmp(p, DASH, sizeof DASH - 1))
+			return trail_error_set(err, TRAIL_EDATA, "malformed note signature line");
+		const char *name = p + sizeof DASH - 1;
+		const char *sp = memchr(name, ' ', (size_t)(nl - name));
+		uint8_t blob[4 + TRAIL_SIG_LEN + 8];
+		size_t bl;
+		if (!sp || !valid_name(name, (size_t)(sp - name)) ||
+		    trail_unbase64(sp + 1, (size_t)(nl - sp - 1), blob, sizeof blob, &bl) ||
+		    bl < 5)
+			return trail_error_set(err, TRAIL_EDATA, "malformed note signature line");
+		uint32_t id = (uint32_t)blob[0] << 24 | (uint32_t)blob[1] << 16 |
+			      (uint32_t)blob[2] << 8 | blob[3];
+		for (size_t i = 0; i < nv; i++) {
+			const trail_verifier *v = vs[i];
+			if (v->id != id || strlen(v->name) != (size_t)(sp - name) ||
+			    memcmp(v->name, name, (size_t)(sp - name)))
+				continue;
+			if (bl != 4 + TRAIL_SIG_LEN || trail_verify(v, note, tlen, blob + 4))
+				return trail_error_set(err, TRAIL_EVERIFY,
+						       "bad signature by key '%s'", v->name);
+			verified = 1;
+		}
+		p = nl + 1;
+	}
+	if (!verified)
+		return trail_error_set(err, TRAIL_EVERIFY, "note not signed by any known key");
+	if (text) {
+		*text = trail_strndup(note, tlen);
+		if (!*text)
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		if (textlen)
+			*textlen = tlen;
+	}
+	return TRAIL_OK;
+}
+
+/* ---- signed JSON objects ---------------------------------------------- */
+
+static int signing_bytes(const json_t *obj, char **out, size_t *len, trail_error *err)
+{
+	json_t *c = json_copy((json_t *)obj);
+	if (!c)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	json_object_del(c, "sig");
+	int rc = trail_jcs(c, out, len, err);
+	json_decref(c);
+	return rc;
+}
+
+int trail_json_sign(json_t *obj, const trail_signer *s, trail_error *err)
+{
+	if (!json_is_object(obj))
+		return trail_error_set(err, TRAIL_EDATA, "only objects can be signed");
+	if (json_object_set_new(obj, "signer", json_string(s->vkey)))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	char *b;
+	size_t n;
+	int rc = signing_bytes(obj, &b, &n, err);
+	if (rc)
+		return rc;
+	uint8_t sig[TRAIL_SIG_LEN];
+	char b64[128];
+	trail_sign(s, b, n, sig);
+	trail_free(b);
+	trail_base64(sig, sizeof sig, b64);
+	if (json_object_set_new(obj, "sig", json_string(b64)))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	return TRAIL_OK;
+}
+
+int trail_json_verify(const json_t *obj, trail_error *err)
+{
+	const char *signer = json_string_value(json_object_get(obj, "signer"));
+	const char *sig = json_string_value(json_object_get(obj, "sig"));
+	if (!signer || !sig)
+		return trail_error_set(err, TRAIL_EVERIFY, "object is not signed");
+	trail_verifier *v;
+	int rc = trail_verifier_parse(signer, strlen(signer), &v, err);
+	if (rc)
+		return trail_error_set(err, TRAIL_EVERIFY, "bad signer key");
+	uint8_t raw[TRAIL_SIG_LEN + 8];
+	size_t rl;
+	char *b = NULL;
+	size_t n;
+	if (trail_unbase64(sig, strlen(sig), raw, sizeof raw, &rl) || rl != TRAIL_SIG_LEN) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "malformed signature");
+	} else if (!(rc = signing_bytes(obj, &b, &n, err)) && trail_verify(v, b, n, raw)) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "signature by '%s' does not verify",
+				     trail_verifier_name(v));
+	}
+	trail_free(b);
+	trail_verifier_free(v);
+	return rc;
+}
+
+int trail_key_create_files(const char *dir, const char *name, char **vkey_out, trail_error *err)
+{
+	char *skey = NULL, *vkey = NULL, *kp = NULL, *pp = NULL;
+	size_t n = strlen(name) + 8;
+	char *kn = trail_malloc(n), *pn = trail_malloc(n);
+	int rc = TRAIL_ENOMEM;
+	if (!kn || !pn)
+		goto out;
+	snprintf(kn, n, "%s.key", name);
+	snprintf(pn, n, "%s.pub", name);
+	if (!(kp = trail_path(dir, kn)) || !(pp = trail_path(dir, pn)))
+		goto out;
+	if (!access(kp, F_OK) || !access(pp, F_OK)) {
+		rc = trail_error_set(err, TRAIL_EDATA, "%s or %s already exists: not overwriting", kn, pn);
+		goto out;
+	}
+	if ((rc = trail_key_generate(name, &skey, &vkey, err)))
+		goto out;
+	size_t sl = strlen(skey), vl = strlen(vkey);
+	skey[sl] = '\n';
+	vkey[vl] = '\n';
+	rc = trail_write_atomic(kp, skey, sl + 1, 0600, err);
+	if (!rc)
+		rc = trail_write_atomic(pp, vkey, vl + 1, 0644, err);
+	sodium_memzero(skey, sl + 1);
+	vkey[vl] = 0;
+	if (!rc && vkey_out) {
+		*vkey_out = vkey;
+		vkey = NULL;
+	}
+out:
+	if (rc == TRAIL_ENOMEM && err && !err->msg[0])
+		trail_error_set(err, rc, "out of memory");
+	trail_free(skey);
+	trail_free(vkey);
+	trail_free(kn);
+	trail_free(pn);
+	trail_free(kp);
+	trail_free(pp);
+	return rc;
+}

@@ -1,0 +1,332 @@
+/*
+ * Ed25519 keys and signed notes in the C2SP signed-note encodings.
+ *
+ *   signer key   PRIVATE+KEY+<name>+<hex key id>+<base64(0x01 || seed)>
+ *   verifier key <name>+<hex key id>+<base64(0x01 || public key)>
+ *   key id       first 4 bytes of SHA-256(name || 0x0A || 0x01 || public key)
+ *
+ * A contributor's identity is its verifier key string.
+ * Ownership: handles are freed with their *_free; strings returned through
+ * `char **out` are trail_malloc'd.
+ */
+#ifndef TRAIL_LEDGER_H
+#define TRAIL_LEDGER_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "core/core.h"
+
+#define TRAIL_SIG_LEN 64
+
+typedef struct trail_signer trail_signer;
+typedef struct trail_verifier trail_verifier;
+
+/* A new key pair for `name` (no '+', whitespace or control characters). */
+int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *err);
+
+/*
+ * Write DIR/NAME.key (mode 0600) and DIR/NAME.pub for a new key; refuses to
+ * overwrite either. *vkey (if not NULL) gets the verifier key.
+ */
+int trail_key_create_files(const char *dir, const char *name, char **vkey, trail_error *err);
+
+int trail_signer_parse(const char *skey, size_t len, trail_signer **out, trail_error *err);
+int trail_verifier_parse(const char *vkey, size_t len, trail_verifier **out, trail_error *err);
+/* Load a NAME.key file. */
+int trail_signer_load(const char *path, trail_signer **out, trail_error *err);
+/* A verifier key given literally, or a file holding one (NAME.pub). */
+int trail_verifier_load(const char *path_or_key, trail_verifier **out, trail_error *err);
+void trail_signer_free(trail_signer *s);
+void trail_verifier_free(trail_verifier *v);
+
+const char *trail_signer_name(const trail_signer *s);
+/* The signer's verifier key string (owned by the signer). */
+const char *trail_signer_vkey(const trail_signer *s);
+const char *trail_verifier_name(const trail_verifier *v);
+const char *trail_verifier_str(const trail_verifier *v);
+uint32_t trail_verifier_id(const trail_verifier *v);
+
+void trail_sign(const trail_signer *s, const void *msg, size_t len, uint8_t sig[TRAIL_SIG_LEN]);
+/* TRAIL_OK or TRAIL_EVERIFY. */
+int trail_verify(const trail_verifier *v, const void *msg, size_t len,
+		 const uint8_t sig[TRAIL_SIG_LEN]);
+
+/*
+ * Sign text into a note. The text must be non-empty, end with a newline and
+ * hold no control character but newline (C2SP signed-note).
+ */
+int trail_note_sign(const char *text, size_t len, const trail_signer *const *signers,
+		    size_t nsigners, char **note, size_t *notelen, trail_error *err);
+/*
+ * Open a note: TRAIL_OK if at least one of the given verifiers signed it
+ * (signatures by unknown keys are ignored); TRAIL_EVERIFY if none did or a
+ * known key's signature is bad; TRAIL_EDATA if it is not a note. *text (if
+ * not NULL) gets the signed text.
+ */
+int trail_note_open(const char *note, size_t len, const trail_verifier *const *vs, size_t nv,
+		    char **text, size_t *textlen, trail_error *err);
+
+/*
+ * Signed JSON objects (ledger entries and manifests): "signer" is set to the
+ * verifier key, "sig" to base64 of the Ed25519 signature over the canonical
+ * JSON of the object without "sig".
+ */
+int trail_json_sign(json_t *obj, const trail_signer *s, trail_error *err);
+/* Verify with the embedded "signer" key; TRAIL_EVERIFY on mismatch. */
+int trail_json_verify(const json_t *obj, trail_error *err);
+
+/*
+ * RFC 9162 Merkle trees: hashing, roots, inclusion and consistency proofs.
+ *
+ * Trees are read through a callback that returns the hash of a complete,
+ * aligned subtree: level k, index j covers leaves [j*2^k, (j+1)*2^k). A
+ * store that keeps those hashes (the ledger) answers each call with one
+ * read, so roots and proofs cost O(log n) calls at any size.
+ *
+ * Hashes are 32 bytes. Proofs have at most TRAIL_MERKLE_MAXPROOF hashes.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+
+#define TRAIL_MERKLE_MAXPROOF 64
+
+typedef uint8_t trail_hash[32];
+
+/* leaf = SHA-256(0x00 || data); node = SHA-256(0x01 || left || right). */
+void trail_merkle_leaf(const void *data, size_t len, trail_hash out);
+void trail_merkle_node(const trail_hash left, const trail_hash right, trail_hash out);
+
+/*
+ * Returns TRAIL_OK, or an error code that is passed back to the caller.
+ * Called only for subtrees that lie wholly inside the tree being read.
+ */
+typedef int (*trail_merkle_get_fn)(void *ctx, unsigned level, uint64_t index, trail_hash out);
+
+/*
+ * Root of the first `size` leaves (size 0: SHA-256 of the empty string).
+ * popcount(size) calls.
+ */
+int trail_merkle_root(trail_merkle_get_fn get, void *ctx, uint64_t size, trail_hash out);
+/*
+ * Inclusion proof of leaf `index` in the tree of `size` leaves, deepest
+ * sibling first (RFC 9162 2.1.3.1). TRAIL_EUSAGE unless index < size.
+ * At most 2*log2(size) calls, no allocation.
+ */
+int trail_merkle_prove_inclusion(trail_merkle_get_fn get, void *ctx, uint64_t index,
+				 uint64_t size, trail_hash proof[TRAIL_MERKLE_MAXPROOF],
+				 size_t *nproof, trail_error *err);
+/*
+ * Consistency proof between sizes 0 < m <= n (RFC 9162 2.1.4.1); empty when
+ * m == n. TRAIL_EUSAGE for m == 0 or m > n (a proof from the empty tree
+ * says nothing, and the verifier rejects it). At most 3*log2(n) calls.
+ */
+int trail_merkle_prove_consistency(trail_merkle_get_fn get, void *ctx, uint64_t m, uint64_t n,
+				   trail_hash proof[TRAIL_MERKLE_MAXPROOF], size_t *nproof,
+				   trail_error *err);
+
+/*
+ * TRAIL_OK if the proof is valid, TRAIL_EVERIFY (with a reason) if not
+ * (RFC 9162 2.1.3.2 and 2.1.4.2). An index outside the tree, more than
+ * TRAIL_MERKLE_MAXPROOF hashes, or m == 0 are invalid proofs. For m == n the
+ * proof must be empty and the roots equal. No allocation.
+ */
+int trail_merkle_verify_inclusion(uint64_t index, uint64_t size, const trail_hash leaf,
+				  const trail_hash *proof, size_t nproof, const trail_hash root,
+				  trail_error *err);
+int trail_merkle_verify_consistency(uint64_t m, uint64_t n, const trail_hash root1,
+				    const trail_hash root2, const trail_hash *proof,
+				    size_t nproof, trail_error *err);
+
+/*
+ * An in-memory tree over leaf hashes (for bundles' record roots, tests).
+ * Copies the leaves and keeps every complete subtree hash (2n hashes).
+ * Its trail_merkle_get_fn is trail_merkle_mem_get, which answers
+ * TRAIL_EUSAGE for a subtree beyond the leaves it holds. NULL on ENOMEM.
+ */
+typedef struct trail_merkle_mem trail_merkle_mem;
+trail_merkle_mem *trail_merkle_mem_new(const trail_hash *leaves, size_t n);
+int trail_merkle_mem_get(void *mem, unsigned level, uint64_t index, trail_hash out);
+void trail_merkle_mem_free(trail_merkle_mem *m);
+/* Root over an array of leaf hashes, without allocating. */
+int trail_merkle_root_of(const trail_hash *leaves, size_t n, trail_hash out);
+
+/*
+ * Check one proof given as JSON in the transparency-dev test-case format:
+ * {leafIdx, treeSize, root, leafHash, proof} or {size1, size2, root1, root2,
+ * proof}, base64 hashes; "proof" may be null. TRAIL_OK valid, TRAIL_EVERIFY
+ * invalid (including hashes of the wrong length, sizes that are negative or
+ * beyond 64 bits, undecodable base64), TRAIL_EDATA if it is neither shape.
+ * One exception to the hash length, as in the reference verifier: between
+ * equal sizes there is nothing to hash, and the two roots are compared as
+ * the byte strings given.
+ */
+int trail_merkle_check_json(const json_t *c, trail_error *err);
+/*
+ * The same for JSON text (one value, nothing after it). Integers beyond
+ * 64 bits are read (and rejected as out of range) rather than refused as
+ * malformed. TRAIL_EDATA if the text is not JSON.
+ */
+int trail_merkle_check_text(const char *text, size_t len, trail_error *err);
+
+/*
+ * The store: a directory (--home DIR, else $TRAIL_HOME, else ./.trail) with
+ *
+ *   objects/sha256/<2 hex>/<62 hex>   immutable blobs, digest checked on read
+ *   names/<kind>/<name>               registered names -> digest
+ *   log/                              the ledger (ledger.h)
+ *   keys/operator.key                 the operator's signer key
+ *   keys/operator.pub                 its verifier key, for offline checks
+ *   config.json                       origin and operator verifier key
+ *
+ * Ownership: the store handle owns its strings; buffers returned through
+ * `void **out` are trail_malloc'd.
+ */
+
+#include <stddef.h>
+
+
+typedef struct trail_store trail_store;
+
+/* The store directory a program should use: opt, else $TRAIL_HOME, else ".trail". */
+const char *trail_store_home(const char *opt);
+
+/*
+ * Create a store: directories, config.json with `origin` (default: the
+ * absolute path's last component), and the operator key: copied from
+ * keyfile, or generated. TRAIL_EDATA if a store already exists there.
+ */
+int trail_store_init(const char *home, const char *origin, const char *keyfile,
+		     trail_error *err);
+/* Open an existing store; TRAIL_ENOINPUT if there is none. */
+int trail_store_open(const char *home, trail_store **out, trail_error *err);
+void trail_store_free(trail_store *s);
+
+const char *trail_store_dir(const trail_store *s);
+const char *trail_store_origin(const trail_store *s);
+/* The operator key (loaded on first use). */
+int trail_store_operator(trail_store *s, const trail_signer **out, trail_error *err);
+const trail_verifier *trail_store_operator_vkey(const trail_store *s);
+
+/* Add a blob (atomic, idempotent); digest gets "sha256:<hex>". */
+int trail_store_put(trail_store *s, const void *buf, size_t len, char digest[72],
+		    trail_error *err);
+int trail_store_put_file(trail_store *s, const char *path, char digest[72], trail_error *err);
+/* Read a blob and check its digest (TRAIL_EVERIFY on mismatch, ENOINPUT if absent). */
+int trail_store_get(trail_store *s, const char *digest, void **out, size_t *len,
+		    trail_error *err);
+int trail_store_has(trail_store *s, const char *digest);
+/* The path of an object's file (trail_malloc'd), whether or not it exists. */
+char *trail_store_object_path(const trail_store *s, const char *digest);
+
+/* Register a name (kind: "model", "adapter", "datanet", ...) for a digest. */
+int trail_store_name_set(trail_store *s, const char *kind, const char *name,
+			 const char *digest, trail_error *err);
+int trail_store_name_get(trail_store *s, const char *kind, const char *name, char digest[72],
+			 trail_error *err);
+/* A "sha256:" digest present in the store, or a registered name of `kind`. */
+int trail_store_resolve(trail_store *s, const char *kind, const char *arg, char digest[72],
+			trail_error *err);
+
+/*
+ * The ledger: an append-only RFC 9162 Merkle tree over canonical JSON
+ * entries, in the store's log/ directory.
+ *
+ * An entry is a JSON object with a string "type"; it is stored in canonical
+ * form and its leaf hash is SHA-256(0x00 || bytes). Appends become durable
+ * (and may be acknowledged) only after trail_ledger_commit. Writers are
+ * serialised with flock: a handle opened with TRAIL_LEDGER_WRITE holds the
+ * lock until trail_ledger_free. Readers see the last committed tree.
+ *
+ * Ownership: entries returned through `char **` / `json_t **` are the
+ * caller's (trail_free / json_decref).
+ */
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+
+enum {
+	TRAIL_LEDGER_WRITE = 1,  /* take the writer lock (waits) */
+	TRAIL_LEDGER_NOWAIT = 2, /* with WRITE: TRAIL_EUNAVAIL if the lock is held */
+};
+
+typedef struct trail_ledger trail_ledger;
+
+int trail_ledger_open(trail_store *s, int flags, trail_ledger **out, trail_error *err);
+void trail_ledger_free(trail_ledger *l);
+
+/* Committed size (plus pending appends, for the writer). */
+uint64_t trail_ledger_size(const trail_ledger *l);
+
+/* Append one entry (canonicalised); *index gets its position. Not yet durable. */
+int trail_ledger_append(trail_ledger *l, const json_t *entry, uint64_t *index,
+			trail_error *err);
+/* Make every pending append durable (one fsync round for the batch). */
+int trail_ledger_commit(trail_ledger *l, trail_error *err);
+
+/*
+ * Append NDJSON entries from `in` (named `src` in errors), printing one
+ * receipt line {"index","leaf","size"} to `receipts` per entry once it is
+ * durable. Unbatched, each entry is committed alone; batched, up to 4096
+ * share a commit, and a batch closes early when input stalls. A bad line
+ * stops the run: acknowledged entries stay, the rest of its batch is
+ * discarded.
+ */
+int trail_ledger_append_ndjson(trail_ledger *l, FILE *in, const char *src, int batch,
+			       FILE *receipts, trail_error *err);
+
+/* Entry i as stored bytes (canonical JSON, NUL-terminated) or parsed. */
+int trail_ledger_get(trail_ledger *l, uint64_t i, char **out, size_t *len, trail_error *err);
+int trail_ledger_get_json(trail_ledger *l, uint64_t i, json_t **out, trail_error *err);
+int trail_ledger_leaf(trail_ledger *l, uint64_t i, trail_hash out, trail_error *err);
+
+int trail_ledger_root(trail_ledger *l, uint64_t size, trail_hash out, trail_error *err);
+int trail_ledger_prove(trail_ledger *l, uint64_t index, uint64_t size,
+		       trail_hash proof[TRAIL_MERKLE_MAXPROOF], size_t *nproof, trail_error *err);
+int trail_ledger_consistency(trail_ledger *l, uint64_t m, uint64_t n,
+			     trail_hash proof[TRAIL_MERKLE_MAXPROOF], size_t *nproof,
+			     trail_error *err);
+
+/*
+ * A signed checkpoint note (C2SP tlog-checkpoint) of the committed tree,
+ * by the operator key. Refuses (TRAIL_EVERIFY) to sign a tree inconsistent
+ * with the last checkpoint signed.
+ */
+int trail_ledger_checkpoint(trail_ledger *l, char **note, trail_error *err);
+/* A C2SP tlog-proof receipt for entry `index` against a fresh checkpoint. */
+int trail_ledger_receipt(trail_ledger *l, uint64_t index, char **out, trail_error *err);
+/*
+ * Verify a tlog-proof receipt offline against the operator verifier key(s):
+ * TRAIL_OK, TRAIL_EVERIFY, or TRAIL_EDATA if it is not a receipt. *index
+ * and the entry's leaf hash come back for the caller to compare.
+ */
+int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *const *vs,
+			 size_t nv, uint64_t *index, trail_hash leaf, trail_error *err);
+
+/* Proofs as JSON in the transparency-dev test-case format (base64 hashes). */
+int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json_t **out,
+			    trail_error *err);
+int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_t **out,
+				  trail_error *err);
+/*
+ * Check one proof file: a tlog-proof receipt (against the verifier keys vs)
+ * or a JSON test case. TRAIL_OK valid, TRAIL_EVERIFY invalid, TRAIL_EDATA
+ * unrecognised.
+ */
+int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
+		      trail_error *err);
+
+/* fsck: every entry hash, tree node, referenced object and signature. */
+typedef void (*trail_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+int trail_ledger_verify(trail_ledger *l, trail_ledger_progress_fn fn, void *ctx,
+			trail_error *err);
+
+#endif

@@ -1,0 +1,789 @@
+/*
+ * Batched inference for serving: a KV cache per sequence, and one step over
+ * rows of many sequences and adapters — each base weight one sgemm over all
+ * rows in fixed-height blocks, each adapter's low-rank product over its own
+ * rows (the CPU form of Punica's SGMV), the attention of each row over its
+ * own cache. A naive double-precision path beside every kernel.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <cblas.h>
+
+#include "model/model.h"
+#include "core/core.h"
+#include "model/model_int.h"
+
+typedef struct ilin {
+	float *W, *b; /* [in,out], [out] */
+	int in, out;
+} ilin;
+
+typedef struct ilayer {
+	float *ln1w, *ln1b, *ln2w, *ln2b;
+	ilin lin[4]; /* c_attn, attn.c_proj, c_fc, mlp.c_proj */
+} ilayer;
+
+struct trail_infer {
+	trail_gpt2_config c;
+	float *mem, *wte, *wpe, *lnfw, *lnfb;
+	size_t nparams;
+	ilayer *L;
+	int naive;
+	float *ws; /* step workspace, grown as needed */
+	size_t wsn;
+	struct rowkey *keys; /* [ordn] */
+	int *ord;            /* [ordn] */
+	size_t ordn;
+	/* one helper thread for the row-wise work of a step (trail_infer_set_threads) */
+	pthread_t th;
+	int helper, stop;
+	pthread_mutex_t pmu;
+	pthread_cond_t go, done;
+	unsigned long gen, fin;
+	const struct rowjob *job;
+	const struct gemmjob *gjob; /* the job is a base product when set */
+	int jlo, jhi;
+};
+
+struct trail_lora_w {
+	int r, nl;
+	float scale;
+	float **A, **B; /* [n_layer*4], NULL where the layer has no LoRA */
+	float *mem;
+	size_t bytes;
+};
+
+struct trail_kvc {
+	float *mem; /* [L][2][cap][C], an anonymous mapping so a freed cache goes back to the system */
+	size_t len;
+	int cap;
+};
+
+static const char *const MOD[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+
+static void io_dims(int C, int k, int *in, int *out)
+{
+	static const int mul[4][2] = {{1, 3}, {1, 1}, {1, 4}, {4, 1}};
+	*in = mul[k][0] * C;
+	*out = mul[k][1] * C;
+}
+
+int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
+{
+	char *cp = trail_path(dir, "config.json"), *wp = trail_path(dir, "model.safetensors");
+	void *cb = NULL;
+	size_t cl;
+	json_t *cj = NULL;
+	trail_st *st = NULL;
+	trail_infer *m = NULL;
+	int rc;
+	*out = NULL;
+	if (!cp || !wp || !(m = trail_calloc(1, sizeof *m))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
+	    (rc = trail_gpt2_config_parse(cj, &m->c, err)) || (rc = trail_st_open(wp, &st, err)))
+		goto out;
+	size_t C = (size_t)m->c.n_embd;
+	m->nparams = trail_gpt2_num_params(&m->c);
+	if (!(m->mem = trail_malloc(m->nparams * sizeof *m->mem)) ||
+	    !(m->L = trail_calloc((size_t)m->c.n_layer, sizeof *m->L))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	const char *pre = trail_st_has(st, "transformer.wte.weight") ? "transformer." : "";
+	float *p = m->mem;
+	char nm[160];
+#define READ(dst, name, d0, d1, nd)                                                         \
+	do {                                                                                \
+		int64_t sh_[2] = {(int64_t)(d0), (int64_t)(d1)};                            \
+		snprintf(nm, sizeof nm, "%s%s", pre, name);                                 \
+		(dst) = p;                                                                  \
+		p += (size_t)(d0) * ((nd) == 2 ? (size_t)(d1) : 1);                         \
+		if ((rc = trail_st_read_f32(st, nm, sh_, (nd), (dst), err)))                \
+			goto out;                                                           \
+	} while (0)
+	READ(m->wte, "wte.weight", m->c.vocab_size, C, 2);
+	READ(m->wpe, "wpe.weight", m->c.n_positions, C, 2);
+	for (int l = 0; l < m->c.n_layer; l++) {
+		ilayer *y = &m->L[l];
+		char b[96];
+		snprintf(b, sizeof b, "h.%d.ln_1.weight", l);
+		READ(y->ln1w, b, C, 0, 1);
+		snprintf(b, sizeof b, "h.%d.ln_1.bias", l);
+		READ(y->ln1b, b, C, 0, 1);
+		snprintf(b, sizeof b, "h.%d.ln_2.weight", l);
+		READ(y->ln2w, b, C, 0, 1);
+		snprintf(b, sizeof b, "h.%d.ln_2.bias", l);
+		READ(y->ln2b, b, C, 0, 1);
+		for (int k = 0; k < 4; k++) {
+			io_dims((int)C, k, &y->lin[k].in, &y->lin[k].out);
+			snprintf(b, sizeof b, "h.%d.%s.weight", l, MOD[k]);
+			READ(y->lin[k].W, b, y->lin[k].in, y->lin[k].out, 2);
+			snprintf(b, sizeof b, "h.%d.%s.bias", l, MOD[k]);
+			READ(y->lin[k].b, b, y->lin[k].out, 0, 1);
+		}
+	}
+	READ(m->lnfw, "ln_f.weight", C, 0, 1);
+	READ(m->lnfb, "ln_f.bias", C, 0, 1);
+#undef READ
+	*out = m;
+	m = NULL;
+out:
+	trail_infer_free(m);
+	trail_st_free(st);
+	json_decref(cj);
+	trail_free(cb);
+	trail_free(cp);
+	trail_free(wp);
+	return rc;
+}
+
+void trail_infer_free(trail_infer *m)
+{
+	if (!m)
+		return;
+	if (m->helper) {
+		pthread_mutex_lock(&m->pmu);
+		m->stop = 1;
+		pthread_cond_signal(&m->go);
+		pthread_mutex_unlock(&m->pmu);
+		pthread_join(m->th, NULL);
+		pthread_mutex_destroy(&m->pmu);
+		pthread_cond_destroy(&m->go);
+		pthread_cond_destroy(&m->done);
+	}
+	trail_free(m->mem);
+	trail_free(m->L);
+	trail_free(m->ws);
+	trail_free(m->keys);
+	trail_free(m->ord);
+	trail_free(m);
+}
+
+const trail_gpt2_config *trail_infer_config(const trail_infer *m)
+{
+	return &m->c;
+}
+
+size_t trail_infer_bytes(const trail_infer *m)
+{
+	return m->nparams * sizeof(float);
+}
+
+void trail_infer_set_reference(trail_infer *m, int on)
+{
+	m->naive = on;
+}
+
+/* ---- KV caches ------------------------------------------------------------------- */
+
+size_t trail_kvc_bytes(const trail_infer *m, int cap)
+{
+	return (size_t)m->c.n_layer * 2 * (size_t)cap * (size_t)m->c.n_embd * sizeof(float);
+}
+
+trail_kvc *trail_kvc_new(const trail_infer *m, int cap)
+{
+	if (cap < 1 || cap > m->c.n_positions)
+		return NULL;
+	trail_kvc *kv = trail_calloc(1, sizeof *kv);
+	if (!kv)
+		return NULL;
+	kv->len = trail_kvc_bytes(m, cap);
+	kv->cap = cap;
+	void *p = mmap(NULL, kv->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		trail_free(kv);
+		return NULL;
+	}
+	kv->mem = p;
+	return kv;
+}
+
+void trail_kvc_free(trail_kvc *kv)
+{
+	if (!kv)
+		return;
+	munmap(kv->mem, kv->len);
+	trail_free(kv);
+}
+
+/* ---- adapters -------------------------------------------------------------------- */
+
+void trail_lora_w_free(trail_lora_w *w)
+{
+	if (!w)
+		return;
+	trail_free(w->A);
+	trail_free(w->B);
+	trail_free(w->mem);
+	trail_free(w);
+}
+
+size_t trail_lora_w_bytes(const trail_lora_w *w)
+{
+	return w->bytes;
+}
+
+int trail_lora_w_rank(const trail_lora_w *w)
+{
+	return w->r;
+}
+
+/* PEFT's name for a LoRA tensor, with or without the adapter name "default". */
+static int tensor_name(const trail_st *st, int l, int k, char ab, char *out, size_t n)
+{
+	snprintf(out, n, "base_model.model.transformer.h.%d.%s.lora_%c.weight", l, MOD[k], ab);
+	if (trail_st_has(st, out))
+		return 1;
+	snprintf(out, n, "base_model.model.transformer.h.%d.%s.lora_%c.default.weight", l, MOD[k], ab);
+	return trail_st_has(st, out);
+}
+
+int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **out, trail_error *err)
+{
+	const trail_gpt2_config *c = &base->c;
+	char *cp = trail_path(dir, "adapter_config.json"), *wp = trail_path(dir, "adapter_model.safetensors");
+	void *cb = NULL;
+	size_t cl;
+	json_t *cj = NULL;
+	trail_st *st = NULL;
+	trail_lora_w *w = NULL;
+	int rc, C = c->n_embd, nl = 4 * c->n_layer, in, ou;
+	*out = NULL;
+	if (!cp || !wp) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
+	    (rc = trail_st_open(wp, &st, err)))
+		goto out;
+	json_t *r = json_object_get(cj, "r"), *al = json_object_get(cj, "lora_alpha");
+	const char *pt = json_string_value(json_object_get(cj, "peft_type"));
+	if (!pt || strcmp(pt, "LORA") || !json_is_integer(r) || json_integer_value(r) < 1 ||
+	    json_integer_value(r) > 4096 || !json_is_number(al)) {
+		rc = trail_error_at(err, TRAIL_EDATA, cp, 0, "not a LoRA adapter config (peft_type, r, lora_alpha)");
+		goto out;
+	}
+	int R = (int)json_integer_value(r);
+	size_t total = 0, found = 0;
+	char nm[160];
+	for (int i = 0; i < nl; i++)
+		if (tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm)) {
+			io_dims(C, i % 4, &in, &ou);
+			total += (size_t)R * (size_t)(in + ou);
+		}
+	if (!(w = trail_calloc(1, sizeof *w)) || !(w->A = trail_calloc((size_t)nl, sizeof *w->A)) ||
+	    !(w->B = trail_calloc((size_t)nl, sizeof *w->B)) || !(w->mem = trail_malloc((total ? total : 1) * sizeof *w->mem))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	w->r = R;
+	w->nl = nl;
+	w->scale = (float)(json_is_true(json_object_get(cj, "use_rslora")) ? json_number_value(al) / sqrt(R)
+									    : json_number_value(al) / R);
+	w->bytes = total * sizeof *w->mem;
+	float *p = w->mem;
+	for (int i = 0; i < nl; i++) {
+		if (!tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm))
+			continue;
+		io_dims(C, i % 4, &in, &ou);
+		int64_t sa[2] = {R, in}, sb[2] = {ou, R};
+		w->A[i] = p;
+		p += (size_t)R * (size_t)in;
+		w->B[i] = p;
+		p += (size_t)R * (size_t)ou;
+		if ((rc = trail_st_read_f32(st, nm, sa, 2, w->A[i], err)))
+			goto out;
+		if (!tensor_name(st, i / 4, i % 4, 'B', nm, sizeof nm)) {
+			rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "lora_A without lora_B for h.%d.%s", i / 4, MOD[i % 4]);
+			goto out;
+		}
+		if ((rc = trail_st_read_f32(st, nm, sb, 2, w->B[i], err)))
+			goto out;
+		found += 2;
+	}
+	if (!found || trail_st_count(st) != found) {
+		rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "%zu tensors, %zu of them LoRA tensors for this base model",
+				    trail_st_count(st), found);
+		goto out;
+	}
+	*out = w;
+	w = NULL;
+out:
+	trail_lora_w_free(w);
+	trail_st_free(st);
+	json_decref(cj);
+	trail_free(cb);
+	trail_free(cp);
+	trail_free(wp);
+	return rc;
+}
+
+/* ---- kernels ------------------------------------------------------------------------ */
+
+/* Four-lane vectors (GCC/Clang extensions): the width every x86-64 and arm64 has. */
+typedef float v4 __attribute__((vector_size(16)));
+
+static inline v4 ld4(const float *p)
+{
+	v4 v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+/* sum a[i] b[i], in a fixed order for a given n */
+static float dot(const float *a, const float *b, int n)
+{
+	v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+	int i = 0;
+	for (; i + 16 <= n; i += 16) {
+		s0 += ld4(a + i) * ld4(b + i);
+		s1 += ld4(a + i + 4) * ld4(b + i + 4);
+		s2 += ld4(a + i + 8) * ld4(b + i + 8);
+		s3 += ld4(a + i + 12) * ld4(b + i + 12);
+	}
+	for (; i + 4 <= n; i += 4)
+		s0 += ld4(a + i) * ld4(b + i);
+	v4 s = (s0 + s1) + (s2 + s3);
+	float r = (s[0] + s[1]) + (s[2] + s[3]);
+	for (; i < n; i++)
+		r += a[i] * b[i];
+	return r;
+}
+
+/* y += a x */
+static void axpy(float *y, float a, const float *x, int n)
+{
+	int i = 0;
+	v4 av = {a, a, a, a};
+	for (; i + 4 <= n; i += 4) {
+		v4 v = ld4(y + i) + av * ld4(x + i);
+		memcpy(y + i, &v, sizeof v);
+	}
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+
+static double dot_ref(const float *a, const float *b, int n)
+{
+	double s = 0;
+	for (int i = 0; i < n; i++)
+		s += (double)a[i] * b[i];
+	return s;
+}
+
+/*
+ * The base products, y [n,N] = x [n,K] op(W) with W [K,N] (or [N,K] when
+ * transW), made independent of the batch and of the thread count. BLAS
+ * libraries pick kernels by matrix size and split a product between their
+ * threads in ways that change its rounding, so a row's result could change
+ * with the rows beside it or with --threads. Here every call has a fixed
+ * shape and runs on one BLAS thread: blocks of RB rows (the last
+ * zero-padded) with the rows as the kernel's vector lanes (column-major
+ * y^T, transposed back), times a fixed split of the columns. Work units
+ * (block, column part) go whole to one thread or the other, so which thread
+ * computes a unit does not matter.
+ */
+enum { RB = 16 };
+
+typedef struct gemmjob {
+	int n, N, K, transW, parts;
+	const float *x, *W;
+	float *y;
+	float *pad[2]; /* per thread: an x block [RB,K] and a y^T block [N,RB] */
+} gemmjob;
+
+/* The columns of part p of `parts`: a fixed split on 64-column bounds. */
+static void part_cols(const gemmjob *g, int p, int *c0, int *c1)
+{
+	int half = ((g->N / 2) + 63) & ~63;
+	*c0 = p ? half : 0;
+	*c1 = g->parts == 1 || p ? g->N : half;
+}
+
+static void gemm_units(const gemmjob *g, int u0, int u1, int t)
+{
+	float *px = g->pad[t], *pt = px + (size_t)RB * g->K;
+	for (int u = u0; u < u1; u++) {
+		int r = u / g->parts * RB, k = g->n - r < RB ? g->n - r : RB, c0, c1;
+		part_cols(g, u % g->parts, &c0, &c1);
+		int w = c1 - c0;
+		const float *xa = g->x + (size_t)r * g->K;
+		if (k < RB) {
+			memcpy(px, xa, sizeof *px * (size_t)k * g->K);
+			memset(px + (size_t)k * g->K, 0, sizeof *px * (size_t)(RB - k) * g->K);
+			xa = px;
+		}
+		if (g->transW)
+			cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, RB, w, g->K, 1.0f, xa, g->K,
+				    g->W + (size_t)c0 * g->K, g->K, 0.0f, pt, RB);
+		else
+			cblas_sgemm(CblasColMajor, CblasTrans, CblasTrans, RB, w, g->K, 1.0f, xa, g->K, g->W + c0, g->N,
+				    0.0f, pt, RB);
+		for (int i = 0; i < k; i++) {
+			float *yr = g->y + (size_t)(r + i) * g->N + c0;
+			for (int j = 0; j < w; j++)
+				yr[j] = pt[(size_t)j * RB + i];
+		}
+	}
+}
+
+/*
+ * y [out] += scale (x A^T) B^T for one row: u [r] = A x, then each output a
+ * dot of B's row with u. Row by row, so the result is the row's own.
+ */
+static void lora_row(int naive, const float *x, const float *A, const float *B, int r, int in, int out, float scale,
+		     float *y, float *u)
+{
+	if (naive) {
+		double ud[64], *up = r <= 64 ? ud : NULL;
+		for (int o = 0; o < out; o++) {
+			double s = 0;
+			for (int j = 0; j < r; j++) {
+				double uj = up && o ? up[j] : dot_ref(A + (size_t)j * in, x, in);
+				if (up && !o)
+					up[j] = uj;
+				s += uj * B[(size_t)o * r + j];
+			}
+			y[o] = (float)(y[o] + scale * s);
+		}
+		return;
+	}
+	for (int j = 0; j < r; j++)
+		u[j] = dot(A + (size_t)j * in, x, in);
+	for (int o = 0; o < out; o++)
+		y[o] += scale * dot(B + (size_t)o * r, u, r);
+}
+
+/* out [C] = (x - mean) / sqrt(var + 1e-5) * w + b, accumulated in double */
+static void layernorm(float *out, const float *x, const float *w, const float *b, int C)
+{
+	double m = 0, v = 0;
+	for (int c = 0; c < C; c++)
+		m += x[c];
+	m /= C;
+	for (int c = 0; c < C; c++)
+		v += (x[c] - m) * (x[c] - m);
+	double s = 1.0 / sqrt(v / C + 1e-5);
+	for (int c = 0; c < C; c++)
+		out[c] = (float)((x[c] - m) * s) * w[c] + b[c];
+}
+
+/*
+ * One row's attention over its cache: y [C] from q [C] (the row's query)
+ * and keys/values at positions 0..p of k, v [cap,C]; sc [p+1] scratch.
+ */
+static void attend(int naive, float *y, const float *q, const float *k, const float *v, int p, int C, int NH,
+		   float *sc)
+{
+	int hs = C / NH;
+	float scale = (float)(1.0 / sqrt((double)hs));
+	for (int h = 0; h < NH; h++) {
+		const float *qh = q + (size_t)h * hs;
+		float *o = y + (size_t)h * hs, mx = -INFINITY;
+		for (int u = 0; u <= p; u++) {
+			sc[u] = (naive ? (float)dot_ref(qh, k + (size_t)u * C + (size_t)h * hs, hs)
+				       : dot(qh, k + (size_t)u * C + (size_t)h * hs, hs)) * scale;
+			mx = sc[u] > mx ? sc[u] : mx;
+		}
+		double sum = 0;
+		for (int u = 0; u <= p; u++)
+			sc[u] -= mx;
+		if (naive)
+			for (int u = 0; u <= p; u++)
+				sc[u] = (float)exp(sc[u]);
+		else
+			trail_k_expf(sc, sc, (size_t)p + 1);
+		for (int u = 0; u <= p; u++)
+			sum += sc[u];
+		memset(o, 0, (size_t)hs * sizeof *o);
+		if (naive) {
+			for (int c = 0; c < hs; c++) {
+				double s = 0;
+				for (int u = 0; u <= p; u++)
+					s += (double)sc[u] * v[(size_t)u * C + (size_t)h * hs + c];
+				o[c] = (float)(s / sum);
+			}
+		} else {
+			for (int u = 0; u <= p; u++)
+				axpy(o, (float)(sc[u] / sum), v + (size_t)u * C + (size_t)h * hs, hs);
+		}
+	}
+}
+
+static void gelu_ref(float *y, const float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		double v = x[i];
+		y[i] = (float)(0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));
+	}
+}
+
+typedef struct rowkey {
+	uintptr_t adapter;
+	int row;
+} rowkey;
+
+static int by_adapter(const void *a, const void *b)
+{
+	const rowkey *x = a, *y = b;
+	return x->adapter != y->adapter ? (x->adapter < y->adapter ? -1 : 1) : x->row - y->row;
+}
+
+/*
+ * The row-wise work of a step, between the base products: everything a row
+ * computes from itself and its own cache alone, so rows split between
+ * threads in any way give the same bits.
+ */
+enum { P_LN1, P_QKV, P_ATT, P_PROJ, P_FC, P_MPROJ };
+
+typedef struct rowjob {
+	const trail_infer *m;
+	int phase, l;
+	const int *ord, *pos;
+	trail_kvc *const *kv;
+	const trail_lora_w *const *lora;
+	float *x, *ln, *att, *tmp, *qkv, *h, *hg;
+	float *sc[2], *u[2]; /* scratch per thread: scores [P], LoRA hidden [rmax] */
+} rowjob;
+
+/* y [out] += b + the row's adapter's low-rank product of x */
+static void finish_linear(const rowjob *k, int i, int li, const ilin *L, const float *x, float *y, float *u)
+{
+	for (int o = 0; o < L->out; o++)
+		y[o] += L->b[o];
+	const trail_lora_w *a = k->lora[i];
+	if (a && a->A[li])
+		lora_row(k->m->naive, x, a->A[li], a->B[li], a->r, L->in, L->out, a->scale, y, u);
+}
+
+/* Rows ord[lo..hi) through the job's phase, with thread t's scratch. */
+static void rows(const rowjob *k, int lo, int hi, int t)
+{
+	const trail_infer *m = k->m;
+	int C = m->c.n_embd, l = k->l;
+	const ilayer *Ly = &m->L[l];
+	for (int j = lo; j < hi; j++) {
+		int i = k->ord[j];
+		size_t ic = (size_t)i * C;
+		float *x = k->x + ic, *ln = k->ln + ic, *att = k->att + ic, *tmp = k->tmp + ic;
+		float *qkv = k->qkv + 3 * ic, *h = k->h + 4 * ic, *hg = k->hg + 4 * ic;
+		size_t cap = (size_t)k->kv[i]->cap;
+		float *kb = k->kv[i]->mem + (size_t)l * 2 * cap * C, *vb = kb + cap * C;
+		switch (k->phase) {
+		case P_LN1:
+			layernorm(ln, x, Ly->ln1w, Ly->ln1b, C);
+			break;
+		case P_QKV: /* and cache this position's key and value */
+			finish_linear(k, i, 4 * l, &Ly->lin[0], ln, qkv, k->u[t]);
+			memcpy(kb + (size_t)k->pos[i] * C, qkv + C, (size_t)C * sizeof *qkv);
+			memcpy(vb + (size_t)k->pos[i] * C, qkv + 2 * C, (size_t)C * sizeof *qkv);
+			break;
+		case P_ATT: /* once every row's key and value are cached: a prompt's rows see each other */
+			attend(m->naive, att, qkv, kb, vb, k->pos[i], C, m->c.n_head, k->sc[t]);
+			break;
+		case P_PROJ:
+			finish_linear(k, i, 4 * l + 1, &Ly->lin[1], att, tmp, k->u[t]);
+			for (int c = 0; c < C; c++)
+				x[c] += tmp[c];
+			layernorm(ln, x, Ly->ln2w, Ly->ln2b, C);
+			break;
+		case P_FC:
+			finish_linear(k, i, 4 * l + 2, &Ly->lin[2], ln, h, k->u[t]);
+			if (m->naive)
+				gelu_ref(hg, h, (size_t)4 * C);
+			else
+				trail_k_gelu_fwd(hg, h, (size_t)4 * C);
+			break;
+		case P_MPROJ: /* and the next layer's first LayerNorm */
+			finish_linear(k, i, 4 * l + 3, &Ly->lin[3], hg, tmp, k->u[t]);
+			for (int c = 0; c < C; c++)
+				x[c] += tmp[c];
+			if (l + 1 < m->c.n_layer)
+				layernorm(ln, x, m->L[l + 1].ln1w, m->L[l + 1].ln1b, C);
+			break;
+		}
+	}
+}
+
+/* Items [lo,hi) of a row phase k, or of a base product g when set, on thread t. */
+static void run_items(const rowjob *k, const gemmjob *g, int lo, int hi, int t)
+{
+	if (g)
+		gemm_units(g, lo, hi, t);
+	else
+		rows(k, lo, hi, t);
+}
+
+static void *helper_main(void *p)
+{
+	trail_infer *m = p;
+	unsigned long seen = 0;
+	pthread_mutex_lock(&m->pmu);
+	for (;;) {
+		while (m->gen == seen && !m->stop)
+			pthread_cond_wait(&m->go, &m->pmu);
+		if (m->stop)
+			break;
+		seen = m->gen;
+		const rowjob *k = m->job;
+		const gemmjob *g = m->gjob;
+		int lo = m->jlo, hi = m->jhi;
+		pthread_mutex_unlock(&m->pmu);
+		run_items(k, g, lo, hi, 1);
+		pthread_mutex_lock(&m->pmu);
+		m->fin = seen;
+		pthread_cond_signal(&m->done);
+	}
+	pthread_mutex_unlock(&m->pmu);
+	return NULL;
+}
+
+void trail_infer_set_threads(trail_infer *m, int n)
+{
+	if (n < 2 || m->helper)
+		return;
+	pthread_mutex_init(&m->pmu, NULL);
+	pthread_cond_init(&m->go, NULL);
+	pthread_cond_init(&m->done, NULL);
+	if (pthread_create(&m->th, NULL, helper_main, m) == 0) {
+		m->helper = 1;
+		return;
+	}
+	pthread_mutex_destroy(&m->pmu);
+	pthread_cond_destroy(&m->go);
+	pthread_cond_destroy(&m->done);
+}
+
+/* Items [0,n) of a row phase or a base product: the second half on the helper thread, when there is one. */
+static void run_split(trail_infer *m, const rowjob *k, const gemmjob *g, int n)
+{
+	if (!m->helper || n < (g ? 2 : 4)) {
+		run_items(k, g, 0, n, 0);
+		return;
+	}
+	pthread_mutex_lock(&m->pmu);
+	m->job = k;
+	m->gjob = g;
+	m->jlo = n / 2;
+	m->jhi = n;
+	unsigned long gn = ++m->gen;
+	pthread_cond_signal(&m->go);
+	pthread_mutex_unlock(&m->pmu);
+	run_items(k, g, 0, n / 2, 0);
+	pthread_mutex_lock(&m->pmu);
+	while (m->fin != gn)
+		pthread_cond_wait(&m->done, &m->pmu);
+	pthread_mutex_unlock(&m->pmu);
+}
+
+/* A phase over rows [0,n). */
+static void run_rows(trail_infer *m, rowjob *k, int phase, int l, int n)
+{
+	k->phase = phase;
+	k->l = l;
+	run_split(m, k, NULL, n);
+}
+
+/* y [n,N] = x [n,K] op(W) (see gemmjob); pad: 4 RB max(K,N) floats. */
+static void bgemm(trail_infer *m, int n, int N, int K, const float *x, const float *W, int transW, float *y,
+		  float *pad)
+{
+	if (m->naive) {
+		for (int i = 0; i < n; i++)
+			for (int j = 0; j < N; j++) {
+				double s = 0;
+				for (int k = 0; k < K; k++)
+					s += (double)x[(size_t)i * K + k] * (transW ? W[(size_t)j * K + k] : W[(size_t)k * N + j]);
+				y[(size_t)i * N + j] = (float)s;
+			}
+		return;
+	}
+	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, {pad, pad + (size_t)RB * (size_t)(K + N)}};
+	run_split(m, NULL, &g, (n + RB - 1) / RB * g.parts);
+}
+
+int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
+		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
+		     trail_error *err)
+{
+	const trail_gpt2_config *c = &m->c;
+	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, rmax = 1;
+	if (n < 1)
+		return TRAIL_OK;
+	for (int i = 0; i < n; i++) {
+		if (tok[i] < 0 || tok[i] >= V || pos[i] < 0 || pos[i] >= kv[i]->cap)
+			return trail_error_set(err, TRAIL_EDATA, "row %d: token %d at position %d out of range", i, tok[i], pos[i]);
+		if (lora[i] && lora[i]->r > rmax)
+			rmax = lora[i]->r;
+	}
+	for (int i = 0; i < nout; i++)
+		if (out_rows[i] < 0 || out_rows[i] >= n)
+			return trail_error_set(err, TRAIL_EINTERNAL, "logits for row %d of %d", out_rows[i], n);
+	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
+	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
+	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)P + 2 * (size_t)rmax + 4 * RB * wide + (size_t)nout * C;
+	if (need > m->wsn) {
+		float *ws = trail_malloc(need * sizeof *ws);
+		if (!ws)
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory for a step of %d rows", n);
+		trail_free(m->ws);
+		m->ws = ws;
+		m->wsn = need;
+	}
+	if (N > m->ordn) {
+		rowkey *o = trail_malloc(N * sizeof *o);
+		int *r = trail_malloc(N * sizeof *r);
+		if (!o || !r) {
+			trail_free(o), trail_free(r);
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory for a step of %d rows", n);
+		}
+		trail_free(m->keys), trail_free(m->ord);
+		m->keys = o;
+		m->ord = r;
+		m->ordn = N;
+	}
+	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
+	int blas = openblas_get_num_threads(); /* one BLAS thread per product: see gemmjob */
+	openblas_set_num_threads(1);
+	k.x = m->ws, k.ln = k.x + N * C, k.att = k.ln + N * C, k.tmp = k.att + N * C, k.qkv = k.tmp + N * C;
+	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C, k.sc[0] = k.hg + N * 4 * C, k.sc[1] = k.sc[0] + P;
+	k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
+	float *pad = k.u[1] + rmax, *lnout = pad + 4 * RB * wide;
+	/* rows grouped by adapter, in row order within a group: each adapter's segment, read once per phase */
+	for (int i = 0; i < n; i++)
+		m->keys[i] = (rowkey){(uintptr_t)lora[i], i};
+	qsort(m->keys, N, sizeof *m->keys, by_adapter);
+	for (int i = 0; i < n; i++)
+		m->ord[i] = m->keys[i].row;
+	for (int i = 0; i < n; i++)
+		for (int c2 = 0; c2 < C; c2++)
+			k.x[(size_t)i * C + c2] = m->wte[(size_t)tok[i] * C + c2] + m->wpe[(size_t)pos[i] * C + c2];
+	run_rows(m, &k, P_LN1, 0, n);
+	for (int l = 0; l < c->n_layer; l++) {
+		const ilayer *Ly = &m->L[l];
+		bgemm(m, n, Ly->lin[0].out, C, k.ln, Ly->lin[0].W, 0, k.qkv, pad);
+		run_rows(m, &k, P_QKV, l, n);
+		run_rows(m, &k, P_ATT, l, n);
+		bgemm(m, n, C, C, k.att, Ly->lin[1].W, 0, k.tmp, pad);
+		run_rows(m, &k, P_PROJ, l, n);
+		bgemm(m, n, 4 * C, C, k.ln, Ly->lin[2].W, 0, k.h, pad);
+		run_rows(m, &k, P_FC, l, n);
+		bgemm(m, n, C, 4 * C, k.hg, Ly->lin[3].W, 0, k.tmp, pad);
+		run_rows(m, &k, P_MPROJ, l, n);
+	}
+	if (nout) {
+		for (int i = 0; i < nout; i++)
+			layernorm(lnout + (size_t)i * C, k.x + (size_t)out_rows[i] * C, m->lnfw, m->lnfb, C);
+		bgemm(m, nout, V, C, lnout, m->wte, 1, logits, pad);
+	}
+	openblas_set_num_threads(blas);
+	return TRAIL_OK;
+}

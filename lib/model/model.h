@@ -1,0 +1,497 @@
+/*
+ * GPT-2-family transformer: learned positions, pre-LayerNorm, GELU (tanh),
+ * tied embeddings; forward, backward, LoRA on any of c_attn, attn.c_proj,
+ * c_fc, mlp.c_proj (PEFT's scaling alpha/r), every large product through
+ * cblas_sgemm.
+ *
+ * Shapes (B batch, T sequence, C n_embd, V vocab, L layers, NH heads):
+ *   wte [V,C]  wpe [P,C]  per layer: ln_1 [C]x2, c_attn W [C,3C] b [3C],
+ *   attn.c_proj W [C,C] b [C], ln_2 [C]x2, c_fc W [C,4C] b [4C],
+ *   mlp.c_proj W [4C,C] b [C];  ln_f [C]x2.   (Conv1D: y = x W + b)
+ *   LoRA on a layer with W [in,out]: A [r,in], B [out,r] (PEFT's lora_A,
+ *   lora_B), y += (alpha/r) (x A^T) B^T.
+ *
+ * Memory: one arena for the parameters, one for their gradients (made on
+ * the first backward; none for a frozen base under LoRA), one for the LoRA
+ * matrices and one for theirs, one for the activations.
+ *
+ * Ownership: a trail_model owns its arenas; arrays returned by accessors
+ * stay owned by the model and are valid until the next forward/backward,
+ * LoRA change or trail_model_free.
+ */
+#ifndef TRAIL_MODEL_H
+#define TRAIL_MODEL_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "core/core.h"
+
+typedef struct trail_gpt2_config {
+	int n_layer, n_head, n_embd, n_positions, vocab_size;
+} trail_gpt2_config;
+
+enum { TRAIL_LORA_C_ATTN = 1, TRAIL_LORA_ATTN_PROJ = 2, TRAIL_LORA_C_FC = 4, TRAIL_LORA_MLP_PROJ = 8 };
+
+typedef struct trail_lora_config {
+	int r;
+	double alpha;
+	int targets; /* TRAIL_LORA_* bits */
+	int rslora;  /* scale alpha/sqrt(r) instead of alpha/r */
+} trail_lora_config;
+
+typedef struct trail_model trail_model;
+
+/* Hugging Face config.json fields; missing or silly values are TRAIL_EDATA. */
+int trail_gpt2_config_parse(const json_t *j, trail_gpt2_config *c, trail_error *err);
+json_t *trail_gpt2_config_json(const trail_gpt2_config *c);
+size_t trail_gpt2_num_params(const trail_gpt2_config *c);
+
+/* A model with GPT-2's initialisation (normal 0.02, projections scaled by 1/sqrt(2L)). */
+int trail_model_init(const trail_gpt2_config *c, uint64_t seed, trail_model **out,
+		     trail_error *err);
+/*
+ * Load config.json + model.safetensors (F32, F16 or BF16; names with or
+ * without "transformer."; the causal-mask buffers and lm_head of Hugging
+ * Face checkpoints are accepted and ignored) from a directory, or from a
+ * .safetensors path with config.json beside it. A missing path is
+ * TRAIL_ENOINPUT; a bad file, unknown tensor or a shape that disagrees with
+ * the config is TRAIL_EDATA naming the file.
+ */
+int trail_model_load(const char *dir, trail_model **out, trail_error *err);
+/* Write config.json + model.safetensors into dir (created if needed). */
+int trail_model_save(const trail_model *m, const char *dir, trail_error *err);
+void trail_model_free(trail_model *m);
+const trail_gpt2_config *trail_model_config(const trail_model *m);
+/* Route every product through the naive reference loop instead of BLAS (tests). */
+void trail_model_set_reference(trail_model *m, int on);
+
+/* Add LoRA matrices (A seeded normal/kaiming-like, B zero, as PEFT); base weights freeze. */
+int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t seed,
+			 trail_error *err);
+/* The LoRA configuration, or NULL without LoRA. */
+const trail_lora_config *trail_model_lora(const trail_model *m);
+/* Add a target name ("c_attn", "c_proj" = both projections, "attn.c_proj", "c_fc", "mlp.c_proj") to *bits. */
+int trail_lora_targets_parse(const char *name, int *bits);
+/* adapter_config.json as PEFT writes it (new reference); base_name may be NULL. */
+json_t *trail_lora_config_json(const trail_lora_config *lc, const char *base_name);
+/*
+ * PEFT adapter directory: adapter_config.json + adapter_model.safetensors.
+ * Loading accepts PEFT's keys with or without the adapter name
+ * (".lora_A.weight" or ".lora_A.default.weight") and checks every shape; on
+ * failure the model is left without LoRA.
+ */
+int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err);
+int trail_model_save_adapter(const trail_model *m, const char *dir, const char *base_name,
+			     trail_error *err);
+/* Fold the LoRA product into the base weights (W += scale A^T B^T) and drop LoRA. */
+int trail_model_merge_lora(trail_model *m, trail_error *err);
+int trail_model_has_lora(const trail_model *m);
+
+/*
+ * Forward over tokens [B,T] (T <= n_positions). targets [B,T] may be NULL
+ * (no loss); a target of -1 is ignored. Returns the mean loss over counted
+ * targets in *loss. Logits [B,T,V] stay readable through trail_model_logits.
+ */
+int trail_model_forward(trail_model *m, const int32_t *tokens, const int32_t *targets, int B,
+			int T, float *loss, trail_error *err);
+const float *trail_model_logits(const trail_model *m);
+/* Backward of the last forward's mean loss: accumulates into the gradients. */
+int trail_model_backward(trail_model *m, trail_error *err);
+void trail_model_zero_grad(trail_model *m);
+
+/*
+ * Trainable parameters as one flat vector (all weights, or only LoRA when
+ * the model has LoRA), with their gradients. n is the element count.
+ */
+float *trail_model_params(trail_model *m, size_t *n);
+float *trail_model_grads(trail_model *m, size_t *n);
+
+/*
+ * The trained linear layers, for attribution (per-layer factored gradient
+ * projections, without forming a gradient): all 4 n_layer layers, or only
+ * the LoRA-targeted ones when the model has LoRA, in layer order. After
+ * trail_model_keep_linear_io(m, 1), a forward and a backward over one
+ * sequence (B = 1), layer i gives its input activations X [T,in] and the
+ * gradient of the mean loss with respect to its output dY [T,out] (rows are
+ * positions; T is B*T of the last forward). Then the weight gradient is
+ * dW = X^T dY [in,out]; for LoRA, dA = scale (dY B)^T X [r,in] and
+ * dB = scale dY^T (X A^T) [out,r], with A, B, scale from
+ * trail_model_linear_lora. name is "h.3.attn.c_attn" and so on.
+ * Keeping dY costs B*T*out floats per layer.
+ */
+void trail_model_keep_linear_io(trail_model *m, int on);
+int trail_model_num_linear(const trail_model *m);
+int trail_model_linear_io(const trail_model *m, int i, const char **name, const float **X,
+			  const float **dY, int *in, int *out, int *T);
+int trail_model_linear_lora(const trail_model *m, int i, const float **A, const float **B, int *r,
+			    double *scale);
+
+/* ---- inference --------------------------------------------------------------- */
+
+/* A LoRA adapter's weights for inference, shared read-only between requests. */
+typedef struct trail_lora_weights trail_lora_weights;
+/* Load a PEFT adapter directory for this base; TRAIL_EDATA if shapes do not fit. */
+int trail_lora_weights_load(const trail_model *base, const char *dir, trail_lora_weights **out,
+			    trail_error *err);
+void trail_lora_weights_free(trail_lora_weights *w);
+size_t trail_lora_weights_bytes(const trail_lora_weights *w);
+
+/* A sequence's key/value cache: [n_layer][2][n_positions][C] floats. */
+typedef struct trail_kv trail_kv;
+trail_kv *trail_kv_new(const trail_model *m);
+void trail_kv_free(trail_kv *kv);
+size_t trail_kv_bytes(const trail_model *m);
+
+/*
+ * One batched step over n rows: row i feeds token tok[i] at position pos[i]
+ * of the sequence cached in kv[i], through adapter lora[i] (NULL: the base).
+ * Rows of one sequence may come together (prefill), in position order.
+ * Each base weight is one sgemm over all n rows; each adapter's low-rank
+ * product runs over its own rows. logits [n,V] (NULL: only fill caches).
+ */
+int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, trail_kv *const *kv,
+		     const trail_lora_weights *const *lora, float *logits, trail_error *err);
+
+/* AdamW with decoupled weight decay (default 0) on every trainable parameter. */
+typedef struct trail_adamw {
+	double lr, beta1, beta2, eps, weight_decay;
+	float *m, *v;
+	size_t n;
+	long t;
+} trail_adamw;
+int trail_adamw_init(trail_adamw *o, size_t n);
+/*
+ * One step; grads are clipped to global norm `clip` first (0: no clipping).
+ * Returns the norm before clipping; a non-finite norm changes nothing.
+ */
+double trail_adamw_step(trail_adamw *o, trail_model *m, double lr, double clip);
+void trail_adamw_release(trail_adamw *o);
+
+/* The L2 norm of a vector, summed in double in a fixed order. */
+double trail_grad_norm(const float *g, size_t n);
+
+/* Warmup then cosine decay to 10% of the peak. */
+double trail_lr_schedule(double peak, long step, long warmup, long total);
+
+/*
+ * Tokenizers: GPT-2 byte-level BPE (vocab.json + merges.txt) and a plain
+ * byte tokenizer (ids 0-255; id 256 is end-of-text when the model's
+ * vocabulary has room for it).
+ *
+ * GPT-2 BPE gives the ids of GPT-2's own encoder: its pre-tokenisation
+ * regex with Unicode 15.0 letter and number classes and ECMAScript's \s,
+ * then merges by rank. Input is bytes, not necessarily UTF-8: a byte that
+ * does not start a valid UTF-8 sequence (overlong, surrogate, past
+ * U+10FFFF, truncated, stray continuation) counts as one character that is
+ * neither letter, number nor space, whose byte is merged like any other, so
+ * decode(encode(s)) == s for every byte string. "<|endoftext|>" in text is
+ * encoded as text; decode skips end-of-text and ids without a token.
+ *
+ * Ownership: the tokenizer handle is freed with trail_tokenizer_free
+ * (NULL is a no-op); id and text buffers returned through pointers are
+ * trail_malloc'd and the caller's. A loaded tokenizer may be used from
+ * several threads at once.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+typedef struct trail_tokenizer trail_tokenizer;
+
+int trail_tokenizer_bytes(trail_tokenizer **out);
+/*
+ * "bytes", or a directory with tokenizer.json ({"type":"bytes"}), with
+ * vocab.json and merges.txt (Hugging Face's names), or with encoder.json and
+ * vocab.bpe (OpenAI's names for the same files).
+ */
+int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *err);
+/*
+ * Write the tokenizer's files into dir: tokenizer.json {"type":"bytes"}, or
+ * vocab.json (compact, in id order) and merges.txt ("#version: 0.2", then
+ * by rank), the same bytes for the same tokenizer whichever names it was
+ * read from; a byte tokenizer's tokenizer.json there is removed.
+ */
+int trail_tokenizer_save(const trail_tokenizer *t, const char *dir, trail_error *err);
+void trail_tokenizer_free(trail_tokenizer *t);
+
+const char *trail_tokenizer_kind(const trail_tokenizer *t); /* "bytes" or "gpt2" */
+size_t trail_tokenizer_vocab_size(const trail_tokenizer *t);
+int32_t trail_tokenizer_eot(const trail_tokenizer *t); /* -1 when none */
+
+int trail_tokenizer_encode(const trail_tokenizer *t, const char *text, size_t len,
+			   int32_t **ids, size_t *n, trail_error *err);
+/* Decoding is byte-exact: decode(encode(s)) == s. */
+int trail_tokenizer_decode(const trail_tokenizer *t, const int32_t *ids, size_t n, char **text,
+			   size_t *len, trail_error *err);
+/* The bytes of one token (for streaming output); NULL if out of range. */
+const char *trail_tokenizer_token(const trail_tokenizer *t, int32_t id, size_t *len);
+
+/*
+ * safetensors files: an 8-byte little-endian header length, a JSON header
+ * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__":
+ * {...}}, then the tensor bytes. Reading maps the file and converts F32,
+ * F16 and BF16 to float; writing emits F32 with names sorted, offsets
+ * contiguous and the header padded to 8 bytes, so the same tensors give the
+ * same bytes.
+ *
+ * Ownership: a trail_st owns its mapping; trail_st_free releases it.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+
+typedef struct trail_st trail_st;
+
+/*
+ * Map and check a file: header length and JSON, every entry's dtype, shape
+ * and offsets, and that the tensors cover the data exactly (a truncated
+ * file is TRAIL_EDATA here, naming the file). A missing file is
+ * TRAIL_ENOINPUT.
+ */
+int trail_st_open(const char *path, trail_st **out, trail_error *err);
+void trail_st_free(trail_st *st);
+/* The "__metadata__" object (string values), or NULL; owned by st. */
+const json_t *trail_st_metadata(const trail_st *st);
+/* Does the file hold `name`? */
+int trail_st_has(const trail_st *st, const char *name);
+/* Number of tensors, and the i-th name (in header order). */
+size_t trail_st_count(const trail_st *st);
+const char *trail_st_name(const trail_st *st, size_t i);
+/*
+ * Copy tensor `name` into dst as float, checking its shape against
+ * shape[0..ndim). TRAIL_EDATA for a missing tensor, a wrong shape or dtype.
+ */
+int trail_st_read_f32(const trail_st *st, const char *name, const int64_t *shape, int ndim,
+		      float *dst, trail_error *err);
+
+typedef struct trail_st_tensor {
+	const char *name;
+	int64_t shape[4];
+	int ndim;
+	const float *data;
+} trail_st_tensor;
+
+/* Write tensors (any order; sorted on output) atomically. metadata may be NULL. */
+int trail_st_write(const char *path, const trail_st_tensor *t, size_t n, const json_t *metadata,
+		   trail_error *err);
+
+/*
+ * Inference for serving: a base model held for decoding, LoRA adapters'
+ * weights, a KV cache per sequence, and one batched step over rows of many
+ * sequences and adapters — each base weight one sgemm over all rows, each
+ * adapter's low-rank product over its own rows (the CPU form of Punica's
+ * SGMV: gather the segment's rows, x A^T then (.) B^T, scatter-add).
+ *
+ * Batch invariance: base products run in row blocks of a fixed height (the
+ * last zero-padded) and the low-rank products row by row in a fixed order,
+ * so a row's result is the same bits whatever else shares the step — a
+ * request's output does not depend on its company.
+ *
+ * Shapes (C n_embd, V vocab, L layers, P n_positions): weights as in
+ * model.h; a LoRA layer with W [in,out] has A [r,in], B [out,r] (PEFT's
+ * lora_A, lora_B) and adds scale (x A^T) B^T, scale = alpha/r (alpha/sqrt r
+ * with rsLoRA). A KV cache of capacity cap holds [L][2][cap][C] floats.
+ *
+ * Ownership: each handle owns its memory; *_free(NULL) is a no-op. A
+ * trail_infer keeps a scratch workspace (and its helper thread), so one
+ * thread steps it at a time;
+ * adapters and caches are only read by a step.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+typedef struct trail_infer trail_infer;
+
+/* config.json + model.safetensors from a model directory (GPT-2 names, with or without "transformer."). */
+int trail_infer_load(const char *dir, trail_infer **out, trail_error *err);
+void trail_infer_free(trail_infer *m);
+const trail_gpt2_config *trail_infer_config(const trail_infer *m);
+/* Bytes of the base weights held in memory. */
+size_t trail_infer_bytes(const trail_infer *m);
+/*
+ * Route every product, the attention and the LoRA deltas through plain
+ * loops accumulating in double (the reference the tests compare with).
+ */
+void trail_infer_set_reference(trail_infer *m, int on);
+/*
+ * Split the row-wise work of a step (bias, low-rank products, attention,
+ * LayerNorm, GELU) over n threads (1 or 2: one helper thread). The results
+ * are the same bits for any n.
+ */
+void trail_infer_set_threads(trail_infer *m, int n);
+
+typedef struct trail_lora_w trail_lora_w;
+/*
+ * A PEFT adapter directory for this base (adapter_config.json +
+ * adapter_model.safetensors, keys with or without ".default"): the file is
+ * mapped, checked and converted. TRAIL_ENOINPUT if missing, TRAIL_EDATA if
+ * its config or tensors do not fit the base.
+ */
+int trail_lora_w_load(const trail_infer *m, const char *dir, trail_lora_w **out, trail_error *err);
+void trail_lora_w_free(trail_lora_w *w);
+size_t trail_lora_w_bytes(const trail_lora_w *w);
+int trail_lora_w_rank(const trail_lora_w *w);
+
+typedef struct trail_kvc trail_kvc;
+/* A cache for positions 0..cap-1 (cap <= n_positions); NULL when out of memory. */
+trail_kvc *trail_kvc_new(const trail_infer *m, int cap);
+void trail_kvc_free(trail_kvc *kv);
+size_t trail_kvc_bytes(const trail_infer *m, int cap);
+
+/*
+ * One step over n rows: row i feeds token tok[i] at position pos[i] (below
+ * its cache's cap) of the sequence cached in kv[i], through adapter
+ * lora[i] (NULL: the base). Rows of one sequence come together, in
+ * position order (a prompt prefilled in one step, or in chunks over
+ * several). logits [nout,V] for rows out_rows[0..nout) (nout 0: only fill
+ * the caches).
+ */
+int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
+		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
+		     trail_error *err);
+
+/*
+ * Training on an exact list of records: tokenise, batch in a seeded order,
+ * AdamW with warmup + cosine, gradient clipping, a loss curve, checkpoints
+ * to resume from, and the training.json manifest that ties the weights to
+ * the records.
+ *
+ * Ownership: a trail_dataset owns its records (json references) and token
+ * arrays; trail_dataset_free releases them.
+ */
+
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+
+typedef struct trail_dataset {
+	size_t n;
+	int32_t **tok;    /* per record: tokens then end-of-text */
+	size_t *len;
+	int32_t *first;   /* first token that counts in the loss (instruct: the completion) */
+	char (*id)[72];   /* record ids */
+	char **contributor; /* or NULL entries */
+	char root[64];    /* base64 RFC 9162 root over the record ids */
+	char order[72];   /* digest of the ids, one per line, in order */
+} trail_dataset;
+
+/*
+ * Build from records ({"text"} or {"prompt","completion"}, optional
+ * "contributor" and, from snapshots, "record"). TRAIL_EDATA names the
+ * record that is neither; an empty list is TRAIL_EDATA too.
+ */
+int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
+			       trail_dataset **out, trail_error *err);
+void trail_dataset_free(trail_dataset *d);
+
+typedef struct trail_train_opts {
+	int batch, seq;
+	long steps;   /* total optimiser steps */
+	double lr;    /* peak */
+	long warmup;
+	double clip;
+	uint64_t seed;
+	int threads;  /* BLAS threads, recorded: the bits depend on it */
+	FILE *metrics;  /* one NDJSON line per step, or NULL */
+	FILE *progress; /* progress bar, or NULL */
+	volatile sig_atomic_t *stop; /* set (e.g. by SIGINT) to stop after the current step */
+	const char *checkpoint; /* where checkpoints go, or NULL */
+	long checkpoint_every;  /* also every so many steps (0: only when stopping early) */
+} trail_train_opts;
+
+/*
+ * A run in progress: steps done, the optimiser state and the loss curve.
+ * Record g = step * batch + b of the run is record perm_e[g mod n] of
+ * epoch e = g / n, each epoch's permutation seeded by (seed, e): the data
+ * order is a function of the step, so a run continues from any step.
+ */
+typedef struct trail_train_run {
+	long step;
+	trail_adamw opt;
+	float *curve; /* [steps] */
+	char settings[72]; /* digest of everything the result depends on */
+} trail_train_run;
+
+/*
+ * The digest of the settings a run's result depends on: the records and
+ * their order, the hyper-parameters and `extra` (model configuration, base
+ * weights, LoRA). A checkpoint only resumes a run with the same digest.
+ */
+void trail_train_settings(const trail_dataset *d, const trail_train_opts *o, const json_t *extra,
+			  char out[72]);
+/* A fresh run for the model's trainable parameters. */
+int trail_train_run_init(trail_train_run *r, trail_model *m, const trail_train_opts *o,
+			 const char settings[72], trail_error *err);
+void trail_train_run_release(trail_train_run *r);
+/*
+ * Checkpoints: a safetensors file with the trainable parameters, the
+ * optimiser moments and the loss curve; the step and settings digest in its
+ * metadata. Loading restores the model's trainable parameters and the run;
+ * TRAIL_EDATA for a damaged file or other settings (the message says which).
+ */
+int trail_train_checkpoint_save(const char *path, trail_model *m, const trail_train_run *r,
+				trail_error *err);
+int trail_train_checkpoint_load(const char *path, trail_model *m, const trail_train_opts *o,
+				const char settings[72], trail_train_run *r, trail_error *err);
+
+/*
+ * Train m on d from r->step to o->steps. Stops early when *o->stop is set
+ * (TRAIL_EAGAIN) or the loss or gradient is not finite (TRAIL_EDATA, the
+ * weights and r those of the last good step); in both cases, and every
+ * o->checkpoint_every steps, r is saved to o->checkpoint (but never weights
+ * that are not finite: an earlier checkpoint is kept then).
+ */
+int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *o, trail_train_run *r,
+		trail_error *err);
+
+/* Mean loss of the model over the whole dataset (batches of o->batch). */
+int trail_eval_loss(trail_model *m, const trail_dataset *d, int batch, int seq, double *loss,
+		    trail_error *err);
+
+/*
+ * The training.json manifest: the records (ids in training order with their
+ * contributors), the Merkle root over them and the digest of their order,
+ * the hyper-parameters, the loss curve, and `extra` members (datanet,
+ * tree size, base model...). New reference.
+ */
+json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *o,
+				const trail_train_run *r, const json_t *extra);
+
+/*
+ * What mf-train does, as one call: the records (an NDJSON file or a
+ * datanet snapshot from the store), the tokenizer, the model (from a config
+ * or a base directory), optionally LoRA, training with checkpoints and
+ * resume, then the model or adapter directory with training.json; with a
+ * store, the output's files as objects and a `model` ledger entry. Also
+ * --eval (mean loss) and --merge (base + adapter folded). *result gets the
+ * line to print (new reference).
+ */
+typedef struct trail_train_job {
+	const char *init, *base, *adapter, *data, *datanet, *home, *out, *tokenizer, *metrics, *lora, *name;
+	long steps, epochs, warmup, checkpoint_every; /* warmup < 0: 5% of the steps */
+	int batch, seq, threads;                      /* seq 0: the model's n_positions */
+	double lr;                                    /* 0: 3e-4, or 1e-3 for LoRA */
+	uint64_t seed;
+	int resume, eval, merge, no_index;
+	FILE *progress;
+	volatile sig_atomic_t *stop;
+} trail_train_job;
+int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *err);
+/* Parse "r=8,alpha=16,targets=c_attn,c_proj,rslora=1" (defaults r 8, alpha 16, all four layers). */
+int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *err);
+
+/* Set the BLAS thread count (results are reproducible for a given count). */
+void trail_blas_threads(int n);
+
+#endif

@@ -1,0 +1,905 @@
+/*
+ * Tokenizers: the byte tokenizer (ids 0-255 are the bytes, 256 is
+ * end-of-text) and GPT-2's byte-level BPE.
+ *
+ * GPT-2 encodes text in two steps.
+ *
+ * 1. Pre-tokenisation splits the text as the regex
+ *      's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *    does; piece_end() is that regex written out by hand over UTF-8 code
+ *    points, with classes from lib/unicode_tab.c (\s is ECMAScript's, as in
+ *    the reference encoder). A byte that does not start a valid UTF-8
+ *    sequence (overlong, surrogate, past U+10FFFF, truncated, stray
+ *    continuation) is one character of class "other", so every byte string
+ *    encodes and decodes back to itself.
+ *
+ * 2. Each piece's bytes start as one token each and are merged by rank
+ *    (bpe_piece). vocab.json and merges.txt spell tokens in GPT-2's
+ *    bytes_to_unicode alphabet; here a token is its raw bytes and a merge is
+ *    a pair of ids, looked up in an open-addressing table.
+ *
+ * A cache maps recent pieces to their ids. It is the only mutable state of a
+ * loaded tokenizer; encode takes it with a trylock and encodes without it
+ * when another thread holds it, so results never depend on it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "core/core.h"
+#include "model/model.h"
+#include "model/model_int.h"
+
+enum { TK_BYTES, TK_GPT2 };
+enum { TOK_PRESENT = 1, TOK_LITERAL = 2 }; /* literal: spelled outside the byte alphabet, never produced by encode */
+
+typedef struct merge_slot {
+	uint64_t key; /* left id << 32 | right id */
+	int32_t rank; /* -1: empty slot */
+	int32_t id;   /* the merged token */
+} merge_slot;
+
+/* Pieces of 2 to CACHE_KEY bytes are cached; the cache is cleared when full. */
+#define CACHE_SLOTS (1u << 17)
+#define CACHE_MAX (1u << 16)
+#define CACHE_KEY 64
+#define CACHE_TEXT (1u << 21)
+#define CACHE_IDS (1u << 20)
+
+typedef struct cache_slot {
+	uint64_t h;
+	uint32_t koff, ioff;
+	uint8_t klen, nid; /* klen 0: empty */
+} cache_slot;
+
+typedef struct cache {
+	pthread_mutex_t lock;
+	cache_slot *slot;
+	char *text;
+	int32_t *ids;
+	size_t n, ntext, nids;
+} cache;
+
+struct trail_tokenizer {
+	int kind;
+	char byte[256];	   /* bytes: the text of id i */
+	size_t n_vocab;	   /* gpt2: largest id + 1 */
+	int32_t eot;	   /* -1 when none */
+	char *text;	   /* every token's bytes, back to back */
+	uint32_t *off;	   /* n_vocab + 1: token i is text[off[i] .. off[i + 1]) */
+	uint8_t *flags;	   /* n_vocab: TOK_* */
+	int32_t byte_id[256];
+	merge_slot *mt;	   /* mt_mask + 1 slots */
+	size_t mt_mask;
+	int32_t (*merges)[2]; /* by rank, as read */
+	size_t n_merges;
+	cache *cache;
+};
+
+/* GPT-2's bytes_to_unicode: the 188 printable Latin-1 bytes stand for
+ * themselves, the other 68 (0x00-0x20, 0x7F-0xA0, 0xAD) take U+0100 onwards
+ * in byte order. */
+static uint32_t byte_char(unsigned b)
+{
+	if (b <= 0x20)
+		return 256 + b;
+	if (b >= 0x7F && b <= 0xA0)
+		return 256 + 33 + (b - 0x7F);
+	if (b == 0xAD)
+		return 256 + 67;
+	return b;
+}
+
+int trail_uc_class(uint32_t cp)
+{
+	unsigned lo = 0, hi = trail_uc_nranges;
+	while (lo < hi) {
+		unsigned mid = (lo + hi) / 2;
+		if (cp > trail_uc_ranges[mid].hi)
+			lo = mid + 1;
+		else if (cp < trail_uc_ranges[mid].lo)
+			hi = mid;
+		else
+			return trail_uc_ranges[mid].cls;
+	}
+	return TRAIL_UC_OTHER;
+}
+
+/* ---- pre-tokenisation ---- */
+
+/* The class of the character at s[i] (i < n) and its length in bytes. */
+static inline int char_at(const uint8_t *s, size_t n, size_t i, size_t *len)
+{
+	unsigned b = s[i];
+	*len = 1;
+	if (b < 0x80) {
+		if ((unsigned)((b | 32) - 'a') < 26)
+			return TRAIL_UC_LETTER;
+		if ((unsigned)(b - '0') < 10)
+			return TRAIL_UC_NUMBER;
+		if (b == ' ' || (unsigned)(b - 9) < 5)
+			return TRAIL_UC_SPACE;
+		return TRAIL_UC_OTHER;
+	}
+	size_t need;
+	uint32_t cp; /* the second byte's bounds rule out overlongs, surrogates and > U+10FFFF */
+	unsigned lo = 0x80, hi = 0xBF;
+	if (b >= 0xC2 && b <= 0xDF)
+		need = 1, cp = b & 0x1F;
+	else if (b >= 0xE0 && b <= 0xEF)
+		need = 2, cp = b & 0x0F, lo = b == 0xE0 ? 0xA0 : 0x80, hi = b == 0xED ? 0x9F : 0xBF;
+	else if (b >= 0xF0 && b <= 0xF4)
+		need = 3, cp = b & 0x07, lo = b == 0xF0 ? 0x90 : 0x80, hi = b == 0xF4 ? 0x8F : 0xBF;
+	else
+		return TRAIL_UC_OTHER;
+	if (n - i <= need || s[i + 1] < lo || s[i + 1] > hi)
+		return TRAIL_UC_OTHER;
+	for (size_t k = 1; k <= need; k++) {
+		if ((s[i + k] & 0xC0) != 0x80)
+			return TRAIL_UC_OTHER;
+		cp = cp << 6 | (s[i + k] & 0x3Fu);
+	}
+	*len = need + 1;
+	return trail_uc_class(cp);
+}
+
+/* The end of the piece that starts at s[i], i < n: the regex's match there. */
+static size_t piece_end(const uint8_t *s, size_t n, size_t i)
+{
+	size_t l0, l, k, lk;
+	int c0 = char_at(s, n, i, &l0), c = c0;
+	if (s[i] == '\'' && i + 1 < n) { /* 's 't 're 've 'm 'll 'd, case-sensitive */
+		unsigned a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
+		if (a == 's' || a == 't' || a == 'm' || a == 'd')
+			return i + 2;
+		if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+			return i + 3;
+	}
+	size_t j = i;
+	l = l0;
+	if (s[i] == ' ' && i + 1 < n) { /* " ?": the space joins a following non-space run */
+		c = char_at(s, n, i + 1, &l);
+		if (c == TRAIL_UC_SPACE)
+			c = c0, l = l0;
+		else
+			j = i + 1;
+	}
+	if (c != TRAIL_UC_SPACE) { /* ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+ */
+		for (k = j + l; k < n && char_at(s, n, k, &lk) == c; k += lk)
+			;
+		return k;
+	}
+	/* \s+(?!\S) | \s+: a run of spaces, less its last character when a
+	 * non-space follows (that one starts the next piece), but at least one */
+	size_t last = i;
+	for (k = i + l0; k < n && char_at(s, n, k, &lk) == TRAIL_UC_SPACE; k += lk)
+		last = k;
+	if (k == n)
+		return n;
+	return last > i ? last : i + l0;
+}
+
+/* ---- merges ---- */
+
+/* Merges are keyed by the pair of ids, as GPT-2's Python keys them by the
+ * pair of strings. (The JavaScript reference joins the two strings with a
+ * comma, which makes ('",', '"') look like the merge ('"', ',"'); the
+ * comparison's corpus holds runs of such characters and no id differs.) */
+static inline size_t merge_hash(uint64_t key, size_t mask)
+{
+	return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+}
+
+static inline const merge_slot *merge_find(const trail_tokenizer *t, int32_t a, int32_t b)
+{
+	uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+	for (size_t h = merge_hash(key, t->mt_mask);; h = (h + 1) & t->mt_mask) {
+		const merge_slot *m = &t->mt[h];
+		if (m->rank < 0)
+			return NULL;
+		if (m->key == key)
+			return m;
+	}
+}
+
+/* A later duplicate of a pair replaces the earlier rank, as in the reference. */
+static void merge_put(trail_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id)
+{
+	uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+	size_t h = merge_hash(key, t->mt_mask);
+	while (t->mt[h].rank >= 0 && t->mt[h].key != key)
+		h = (h + 1) & t->mt_mask;
+	t->mt[h] = (merge_slot){key, rank, id};
+}
+
+/* Scratch for bpe_piece over a piece of up to cap bytes; pieces up to
+ * WORK_SMALL bytes (nearly all) use the array inside, longer ones the heap. */
+#define WORK_SMALL 64
+#define WORK_BYTES(cap) ((cap) * (6 * sizeof(uint64_t) + 3 * sizeof(int32_t)))
+
+typedef struct work {
+	int32_t *id, *nx, *pv;
+	uint64_t *heap, *pend; /* heap: the m - 1 first pairs plus at most two per merge */
+	size_t cap;
+	void *owned;
+	uint64_t small[WORK_BYTES(WORK_SMALL) / sizeof(uint64_t)];
+} work;
+
+static void work_carve(work *w, uint64_t *p, size_t cap)
+{
+	w->heap = p;
+	w->pend = p + 3 * cap;
+	w->id = (int32_t *)(w->pend + 3 * cap);
+	w->nx = w->id + cap;
+	w->pv = w->nx + cap;
+	w->cap = cap;
+}
+
+static int work_reserve(work *w, size_t m)
+{
+	if (m <= w->cap)
+		return TRAIL_OK;
+	if (m <= WORK_SMALL) {
+		work_carve(w, w->small, WORK_SMALL);
+		return TRAIL_OK;
+	}
+	uint64_t *p = trail_malloc(WORK_BYTES(m));
+	if (!p)
+		return TRAIL_ENOMEM;
+	trail_free(w->owned);
+	w->owned = p;
+	work_carve(w, p, m);
+	return TRAIL_OK;
+}
+
+static void heap_push(uint64_t *h, size_t *n, uint64_t v)
+{
+	size_t i = (*n)++;
+	while (i && h[(i - 1) / 2] > v) {
+		h[i] = h[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	h[i] = v;
+}
+
+static uint64_t heap_pop(uint64_t *h, size_t *n)
+{
+	uint64_t top = h[0], v = h[--*n];
+	size_t i = 0, m = *n;
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= m)
+			break;
+		if (c + 1 < m && h[c + 1] < h[c])
+			c++;
+		if (h[c] >= v)
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	if (m)
+		h[i] = v;
+	return top;
+}
+
+/*
+ * GPT-2's bpe() over the m >= 2 bytes of one piece: every round takes the
+ * adjacent pair of lowest rank and merges all its occurrences, left to
+ * right, without overlap; it stops when no adjacent pair is a merge. The
+ * heap holds (rank << 32 | left position); pairs formed during a round wait
+ * in pend until the round ends, so a merges file whose ranks are not
+ * ordered by construction still gives the reference's result. O(m log m).
+ * Writes the ids to out (at least m long); returns their count.
+ */
+static size_t bpe_piece(const trail_tokenizer *t, const uint8_t *p, size_t m, work *w, int32_t *out)
+{
+	int32_t *id = w->id, *nx = w->nx, *pv = w->pv;
+	size_t hn = 0, np = 0;
+	for (size_t k = 0; k < m; k++) {
+		id[k] = t->byte_id[p[k]];
+		nx[k] = (int32_t)k + 1;
+		pv[k] = (int32_t)k - 1;
+	}
+	for (size_t k = 0; k + 1 < m; k++) {
+		const merge_slot *ms = merge_find(t, id[k], id[k + 1]);
+		if (ms)
+			heap_push(w->heap, &hn, (uint64_t)ms->rank << 32 | k);
+	}
+	int64_t round = -1;
+	for (;;) {
+		if (!hn || (int64_t)(w->heap[0] >> 32) != round) {
+			for (size_t i = 0; i < np; i++)
+				heap_push(w->heap, &hn, w->pend[i]);
+			np = 0;
+			if (!hn)
+				break;
+			round = (int64_t)(w->heap[0] >> 32);
+		}
+		int32_t k = (int32_t)(uint32_t)heap_pop(w->heap, &hn), r = nx[k];
+		if (id[k] < 0 || (size_t)r >= m)
+			continue;
+		const merge_slot *ms = merge_find(t, id[k], id[r]);
+		if (!ms || ms->rank != round) /* stale: a neighbour changed */
+			continue;
+		id[k] = ms->id;
+		id[r] = -1;
+		nx[k] = nx[r];
+		if ((size_t)nx[k] < m)
+			pv[nx[k]] = k;
+		if (pv[k] >= 0 && (ms = merge_find(t, id[pv[k]], id[k])))
+			w->pend[np++] = (uint64_t)ms->rank << 32 | (uint32_t)pv[k];
+		if ((size_t)nx[k] < m && (ms = merge_find(t, id[k], id[nx[k]])))
+			w->pend[np++] = (uint64_t)ms->rank << 32 | (uint32_t)k;
+	}
+	size_t c = 0;
+	for (int32_t k = 0; (size_t)k < m; k = nx[k])
+		out[c++] = id[k];
+	return c;
+}
+
+/* ---- the piece cache ---- */
+
+static const cache_slot *cache_get(const cache *c, uint64_t h, const uint8_t *p, size_t m)
+{
+	for (size_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
+		const cache_slot *s = &c->slot[i];
+		if (!s->klen)
+			return NULL;
+		if (s->h == h && s->klen == m && !memcmp(c->text + s->koff, p, m))
+			return s;
+	}
+}
+
+static void cache_put(cache *c, uint64_t h, const uint8_t *p, size_t m, const int32_t *ids, size_t n)
+{
+	if (c->n >= CACHE_MAX || c->ntext + m > CACHE_TEXT || c->nids + n > CACHE_IDS) {
+		memset(c->slot, 0, CACHE_SLOTS * sizeof *c->slot);
+		c->n = c->ntext = c->nids = 0;
+	}
+	size_t i = h & (CACHE_SLOTS - 1);
+	while (c->slot[i].klen)
+		i = (i + 1) & (CACHE_SLOTS - 1);
+	c->slot[i] = (cache_slot){h, (uint32_t)c->ntext, (uint32_t)c->nids, (uint8_t)m, (uint8_t)n};
+	memcpy(c->text + c->ntext, p, m);
+	memcpy(c->ids + c->nids, ids, n * sizeof *ids);
+	c->ntext += m;
+	c->nids += n;
+	c->n++;
+}
+
+static void cache_free(cache *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_destroy(&c->lock);
+	trail_free(c->slot);
+	trail_free(c->text);
+	trail_free(c->ids);
+	trail_free(c);
+}
+
+static cache *cache_new(void)
+{
+	cache *c = trail_calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	c->slot = trail_calloc(CACHE_SLOTS, sizeof *c->slot);
+	c->text = trail_malloc(CACHE_TEXT);
+	c->ids = trail_malloc(CACHE_IDS * sizeof *c->ids);
+	if (pthread_mutex_init(&c->lock, NULL)) {
+		trail_free(c->slot);
+		trail_free(c->text);
+		trail_free(c->ids);
+		trail_free(c);
+		return NULL;
+	}
+	if (!c->slot || !c->text || !c->ids) {
+		cache_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* ---- loading ---- */
+
+int trail_tokenizer_bytes(trail_tokenizer **out)
+{
+	trail_tokenizer *t = trail_calloc(1, sizeof *t);
+	if (!t)
+		return TRAIL_ENOMEM;
+	t->kind = TK_BYTES;
+	for (int i = 0; i < 256; i++)
+		t->byte[i] = (char)i;
+	*out = t;
+	return TRAIL_OK;
+}
+
+/* The first of a and b that exists in dir, as a trail_malloc'd path in
+ * *out (NULL if neither); TRAIL_ENOMEM when a path cannot be made. */
+static int first_file(const char *dir, const char *a, const char *b, char **out)
+{
+	struct stat st;
+	const char *names[] = {a, b};
+	*out = NULL;
+	for (int i = 0; i < 2; i++) {
+		char *p = trail_path(dir, names[i]);
+		if (!p)
+			return TRAIL_ENOMEM;
+		if (stat(p, &st) == 0) {
+			*out = p;
+			return TRAIL_OK;
+		}
+		trail_free(p);
+	}
+	return TRAIL_OK;
+}
+
+/* Token spellings to raw bytes: each character is one byte of the alphabet, else the token is literal. */
+static int read_vocab(trail_tokenizer *t, const char *path, json_t **vocab, trail_error *err)
+{
+	void *buf = NULL;
+	size_t len, total = 0;
+	const char *k, **keys = NULL;
+	json_t *v;
+	int rc;
+	int16_t dec[324]; /* character -> byte */
+	for (int i = 0; i < 324; i++)
+		dec[i] = -1;
+	for (int i = 0; i < 256; i++)
+		dec[byte_char((unsigned)i)] = (int16_t)i;
+	if ((rc = trail_read_file(path, (size_t)1 << 28, &buf, &len, err)) ||
+	    (rc = trail_json_parse(buf, len, path, vocab, err)))
+		goto out;
+	if (!json_is_object(*vocab) || !json_object_size(*vocab)) {
+		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "not a JSON object of token: id");
+		goto out;
+	}
+	json_object_foreach(*vocab, k, v) {
+		json_int_t id = json_integer_value(v);
+		if (!json_is_integer(v) || id < 0 || id >= (1 << 24)) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "token \"%s\": the id is not an integer in [0, 16777216)", k);
+			goto out;
+		}
+		if ((size_t)id >= t->n_vocab)
+			t->n_vocab = (size_t)id + 1;
+		total += strlen(k);
+	}
+	keys = trail_calloc(t->n_vocab, sizeof *keys);
+	t->off = trail_malloc((t->n_vocab + 1) * sizeof *t->off);
+	t->flags = trail_calloc(t->n_vocab, 1);
+	t->text = trail_malloc(total + 1);
+	if (!keys || !t->off || !t->flags || !t->text || total >= UINT32_MAX) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	json_object_foreach(*vocab, k, v) {
+		json_int_t id = json_integer_value(v);
+		if (keys[id]) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "tokens \"%s\" and \"%s\" share id %lld", keys[id], k,
+					    (long long)id);
+			goto out;
+		}
+		keys[id] = k;
+	}
+	for (int i = 0; i < 256; i++)
+		t->byte_id[i] = -1;
+	uint32_t o = 0;
+	for (size_t i = 0; i < t->n_vocab; i++) {
+		t->off[i] = o;
+		if (!(k = keys[i]))
+			continue;
+		t->flags[i] = TOK_PRESENT;
+		const uint8_t *s = (const uint8_t *)k;
+		size_t n = strlen(k), j = 0, cl;
+		uint32_t start = o;
+		while (j < n) {
+			uint32_t cp = s[j];
+			cl = 1;
+			if (s[j] >= 0xC0 && s[j] < 0xE0 && j + 1 < n) /* the alphabet is below U+0144 */
+				cp = (uint32_t)(s[j] & 0x1F) << 6 | (s[j + 1] & 0x3F), cl = 2;
+			if (cp >= 324 || dec[cp] < 0 || (cl == 1 && s[j] >= 0x80))
+				break;
+			t->text[o++] = (char)dec[cp];
+			j += cl;
+		}
+		if (j < n) { /* spelled outside the alphabet: kept as written */
+			o = start;
+			memcpy(t->text + o, k, n);
+			o += (uint32_t)n;
+			t->flags[i] |= TOK_LITERAL;
+		} else if (o - start == 1 && t->byte_id[(uint8_t)t->text[start]] < 0) {
+			t->byte_id[(uint8_t)t->text[start]] = (int32_t)i;
+		}
+	}
+	t->off[t->n_vocab] = o;
+	for (int i = 0; i < 256; i++)
+		if (t->byte_id[i] < 0) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "no token for the byte 0x%02x (spelled U+%04X)", i,
+					    (unsigned)byte_char((unsigned)i));
+			goto out;
+		}
+	json_t *e = json_object_get(*vocab, "<|endoftext|>");
+	t->eot = e ? (int32_t)json_integer_value(e) : -1;
+out:
+	trail_free(keys);
+	trail_free(buf);
+	return rc;
+}
+
+/* merges.txt: an optional "#version" line, then one "left right" pair a line, by rank. */
+static int read_merges(trail_tokenizer *t, const char *path, const json_t *vocab, trail_error *err)
+{
+	void *buf = NULL;
+	size_t len, lines = 1;
+	char *pair = NULL;
+	int rc = trail_read_file(path, (size_t)1 << 28, &buf, &len, err);
+	if (rc)
+		return rc;
+	char *s = buf;
+	for (size_t i = 0; i < len; i++)
+		lines += s[i] == '\n';
+	size_t slots = 16;
+	while (slots < 2 * lines)
+		slots *= 2;
+	t->mt = trail_malloc(slots * sizeof *t->mt);
+	t->merges = trail_malloc(lines * sizeof *t->merges);
+	pair = trail_malloc(len + 1);
+	if (!t->mt || !t->merges || !pair) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	t->mt_mask = slots - 1;
+	for (size_t i = 0; i < slots; i++)
+		t->mt[i].rank = -1;
+	long line = 0;
+	for (char *p = s, *end = s + len; p < end;) {
+		char *nl = memchr(p, '\n', (size_t)(end - p)), *e = nl ? nl : end;
+		line++;
+		size_t n = (size_t)(e - p);
+		if (n && p[n - 1] == '\r')
+			n--;
+		/* fields separated by spaces or tabs */
+		char *f[3];
+		size_t fl[3], nf = 0;
+		for (size_t i = 0; i < n;) {
+			while (i < n && (p[i] == ' ' || p[i] == '\t'))
+				i++;
+			if (i == n)
+				break;
+			size_t st = i;
+			while (i < n && p[i] != ' ' && p[i] != '\t')
+				i++;
+			if (nf < 3)
+				f[nf] = p + st, fl[nf] = i - st;
+			nf++;
+		}
+		int version = line == 1 && n >= 8 && !memcmp(p, "#version", 8);
+		p = e + 1;
+		if (version || nf == 0)
+			continue;
+		if (nf != 2) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, line, "a merge is two tokens, found %zu fields", nf);
+			goto out;
+		}
+		int32_t id[3];
+		for (int k = 0; k < 3; k++) {
+			if (k < 2) {
+				memcpy(pair, f[k], fl[k]);
+				pair[fl[k]] = 0;
+			} else {
+				memcpy(pair, f[0], fl[0]);
+				memcpy(pair + fl[0], f[1], fl[1]);
+				pair[fl[0] + fl[1]] = 0;
+			}
+			json_t *v = json_object_get(vocab, pair);
+			if (!v) {
+				rc = trail_error_at(err, TRAIL_EDATA, path, line, "\"%s\" is not in the vocabulary", pair);
+				goto out;
+			}
+			id[k] = (int32_t)json_integer_value(v);
+			if (t->flags[id[k]] & TOK_LITERAL) {
+				rc = trail_error_at(err, TRAIL_EDATA, path, line,
+						    "\"%s\" is not spelled in GPT-2's byte alphabet", pair);
+				goto out;
+			}
+		}
+		merge_put(t, id[0], id[1], (int32_t)t->n_merges, id[2]);
+		t->merges[t->n_merges][0] = id[0];
+		t->merges[t->n_merges][1] = id[1];
+		t->n_merges++;
+	}
+out:
+	trail_free(pair);
+	trail_free(buf);
+	return rc;
+}
+
+/* Hugging Face's layout (vocab.json, merges.txt) or OpenAI's (encoder.json, vocab.bpe). */
+static int gpt2_load(const char *dir, trail_tokenizer **out, trail_error *err)
+{
+	char *vp = NULL, *mp = NULL;
+	json_t *vocab = NULL;
+	int rc;
+	trail_tokenizer *t = trail_calloc(1, sizeof *t);
+	if (!t || first_file(dir, "vocab.json", "encoder.json", &vp) || first_file(dir, "merges.txt", "vocab.bpe", &mp) ||
+	    !vp) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	t->kind = TK_GPT2;
+	if (!mp) {
+		rc = trail_error_at(err, TRAIL_ENOINPUT, dir, 0, "a BPE vocabulary without merges.txt (or vocab.bpe)");
+		goto out;
+	}
+	if ((rc = read_vocab(t, vp, &vocab, err)) || (rc = read_merges(t, mp, vocab, err)))
+		goto out;
+	if (!(t->cache = cache_new()))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+out:
+	json_decref(vocab);
+	trail_free(vp);
+	trail_free(mp);
+	if (rc) {
+		trail_tokenizer_free(t);
+		t = NULL;
+	}
+	*out = t;
+	return rc;
+}
+
+int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *err)
+{
+	*out = NULL;
+	if (!strcmp(spec, "bytes"))
+		return trail_tokenizer_bytes(out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
+	char *p = trail_path(spec, "tokenizer.json");
+	void *b;
+	size_t n;
+	if (!p)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	int rc = trail_read_file(p, 4096, &b, &n, NULL);
+	trail_free(p);
+	if (rc == TRAIL_ENOMEM)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (rc == TRAIL_OK) {
+		int bytes = strstr(b, "\"bytes\"") != NULL;
+		trail_free(b);
+		if (bytes)
+			return trail_tokenizer_bytes(out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
+	}
+	if (first_file(spec, "vocab.json", "encoder.json", &p))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (p) {
+		trail_free(p);
+		return gpt2_load(spec, out, err);
+	}
+	return trail_error_at(err, TRAIL_ENOINPUT, spec, 0,
+			      "no tokenizer here (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe)");
+}
+
+/* ---- saving ---- */
+
+/* Token i spelled as in vocab.json, appended to b. */
+static int spell(const trail_tokenizer *t, size_t i, trail_buf *b)
+{
+	const char *s = t->text + t->off[i];
+	size_t n = t->off[i + 1] - t->off[i];
+	if (t->flags[i] & TOK_LITERAL)
+		return trail_buf_put(b, s, n);
+	for (size_t k = 0; k < n; k++) {
+		uint32_t c = byte_char((uint8_t)s[k]);
+		char u[2] = {(char)c, 0};
+		if (c >= 0x80)
+			u[0] = (char)(0xC0 | c >> 6), u[1] = (char)(0x80 | (c & 0x3F));
+		int rc = trail_buf_put(b, u, c < 0x80 ? 1 : 2);
+		if (rc)
+			return rc;
+	}
+	return TRAIL_OK;
+}
+
+/* vocab.json in id order and merges.txt by rank: the same tokenizer always gives the same bytes. */
+static int gpt2_save(const trail_tokenizer *t, const char *dir, trail_error *err)
+{
+	trail_buf b = {0}, w = {0};
+	json_t *vocab = json_object();
+	char *js = NULL, *vp = trail_path(dir, "vocab.json"), *mp = trail_path(dir, "merges.txt"),
+	     *tp = trail_path(dir, "tokenizer.json");
+	int rc = vocab && vp && mp && tp ? TRAIL_OK : TRAIL_ENOMEM;
+	for (size_t i = 0; i < t->n_vocab && !rc; i++) {
+		if (!(t->flags[i] & TOK_PRESENT))
+			continue;
+		w.n = 0;
+		if ((rc = spell(t, i, &w)) || json_object_set_new(vocab, w.p, json_integer((json_int_t)i)))
+			rc = TRAIL_ENOMEM;
+	}
+	if (!rc && !(js = json_dumps(vocab, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+		rc = TRAIL_ENOMEM;
+	if (!rc)
+		rc = trail_buf_put(&b, "#version: 0.2\n", 14);
+	for (size_t r = 0; r < t->n_merges && !rc; r++)
+		if ((rc = spell(t, (size_t)t->merges[r][0], &b)) || (rc = trail_buf_put(&b, " ", 1)) ||
+		    (rc = spell(t, (size_t)t->merges[r][1], &b)) || (rc = trail_buf_put(&b, "\n", 1)))
+			break;
+	if (rc)
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	else if (!(rc = trail_write_atomic(vp, js, strlen(js), 0644, err)) &&
+		 !(rc = trail_write_atomic(mp, b.p, b.n, 0644, err))) {
+		/* a byte tokenizer's tokenizer.json left by an earlier run would win on load */
+		void *old;
+		size_t n;
+		int orc = trail_read_file(tp, 4096, &old, &n, NULL);
+		if (orc == TRAIL_ENOMEM)
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		if (orc == TRAIL_OK) {
+			if (strstr(old, "\"bytes\"") && unlink(tp))
+				rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", tp);
+			trail_free(old);
+		}
+	}
+	free(js);
+	json_decref(vocab);
+	trail_buf_release(&b);
+	trail_buf_release(&w);
+	trail_free(vp);
+	trail_free(mp);
+	trail_free(tp);
+	return rc;
+}
+
+int trail_tokenizer_save(const trail_tokenizer *t, const char *dir, trail_error *err)
+{
+	static const char text[] = "{\"type\":\"bytes\",\"vocab_size\":257,\"eot\":256}\n";
+	if (t->kind == TK_GPT2)
+		return gpt2_save(t, dir, err);
+	char *p = trail_path(dir, "tokenizer.json");
+	int rc = p ? trail_write_atomic(p, text, sizeof text - 1, 0644, err) : TRAIL_ENOMEM;
+	trail_free(p);
+	return rc;
+}
+
+void trail_tokenizer_free(trail_tokenizer *t)
+{
+	if (!t)
+		return;
+	cache_free(t->cache);
+	trail_free(t->text);
+	trail_free(t->off);
+	trail_free(t->flags);
+	trail_free(t->mt);
+	trail_free(t->merges);
+	trail_free(t);
+}
+
+const char *trail_tokenizer_kind(const trail_tokenizer *t)
+{
+	return t->kind == TK_GPT2 ? "gpt2" : "bytes";
+}
+
+size_t trail_tokenizer_vocab_size(const trail_tokenizer *t)
+{
+	return t->kind == TK_GPT2 ? t->n_vocab : 257;
+}
+
+int32_t trail_tokenizer_eot(const trail_tokenizer *t)
+{
+	return t->kind == TK_GPT2 ? t->eot : 256;
+}
+
+/* ---- encoding and decoding ---- */
+
+static int gpt2_encode(const trail_tokenizer *t, const uint8_t *s, size_t len, int32_t *ids, size_t *n,
+		       trail_error *err)
+{
+	cache *c = t->cache && !pthread_mutex_trylock(&t->cache->lock) ? t->cache : NULL;
+	work w;
+	size_t k = 0;
+	w.cap = 0;
+	w.owned = NULL;
+	int rc = TRAIL_OK;
+	for (size_t i = 0, e; i < len; i = e) {
+		e = piece_end(s, len, i);
+		size_t m = e - i;
+		if (m == 1) {
+			ids[k++] = t->byte_id[s[i]];
+			continue;
+		}
+		uint64_t h = 0;
+		const cache_slot *cs = NULL;
+		if (c && m <= CACHE_KEY) {
+			h = XXH3_64bits(s + i, m);
+			if ((cs = cache_get(c, h, s + i, m))) {
+				memcpy(ids + k, c->ids + cs->ioff, cs->nid * sizeof *ids);
+				k += cs->nid;
+				continue;
+			}
+		}
+		if (m >= INT32_MAX) {
+			rc = trail_error_set(err, TRAIL_ELIMIT, "a piece of %zu bytes (all spaces or one run) is too long", m);
+			break;
+		}
+		if (work_reserve(&w, m)) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			break;
+		}
+		size_t got = bpe_piece(t, s + i, m, &w, ids + k);
+		if (c && m <= CACHE_KEY)
+			cache_put(c, h, s + i, m, ids + k, got);
+		k += got;
+	}
+	if (c)
+		pthread_mutex_unlock(&c->lock);
+	trail_free(w.owned);
+	*n = k;
+	return rc;
+}
+
+int trail_tokenizer_encode(const trail_tokenizer *t, const char *text, size_t len, int32_t **ids,
+			   size_t *n, trail_error *err)
+{
+	*n = 0;
+	/* never more ids than bytes */
+	*ids = trail_malloc((len ? len : 1) * sizeof **ids);
+	if (!*ids)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (t->kind == TK_GPT2) {
+		int rc = gpt2_encode(t, (const uint8_t *)text, len, *ids, n, err);
+		if (rc) {
+			trail_free(*ids);
+			*ids = NULL;
+			*n = 0;
+			return rc;
+		}
+		if (*n < len / 2) { /* give back what typical text leaves unused */
+			int32_t *p = trail_realloc(*ids, (*n ? *n : 1) * sizeof **ids);
+			if (p)
+				*ids = p;
+		}
+		return TRAIL_OK;
+	}
+	for (size_t i = 0; i < len; i++)
+		(*ids)[i] = (unsigned char)text[i];
+	*n = len;
+	return TRAIL_OK;
+}
+
+int trail_tokenizer_decode(const trail_tokenizer *t, const int32_t *ids, size_t n, char **text,
+			   size_t *len, trail_error *err)
+{
+	size_t total = 0, k = 0, tl;
+	for (size_t i = 0; i < n; i++)
+		if (trail_tokenizer_token(t, ids[i], &tl))
+			total += tl;
+	char *s = trail_malloc(total + 1);
+	if (!s)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		const char *p = trail_tokenizer_token(t, ids[i], &tl);
+		if (p) {
+			memcpy(s + k, p, tl);
+			k += tl;
+		}
+	}
+	s[k] = 0;
+	*text = s;
+	*len = k;
+	return TRAIL_OK;
+}
+
+const char *trail_tokenizer_token(const trail_tokenizer *t, int32_t id, size_t *len)
+{
+	if (t->kind != TK_GPT2) {
+		if (id < 0 || id > 255)
+			return NULL;
+		*len = 1;
+		return &t->byte[id];
+	}
+	if (id < 0 || (size_t)id >= t->n_vocab || id == t->eot || !(t->flags[id] & TOK_PRESENT))
+		return NULL;
+	*len = t->off[id + 1] - t->off[id];
+	return t->text + t->off[id];
+}
