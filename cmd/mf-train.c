@@ -6,6 +6,7 @@
 #include "core/core.h"
 #include "ledger/ledger.h"
 #include "model/model.h"
+#include "job/job.h"
 
 enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS, O_BATCH, O_SEQ, O_LR, O_WARMUP,
        O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER, O_MERGE,

@@ -24,6 +24,7 @@
 #include "attr/attr.h"
 #include "model/model.h"
 #include "core/core.h"
+#include "job/job.h"
 
 static double now(void)
 {

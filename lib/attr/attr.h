@@ -324,42 +324,4 @@ int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error
  */
 json_t *trail_attr_clusters(const trail_attr_ctx *c, const size_t *recs, size_t n);
 
-/* ---- sessions: what attr-score opens once ---------------------------------------- */
-
-typedef struct trail_attr_opts {
-	const char *model, *adapter; /* directories */
-	const char *index;           /* default: ADAPTER (else MODEL)/attribution.idx */
-	const char *data;            /* training records, NDJSON */
-	const char *datanet, *home;  /* or a datanet snapshot NAME@SIZE in a store */
-	int method, top, min_span, prove;
-	uint64_t max_count;          /* rarity filter of spans (0: none) */
-	double near;                 /* near-duplicate Jaccard threshold (default 0.8) */
-} trail_attr_opts;
-
-typedef struct trail_attr_session trail_attr_session;
-
-/*
- * Load the model and adapter, the tokenizer, the index (checked), the
- * training records (their root must be the index's) and the span index
- * (INDEX.span, else built in a temporary file). Every mismatch is a clean
- * TRAIL_EDATA naming both sides; a missing input TRAIL_ENOINPUT.
- */
-int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, trail_error *err);
-void trail_attr_session_free(trail_attr_session *s);
-const trail_attr_ctx *trail_attr_session_ctx(const trail_attr_session *s);
-/* One attribution record (with "proofs" when o->prove). */
-int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t **out, trail_error *err);
-/* Recompute a record (proofs are checked offline, not recomputed). */
-int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err);
-
-/*
- * Build the index (o->index) and its span index for an existing model or
- * adapter and its training records. ckpts: directories of checkpoints
- * saved while training (adapters, or models), each a tracin gradient set
- * with weight ckpt_weights[i] (NULL: 1); the final model is the last set.
- */
-int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *p, int batch,
-			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
-			   trail_error *err);
-
 #endif

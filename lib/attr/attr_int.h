@@ -1,6 +1,8 @@
-/* Internals shared by the attribution sources (attr_index.c, attr_precond.c, attr.c). */
+/* Internals shared by the attribution sources (attr_proj.c, attr_index.c, attr_precond.c, attr.c). */
 #ifndef TRAIL_ATTR_INT_H
 #define TRAIL_ATTR_INT_H
+#include <string.h>
+
 #include "attr/attr.h"
 #include "core/core.h"
 
@@ -49,7 +51,17 @@ enum { TRAIL_ATTR_CPU_F16C = 1, TRAIL_ATTR_CPU_AVX2_FMA = 2 };
 int trail_attr_cpu(void);
 /* Covariance, its Cholesky factor and the DataInf dampings, written into the mapped file. */
 int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err);
-double trail_attr_set_weight(const trail_attr_index *x, int set);
-const float *trail_attr_set_params(const trail_attr_index *x, int set);
+/* The weight of a gradient set (the learning rate at its checkpoint) and its parameters. */
+static inline double trail_attr_set_weight(const trail_attr_index *x, int set)
+{
+	double w;
+	memcpy(&w, (const uint8_t *)x->map.data + x->o.sets + (size_t)set * 16, 8);
+	return w;
+}
+
+static inline const float *trail_attr_set_params(const trail_attr_index *x, int set)
+{
+	return (const float *)((const uint8_t *)x->map.data + x->o.params + (size_t)set * x->h.nparams * 4);
+}
 
 #endif

@@ -342,3 +342,42 @@ int trail_model_merge_lora(trail_model *m, trail_error *err)
 	m->cap = 0;
 	return TRAIL_OK;
 }
+
+int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *err)
+{
+	char *s = trail_strdup(spec), *save = NULL;
+	int in_targets = 0, rc = TRAIL_OK;
+	*lc = (trail_lora_config){.r = 8, .alpha = 16};
+	if (!s)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (char *tok = strtok_r(s, ",", &save); tok && !rc; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '='), *end = NULL;
+		const char *t = tok;
+		if (eq) {
+			*eq = 0;
+			t = eq + 1;
+			in_targets = !strcmp(tok, "targets");
+			if (!strcmp(tok, "r")) {
+				long v = strtol(t, &end, 10);
+				lc->r = *end || v < 1 || v > 65536 ? -1 : (int)v;
+			} else if (!strcmp(tok, "alpha")) {
+				lc->alpha = strtod(t, &end);
+			} else if (!strcmp(tok, "rslora")) {
+				lc->rslora = (int)strtol(t, &end, 10);
+			} else if (!in_targets) {
+				rc = trail_error_set(err, TRAIL_EUSAGE, "--lora: unknown key '%s' (r, alpha, targets, rslora)", tok);
+				break;
+			}
+			if (end && (*end || lc->r < 1 || !(lc->alpha > 0))) {
+				rc = trail_error_set(err, TRAIL_EUSAGE, "--lora: bad value '%s' for %s", t, tok);
+				break;
+			}
+		}
+		if (in_targets && trail_lora_targets_parse(t, &lc->targets))
+			rc = trail_error_set(err, TRAIL_EUSAGE, "--lora: unknown target '%s' (c_attn, c_proj, attn.c_proj, c_fc, mlp.c_proj)", t);
+	}
+	trail_free(s);
+	if (!rc && !lc->targets)
+		lc->targets = 15;
+	return rc;
+}

@@ -386,13 +386,6 @@ typedef struct trail_dataset {
 	char order[72];   /* digest of the ids, one per line, in order */
 } trail_dataset;
 
-/*
- * Build from records ({"text"} or {"prompt","completion"}, optional
- * "contributor" and, from snapshots, "record"). TRAIL_EDATA names the
- * record that is neither; an empty list is TRAIL_EDATA too.
- */
-int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
-			       trail_dataset **out, trail_error *err);
 void trail_dataset_free(trail_dataset *d);
 
 typedef struct trail_train_opts {
@@ -468,26 +461,6 @@ int trail_eval_loss(trail_model *m, const trail_dataset *d, int batch, int seq, 
 json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *o,
 				const trail_train_run *r, const json_t *extra);
 
-/*
- * What mf-train does, as one call: the records (an NDJSON file or a
- * datanet snapshot from the store), the tokenizer, the model (from a config
- * or a base directory), optionally LoRA, training with checkpoints and
- * resume, then the model or adapter directory with training.json; with a
- * store, the output's files as objects and a `model` ledger entry. Also
- * --eval (mean loss) and --merge (base + adapter folded). *result gets the
- * line to print (new reference).
- */
-typedef struct trail_train_job {
-	const char *init, *base, *adapter, *data, *datanet, *home, *out, *tokenizer, *metrics, *lora, *name;
-	long steps, epochs, warmup, checkpoint_every; /* warmup < 0: 5% of the steps */
-	int batch, seq, threads;                      /* seq 0: the model's n_positions */
-	double lr;                                    /* 0: 3e-4, or 1e-3 for LoRA */
-	uint64_t seed;
-	int resume, eval, merge, no_index;
-	FILE *progress;
-	volatile sig_atomic_t *stop;
-} trail_train_job;
-int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *err);
 /* Parse "r=8,alpha=16,targets=c_attn,c_proj,rslora=1" (defaults r 8, alpha 16, all four layers). */
 int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *err);
 

@@ -17,13 +17,6 @@
 #include "ledger/ledger.h"
 #include "serve/serve_int.h"
 
-double serve_now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static char *digest_file(const char *path, char out[72])
 {
 	trail_map mp;
@@ -126,8 +119,8 @@ void trail_server_free(trail_server *s)
 {
 	if (!s)
 		return;
-	if (s->mhd)
-		trail_server_http_stop(s, NULL);
+	if (s->mhd && s->http_stop) /* set by trail_server_http_start (serve_http.c) */
+		s->http_stop(s, NULL);
 	for (int i = 0; i < s->nact; i++) {
 		trail_kvc_free(s->act[i]->kv);
 		s->act[i]->kv = NULL;

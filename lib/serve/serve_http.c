@@ -360,6 +360,7 @@ int trail_server_http_start(trail_server *s, const char *listen, trail_error *er
 		s->engine_running = 0;
 		return trail_error_errno(err, TRAIL_EUNAVAIL, en ? en : EADDRINUSE, "cannot listen on %s", listen);
 	}
+	s->http_stop = trail_server_http_stop;
 	return TRAIL_OK;
 }
 

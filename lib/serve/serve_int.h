@@ -12,6 +12,8 @@
  */
 #ifndef TRAIL_SERVE_INT_H
 #define TRAIL_SERVE_INT_H
+
+#include <time.h>
 #include <pthread.h>
 #include <stdint.h>
 
@@ -113,6 +115,7 @@ struct trail_server {
 	unsigned long long nload;
 	/* HTTP */
 	struct MHD_Daemon *mhd;
+	int (*http_stop)(trail_server *s, trail_error *err); /* set with mhd: the engine never calls up into HTTP */
 	pthread_t engine;
 	int engine_running;
 	double started;
@@ -153,8 +156,15 @@ size_t serve_safe_prefix(const sreq *q, const char *text, size_t n);
 /* A JSON string of bytes, invalid UTF-8 and NUL as U+FFFD (the token ids stay exact). */
 json_t *serve_text_json(const char *s, size_t n);
 
+/* Seconds on the monotonic clock. */
+static inline double serve_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
 /* core (serve.c) */
-double serve_now(void);
 /* Validate a request; on failure NULL with *status (400, 404, 413) and err. */
 sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *err);
 void req_unref(trail_server *s, sreq *q); /* under mu when shared */

@@ -14,6 +14,7 @@
 #include "core/core.h"
 #include "tap.h"
 #include "model/model.h"
+#include "job/job.h"
 
 static uint64_t rs = 0x9E3779B97F4A7C15ULL;
 static double urand(void)

@@ -14,6 +14,7 @@
 #include "core/core.h"
 #include "model/model.h"
 #include "tap.h"
+#include "job/job.h"
 
 static char dir[] = "/tmp/trail-train-XXXXXX";
 static const trail_gpt2_config cfg = {2, 2, 16, 32, 257};

@@ -11,7 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "attr/attr_int.h"
+#include "attr/attr.h"
+#include "job/job.h"
 #include "data/data.h"
 #include "core/core.h"
 #include "ledger/ledger.h"

@@ -1,0 +1,83 @@
+/*
+ * Jobs: what a program does from end to end when it joins subsystems —
+ * a training set built from records, mf-train's training run on a datanet
+ * snapshot (with the index built as it trains), and attr-score's session.
+ */
+#ifndef TRAIL_JOB_H
+#define TRAIL_JOB_H
+
+#include <signal.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "core/core.h"
+#include "model/model.h"
+#include "attr/attr.h"
+
+/*
+ * Build from records ({"text"} or {"prompt","completion"}, optional
+ * "contributor" and, from snapshots, "record"). TRAIL_EDATA names the
+ * record that is neither; an empty list is TRAIL_EDATA too.
+ */
+int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
+			       trail_dataset **out, trail_error *err);
+/*
+ * What mf-train does, as one call: the records (an NDJSON file or a
+ * datanet snapshot from the store), the tokenizer, the model (from a config
+ * or a base directory), optionally LoRA, training with checkpoints and
+ * resume, then the model or adapter directory with training.json; with a
+ * store, the output's files as objects and a `model` ledger entry. Also
+ * --eval (mean loss) and --merge (base + adapter folded). *result gets the
+ * line to print (new reference).
+ */
+typedef struct trail_train_job {
+	const char *init, *base, *adapter, *data, *datanet, *home, *out, *tokenizer, *metrics, *lora, *name;
+	long steps, epochs, warmup, checkpoint_every; /* warmup < 0: 5% of the steps */
+	int batch, seq, threads;                      /* seq 0: the model's n_positions */
+	double lr;                                    /* 0: 3e-4, or 1e-3 for LoRA */
+	uint64_t seed;
+	int resume, eval, merge, no_index;
+	FILE *progress;
+	volatile sig_atomic_t *stop;
+} trail_train_job;
+int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *err);
+/* ---- sessions: what attr-score opens once ---------------------------------------- */
+
+typedef struct trail_attr_opts {
+	const char *model, *adapter; /* directories */
+	const char *index;           /* default: ADAPTER (else MODEL)/attribution.idx */
+	const char *data;            /* training records, NDJSON */
+	const char *datanet, *home;  /* or a datanet snapshot NAME@SIZE in a store */
+	int method, top, min_span, prove;
+	uint64_t max_count;          /* rarity filter of spans (0: none) */
+	double near;                 /* near-duplicate Jaccard threshold (default 0.8) */
+} trail_attr_opts;
+
+typedef struct trail_attr_session trail_attr_session;
+
+/*
+ * Load the model and adapter, the tokenizer, the index (checked), the
+ * training records (their root must be the index's) and the span index
+ * (INDEX.span, else built in a temporary file). Every mismatch is a clean
+ * TRAIL_EDATA naming both sides; a missing input TRAIL_ENOINPUT.
+ */
+int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, trail_error *err);
+void trail_attr_session_free(trail_attr_session *s);
+const trail_attr_ctx *trail_attr_session_ctx(const trail_attr_session *s);
+/* One attribution record (with "proofs" when o->prove). */
+int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t **out, trail_error *err);
+/* Recompute a record (proofs are checked offline, not recomputed). */
+int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err);
+
+/*
+ * Build the index (o->index) and its span index for an existing model or
+ * adapter and its training records. ckpts: directories of checkpoints
+ * saved while training (adapters, or models), each a tracin gradient set
+ * with weight ckpt_weights[i] (NULL: 1); the final model is the last set.
+ */
+int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *p, int batch,
+			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
+			   trail_error *err);
+
+#endif

@@ -1,0 +1,294 @@
+/*
+ * mf-train's job: a datanet snapshot (or a file of records), the base or
+ * the adapter trained on it, the artefacts stored and named, the training
+ * entry in the ledger and the attribution index built as it trains.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "data/data.h"
+#include "ledger/ledger.h"
+#include "model/model.h"
+#include "attr/attr.h"
+#include "job/job.h"
+
+static int add_record(void *ctx, const json_t *rec)
+{
+	return json_array_append((json_t *)ctx, (json_t *)rec) ? TRAIL_ENOMEM : TRAIL_OK;
+}
+
+static int write_manifest(const char *dir, const json_t *man, trail_error *err)
+{
+	char *p = trail_path(dir, "training.json"), *buf = NULL;
+	size_t len;
+	int rc = !p || !man ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : trail_jcs(man, &buf, &len, err);
+	if (!rc) {
+		buf[len] = '\n';
+		rc = trail_write_atomic(p, buf, len + 1, 0644, err);
+	}
+	trail_free(p);
+	trail_free(buf);
+	return rc;
+}
+
+/* The digest of dir/name (name NULL: of the file dir), or an error naming it. */
+static int file_digest(const char *dir, const char *name, char out[72], trail_error *err)
+{
+	char *p = name ? trail_path(dir, name) : trail_strdup(dir);
+	trail_map mp;
+	int rc = p ? trail_map_file(p, &mp, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (!rc) {
+		trail_digest_str(mp.data, mp.len, out);
+		trail_unmap(&mp);
+	}
+	trail_free(p);
+	return rc;
+}
+
+/* Every file of the output into the store, and a `model` entry naming them. */
+static int record_in_store(trail_store *s, const trail_train_job *j, const json_t *man, int adapter,
+			   json_t *result, trail_error *err)
+{
+	static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "training.json",
+						  "attribution.idx", "attribution.idx.span", NULL};
+	static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", "training.json",
+						    "attribution.idx", "attribution.idx.span", NULL};
+	const char *const *files = adapter ? adapter_files : model_files;
+	json_t *fo = json_object(), *entry = NULL;
+	trail_ledger *l = NULL;
+	uint64_t index;
+	int rc = TRAIL_OK;
+	for (int i = 0; files[i] && !rc; i++) {
+		char *p = trail_path(j->out, files[i]), dg[72];
+		struct stat sb;
+		if (p && stat(p, &sb) == 0 && !(rc = trail_store_put_file(s, p, dg, err)))
+			json_object_set_new(fo, files[i], json_string(dg));
+		trail_free(p);
+	}
+	if (rc)
+		goto out;
+	entry = json_pack("{s:s, s:s, s:O, s:O?, s:O?, s:O?, s:O?}", "type", "model", "kind", adapter ? "adapter" : "model",
+			  "files", fo, "training_root", json_object_get(man, "training_root"), "records_order_digest",
+			  json_object_get(man, "records_order_digest"), "datanet", json_object_get(man, "datanet"),
+			  "settings", json_object_get(man, "settings"));
+	if (!entry) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	json_t *objs = json_array();
+	const char *k;
+	json_t *v;
+	json_object_foreach(fo, k, v) json_array_append(objs, v);
+	json_object_set_new(entry, "objects", objs);
+	if (j->name)
+		json_object_set_new(entry, "name", json_string(j->name));
+	json_t *base = json_object_get(man, "base");
+	if (base)
+		json_object_set(entry, "base", json_object_get(base, "weights"));
+	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)) || (rc = trail_ledger_append(l, entry, &index, err)) ||
+	    (rc = trail_ledger_commit(l, err)))
+		goto out;
+	json_object_set_new(result, "entry", json_integer((json_int_t)index));
+	/* the name points at the weights file: what lora-serve and attr-score resolve */
+	const char *wkey = adapter ? "adapter_model.safetensors" : "model.safetensors";
+	if (j->name && (rc = trail_store_name_set(s, adapter ? "adapter" : "model", j->name,
+						  json_string_value(json_object_get(fo, wkey)), err)))
+		goto out;
+out:
+	trail_ledger_free(l);
+	json_decref(entry);
+	json_decref(fo);
+	return rc;
+}
+
+int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *err)
+{
+	trail_model *m = NULL;
+	trail_tokenizer *tk = NULL;
+	trail_dataset *d = NULL;
+	trail_store *s = NULL;
+	trail_train_run run = {0};
+	json_t *recs = json_array(), *extra = json_object(), *man = NULL, *cj = NULL;
+	FILE *metrics = NULL;
+	void *buf = NULL;
+	size_t len;
+	char *name = NULL, *ckpt = NULL;
+	uint64_t size = 0;
+	int rc, trc;
+	*result = NULL;
+	if (!recs || !extra) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	/* the model first: cheap failures before reading the data */
+	if (j->init) {
+		trail_gpt2_config gc;
+		if (!(rc = trail_read_file(j->init, 1 << 20, &buf, &len, err)) &&
+		    !(rc = trail_json_parse(buf, len, j->init, &cj, err)) && (rc = trail_gpt2_config_parse(cj, &gc, err)))
+			trail_error_at(err, rc, j->init, 0, "%s", err ? err->msg : "bad config");
+		if (!rc)
+			rc = trail_model_init(&gc, j->seed, &m, err);
+		json_object_set_new(extra, "init", trail_gpt2_config_json(&gc));
+	} else if (!(rc = trail_model_load(j->base, &m, err))) {
+		char dg[72];
+		struct stat sb;
+		int isdir = !stat(j->base, &sb) && S_ISDIR(sb.st_mode);
+		if (!(rc = file_digest(j->base, isdir ? "model.safetensors" : NULL, dg, err)))
+			json_object_set_new(extra, "base", json_pack("{s:s, s:s}", "dir", j->base, "weights", dg));
+	}
+	if (rc)
+		goto out;
+	const trail_gpt2_config *gc = trail_model_config(m);
+	if (j->merge) {
+		if (!(rc = trail_model_load_adapter(m, j->adapter, err)) && !(rc = trail_model_merge_lora(m, err)) &&
+		    !(rc = trail_model_save(m, j->out, err)) &&
+		    !(rc = trail_tokenizer_load(j->tokenizer ? j->tokenizer : j->base, &tk, err)) &&
+		    !(rc = trail_tokenizer_save(tk, j->out, err)))
+			*result = json_pack("{s:s, s:s, s:s}", "output", j->out, "base", j->base, "adapter", j->adapter);
+		goto out;
+	}
+	/* the tokenizer: given, else the base model's, else bytes */
+	const char *tks = j->tokenizer ? j->tokenizer : "bytes";
+	if (!j->tokenizer && j->base && !trail_tokenizer_load(j->base, &tk, NULL))
+		tks = NULL;
+	if ((tks && (rc = trail_tokenizer_load(tks, &tk, err))))
+		goto out;
+	if ((size_t)gc->vocab_size < trail_tokenizer_vocab_size(tk)) {
+		rc = trail_error_at(err, TRAIL_EDATA, j->init ? j->init : j->base, 0,
+				    "vocab_size %d is smaller than the tokenizer's %zu", gc->vocab_size,
+				    trail_tokenizer_vocab_size(tk));
+		goto out;
+	}
+	json_object_set_new(extra, "tokenizer", json_string(trail_tokenizer_kind(tk)));
+	int seq = j->seq ? j->seq : gc->n_positions;
+	if (seq > gc->n_positions) {
+		rc = trail_error_set(err, TRAIL_EUSAGE, "--seq %d is over the model's n_positions %d", seq, gc->n_positions);
+		goto out;
+	}
+	/* the records */
+	trail_free(buf);
+	buf = NULL;
+	if (j->data) {
+		char dg[72];
+		if ((rc = trail_read_file(j->data, (size_t)1 << 34, &buf, &len, err)) ||
+		    (rc = trail_source_records(buf, len, j->data, 0, recs, err)))
+			goto out;
+		trail_digest_str(buf, len, dg);
+		json_object_set_new(extra, "data", json_pack("{s:s, s:s}", "file", j->data, "sha256", dg));
+	} else {
+		trail_ledger *l;
+		if ((rc = trail_datanet_spec(j->datanet, &name, &size, err)) || (rc = trail_store_open(j->home, &s, err)))
+			goto out;
+		if (!size && !(rc = trail_ledger_open(s, 0, &l, err))) {
+			size = trail_ledger_size(l);
+			trail_ledger_free(l);
+		}
+		if (rc || (rc = trail_datanet_snapshot(s, name, size, add_record, recs, err)))
+			goto out;
+		json_object_set_new(extra, "datanet", json_pack("{s:s, s:I}", "name", name, "tree_size", (json_int_t)size));
+	}
+	if ((rc = trail_dataset_from_records(recs, tk, &d, err)))
+		goto out;
+	if (j->eval) {
+		double el;
+		if ((!j->adapter || !(rc = trail_model_load_adapter(m, j->adapter, err))) &&
+		    !(rc = trail_eval_loss(m, d, j->batch, seq, &el, err)))
+			*result = json_pack("{s:f, s:I}", "loss", round(el * 1e6) / 1e6, "records", (json_int_t)d->n);
+		goto out;
+	}
+	trail_lora_config lc;
+	if (j->lora) {
+		if ((rc = trail_lora_spec_parse(j->lora, &lc, err)) || (rc = trail_model_add_lora(m, &lc, j->seed, err)))
+			goto out;
+		json_t *pc = trail_lora_config_json(&lc, NULL);
+		json_object_set_new(extra, "lora", json_pack("{s:i, s:f, s:O?, s:b}", "r", lc.r, "alpha", lc.alpha,
+							     "target_modules", json_object_get(pc, "target_modules"),
+							     "rslora", lc.rslora));
+		json_decref(pc);
+	}
+	json_object_set_new(extra, "model", trail_gpt2_config_json(gc));
+	json_object_set_new(extra, "kind", json_string(j->lora ? "adapter" : "model"));
+	trail_train_opts o = {
+		.batch = j->batch, .seq = seq, .lr = j->lr > 0 ? j->lr : j->lora ? 1e-3 : 3e-4, .clip = 1.0,
+		.seed = j->seed, .threads = j->threads, .stop = j->stop, .progress = j->progress,
+		.checkpoint_every = j->checkpoint_every,
+	};
+	long per_epoch = (long)((d->n + (size_t)o.batch - 1) / (size_t)o.batch);
+	o.steps = j->steps ? j->steps : per_epoch * j->epochs;
+	o.warmup = j->warmup >= 0 ? j->warmup : o.steps / 20;
+	if ((rc = trail_mkdirs(j->out, 0755, err)) || !(ckpt = trail_path(j->out, "checkpoint.safetensors"))) {
+		rc = rc ? rc : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	o.checkpoint = ckpt;
+	char settings[72];
+	trail_train_settings(d, &o, extra, settings);
+	struct stat sb;
+	if (j->resume && stat(ckpt, &sb)) {
+		rc = trail_error_at(err, TRAIL_ENOINPUT, ckpt, 0, "no checkpoint to resume from");
+		goto out;
+	}
+	if ((rc = j->resume ? trail_train_checkpoint_load(ckpt, m, &o, settings, &run, err)
+			    : trail_train_run_init(&run, m, &o, settings, err)))
+		goto out;
+	if (j->metrics && !(metrics = fopen(j->metrics, j->resume ? "a" : "w"))) {
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", j->metrics);
+		goto out;
+	}
+	o.metrics = metrics;
+	trc = trail_train(m, d, &o, &run, err);
+	if (trc == TRAIL_EAGAIN || trc == TRAIL_EDATA) {
+		trail_error_set(err, trc, "%s; %s in %s", err ? err->msg : "stopped",
+				trc == TRAIL_EAGAIN ? "continue with --resume from the checkpoint"
+						    : "the state of the last good step is the checkpoint",
+				ckpt);
+		rc = trc;
+		goto out;
+	}
+	if ((rc = trc) || (rc = j->lora ? trail_model_save_adapter(m, j->out, j->base, err) : trail_model_save(m, j->out, err)) ||
+	    (!j->lora && (rc = trail_tokenizer_save(tk, j->out, err))))
+		goto out;
+	man = trail_training_manifest(d, &o, &run, extra);
+	if ((rc = write_manifest(j->out, man, err)))
+		goto out;
+	unlink(ckpt); /* the run is complete: nothing to resume */
+	if (!j->no_index) { /* the attribution index over the same records (attr-score(1)) */
+		trail_attr_opts ao = {.model = j->lora ? j->base : j->out, .adapter = j->lora ? j->out : NULL,
+				      .data = j->data, .datanet = j->datanet, .home = j->home};
+		trail_attr_params ap = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1, .seq = seq};
+		if ((rc = trail_attr_build_index(&ao, &ap, j->batch, NULL, NULL, 0, err)))
+			goto out;
+	}
+	*result = json_pack("{s:s, s:s, s:I, s:f, s:I, s:s, s:s}", "output", j->out, "kind", j->lora ? "adapter" : "model",
+			    "steps", (json_int_t)run.step, "loss", run.step ? round(run.curve[run.step - 1] * 1e6) / 1e6 : 0.0,
+			    "records", (json_int_t)d->n, "training_root", d->root, "settings", settings);
+	if (*result && !j->no_index) {
+		char *ip = trail_path(j->out, "attribution.idx");
+		json_object_set_new(*result, "index", ip ? json_string(ip) : json_null());
+		trail_free(ip);
+	}
+	if (s && *result)
+		rc = record_in_store(s, j, man, j->lora != NULL, *result, err);
+out:
+	if (metrics && fclose(metrics) && !rc)
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", j->metrics);
+	if (rc) {
+		json_decref(*result);
+		*result = NULL;
+	} else if (!*result) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	trail_train_run_release(&run);
+	json_decref(recs), json_decref(extra), json_decref(man), json_decref(cj);
+	trail_free(buf), trail_free(name), trail_free(ckpt);
+	trail_model_free(m);
+	trail_tokenizer_free(tk);
+	trail_dataset_free(d);
+	trail_store_free(s);
+	return rc;
+}
