@@ -112,7 +112,7 @@ int main(int argc, char **argv)
 	trail_blas_threads(threads);
 	trail_error err = {0};
 	/* 4 layers x 256 channels: 3.2M parameters; LoRA r=8 on all 16 linear layers; 16 x 16 per layer = 4,096 */
-	trail_gpt2_config c = {.n_layer = 4, .n_head = 4, .n_embd = 256, .n_positions = 128, .vocab_size = 257};
+	trail_model_cfg c = {.n_layer = 4, .n_head = 4, .n_embd = 256, .n_positions = 128, .vocab_size = 257};
 	trail_lora_config lc = {.r = 8, .alpha = 16, .targets = 15};
 	trail_model *m = NULL;
 	if (trail_model_init(&c, 1, &m, &err) || trail_model_add_lora(m, &lc, 1, &err)) {

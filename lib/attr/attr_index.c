@@ -319,7 +319,7 @@ int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m, cons
 			    int batch, double weight, trail_error *err)
 {
 	int T = b->h.seq, rc;
-	const trail_gpt2_config *c = trail_model_config(m);
+	const trail_model_cfg *c = trail_model_config(m);
 	if (T < 2 || T > c->n_positions)
 		T = c->n_positions;
 	if (d->n != b->h.nrecords)

@@ -334,7 +334,7 @@ int trail_attr_project_ref(const trail_attr_proj *p, const trail_model *m, int B
 int trail_attr_grad(const trail_attr_proj *p, trail_model *m, const int32_t *tok, size_t n,
 		    size_t first, float *g, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_model_config(m);
+	const trail_model_cfg *c = trail_model_config(m);
 	if (n < 2 || first < 1 || first >= n)
 		return trail_error_set(err, TRAIL_EDATA, "a query needs a prompt and at least one output token");
 	if (n > (size_t)c->n_positions)

@@ -127,13 +127,13 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	}
 	/* the model first: cheap failures before reading the data */
 	if (j->init) {
-		trail_gpt2_config gc;
+		trail_model_cfg gc;
 		if (!(rc = trail_read_file(j->init, 1 << 20, &buf, &len, err)) &&
-		    !(rc = trail_json_parse(buf, len, j->init, &cj, err)) && (rc = trail_gpt2_config_parse(cj, &gc, err)))
+		    !(rc = trail_json_parse(buf, len, j->init, &cj, err)) && (rc = trail_model_config_parse(cj, &gc, err)))
 			trail_error_at(err, rc, j->init, 0, "%s", err ? err->msg : "bad config");
 		if (!rc)
 			rc = trail_model_init(&gc, j->seed, &m, err);
-		json_object_set_new(extra, "init", trail_gpt2_config_json(&gc));
+		json_object_set_new(extra, "init", trail_model_config_json(&gc));
 	} else if (!(rc = trail_model_load(j->base, &m, err))) {
 		char dg[72];
 		struct stat sb;
@@ -143,7 +143,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	}
 	if (rc)
 		goto out;
-	const trail_gpt2_config *gc = trail_model_config(m);
+	const trail_model_cfg *gc = trail_model_config(m);
 	if (j->merge) {
 		if (!(rc = trail_model_load_adapter(m, j->adapter, err)) && !(rc = trail_model_merge_lora(m, err)) &&
 		    !(rc = trail_model_save(m, j->out, err)) &&
@@ -211,7 +211,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 							     "rslora", lc.rslora));
 		json_decref(pc);
 	}
-	json_object_set_new(extra, "model", trail_gpt2_config_json(gc));
+	json_object_set_new(extra, "model", trail_model_config_json(gc));
 	json_object_set_new(extra, "kind", json_string(j->lora ? "adapter" : "model"));
 	trail_train_opts o = {
 		.batch = j->batch, .seq = seq, .lr = j->lr > 0 ? j->lr : j->lora ? 1e-3 : 3e-4, .clip = 1.0,

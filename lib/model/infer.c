@@ -28,7 +28,7 @@ typedef struct ilayer {
 } ilayer;
 
 struct trail_infer {
-	trail_gpt2_config c;
+	trail_model_cfg c;
 	float *mem, *wte, *wpe, *lnfw, *lnfb;
 	size_t nparams;
 	ilayer *L;
@@ -87,7 +87,14 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 		goto out;
 	}
 	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
-	    (rc = trail_gpt2_config_parse(cj, &m->c, err)) || (rc = trail_st_open(wp, &st, err)))
+	    (rc = trail_model_config_parse(cj, &m->c, err)))
+		goto out;
+	/* the decode step below is GPT-2's: the next architecture brings its own */
+	if (m->c.arch != TRAIL_ARCH_GPT2) {
+		rc = trail_error_at(err, TRAIL_EDATA, cp, 0, "serving decodes GPT-2 models only");
+		goto out;
+	}
+	if ((rc = trail_st_open(wp, &st, err)))
 		goto out;
 	size_t C = (size_t)m->c.n_embd;
 	m->nparams = trail_gpt2_num_params(&m->c);
@@ -166,7 +173,7 @@ void trail_infer_free(trail_infer *m)
 	trail_free(m);
 }
 
-const trail_gpt2_config *trail_infer_config(const trail_infer *m)
+const trail_model_cfg *trail_infer_config(const trail_infer *m)
 {
 	return &m->c;
 }
@@ -248,7 +255,7 @@ static int tensor_name(const trail_st *st, int l, int k, char ab, char *out, siz
 
 int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **out, trail_error *err)
 {
-	const trail_gpt2_config *c = &base->c;
+	const trail_model_cfg *c = &base->c;
 	char *cp = trail_path(dir, "adapter_config.json"), *wp = trail_path(dir, "adapter_model.safetensors");
 	void *cb = NULL;
 	size_t cl;
@@ -714,7 +721,7 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
 		     trail_error *err)
 {
-	const trail_gpt2_config *c = &m->c;
+	const trail_model_cfg *c = &m->c;
 	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, rmax = 1;
 	if (n < 1)
 		return TRAIL_OK;

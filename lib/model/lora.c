@@ -19,8 +19,6 @@ static int fail_oom(trail_error *err)
 	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 }
 
-static const char *const lora_mod[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
-
 int trail_model_has_lora(const trail_model *m)
 {
 	return m->lp != NULL;
@@ -36,12 +34,13 @@ int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t s
 {
 	if (m->lp)
 		return trail_error_set(err, TRAIL_EUSAGE, "the model already has LoRA");
-	if (lc->r < 1 || lc->r > m->c.n_embd || !(lc->alpha > 0) || !(lc->targets & 15) || (lc->targets & ~15))
+	int kmask = (1 << m->arch->nkinds) - 1;
+	if (lc->r < 1 || lc->r > m->c.n_embd || !(lc->alpha > 0) || !(lc->targets & kmask) || (lc->targets & ~kmask))
 		return trail_error_set(err, TRAIL_EUSAGE, "LoRA needs 1 <= r <= n_embd (%d), alpha > 0 and a target",
 				       m->c.n_embd);
 	size_t n = 0;
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < m->arch->nkinds; k++)
 			if (lc->targets & (1 << k)) {
 				trail_lin *L = trail_model_lin(m, l, k);
 				n += (size_t)lc->r * ((size_t)L->in + (size_t)L->out);
@@ -61,7 +60,7 @@ int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t s
 	size_t o = 0;
 	/* arena order: per layer, per target, A then B */
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < 4; k++) {
+		for (int k = 0; k < m->arch->nkinds; k++) {
 			if (!(lc->targets & (1 << k)))
 				continue;
 			trail_lin *L = trail_model_lin(m, l, k);
@@ -79,13 +78,7 @@ int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t s
 	/* the base is frozen from here */
 	trail_free(m->g);
 	m->g = NULL;
-	m->dwte = m->dwpe = m->dlnfw = m->dlnfb = NULL;
-	for (int l = 0; l < m->c.n_layer; l++) {
-		trail_layer *y = &m->L[l];
-		y->dln1w = y->dln1b = y->dln2w = y->dln2b = NULL;
-		for (int k = 0; k < 4; k++)
-			trail_model_lin(m, l, k)->dW = trail_model_lin(m, l, k)->db = NULL;
-	}
+	m->arch->bind(m, NULL, 1); /* every gradient view NULL */
 	return TRAIL_OK;
 }
 
@@ -161,13 +154,13 @@ int trail_model_save_adapter(const trail_model *m, const char *dir, const char *
 	if ((rc = trail_mkdirs(dir, 0755, err)))
 		goto out;
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < 4; k++) {
+		for (int k = 0; k < m->arch->nkinds; k++) {
 			trail_lin *L = trail_model_lin((trail_model *)m, l, k);
 			if (!L->A)
 				continue;
 			for (int ab = 0; ab < 2; ab++, n++) {
-				snprintf(names[n], sizeof names[n], "base_model.model.transformer.h.%d.%s.lora_%c.weight", l,
-					 lora_mod[k], ab ? 'B' : 'A');
+				snprintf(names[n], sizeof names[n], "base_model.model.%s.%d.%s.lora_%c.weight", m->arch->blocks, l,
+					 m->arch->kinds[k], ab ? 'B' : 'A');
 				t[n] = (trail_st_tensor){.name = names[n], .ndim = 2, .data = ab ? L->Bm : L->A};
 				t[n].shape[0] = ab ? L->out : m->lc.r;
 				t[n].shape[1] = ab ? m->lc.r : L->in;
@@ -256,11 +249,13 @@ int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err)
 			rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "unknown tensor %s (not a LoRA weight)", nm);
 			goto out;
 		}
-		for (int k = 0; k < 4 && !found; k++) {
+		for (int k = 0; k < m->arch->nkinds && !found; k++) {
 			char pfx[64];
 			int l, len = 0;
-			snprintf(pfx, sizeof pfx, ".%s.lora_", lora_mod[k]);
-			if (sscanf(key, "base_model.model.transformer.h.%d%n", &l, &len) == 1 && l >= 0 &&
+			snprintf(pfx, sizeof pfx, ".%s.lora_", m->arch->kinds[k]);
+			char pat[96];
+			snprintf(pat, sizeof pat, "base_model.model.%s.%%d%%n", m->arch->blocks);
+			if (sscanf(key, pat, &l, &len) == 1 && l >= 0 &&
 			    l < m->c.n_layer && !strncmp(key + len, pfx, strlen(pfx)))
 				found = 1, lc.targets |= 1 << k;
 		}
@@ -281,18 +276,18 @@ int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err)
 	/* every targeted layer needs both matrices, under either key form */
 	size_t expect = 0;
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < 4; k++) {
+		for (int k = 0; k < m->arch->nkinds; k++) {
 			trail_lin *L = trail_model_lin(m, l, k);
 			if (!L->A)
 				continue;
 			for (int ab = 0; ab < 2; ab++, expect++) {
 				char nm[160];
 				int64_t shape[2] = {ab ? L->out : lc.r, ab ? lc.r : L->in};
-				snprintf(nm, sizeof nm, "base_model.model.transformer.h.%d.%s.lora_%c.weight", l, lora_mod[k],
+				snprintf(nm, sizeof nm, "base_model.model.%s.%d.%s.lora_%c.weight", m->arch->blocks, l, m->arch->kinds[k],
 					 ab ? 'B' : 'A');
 				if (!trail_st_has(st, nm))
-					snprintf(nm, sizeof nm, "base_model.model.transformer.h.%d.%s.lora_%c.default.weight", l,
-						 lora_mod[k], ab ? 'B' : 'A');
+					snprintf(nm, sizeof nm, "base_model.model.%s.%d.%s.lora_%c.default.weight", m->arch->blocks, l,
+						 m->arch->kinds[k], ab ? 'B' : 'A');
 				if ((rc = trail_st_read_f32(st, nm, shape, 2, ab ? L->Bm : L->A, err)))
 					goto out;
 			}
@@ -308,7 +303,7 @@ out:
 		m->nlp = 0;
 		m->cap = 0;
 		for (int l = 0; l < m->c.n_layer; l++)
-			for (int k = 0; k < 4; k++) {
+			for (int k = 0; k < m->arch->nkinds; k++) {
 				trail_lin *L = trail_model_lin(m, l, k);
 				L->A = L->Bm = L->dA = L->dB = L->u = NULL;
 			}
@@ -326,7 +321,7 @@ int trail_model_merge_lora(trail_model *m, trail_error *err)
 	if (!m->lp)
 		return trail_error_set(err, TRAIL_EUSAGE, "the model has no LoRA");
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < 4; k++) {
+		for (int k = 0; k < m->arch->nkinds; k++) {
 			trail_lin *L = trail_model_lin(m, l, k);
 			if (!L->A)
 				continue;

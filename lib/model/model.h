@@ -28,9 +28,17 @@
 
 #include "core/core.h"
 
-typedef struct trail_gpt2_config {
+/*
+ * A model's shape, read from a Hugging Face config.json. arch picks the
+ * architecture (TRAIL_ARCH_*; 0 is GPT-2, so a configuration written as
+ * {L, NH, C, P, V} is a GPT-2 one).
+ */
+typedef struct trail_model_cfg {
 	int n_layer, n_head, n_embd, n_positions, vocab_size;
-} trail_gpt2_config;
+	int arch;
+} trail_model_cfg;
+enum { TRAIL_ARCH_GPT2 = 0 };
+typedef trail_model_cfg trail_gpt2_config; /* the name of earlier releases */
 
 enum { TRAIL_LORA_C_ATTN = 1, TRAIL_LORA_ATTN_PROJ = 2, TRAIL_LORA_C_FC = 4, TRAIL_LORA_MLP_PROJ = 8 };
 
@@ -43,13 +51,23 @@ typedef struct trail_lora_config {
 
 typedef struct trail_model trail_model;
 
-/* Hugging Face config.json fields; missing or silly values are TRAIL_EDATA. */
-int trail_gpt2_config_parse(const json_t *j, trail_gpt2_config *c, trail_error *err);
-json_t *trail_gpt2_config_json(const trail_gpt2_config *c);
-size_t trail_gpt2_num_params(const trail_gpt2_config *c);
+/*
+ * Hugging Face config.json: the architecture from "model_type" or
+ * "architectures" (GPT-2 when neither is there), then its fields; an
+ * architecture not built in is TRAIL_EDATA naming it, and so are missing or
+ * silly values.
+ */
+int trail_model_config_parse(const json_t *j, trail_model_cfg *c, trail_error *err);
+/* config.json for c (new reference), and its parameter count. */
+json_t *trail_model_config_json(const trail_model_cfg *c);
+size_t trail_model_num_params(const trail_model_cfg *c);
+/* GPT-2's own, which the functions above dispatch to. */
+int trail_gpt2_config_parse(const json_t *j, trail_model_cfg *c, trail_error *err);
+json_t *trail_gpt2_config_json(const trail_model_cfg *c);
+size_t trail_gpt2_num_params(const trail_model_cfg *c);
 
-/* A model with GPT-2's initialisation (normal 0.02, projections scaled by 1/sqrt(2L)). */
-int trail_model_init(const trail_gpt2_config *c, uint64_t seed, trail_model **out,
+/* A model with its architecture's initialisation (GPT-2: normal 0.02, projections scaled by 1/sqrt(2L)). */
+int trail_model_init(const trail_model_cfg *c, uint64_t seed, trail_model **out,
 		     trail_error *err);
 /*
  * Load config.json + model.safetensors (F32, F16 or BF16; names with or
@@ -63,7 +81,7 @@ int trail_model_load(const char *dir, trail_model **out, trail_error *err);
 /* Write config.json + model.safetensors into dir (created if needed). */
 int trail_model_save(const trail_model *m, const char *dir, trail_error *err);
 void trail_model_free(trail_model *m);
-const trail_gpt2_config *trail_model_config(const trail_model *m);
+const trail_model_cfg *trail_model_config(const trail_model *m);
 /* Route every product through the naive reference loop instead of BLAS (tests). */
 void trail_model_set_reference(trail_model *m, int on);
 
@@ -313,7 +331,7 @@ typedef struct trail_infer trail_infer;
 /* config.json + model.safetensors from a model directory (GPT-2 names, with or without "transformer."). */
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err);
 void trail_infer_free(trail_infer *m);
-const trail_gpt2_config *trail_infer_config(const trail_infer *m);
+const trail_model_cfg *trail_infer_config(const trail_infer *m);
 /* Bytes of the base weights held in memory. */
 size_t trail_infer_bytes(const trail_infer *m);
 /*

@@ -1,8 +1,9 @@
 /*
- * Inside the GPT-2 model: the structure shared by gpt2.c (layers, forward,
- * backward, files), lora.c (adapters) and optim.c, and the layer kernels,
- * which the unit tests check one by one against a double-precision
- * reference. Not installed; not part of the library's interface.
+ * Inside the model: the architecture interface (model.c dispatches to one
+ * file per architecture, gpt2.c), the structure shared with lora.c and
+ * optim.c, and the tensor kernels (kernels.c), which the unit tests check
+ * one by one against a double-precision reference. Not part of the
+ * library's interface.
  *
  * Shapes: B batch, T time, C channels, V vocab, NH heads, hs = C/NH,
  * N = B*T rows. A linear layer is GPT-2's Conv1D: y [N,out] = x [N,in] W
@@ -29,19 +30,60 @@ typedef struct trail_lin {
 	char name[40];           /* "h.3.attn.c_attn" */
 } trail_lin;
 
-typedef struct trail_layer {
-	float *ln1w, *ln1b, *ln2w, *ln2b, *dln1w, *dln1b, *dln2w, *dln2b;
-	trail_lin attn, aproj, fc, mproj;
-	/* activations of the last forward */
-	float *ln1, *ln1m, *ln1r, *qkv, *att, *atty, *res1, *ln2, *ln2m, *ln2r, *fch, *fchg, *res2;
-} trail_layer;
+/* A tensor of an architecture: its Hugging Face name, view and shape. */
+typedef struct trail_param {
+	char name[64];
+	float *data;
+	int64_t shape[2];
+	int ndim;
+} trail_param;
+
+/*
+ * An architecture: one file behind these operations, and one line in
+ * model.c's table. model.c owns what every architecture shares: the
+ * parameter and gradient arenas, LoRA, loading and saving checkpoints, the
+ * token checks, the loss, and the attribution view of the linear layers.
+ * The architecture reads its config, lays its tensors out in an arena,
+ * names them as Hugging Face does, and runs forward and backward.
+ */
+typedef struct trail_arch {
+	const char *model_type;   /* config.json "model_type" ("gpt2") */
+	const char *hf_class;     /* config.json "architectures"[0] ("GPT2LMHeadModel") */
+	const char *prefix;       /* a prefix Hugging Face checkpoints may put on every name, or "" */
+	const char *blocks;       /* the blocks' module path as PEFT names it ("transformer.h") */
+	int nkinds;               /* linear layers per block; LoRA target bit k is kind k */
+	const char *const *kinds; /* their module names in a block ("attn.c_attn"), as PEFT names them */
+	int (*config_parse)(const json_t *j, trail_model_cfg *c, trail_error *err);
+	json_t *(*config_json)(const trail_model_cfg *c);
+	size_t (*num_params)(const trail_model_cfg *c);
+	size_t (*num_tensors)(const trail_model_cfg *c);
+	/* per-architecture state in m->arch_state, with m->lin filled: nkinds per block, block-major */
+	int (*new_state)(trail_model *m);
+	void (*free_state)(trail_model *m);
+	/* views into an arena of num_params floats: the parameters, or their gradients when grads */
+	void (*bind)(trail_model *m, float *base, int grads);
+	void (*init)(trail_model *m, uint64_t seed);
+	/* every tensor, in arena order; v has num_tensors entries */
+	size_t (*tensors)(const trail_model *m, trail_param *v);
+	/* a checkpoint tensor that holds no parameter (a mask buffer, a tied head) */
+	int (*extra_tensor)(const char *name, const char *bare);
+	/* activations for B x T (m->acts, with m->logits, m->dlogits, m->scratch, m->tok, m->tgt) */
+	int (*acts)(trail_model *m, int B, int T, trail_error *err);
+	/* m->tok [B,T] to m->logits [N,V]; then, from m->dlogits, every gradient */
+	void (*forward)(trail_model *m);
+	void (*backward)(trail_model *m);
+} trail_arch;
+
+extern const trail_arch trail_arch_gpt2;
 
 struct trail_model {
-	trail_gpt2_config c;
+	trail_model_cfg c;
+	const trail_arch *arch;
+	void *arch_state;
 	float *p, *g; /* the parameter arena and its gradients (g NULL when frozen) */
 	size_t np;
-	float *wte, *wpe, *lnfw, *lnfb, *dwte, *dwpe, *dlnfw, *dlnfb;
-	trail_layer *L;
+	trail_lin **lin; /* every linear layer: arch->nkinds per block */
+	int nlin;
 	/* LoRA: one arena for A and B of every targeted layer, one for their gradients */
 	trail_lora_config lc;
 	float *lp, *lg;
@@ -49,7 +91,7 @@ struct trail_model {
 	double scale;
 	/* activations, sized for cap rows and capT positions */
 	int B, T, cap, capT;
-	float *acts, *x0, *lnf, *lnfm, *lnfr, *logits, *dlogits, *scratch;
+	float *acts, *logits, *dlogits, *scratch;
 	int32_t *tok, *tgt;
 	float loss;
 	long counted;
@@ -57,12 +99,20 @@ struct trail_model {
 	int naive; /* every product by the reference loop instead of BLAS */
 };
 
-/* The k-th linear layer of layer l: 0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj. */
-trail_lin *trail_model_lin(trail_model *m, int l, int k);
+/* The gradient arena, made on the first backward of a model without LoRA. */
+int trail_model_need_grads(trail_model *m, trail_error *err);
+
+/* The k-th linear layer of block l (GPT-2: 0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj). */
+static inline trail_lin *trail_model_lin(trail_model *m, int l, int k)
+{
+	return m->lin[l * m->arch->nkinds + k];
+}
 
 /* splitmix64: the seeded stream behind initialisation, the same on every host. */
 uint64_t trail_rng_next(uint64_t *s);
 double trail_rng_unif(uint64_t *s); /* (0,1) */
+/* Box-Muller over the stream: normal(0, std), the same on every host. */
+void trail_rng_normal(float *x, size_t n, double std, uint64_t *s);
 
 /*
  * C [M,N] = alpha op(A) op(B) + beta C, row-major, as cblas_sgemm; with

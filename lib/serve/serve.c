@@ -57,7 +57,7 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 	if ((rc = trail_infer_load(o->base, &s->m, err)))
 		goto fail;
 	trail_infer_set_threads(s->m, s->o.threads);
-	const trail_gpt2_config *c = trail_infer_config(s->m);
+	const trail_model_cfg *c = trail_infer_config(s->m);
 	if (!s->o.kv_bytes)
 		s->o.kv_bytes = (size_t)s->o.max_batch * trail_kvc_bytes(s->m, c->n_positions);
 	if (o->tokenizer)
@@ -201,7 +201,7 @@ json_t *serve_error_json(int status, const char *msg)
 
 sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_infer_config(s->m);
+	const trail_model_cfg *c = trail_infer_config(s->m);
 	sreq *q = trail_calloc(1, sizeof *q);
 	char num[32];
 	if (!q) {
@@ -615,7 +615,7 @@ static void stream_more(trail_server *s, sreq *q)
 
 int engine_round(trail_server *s, FILE *out, trail_error *err)
 {
-	const trail_gpt2_config *c = trail_infer_config(s->m);
+	const trail_model_cfg *c = trail_infer_config(s->m);
 	int V = c->vocab_size, B = s->o.max_batch, nadm = 0;
 	/* drop sequences whose client went away */
 	for (int i = 0; i < s->nact; i++) {

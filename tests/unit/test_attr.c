@@ -452,7 +452,7 @@ static void damage(const char *path)
 
 static void projections(const trail_tokenizer *tk)
 {
-	trail_gpt2_config c = {.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 32, .vocab_size = 257};
+	trail_model_cfg c = {.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 32, .vocab_size = 257};
 	trail_model *m = NULL;
 	trail_lora_config lc = {.r = 4, .alpha = 8, .targets = TRAIL_LORA_C_ATTN | TRAIL_LORA_C_FC | TRAIL_LORA_MLP_PROJ};
 	ok(!trail_model_init(&c, 3, &m, NULL) && !trail_model_add_lora(m, &lc, 3, NULL), "a small GPT-2 with LoRA");

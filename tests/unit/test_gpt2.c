@@ -529,6 +529,31 @@ static double attribution_check(trail_model *m, const int *tok, const int *tgt, 
 	return worst;
 }
 
+/* config.json picks the architecture; one not built in is refused by name. */
+static void test_config(void)
+{
+	trail_error e = {0};
+	trail_model_cfg c;
+	json_t *j = json_pack("{s:s, s:[s], s:i, s:i, s:i, s:i, s:i}", "model_type", "gpt2", "architectures",
+			      "GPT2LMHeadModel", "n_layer", 2, "n_head", 2, "n_embd", 8, "n_positions", 16,
+			      "vocab_size", 50);
+	ok(trail_model_config_parse(j, &c, &e) == 0 && c.arch == TRAIL_ARCH_GPT2 && c.n_embd == 8,
+	   "config: GPT2LMHeadModel is GPT-2");
+	json_t *back = trail_model_config_json(&c);
+	trail_model_cfg c2;
+	ok(back && trail_model_config_parse(back, &c2, &e) == 0 && !memcmp(&c, &c2, sizeof c),
+	   "config: written and read back the same");
+	json_decref(back);
+	json_object_del(j, "model_type");
+	json_object_del(j, "architectures");
+	ok(trail_model_config_parse(j, &c, &e) == 0 && c.arch == TRAIL_ARCH_GPT2, "config: neither field is GPT-2");
+	json_object_set_new(j, "architectures", json_pack("[s]", "MambaForCausalLM"));
+	ok(trail_model_config_parse(j, &c, &e) == TRAIL_EDATA && strstr(e.msg, "MambaForCausalLM") &&
+		   strstr(e.msg, "GPT2LMHeadModel"),
+	   "config: an architecture not built in is refused by name: %s", e.msg);
+	json_decref(j);
+}
+
 int main(void)
 {
 	trail_init();
@@ -541,8 +566,9 @@ int main(void)
 	test_attention(0);
 	test_attention(1);
 	test_xent();
+	test_config();
 
-	trail_gpt2_config c = {L, NH, C, P, V};
+	trail_model_cfg c = {L, NH, C, P, V, TRAIL_ARCH_GPT2};
 	trail_model *m;
 	trail_error e = {0};
 	ok(trail_model_init(&c, 7, &m, &e) == 0, "init");

@@ -279,7 +279,7 @@ static void test_frozen_base(void)
 	size_t np;
 	trail_lora_config lc = {.r = 2, .alpha = 4, .targets = 15};
 	/* the base parameters before LoRA, bit for bit */
-	const trail_gpt2_config *c = trail_model_config(m);
+	const trail_model_cfg *c = trail_model_config(m);
 	np = trail_gpt2_num_params(c);
 	float *p0 = malloc(np * sizeof *p0), *p = trail_model_params(m, &np);
 	memcpy(p0, p, np * sizeof *p0);

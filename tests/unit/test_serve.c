@@ -24,7 +24,7 @@
 static char dir[64];
 
 /* A base model (and LoRA-perturbed adapters of it) in dir/NAME. */
-static void make_models(const char *name, const trail_gpt2_config *c, int nad, int r, int targets, int merged)
+static void make_models(const char *name, const trail_model_cfg *c, int nad, int r, int targets, int merged)
 {
 	trail_model *m;
 	trail_error e = {0};
@@ -224,7 +224,7 @@ int main(void)
 	test_sampling();
 	test_stops();
 
-	trail_gpt2_config c = {2, 2, 32, 64, 257};
+	trail_model_cfg c = {2, 2, 32, 64, 257, TRAIL_ARCH_GPT2};
 	make_models("b", &c, 64, 4, 15, 3);
 	char base[600], ads[600], merged[600];
 	snprintf(base, sizeof base, "%s/b", dir);
@@ -412,7 +412,7 @@ int main(void)
 
 	/* check-full: 2,000 rank-8 adapters on a 10.8M-parameter base */
 	if (tap_full()) {
-		trail_gpt2_config big = {6, 6, 384, 256, 257};
+		trail_model_cfg big = {6, 6, 384, 256, 257, TRAIL_ARCH_GPT2};
 		make_models("g", &big, 2000, 8, 1, 0);
 		char gb[600], ga[600];
 		snprintf(gb, sizeof gb, "%s/g", dir);

@@ -17,7 +17,7 @@
 #include "job/job.h"
 
 static char dir[] = "/tmp/trail-train-XXXXXX";
-static const trail_gpt2_config cfg = {2, 2, 16, 32, 257};
+static const trail_model_cfg cfg = {2, 2, 16, 32, 257, TRAIL_ARCH_GPT2};
 
 static void test_schedule(void)
 {
@@ -32,7 +32,7 @@ static void test_schedule(void)
 static void test_adamw(void)
 {
 	trail_error e = {0};
-	trail_gpt2_config c = {1, 1, 4, 2, 3};
+	trail_model_cfg c = {1, 1, 4, 2, 3, TRAIL_ARCH_GPT2};
 	trail_model *m;
 	trail_model_init(&c, 1, &m, &e);
 	size_t n;

@@ -1,0 +1,387 @@
+/*
+ * The tensor kernels every architecture uses, on OpenBLAS: seeded numbers,
+ * products, exp, GELU, LayerNorm, linear layers with LoRA, causal attention
+ * and cross-entropy, each with its shapes (see model_int.h). Every large
+ * product goes through trail_k_sgemm, which has a naive reference loop
+ * beside the BLAS call. Loops outside BLAS run in a fixed order, so the same
+ * inputs and BLAS thread count give the same bits.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "model/model_int.h"
+#include "model/model.h"
+
+/* ---- seeded numbers ------------------------------------------------------------ */
+
+uint64_t trail_rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+	return z ^ (z >> 31);
+}
+
+double trail_rng_unif(uint64_t *s)
+{
+	return ((double)(trail_rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* Box-Muller over the stream: normal(0, std), the same on every host. */
+void trail_rng_normal(float *x, size_t n, double std, uint64_t *s)
+{
+	for (size_t i = 0; i < n; i += 2) {
+		double u1 = trail_rng_unif(s), u2 = trail_rng_unif(s), m = sqrt(-2 * log(u1));
+		x[i] = (float)(std * m * cos(2 * M_PI * u2));
+		if (i + 1 < n)
+			x[i + 1] = (float)(std * m * sin(2 * M_PI * u2));
+	}
+}
+
+/* ---- products -------------------------------------------------------------------- */
+
+void trail_k_sgemm(int naive, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+		   const float *B, int ldb, float beta, float *C, int ldc)
+{
+	if (!naive) {
+		cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+			    A, lda, B, ldb, beta, C, ldc);
+		return;
+	}
+	/* reference: op(A)[i,k] = ta ? A[k,i] : A[i,k]; op(B)[k,j] = tb ? B[j,k] : B[k,j] */
+	for (int i = 0; i < M; i++)
+		for (int j = 0; j < N; j++) {
+			double s = 0;
+			for (int k = 0; k < K; k++)
+				s += (double)(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+				     (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+			float *c = &C[(size_t)i * ldc + j];
+			*c = (float)(alpha * s + (beta != 0 ? (double)beta * *c : 0));
+		}
+}
+
+/* ---- exp and tanh on float vectors ------------------------------------------------ */
+
+/*
+ * GCC/Clang vector extensions: four lanes, the width every x86-64 and
+ * arm64 has without target flags. exp(x) = 2^n e^r, n = round(x / ln 2), |r| <= ln2 / 2, e^r by a
+ * degree-7 polynomial (Cephes' expf coefficients): below 2e-7 relative.
+ */
+typedef float vf __attribute__((vector_size(16)));
+typedef int32_t vi __attribute__((vector_size(16)));
+#define VL 4
+
+static inline vf vs(float x)
+{
+	return (vf){x, x, x, x};
+}
+
+static inline vf vexp(vf x)
+{
+	vi lo = x < vs(-87.0f), hi = x > vs(88.0f);
+	x = (vf)(((vi)x & ~lo) | ((vi)vs(-87.0f) & lo));
+	x = (vf)(((vi)x & ~hi) | ((vi)vs(88.0f) & hi));
+	vf n = (x * vs(1.44269504088896341f) + vs(12582912.0f)) - vs(12582912.0f);
+	vf r = x - n * vs(0.693359375f) + n * vs(2.12194440e-4f);
+	vf p = vs(1.9875691500e-4f);
+	p = p * r + vs(1.3981999507e-3f);
+	p = p * r + vs(8.3334519073e-3f);
+	p = p * r + vs(4.1665795894e-2f);
+	p = p * r + vs(1.6666665459e-1f);
+	p = p * r + vs(5.0000001201e-1f);
+	p = p * r * r + r + vs(1.0f);
+	vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+	return p * (vf)e;
+}
+
+void trail_k_expf(float *y, const float *x, size_t n)
+{
+	size_t i = 0;
+	for (; i + VL <= n; i += VL) {
+		vf v;
+		memcpy(&v, x + i, sizeof v);
+		v = vexp(v);
+		memcpy(y + i, &v, sizeof v);
+	}
+	if (i < n) { /* the tail through the same arithmetic */
+		vf v = vs(0);
+		memcpy(&v, x + i, (n - i) * sizeof *x);
+		v = vexp(v);
+		memcpy(y + i, &v, (n - i) * sizeof *x);
+	}
+}
+
+/* ---- GELU (tanh approximation) ----------------------------------------------------- */
+
+#define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+
+/*
+ * t = tanh(u), u = s (x + c x^3), through e = exp(2u): t = 1 - 2/(1+e), and
+ * 1 - t^2 = 4 e/(1+e)^2 without the cancellation of 1 - t*t.
+ */
+static inline vf gelu_f(vf x)
+{
+	vf e = vexp(vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x)), d = vs(1.0f) / (vs(1.0f) + e);
+	return vs(0.5f) * x * (vs(2.0f) - vs(2.0f) * d);
+}
+
+static inline vf gelu_b(vf x, vf dy)
+{
+	vf e = vexp(vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x)), d = vs(1.0f) / (vs(1.0f) + e);
+	vf t = vs(1.0f) - vs(2.0f) * d, sech2 = vs(4.0f) * (e * d) * d;
+	return dy * (vs(0.5f) * (vs(1.0f) + t) + vs(0.5f) * x * sech2 * vs(GELU_S) * (vs(1.0f) + vs(3 * GELU_C) * x * x));
+}
+
+void trail_k_gelu_fwd(float *y, const float *x, size_t n)
+{
+	size_t i = 0;
+	for (; i + VL <= n; i += VL) {
+		vf v;
+		memcpy(&v, x + i, sizeof v);
+		v = gelu_f(v);
+		memcpy(y + i, &v, sizeof v);
+	}
+	if (i < n) {
+		vf v = vs(0);
+		memcpy(&v, x + i, (n - i) * sizeof *x);
+		v = gelu_f(v);
+		memcpy(y + i, &v, (n - i) * sizeof *y);
+	}
+}
+
+void trail_k_gelu_bwd(float *dx, const float *x, const float *dy, size_t n)
+{
+	size_t i = 0;
+	for (; i + VL <= n; i += VL) {
+		vf v, d;
+		memcpy(&v, x + i, sizeof v);
+		memcpy(&d, dy + i, sizeof d);
+		d = gelu_b(v, d);
+		memcpy(dx + i, &d, sizeof d);
+	}
+	if (i < n) {
+		vf v = vs(0), d = vs(0);
+		memcpy(&v, x + i, (n - i) * sizeof *x);
+		memcpy(&d, dy + i, (n - i) * sizeof *dy);
+		d = gelu_b(v, d);
+		memcpy(dx + i, &d, (n - i) * sizeof *dx);
+	}
+}
+
+/* ---- LayerNorm ------------------------------------------------------------------- */
+
+void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+			   const float *b, int N, int C)
+{
+	for (int i = 0; i < N; i++) {
+		const float *xi = x + (size_t)i * C;
+		float *o = out + (size_t)i * C;
+		double m = 0, v = 0;
+		for (int c = 0; c < C; c++)
+			m += xi[c];
+		m /= C;
+		for (int c = 0; c < C; c++)
+			v += (xi[c] - m) * (xi[c] - m);
+		v /= C;
+		float s = (float)(1.0 / sqrt(v + 1e-5)), mf = (float)m;
+		for (int c = 0; c < C; c++)
+			o[c] = (xi[c] - mf) * s * w[c] + b[c];
+		mean[i] = mf;
+		rstd[i] = s;
+	}
+}
+
+void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
+			   const float *w, const float *mean, const float *rstd, int N, int C)
+{
+	for (int i = 0; i < N; i++) {
+		const float *d = dout + (size_t)i * C, *xi = x + (size_t)i * C;
+		float *dxi = dx + (size_t)i * C, mi = mean[i], ri = rstd[i];
+		double dm = 0, dnm = 0;
+		for (int c = 0; c < C; c++) {
+			float norm = (xi[c] - mi) * ri, dn = w[c] * d[c];
+			dm += dn;
+			dnm += dn * norm;
+		}
+		float fm = (float)(dm / C), fnm = (float)(dnm / C);
+		if (dw)
+			for (int c = 0; c < C; c++) {
+				float norm = (xi[c] - mi) * ri;
+				dw[c] += d[c] * norm;
+				db[c] += d[c];
+			}
+		for (int c = 0; c < C; c++) {
+			float norm = (xi[c] - mi) * ri;
+			dxi[c] += (w[c] * d[c] - fm - norm * fnm) * ri;
+		}
+	}
+}
+
+/* ---- linear (Conv1D) with LoRA ------------------------------------------------------ */
+
+void trail_k_linear_fwd(int naive, trail_lin *L, int r, float scale, float *y, const float *x, int N)
+{
+	L->x = x;
+	/* y [N,out] = b (each row), then += x [N,in] W [in,out] */
+	for (int i = 0; i < N; i++)
+		memcpy(y + (size_t)i * L->out, L->b, (size_t)L->out * sizeof *y);
+	trail_k_sgemm(naive, 0, 0, N, L->out, L->in, 1.0f, x, L->in, L->W, L->out, 1.0f, y, L->out);
+	if (L->A) {
+		/* u [N,r] = x A^T;  y += scale u B^T  (B [out,r]) */
+		trail_k_sgemm(naive, 0, 1, N, r, L->in, 1.0f, x, L->in, L->A, L->in, 0.0f, L->u, r);
+		trail_k_sgemm(naive, 0, 1, N, L->out, r, scale, L->u, r, L->Bm, r, 1.0f, y, L->out);
+	}
+}
+
+void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, const float *dy, int N,
+			float *scratch)
+{
+	if (L->keep_dy)
+		memcpy(L->keep_dy, dy, (size_t)N * (size_t)L->out * sizeof *dy);
+	if (L->dW) {
+		/* dW [in,out] += x^T [in,N] dy [N,out];  db [out] += column sums of dy */
+		trail_k_sgemm(naive, 1, 0, L->in, L->out, N, 1.0f, L->x, L->in, dy, L->out, 1.0f, L->dW, L->out);
+		for (int i = 0; i < N; i++) {
+			const float *d = dy + (size_t)i * L->out;
+			for (int o = 0; o < L->out; o++)
+				L->db[o] += d[o];
+		}
+	}
+	/* dx [N,in] += dy [N,out] W^T */
+	if (dx)
+		trail_k_sgemm(naive, 0, 1, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->out, 1.0f, dx, L->in);
+	if (L->A) {
+		/* du [N,r] = s dy B;  dB [out,r] += s dy^T u;  dA [r,in] += du^T x;  dx += du A */
+		float *du = scratch;
+		trail_k_sgemm(naive, 0, 0, N, r, L->out, scale, dy, L->out, L->Bm, r, 0.0f, du, r);
+		trail_k_sgemm(naive, 1, 0, L->out, r, N, scale, dy, L->out, L->u, r, 1.0f, L->dB, r);
+		trail_k_sgemm(naive, 1, 0, r, L->in, N, 1.0f, du, r, L->x, L->in, 1.0f, L->dA, L->in);
+		if (dx)
+			trail_k_sgemm(naive, 0, 0, N, L->in, r, 1.0f, du, r, L->A, L->in, 1.0f, dx, L->in);
+	}
+}
+
+/* ---- causal self-attention --------------------------------------------------------- */
+
+void trail_k_attention_fwd(int naive, float *y, float *att, const float *qkv, int B, int T, int C, int NH)
+{
+	int hs = C / NH;
+	float scale = (float)(1.0 / sqrt((double)hs));
+	for (int b = 0; b < B; b++)
+		for (int h = 0; h < NH; h++) {
+			/* q, k, v: [T,hs] views with row stride 3C */
+			const float *q = qkv + (size_t)b * T * 3 * C + (size_t)h * hs;
+			const float *k = q + C, *v = q + 2 * C;
+			float *a = att + ((size_t)b * NH + h) * T * T;
+			/* a [T,T] = scale q k^T, then a causal softmax per row */
+			trail_k_sgemm(naive, 0, 1, T, T, hs, scale, q, 3 * C, k, 3 * C, 0.0f, a, T);
+			for (int t = 0; t < T; t++) {
+				float *row = a + (size_t)t * T, mx = row[0];
+				for (int u = 1; u <= t; u++)
+					mx = row[u] > mx ? row[u] : mx;
+				for (int u = 0; u <= t; u++)
+					row[u] -= mx;
+				trail_k_expf(row, row, (size_t)t + 1);
+				double sum = 0;
+				for (int u = 0; u <= t; u++)
+					sum += row[u];
+				float inv = (float)(1.0 / sum);
+				for (int u = 0; u <= t; u++)
+					row[u] *= inv;
+				memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof *row);
+			}
+			/* y [T,hs] (row stride C) = a v */
+			trail_k_sgemm(naive, 0, 0, T, hs, T, 1.0f, a, T, v, 3 * C, 0.0f, y + (size_t)b * T * C + (size_t)h * hs, C);
+		}
+}
+
+void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float *att, const float *qkv, int B,
+			   int T, int C, int NH, float *scratch)
+{
+	int hs = C / NH;
+	float scale = (float)(1.0 / sqrt((double)hs));
+	float *da = scratch, *ds = scratch + (size_t)T * T;
+	for (int b = 0; b < B; b++)
+		for (int h = 0; h < NH; h++) {
+			size_t off = (size_t)b * T * 3 * C + (size_t)h * hs;
+			const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
+			float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
+			const float *a = att + ((size_t)b * NH + h) * T * T;
+			const float *dyh = dy + (size_t)b * T * C + (size_t)h * hs;
+			/* da [T,T] = dy v^T;  dv [T,hs] += a^T dy */
+			trail_k_sgemm(naive, 0, 1, T, T, hs, 1.0f, dyh, C, v, 3 * C, 0.0f, da, T);
+			trail_k_sgemm(naive, 1, 0, T, hs, T, 1.0f, a, T, dyh, C, 1.0f, dv, 3 * C);
+			/* softmax backward: ds = a (da - rowsum(a da)) */
+			for (int t = 0; t < T; t++) {
+				const float *ar = a + (size_t)t * T, *dr = da + (size_t)t * T;
+				float *dsr = ds + (size_t)t * T;
+				double dot = 0;
+				for (int u = 0; u <= t; u++)
+					dot += (double)ar[u] * dr[u];
+				float fd = (float)dot;
+				for (int u = 0; u <= t; u++)
+					dsr[u] = ar[u] * (dr[u] - fd);
+				memset(dsr + t + 1, 0, (size_t)(T - t - 1) * sizeof *dsr);
+			}
+			/* dq [T,hs] += scale ds k;  dk [T,hs] += scale ds^T q */
+			trail_k_sgemm(naive, 0, 0, T, hs, T, scale, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
+			trail_k_sgemm(naive, 1, 0, T, hs, T, scale, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
+		}
+}
+
+/* ---- cross-entropy ---------------------------------------------------------------- */
+
+/* Softmax of one row into p [V]; returns log of the normaliser (max included). */
+static double softmax_row(float *p, const float *lg, int V)
+{
+	float mx = lg[0];
+	for (int v = 1; v < V; v++)
+		mx = lg[v] > mx ? lg[v] : mx;
+	for (int v = 0; v < V; v++)
+		p[v] = lg[v] - mx;
+	trail_k_expf(p, p, (size_t)V);
+	double sum = 0;
+	for (int v = 0; v < V; v++)
+		sum += p[v];
+	float inv = (float)(1.0 / sum);
+	for (int v = 0; v < V; v++)
+		p[v] *= inv;
+	return log(sum) + mx;
+}
+
+double trail_k_xent_fwd(const float *logits, const int32_t *tgt, int N, int V, long *counted)
+{
+	double total = 0;
+	long n = 0;
+	float *p = trail_malloc((size_t)V * sizeof *p);
+	for (int i = 0; p && i < N; i++) {
+		if (tgt[i] < 0)
+			continue;
+		const float *lg = logits + (size_t)i * V;
+		total += softmax_row(p, lg, V) - lg[tgt[i]];
+		n++;
+	}
+	trail_free(p);
+	*counted = p ? n : -1;
+	return total;
+}
+
+void trail_k_xent_bwd(float *dlogits, const float *logits, const int32_t *tgt, int N, int V, double inv)
+{
+	for (int i = 0; i < N; i++) {
+		float *d = dlogits + (size_t)i * V;
+		if (tgt[i] < 0) {
+			memset(d, 0, (size_t)V * sizeof *d);
+			continue;
+		}
+		softmax_row(d, logits + (size_t)i * V, V);
+		float s = (float)inv;
+		for (int v = 0; v < V; v++)
+			d[v] *= s;
+		d[tgt[i]] -= s;
+	}
+}
