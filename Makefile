@@ -96,12 +96,15 @@ $(B)/tests/faultinject.so: tests/unit/faultinject.c
 	@mkdir -p $(@D)
 	$(QLD)$(CC) $(ALL_CFLAGS) -shared -fPIC -o $@ $< -ldl
 
+# libtrail is a static library, so what it links against every program links too:
+# Requires and Libs, not their .private forms (which --static would need, with every
+# dependency's own static libraries installed).
 $(B)/trail.pc: FORCE
 	@mkdir -p $(@D)
 	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(PREFIX)/include' '' \
 	  'Name: trail' 'Description: signed datasets, Merkle ledger, training and attribution' \
-	  'Version: 0.1.0' 'Requires.private: $(PKGCONFIG_LIBS)' \
-	  'Libs: -L$${libdir} -ltrail' 'Libs.private: -lopenblas -llapacke -lxxhash -lm -pthread' \
+	  'Version: 0.1.0' 'Requires: $(PKGCONFIG_LIBS)' \
+	  'Libs: -L$${libdir} -ltrail -lopenblas -llapacke -lxxhash -lm -pthread' \
 	  'Cflags: -I$${includedir}/trail' > $@
 
 # Install the Debian packages of SPEC §2 when they are missing.
