@@ -139,7 +139,7 @@ int main(int argc, char **argv)
 	const char *dir = argv[1];
 	int NA = argc > 2 ? atoi(argv[2]) : 2000, TOK = argc > 3 ? atoi(argv[3]) : 64, TH = argc > 4 ? atoi(argv[4]) : 2;
 	trail_blas_threads(TH);
-	trail_model_cfg c = {6, 6, 384, 256, 257, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = 6, .n_head = 6, .n_embd = 384, .n_positions = 256, .vocab_size = 257};
 	trail_error e = {0};
 	char *base = trail_path(dir, "base"), *ads = trail_path(dir, "adapters"), sub[512];
 	trail_model *m;

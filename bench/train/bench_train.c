@@ -57,7 +57,7 @@ int main(int argc, char **argv)
 	trail_init();
 	trail_blas_threads(threads);
 	double peak = sgemm_peak();
-	trail_model_cfg c = {L, H, C, T, 257, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = L, .n_head = H, .n_embd = C, .n_positions = T, .vocab_size = 257};
 	trail_model *m;
 	trail_error e = {0};
 	if (trail_model_init(&c, 1, &m, &e))

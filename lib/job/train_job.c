@@ -205,6 +205,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	if (j->lora) {
 		if ((rc = trail_lora_spec_parse(j->lora, &lc, err)) || (rc = trail_model_add_lora(m, &lc, j->seed, err)))
 			goto out;
+		lc = *trail_model_lora(m); /* the targets resolved for the architecture */
 		json_t *pc = trail_lora_config_json(&lc, NULL);
 		json_object_set_new(extra, "lora", json_pack("{s:i, s:f, s:O?, s:b}", "r", lc.r, "alpha", lc.alpha,
 							     "target_modules", json_object_get(pc, "target_modules"),

@@ -226,10 +226,16 @@ void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, c
 void trail_k_linear_fwd(int naive, trail_lin *L, int r, float scale, float *y, const float *x, int N)
 {
 	L->x = x;
-	/* y [N,out] = b (each row), then += x [N,in] W [in,out] */
+	/* y [N,out] = b (each row) or 0, then += x [N,in] W [in,out] (or W^T, W [out,in]) */
 	for (int i = 0; i < N; i++)
-		memcpy(y + (size_t)i * L->out, L->b, (size_t)L->out * sizeof *y);
-	trail_k_sgemm(naive, 0, 0, N, L->out, L->in, 1.0f, x, L->in, L->W, L->out, 1.0f, y, L->out);
+		if (L->b)
+			memcpy(y + (size_t)i * L->out, L->b, (size_t)L->out * sizeof *y);
+		else
+			memset(y + (size_t)i * L->out, 0, (size_t)L->out * sizeof *y);
+	if (L->wt)
+		trail_k_sgemm(naive, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in, 1.0f, y, L->out);
+	else
+		trail_k_sgemm(naive, 0, 0, N, L->out, L->in, 1.0f, x, L->in, L->W, L->out, 1.0f, y, L->out);
 	if (L->A) {
 		/* u [N,r] = x A^T;  y += scale u B^T  (B [out,r]) */
 		trail_k_sgemm(naive, 0, 1, N, r, L->in, 1.0f, x, L->in, L->A, L->in, 0.0f, L->u, r);
@@ -243,16 +249,21 @@ void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, 
 	if (L->keep_dy)
 		memcpy(L->keep_dy, dy, (size_t)N * (size_t)L->out * sizeof *dy);
 	if (L->dW) {
-		/* dW [in,out] += x^T [in,N] dy [N,out];  db [out] += column sums of dy */
-		trail_k_sgemm(naive, 1, 0, L->in, L->out, N, 1.0f, L->x, L->in, dy, L->out, 1.0f, L->dW, L->out);
-		for (int i = 0; i < N; i++) {
+		/* dW [in,out] += x^T [in,N] dy [N,out] (or dW [out,in] += dy^T x);  db [out] += column sums of dy */
+		if (L->wt)
+			trail_k_sgemm(naive, 1, 0, L->out, L->in, N, 1.0f, dy, L->out, L->x, L->in, 1.0f, L->dW, L->in);
+		else
+			trail_k_sgemm(naive, 1, 0, L->in, L->out, N, 1.0f, L->x, L->in, dy, L->out, 1.0f, L->dW, L->out);
+		for (int i = 0; L->db && i < N; i++) {
 			const float *d = dy + (size_t)i * L->out;
 			for (int o = 0; o < L->out; o++)
 				L->db[o] += d[o];
 		}
 	}
-	/* dx [N,in] += dy [N,out] W^T */
-	if (dx)
+	/* dx [N,in] += dy [N,out] W^T (or dy W, W [out,in]) */
+	if (dx && L->wt)
+		trail_k_sgemm(naive, 0, 0, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->in, 1.0f, dx, L->in);
+	else if (dx)
 		trail_k_sgemm(naive, 0, 1, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->out, 1.0f, dx, L->in);
 	if (L->A) {
 		/* du [N,r] = s dy B;  dB [out,r] += s dy^T u;  dA [r,in] += du^T x;  dx += du A */
@@ -331,6 +342,89 @@ void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float 
 			trail_k_sgemm(naive, 0, 0, T, hs, T, scale, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
 			trail_k_sgemm(naive, 1, 0, T, hs, T, scale, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
 		}
+}
+
+/* ---- RMSNorm ---------------------------------------------------------------------- */
+
+void trail_k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps)
+{
+	for (int i = 0; i < N; i++) {
+		const float *xi = x + (size_t)i * C;
+		float *o = out + (size_t)i * C;
+		double ss = 0;
+		for (int c = 0; c < C; c++)
+			ss += (double)xi[c] * xi[c];
+		float r = (float)(1.0 / sqrt(ss / C + eps));
+		for (int c = 0; c < C; c++)
+			o[c] = xi[c] * r * w[c];
+		rstd[i] = r;
+	}
+}
+
+void trail_k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+			 const float *rstd, int N, int C)
+{
+	for (int i = 0; i < N; i++) {
+		const float *xi = x + (size_t)i * C, *d = dout + (size_t)i * C;
+		float *dxi = dx + (size_t)i * C, r = rstd[i];
+		/* y = x r w, r = (mean x^2 + eps)^-1/2: dx = r (d w) - x r^3 mean(d w x) */
+		double dot = 0;
+		for (int c = 0; c < C; c++)
+			dot += (double)d[c] * w[c] * xi[c];
+		float k = (float)(dot / C) * r * r * r;
+		for (int c = 0; c < C; c++) {
+			dxi[c] += r * d[c] * w[c] - xi[c] * k;
+			if (dw)
+				dw[c] += d[c] * xi[c] * r;
+		}
+	}
+}
+
+/* ---- rotary positions --------------------------------------------------------------- */
+
+void trail_k_rope_tables(float *cs, float *sn, const float *inv_freq, int T, int hd)
+{
+	for (int t = 0; t < T; t++)
+		for (int i = 0; i < hd / 2; i++) {
+			float a = (float)t * inv_freq[i]; /* as Hugging Face: the angle in float */
+			cs[(size_t)t * (hd / 2) + i] = (float)cos((double)a);
+			sn[(size_t)t * (hd / 2) + i] = (float)sin((double)a);
+		}
+}
+
+void trail_k_rope(float *x, int N, int T, int nh, int hd, int stride, const float *cs, const float *sn, int inverse)
+{
+	int h2 = hd / 2;
+	for (int n = 0; n < N; n++) {
+		const float *c = cs + (size_t)(n % T) * h2, *s = sn + (size_t)(n % T) * h2;
+		for (int h = 0; h < nh; h++) {
+			float *v = x + (size_t)n * stride + (size_t)h * hd;
+			for (int i = 0; i < h2; i++) {
+				float a = v[i], b = v[i + h2], si = inverse ? -s[i] : s[i];
+				v[i] = a * c[i] - b * si;
+				v[i + h2] = b * c[i] + a * si;
+			}
+		}
+	}
+}
+
+/* ---- SwiGLU ------------------------------------------------------------------------- */
+
+void trail_k_swiglu_fwd(float *y, const float *g, const float *u, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		float s = 1.0f / (1.0f + expf(-g[i]));
+		y[i] = g[i] * s * u[i];
+	}
+}
+
+void trail_k_swiglu_bwd(float *dg, float *du, const float *g, const float *u, const float *dy, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		float s = 1.0f / (1.0f + expf(-g[i])), silu = g[i] * s;
+		du[i] = dy[i] * silu;
+		dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+	}
 }
 
 /* ---- cross-entropy ---------------------------------------------------------------- */

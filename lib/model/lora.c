@@ -34,14 +34,17 @@ int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t s
 {
 	if (m->lp)
 		return trail_error_set(err, TRAIL_EUSAGE, "the model already has LoRA");
-	int kmask = (1 << m->arch->nkinds) - 1;
-	if (lc->r < 1 || lc->r > m->c.n_embd || !(lc->alpha > 0) || !(lc->targets & kmask) || (lc->targets & ~kmask))
+	int b0 = m->arch->kind_bit0, kmask = ((1 << m->arch->nkinds) - 1) << b0;
+	int targets = lc->targets ? lc->targets : kmask;
+	if (targets & ~kmask)
+		return trail_error_set(err, TRAIL_EUSAGE, "LoRA targets a layer %s does not have", m->arch->hf_class);
+	if (lc->r < 1 || lc->r > m->c.n_embd || !(lc->alpha > 0))
 		return trail_error_set(err, TRAIL_EUSAGE, "LoRA needs 1 <= r <= n_embd (%d), alpha > 0 and a target",
 				       m->c.n_embd);
 	size_t n = 0;
 	for (int l = 0; l < m->c.n_layer; l++)
 		for (int k = 0; k < m->arch->nkinds; k++)
-			if (lc->targets & (1 << k)) {
+			if (targets & (1 << (b0 + k))) {
 				trail_lin *L = trail_model_lin(m, l, k);
 				n += (size_t)lc->r * ((size_t)L->in + (size_t)L->out);
 			}
@@ -55,13 +58,15 @@ int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t s
 	}
 	m->nlp = n;
 	m->lc = *lc;
+	m->lc.targets = targets;
+	m->lc.arch = m->c.arch;
 	m->scale = lc->rslora ? lc->alpha / sqrt(lc->r) : lc->alpha / lc->r;
 	uint64_t s = seed ^ 0x10AAULL;
 	size_t o = 0;
 	/* arena order: per layer, per target, A then B */
 	for (int l = 0; l < m->c.n_layer; l++)
 		for (int k = 0; k < m->arch->nkinds; k++) {
-			if (!(lc->targets & (1 << k)))
+			if (!(targets & (1 << (b0 + k))))
 				continue;
 			trail_lin *L = trail_model_lin(m, l, k);
 			size_t na = (size_t)lc->r * (size_t)L->in, nb = (size_t)L->out * (size_t)lc->r;
@@ -87,9 +92,16 @@ int trail_model_add_lora(trail_model *m, const trail_lora_config *lc, uint64_t s
  * "c_proj" is both attention's and the MLP's, so one of them alone is
  * written with its parent ("attn.c_proj"), which PEFT matches the same way.
  */
-static json_t *peft_targets(int t)
+static json_t *peft_targets(int t, int arch)
 {
 	json_t *a = json_array();
+	const trail_arch *ar = trail_arch_of(arch);
+	if (ar && !ar->conv1d) { /* module names without their parent: q_proj, ..., down_proj */
+		for (int k = 0; k < ar->nkinds; k++)
+			if (t & (1 << (ar->kind_bit0 + k)))
+				json_array_append_new(a, json_string(strrchr(ar->kinds[k], '.') + 1));
+		return a;
+	}
 	if (t & 1)
 		json_array_append_new(a, json_string("c_attn"));
 	if ((t & 10) == 10)
@@ -108,8 +120,20 @@ int trail_lora_targets_parse(const char *name, int *bits)
 	static const struct {
 		const char *name;
 		int bits;
-	} t[] = {{"c_attn", 1}, {"attn.c_attn", 1}, {"c_proj", 10}, {"attn.c_proj", 2}, {"c_fc", 4},
-		 {"mlp.c_fc", 4}, {"mlp.c_proj", 8}};
+	} t[] = {{"c_attn", 1},
+		 {"attn.c_attn", 1},
+		 {"c_proj", 10},
+		 {"attn.c_proj", 2},
+		 {"c_fc", 4},
+		 {"mlp.c_fc", 4},
+		 {"mlp.c_proj", 8},
+		 {"q_proj", TRAIL_LORA_Q_PROJ},
+		 {"k_proj", TRAIL_LORA_K_PROJ},
+		 {"v_proj", TRAIL_LORA_V_PROJ},
+		 {"o_proj", TRAIL_LORA_O_PROJ},
+		 {"gate_proj", TRAIL_LORA_GATE_PROJ},
+		 {"up_proj", TRAIL_LORA_UP_PROJ},
+		 {"down_proj", TRAIL_LORA_DOWN_PROJ}};
 	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
 		if (!strcmp(name, t[i].name)) {
 			*bits |= t[i].bits;
@@ -124,8 +148,8 @@ json_t *trail_lora_config_json(const trail_lora_config *lc, const char *base_nam
 	json_t *j = json_pack("{s:s, s:s?, s:s, s:i, s:o, s:o, s:b, s:f, s:s, s:b, s:b, s:b, s:n, s:n, s:n, s:n,"
 			      " s:{}, s:{}, s:b, s:n, s:n, s:s, s:{}, s:n}",
 			      "peft_type", "LORA", "base_model_name_or_path", base_name, "task_type", "CAUSAL_LM", "r",
-			      lc->r, "lora_alpha", json_real(lc->alpha), "target_modules", peft_targets(lc->targets),
-			      "fan_in_fan_out", 1, "lora_dropout", 0.0, "bias", "none", "use_rslora", lc->rslora,
+			      lc->r, "lora_alpha", json_real(lc->alpha), "target_modules", peft_targets(lc->targets, lc->arch),
+			      "fan_in_fan_out", !trail_arch_of(lc->arch) || trail_arch_of(lc->arch)->conv1d, "lora_dropout", 0.0, "bias", "none", "use_rslora", lc->rslora,
 			      "inference_mode", 1, "init_lora_weights", 1, "modules_to_save", "layers_to_transform",
 			      "layers_pattern", "revision", "rank_pattern", "alpha_pattern", "use_dora", 0,
 			      "auto_mapping", "megatron_config", "megatron_core", "megatron.core", "loftq_config",
@@ -227,8 +251,13 @@ int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err)
 		goto out;
 	}
 	json_t *fifo = json_object_get(cj, "fan_in_fan_out");
-	if (fifo && !json_is_true(fifo)) {
+	if (m->arch->conv1d && fifo && !json_is_true(fifo)) {
 		rc = trail_error_at(err, TRAIL_EDATA, cp, 0, "fan_in_fan_out must be true for GPT-2's Conv1D layers");
+		goto out;
+	}
+	if (!m->arch->conv1d && json_is_true(fifo)) {
+		rc = trail_error_at(err, TRAIL_EDATA, cp, 0, "fan_in_fan_out must be false for %s's linear layers",
+				    m->arch->hf_class);
 		goto out;
 	}
 	const char *bias = json_string_value(json_object_get(cj, "bias"));
@@ -238,7 +267,7 @@ int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err)
 		goto out;
 	}
 	trail_lora_config lc = {.r = (int)json_integer_value(r), .alpha = json_number_value(al),
-				.rslora = json_is_true(json_object_get(cj, "use_rslora"))};
+				.rslora = json_is_true(json_object_get(cj, "use_rslora")), .arch = m->c.arch};
 	/* which layers: the tensors decide (target_modules may be a regex in PEFT) */
 	size_t count = trail_st_count(st);
 	for (size_t i = 0; i < count; i++) {
@@ -257,7 +286,7 @@ int trail_model_load_adapter(trail_model *m, const char *dir, trail_error *err)
 			snprintf(pat, sizeof pat, "base_model.model.%s.%%d%%n", m->arch->blocks);
 			if (sscanf(key, pat, &l, &len) == 1 && l >= 0 &&
 			    l < m->c.n_layer && !strncmp(key + len, pfx, strlen(pfx)))
-				found = 1, lc.targets |= 1 << k;
+				found = 1, lc.targets |= 1 << (m->arch->kind_bit0 + k);
 		}
 		if (!found) {
 			rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "tensor %s matches no layer of this base model", nm);
@@ -325,9 +354,13 @@ int trail_model_merge_lora(trail_model *m, trail_error *err)
 			trail_lin *L = trail_model_lin(m, l, k);
 			if (!L->A)
 				continue;
-			/* W [in,out] += scale A^T [in,r] B^T [r,out] */
-			trail_k_sgemm(m->naive, 1, 1, L->in, L->out, m->lc.r, (float)m->scale, L->A, L->in, L->Bm, m->lc.r, 1.0f,
-				      L->W, L->out);
+			/* W [in,out] += scale A^T [in,r] B^T [r,out];  or W [out,in] += scale B A */
+			if (L->wt)
+				trail_k_sgemm(m->naive, 0, 0, L->out, L->in, m->lc.r, (float)m->scale, L->Bm, m->lc.r, L->A,
+					      L->in, 1.0f, L->W, L->in);
+			else
+				trail_k_sgemm(m->naive, 1, 1, L->in, L->out, m->lc.r, (float)m->scale, L->A, L->in, L->Bm,
+					      m->lc.r, 1.0f, L->W, L->out);
 			L->A = L->Bm = L->dA = L->dB = L->u = NULL;
 		}
 	trail_free(m->lp);
@@ -369,10 +402,8 @@ int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *
 			}
 		}
 		if (in_targets && trail_lora_targets_parse(t, &lc->targets))
-			rc = trail_error_set(err, TRAIL_EUSAGE, "--lora: unknown target '%s' (c_attn, c_proj, attn.c_proj, c_fc, mlp.c_proj)", t);
+			rc = trail_error_set(err, TRAIL_EUSAGE, "--lora: unknown target '%s' (c_attn, c_proj, attn.c_proj, c_fc, mlp.c_proj; q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", t);
 	}
 	trail_free(s);
-	if (!rc && !lc->targets)
-		lc->targets = 15;
 	return rc;
 }

@@ -16,7 +16,7 @@
 #include "model/model.h"
 
 /* Indexed by TRAIL_ARCH_*. */
-static const trail_arch *const archs[] = {&trail_arch_gpt2};
+static const trail_arch *const archs[] = {&trail_arch_gpt2, &trail_arch_llama, &trail_arch_qwen2, &trail_arch_mistral};
 #define NARCHS (sizeof archs / sizeof *archs)
 
 static int fail_oom(trail_error *err)
@@ -24,9 +24,14 @@ static int fail_oom(trail_error *err)
 	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 }
 
+const trail_arch *trail_arch_of(int arch)
+{
+	return arch >= 0 && (size_t)arch < NARCHS ? archs[arch] : NULL;
+}
+
 static const trail_arch *arch_of(const trail_model_cfg *c)
 {
-	return c->arch >= 0 && (size_t)c->arch < NARCHS ? archs[c->arch] : NULL;
+	return trail_arch_of(c->arch);
 }
 
 /* ---- configuration ------------------------------------------------------------------ */
@@ -52,6 +57,7 @@ int trail_model_config_parse(const json_t *j, trail_model_cfg *c, trail_error *e
 					       known);
 		}
 	}
+	*c = (trail_model_cfg){0};
 	int rc = archs[a]->config_parse(j, c, err);
 	if (!rc)
 		c->arch = (int)a;

@@ -36,17 +36,32 @@
 typedef struct trail_model_cfg {
 	int n_layer, n_head, n_embd, n_positions, vocab_size;
 	int arch;
+	/* Llama-family (0 where an architecture has no such thing) */
+	int n_kv_head, n_inner, head_dim; /* key/value heads (GQA), MLP width, per-head width */
+	int untied;                       /* a separate lm_head instead of the embeddings */
+	int qkv_bias;                     /* biases on q, k, v (Qwen2) */
+	int rope_type;                    /* TRAIL_ROPE_* */
+	double norm_eps, rope_theta;
+	double rope_factor, rope_low, rope_high; /* rope_scaling: factor, low/high_freq_factor */
+	int rope_orig;                    /* rope_scaling's original_max_position_embeddings */
 } trail_model_cfg;
-enum { TRAIL_ARCH_GPT2 = 0 };
+enum { TRAIL_ARCH_GPT2 = 0, TRAIL_ARCH_LLAMA, TRAIL_ARCH_QWEN2, TRAIL_ARCH_MISTRAL };
+enum { TRAIL_ROPE_DEFAULT = 0, TRAIL_ROPE_LINEAR, TRAIL_ROPE_LLAMA3 };
 typedef trail_model_cfg trail_gpt2_config; /* the name of earlier releases */
 
+/* LoRA targets: GPT-2's four linear layers, then the Llama family's seven. */
 enum { TRAIL_LORA_C_ATTN = 1, TRAIL_LORA_ATTN_PROJ = 2, TRAIL_LORA_C_FC = 4, TRAIL_LORA_MLP_PROJ = 8 };
+enum {
+	TRAIL_LORA_Q_PROJ = 1 << 4, TRAIL_LORA_K_PROJ = 1 << 5, TRAIL_LORA_V_PROJ = 1 << 6, TRAIL_LORA_O_PROJ = 1 << 7,
+	TRAIL_LORA_GATE_PROJ = 1 << 8, TRAIL_LORA_UP_PROJ = 1 << 9, TRAIL_LORA_DOWN_PROJ = 1 << 10
+};
 
 typedef struct trail_lora_config {
 	int r;
 	double alpha;
-	int targets; /* TRAIL_LORA_* bits */
+	int targets; /* TRAIL_LORA_* bits; 0: every linear layer of the architecture */
 	int rslora;  /* scale alpha/sqrt(r) instead of alpha/r */
+	int arch;    /* TRAIL_ARCH_* of the base: PEFT's module names and fan_in_fan_out */
 } trail_lora_config;
 
 typedef struct trail_model trail_model;
@@ -479,7 +494,11 @@ int trail_eval_loss(trail_model *m, const trail_dataset *d, int batch, int seq, 
 json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *o,
 				const trail_train_run *r, const json_t *extra);
 
-/* Parse "r=8,alpha=16,targets=c_attn,c_proj,rslora=1" (defaults r 8, alpha 16, all four layers). */
+/*
+ * Parse "r=8,alpha=16,targets=c_attn,c_proj,rslora=1" (defaults r 8, alpha 16,
+ * every linear layer); Llama-family targets are q_proj, k_proj, v_proj,
+ * o_proj, gate_proj, up_proj, down_proj.
+ */
 int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *err);
 
 /* Set the BLAS thread count (results are reproducible for a given count). */

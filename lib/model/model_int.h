@@ -19,7 +19,7 @@
 #include "model/model.h"
 
 typedef struct trail_lin {
-	float *W, *b;            /* [in,out], [out]: views into the parameter arena */
+	float *W, *b;            /* [in,out] (or [out,in] when wt), [out] or NULL: views into the parameter arena */
 	float *dW, *db;          /* their gradients, NULL when frozen */
 	int in, out;
 	float *A, *Bm, *dA, *dB; /* LoRA [r,in], [out,r] and gradients, or NULL */
@@ -27,6 +27,7 @@ typedef struct trail_lin {
 	const float *x;          /* the last input [N,in] */
 	float *keep_dy;          /* dY [N,out] kept for attribution, or NULL */
 	float *keep_room;        /* where keep_dy points when kept, NULL when the arena has no room */
+	int wt;                  /* W is [out,in] (nn.Linear) rather than [in,out] (Conv1D) */
 	char name[40];           /* "h.3.attn.c_attn" */
 } trail_lin;
 
@@ -51,7 +52,9 @@ typedef struct trail_arch {
 	const char *hf_class;     /* config.json "architectures"[0] ("GPT2LMHeadModel") */
 	const char *prefix;       /* a prefix Hugging Face checkpoints may put on every name, or "" */
 	const char *blocks;       /* the blocks' module path as PEFT names it ("transformer.h") */
-	int nkinds;               /* linear layers per block; LoRA target bit k is kind k */
+	int nkinds;               /* linear layers per block; LoRA target bit kind_bit0 + k is kind k */
+	int kind_bit0;
+	int conv1d;               /* W [in,out] as GPT-2's Conv1D (PEFT's fan_in_fan_out), else nn.Linear's [out,in] */
 	const char *const *kinds; /* their module names in a block ("attn.c_attn"), as PEFT names them */
 	int (*config_parse)(const json_t *j, trail_model_cfg *c, trail_error *err);
 	json_t *(*config_json)(const trail_model_cfg *c);
@@ -75,6 +78,7 @@ typedef struct trail_arch {
 } trail_arch;
 
 extern const trail_arch trail_arch_gpt2;
+extern const trail_arch trail_arch_llama, trail_arch_qwen2, trail_arch_mistral; /* llama.c */
 
 struct trail_model {
 	trail_model_cfg c;
@@ -103,6 +107,9 @@ struct trail_model {
 int trail_model_need_grads(trail_model *m, trail_error *err);
 
 /* The k-th linear layer of block l (GPT-2: 0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj). */
+/* The architecture of a configuration (NULL for an unknown TRAIL_ARCH_ value). */
+const trail_arch *trail_arch_of(int arch);
+
 static inline trail_lin *trail_model_lin(trail_model *m, int l, int k)
 {
 	return m->lin[l * m->arch->nkinds + k];
@@ -154,6 +161,22 @@ void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float 
  */
 double trail_k_xent_fwd(const float *logits, const int32_t *tgt, int N, int V, long *counted);
 void trail_k_xent_bwd(float *dlogits, const float *logits, const int32_t *tgt, int N, int V, double inv);
+
+/* out [N,C] = x rstd w, rstd = (mean x^2 + eps)^-1/2 [N] kept; dx [N,C] +=, dw [C] += (skipped when NULL). */
+void trail_k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps);
+void trail_k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+			 const float *rstd, int N, int C);
+/* cos, sin [T, hd/2] of t inv_freq[i]. */
+void trail_k_rope_tables(float *cs, float *sn, const float *inv_freq, int T, int hd);
+/*
+ * Rotate, in place, nh heads of hd (row stride `stride`) of N rows at
+ * positions n % T, pairing i with i + hd/2 (Hugging Face's rotate_half);
+ * inverse rotates back, which is the backward of the rotation.
+ */
+void trail_k_rope(float *x, int N, int T, int nh, int hd, int stride, const float *cs, const float *sn, int inverse);
+/* y = silu(g) u; dg, du = (may not alias dy). */
+void trail_k_swiglu_fwd(float *y, const float *g, const float *u, size_t n);
+void trail_k_swiglu_bwd(float *dg, float *du, const float *g, const float *u, const float *dy, size_t n);
 
 /* exp on floats, vectorised, relative error below 2e-7 over the whole range. */
 void trail_k_expf(float *y, const float *x, size_t n);

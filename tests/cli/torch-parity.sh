@@ -7,7 +7,8 @@ if [ -z "${TRAIL_FULL:-}" ] || ! /usr/bin/python3 -c 'import torch' 2>/dev/null;
 	echo "ok 1 - fresh PyTorch reference # SKIP needs make check-full and python3-torch"
 	exit 0
 fi
-check "generate a fresh reference with PyTorch" /usr/bin/python3 "$TRAIL_TOP/tests/reference/gpt2_torch.py" "$T/ref" 7
+check "generate a fresh GPT-2 reference with PyTorch" /usr/bin/python3 "$TRAIL_TOP/tests/reference/gpt2_torch.py" "$T/ref" 7
+check "and a fresh Llama-family one" /usr/bin/python3 "$TRAIL_TOP/tests/reference/llama_torch.py" "$T/ref" 7
 TRAIL_REFERENCE_DIR="$T/ref" "$TRAIL_BUILD/tests/test_torch_parity" > "$T/out"
 rc=$?
 sed 's/^/# /' "$T/out"

@@ -568,7 +568,7 @@ int main(void)
 	test_xent();
 	test_config();
 
-	trail_model_cfg c = {L, NH, C, P, V, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = L, .n_head = NH, .n_embd = C, .n_positions = P, .vocab_size = V};
 	trail_model *m;
 	trail_error e = {0};
 	ok(trail_model_init(&c, 7, &m, &e) == 0, "init");

@@ -25,7 +25,7 @@ static float maxdiff(const float *a, const float *b, size_t n)
 int main(void)
 {
 	trail_init();
-	trail_model_cfg c = {2, 2, 16, 16, 257, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 16, .vocab_size = 257};
 	trail_model *m;
 	trail_error e = {0};
 	trail_model_init(&c, 3, &m, &e);

@@ -202,7 +202,7 @@ static void test_damaged(void)
 static void test_hf_names(void)
 {
 	trail_error e = {0};
-	trail_model_cfg c = {2, 2, 8, 6, 20, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = 2, .n_head = 2, .n_embd = 8, .n_positions = 6, .vocab_size = 20};
 	trail_model *m, *m2;
 	trail_model_init(&c, 5, &m, &e);
 	char *md = at("plain");

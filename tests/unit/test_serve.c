@@ -224,7 +224,7 @@ int main(void)
 	test_sampling();
 	test_stops();
 
-	trail_model_cfg c = {2, 2, 32, 64, 257, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = 2, .n_head = 2, .n_embd = 32, .n_positions = 64, .vocab_size = 257};
 	make_models("b", &c, 64, 4, 15, 3);
 	char base[600], ads[600], merged[600];
 	snprintf(base, sizeof base, "%s/b", dir);
@@ -412,7 +412,7 @@ int main(void)
 
 	/* check-full: 2,000 rank-8 adapters on a 10.8M-parameter base */
 	if (tap_full()) {
-		trail_model_cfg big = {6, 6, 384, 256, 257, TRAIL_ARCH_GPT2};
+		trail_model_cfg big = {.n_layer = 6, .n_head = 6, .n_embd = 384, .n_positions = 256, .vocab_size = 257};
 		make_models("g", &big, 2000, 8, 1, 0);
 		char gb[600], ga[600];
 		snprintf(gb, sizeof gb, "%s/g", dir);

@@ -8,10 +8,76 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/core.h"
 #include "model/model.h"
+#include "model/model_int.h"
 #include "tap.h"
+
+/*
+ * The mean loss's gradients of every parameter (or, with LoRA, of every
+ * LoRA matrix) against PyTorch's autograd in float64 (grads.safetensors,
+ * where the fixture has one): worst error relative to each tensor's
+ * largest gradient.
+ */
+static void check_grads(trail_model *m, const char *gpath, const char *name)
+{
+	trail_error e = {0};
+	trail_st *st;
+	if (access(gpath, R_OK))
+		return;
+	trail_model_zero_grad(m);
+	if (trail_model_backward(m, &e) || trail_st_open(gpath, &st, &e)) {
+		ok(0, "%s: backward and the reference gradients: %s", name, e.msg);
+		return;
+	}
+	size_t np, ng, nt = 0;
+	float *p = trail_model_params(m, &np), *g = trail_model_grads(m, &ng);
+	trail_param *v = calloc(m->arch->num_tensors(&m->c) + 2 * (size_t)m->nlin, sizeof *v);
+	if (m->lp) /* A [r,in] then B [out,r] of each targeted layer, PEFT's names */
+		for (int i = 0; i < m->nlin; i++) {
+			trail_lin *L = m->lin[i];
+			if (!L->A)
+				continue;
+			for (int ab = 0; ab < 2; ab++, nt++) {
+				snprintf(v[nt].name, sizeof v[nt].name, "base_model.model.%s.%d.%s.lora_%c.weight", m->arch->blocks,
+					 i / m->arch->nkinds, m->arch->kinds[i % m->arch->nkinds], ab ? 'B' : 'A');
+				v[nt].data = ab ? L->dB : L->dA;
+				v[nt].shape[0] = ab ? L->out : m->lc.r;
+				v[nt].shape[1] = ab ? m->lc.r : L->in;
+				v[nt].ndim = 2;
+			}
+		}
+	else {
+		nt = m->arch->tensors(m, v);
+		for (size_t i = 0; i < nt; i++)
+			v[i].data = g + (v[i].data - p); /* the gradient arena has the parameters' layout */
+	}
+	double worst = 0;
+	int read = 1;
+	for (size_t i = 0; i < nt; i++) {
+		size_t n = (size_t)v[i].shape[0] * (size_t)(v[i].ndim == 2 ? v[i].shape[1] : 1);
+		float *want = malloc(n * sizeof *want);
+		if (!want || trail_st_read_f32(st, v[i].name, v[i].shape, v[i].ndim, want, &e)) {
+			read = 0;
+			free(want);
+			break;
+		}
+		double top = 1e-12, err = 0;
+		for (size_t k = 0; k < n; k++) {
+			top = fmax(top, fabs(want[k]));
+			err = fmax(err, fabs(want[k] - v[i].data[k]));
+		}
+		worst = fmax(worst, err / top);
+		free(want);
+	}
+	ok(read && nt == trail_st_count(st) && worst < 1e-4,
+	   "%s: all %zu gradient tensors match PyTorch autograd in float64 (worst relative %.1e)", name, nt, worst);
+	(void)ng;
+	free(v);
+	trail_st_free(st);
+}
 
 /* name: a model directory under dir; adapter: a LoRA adapter directory for it, or NULL */
 static void check(const char *dir, const char *name, const char *adapter)
@@ -54,6 +120,9 @@ static void check(const char *dir, const char *name, const char *adapter)
 	ok(close, "%s: logits match PyTorch (maxdiff %.2e)", name, maxdiff);
 	double want = json_real_value(json_object_get(xa ? xa : x, "loss"));
 	ok(fabs(loss - want) < 1e-4, "%s: loss %.6f vs PyTorch %.6f", name, loss, want);
+	char *gp = trail_path(adapter ? apath : d, "grads.safetensors");
+	check_grads(m, gp, name);
+	trail_free(gp);
 	trail_free(lb);
 	json_decref(x);
 	json_decref(xa);
@@ -76,5 +145,9 @@ int main(void)
 	check(dir, "small", NULL);
 	check(dir, "wide", NULL); /* F16 weights */
 	check(dir, "small", "small-lora");
+	check(dir, "llama-gqa", NULL);    /* GQA, untied head, llama3 rope scaling */
+	check(dir, "qwen2-tied", NULL);   /* MQA, q/k/v biases, tied embeddings, linear rope scaling */
+	check(dir, "mistral-bf16", NULL); /* BF16 weights, head_dim apart from hidden/heads */
+	check(dir, "llama-gqa", "llama-gqa-lora");
 	return tap_done();
 }

@@ -17,7 +17,7 @@
 #include "job/job.h"
 
 static char dir[] = "/tmp/trail-train-XXXXXX";
-static const trail_model_cfg cfg = {2, 2, 16, 32, 257, TRAIL_ARCH_GPT2};
+static const trail_model_cfg cfg = {.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 32, .vocab_size = 257};
 
 static void test_schedule(void)
 {
@@ -32,7 +32,7 @@ static void test_schedule(void)
 static void test_adamw(void)
 {
 	trail_error e = {0};
-	trail_model_cfg c = {1, 1, 4, 2, 3, TRAIL_ARCH_GPT2};
+	trail_model_cfg c = {.n_layer = 1, .n_head = 1, .n_embd = 4, .n_positions = 2, .vocab_size = 3};
 	trail_model *m;
 	trail_model_init(&c, 1, &m, &e);
 	size_t n;
