@@ -383,6 +383,8 @@ static void backward(trail_model *m)
 
 static const char *const kinds[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
 
+extern const trail_arch trail_arch_gpt2;
+
 const trail_arch trail_arch_gpt2 = {
 	.model_type = "gpt2",
 	.hf_class = "GPT2LMHeadModel",

@@ -40,6 +40,8 @@ typedef struct llama {
 
 #define LL(m) ((llama *)(m)->arch_state)
 
+static size_t num_params(const trail_model_cfg *c);
+
 static int D_(const trail_model_cfg *c)
 {
 	return c->n_head * c->head_dim;
@@ -146,9 +148,9 @@ static int parse(const json_t *j, trail_model_cfg *c, int arch, trail_error *err
 			return trail_error_set(err, TRAIL_EDATA, "config: rope_scaling needs high_freq_factor > low_freq_factor");
 	}
 scaled:
-	if ((double)trail_arch_llama.num_params(c) > 1e10)
+	if ((double)num_params(c) > 1e10)
 		return trail_error_set(err, TRAIL_ELIMIT, "config: %.3g parameters is beyond this implementation",
-				       (double)trail_arch_llama.num_params(c));
+				       (double)num_params(c));
 	return TRAIL_OK;
 }
 
@@ -587,6 +589,8 @@ static void backward(trail_model *m)
 				dw[k] += d[k];
 		}
 }
+
+extern const trail_arch trail_arch_llama, trail_arch_qwen2, trail_arch_mistral;
 
 #define FAMILY                                                                                        \
 	.prefix = "", .blocks = "model.layers", .nkinds = NKINDS, .kind_bit0 = 4, .conv1d = 0, .kinds = kinds, .config_json = config_json, \

@@ -117,29 +117,16 @@ static json_t *peft_targets(int t, int arch)
 
 int trail_lora_targets_parse(const char *name, int *bits)
 {
-	static const struct {
-		const char *name;
-		int bits;
-	} t[] = {{"c_attn", 1},
-		 {"attn.c_attn", 1},
-		 {"c_proj", 10},
-		 {"attn.c_proj", 2},
-		 {"c_fc", 4},
-		 {"mlp.c_fc", 4},
-		 {"mlp.c_proj", 8},
-		 {"q_proj", TRAIL_LORA_Q_PROJ},
-		 {"k_proj", TRAIL_LORA_K_PROJ},
-		 {"v_proj", TRAIL_LORA_V_PROJ},
-		 {"o_proj", TRAIL_LORA_O_PROJ},
-		 {"gate_proj", TRAIL_LORA_GATE_PROJ},
-		 {"up_proj", TRAIL_LORA_UP_PROJ},
-		 {"down_proj", TRAIL_LORA_DOWN_PROJ}};
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-		if (!strcmp(name, t[i].name)) {
-			*bits |= t[i].bits;
-			return TRAIL_OK;
+	/* a module name of any architecture, whole ("attn.c_proj") or its last part ("c_proj": both of GPT-2's) */
+	int found = 0;
+	const trail_arch *a;
+	for (int i = 0; (a = trail_arch_of(i)); i++)
+		for (int k = 0; k < a->nkinds; k++) {
+			const char *dot = strrchr(a->kinds[k], '.');
+			if (!strcmp(name, a->kinds[k]) || (dot && !strcmp(name, dot + 1)))
+				*bits |= 1 << (a->kind_bit0 + k), found = 1;
 		}
-	return TRAIL_EUSAGE;
+	return found ? TRAIL_OK : TRAIL_EUSAGE;
 }
 
 json_t *trail_lora_config_json(const trail_lora_config *lc, const char *base_name)

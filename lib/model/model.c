@@ -15,7 +15,9 @@
 #include "model/model_int.h"
 #include "model/model.h"
 
-/* Indexed by TRAIL_ARCH_*. */
+/* The architectures, indexed by TRAIL_ARCH_*. */
+extern const trail_arch trail_arch_gpt2;                                         /* gpt2.c */
+extern const trail_arch trail_arch_llama, trail_arch_qwen2, trail_arch_mistral; /* llama.c */
 static const trail_arch *const archs[] = {&trail_arch_gpt2, &trail_arch_llama, &trail_arch_qwen2, &trail_arch_mistral};
 #define NARCHS (sizeof archs / sizeof *archs)
 

@@ -77,8 +77,6 @@ typedef struct trail_arch {
 	void (*backward)(trail_model *m);
 } trail_arch;
 
-extern const trail_arch trail_arch_gpt2;
-extern const trail_arch trail_arch_llama, trail_arch_qwen2, trail_arch_mistral; /* llama.c */
 
 struct trail_model {
 	trail_model_cfg c;
