@@ -3,7 +3,10 @@
  * rows of many sequences and adapters — each base weight one sgemm over all
  * rows in fixed-height blocks, each adapter's low-rank product over its own
  * rows (the CPU form of Punica's SGMV), the attention of each row over its
- * own cache. A naive double-precision path beside every kernel.
+ * own cache. A naive double-precision path beside every kernel. GPT-2 and
+ * the Llama family (RMSNorm, rotary positions, grouped-query attention over
+ * a cache of the key/value heads only, SwiGLU) share the batching, the
+ * blocked products and the adapters; each has its own row phases.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -18,18 +21,25 @@
 #include "model/model_int.h"
 
 typedef struct ilin {
-	float *W, *b; /* [in,out], [out] */
+	float *W, *b; /* [in,out] (GPT-2's Conv1D) or [out,in] (nn.Linear), [out] or NULL */
 	int in, out;
 } ilin;
 
+enum { MAXK = 7 };
+
 typedef struct ilayer {
-	float *ln1w, *ln1b, *ln2w, *ln2b;
-	ilin lin[4]; /* c_attn, attn.c_proj, c_fc, mlp.c_proj */
+	float *ln1w, *ln1b, *ln2w, *ln2b; /* the biases NULL under RMSNorm */
+	ilin lin[MAXK]; /* GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj; Llama: q, k, v, o, gate, up, down */
 } ilayer;
 
 struct trail_infer {
 	trail_model_cfg c;
+	const trail_arch *arch;
+	int llama;        /* the Llama family's phases */
+	int nk, D, Dkv, F; /* linear layers per block; query, key/value and MLP widths */
 	float *mem, *wte, *wpe, *lnfw, *lnfb;
+	float *head;      /* Llama: lm_head [V,C], or the embeddings when tied */
+	float *cs, *sn;   /* Llama: rotary tables [n_positions, head_dim/2] */
 	size_t nparams;
 	ilayer *L;
 	int naive;
@@ -52,13 +62,13 @@ struct trail_infer {
 struct trail_lora_w {
 	int r, nl;
 	float scale;
-	float **A, **B; /* [n_layer*4], NULL where the layer has no LoRA */
+	float **A, **B; /* [n_layer*nk], NULL where the layer has no LoRA */
 	float *mem;
 	size_t bytes;
 };
 
 struct trail_kvc {
-	float *mem; /* [L][2][cap][C], an anonymous mapping so a freed cache goes back to the system */
+	float *mem; /* [L][2][cap][Dkv], an anonymous mapping so a freed cache goes back to the system */
 	size_t len;
 	int cap;
 };
@@ -70,6 +80,58 @@ static void io_dims(int C, int k, int *in, int *out)
 	static const int mul[4][2] = {{1, 3}, {1, 1}, {1, 4}, {4, 1}};
 	*in = mul[k][0] * C;
 	*out = mul[k][1] * C;
+}
+
+/* The Llama family's weights by their Hugging Face names, and the rotary tables. */
+static int load_llama(trail_infer *m, const trail_st *st, trail_error *err)
+{
+	const trail_model_cfg *c = &m->c;
+	size_t C = (size_t)c->n_embd, V = (size_t)c->vocab_size, h2 = (size_t)c->head_dim / 2;
+	size_t io[MAXK][2] = {{C, (size_t)m->D}, {C, (size_t)m->Dkv}, {C, (size_t)m->Dkv}, {(size_t)m->D, C},
+			      {C, (size_t)m->F}, {C, (size_t)m->F}, {(size_t)m->F, C}};
+	m->nparams = trail_model_num_params(c);
+	size_t tables = 2 * (size_t)c->n_positions * h2 + h2;
+	if (!(m->mem = trail_malloc((m->nparams + tables) * sizeof *m->mem)) ||
+	    !(m->L = trail_calloc((size_t)c->n_layer, sizeof *m->L)))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	float *p = m->mem;
+	char nm[160];
+	int rc;
+#define READ(dst, d0, d1, nd, ...)                                                   \
+	do {                                                                         \
+		int64_t sh_[2] = {(int64_t)(d0), (int64_t)(d1)};                     \
+		snprintf(nm, sizeof nm, __VA_ARGS__);                                \
+		(dst) = p;                                                           \
+		p += (size_t)(d0) * ((nd) == 2 ? (size_t)(d1) : 1);                  \
+		if ((rc = trail_st_read_f32(st, nm, sh_, (nd), (dst), err)))         \
+			return rc;                                                   \
+	} while (0)
+	READ(m->wte, V, C, 2, "model.embed_tokens.weight");
+	for (int l = 0; l < c->n_layer; l++) {
+		ilayer *y = &m->L[l];
+		READ(y->ln1w, C, 0, 1, "model.layers.%d.input_layernorm.weight", l);
+		READ(y->ln2w, C, 0, 1, "model.layers.%d.post_attention_layernorm.weight", l);
+		for (int k = 0; k < m->nk; k++) {
+			ilin *L = &y->lin[k];
+			L->in = (int)io[k][0];
+			L->out = (int)io[k][1];
+			READ(L->W, L->out, L->in, 2, "model.layers.%d.%s.weight", l, m->arch->kinds[k]);
+			if (c->qkv_bias && k < 3)
+				READ(L->b, L->out, 0, 1, "model.layers.%d.%s.bias", l, m->arch->kinds[k]);
+		}
+	}
+	READ(m->lnfw, C, 0, 1, "model.norm.weight");
+	if (c->untied)
+		READ(m->head, V, C, 2, "lm_head.weight");
+	else
+		m->head = m->wte;
+#undef READ
+	float *inv = p;
+	m->cs = inv + h2;
+	m->sn = m->cs + (size_t)c->n_positions * h2;
+	trail_rope_inv_freq(c, inv);
+	trail_k_rope_tables(m->cs, m->sn, inv, c->n_positions, c->head_dim);
+	return TRAIL_OK;
 }
 
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
@@ -89,13 +151,18 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
 	    (rc = trail_model_config_parse(cj, &m->c, err)))
 		goto out;
-	/* the decode step below is GPT-2's: the next architecture brings its own */
-	if (m->c.arch != TRAIL_ARCH_GPT2) {
-		rc = trail_error_at(err, TRAIL_EDATA, cp, 0, "serving decodes GPT-2 models only");
-		goto out;
-	}
+	m->arch = trail_arch_of(m->c.arch);
+	m->llama = m->c.arch != TRAIL_ARCH_GPT2;
+	m->nk = m->arch->nkinds;
+	m->D = m->llama ? m->c.n_head * m->c.head_dim : m->c.n_embd;
+	m->Dkv = m->llama ? m->c.n_kv_head * m->c.head_dim : m->c.n_embd;
+	m->F = m->llama ? m->c.n_inner : 4 * m->c.n_embd;
 	if ((rc = trail_st_open(wp, &st, err)))
 		goto out;
+	if (m->llama) {
+		rc = load_llama(m, st, err);
+		goto loaded;
+	}
 	size_t C = (size_t)m->c.n_embd;
 	m->nparams = trail_gpt2_num_params(&m->c);
 	if (!(m->mem = trail_malloc(m->nparams * sizeof *m->mem)) ||
@@ -139,6 +206,9 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 	READ(m->lnfw, "ln_f.weight", C, 0, 1);
 	READ(m->lnfb, "ln_f.bias", C, 0, 1);
 #undef READ
+loaded:
+	if (rc)
+		goto out;
 	*out = m;
 	m = NULL;
 out:
@@ -192,7 +262,7 @@ void trail_infer_set_reference(trail_infer *m, int on)
 
 size_t trail_kvc_bytes(const trail_infer *m, int cap)
 {
-	return (size_t)m->c.n_layer * 2 * (size_t)cap * (size_t)m->c.n_embd * sizeof(float);
+	return (size_t)m->c.n_layer * 2 * (size_t)cap * (size_t)m->Dkv * sizeof(float);
 }
 
 trail_kvc *trail_kvc_new(const trail_infer *m, int cap)
@@ -244,12 +314,13 @@ int trail_lora_w_rank(const trail_lora_w *w)
 }
 
 /* PEFT's name for a LoRA tensor, with or without the adapter name "default". */
-static int tensor_name(const trail_st *st, int l, int k, char ab, char *out, size_t n)
+static int tensor_name(const trail_infer *m, const trail_st *st, int l, int k, char ab, char *out, size_t n)
 {
-	snprintf(out, n, "base_model.model.transformer.h.%d.%s.lora_%c.weight", l, MOD[k], ab);
+	const trail_arch *a = m->arch;
+	snprintf(out, n, "base_model.model.%s.%d.%s.lora_%c.weight", a->blocks, l, a->kinds[k], ab);
 	if (trail_st_has(st, out))
 		return 1;
-	snprintf(out, n, "base_model.model.transformer.h.%d.%s.lora_%c.default.weight", l, MOD[k], ab);
+	snprintf(out, n, "base_model.model.%s.%d.%s.lora_%c.default.weight", a->blocks, l, a->kinds[k], ab);
 	return trail_st_has(st, out);
 }
 
@@ -262,7 +333,7 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 	json_t *cj = NULL;
 	trail_st *st = NULL;
 	trail_lora_w *w = NULL;
-	int rc, C = c->n_embd, nl = 4 * c->n_layer, in, ou;
+	int rc, nk = base->nk, nl = nk * c->n_layer, in, ou;
 	*out = NULL;
 	if (!cp || !wp) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -282,8 +353,8 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 	size_t total = 0, found = 0;
 	char nm[160];
 	for (int i = 0; i < nl; i++)
-		if (tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm)) {
-			io_dims(C, i % 4, &in, &ou);
+		if (tensor_name(base, st, i / nk, i % nk, 'A', nm, sizeof nm)) {
+			in = base->L[i / nk].lin[i % nk].in, ou = base->L[i / nk].lin[i % nk].out;
 			total += (size_t)R * (size_t)(in + ou);
 		}
 	if (!(w = trail_calloc(1, sizeof *w)) || !(w->A = trail_calloc((size_t)nl, sizeof *w->A)) ||
@@ -298,9 +369,9 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 	w->bytes = total * sizeof *w->mem;
 	float *p = w->mem;
 	for (int i = 0; i < nl; i++) {
-		if (!tensor_name(st, i / 4, i % 4, 'A', nm, sizeof nm))
+		if (!tensor_name(base, st, i / nk, i % nk, 'A', nm, sizeof nm))
 			continue;
-		io_dims(C, i % 4, &in, &ou);
+		in = base->L[i / nk].lin[i % nk].in, ou = base->L[i / nk].lin[i % nk].out;
 		int64_t sa[2] = {R, in}, sb[2] = {ou, R};
 		w->A[i] = p;
 		p += (size_t)R * (size_t)in;
@@ -308,8 +379,9 @@ int trail_lora_w_load(const trail_infer *base, const char *dir, trail_lora_w **o
 		p += (size_t)R * (size_t)ou;
 		if ((rc = trail_st_read_f32(st, nm, sa, 2, w->A[i], err)))
 			goto out;
-		if (!tensor_name(st, i / 4, i % 4, 'B', nm, sizeof nm)) {
-			rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "lora_A without lora_B for h.%d.%s", i / 4, MOD[i % 4]);
+		if (!tensor_name(base, st, i / nk, i % nk, 'B', nm, sizeof nm)) {
+			rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "lora_A without lora_B for %s.%d.%s", base->arch->blocks,
+					    i / nk, base->arch->kinds[i % nk]);
 			goto out;
 		}
 		if ((rc = trail_st_read_f32(st, nm, sb, 2, w->B[i], err)))
@@ -558,14 +630,16 @@ typedef struct rowjob {
 	trail_kvc *const *kv;
 	const trail_lora_w *const *lora;
 	float *x, *ln, *att, *tmp, *qkv, *h, *hg;
+	float *kk, *vv; /* Llama: this step's keys and values [N,Dkv]; qkv holds the queries [N,D] */
 	float *sc[2], *u[2]; /* scratch per thread: scores [P], LoRA hidden [rmax] */
 } rowjob;
 
 /* y [out] += b + the row's adapter's low-rank product of x */
 static void finish_linear(const rowjob *k, int i, int li, const ilin *L, const float *x, float *y, float *u)
 {
-	for (int o = 0; o < L->out; o++)
-		y[o] += L->b[o];
+	if (L->b)
+		for (int o = 0; o < L->out; o++)
+			y[o] += L->b[o];
 	const trail_lora_w *a = k->lora[i];
 	if (a && a->A[li])
 		lora_row(k->m->naive, x, a->A[li], a->B[li], a->r, L->in, L->out, a->scale, y, u);
@@ -620,11 +694,115 @@ static void rows(const rowjob *k, int lo, int hi, int t)
 	}
 }
 
+/*
+ * One row's grouped-query attention over its cache: y [D] from q [D] and the
+ * keys/values of nkv heads at positions 0..p of k, v [cap,Dkv]; query head h
+ * reads key/value head h / (nh/nkv). sc [p+1] scratch.
+ */
+static void attend_gqa(int naive, float *y, const float *q, const float *k, const float *v, int p, int nh, int nkv,
+		       int hd, float *sc)
+{
+	int Dkv = nkv * hd, rep = nh / nkv;
+	float scale = (float)(1.0 / sqrt((double)hd));
+	for (int h = 0; h < nh; h++) {
+		const float *qh = q + (size_t)h * hd, *kh = k + (size_t)(h / rep) * hd, *vh = v + (size_t)(h / rep) * hd;
+		float *o = y + (size_t)h * hd, mx = -INFINITY;
+		for (int u = 0; u <= p; u++) {
+			sc[u] = (naive ? (float)dot_ref(qh, kh + (size_t)u * Dkv, hd) : dot(qh, kh + (size_t)u * Dkv, hd)) * scale;
+			mx = sc[u] > mx ? sc[u] : mx;
+		}
+		double sum = 0;
+		for (int u = 0; u <= p; u++)
+			sc[u] -= mx;
+		if (naive)
+			for (int u = 0; u <= p; u++)
+				sc[u] = (float)exp(sc[u]);
+		else
+			trail_k_expf(sc, sc, (size_t)p + 1);
+		for (int u = 0; u <= p; u++)
+			sum += sc[u];
+		memset(o, 0, (size_t)hd * sizeof *o);
+		if (naive) {
+			for (int c = 0; c < hd; c++) {
+				double s = 0;
+				for (int u = 0; u <= p; u++)
+					s += (double)sc[u] * vh[(size_t)u * Dkv + c];
+				o[c] = (float)(s / sum);
+			}
+		} else {
+			for (int u = 0; u <= p; u++)
+				axpy(o, (float)(sc[u] / sum), vh + (size_t)u * Dkv, hd);
+		}
+	}
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int C, float eps)
+{
+	float r;
+	trail_k_rmsnorm_fwd(out, &r, x, w, 1, C, eps);
+}
+
+/* The Llama family's rows ord[lo..hi) through the job's phase, with thread t's scratch. */
+static void rows_llama(const rowjob *k, int lo, int hi, int t)
+{
+	const trail_infer *m = k->m;
+	const trail_model_cfg *c = &m->c;
+	int C = c->n_embd, l = k->l, D = m->D, Dkv = m->Dkv, F = m->F, nk = m->nk, hd = c->head_dim, h2 = hd / 2;
+	float eps = (float)c->norm_eps;
+	const ilayer *Ly = &m->L[l];
+	for (int j = lo; j < hi; j++) {
+		int i = k->ord[j], p = k->pos[i];
+		size_t ic = (size_t)i * C;
+		float *x = k->x + ic, *ln = k->ln + ic, *tmp = k->tmp + ic, *att = k->att + (size_t)i * D;
+		float *q = k->qkv + (size_t)i * D, *kr = k->kk + (size_t)i * Dkv, *vr = k->vv + (size_t)i * Dkv;
+		float *g = k->h + (size_t)i * F, *u = k->hg + (size_t)i * F;
+		size_t cap = (size_t)k->kv[i]->cap;
+		float *kb = k->kv[i]->mem + (size_t)l * 2 * cap * Dkv, *vb = kb + cap * Dkv;
+		switch (k->phase) {
+		case P_LN1:
+			rmsnorm(ln, x, Ly->ln1w, C, eps);
+			break;
+		case P_QKV: /* rotate this position's query and key, and cache its key and value */
+			finish_linear(k, i, nk * l + 0, &Ly->lin[0], ln, q, k->u[t]);
+			finish_linear(k, i, nk * l + 1, &Ly->lin[1], ln, kr, k->u[t]);
+			finish_linear(k, i, nk * l + 2, &Ly->lin[2], ln, vr, k->u[t]);
+			trail_k_rope(q, 1, 1, c->n_head, hd, D, m->cs + (size_t)p * h2, m->sn + (size_t)p * h2, 0);
+			trail_k_rope(kr, 1, 1, c->n_kv_head, hd, Dkv, m->cs + (size_t)p * h2, m->sn + (size_t)p * h2, 0);
+			memcpy(kb + (size_t)p * Dkv, kr, (size_t)Dkv * sizeof *kr);
+			memcpy(vb + (size_t)p * Dkv, vr, (size_t)Dkv * sizeof *vr);
+			break;
+		case P_ATT:
+			attend_gqa(m->naive, att, q, kb, vb, p, c->n_head, c->n_kv_head, hd, k->sc[t]);
+			break;
+		case P_PROJ:
+			finish_linear(k, i, nk * l + 3, &Ly->lin[3], att, tmp, k->u[t]);
+			for (int e = 0; e < C; e++)
+				x[e] += tmp[e];
+			rmsnorm(ln, x, Ly->ln2w, C, eps);
+			break;
+		case P_FC: /* g = silu(gate) up, in place */
+			finish_linear(k, i, nk * l + 4, &Ly->lin[4], ln, g, k->u[t]);
+			finish_linear(k, i, nk * l + 5, &Ly->lin[5], ln, u, k->u[t]);
+			trail_k_swiglu_fwd(g, g, u, (size_t)F);
+			break;
+		case P_MPROJ: /* and the next layer's first RMSNorm */
+			finish_linear(k, i, nk * l + 6, &Ly->lin[6], g, tmp, k->u[t]);
+			for (int e = 0; e < C; e++)
+				x[e] += tmp[e];
+			if (l + 1 < c->n_layer)
+				rmsnorm(ln, x, m->L[l + 1].ln1w, C, eps);
+			break;
+		}
+	}
+}
+
 /* Items [lo,hi) of a row phase k, or of a base product g when set, on thread t. */
 static void run_items(const rowjob *k, const gemmjob *g, int lo, int hi, int t)
 {
 	if (g)
 		gemm_units(g, lo, hi, t);
+	else if (k->m->llama)
+		rows_llama(k, lo, hi, t);
 	else
 		rows(k, lo, hi, t);
 }
@@ -717,33 +895,30 @@ static void bgemm(trail_infer *m, int n, int N, int K, const float *x, const flo
 	run_split(m, NULL, &g, (n + RB - 1) / RB * g.parts);
 }
 
-int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
-		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
-		     trail_error *err)
+/* Check a step's rows, grow the workspace to `need` floats and order the rows by adapter. */
+static int prepare(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
+		   const trail_lora_w *const *lora, int nout, const int *out_rows, int *rmax, size_t (*need)(const trail_infer *, size_t, int, int),
+		   trail_error *err)
 {
-	const trail_model_cfg *c = &m->c;
-	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, rmax = 1;
-	if (n < 1)
-		return TRAIL_OK;
+	int V = m->c.vocab_size;
+	*rmax = 1;
 	for (int i = 0; i < n; i++) {
 		if (tok[i] < 0 || tok[i] >= V || pos[i] < 0 || pos[i] >= kv[i]->cap)
 			return trail_error_set(err, TRAIL_EDATA, "row %d: token %d at position %d out of range", i, tok[i], pos[i]);
-		if (lora[i] && lora[i]->r > rmax)
-			rmax = lora[i]->r;
+		if (lora[i] && lora[i]->r > *rmax)
+			*rmax = lora[i]->r;
 	}
 	for (int i = 0; i < nout; i++)
 		if (out_rows[i] < 0 || out_rows[i] >= n)
 			return trail_error_set(err, TRAIL_EINTERNAL, "logits for row %d of %d", out_rows[i], n);
-	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
-	/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
-	size_t need = N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)P + 2 * (size_t)rmax + 4 * RB * wide + (size_t)nout * C;
-	if (need > m->wsn) {
-		float *ws = trail_malloc(need * sizeof *ws);
+	size_t N = (size_t)n, want = need(m, N, *rmax, nout);
+	if (want > m->wsn) {
+		float *ws = trail_malloc(want * sizeof *ws);
 		if (!ws)
 			return trail_error_set(err, TRAIL_ENOMEM, "out of memory for a step of %d rows", n);
 		trail_free(m->ws);
 		m->ws = ws;
-		m->wsn = need;
+		m->wsn = want;
 	}
 	if (N > m->ordn) {
 		rowkey *o = trail_malloc(N * sizeof *o);
@@ -757,6 +932,94 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		m->ord = r;
 		m->ordn = N;
 	}
+	/* rows grouped by adapter, in row order within a group: each adapter's segment, read once per phase */
+	for (int i = 0; i < n; i++)
+		m->keys[i] = (rowkey){(uintptr_t)lora[i], i};
+	qsort(m->keys, N, sizeof *m->keys, by_adapter);
+	for (int i = 0; i < n; i++)
+		m->ord[i] = m->keys[i].row;
+	return TRAIL_OK;
+}
+
+/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
+static size_t need_gpt2(const trail_infer *m, size_t N, int rmax, int nout)
+{
+	size_t C = (size_t)m->c.n_embd, V = (size_t)m->c.vocab_size, wide = V > 4 * C ? V : 4 * C;
+	return N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)m->c.n_positions + 2 * (size_t)rmax + 4 * RB * wide +
+	       (size_t)nout * C;
+}
+
+/* x, ln, tmp [N,C]; att, q [N,D]; k, v [N,Dkv]; g, u [N,F]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
+static size_t llama_wide(const trail_infer *m)
+{
+	size_t w = (size_t)m->c.vocab_size;
+	w = w > (size_t)m->F ? w : (size_t)m->F;
+	w = w > (size_t)m->D ? w : (size_t)m->D;
+	return w > (size_t)m->c.n_embd ? w : (size_t)m->c.n_embd;
+}
+
+static size_t need_llama(const trail_infer *m, size_t N, int rmax, int nout)
+{
+	size_t C = (size_t)m->c.n_embd, D = (size_t)m->D, Dkv = (size_t)m->Dkv, F = (size_t)m->F, wide = llama_wide(m);
+	return N * (3 * C + 2 * D + 2 * Dkv + 2 * F) + 2 * (size_t)m->c.n_positions + 2 * (size_t)rmax + 4 * RB * wide +
+	       (size_t)nout * C;
+}
+
+static int step_llama(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
+		      const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits, trail_error *err)
+{
+	const trail_model_cfg *c = &m->c;
+	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, D = m->D, Dkv = m->Dkv, F = m->F, rmax, rc;
+	if ((rc = prepare(m, n, tok, pos, kv, lora, nout, out_rows, &rmax, need_llama, err)))
+		return rc;
+	size_t N = (size_t)n, wide = llama_wide(m);
+	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
+	int blas = openblas_get_num_threads(); /* one BLAS thread per product: see gemmjob */
+	openblas_set_num_threads(1);
+	k.x = m->ws, k.ln = k.x + N * C, k.tmp = k.ln + N * C, k.att = k.tmp + N * C, k.qkv = k.att + N * D;
+	k.kk = k.qkv + N * D, k.vv = k.kk + N * Dkv, k.h = k.vv + N * Dkv, k.hg = k.h + N * F;
+	k.sc[0] = k.hg + N * F, k.sc[1] = k.sc[0] + P, k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
+	float *pad = k.u[1] + rmax, *lnout = pad + 4 * RB * wide;
+	for (int i = 0; i < n; i++)
+		memcpy(k.x + (size_t)i * C, m->wte + (size_t)tok[i] * C, (size_t)C * sizeof *k.x);
+	run_rows(m, &k, P_LN1, 0, n);
+	for (int l = 0; l < c->n_layer; l++) {
+		const ilin *L = m->L[l].lin;
+		bgemm(m, n, D, C, k.ln, L[0].W, 1, k.qkv, pad);
+		bgemm(m, n, Dkv, C, k.ln, L[1].W, 1, k.kk, pad);
+		bgemm(m, n, Dkv, C, k.ln, L[2].W, 1, k.vv, pad);
+		run_rows(m, &k, P_QKV, l, n);
+		run_rows(m, &k, P_ATT, l, n);
+		bgemm(m, n, C, D, k.att, L[3].W, 1, k.tmp, pad);
+		run_rows(m, &k, P_PROJ, l, n);
+		bgemm(m, n, F, C, k.ln, L[4].W, 1, k.h, pad);
+		bgemm(m, n, F, C, k.ln, L[5].W, 1, k.hg, pad);
+		run_rows(m, &k, P_FC, l, n);
+		bgemm(m, n, C, F, k.h, L[6].W, 1, k.tmp, pad);
+		run_rows(m, &k, P_MPROJ, l, n);
+	}
+	if (nout) {
+		for (int i = 0; i < nout; i++)
+			rmsnorm(lnout + (size_t)i * C, k.x + (size_t)out_rows[i] * C, m->lnfw, C, (float)c->norm_eps);
+		bgemm(m, nout, V, C, lnout, m->head, 1, logits, pad);
+	}
+	openblas_set_num_threads(blas);
+	return TRAIL_OK;
+}
+
+int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
+		     const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits,
+		     trail_error *err)
+{
+	const trail_model_cfg *c = &m->c;
+	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, rmax, rc;
+	if (n < 1)
+		return TRAIL_OK;
+	if (m->llama)
+		return step_llama(m, n, tok, pos, kv, lora, nout, out_rows, logits, err);
+	if ((rc = prepare(m, n, tok, pos, kv, lora, nout, out_rows, &rmax, need_gpt2, err)))
+		return rc;
+	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
 	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
 	int blas = openblas_get_num_threads(); /* one BLAS thread per product: see gemmjob */
 	openblas_set_num_threads(1);
@@ -764,12 +1027,6 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C, k.sc[0] = k.hg + N * 4 * C, k.sc[1] = k.sc[0] + P;
 	k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
 	float *pad = k.u[1] + rmax, *lnout = pad + 4 * RB * wide;
-	/* rows grouped by adapter, in row order within a group: each adapter's segment, read once per phase */
-	for (int i = 0; i < n; i++)
-		m->keys[i] = (rowkey){(uintptr_t)lora[i], i};
-	qsort(m->keys, N, sizeof *m->keys, by_adapter);
-	for (int i = 0; i < n; i++)
-		m->ord[i] = m->keys[i].row;
 	for (int i = 0; i < n; i++)
 		for (int c2 = 0; c2 < C; c2++)
 			k.x[(size_t)i * C + c2] = m->wte[(size_t)tok[i] * C + c2] + m->wpe[(size_t)pos[i] * C + c2];

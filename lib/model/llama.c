@@ -226,7 +226,7 @@ static void free_state(trail_model *m)
 }
 
 /* Hugging Face's rotary frequencies, with rope_scaling applied. */
-static void frequencies(const trail_model_cfg *c, float *inv)
+void trail_rope_inv_freq(const trail_model_cfg *c, float *inv)
 {
 	int hd = c->head_dim;
 	for (int i = 0; i < hd / 2; i++) {
@@ -262,7 +262,7 @@ static int new_state(trail_model *m)
 	for (int l = 0; l < c->n_layer; l++)
 		for (int k = 0; k < NKINDS; k++)
 			m->lin[NKINDS * l + k] = &g->L[l].lin[k];
-	frequencies(c, g->inv_freq);
+	trail_rope_inv_freq(c, g->inv_freq);
 	trail_k_rope_tables(g->cs, g->sn, g->inv_freq, c->n_positions, c->head_dim);
 	return TRAIL_OK;
 }

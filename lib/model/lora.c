@@ -151,7 +151,7 @@ int trail_model_save_adapter(const trail_model *m, const char *dir, const char *
 {
 	if (!m->lp)
 		return trail_error_set(err, TRAIL_EUSAGE, "the model has no LoRA");
-	size_t cap = 8 * (size_t)m->c.n_layer, n = 0;
+	size_t cap = 2 * (size_t)m->nlin, n = 0;
 	trail_st_tensor *t = trail_calloc(cap, sizeof *t);
 	char (*names)[96] = trail_calloc(cap, sizeof *names);
 	json_t *conf = NULL, *meta = json_pack("{s:s}", "format", "pt");

@@ -161,32 +161,6 @@ int trail_model_linear_io(const trail_model *m, int i, const char **name, const 
 int trail_model_linear_lora(const trail_model *m, int i, const float **A, const float **B, int *r,
 			    double *scale);
 
-/* ---- inference --------------------------------------------------------------- */
-
-/* A LoRA adapter's weights for inference, shared read-only between requests. */
-typedef struct trail_lora_weights trail_lora_weights;
-/* Load a PEFT adapter directory for this base; TRAIL_EDATA if shapes do not fit. */
-int trail_lora_weights_load(const trail_model *base, const char *dir, trail_lora_weights **out,
-			    trail_error *err);
-void trail_lora_weights_free(trail_lora_weights *w);
-size_t trail_lora_weights_bytes(const trail_lora_weights *w);
-
-/* A sequence's key/value cache: [n_layer][2][n_positions][C] floats. */
-typedef struct trail_kv trail_kv;
-trail_kv *trail_kv_new(const trail_model *m);
-void trail_kv_free(trail_kv *kv);
-size_t trail_kv_bytes(const trail_model *m);
-
-/*
- * One batched step over n rows: row i feeds token tok[i] at position pos[i]
- * of the sequence cached in kv[i], through adapter lora[i] (NULL: the base).
- * Rows of one sequence may come together (prefill), in position order.
- * Each base weight is one sgemm over all n rows; each adapter's low-rank
- * product runs over its own rows. logits [n,V] (NULL: only fill caches).
- */
-int trail_model_step(trail_model *m, int n, const int32_t *tok, const int *pos, trail_kv *const *kv,
-		     const trail_lora_weights *const *lora, float *logits, trail_error *err);
-
 /* AdamW with decoupled weight decay (default 0) on every trainable parameter. */
 typedef struct trail_adamw {
 	double lr, beta1, beta2, eps, weight_decay;

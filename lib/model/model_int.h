@@ -105,6 +105,9 @@ struct trail_model {
 int trail_model_need_grads(trail_model *m, trail_error *err);
 
 /* The k-th linear layer of block l (GPT-2: 0 c_attn, 1 attn.c_proj, 2 c_fc, 3 mlp.c_proj). */
+/* The Llama family's rotary frequencies [head_dim/2], rope_scaling applied (llama.c). */
+void trail_rope_inv_freq(const trail_model_cfg *c, float *inv);
+
 /* The architecture of a configuration (NULL for an unknown TRAIL_ARCH_ value). */
 const trail_arch *trail_arch_of(int arch);
 

@@ -22,10 +22,10 @@ static float maxdiff(const float *a, const float *b, size_t n)
 	return m;
 }
 
-int main(void)
+/* One architecture through every check; LoRA targets for odd and even adapters. */
+static void run(const char *what, trail_model_cfg c, int t_odd, int t_even)
 {
-	trail_init();
-	trail_model_cfg c = {.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 16, .vocab_size = 257};
+	diag("%s", what);
 	trail_model *m;
 	trail_error e = {0};
 	trail_model_init(&c, 3, &m, &e);
@@ -67,7 +67,7 @@ int main(void)
 	for (int a = 0; a < NA; a++) {
 		trail_model *t;
 		trail_model_init(&c, 3, &t, &e);
-		trail_lora_config lc = {.r = 2 + a % 3, .alpha = 4, .targets = a % 2 ? 15 : 5};
+		trail_lora_config lc = {.r = 2 + a % 3, .alpha = 4, .targets = a % 2 ? t_odd : t_even};
 		trail_model_add_lora(t, &lc, (uint64_t)a, &e);
 		size_t n;
 		float *lp = trail_model_params(t, &n);
@@ -148,8 +148,9 @@ int main(void)
 	for (int a = 0; a < NA; a++)
 		trail_kvc_free(nc[a]);
 	free(naive);
-	ok(trail_kvc_new(im, c.n_positions + 1) == NULL && trail_kvc_bytes(im, 8) == (size_t)c.n_layer * 2 * 8 * c.n_embd * 4,
-	   "KV caches sized by capacity, at most the context");
+	size_t kvw = c.arch == TRAIL_ARCH_GPT2 ? (size_t)c.n_embd : (size_t)c.n_kv_head * c.head_dim;
+	ok(trail_kvc_new(im, c.n_positions + 1) == NULL && trail_kvc_bytes(im, 8) == (size_t)c.n_layer * 2 * 8 * kvw * 4,
+	   "KV caches sized by capacity and key/value width, at most the context");
 	for (int a = 0; a < NA; a++) {
 		trail_kvc_free(caches[a]);
 		trail_lora_w_free(w[a]);
@@ -162,5 +163,23 @@ int main(void)
 	trail_infer_free(im);
 	trail_free(bdir);
 	trail_model_free(m);
+}
+
+int main(void)
+{
+	trail_init();
+	run("GPT-2", (trail_model_cfg){.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 16, .vocab_size = 257}, 15,
+	    5);
+	/* grouped-query attention, untied head, llama3 rope scaling that bites within the context */
+	run("Llama", (trail_model_cfg){.arch = TRAIL_ARCH_LLAMA, .n_layer = 2, .n_head = 4, .n_kv_head = 2, .head_dim = 4,
+				       .n_embd = 16, .n_inner = 24, .n_positions = 16, .vocab_size = 257, .untied = 1,
+				       .norm_eps = 1e-5, .rope_theta = 10000, .rope_type = TRAIL_ROPE_LLAMA3,
+				       .rope_factor = 4, .rope_low = 1, .rope_high = 4, .rope_orig = 8},
+	    0, TRAIL_LORA_Q_PROJ | TRAIL_LORA_V_PROJ | TRAIL_LORA_DOWN_PROJ);
+	/* one key/value head, q/k/v biases, tied embeddings */
+	run("Qwen2", (trail_model_cfg){.arch = TRAIL_ARCH_QWEN2, .n_layer = 2, .n_head = 3, .n_kv_head = 1, .head_dim = 6,
+				       .n_embd = 12, .n_inner = 20, .n_positions = 16, .vocab_size = 257, .qkv_bias = 1,
+				       .norm_eps = 1e-6, .rope_theta = 1e6, .rope_type = TRAIL_ROPE_LINEAR, .rope_factor = 2},
+	    TRAIL_LORA_K_PROJ | TRAIL_LORA_O_PROJ | TRAIL_LORA_UP_PROJ, 0);
 	return tap_done();
 }
