@@ -73,12 +73,14 @@ int trail_ledger_checkpoint(trail_ledger *l, char **note, trail_error *err);
 /* A C2SP tlog-proof receipt for entry `index` against a fresh checkpoint. */
 int trail_ledger_receipt(trail_ledger *l, uint64_t index, char **out, trail_error *err);
 /*
- * Verify a tlog-proof receipt offline against the operator verifier key(s):
- * TRAIL_OK, TRAIL_EVERIFY, or TRAIL_EDATA if it is not a receipt. *index
- * and the entry's leaf hash come back for the caller to compare.
+ * Verify a tlog-proof receipt offline against the operator verifier key(s)
+ * and, unless origin is NULL, the log's origin (its checkpoint's first
+ * line): TRAIL_OK, TRAIL_EVERIFY, or TRAIL_EDATA if it is not a receipt.
+ * *index and the entry's leaf hash come back for the caller to compare.
  */
 int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *const *vs,
-			 size_t nv, uint64_t *index, trail_hash leaf, trail_error *err);
+			 size_t nv, const char *origin, uint64_t *index, trail_hash leaf,
+			 trail_error *err);
 
 /* Proofs as JSON in the transparency-dev test-case format (base64 hashes). */
 int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json_t **out,
@@ -86,12 +88,12 @@ int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json
 int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_t **out,
 				  trail_error *err);
 /*
- * Check one proof file: a tlog-proof receipt (against the verifier keys vs)
- * or a JSON test case. TRAIL_OK valid, TRAIL_EVERIFY invalid, TRAIL_EDATA
- * unrecognised.
+ * Check one proof file: a tlog-proof receipt (against the verifier keys vs
+ * and, unless NULL, the origin) or a JSON test case. TRAIL_OK valid,
+ * TRAIL_EVERIFY invalid, TRAIL_EDATA unrecognised.
  */
 int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
-		      trail_error *err);
+		      const char *origin, trail_error *err);
 
 /* fsck: every entry hash, tree node, referenced object and signature. */
 typedef void (*trail_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);

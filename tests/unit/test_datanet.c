@@ -204,7 +204,7 @@ int main(void)
 		const trail_verifier *op = trail_store_operator_vkey(s);
 		uint64_t pi = 99;
 		trail_hash leaf;
-		ok(proof && trail_receipt_verify(proof, strlen(proof), &op, 1, &pi, leaf, &e) == 0 && pi == ea,
+		ok(proof && trail_receipt_verify(proof, strlen(proof), &op, 1, "datanet.test", &pi, leaf, &e) == 0 && pi == ea,
 		   "its tlog-proof verifies offline%s", e.msg);
 		ok(strstr(json_string_value(json_object_get(rc_json, "checkpoint")), "datanet.test\n") != NULL,
 		   "and it carries the checkpoint");
