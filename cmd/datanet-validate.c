@@ -12,11 +12,12 @@
 #include "util.h"
 #include "validate.h"
 
-enum { O_POLICY = 1, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
+enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
        O_PRINT, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
+	{O_PRESET, "preset", 'P', "NAME", "built-in policy: web (default), short-form or code", "web short-form code"},
 	{O_SCHEMA, "schema", 's', "SCHEMA", "record schema: text or instruct", "text instruct"},
 	{O_REDACT, "redact", 0, NULL, "rewrite PII with placeholders instead of rejecting", NULL},
 	{O_FORMAT, "format", 'f', "FORMAT", "output: ndjson verdicts or github annotations", "ndjson github"},
@@ -37,7 +38,7 @@ static const trail_opt opts[] = {
 
 static const trail_cli cli = {
 	.prog = "datanet-validate",
-	.usage = "[--policy FILE] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
+	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
 		 "    [--approved FILE]... [--output FILE] [FILE|-]...\n"
 		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve|--reject]] BUNDLE|DIGEST...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
@@ -211,7 +212,7 @@ int main(int argc, char **argv)
 	trail_args a;
 	trail_error err = {0};
 	struct run r = {.progress = -1};
-	const char *v, *policy = NULL, *license = NULL, *output = NULL, *approved[64];
+	const char *v, *policy = NULL, *preset = NULL, *license = NULL, *output = NULL, *approved[64];
 	const char *home = NULL, *datanet = NULL, *keyfile = NULL;
 	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0, record = 0, decide = 0;
 	char *repbuf = NULL, digest[72] = "";
@@ -225,6 +226,7 @@ int main(int argc, char **argv)
 		return 70;
 	while (!rc && (o = trail_args_next(&a, &v, &err)) > 0) {
 		if (o == O_POLICY) policy = v;
+		else if (o == O_PRESET) preset = v;
 		else if (o == O_SCHEMA && (schema = trail_schema_parse(v)) < 0)
 			rc = trail_error_set(&err, TRAIL_EUSAGE, "--schema: expected text or instruct");
 		else if (o == O_REDACT) redact = 1;
@@ -244,6 +246,8 @@ int main(int argc, char **argv)
 		else if (o == O_RECORD) record = 1;
 		else if (o == O_APPROVE || o == O_REJECT) decide = o == O_APPROVE ? 1 : -1;
 	}
+	if (!rc && policy && preset)
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--policy and --preset: give one");
 	if (!rc && (record || decide) && (!datanet || !keyfile))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--record, --approve and --reject need --datanet and --key");
 	if (!rc && datanet) {
@@ -263,6 +267,7 @@ int main(int argc, char **argv)
 	}
 	if (!rc)
 		rc = policy ? trail_policy_load(policy, schema, &p, &err)
+		     : preset ? trail_policy_preset(preset, schema, &p, &err)
 		     : dpol ? trail_policy_from_json(dpol, datanet, schema, &p, &err)
 			    : trail_policy_new(schema < 0 ? 0 : schema, &p);
 	if (!rc && redact)

@@ -54,6 +54,14 @@ int trail_policy_new(int schema, trail_policy **out);
  */
 int trail_policy_from_json(const json_t *j, const char *source, int schema,
 			   trail_policy **out, trail_error *err);
+/*
+ * A named preset over the defaults: "web" (the defaults: web pages),
+ * "short-form" (knowledge-base entries: short records pass) or "code"
+ * (no prose rules). TRAIL_EUSAGE for another name.
+ */
+int trail_policy_preset(const char *name, int schema, trail_policy **out, trail_error *err);
+/* The i-th preset's name; NULL past the last. */
+const char *trail_policy_preset_name(size_t i);
 /* Read and parse a policy file (TRAIL_ENOINPUT if it cannot be read). */
 int trail_policy_load(const char *path, int schema, trail_policy **out, trail_error *err);
 /* The effective policy, every rule with every parameter (new reference). */

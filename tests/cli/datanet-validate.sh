@@ -102,6 +102,35 @@ PYEOF
 
 datanet-validate --print-policy > "$T/policy.json"
 check "--print-policy prints a policy that parses back" datanet-validate --policy "$T/policy.json" good.ndjson
+# --- policy presets (issue 20) --------------------------------------------------
+check_eq "--preset web prints the default policy byte for byte" \
+	"$(datanet-validate --print-policy --preset web)" "$(cat "$T/policy.json")"
+same=0
+for f in good rejected pii instruct; do
+	sc=; [ $f = instruct ] && sc="--schema instruct"
+	# shellcheck disable=SC2086
+	cmp -s <(datanet-validate $sc "$f.ndjson" 2>&1) <(datanet-validate $sc --preset web "$f.ndjson" 2>&1) || same=1
+done
+check_eq "--preset web gives the default verdicts byte for byte" "$same" 0
+printf '%s\n' '{"text":"Paris is the capital of France."}' \
+	'{"text":"Boiling point of water: 100 degrees Celsius at sea level"}' \
+	'{"text":"Q: What is the speed of light?\nA: About 299,792 km per second."}' > "$T/kb.ndjson"
+check_rc 1 "the default rejects short knowledge-base records" datanet-validate "$T/kb.ndjson"
+check_rc 0 "--preset short-form accepts them" datanet-validate --preset short-form "$T/kb.ndjson"
+check_rc 1 "short-form still rejects a repeated phrase" sh -c \
+	'echo "{\"text\":\"buy now buy now buy now buy now buy now buy now\"}" | datanet-validate --preset short-form'
+check_eq "--print-policy --preset short-form shows its word count" \
+	"$(datanet-validate --print-policy --preset short-form | python3 -c 'import json,sys;r=json.load(sys.stdin)["rules"];print(r["gopher-word-count"]["min"],r["c4-sentences"]["enabled"])')" "3 False"
+printf '%s\n' '{"text":"int main(void)\n{\n\treturn 0;\n}\n"}' > "$T/code.ndjson"
+check_rc 1 "the default rejects a C function" datanet-validate "$T/code.ndjson"
+check_rc 0 "--preset code accepts it" datanet-validate --preset code "$T/code.ndjson"
+check_rc 1 "--preset code still rejects an API token" sh -c \
+	'echo "{\"text\":\"key = \\\"ghp_abcdefghijklmnopqrstuvwxyz0123456789\\\"\"}" | datanet-validate --preset code'
+check_eq "a preset turns no quality rule on for instruct" \
+	"$(datanet-validate --print-policy --schema instruct --preset short-form | python3 -c 'import json,sys;print(json.load(sys.stdin)["rules"]["gopher-word-count"]["enabled"])')" False
+check_rc 64 "an unknown preset is a usage error" datanet-validate --preset nope "$T/kb.ndjson"
+check_rc 64 "--policy and --preset together are refused" datanet-validate --policy strict.json --preset web "$T/kb.ndjson"
+
 man="$TRAIL_TOP/man/datanet-validate.1"
 missing=$(python3 - "$T/policy.json" "$man" <<'EOF'
 import json, re, sys
