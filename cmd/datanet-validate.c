@@ -1,4 +1,4 @@
-/* datanet-validate: check NDJSON records against a validation policy. */
+/* datanet-validate: check records (NDJSON, plain text, bundles) against a validation policy. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 #include "validate.h"
 
 enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
-       O_PRINT, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };
+       O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
@@ -25,6 +25,7 @@ static const trail_opt opts[] = {
 	{O_APPROVED, "approved", 'a', "FILE", "NDJSON of approved records to check copies against", "file"},
 	{O_OUTPUT, "output", 'o', "FILE", "write the accepted (redacted) records to FILE", "file"},
 	{O_PRINT, "print-policy", 0, NULL, "print the effective policy and exit", NULL},
+	{O_PERFILE, "per-file", 0, NULL, "plain text: one record per file, not per paragraph", NULL},
 	{O_PROGRESS, "progress", 0, NULL, "always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "never show progress", NULL},
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
@@ -39,7 +40,7 @@ static const trail_opt opts[] = {
 static const trail_cli cli = {
 	.prog = "datanet-validate",
 	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
-		 "    [--approved FILE]... [--output FILE] [FILE|-]...\n"
+		 "    [--per-file] [--approved FILE]... [--output FILE] [FILE|-]...\n"
 		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve|--reject]] BUNDLE|DIGEST...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
 	.opts = opts,
@@ -47,7 +48,7 @@ static const trail_cli cli = {
 
 struct run {
 	trail_validator *v;
-	int github, progress, malformed;
+	int github, progress, malformed, per_file;
 	FILE *acc; /* accepted records, or NULL */
 	FILE *report; /* a copy of the verdicts for --record, or NULL */
 	trail_store *store;
@@ -68,6 +69,43 @@ static int emit(struct run *r, json_t *vd, const char *name)
 		fprintf(r->report, "%s\n", s);
 	r->github ? trail_free(s) : free(s);
 	return TRAIL_OK;
+}
+
+/*
+ * Print a verdict (consumed) and write the accepted record (consumed); q is
+ * the check's result: malformed input is reported and counted, and stops
+ * only the loading of approved records.
+ */
+static int deliver(struct run *r, int q, json_t *vd, json_t *acc, trail_error *e, const char *name,
+		   int approve, trail_error *err)
+{
+	int rc = TRAIL_OK;
+	if (vd) {
+		rc = emit(r, vd, name);
+		json_decref(vd);
+	}
+	if (acc) {
+		char *s = json_dumps(acc, JSON_COMPACT);
+		if (s)
+			fprintf(r->acc, "%s\n", s);
+		free(s);
+		json_decref(acc);
+	}
+	if (q == TRAIL_EDATA || q == TRAIL_ELIMIT) {
+		r->malformed = 1;
+		trail_validator_note_malformed(r->v);
+		trail_cli_report(&cli, e, stderr);
+		char *an = r->github ? trail_github_annotation(name, e->line, "malformed", e->msg) : NULL;
+		if (an)
+			fputs(an, stdout);
+		trail_free(an);
+		if (approve)
+			rc = trail_error_at(err, q, e->source, e->line, "%s", e->msg);
+	} else if (q) {
+		*err = *e;
+		rc = q;
+	}
+	return rc;
 }
 
 /* Validate (or, with approve, load) one NDJSON stream. */
@@ -96,31 +134,7 @@ static int stream(struct run *r, FILE *f, const char *name, int std, int approve
 			q = trail_validator_check_line(r->v, line, len, name, trail_ndjson_lineno(rd), &vd, NULL, &e);
 		}
 		json_decref(j);
-		if (vd) {
-			rc = emit(r, vd, name);
-			json_decref(vd);
-		}
-		if (acc) {
-			char *s = json_dumps(acc, JSON_COMPACT);
-			if (s)
-				fprintf(r->acc, "%s\n", s);
-			free(s);
-			json_decref(acc);
-		}
-		if (q == TRAIL_EDATA || q == TRAIL_ELIMIT) {
-			r->malformed = 1;
-			trail_validator_note_malformed(r->v);
-			trail_cli_report(&cli, &e, stderr);
-			char *an = r->github ? trail_github_annotation(name, e.line, "malformed", e.msg) : NULL;
-			if (an)
-				fputs(an, stdout);
-			trail_free(an);
-			if (approve)
-				rc = trail_error_at(err, q, e.source, e.line, "%s", e.msg);
-		} else if (q) {
-			*err = e;
-			rc = q;
-		}
+		rc = deliver(r, q, vd, acc, &e, name, approve, err);
 		if (!std)
 			trail_progress_set(pg, (unsigned long long)ftell(f));
 	}
@@ -163,6 +177,48 @@ static int bundle(struct run *r, const char *ref, char digest[72], trail_error *
 	return rc;
 }
 
+struct text {
+	struct run *r;
+	const char *name;
+	int approve;
+};
+
+/* One record of plain text, as datanet-add would make it. */
+static int text_record(void *ctx, const char *s, size_t n, long line, trail_error *err)
+{
+	struct text *t = ctx;
+	struct run *r = t->r;
+	json_t *vd = NULL, *acc = NULL, *rec = NULL;
+	trail_error e = {0};
+	int q;
+	if (!trail_utf8_valid(s, n))
+		q = t->approve ? trail_error_at(&e, TRAIL_EDATA, t->name, line, "text is not valid UTF-8")
+			       : trail_validator_check_line(r->v, s, n, t->name, line, &vd, NULL, &e);
+	else if (!(rec = json_pack("{s:s%}", "text", s, n)))
+		q = trail_error_set(&e, TRAIL_ENOMEM, "out of memory");
+	else if (t->approve)
+		q = trail_validator_approve(r->v, rec, &e);
+	else
+		q = trail_validator_check(r->v, rec, line, &vd, r->acc ? &acc : NULL, &e);
+	json_decref(rec);
+	return deliver(r, q, vd, acc, &e, t->name, t->approve, err);
+}
+
+/* Plain text (buf, consumed): one record per paragraph, or per input with --per-file. */
+static int text(struct run *r, char *buf, size_t len, const char *name, int approve, trail_error *err)
+{
+	struct text t = {r, name, approve};
+	int rc = approve ? TRAIL_OK : trail_validator_set_source(r->v, name);
+	if (!rc)
+		rc = trail_source_split_text(buf, len, r->per_file, text_record, &t, err);
+	trail_free(buf);
+	return rc;
+}
+
+/*
+ * One input, read the way datanet-add reads it: a bundle, NDJSON (streamed)
+ * or plain text. Standard input that cannot be rewound is read whole.
+ */
 static int input(struct run *r, const char *path, int approve, char digest[72], trail_error *err)
 {
 	uint8_t d[32];
@@ -172,16 +228,47 @@ static int input(struct run *r, const char *path, int approve, char digest[72], 
 	if (!approve && !std && trail_digest_parse(path, d) == TRAIL_OK)
 		return bundle(r, path, digest, err);
 	FILE *f = std ? stdin : fopen(path, "rb");
+	const char *name = std ? "<stdin>" : path;
+	void *buf = NULL;
+	size_t len = 0, n;
+	int rc = TRAIL_OK;
 	if (!f)
 		return trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", path);
-	size_t n = std ? 0 : fread(head, 1, sizeof head, f);
-	if (!approve && n && trail_source_kind(head, n) == TRAIL_SRC_BUNDLE) {
-		fclose(f);
-		return bundle(r, path, digest, err);
-	}
-	if (!std)
+	if (std && fseek(f, 0, SEEK_SET)) {
+		/* a pipe: the whole of it, then the same choices from memory */
+		if ((rc = trail_read_fd(0, name, (size_t)1 << 30, &buf, &len, err)))
+			return rc;
+		n = len < sizeof head ? len : sizeof head;
+		memcpy(head, buf, n);
+	} else {
+		n = fread(head, 1, sizeof head, f);
 		rewind(f);
-	int rc = stream(r, f, std ? "<stdin>" : path, std, approve, err);
+	}
+	int kind = n ? trail_source_kind(head, n) : TRAIL_SRC_NDJSON;
+	if (kind == TRAIL_SRC_TEXT && !buf) /* a long run of blank lines may hide a '{' */
+		rc = std ? trail_read_fd(fileno(f), name, (size_t)1 << 30, &buf, &len, err)
+			 : trail_read_file(path, (size_t)1 << 30, &buf, &len, err);
+	if (!rc && buf)
+		kind = trail_source_kind(buf, len);
+	if (rc)
+		;
+	else if (kind == TRAIL_SRC_BUNDLE && (std || approve))
+		rc = trail_error_at(err, TRAIL_EUSAGE, name, 0, "a bundle is given as a file%s",
+				    approve ? " to validate, not as approved records" : "");
+	else if (kind == TRAIL_SRC_BUNDLE)
+		rc = bundle(r, path, digest, err);
+	else if (kind == TRAIL_SRC_TEXT)
+		rc = text(r, buf, len, name, approve, err), buf = NULL;
+	else if (buf && !len)
+		; /* empty: no records */
+	else if (buf) {
+		FILE *m = fmemopen(buf, len, "rb");
+		rc = m ? stream(r, m, name, 1, approve, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		if (m)
+			fclose(m);
+	} else
+		rc = stream(r, f, name, std, approve, err);
+	trail_free(buf);
 	if (!std)
 		fclose(f);
 	return rc;
@@ -239,6 +326,7 @@ int main(int argc, char **argv)
 		else if (o == O_APPROVED) approved[napproved++] = v;
 		else if (o == O_OUTPUT) output = v;
 		else if (o == O_PRINT) print = 1;
+		else if (o == O_PERFILE) r.per_file = 1;
 		else if (o == O_PROGRESS || o == O_NOPROGRESS) r.progress = o == O_PROGRESS;
 		else if (o == O_HOME) home = v;
 		else if (o == O_DATANET) datanet = v;

@@ -8,6 +8,7 @@ complete -c datanet-validate -l license -s l -r -F -d 'license of records that n
 complete -c datanet-validate -l approved -s a -r -F -d 'NDJSON of approved records to check copies against'
 complete -c datanet-validate -l output -s o -r -F -d 'write the accepted (redacted) records to FILE'
 complete -c datanet-validate -l print-policy -d 'print the effective policy and exit'
+complete -c datanet-validate -l per-file -d 'plain text: one record per file, not per paragraph'
 complete -c datanet-validate -l progress -d 'always show progress on stderr'
 complete -c datanet-validate -l no-progress -d 'never show progress'
 complete -c datanet-validate -l home -r -a '(__fish_complete_directories)' -d 'the store (default $TRAIL_HOME, else ./.trail)'

@@ -42,6 +42,20 @@ int trail_source_kind(const void *buf, size_t len);
 int trail_source_records(const void *buf, size_t len, const char *source, int per_file,
 			 json_t *records, trail_error *err);
 
+/*
+ * Split plain text into records as trail_source_records does: one per
+ * paragraph (lines of only spaces, tabs or CRs separate them) or, with
+ * per_file, the whole input; each trimmed of trailing whitespace and
+ * leading line breaks, empty ones skipped. fn gets the bytes (not yet
+ * checked to be UTF-8) and the line each starts on; a non-zero return
+ * stops the split and is returned. The one splitter of datanet-add and
+ * datanet-validate, so both see the same records.
+ */
+typedef int (*trail_text_fn)(void *ctx, const char *text, size_t len, long line,
+			     trail_error *err);
+int trail_source_split_text(const void *buf, size_t len, int per_file, trail_text_fn fn,
+			    void *ctx, trail_error *err);
+
 /* Read one input whole: a file, "-" (standard input) or an http(s) URL. For
  * a URL, *source (if not NULL) gets {"url","sha256"}; else it is left alone. */
 int trail_source_read(const char *input, const trail_fetch_opts *o, void **out, size_t *len,

@@ -102,6 +102,26 @@ PYEOF
 
 datanet-validate --print-policy > "$T/policy.json"
 check "--print-policy prints a policy that parses back" datanet-validate --policy "$T/policy.json" good.ndjson
+# --- plain text, split as datanet-add splits it (issue 20) ------------------------
+printf 'Alpha paragraph one is here.\nIt goes on.\n\nBeta paragraph two.\r\n \r\n\n\nGamma three\n' > "$T/kb.txt"
+trail-key generate -C "$T" textkey >/dev/null 2>&1
+datanet-add --bundle-only -o "$T/kb.tar" kb --key "$T/textkey.key" "$T/kb.txt" >/dev/null
+ids() { grep -o '"record":"[^"]*"'; }
+check_eq "a text file gives the records (ids) of the bundle datanet-add makes of it" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | ids)" "$(datanet-validate --preset short-form "$T/kb.tar" | ids)"
+check_eq "each verdict gives its paragraph's first line" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | grep -o '"n":[0-9]*' | tr '\n' ' ')" '"n":1 "n":4 "n":8 '
+check_eq "text on a pipe too" "$(cat "$T/kb.txt" | datanet-validate --preset short-form | ids)" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | ids)"
+datanet-add --bundle-only --per-file -o "$T/kb1.tar" kb --key "$T/textkey.key" "$T/kb.txt" >/dev/null
+check_eq "--per-file: one record per file, as datanet-add --per-file" \
+	"$(datanet-validate --per-file --preset short-form "$T/kb.txt" | ids)" "$(datanet-validate --preset short-form "$T/kb1.tar" | ids)"
+printf 'Good paragraph of text.\n\nBad \377 byte here.\n' > "$T/bad.txt"
+check_eq "a paragraph that is not UTF-8 gets a utf8 verdict" \
+	"$(datanet-validate --preset short-form "$T/bad.txt" | grep -c '"rule":"utf8"')" 1
+check_eq "plain text can be the approved records: its copies are caught" \
+	"$(datanet-validate --preset short-form --approved "$T/kb.txt" "$T/kb.txt" | grep -c '"rule":"duplicate"')" 3
+
 # --- policy presets (issue 20) --------------------------------------------------
 check_eq "--preset web prints the default policy byte for byte" \
 	"$(datanet-validate --print-policy --preset web)" "$(cat "$T/policy.json")"
