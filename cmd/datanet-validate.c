@@ -13,7 +13,7 @@
 #include "validate.h"
 
 enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
-       O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };
+       O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_ACCEPTED, O_REJECT };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
@@ -33,6 +33,7 @@ static const trail_opt opts[] = {
 	{O_KEY, "key", 'k', "KEYFILE", "signer key for --record, --approve, --reject", "file"},
 	{O_RECORD, "record", 0, NULL, "append a signed validation entry to the ledger", NULL},
 	{O_APPROVE, "approve", 0, NULL, "owner: approve the bundles if every record is accepted", NULL},
+	{O_ACCEPTED, "accepted-only", 0, NULL, "with --approve: approve the accepted records, naming the rejected", NULL},
 	{O_REJECT, "reject", 0, NULL, "owner: reject the bundles", NULL},
 	{0},
 };
@@ -41,7 +42,8 @@ static const trail_cli cli = {
 	.prog = "datanet-validate",
 	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
 		 "    [--per-file] [--approved FILE]... [--output FILE] [FILE|-]...\n"
-		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve|--reject]] BUNDLE|DIGEST...",
+		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve [--accepted-only]|--reject]]\n"
+		 "    BUNDLE|DIGEST...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
 	.opts = opts,
 };
@@ -54,10 +56,17 @@ struct run {
 	trail_store *store;
 	char **skip; /* bundles being validated: their own approved records do not count */
 	int nskip;
+	json_t *rejected; /* {"n","record"} of rejected records, for --accepted-only */
+	int partial;      /* an approval left them out */
 };
 
 static int emit(struct run *r, json_t *vd, const char *name)
 {
+	json_t *id = json_object_get(vd, "record");
+	if (r->rejected && id && json_is_false(json_object_get(vd, "ok")) &&
+	    json_array_append_new(r->rejected, json_pack("{s:O, s:O}", "n", json_object_get(vd, "n"),
+							 "record", id)))
+		return TRAIL_ENOMEM;
 	char *s = r->github ? trail_verdict_github(vd, name)
 			    : json_dumps(vd, JSON_COMPACT | JSON_REAL_PRECISION(10));
 	if (!s)
@@ -302,6 +311,7 @@ int main(int argc, char **argv)
 	const char *v, *policy = NULL, *preset = NULL, *license = NULL, *output = NULL, *approved[64];
 	const char *home = NULL, *datanet = NULL, *keyfile = NULL;
 	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0, record = 0, decide = 0;
+	int accepted_only = 0;
 	char *repbuf = NULL, digest[72] = "";
 	size_t replen = 0;
 	json_t *def = NULL, *dpol = NULL;
@@ -333,7 +343,12 @@ int main(int argc, char **argv)
 		else if (o == O_KEY) keyfile = v;
 		else if (o == O_RECORD) record = 1;
 		else if (o == O_APPROVE || o == O_REJECT) decide = o == O_APPROVE ? 1 : -1;
+		else if (o == O_ACCEPTED) accepted_only = 1;
 	}
+	if (!rc && accepted_only && (decide <= 0 || redact))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--accepted-only goes with --approve, without --redact");
+	if (!rc && accepted_only && !(r.rejected = json_array()))
+		rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 	if (!rc && policy && preset)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--policy and --preset: give one");
 	if (!rc && (record || decide) && (!datanet || !keyfile))
@@ -425,11 +440,18 @@ int main(int argc, char **argv)
 			rc = trail_datanet_record_validation(r.store, datanet, digest[0] ? digest : NULL, repbuf,
 							     replen, acc_n, rej_n, key, &entry, &err);
 		}
-		if (!rc && decide > 0 && (rej_n || r.malformed))
-			rc = trail_error_set(&err, TRAIL_EVERIFY, "not approved: %ld record(s) rejected", rej_n);
+		if (!rc && decide > 0 && (r.malformed || (rej_n && !accepted_only)))
+			rc = trail_error_set(&err, TRAIL_EVERIFY,
+					     "not approved: %ld record(s) rejected%s", rej_n,
+					     r.malformed ? "" : " (--accepted-only approves the others)");
+		if (!rc && decide > 0 && accepted_only && !acc_n)
+			rc = trail_error_set(&err, TRAIL_EVERIFY, "not approved: no record accepted");
 		if (!rc && decide &&
 		    !(rc = trail_datanet_contribution_of(r.store, datanet, digest, &contrib, &err)))
-			rc = trail_datanet_decide(r.store, datanet, contrib, decide > 0, NULL, key, &entry, &err);
+			rc = trail_datanet_approve_records(r.store, datanet, contrib, decide > 0,
+							   rej_n ? r.rejected : NULL, NULL, key, &entry, &err);
+		if (!rc && accepted_only && rej_n)
+			r.partial = 1; /* the rejected records are named in the approval: that is the result */
 		if (!rc && decide < 0)
 			r.malformed = 0, decide = -2; /* the rejection is recorded: that is the result */
 	}
@@ -441,10 +463,11 @@ int main(int argc, char **argv)
 	free(repbuf);
 	json_decref(def);
 	json_decref(dpol);
+	json_decref(r.rejected);
 	trail_signer_free(key);
 	trail_store_free(r.store);
 	int status = rc ? trail_cli_report(&cli, &err, stderr)
-		     : decide == -2 ? 0 : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
+		     : decide == -2 || r.partial ? 0 : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
 	trail_validator_free(r.v);
 	trail_policy_free(p);
 	trail_args_release(&a);

@@ -28,7 +28,7 @@ _datanet_validate() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --policy -p --preset -P --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --per-file --progress --no-progress --home --datanet -d --key -k --record --approve --reject --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --policy -p --preset -P --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --per-file --progress --no-progress --home --datanet -d --key -k --record --approve --accepted-only --reject --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

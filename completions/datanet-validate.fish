@@ -16,6 +16,7 @@ complete -c datanet-validate -l datanet -s d -r -F -d 'check against this datane
 complete -c datanet-validate -l key -s k -r -F -d 'signer key for --record, --approve, --reject'
 complete -c datanet-validate -l record -d 'append a signed validation entry to the ledger'
 complete -c datanet-validate -l approve -d 'owner: approve the bundles if every record is accepted'
+complete -c datanet-validate -l accepted-only -d 'with --approve: approve the accepted records, naming the rejected'
 complete -c datanet-validate -l reject -d 'owner: reject the bundles'
 complete -c datanet-validate -l help -s h -d 'print this help and exit'
 complete -c datanet-validate -l version -d 'print the version and exit'

@@ -18,6 +18,9 @@
 # 0 all records accepted, 1 some rejected, 65 a line of an NDJSON file is
 # not JSON.
 # Under GitHub Actions it prints ::error annotations on the offending lines.
+# A rejected record fails the run: fix or drop it and push again. (In a
+# store, the owner can instead approve a bundle's accepted records alone:
+# datanet-validate --approve --accepted-only.)
 #
 # A workflow step:
 #   - uses: actions/checkout@v4

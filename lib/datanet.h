@@ -8,8 +8,10 @@
  *                  "contributor","records","root","license","source"?} by the
  *                  contributor; the bundle is an object in the store
  *   approval      {"type":"approval","datanet","contribution":<entry index>,
- *                  "bundle","decision":"approve|reject","reason"?} by the owner;
- *                  the latest decision for a contribution counts
+ *                  "bundle","decision":"approve|reject","reason"?,
+ *                  "rejected":[{"n","record"}...]?} by the owner; the latest
+ *                  decision for a contribution counts; an approval with
+ *                  "rejected" approves the bundle's other records
  *   validation    {"type":"validation","datanet","bundle","report_object",
  *                  "accepted","rejected"} by whoever ran the validation
  *
@@ -72,6 +74,18 @@ int trail_datanet_contribute(trail_store *s, const char *name, const void *bundl
 int trail_datanet_decide(trail_store *s, const char *name, uint64_t contribution, int approve,
 			 const char *reason, const trail_signer *owner, uint64_t *entry,
 			 trail_error *err);
+/*
+ * The same; an approval may leave records out: `rejected` (NULL or an
+ * array of {"n": position in records.ndjson from 1, "record": its id},
+ * not all of the bundle) goes into the entry, in bundle order, and those
+ * records are not in snapshots while this decision is the latest. A
+ * position names one copy of a record the bundle holds twice.
+ * TRAIL_EUSAGE for a record not in the bundle at that position, or for
+ * rejecting every record (reject the bundle instead).
+ */
+int trail_datanet_approve_records(trail_store *s, const char *name, uint64_t contribution,
+				  int approve, const json_t *rejected, const char *reason,
+				  const trail_signer *owner, uint64_t *entry, trail_error *err);
 
 /* A signed validation entry; report (the verdict lines) is stored as an object. */
 int trail_datanet_record_validation(trail_store *s, const char *name, const char *bundle,
