@@ -257,26 +257,26 @@ static int input(struct run *r, const char *path, int approve, char digest[72], 
 	if (kind == TRAIL_SRC_TEXT && !buf) /* a long run of blank lines may hide a '{' */
 		rc = std ? trail_read_fd(fileno(f), name, (size_t)1 << 30, &buf, &len, err)
 			 : trail_read_file(path, (size_t)1 << 30, &buf, &len, err);
-	if (!rc && buf)
-		kind = trail_source_kind(buf, len);
 	if (rc)
-		;
-	else if (kind == TRAIL_SRC_BUNDLE && (std || approve))
+		goto out;
+	if (buf)
+		kind = trail_source_kind(buf, len);
+	if (kind == TRAIL_SRC_BUNDLE && (std || approve))
 		rc = trail_error_at(err, TRAIL_EUSAGE, name, 0, "a bundle is given as a file%s",
 				    approve ? " to validate, not as approved records" : "");
 	else if (kind == TRAIL_SRC_BUNDLE)
 		rc = bundle(r, path, digest, err);
 	else if (kind == TRAIL_SRC_TEXT)
 		rc = text(r, buf, len, name, approve, err), buf = NULL;
-	else if (buf && !len)
-		; /* empty: no records */
-	else if (buf) {
+	else if (buf && len) {
 		FILE *m = fmemopen(buf, len, "rb");
 		rc = m ? stream(r, m, name, 1, approve, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		if (m)
 			fclose(m);
-	} else
+	} else if (!buf) {
 		rc = stream(r, f, name, std, approve, err);
+	} /* else empty: no records */
+out:
 	trail_free(buf);
 	if (!std)
 		fclose(f);

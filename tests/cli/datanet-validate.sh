@@ -107,6 +107,8 @@ printf 'Alpha paragraph one is here.\nIt goes on.\n\nBeta paragraph two.\r\n \r\
 trail-key generate -C "$T" textkey >/dev/null 2>&1
 datanet-add --bundle-only -o "$T/kb.tar" kb --key "$T/textkey.key" "$T/kb.txt" >/dev/null
 ids() { grep -o '"record":"[^"]*"'; }
+check_eq "a text file is three records, one per paragraph" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | ids | sort -u | wc -l)" 3
 check_eq "a text file gives the records (ids) of the bundle datanet-add makes of it" \
 	"$(datanet-validate --preset short-form "$T/kb.txt" | ids)" "$(datanet-validate --preset short-form "$T/kb.tar" | ids)"
 check_eq "each verdict gives its paragraph's first line" \
@@ -114,7 +116,8 @@ check_eq "each verdict gives its paragraph's first line" \
 check_eq "text on a pipe too" "$(cat "$T/kb.txt" | datanet-validate --preset short-form | ids)" \
 	"$(datanet-validate --preset short-form "$T/kb.txt" | ids)"
 datanet-add --bundle-only --per-file -o "$T/kb1.tar" kb --key "$T/textkey.key" "$T/kb.txt" >/dev/null
-check_eq "--per-file: one record per file, as datanet-add --per-file" \
+check_eq "--per-file: one record" "$(datanet-validate --per-file --preset short-form "$T/kb.txt" | ids | wc -l)" 1
+check_eq "--per-file: the record datanet-add --per-file makes" \
 	"$(datanet-validate --per-file --preset short-form "$T/kb.txt" | ids)" "$(datanet-validate --preset short-form "$T/kb1.tar" | ids)"
 printf 'Good paragraph of text.\n\nBad \377 byte here.\n' > "$T/bad.txt"
 check_eq "a paragraph that is not UTF-8 gets a utf8 verdict" \
