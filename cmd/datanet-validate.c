@@ -1,4 +1,4 @@
-/* datanet-validate: check NDJSON records against a validation policy. */
+/* datanet-validate: check records (NDJSON, plain text, bundles) against a validation policy. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,11 +8,12 @@
 #include "core/core.h"
 #include "data/data.h"
 
-enum { O_POLICY = 1, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
-       O_PRINT, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_REJECT };
+enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
+       O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_ACCEPTED, O_REJECT };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
+	{O_PRESET, "preset", 'P', "NAME", "built-in policy: web (default), short-form or code", "web short-form code"},
 	{O_SCHEMA, "schema", 's', "SCHEMA", "record schema: text or instruct", "text instruct"},
 	{O_REDACT, "redact", 0, NULL, "rewrite PII with placeholders instead of rejecting", NULL},
 	{O_FORMAT, "format", 'f', "FORMAT", "output: ndjson verdicts or github annotations", "ndjson github"},
@@ -20,6 +21,7 @@ static const trail_opt opts[] = {
 	{O_APPROVED, "approved", 'a', "FILE", "NDJSON of approved records to check copies against", "file"},
 	{O_OUTPUT, "output", 'o', "FILE", "write the accepted (redacted) records to FILE", "file"},
 	{O_PRINT, "print-policy", 0, NULL, "print the effective policy and exit", NULL},
+	{O_PERFILE, "per-file", 0, NULL, "plain text: one record per file, not per paragraph", NULL},
 	{O_PROGRESS, "progress", 0, NULL, "always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "never show progress", NULL},
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
@@ -27,31 +29,40 @@ static const trail_opt opts[] = {
 	{O_KEY, "key", 'k', "KEYFILE", "signer key for --record, --approve, --reject", "file"},
 	{O_RECORD, "record", 0, NULL, "append a signed validation entry to the ledger", NULL},
 	{O_APPROVE, "approve", 0, NULL, "owner: approve the bundles if every record is accepted", NULL},
+	{O_ACCEPTED, "accepted-only", 0, NULL, "with --approve: approve the accepted records, naming the rejected", NULL},
 	{O_REJECT, "reject", 0, NULL, "owner: reject the bundles", NULL},
 	{0},
 };
 
 static const trail_cli cli = {
 	.prog = "datanet-validate",
-	.usage = "[--policy FILE] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
-		 "    [--approved FILE]... [--output FILE] [FILE|-]...\n"
-		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve|--reject]] BUNDLE|DIGEST...",
+	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
+		 "    [--per-file] [--approved FILE]... [--output FILE] [FILE|-]...\n"
+		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve [--accepted-only]|--reject]]\n"
+		 "    BUNDLE|DIGEST...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
 	.opts = opts,
 };
 
 struct run {
 	trail_validator *v;
-	int github, progress, malformed;
+	int github, progress, malformed, per_file;
 	FILE *acc; /* accepted records, or NULL */
 	FILE *report; /* a copy of the verdicts for --record, or NULL */
 	trail_store *store;
 	char **skip; /* bundles being validated: their own approved records do not count */
 	int nskip;
+	json_t *rejected; /* {"n","record"} of rejected records, for --accepted-only */
+	int partial;      /* an approval left them out */
 };
 
 static int emit(struct run *r, json_t *vd, const char *name)
 {
+	json_t *id = json_object_get(vd, "record");
+	if (r->rejected && id && json_is_false(json_object_get(vd, "ok")) &&
+	    json_array_append_new(r->rejected, json_pack("{s:O, s:O}", "n", json_object_get(vd, "n"),
+							 "record", id)))
+		return TRAIL_ENOMEM;
 	char *s = r->github ? trail_verdict_github(vd, name)
 			    : json_dumps(vd, JSON_COMPACT | JSON_REAL_PRECISION(10));
 	if (!s)
@@ -63,6 +74,43 @@ static int emit(struct run *r, json_t *vd, const char *name)
 		fprintf(r->report, "%s\n", s);
 	r->github ? trail_free(s) : free(s);
 	return TRAIL_OK;
+}
+
+/*
+ * Print a verdict (consumed) and write the accepted record (consumed); q is
+ * the check's result: malformed input is reported and counted, and stops
+ * only the loading of approved records.
+ */
+static int deliver(struct run *r, int q, json_t *vd, json_t *acc, trail_error *e, const char *name,
+		   int approve, trail_error *err)
+{
+	int rc = TRAIL_OK;
+	if (vd) {
+		rc = emit(r, vd, name);
+		json_decref(vd);
+	}
+	if (acc) {
+		char *s = json_dumps(acc, JSON_COMPACT);
+		if (s)
+			fprintf(r->acc, "%s\n", s);
+		free(s);
+		json_decref(acc);
+	}
+	if (q == TRAIL_EDATA || q == TRAIL_ELIMIT) {
+		r->malformed = 1;
+		trail_validator_note_malformed(r->v);
+		trail_cli_report(&cli, e, stderr);
+		char *an = r->github ? trail_github_annotation(name, e->line, "malformed", e->msg) : NULL;
+		if (an)
+			fputs(an, stdout);
+		trail_free(an);
+		if (approve)
+			rc = trail_error_at(err, q, e->source, e->line, "%s", e->msg);
+	} else if (q) {
+		*err = *e;
+		rc = q;
+	}
+	return rc;
 }
 
 /* Validate (or, with approve, load) one NDJSON stream. */
@@ -91,31 +139,7 @@ static int stream(struct run *r, FILE *f, const char *name, int std, int approve
 			q = trail_validator_check_line(r->v, line, len, name, trail_ndjson_lineno(rd), &vd, NULL, &e);
 		}
 		json_decref(j);
-		if (vd) {
-			rc = emit(r, vd, name);
-			json_decref(vd);
-		}
-		if (acc) {
-			char *s = json_dumps(acc, JSON_COMPACT);
-			if (s)
-				fprintf(r->acc, "%s\n", s);
-			free(s);
-			json_decref(acc);
-		}
-		if (q == TRAIL_EDATA || q == TRAIL_ELIMIT) {
-			r->malformed = 1;
-			trail_validator_note_malformed(r->v);
-			trail_cli_report(&cli, &e, stderr);
-			char *an = r->github ? trail_github_annotation(name, e.line, "malformed", e.msg) : NULL;
-			if (an)
-				fputs(an, stdout);
-			trail_free(an);
-			if (approve)
-				rc = trail_error_at(err, q, e.source, e.line, "%s", e.msg);
-		} else if (q) {
-			*err = e;
-			rc = q;
-		}
+		rc = deliver(r, q, vd, acc, &e, name, approve, err);
 		if (!std)
 			trail_progress_set(pg, (unsigned long long)ftell(f));
 	}
@@ -158,6 +182,48 @@ static int bundle(struct run *r, const char *ref, char digest[72], trail_error *
 	return rc;
 }
 
+struct text {
+	struct run *r;
+	const char *name;
+	int approve;
+};
+
+/* One record of plain text, as datanet-add would make it. */
+static int text_record(void *ctx, const char *s, size_t n, long line, trail_error *err)
+{
+	struct text *t = ctx;
+	struct run *r = t->r;
+	json_t *vd = NULL, *acc = NULL, *rec = NULL;
+	trail_error e = {0};
+	int q;
+	if (!trail_utf8_valid(s, n))
+		q = t->approve ? trail_error_at(&e, TRAIL_EDATA, t->name, line, "text is not valid UTF-8")
+			       : trail_validator_check_line(r->v, s, n, t->name, line, &vd, NULL, &e);
+	else if (!(rec = json_pack("{s:s%}", "text", s, n)))
+		q = trail_error_set(&e, TRAIL_ENOMEM, "out of memory");
+	else if (t->approve)
+		q = trail_validator_approve(r->v, rec, &e);
+	else
+		q = trail_validator_check(r->v, rec, line, &vd, r->acc ? &acc : NULL, &e);
+	json_decref(rec);
+	return deliver(r, q, vd, acc, &e, t->name, t->approve, err);
+}
+
+/* Plain text (buf, consumed): one record per paragraph, or per input with --per-file. */
+static int text(struct run *r, char *buf, size_t len, const char *name, int approve, trail_error *err)
+{
+	struct text t = {r, name, approve};
+	int rc = approve ? TRAIL_OK : trail_validator_set_source(r->v, name);
+	if (!rc)
+		rc = trail_source_split_text(buf, len, r->per_file, text_record, &t, err);
+	trail_free(buf);
+	return rc;
+}
+
+/*
+ * One input, read the way datanet-add reads it: a bundle, NDJSON (streamed)
+ * or plain text. Standard input that cannot be rewound is read whole.
+ */
 static int input(struct run *r, const char *path, int approve, char digest[72], trail_error *err)
 {
 	uint8_t d[32];
@@ -167,16 +233,47 @@ static int input(struct run *r, const char *path, int approve, char digest[72], 
 	if (!approve && !std && trail_digest_parse(path, d) == TRAIL_OK)
 		return bundle(r, path, digest, err);
 	FILE *f = std ? stdin : fopen(path, "rb");
+	const char *name = std ? "<stdin>" : path;
+	void *buf = NULL;
+	size_t len = 0, n;
+	int rc = TRAIL_OK;
 	if (!f)
 		return trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", path);
-	size_t n = std ? 0 : fread(head, 1, sizeof head, f);
-	if (!approve && n && trail_source_kind(head, n) == TRAIL_SRC_BUNDLE) {
-		fclose(f);
-		return bundle(r, path, digest, err);
-	}
-	if (!std)
+	if (std && fseek(f, 0, SEEK_SET)) {
+		/* a pipe: the whole of it, then the same choices from memory */
+		if ((rc = trail_read_fd(0, name, (size_t)1 << 30, &buf, &len, err)))
+			return rc;
+		n = len < sizeof head ? len : sizeof head;
+		memcpy(head, buf, n);
+	} else {
+		n = fread(head, 1, sizeof head, f);
 		rewind(f);
-	int rc = stream(r, f, std ? "<stdin>" : path, std, approve, err);
+	}
+	int kind = n ? trail_source_kind(head, n) : TRAIL_SRC_NDJSON;
+	if (kind == TRAIL_SRC_TEXT && !buf) /* a long run of blank lines may hide a '{' */
+		rc = std ? trail_read_fd(fileno(f), name, (size_t)1 << 30, &buf, &len, err)
+			 : trail_read_file(path, (size_t)1 << 30, &buf, &len, err);
+	if (rc)
+		goto out;
+	if (buf)
+		kind = trail_source_kind(buf, len);
+	if (kind == TRAIL_SRC_BUNDLE && (std || approve))
+		rc = trail_error_at(err, TRAIL_EUSAGE, name, 0, "a bundle is given as a file%s",
+				    approve ? " to validate, not as approved records" : "");
+	else if (kind == TRAIL_SRC_BUNDLE)
+		rc = bundle(r, path, digest, err);
+	else if (kind == TRAIL_SRC_TEXT)
+		rc = text(r, buf, len, name, approve, err), buf = NULL;
+	else if (buf && len) {
+		FILE *m = fmemopen(buf, len, "rb");
+		rc = m ? stream(r, m, name, 1, approve, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		if (m)
+			fclose(m);
+	} else if (!buf) {
+		rc = stream(r, f, name, std, approve, err);
+	} /* else empty: no records */
+out:
+	trail_free(buf);
 	if (!std)
 		fclose(f);
 	return rc;
@@ -207,9 +304,10 @@ int main(int argc, char **argv)
 	trail_args a;
 	trail_error err = {0};
 	struct run r = {.progress = -1};
-	const char *v, *policy = NULL, *license = NULL, *output = NULL, *approved[64];
+	const char *v, *policy = NULL, *preset = NULL, *license = NULL, *output = NULL, *approved[64];
 	const char *home = NULL, *datanet = NULL, *keyfile = NULL;
 	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0, record = 0, decide = 0;
+	int accepted_only = 0;
 	char *repbuf = NULL, digest[72] = "";
 	size_t replen = 0;
 	json_t *def = NULL, *dpol = NULL;
@@ -221,6 +319,7 @@ int main(int argc, char **argv)
 		return 70;
 	while (!rc && (o = trail_args_next(&a, &v, &err)) > 0) {
 		if (o == O_POLICY) policy = v;
+		else if (o == O_PRESET) preset = v;
 		else if (o == O_SCHEMA && (schema = trail_schema_parse(v)) < 0)
 			rc = trail_error_set(&err, TRAIL_EUSAGE, "--schema: expected text or instruct");
 		else if (o == O_REDACT) redact = 1;
@@ -233,13 +332,21 @@ int main(int argc, char **argv)
 		else if (o == O_APPROVED) approved[napproved++] = v;
 		else if (o == O_OUTPUT) output = v;
 		else if (o == O_PRINT) print = 1;
+		else if (o == O_PERFILE) r.per_file = 1;
 		else if (o == O_PROGRESS || o == O_NOPROGRESS) r.progress = o == O_PROGRESS;
 		else if (o == O_HOME) home = v;
 		else if (o == O_DATANET) datanet = v;
 		else if (o == O_KEY) keyfile = v;
 		else if (o == O_RECORD) record = 1;
 		else if (o == O_APPROVE || o == O_REJECT) decide = o == O_APPROVE ? 1 : -1;
+		else if (o == O_ACCEPTED) accepted_only = 1;
 	}
+	if (!rc && accepted_only && (decide <= 0 || redact))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--accepted-only goes with --approve, without --redact");
+	if (!rc && accepted_only && !(r.rejected = json_array()))
+		rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
+	if (!rc && policy && preset)
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--policy and --preset: give one");
 	if (!rc && (record || decide) && (!datanet || !keyfile))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--record, --approve and --reject need --datanet and --key");
 	if (!rc && datanet) {
@@ -259,6 +366,7 @@ int main(int argc, char **argv)
 	}
 	if (!rc)
 		rc = policy ? trail_policy_load(policy, schema, &p, &err)
+		     : preset ? trail_policy_preset(preset, schema, &p, &err)
 		     : dpol ? trail_policy_from_json(dpol, datanet, schema, &p, &err)
 			    : trail_policy_new(schema < 0 ? 0 : schema, &p);
 	if (!rc && redact)
@@ -328,11 +436,18 @@ int main(int argc, char **argv)
 			rc = trail_datanet_record_validation(r.store, datanet, digest[0] ? digest : NULL, repbuf,
 							     replen, acc_n, rej_n, key, &entry, &err);
 		}
-		if (!rc && decide > 0 && (rej_n || r.malformed))
-			rc = trail_error_set(&err, TRAIL_EVERIFY, "not approved: %ld record(s) rejected", rej_n);
+		if (!rc && decide > 0 && (r.malformed || (rej_n && !accepted_only)))
+			rc = trail_error_set(&err, TRAIL_EVERIFY,
+					     "not approved: %ld record(s) rejected%s", rej_n,
+					     r.malformed ? "" : " (--accepted-only approves the others)");
+		if (!rc && decide > 0 && accepted_only && !acc_n)
+			rc = trail_error_set(&err, TRAIL_EVERIFY, "not approved: no record accepted");
 		if (!rc && decide &&
 		    !(rc = trail_datanet_contribution_of(r.store, datanet, digest, &contrib, &err)))
-			rc = trail_datanet_decide(r.store, datanet, contrib, decide > 0, NULL, key, &entry, &err);
+			rc = trail_datanet_approve_records(r.store, datanet, contrib, decide > 0,
+							   rej_n ? r.rejected : NULL, NULL, key, &entry, &err);
+		if (!rc && accepted_only && rej_n)
+			r.partial = 1; /* the rejected records are named in the approval: that is the result */
 		if (!rc && decide < 0)
 			r.malformed = 0, decide = -2; /* the rejection is recorded: that is the result */
 	}
@@ -344,10 +459,11 @@ int main(int argc, char **argv)
 	free(repbuf);
 	json_decref(def);
 	json_decref(dpol);
+	json_decref(r.rejected);
 	trail_signer_free(key);
 	trail_store_free(r.store);
 	int status = rc ? trail_cli_report(&cli, &err, stderr)
-		     : decide == -2 ? 0 : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
+		     : decide == -2 || r.partial ? 0 : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
 	trail_validator_free(r.v);
 	trail_policy_free(p);
 	trail_args_release(&a);

@@ -11,7 +11,7 @@ enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPRO
 
 static const trail_opt opts[] = {
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
-	{O_ORIGIN, "origin", 0, "NAME", "init: the log's origin line", NULL},
+	{O_ORIGIN, "origin", 0, "NAME", "init: the log's origin line; verify-proof: the log receipts must be from", NULL},
 	{O_KEY, "key", 'k', "KEY", "init: operator key file; verify-proof: verifier key (repeatable)", "file"},
 	{O_BATCH, "batch", 'b', NULL, "append: share one fsync among many entries", NULL},
 	{O_SIZE, "size", 's', "S", "prove: tree size to prove against (JSON output)", NULL},
@@ -25,7 +25,7 @@ static const trail_cli cli = {
 	.prog = "trail-log",
 	.usage = "init [--origin NAME] [--key KEYFILE]\nappend [--batch] [FILE...]\n"
 		 "show [FROM[..TO]]\nget N\ncheckpoint\nprove N [--size S] [--json]\n"
-		 "consistency M N\nverify\nverify-proof [--key VKEY]... FILE...",
+		 "consistency M N\nverify\nverify-proof [--key VKEY]... [--origin NAME] FILE...",
 	.summary = "Append to, prove and verify the store's tamper-evident ledger.",
 	.subcommands = "init append show get checkpoint prove consistency verify verify-proof",
 	.opts = opts,
@@ -70,10 +70,19 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 	const char *cmd = a->rest[0];
 	char **arg = a->rest + 1;
 	int n = a->nrest - 1, rc;
-	if (!strcmp(cmd, "init"))
-		return n ? trail_error_set(err, TRAIL_EUSAGE, "init takes no arguments")
-			 : trail_store_init(c->home, c->origin, c->key, err);
 	trail_store *s = NULL;
+	if (!strcmp(cmd, "init")) {
+		if (n)
+			return trail_error_set(err, TRAIL_EUSAGE, "init takes no arguments");
+		if ((rc = trail_store_init(c->home, c->origin, c->key, err)) ||
+		    (rc = trail_store_open(c->home, &s, err)))
+			return rc;
+		rc = print_json(json_pack("{s:s, s:s, s:s}", "store", c->home, "origin",
+					  trail_store_origin(s), "operator",
+					  trail_verifier_str(trail_store_operator_vkey(s))), err);
+		trail_store_free(s);
+		return rc;
+	}
 	trail_ledger *l = NULL;
 	const trail_verifier **vs = NULL;
 	uint64_t x = 0, y = 0;
@@ -85,9 +94,13 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			return rc;
 		for (int i = 0; i < c->nkeys && !rc; i++)
 			rc = trail_verifier_load(c->keys[i], &v[nv++], err);
+		/* Against the store: its key and, unless told otherwise, its origin. */
+		const char *origin = c->origin;
 		if (!rc && !c->nkeys && trail_store_open(c->home, &s, NULL) == TRAIL_OK &&
-		    (rc = trail_verifier_load(trail_verifier_str(trail_store_operator_vkey(s)), &v[nv], err)) == 0)
+		    (rc = trail_verifier_load(trail_verifier_str(trail_store_operator_vkey(s)), &v[nv], err)) == 0) {
 			nv++;
+			origin = origin ? origin : trail_store_origin(s);
+		}
 		int bad = 0;
 		for (int i = 0; i < n && !rc; i++) {
 			void *b;
@@ -95,7 +108,7 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			trail_error e = {0};
 			if ((rc = trail_read_file(arg[i], 1 << 20, &b, &len, err)))
 				break;
-			int r = trail_proof_check(b, len, (const trail_verifier *const *)v, (size_t)nv, &e);
+			int r = trail_proof_check(b, len, (const trail_verifier *const *)v, (size_t)nv, origin, &e);
 			trail_free(b);
 			if (r && r != TRAIL_EVERIFY && r != TRAIL_EDATA) {
 				*err = e;
@@ -136,8 +149,10 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		else if (n && !(rc = num(arg[0], &x, err)) && dots && dots[2])
 			rc = num(dots + 2, &y, err);
 		y = get ? x : (dots && dots[2]) ? y : (n && !dots) ? x : size ? size - 1 : 0;
-		if (!rc && get && x >= size)
+		if (!rc && n && x >= size)
 			rc = trail_error_set(err, TRAIL_ENOINPUT, "no entry %" PRIu64 " (size %" PRIu64 ")", x, size);
+		else if (!rc && x > y)
+			rc = trail_error_set(err, TRAIL_EUSAGE, "show FROM..TO: FROM is after TO");
 		for (uint64_t i = x; !rc && i <= y && i < size; i++) {
 			char *e;
 			if (!(rc = trail_ledger_get(l, i, &e, NULL, err))) {

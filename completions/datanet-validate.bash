@@ -6,6 +6,8 @@ _datanet_validate() {
 	case "$prev" in
 	--policy|-p)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--preset|-P)
+		COMPREPLY=($(compgen -W "web short-form code" -- "$cur")); return ;;
 	--schema|-s)
 		COMPREPLY=($(compgen -W "text instruct" -- "$cur")); return ;;
 	--format|-f)
@@ -26,7 +28,7 @@ _datanet_validate() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --policy -p --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --progress --no-progress --home --datanet -d --key -k --record --approve --reject --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --policy -p --preset -P --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --per-file --progress --no-progress --home --datanet -d --key -k --record --approve --accepted-only --reject --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

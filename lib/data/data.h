@@ -128,6 +128,20 @@ int trail_source_kind(const void *buf, size_t len);
 int trail_source_records(const void *buf, size_t len, const char *source, int per_file,
 			 json_t *records, trail_error *err);
 
+/*
+ * Split plain text into records as trail_source_records does: one per
+ * paragraph (lines of only spaces, tabs or CRs separate them) or, with
+ * per_file, the whole input; each trimmed of trailing whitespace and
+ * leading line breaks, empty ones skipped. fn gets the bytes (not yet
+ * checked to be UTF-8) and the line each starts on; a non-zero return
+ * stops the split and is returned. The one splitter of datanet-add and
+ * datanet-validate, so both see the same records.
+ */
+typedef int (*trail_text_fn)(void *ctx, const char *text, size_t len, long line,
+			     trail_error *err);
+int trail_source_split_text(const void *buf, size_t len, int per_file, trail_text_fn fn,
+			    void *ctx, trail_error *err);
+
 /* Read one input whole: a file, "-" (standard input) or an http(s) URL. For
  * a URL, *source (if not NULL) gets {"url","sha256"}; else it is left alone. */
 int trail_source_read(const char *input, const trail_fetch_opts *o, void **out, size_t *len,
@@ -204,6 +218,14 @@ int trail_policy_new(int schema, trail_policy **out);
  */
 int trail_policy_from_json(const json_t *j, const char *source, int schema,
 			   trail_policy **out, trail_error *err);
+/*
+ * A named preset over the defaults: "web" (the defaults: web pages),
+ * "short-form" (knowledge-base entries: short records pass) or "code"
+ * (no prose rules). TRAIL_EUSAGE for another name.
+ */
+int trail_policy_preset(const char *name, int schema, trail_policy **out, trail_error *err);
+/* The i-th preset's name; NULL past the last. */
+const char *trail_policy_preset_name(size_t i);
 /* Read and parse a policy file (TRAIL_ENOINPUT if it cannot be read). */
 int trail_policy_load(const char *path, int schema, trail_policy **out, trail_error *err);
 /* The effective policy, every rule with every parameter (new reference). */
@@ -404,8 +426,10 @@ char *trail_github_annotation(const char *file, long line, const char *title, co
  *                  "contributor","records","root","license","source"?} by the
  *                  contributor; the bundle is an object in the store
  *   approval      {"type":"approval","datanet","contribution":<entry index>,
- *                  "bundle","decision":"approve|reject","reason"?} by the owner;
- *                  the latest decision for a contribution counts
+ *                  "bundle","decision":"approve|reject","reason"?,
+ *                  "rejected":[{"n","record"}...]?} by the owner; the latest
+ *                  decision for a contribution counts; an approval with
+ *                  "rejected" approves the bundle's other records
  *   validation    {"type":"validation","datanet","bundle","report_object",
  *                  "accepted","rejected"} by whoever ran the validation
  *
@@ -464,6 +488,18 @@ int trail_datanet_contribute(trail_store *s, const char *name, const void *bundl
 int trail_datanet_decide(trail_store *s, const char *name, uint64_t contribution, int approve,
 			 const char *reason, const trail_signer *owner, uint64_t *entry,
 			 trail_error *err);
+/*
+ * The same; an approval may leave records out: `rejected` (NULL or an
+ * array of {"n": position in records.ndjson from 1, "record": its id},
+ * not all of the bundle) goes into the entry, in bundle order, and those
+ * records are not in snapshots while this decision is the latest. A
+ * position names one copy of a record the bundle holds twice.
+ * TRAIL_EUSAGE for a record not in the bundle at that position, or for
+ * rejecting every record (reject the bundle instead).
+ */
+int trail_datanet_approve_records(trail_store *s, const char *name, uint64_t contribution,
+				  int approve, const json_t *rejected, const char *reason,
+				  const trail_signer *owner, uint64_t *entry, trail_error *err);
 
 /* A signed validation entry; report (the verdict lines) is stored as an object. */
 int trail_datanet_record_validation(trail_store *s, const char *name, const char *bundle,

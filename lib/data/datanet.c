@@ -253,9 +253,73 @@ int trail_datanet_decide(trail_store *s, const char *name, uint64_t contribution
 			 const char *reason, const trail_signer *owner, uint64_t *entry,
 			 trail_error *err)
 {
+	return trail_datanet_approve_records(s, name, contribution, approve, NULL, reason, owner,
+					     entry, err);
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The 0-based positions of a "rejected" list [{"n": N, "record": id}...]
+ * (N 1-based in records.ndjson) whose ids match the bundle's ids, sorted
+ * and distinct. *bad (if not NULL) gets the first entry that does not fit.
+ */
+static int rejected_set(const json_t *list, const json_t *ids, size_t **out, size_t *n,
+			const json_t **bad)
+{
+	size_t i, k = 0;
+	json_t *x;
+	*out = NULL;
+	*n = 0;
+	if (bad)
+		*bad = NULL;
+	if (!json_array_size(list))
+		return TRAIL_OK;
+	size_t *v = trail_calloc(json_array_size(list), sizeof *v);
+	if (!v)
+		return TRAIL_ENOMEM;
+	json_array_foreach(list, i, x) {
+		json_t *jn = json_object_get(x, "n");
+		json_int_t pos = json_is_integer(jn) ? json_integer_value(jn) : 0;
+		const char *id = json_string_value(json_object_get(x, "record"));
+		const char *want = pos >= 1 && (size_t)pos <= json_array_size(ids)
+					   ? json_string_value(json_array_get(ids, (size_t)pos - 1))
+					   : NULL;
+		if (!id || !want || strcmp(id, want)) {
+			if (bad && !*bad)
+				*bad = x;
+			continue;
+		}
+		v[k++] = (size_t)pos - 1;
+	}
+	qsort(v, k, sizeof *v, cmp_size);
+	for (i = 0; i < k; i++)
+		if (!*n || v[*n - 1] != v[i])
+			v[(*n)++] = v[i];
+	*out = v;
+	return TRAIL_OK;
+}
+
+static int in_set(const size_t *set, size_t n, size_t pos)
+{
+	return n && bsearch(&pos, set, n, sizeof *set, cmp_size) != NULL;
+}
+
+int trail_datanet_approve_records(trail_store *s, const char *name, uint64_t contribution,
+				  int approve, const json_t *rejected, const char *reason,
+				  const trail_signer *owner, uint64_t *entry, trail_error *err)
+{
 	trail_ledger *l = NULL;
-	json_t *def = NULL, *c = NULL, *e = NULL;
+	trail_bundle *b = NULL;
+	json_t *def = NULL, *c = NULL, *e = NULL, *rej = NULL;
+	size_t *set = NULL, nset = 0;
 	int rc;
+	if (rejected && (!approve || !json_is_array(rejected)))
+		return trail_error_set(err, TRAIL_EUSAGE, "only an approval names rejected records");
 	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)) ||
 	    (rc = trail_datanet_find(l, name, 0, &def, NULL, err)))
 		goto out;
@@ -270,15 +334,56 @@ int trail_datanet_decide(trail_store *s, const char *name, uint64_t contribution
 					       contribution, name);
 		goto out;
 	}
+	if (json_array_size(rejected)) {
+		/* the records named must be the bundle's, and some must be left */
+		void *buf;
+		size_t len;
+		const json_t *bad;
+		if ((rc = trail_store_get(s, str(c, "bundle"), &buf, &len, err)))
+			goto out;
+		rc = trail_bundle_read(buf, len, NULL, &b, err);
+		trail_free(buf);
+		if (rc || (rc = rejected_set(rejected, b->ids, &set, &nset, &bad)
+				     ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : 0))
+			goto out;
+		if (bad) {
+			json_t *jn = json_object_get(bad, "n");
+			const char *id = json_string_value(json_object_get(bad, "record"));
+			rc = trail_error_set(err, TRAIL_EUSAGE, "record %s (n %lld) is not in bundle %s",
+					     id ? id : "?", json_is_integer(jn) ? (long long)json_integer_value(jn) : 0,
+					     str(c, "bundle"));
+			goto out;
+		}
+		if (nset == json_array_size(b->ids)) {
+			rc = trail_error_set(err, TRAIL_EUSAGE,
+					     "every record of the bundle is rejected: reject it instead");
+			goto out;
+		}
+		/* in bundle order, each once */
+		if (!(rej = json_array())) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto out;
+		}
+		for (size_t k = 0; k < nset; k++)
+			if (json_array_append_new(rej, json_pack("{s:I, s:O}", "n", (json_int_t)set[k] + 1, "record",
+							     json_array_get(b->ids, set[k])))) {
+				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+				goto out;
+			}
+	}
 	e = json_pack("{s:s, s:s, s:I, s:s, s:s}", "type", "approval", "datanet", name,
 		      "contribution", (json_int_t)contribution, "bundle", str(c, "bundle"),
 		      "decision", approve ? "approve" : "reject");
-	if (!e || (reason && json_object_set_new(e, "reason", json_string(reason)))) {
+	if (!e || (reason && json_object_set_new(e, "reason", json_string(reason))) ||
+	    (json_array_size(rej) && json_object_set(e, "rejected", rej))) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
 	rc = append_signed(l, e, owner, entry, err);
 out:
+	trail_free(set);
+	trail_bundle_free(b);
+	json_decref(rej);
 	json_decref(e);
 	json_decref(c);
 	json_decref(def);
@@ -313,7 +418,8 @@ struct contrib {
 	uint64_t entry;
 	int approved;
 	char bundle[72];
-	json_t *e; /* the signed contribution entry */
+	json_t *e;        /* the signed contribution entry */
+	json_t *rejected; /* the approval's "rejected" record ids, or NULL */
 };
 
 struct trail_datanet_iter {
@@ -324,6 +430,8 @@ struct trail_datanet_iter {
 	size_t nc, k; /* contributions; the one being read */
 	trail_bundle *b;
 	size_t i; /* next record of b */
+	size_t *skip; /* b's rejected records (0-based), sorted */
+	size_t nskip;
 };
 
 /* Contributions are collected in ledger order: binary search by entry. */
@@ -364,6 +472,7 @@ static int scan(trail_ledger *l, trail_datanet_iter *it, uint64_t start, uint64_
 			c->entry = i;
 			c->approved = 0;
 			c->e = e;
+			c->rejected = NULL;
 			snprintf(c->bundle, sizeof c->bundle, "%s", str(e, "bundle"));
 			continue;
 		}
@@ -376,8 +485,12 @@ static int scan(trail_ledger *l, trail_datanet_iter *it, uint64_t start, uint64_
 					    json_is_integer(ci) && json_integer_value(ci) >= 0
 				    ? find_contrib(it->cs, it->nc, (uint64_t)json_integer_value(ci))
 				    : NULL;
-		if (c && str(e, "bundle") && !strcmp(str(e, "bundle"), c->bundle))
+		if (c && str(e, "bundle") && !strcmp(str(e, "bundle"), c->bundle)) {
 			c->approved = str(e, "decision") && !strcmp(str(e, "decision"), "approve");
+			json_decref(c->rejected);
+			json_t *rj = json_object_get(e, "rejected");
+			c->rejected = c->approved && json_is_array(rj) ? json_incref(rj) : NULL;
+		}
 		json_decref(e);
 	}
 	return TRAIL_OK;
@@ -443,6 +556,9 @@ static int open_bundle(trail_datanet_iter *it, const struct contrib *c, trail_er
 				       "entry %" PRIu64 ": bundle %s does not match its contribution entry",
 				       c->entry, c->bundle);
 	it->i = 0;
+	trail_free(it->skip);
+	if (rejected_set(c->rejected, it->b->ids, &it->skip, &it->nskip, NULL))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	return TRAIL_OK;
 }
 
@@ -451,6 +567,10 @@ int trail_datanet_iter_next(trail_datanet_iter *it, json_t **rec, trail_error *e
 	int rc;
 	*rec = NULL;
 	for (;;) {
+		/* records the approval left out are not in the snapshot */
+		while (it->b && it->i < json_array_size(it->b->records) &&
+		       in_set(it->skip, it->nskip, it->i))
+			it->i++;
 		if (it->b && it->i < json_array_size(it->b->records))
 			break;
 		trail_bundle_free(it->b);
@@ -480,8 +600,11 @@ void trail_datanet_iter_free(trail_datanet_iter *it)
 {
 	if (!it)
 		return;
-	for (size_t k = 0; k < it->nc; k++)
+	for (size_t k = 0; k < it->nc; k++) {
 		json_decref(it->cs[k].e);
+		json_decref(it->cs[k].rejected);
+	}
+	trail_free(it->skip);
 	trail_free(it->cs);
 	trail_bundle_free(it->b);
 	trail_free(it->name);

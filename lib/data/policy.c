@@ -411,6 +411,67 @@ int trail_policy_from_json(const json_t *j, const char *source, int schema, trai
 	return TRAIL_OK;
 }
 
+/*
+ * Named starting points. Each is a policy object over the defaults, in the
+ * form a policy file takes; `web` is the defaults themselves.
+ *   web         web pages, as Gopher, C4 and FineWeb were tuned for
+ *   short-form  knowledge-base entries, glossaries, Q&A: a few words or
+ *               one line is a record; the rules that need a long
+ *               document (stop words, the most frequent n-gram, C4's
+ *               sentences, FineWeb's line punctuation and short lines)
+ *               are off, long repeats (gopher-dup-ngram) still count
+ *   code        source code: no prose rules at all; duplicates, size and
+ *               PII (keys and tokens above all) still apply
+ */
+static const struct {
+	const char *name, *json;
+} presets[] = {
+	{"web", "{}"},
+	{"short-form", "{\"rules\":{"
+		       "\"gopher-word-count\":{\"min\":3},"
+		       "\"gopher-stop-words\":false,"
+		       "\"gopher-top-ngram\":false,"
+		       "\"c4-sentences\":false,"
+		       "\"fineweb-line-punct\":false,"
+		       "\"fineweb-short-lines\":false}}"},
+	{"code", "{\"rules\":{"
+		 "\"gopher-word-count\":false,\"gopher-mean-word-length\":false,"
+		 "\"gopher-symbol-ratio\":false,\"gopher-bullet-lines\":false,"
+		 "\"gopher-ellipsis-lines\":false,\"gopher-alpha-words\":false,"
+		 "\"gopher-stop-words\":false,\"gopher-dup-lines\":false,"
+		 "\"gopher-dup-paragraphs\":false,\"gopher-top-ngram\":false,"
+		 "\"gopher-dup-ngram\":false,\"c4-lorem-ipsum\":false,"
+		 "\"c4-curly-bracket\":false,\"c4-bad-words\":false,\"c4-sentences\":false,"
+		 "\"fineweb-line-punct\":false,\"fineweb-short-lines\":false,"
+		 "\"fineweb-dup-line-chars\":false,\"fineweb-newline-ratio\":false}}"},
+};
+
+const char *trail_policy_preset_name(size_t i)
+{
+	return i < sizeof presets / sizeof *presets ? presets[i].name : NULL;
+}
+
+int trail_policy_preset(const char *name, int schema, trail_policy **out, trail_error *err)
+{
+	*out = NULL;
+	for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
+		if (strcmp(presets[i].name, name))
+			continue;
+		json_error_t je;
+		json_t *j = json_loads(presets[i].json, 0, &je);
+		if (!j)
+			return trail_error_set(err, TRAIL_EINTERNAL, "preset %s: %s", name, je.text);
+		int rc = trail_policy_from_json(j, name, schema < 0 ? TRAIL_SCHEMA_TEXT : schema, out, err);
+		json_decref(j);
+		/* a preset tunes rules; it turns on none the schema has off */
+		for (int r = 0; !rc && r < R_COUNT; r++)
+			if ((*out)->schema == TRAIL_SCHEMA_INSTRUCT && rules[r].quality)
+				(*out)->on[r] = 0;
+		return rc;
+	}
+	return trail_error_set(err, TRAIL_EUSAGE, "no policy preset '%s' (web, short-form or code)", name);
+}
+
 int trail_policy_load(const char *path, int schema, trail_policy **out, trail_error *err)
 {
 	void *buf;

@@ -103,19 +103,59 @@ int trail_source_kind(const void *buf, size_t len)
 	return i < len && p[i] == '{' ? TRAIL_SRC_NDJSON : TRAIL_SRC_TEXT;
 }
 
-static int add_text(json_t *records, const char *s, size_t n, const char *source, long line,
-		    trail_error *err)
+/* One piece of text, trimmed, to fn (nothing when it is empty). */
+static int text_trim(const char *s, size_t n, long line, trail_text_fn fn, void *ctx,
+		     trail_error *err)
 {
 	while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t'))
 		n--;
-	while (n && (*s == '\n' || *s == '\r'))
+	while (n && (*s == '\n' || *s == '\r')) {
+		if (*s == '\n')
+			line++;
 		s++, n--;
-	if (!n)
-		return TRAIL_OK;
+	}
+	return n ? fn(ctx, s, n, line, err) : TRAIL_OK;
+}
+
+int trail_source_split_text(const void *buf, size_t len, int per_file, trail_text_fn fn,
+			    void *ctx, trail_error *err)
+{
+	const char *p = buf, *end = p + len, *start = p;
+	long line = 1, start_line = 1;
+	int rc;
+	if (per_file)
+		p = end;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *next = nl ? nl + 1 : end;
+		int blank = 1;
+		for (const char *q = p; q < (nl ? nl : end); q++)
+			if (*q != ' ' && *q != '\t' && *q != '\r')
+				blank = 0;
+		if (blank) {
+			if ((rc = text_trim(start, (size_t)(p - start), start_line, fn, ctx, err)))
+				return rc;
+			start = next;
+			start_line = line + 1;
+		}
+		p = next;
+		line++;
+	}
+	return text_trim(start, (size_t)(end - start), start_line, fn, ctx, err);
+}
+
+struct add_ctx {
+	json_t *records;
+	const char *source;
+};
+
+static int add_text(void *ctx, const char *s, size_t n, long line, trail_error *err)
+{
+	struct add_ctx *a = ctx;
 	if (!trail_utf8_valid(s, n))
-		return trail_error_at(err, TRAIL_EDATA, source, line, "text is not valid UTF-8");
+		return trail_error_at(err, TRAIL_EDATA, a->source, line, "text is not valid UTF-8");
 	json_t *r = json_pack("{s:s%}", "text", s, n);
-	if (!r || json_array_append_new(records, r))
+	if (!r || json_array_append_new(a->records, r))
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	return TRAIL_OK;
 }
@@ -123,7 +163,6 @@ static int add_text(json_t *records, const char *s, size_t n, const char *source
 int trail_source_records(const void *buf, size_t len, const char *source, int per_file,
 			 json_t *records, trail_error *err)
 {
-	const char *p = buf, *end = p + len;
 	int rc;
 	if (trail_source_kind(buf, len) == TRAIL_SRC_NDJSON) {
 		FILE *f = fmemopen((void *)buf, len, "r");
@@ -150,28 +189,8 @@ int trail_source_records(const void *buf, size_t len, const char *source, int pe
 		fclose(f);
 		return rc;
 	}
-	if (per_file)
-		return add_text(records, p, len, source, 1, err);
-	/* one record per paragraph */
-	long line = 1, start_line = 1;
-	const char *start = p;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *next = nl ? nl + 1 : end;
-		int blank = 1;
-		for (const char *q = p; q < (nl ? nl : end); q++)
-			if (*q != ' ' && *q != '\t' && *q != '\r')
-				blank = 0;
-		if (blank) {
-			if ((rc = add_text(records, start, (size_t)(p - start), source, start_line, err)))
-				return rc;
-			start = next;
-			start_line = line + 1;
-		}
-		p = next;
-		line++;
-	}
-	return add_text(records, start, (size_t)(end - start), source, start_line, err);
+	struct add_ctx a = {records, source};
+	return trail_source_split_text(buf, len, per_file, add_text, &a, err);
 }
 
 int trail_source_read(const char *input, const trail_fetch_opts *o, void **out, size_t *len,

@@ -351,7 +351,7 @@ static int check_proofs(trail_attr_session *s, const json_t *proofs, trail_error
 			return trail_error_set(err, TRAIL_EVERIFY, "proof %zu: no receipt, entry or log key", k);
 		if ((rc = trail_merkle_check_json(json_object_get(p, "record_proof"), err)))
 			return rc == TRAIL_EDATA ? trail_error_set(err, TRAIL_EVERIFY, "proof %zu: %s", k, err->msg) : rc;
-		if ((rc = trail_receipt_verify(rc_, strlen(rc_), &v, 1, &idx, leaf, err)))
+		if ((rc = trail_receipt_verify(rc_, strlen(rc_), &v, 1, trail_store_origin(s->store), &idx, leaf, err)))
 			return rc;
 		if ((rc = trail_jcs(entry, &bytes, &bl, err)))
 			return rc;

@@ -24,17 +24,59 @@ struct trail_verifier {
 	uint8_t pk[crypto_sign_PUBLICKEYBYTES];
 };
 
-/* A key name: non-empty, printable, no '+' and no spaces. */
+/* The next code point of valid UTF-8 s[*i..n) (validity checked by the caller). */
+static uint32_t next_cp(const unsigned char *s, size_t n, size_t *i)
+{
+	uint32_t c = s[(*i)++];
+	int more = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : 0;
+	c &= more == 3 ? 0x07 : more == 2 ? 0x0F : more == 1 ? 0x1F : 0x7F;
+	while (more-- && *i < n)
+		c = c << 6 | (s[(*i)++] & 0x3F);
+	return c;
+}
+
+/* Unicode White_Space (what Go's unicode.IsSpace tests, which C2SP names mean). */
+static int uc_space(uint32_t c)
+{
+	return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+	       (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+	       c == 0x205F || c == 0x3000;
+}
+
+/*
+ * What is wrong with a key name, or NULL. C2SP signed-note: non-empty, no
+ * Unicode spaces and no '+'; a note is UTF-8 without C0 controls, so names
+ * are too. strict (names trail creates) also refuses DEL and C1 controls.
+ */
+static const char *name_problem(const char *s, size_t n, int strict)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	if (n == 0)
+		return "it is empty";
+	if (n > NAME_MAX_LEN)
+		return "it is longer than 256 bytes";
+	if (!trail_utf8_valid(s, n))
+		return "it is not valid UTF-8";
+	for (size_t i = 0; i < n;) {
+		uint32_t c = next_cp(u, n, &i);
+		if (uc_space(c))
+			return "it holds a space";
+		if (c == '+')
+			return "it holds a '+'";
+		if (c < 0x20 || (strict && (c == 0x7f || (c >= 0x80 && c <= 0x9f))))
+			return "it holds a control character";
+	}
+	return NULL;
+}
+
 static int valid_name(const char *s, size_t n)
 {
-	if (n == 0 || n > NAME_MAX_LEN)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c <= 0x20 || c == 0x7f || c == '+')
-			return 0;
-	}
-	return 1;
+	return name_problem(s, n, 0) == NULL;
+}
+
+const char *trail_key_name_problem(const char *name)
+{
+	return name_problem(name, strlen(name), 1);
 }
 
 static uint32_t key_id(const char *name, size_t n, const uint8_t pk[32])
@@ -98,10 +140,11 @@ static int split_key(const char *s, size_t len, size_t *namelen, uint32_t *id, u
 
 int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *err)
 {
-	if (!valid_name(name, strlen(name)))
-		return trail_error_set(err, TRAIL_EUSAGE,
-				       "invalid key name '%s' (no '+', spaces or control characters)",
-				       name);
+	const char *why = trail_key_name_problem(name);
+	if (why && !trail_utf8_valid(name, strlen(name))) /* not echoed */
+		return trail_error_set(err, TRAIL_EUSAGE, "invalid key name: %s", why);
+	if (why)
+		return trail_error_set(err, TRAIL_EUSAGE, "invalid key name '%s': %s", name, why);
 	uint8_t seed[32], pk[32], sk[64];
 	randombytes_buf(seed, sizeof seed);
 	crypto_sign_seed_keypair(pk, sk, seed);
@@ -258,25 +301,31 @@ int trail_verify(const trail_verifier *v, const void *msg, size_t len,
 
 static const char DASH[] = "\xe2\x80\x94 "; /* U+2014 EM DASH, space */
 
-static int valid_text(const char *t, size_t n)
+/*
+ * What is wrong with note text, or NULL: C2SP signed-note text is UTF-8,
+ * ends in a newline and holds no ASCII control character below U+0020 but
+ * newline (U+007F is allowed).
+ */
+static const char *text_problem(const char *t, size_t n)
 {
-	if (n == 0 || t[n - 1] != '\n')
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)t[i];
-		if ((c < 0x20 && c != '\n') || c == 0x7f)
-			return 0;
-	}
-	return trail_utf8_valid(t, n);
+	if (n == 0)
+		return "the text is empty";
+	if (t[n - 1] != '\n')
+		return "the text does not end with a newline";
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)t[i] < 0x20 && t[i] != '\n')
+			return "the text holds a control character";
+	return trail_utf8_valid(t, n) ? NULL : "the text is not valid UTF-8";
 }
 
 int trail_note_sign(const char *text, size_t len, const trail_signer *const *signers,
 		    size_t nsigners, char **note, size_t *notelen, trail_error *err)
 {
-	if (!valid_text(text, len))
+	const char *why = text_problem(text, len);
+	if (why)
 		return trail_error_set(err, TRAIL_EDATA,
-				       "note text must be non-empty UTF-8 ending in a newline, "
-				       "without control characters");
+				       "cannot sign: %s (note text is UTF-8 ending in a newline, "
+				       "without control characters)", why);
 	if (nsigners == 0 || nsigners > MAX_SIGS)
 		return trail_error_set(err, TRAIL_EUSAGE, "a note needs 1 to %d signers", MAX_SIGS);
 	size_t cap = len + 1 + nsigners * (NAME_MAX_LEN + 128) + 1;
@@ -305,9 +354,38 @@ int trail_note_sign(const char *text, size_t len, const trail_signer *const *sig
 	return TRAIL_OK;
 }
 
+/* Decode a signature's base64; *blob is buf, or trail_malloc'd when longer. */
+static int sig_decode(const char *b64, size_t n, uint8_t *buf, size_t cap, uint8_t **blob,
+		      size_t *len)
+{
+	size_t need = n / 4 * 3 + 3;
+	*blob = need <= cap ? buf : trail_malloc(need);
+	if (!*blob)
+		return TRAIL_ENOMEM;
+	if (trail_unbase64(b64, n, *blob, need <= cap ? cap : need, len)) {
+		if (*blob != buf)
+			trail_free(*blob);
+		*blob = NULL;
+		return TRAIL_EDATA;
+	}
+	return TRAIL_OK;
+}
+
 int trail_note_open(const char *note, size_t len, const trail_verifier *const *vs, size_t nv,
 		    char **text, size_t *textlen, trail_error *err)
 {
+	if (len == 0)
+		return trail_error_set(err, TRAIL_EDATA, "malformed note: empty");
+	if (note[len - 1] != '\n')
+		return trail_error_set(err, TRAIL_EDATA, "malformed note: it does not end with a newline");
+	/*
+	 * A note ends with a signature line, never a blank line, so one extra
+	 * newline (as `jq -r` or `echo "$note"` add) is unambiguous: drop it.
+	 */
+	if (len >= 2 && note[len - 2] == '\n')
+		len--;
+	if (len >= 2 && note[len - 2] == '\n')
+		return trail_error_set(err, TRAIL_EDATA, "malformed note: it ends with blank lines");
 	/* The signature block follows the last blank line. */
 	const char *sep = NULL;
 	for (size_t i = len; i >= 2; i--)
@@ -315,42 +393,71 @@ int trail_note_open(const char *note, size_t len, const trail_verifier *const *v
 			sep = note + i - 2;
 			break;
 		}
-	if (!sep || len == 0 || note[len - 1] != '\n')
-		return trail_error_set(err, TRAIL_EDATA, "malformed note: no signature block");
+	if (!sep)
+		return trail_error_set(err, TRAIL_EDATA,
+				       "malformed note: no blank line between the text and the signatures");
 	size_t tlen = (size_t)(sep - note) + 1;
-	if (!valid_text(note, tlen))
-		return trail_error_set(err, TRAIL_EDATA, "malformed note text");
-	const char *p = sep + 2, *end = note + len;
-	int nsig = 0, verified = 0;
+	const char *why = text_problem(note, tlen);
+	if (why)
+		return trail_error_set(err, TRAIL_EDATA, "malformed note: %s", why);
+	const char *p = sep + 2, *end = note + len, *first = NULL;
+	int nsig = 0, verified = 0, firstlen = 0;
 	while (p < end) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		if (!nl || ++nsig > MAX_SIGS || (size_t)(nl - p) < sizeof DASH ||
-		    memcmp(p, DASH, sizeof DASH - 1))
-			return trail_error_set(err, TRAIL_EDATA, "malformed note signature line");
+		if (++nsig > MAX_SIGS)
+			return trail_error_set(err, TRAIL_EDATA, "malformed note: more than %d signatures",
+					       MAX_SIGS);
+		if ((size_t)(nl - p) < sizeof DASH || memcmp(p, DASH, sizeof DASH - 1))
+			return trail_error_set(err, TRAIL_EDATA,
+					       "malformed note: signature line %d does not start "
+					       "with an em dash (U+2014) and a space", nsig);
 		const char *name = p + sizeof DASH - 1;
 		const char *sp = memchr(name, ' ', (size_t)(nl - name));
-		uint8_t blob[4 + TRAIL_SIG_LEN + 8];
+		if (!sp)
+			return trail_error_set(err, TRAIL_EDATA,
+					       "malformed note: signature line %d has no space "
+					       "after the key name", nsig);
+		size_t namelen = (size_t)(sp - name);
+		if ((why = name_problem(name, namelen, 0)))
+			return trail_error_set(err, TRAIL_EDATA, "malformed note: signature line %d: bad key name (%s)",
+					       nsig, why);
+		/* Signatures of other algorithms (ML-DSA, ECDSA, ...) may be far longer. */
+		uint8_t buf[4 + TRAIL_SIG_LEN + 8], *blob;
 		size_t bl;
-		if (!sp || !valid_name(name, (size_t)(sp - name)) ||
-		    trail_unbase64(sp + 1, (size_t)(nl - sp - 1), blob, sizeof blob, &bl) ||
-		    bl < 5)
-			return trail_error_set(err, TRAIL_EDATA, "malformed note signature line");
+		int rc = sig_decode(sp + 1, (size_t)(nl - sp - 1), buf, sizeof buf, &blob, &bl);
+		if (rc == TRAIL_ENOMEM)
+			return trail_error_set(err, rc, "out of memory");
+		if (rc || bl < 5) {
+			if (blob != buf)
+				trail_free(blob);
+			return trail_error_set(err, TRAIL_EDATA,
+					       "malformed note: signature line %d: %s", nsig,
+					       rc ? "the signature is not base64" :
+						    "the signature is shorter than 5 bytes");
+		}
 		uint32_t id = (uint32_t)blob[0] << 24 | (uint32_t)blob[1] << 16 |
 			      (uint32_t)blob[2] << 8 | blob[3];
-		for (size_t i = 0; i < nv; i++) {
+		if (!first)
+			first = name, firstlen = (int)namelen;
+		for (size_t i = 0; i < nv && !rc; i++) {
 			const trail_verifier *v = vs[i];
-			if (v->id != id || strlen(v->name) != (size_t)(sp - name) ||
-			    memcmp(v->name, name, (size_t)(sp - name)))
+			if (v->id != id || strlen(v->name) != namelen || memcmp(v->name, name, namelen))
 				continue;
 			if (bl != 4 + TRAIL_SIG_LEN || trail_verify(v, note, tlen, blob + 4))
-				return trail_error_set(err, TRAIL_EVERIFY,
-						       "bad signature by key '%s'", v->name);
+				rc = trail_error_set(err, TRAIL_EVERIFY, "bad signature by key '%s'",
+						     v->name);
 			verified = 1;
 		}
+		if (blob != buf)
+			trail_free(blob);
+		if (rc)
+			return rc;
 		p = nl + 1;
 	}
 	if (!verified)
-		return trail_error_set(err, TRAIL_EVERIFY, "note not signed by any known key");
+		return trail_error_set(err, TRAIL_EVERIFY,
+				       "note not signed by any known key (%d signature%s, the first "
+				       "by '%.*s')", nsig, nsig == 1 ? "" : "s", firstlen, first);
 	if (text) {
 		*text = trail_strndup(note, tlen);
 		if (!*text)

@@ -660,14 +660,15 @@ out:
 }
 
 int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *const *vs,
-			 size_t nv, uint64_t *index, trail_hash leaf, trail_error *err)
+			 size_t nv, const char *origin, uint64_t *index, trail_hash leaf,
+			 trail_error *err)
 {
 	static const char hdr[] = "c2sp.org/tlog-proof@v1\n";
 	const char *p = receipt, *end = receipt + len;
 	trail_hash proof[TRAIL_MERKLE_MAXPROOF], root;
 	size_t np = 0;
 	uint8_t *extra = NULL;
-	char *text = NULL;
+	char *text = NULL, *corigin = NULL;
 	int rc = TRAIL_EDATA, have_leaf = 0;
 	if (len < sizeof hdr - 1 || memcmp(p, hdr, sizeof hdr - 1))
 		return trail_error_set(err, TRAIL_EDATA, "not a tlog-proof (bad header)");
@@ -719,8 +720,14 @@ int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *
 	p = nl + 1;
 	uint64_t size;
 	if ((rc = trail_note_open(p, (size_t)(end - p), vs, nv, &text, NULL, err)) ||
-	    (rc = parse_checkpoint(text, NULL, &size, root, err)))
+	    (rc = parse_checkpoint(text, &corigin, &size, root, err)))
 		goto out;
+	/* The same key may sign for several logs: the origin says which. */
+	if (origin && strcmp(corigin, origin)) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "tlog-proof: the checkpoint is for log '%s', not '%s'",
+				     corigin, origin);
+		goto out;
+	}
 	if (!have_leaf) {
 		rc = trail_error_set(err, TRAIL_EDATA, "tlog-proof: no entry (extra) to check");
 		goto out;
@@ -731,6 +738,7 @@ int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *
 out:
 	trail_free(extra);
 	trail_free(text);
+	trail_free(corigin);
 	return rc;
 }
 
@@ -992,7 +1000,7 @@ int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_
 }
 
 int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
-		      trail_error *err)
+		      const char *origin, trail_error *err)
 {
 	static const char hdr[] = "c2sp.org/tlog-proof@v1\n";
 	if (len >= sizeof hdr - 1 && !memcmp(buf, hdr, sizeof hdr - 1)) {
@@ -1000,7 +1008,7 @@ int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *
 		if (nv == 0)
 			return trail_error_set(err, TRAIL_EUSAGE,
 					       "a tlog-proof needs the log's verifier key (--key)");
-		return trail_receipt_verify(buf, len, vs, nv, NULL, leaf, err);
+		return trail_receipt_verify(buf, len, vs, nv, origin, NULL, leaf, err);
 	}
 	return trail_merkle_check_text(buf, len, err);
 }

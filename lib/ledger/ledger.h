@@ -23,7 +23,15 @@
 typedef struct trail_signer trail_signer;
 typedef struct trail_verifier trail_verifier;
 
-/* A new key pair for `name` (no '+', whitespace or control characters). */
+/*
+ * Is `name` one trail gives a key (or a log origin): 1 to 256 bytes of
+ * UTF-8 without Unicode spaces, '+' or control characters? NULL if so,
+ * else what is wrong (a static string). Keys and notes made elsewhere need
+ * only what C2SP signed-note asks: no Unicode spaces or '+'.
+ */
+const char *trail_key_name_problem(const char *name);
+
+/* A new key pair for `name` (see trail_key_name_problem; TRAIL_EUSAGE if not). */
 int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *err);
 
 /*
@@ -54,16 +62,19 @@ int trail_verify(const trail_verifier *v, const void *msg, size_t len,
 		 const uint8_t sig[TRAIL_SIG_LEN]);
 
 /*
- * Sign text into a note. The text must be non-empty, end with a newline and
- * hold no control character but newline (C2SP signed-note).
+ * Sign text into a note. The text must be UTF-8, non-empty, end with a
+ * newline and hold no ASCII control character below U+0020 but newline
+ * (C2SP signed-note; U+007F is allowed).
  */
 int trail_note_sign(const char *text, size_t len, const trail_signer *const *signers,
 		    size_t nsigners, char **note, size_t *notelen, trail_error *err);
 /*
  * Open a note: TRAIL_OK if at least one of the given verifiers signed it
- * (signatures by unknown keys are ignored); TRAIL_EVERIFY if none did or a
- * known key's signature is bad; TRAIL_EDATA if it is not a note. *text (if
- * not NULL) gets the signed text.
+ * (signatures by unknown keys, of any algorithm and length, are ignored);
+ * TRAIL_EVERIFY if none did or a known key's signature is bad; TRAIL_EDATA
+ * naming the problem if it is not a note. One extra trailing newline is
+ * accepted (a note never ends with a blank line). *text (if not NULL) gets
+ * the signed text.
  */
 int trail_note_open(const char *note, size_t len, const trail_verifier *const *vs, size_t nv,
 		    char **text, size_t *textlen, trail_error *err);
@@ -304,12 +315,14 @@ int trail_ledger_checkpoint(trail_ledger *l, char **note, trail_error *err);
 /* A C2SP tlog-proof receipt for entry `index` against a fresh checkpoint. */
 int trail_ledger_receipt(trail_ledger *l, uint64_t index, char **out, trail_error *err);
 /*
- * Verify a tlog-proof receipt offline against the operator verifier key(s):
- * TRAIL_OK, TRAIL_EVERIFY, or TRAIL_EDATA if it is not a receipt. *index
- * and the entry's leaf hash come back for the caller to compare.
+ * Verify a tlog-proof receipt offline against the operator verifier key(s)
+ * and, unless origin is NULL, the log's origin (its checkpoint's first
+ * line): TRAIL_OK, TRAIL_EVERIFY, or TRAIL_EDATA if it is not a receipt.
+ * *index and the entry's leaf hash come back for the caller to compare.
  */
 int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *const *vs,
-			 size_t nv, uint64_t *index, trail_hash leaf, trail_error *err);
+			 size_t nv, const char *origin, uint64_t *index, trail_hash leaf,
+			 trail_error *err);
 
 /* Proofs as JSON in the transparency-dev test-case format (base64 hashes). */
 int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json_t **out,
@@ -317,12 +330,12 @@ int trail_ledger_proof_json(trail_ledger *l, uint64_t index, uint64_t size, json
 int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_t **out,
 				  trail_error *err);
 /*
- * Check one proof file: a tlog-proof receipt (against the verifier keys vs)
- * or a JSON test case. TRAIL_OK valid, TRAIL_EVERIFY invalid, TRAIL_EDATA
- * unrecognised.
+ * Check one proof file: a tlog-proof receipt (against the verifier keys vs
+ * and, unless NULL, the origin) or a JSON test case. TRAIL_OK valid,
+ * TRAIL_EVERIFY invalid, TRAIL_EDATA unrecognised.
  */
 int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
-		      trail_error *err);
+		      const char *origin, trail_error *err);
 
 /* fsck: every entry hash, tree node, referenced object and signature. */
 typedef void (*trail_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);

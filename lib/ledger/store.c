@@ -35,17 +35,6 @@ static int exists(const char *path)
 	return stat(path, &st) == 0;
 }
 
-static int valid_origin(const char *s)
-{
-	size_t n = strlen(s);
-	if (n == 0 || n > 200)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] <= 0x20 || s[i] == '+' || s[i] == 0x7f)
-			return 0;
-	return 1;
-}
-
 int trail_store_init(const char *home, const char *origin, const char *keyfile,
 		     trail_error *err)
 {
@@ -76,9 +65,12 @@ int trail_store_init(const char *home, const char *origin, const char *keyfile,
 		snprintf(gen_origin, sizeof gen_origin, "trail/%s", hx);
 		origin = gen_origin;
 	}
-	if (!valid_origin(origin)) {
-		rc = trail_error_set(err, TRAIL_EUSAGE,
-				     "invalid origin '%s' (printable, no spaces or '+')", origin);
+	/* The origin names the operator key too: a valid key name. */
+	const char *why = trail_key_name_problem(origin);
+	if (why) {
+		rc = trail_utf8_valid(origin, strlen(origin))
+			     ? trail_error_set(err, TRAIL_EUSAGE, "invalid origin '%s': %s", origin, why)
+			     : trail_error_set(err, TRAIL_EUSAGE, "invalid origin: %s", why);
 		goto out;
 	}
 	for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
@@ -121,6 +113,8 @@ int trail_store_init(const char *home, const char *origin, const char *keyfile,
 		goto out;
 	conf = json_pack("{s:s, s:s, s:i}", "origin", origin, "operator", vkey, "version", 1);
 	size_t jl;
+	if (!conf)
+		rc = TRAIL_ENOMEM;
 	if (!conf || (rc = trail_jcs(conf, &js, &jl, err)))
 		goto out;
 	js[jl] = '\n';

@@ -279,7 +279,7 @@ static void receipts(FILE *f, trail_report *r, const json_t *v, int *nshown)
 		if (!r->nv) {
 			status = "not checked (no log key given)";
 			cls = "warn";
-		} else if (trail_receipt_verify(s, strlen(s), r->vs, r->nv, &idx, leaf, &e) == TRAIL_OK) {
+		} else if (trail_receipt_verify(s, strlen(s), r->vs, r->nv, NULL, &idx, leaf, &e) == TRAIL_OK) {
 			status = "verified";
 			cls = "ok";
 		} else {

@@ -46,6 +46,21 @@ out=$(GITHUB_ACTIONS=true sh "$CI" good 2>/dev/null)
 check_eq "malformed line annotated" \
 	"$(echo "$out" | grep -c '^::error file=submissions/broken.ndjson,line=1,title=malformed::')" 1
 
+# Plain text submissions, split as datanet-add splits them (issue 20).
+git checkout -q -b text good
+python3 -c 'import json,sys;[print(json.loads(l)["text"]+"\n") for l in open(sys.argv[1])]' "$D/good.ndjson" > submissions/essays.txt
+git add . && git commit -qm "essays"
+out=$(GITHUB_ACTIONS=true sh "$CI" good 2>/dev/null); rc=$?
+check_eq "a plain text submission is checked: the copy of accepted data is caught" "$rc" 1
+check_eq "on the paragraph's first line" \
+	"$(echo "$out" | grep -c '^::error file=submissions/essays.txt,line=1,title=duplicate::')" 1
+check_eq "its records are those datanet-add would make" "$(echo "$out" | tail -1)" \
+	"::notice title=datanet-validate::2 records, 1 accepted, 1 rejected, 0 malformed"
+check_eq "PER_FILE=1: the whole file is one record" \
+	"$(PER_FILE=1 GITHUB_ACTIONS=true sh "$CI" good 2>/dev/null | tail -1)" \
+	"::notice title=datanet-validate::1 records, 1 accepted, 0 rejected, 0 malformed"
+git checkout -q good
+
 # Policy from the repository: a 40-word minimum passes, 200 rejects.
 git checkout -q good
 printf '{"rules":{"gopher-word-count":{"min":200}}}\n' > policy.json

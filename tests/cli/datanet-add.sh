@@ -76,6 +76,41 @@ datanet-cat "atlas@$size1" > snap1b
 check "atlas@SIZE gives the same bytes whatever was added later" cmp snap1 snap1b
 check "a rejection takes effect" datanet-validate --datanet atlas --key owner.key --reject "$bb"
 check_eq "back to two records" "$(datanet-cat atlas | wc -l)" 2
+
+# approving the accepted records of a bundle, naming the rejected (issue 20)
+{
+	echo '{"text":"The harbour of Oskelund freezes in the long winter."}'
+	echo '{"text":"Too short."}'
+	echo '{"text":"The amber road ran north along the coast of Varnholm."}'
+	echo '{"text":"The harbour of Oskelund freezes in the long winter."}'
+} > mixed.ndjson
+datanet-add atlas --key bob.key mixed.ndjson > rm
+bm=$(sed 's/.*"bundle":"\([^"]*\)".*/\1/' rm)
+s0=$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')
+datanet-validate --datanet atlas --key owner.key --approve "$bm" > /dev/null 2> err
+check_eq "--approve alone refuses a bundle with rejected records, naming the way out" "$(cat err)" \
+	"datanet-validate: error: not approved: 2 record(s) rejected (--accepted-only approves the others)"
+check_eq "and appends nothing" "$(trail-log verify | sed 's/.*"size":\([0-9]*\).*/\1/')" "$s0"
+check_rc 64 "--accepted-only needs --approve" datanet-validate --datanet atlas --key owner.key --accepted-only "$bm"
+check_rc 0 "--approve --accepted-only approves the rest" \
+	datanet-validate --datanet atlas --key owner.key --approve --accepted-only "$bm"
+check "the approval names the rejected records by position and id" sh -c \
+	"trail-log show \$(( $s0 )) | grep -q '\"decision\":\"approve\",\"rejected\":\\[{\"n\":2,\"record\":\"sha256:[0-9a-f]*\"},{\"n\":4,'"
+check_eq "the snapshot holds the two accepted records and not the rest" \
+	"$(datanet-cat atlas | grep -c "\"bundle\":\"$bm\"") $(datanet-cat atlas | grep -c 'Too short')" "2 0"
+check_eq "a copy rejected as a duplicate leaves its first, accepted copy in" \
+	"$(datanet-cat atlas | grep -c 'freezes in the long winter')" 1
+check "a later full rejection takes the rest out" datanet-validate --datanet atlas --key owner.key --reject "$bm"
+check_eq "back to two records again" "$(datanet-cat atlas | wc -l)" 2
+
+# receipts taken out with jq -r end in one more newline; they still verify
+if command -v jq >/dev/null; then
+	jq -r .proof ra > ra-jq.tlog-proof
+	check "a receipt extracted with jq -r verifies" trail-log verify-proof ra-jq.tlog-proof
+	check "and so does its checkpoint" sh -c "jq -r .checkpoint ra | trail-key verify '$TRAIL_HOME/keys/operator.pub'"
+else
+	skip "receipts extracted with jq -r" "no jq"
+fi
 check_rc 64 "a malformed NAME@SIZE" datanet-cat atlas@x
 check_rc 66 "a size beyond the ledger" datanet-cat atlas@100000
 

@@ -102,6 +102,58 @@ PYEOF
 
 datanet-validate --print-policy > "$T/policy.json"
 check "--print-policy prints a policy that parses back" datanet-validate --policy "$T/policy.json" good.ndjson
+# --- plain text, split as datanet-add splits it (issue 20) ------------------------
+printf 'Alpha paragraph one is here.\nIt goes on.\n\nBeta paragraph two.\r\n \r\n\n\nGamma three\n' > "$T/kb.txt"
+trail-key generate -C "$T" textkey >/dev/null 2>&1
+datanet-add --bundle-only -o "$T/kb.tar" kb --key "$T/textkey.key" "$T/kb.txt" >/dev/null
+ids() { grep -o '"record":"[^"]*"'; }
+check_eq "a text file is three records, one per paragraph" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | ids | sort -u | wc -l)" 3
+check_eq "a text file gives the records (ids) of the bundle datanet-add makes of it" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | ids)" "$(datanet-validate --preset short-form "$T/kb.tar" | ids)"
+check_eq "each verdict gives its paragraph's first line" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | grep -o '"n":[0-9]*' | tr '\n' ' ')" '"n":1 "n":4 "n":8 '
+check_eq "text on a pipe too" "$(cat "$T/kb.txt" | datanet-validate --preset short-form | ids)" \
+	"$(datanet-validate --preset short-form "$T/kb.txt" | ids)"
+datanet-add --bundle-only --per-file -o "$T/kb1.tar" kb --key "$T/textkey.key" "$T/kb.txt" >/dev/null
+check_eq "--per-file: one record" "$(datanet-validate --per-file --preset short-form "$T/kb.txt" | ids | wc -l)" 1
+check_eq "--per-file: the record datanet-add --per-file makes" \
+	"$(datanet-validate --per-file --preset short-form "$T/kb.txt" | ids)" "$(datanet-validate --preset short-form "$T/kb1.tar" | ids)"
+printf 'Good paragraph of text.\n\nBad \377 byte here.\n' > "$T/bad.txt"
+check_eq "a paragraph that is not UTF-8 gets a utf8 verdict" \
+	"$(datanet-validate --preset short-form "$T/bad.txt" | grep -c '"rule":"utf8"')" 1
+check_eq "plain text can be the approved records: its copies are caught" \
+	"$(datanet-validate --preset short-form --approved "$T/kb.txt" "$T/kb.txt" | grep -c '"rule":"duplicate"')" 3
+
+# --- policy presets (issue 20) --------------------------------------------------
+check_eq "--preset web prints the default policy byte for byte" \
+	"$(datanet-validate --print-policy --preset web)" "$(cat "$T/policy.json")"
+same=0
+for f in good rejected pii instruct; do
+	sc=; [ $f = instruct ] && sc="--schema instruct"
+	# shellcheck disable=SC2086
+	cmp -s <(datanet-validate $sc "$f.ndjson" 2>&1) <(datanet-validate $sc --preset web "$f.ndjson" 2>&1) || same=1
+done
+check_eq "--preset web gives the default verdicts byte for byte" "$same" 0
+printf '%s\n' '{"text":"Paris is the capital of France."}' \
+	'{"text":"Boiling point of water: 100 degrees Celsius at sea level"}' \
+	'{"text":"Q: What is the speed of light?\nA: About 299,792 km per second."}' > "$T/kb.ndjson"
+check_rc 1 "the default rejects short knowledge-base records" datanet-validate "$T/kb.ndjson"
+check_rc 0 "--preset short-form accepts them" datanet-validate --preset short-form "$T/kb.ndjson"
+check_rc 1 "short-form still rejects a repeated phrase" sh -c \
+	'echo "{\"text\":\"buy now buy now buy now buy now buy now buy now\"}" | datanet-validate --preset short-form'
+check_eq "--print-policy --preset short-form shows its word count" \
+	"$(datanet-validate --print-policy --preset short-form | python3 -c 'import json,sys;r=json.load(sys.stdin)["rules"];print(r["gopher-word-count"]["min"],r["c4-sentences"]["enabled"])')" "3 False"
+printf '%s\n' '{"text":"int main(void)\n{\n\treturn 0;\n}\n"}' > "$T/code.ndjson"
+check_rc 1 "the default rejects a C function" datanet-validate "$T/code.ndjson"
+check_rc 0 "--preset code accepts it" datanet-validate --preset code "$T/code.ndjson"
+check_rc 1 "--preset code still rejects an API token" sh -c \
+	'echo "{\"text\":\"key = \\\"ghp_abcdefghijklmnopqrstuvwxyz0123456789\\\"\"}" | datanet-validate --preset code'
+check_eq "a preset turns no quality rule on for instruct" \
+	"$(datanet-validate --print-policy --schema instruct --preset short-form | python3 -c 'import json,sys;print(json.load(sys.stdin)["rules"]["gopher-word-count"]["enabled"])')" False
+check_rc 64 "an unknown preset is a usage error" datanet-validate --preset nope "$T/kb.ndjson"
+check_rc 64 "--policy and --preset together are refused" datanet-validate --policy strict.json --preset web "$T/kb.ndjson"
+
 man="$TRAIL_TOP/man/datanet-validate.1"
 missing=$(python3 - "$T/policy.json" "$man" <<'EOF'
 import json, re, sys

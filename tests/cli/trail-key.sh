@@ -21,6 +21,26 @@ sed 's/world/w0rld/' note > bad
 check_rc 1 "an altered note fails" sh -c 'trail-key verify alice.pub < bad'
 check_rc 65 "text without a final newline is refused" sh -c 'printf x | trail-key sign alice.key'
 check_rc 66 "a missing key file" trail-key public nope.key
+# --- C2SP signed-note conformance (issue 18) and receipts from jq -r (issue 20) --
+check_rc 64 "a name with a no-break space is refused" trail-key generate "$(printf 'a\302\240b')"
+check_rc 64 "a name with an ideographic space is refused" trail-key generate "$(printf 'a\343\200\200b')"
+check_rc 64 "a name that is not UTF-8 is refused" trail-key generate "$(printf 'a\377b')"
+check_eq "and no key files were written" "$(ls | grep -c '^a[^l]')" 0
+check "a UTF-8 name is fine" trail-key generate "$(printf 'caf\303\251')"
+printf 'a\177b\n' | trail-key sign alice.key > del
+check "text holding U+007F signs and verifies" sh -c 'trail-key verify alice.pub < del'
+{ cat note; echo; } > note-nl
+check "a note with one extra trailing newline verifies" sh -c 'trail-key verify alice.pub < note-nl'
+{ cat note; echo; echo; } > note-nl2
+trail-key verify alice.pub < note-nl2 > /dev/null 2> err
+check_eq "two extra newlines: the error names the problem" "$(cat err)" \
+	"trail-key: error: malformed note: it ends with blank lines"
+# a 3313-byte signature (ML-DSA-65 size) by an unknown key before alice's
+long=$(head -c 4420 /dev/zero | tr '\0' A)
+{ sed '/^$/q' note; printf '\342\200\224 pq.example/mldsa %s\n' "$long"; sed '1,/^$/d' note; } > note-pq
+check "a long unknown-key signature does not stop alice's from verifying" \
+	sh -c 'trail-key verify alice.pub < note-pq'
+check_rc 1 "and bob's key still does not verify it" sh -c 'trail-key verify bob.pub < note-pq'
 vec="$TRAIL_TOP/../shared/testdata/signed-note/vector.json"
 if [ -f "$vec" ] && command -v python3 >/dev/null; then
 	python3 -c "import json,sys;d=json.load(open(sys.argv[1]));open('pn.key','w').write(d['signer_key']+'\n');open('text','w').write(d['text']);open('want','w').write(d['signed_note']);open('pn.pub','w').write(d['verifier_key']+'\n')" "$vec"

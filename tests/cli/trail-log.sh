@@ -29,7 +29,11 @@ else
 fi
 
 # --- basic use -----------------------------------------------------------------
-check "init" trail-log init --origin test.example/log
+trail-log init --origin test.example/log > "$T/init.out"
+result $? "init"
+check_eq "init prints the store, origin and operator key" \
+	"$(sed 's/"operator":"test.example\/log+[0-9a-f]*+[A-Za-z0-9+\/=]*"/"operator":K/' "$T/init.out")" \
+	"{\"operator\":K,\"origin\":\"test.example/log\",\"store\":\"$TRAIL_HOME\"}"
 check_rc 65 "init twice refused" trail-log init
 printf '{"type":"a","n":1}\n{"n":2,"type":"b"}\n{"type":"c","s":"\\u00e9"}\n' > "$T/in.ndjson"
 trail-log append < "$T/in.ndjson" > "$T/receipts"
@@ -37,6 +41,8 @@ check_eq "one receipt per entry" "$(wc -l < "$T/receipts")" 3
 check_eq "get returns the canonical form" "$(trail-log get 1)" '{"n":2,"type":"b"}'
 check_eq "show FROM..TO" "$(trail-log show 1..2 | wc -l)" 2
 check_rc 66 "get past the end" trail-log get 3
+check_rc 66 "show past the end" trail-log show 3
+check_eq "with a message" "$(trail-log show 5.. 2>&1)" "trail-log: error: no entry 5 (size 3)"
 trail-log checkpoint > "$T/cp"
 check_eq "checkpoint line 1 is the origin" "$(sed -n 1p "$T/cp")" test.example/log
 check_eq "checkpoint line 2 is the size" "$(sed -n 2p "$T/cp")" 3
@@ -44,6 +50,19 @@ trail-log prove 2 > "$T/r.tlog-proof"
 check "tlog-proof receipt verifies" trail-log verify-proof "$T/r.tlog-proof"
 trail-key generate -C "$T" other >/dev/null 2>&1
 check_rc 1 "receipt refused under another log's key" trail-log verify-proof --key "$T/other.pub" "$T/r.tlog-proof"
+{ cat "$T/r.tlog-proof"; echo; } > "$T/r-nl"
+check "a receipt with an extra trailing newline (jq -r) verifies" trail-log verify-proof "$T/r-nl"
+check "--origin names the log the receipt is from" trail-log verify-proof --origin test.example/log "$T/r.tlog-proof"
+check_rc 1 "a receipt is refused for another origin" trail-log verify-proof --origin other.example/log "$T/r.tlog-proof"
+# the same operator key, another log: its receipts are not this store's
+trail-log --home "$T/twin" init --origin twin.example/log --key "$TRAIL_HOME/keys/operator.key" >/dev/null 2>&1
+echo '{"type":"t"}' | trail-log --home "$T/twin" append >/dev/null
+trail-log --home "$T/twin" prove 0 > "$T/twin.tlog-proof"
+check "a twin log's receipt verifies against the twin" trail-log --home "$T/twin" verify-proof "$T/twin.tlog-proof"
+check_rc 1 "but not against this store (its origin by default)" trail-log verify-proof "$T/twin.tlog-proof"
+check_rc 64 "init refuses an origin that is not UTF-8" trail-log --home "$T/bad" init --origin "$(printf 'a\377b')"
+check_rc 64 "init refuses an origin with a no-break space" trail-log --home "$T/bad" init --origin "$(printf 'a\302\240b')"
+check_eq "and leaves no store behind" "$(ls "$T/bad" 2>/dev/null | wc -l)" 0
 sed 's/^index 2$/index 1/' "$T/r.tlog-proof" > "$T/r2"
 check_rc 1 "receipt with a changed index refused" trail-log verify-proof "$T/r2"
 trail-log consistency 1 3 > "$T/c.json"

@@ -22,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	trail_free(text);
 	uint64_t idx;
 	trail_hash leaf;
-	trail_receipt_verify((const char *)data, size, vs, 1, &idx, leaf, NULL);
+	trail_receipt_verify((const char *)data, size, vs, 1, NULL, &idx, leaf, NULL);
 	/* Keys: parse attempts must never crash. */
 	trail_verifier *x = NULL;
 	trail_signer *s = NULL;

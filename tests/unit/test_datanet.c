@@ -203,7 +203,7 @@ int main(void)
 		const trail_verifier *op = trail_store_operator_vkey(s);
 		uint64_t pi = 99;
 		trail_hash leaf;
-		ok(proof && trail_receipt_verify(proof, strlen(proof), &op, 1, &pi, leaf, &e) == 0 && pi == ea,
+		ok(proof && trail_receipt_verify(proof, strlen(proof), &op, 1, "datanet.test", &pi, leaf, &e) == 0 && pi == ea,
 		   "its tlog-proof verifies offline%s", e.msg);
 		ok(strstr(json_string_value(json_object_get(rc_json, "checkpoint")), "datanet.test\n") != NULL,
 		   "and it carries the checkpoint");
@@ -290,6 +290,41 @@ int main(void)
 	ok(again && !strcmp(again, snap2), "atlas@%llu is unchanged by the later rejection", (unsigned long long)s2);
 	trail_free(again);
 	trail_free(snap3);
+
+	/* an approval that leaves records out */
+	{
+		trail_bundle *bb;
+		char dd[72];
+		ok(trail_datanet_load_bundle(s, db, &bb, dd, &e) == 0 && json_array_size(bb->ids) == 3, "bob's bundle");
+		json_t *one = json_pack("[{s:i, s:O}]", "n", 2, "record", json_array_get(bb->ids, 1));
+		json_t *wrong = json_pack("[{s:i, s:O}]", "n", 1, "record", json_array_get(bb->ids, 1));
+		json_t *all = json_pack("[{s:i, s:O}, {s:i, s:O}, {s:i, s:O}]", "n", 1, "record",
+					json_array_get(bb->ids, 0), "n", 2, "record", json_array_get(bb->ids, 1),
+					"n", 3, "record", json_array_get(bb->ids, 2));
+		uint64_t sz = size_now(s);
+		ok(trail_datanet_approve_records(s, "atlas", eb, 1, wrong, NULL, owner, &idx, &e) == TRAIL_EUSAGE,
+		   "a record named at the wrong position is refused: %s", e.msg);
+		ok(trail_datanet_approve_records(s, "atlas", eb, 1, all, NULL, owner, &idx, &e) == TRAIL_EUSAGE,
+		   "rejecting every record is refused: %s", e.msg);
+		ok(trail_datanet_approve_records(s, "atlas", eb, 0, one, NULL, owner, &idx, &e) == TRAIL_EUSAGE,
+		   "only an approval names rejected records");
+		ok(size_now(s) == sz, "refused decisions append nothing");
+		ok(trail_datanet_approve_records(s, "atlas", eb, 1, one, NULL, owner, &idx, &e) == 0,
+		   "bob's bundle approved but for its second record");
+		char *snap4 = snapshot(s, "atlas", 0, &count, &rc);
+		const char *id2 = json_string_value(json_array_get(bb->ids, 1));
+		ok(count == 4 && snap4 && !strstr(snap4, id2) && strstr(snap4, json_string_value(json_array_get(bb->ids, 2))),
+		   "the snapshot holds bob's other two records");
+		trail_free(snap4);
+		trail_datanet_decide(s, "atlas", eb, 0, NULL, owner, &idx, NULL);
+		snap4 = snapshot(s, "atlas", 0, &count, &rc);
+		ok(count == 2 && !strcmp(snap4, snap1), "a later rejection takes the rest out");
+		trail_free(snap4);
+		json_decref(one);
+		json_decref(wrong);
+		json_decref(all);
+		trail_bundle_free(bb);
+	}
 
 	/* forged and mismatched entries are ignored */
 	forge(s, json_pack("{s:s, s:s, s:I, s:s, s:s}", "type", "approval", "datanet", "atlas", "contribution",

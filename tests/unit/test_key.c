@@ -106,6 +106,76 @@ int main(void)
 	ok(trail_note_sign("no newline", 10, (const trail_signer *const *)&s, 1, &body, NULL, NULL) == TRAIL_EDATA,
 	   "text without final newline refused");
 
+
+	/* C2SP conformance (issue 18): longer signatures of other algorithms, DEL, names. */
+	{
+		/* an ML-DSA-65 sized signature (3309 bytes) by an unknown key before ours */
+		size_t big = 4 + 3309;
+		uint8_t *raw = calloc(1, big);
+		char *b64 = malloc(trail_base64_len(big) + 1);
+		raw[0] = 0x12, raw[4] = 0xab;
+		trail_base64(raw, big, b64);
+		const char *sigs = strstr(want, "\n\n") + 2;
+		size_t tl = (size_t)(sigs - want);
+		char *two = malloc(wl + strlen(b64) + 64);
+		memcpy(two, want, tl);
+		sprintf(two + tl, "\xe2\x80\x94 pq.example/mldsa %s\n%s", b64, sigs);
+		trail_error e = {0};
+		ok(trail_note_open(two, strlen(two), (const trail_verifier *const *)&ver, 1, NULL, NULL, &e) == 0,
+		   "a long unknown-key signature line is ignored, the known key verifies (%s)", e.msg);
+		ok(trail_note_open(two, strlen(two), (const trail_verifier *const *)&other, 1, NULL, NULL, &e) ==
+			   TRAIL_EVERIFY && strstr(e.msg, "2 signatures"),
+		   "without a known key it is not verified: %s", e.msg);
+		free(two);
+		free(b64);
+		free(raw);
+
+		/* one extra trailing newline (jq -r) is accepted, two are not */
+		char *nl1 = malloc(wl + 3);
+		memcpy(nl1, want, wl);
+		memcpy(nl1 + wl, "\n\n", 3);
+		ok(trail_note_open(nl1, wl + 1, (const trail_verifier *const *)&ver, 1, &body, NULL, &e) == 0 &&
+			   !strcmp(body, text), "a note with one extra trailing newline verifies");
+		trail_free(body);
+		ok(trail_note_open(nl1, wl + 2, (const trail_verifier *const *)&ver, 1, NULL, NULL, &e) ==
+			   TRAIL_EDATA && strstr(e.msg, "blank lines"), "two extra newlines: %s", e.msg);
+		ok(trail_note_open(want, wl - 1, (const trail_verifier *const *)&ver, 1, NULL, NULL, &e) ==
+			   TRAIL_EDATA && strstr(e.msg, "does not end with a newline"), "no final newline: %s", e.msg);
+		ok(trail_note_open(text, strlen(text), (const trail_verifier *const *)&ver, 1, NULL, NULL, &e) ==
+			   TRAIL_EDATA && strstr(e.msg, "no blank line"), "bare text: %s", e.msg);
+		free(nl1);
+
+		/* U+007F is not a control character to C2SP (only those below U+0020) */
+		char *dn;
+		ok(trail_note_sign("a\x7f" "b\n", 4, (const trail_signer *const *)&s, 1, &dn, NULL, &e) == 0 &&
+			   trail_note_open(dn, strlen(dn), (const trail_verifier *const *)&ver, 1, NULL, NULL, &e) == 0,
+		   "text with U+007F signs and verifies");
+		trail_free(dn);
+		ok(trail_note_sign("a\tb\n", 4, (const trail_signer *const *)&s, 1, &dn, NULL, &e) == TRAIL_EDATA &&
+			   strstr(e.msg, "control character"), "a tab is refused: %s", e.msg);
+
+		/* names: UTF-8, no Unicode spaces, no '+' */
+		static const char *bad[] = {"a\xc2\xa0" "b", "a\xe3\x80\x80" "b", "a\xe2\x80\xa8" "b",
+					    "a\xff" "b", "a\xc0\xaf", "a+b", "a b", "", "a\x7f"};
+		int refused = 0;
+		for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+			char *x, *y;
+			if (trail_key_generate(bad[i], &x, &y, NULL) == TRAIL_EUSAGE)
+				refused++;
+			else
+				diag("accepted name %zu", i), trail_free(x), trail_free(y);
+		}
+		ok(refused == (int)(sizeof bad / sizeof *bad), "names with Unicode spaces, bad UTF-8, '+' refused");
+		char *x, *y;
+		trail_verifier *uv;
+		ok(trail_key_generate("caf\xc3\xa9.example/\xe6\x97\xa5", &x, &y, NULL) == 0 &&
+			   trail_verifier_parse(y, strlen(y), &uv, NULL) == 0,
+		   "a UTF-8 name is accepted and its key parses");
+		trail_verifier_free(uv);
+		trail_free(x);
+		trail_free(y);
+	}
+
 	/* Signed JSON objects. */
 	json_t *o = json_pack("{s:s, s:i}", "type", "contribution", "n", 3);
 	ok(trail_json_sign(o, s, NULL) == 0 && trail_json_verify(o, NULL) == 0, "json signature verifies");
