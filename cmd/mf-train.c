@@ -1,4 +1,4 @@
-/* mf-train: train a GPT-2-family model or a LoRA adapter on an exact list of records. */
+/* mf-train: train a GPT-2 or Llama-family model or a LoRA adapter on an exact list of records. */
 #include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -13,9 +13,9 @@ enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS,
        O_RESUME, O_CKPT, O_NAME };
 
 static const trail_opt opts[] = {
-	{O_INIT, "init", 0, "CONFIG", "train from scratch: a config.json (n_layer, n_head, n_embd, n_positions, vocab_size)", "file"},
+	{O_INIT, "init", 0, "CONFIG", "train from scratch: a Hugging Face config.json (GPT-2, Llama, Qwen2, Mistral)", "file"},
 	{O_BASE, "base", 0, "MODEL", "start from a model directory (or its model.safetensors)", "dir"},
-	{O_LORA, "lora", 0, "SPEC", "train a LoRA adapter: r=8,alpha=16,targets=c_attn,c_proj,c_fc[,rslora=1]", NULL},
+	{O_LORA, "lora", 0, "SPEC", "train a LoRA adapter: r=8,alpha=16,targets=c_attn,c_proj|q_proj,v_proj,...[,rslora=1]", NULL},
 	{O_DATA, "data", 'd', "FILE", "training records (NDJSON: text, or prompt and completion; contributor kept)", "file"},
 	{O_DATANET, "datanet", 0, "NAME[@SIZE]", "train on a datanet snapshot from the store", NULL},
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
@@ -48,7 +48,7 @@ static const trail_cli cli = {
 		 "    --steps N|--epochs N [--batch B] [--seq T] [--lr LR] [--seed S] [--threads N] [--resume] -o DIR\n"
 		 "--eval --base MODEL [--adapter DIR] --data FILE|--datanet NAME[@SIZE] [--seq T]\n"
 		 "--merge --base MODEL --adapter DIR -o DIR",
-	.summary = "Train a GPT-2-family model or a LoRA adapter on exact records; writes the weights, "
+	.summary = "Train a GPT-2 or Llama-family model or a LoRA adapter on exact records; writes the weights, "
 		   "the tokenizer and training.json.",
 	.opts = opts,
 };

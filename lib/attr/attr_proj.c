@@ -138,22 +138,6 @@ static void gauss(float *x, size_t n, double std, uint64_t seed)
 }
 
 /* The layer's kind from its name ("h.3.attn.c_attn"), as TRAIL_LORA_* bits. */
-static int layer_kind(const char *name)
-{
-	size_t n = strlen(name);
-	static const struct {
-		const char *suffix;
-		int bit;
-	} k[] = {{"attn.c_attn", TRAIL_LORA_C_ATTN}, {"attn.c_proj", TRAIL_LORA_ATTN_PROJ}, {"mlp.c_fc", TRAIL_LORA_C_FC},
-		 {"mlp.c_proj", TRAIL_LORA_MLP_PROJ}};
-	for (size_t i = 0; i < 4; i++) {
-		size_t l = strlen(k[i].suffix);
-		if (n >= l && !strcmp(name + n - l, k[i].suffix))
-			return k[i].bit;
-	}
-	return 0;
-}
-
 static int layer_selected(const trail_model *m, int i, int targets)
 {
 	const char *name;
@@ -161,7 +145,7 @@ static int layer_selected(const trail_model *m, int i, int targets)
 	int in, out, T;
 	if (trail_model_linear_io(m, i, &name, &X, &dY, &in, &out, &T))
 		return 0;
-	return !targets || (targets & layer_kind(name));
+	return !targets || (targets & trail_model_linear_target(m, i));
 }
 
 int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_attr_proj **out,

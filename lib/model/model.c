@@ -421,3 +421,12 @@ int trail_model_linear_lora(const trail_model *m, int i, const float **A, const 
 	*scale = m->scale;
 	return TRAIL_OK;
 }
+
+int trail_model_linear_target(const trail_model *m, int i)
+{
+	trail_lin *L = i >= 0 ? trained(m, i) : NULL;
+	for (int k = 0; L && k < m->nlin; k++)
+		if (m->lin[k] == L)
+			return 1 << (m->arch->kind_bit0 + k % m->arch->nkinds);
+	return 0;
+}

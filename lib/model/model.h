@@ -160,6 +160,8 @@ int trail_model_linear_io(const trail_model *m, int i, const char **name, const 
 			  const float **dY, int *in, int *out, int *T);
 int trail_model_linear_lora(const trail_model *m, int i, const float **A, const float **B, int *r,
 			    double *scale);
+/* The TRAIL_LORA_* bit of the i-th of those layers' kind (0 past the last). */
+int trail_model_linear_target(const trail_model *m, int i);
 
 /* AdamW with decoupled weight decay (default 0) on every trainable parameter. */
 typedef struct trail_adamw {
