@@ -235,12 +235,22 @@ int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *e
 int trail_tokenizer_save(const trail_tokenizer *t, const char *dir, trail_error *err);
 void trail_tokenizer_free(trail_tokenizer *t);
 
-const char *trail_tokenizer_kind(const trail_tokenizer *t); /* "bytes" or "gpt2" */
+const char *trail_tokenizer_kind(const trail_tokenizer *t); /* "bytes", "gpt2", "bpe" or "sentencepiece" */
 size_t trail_tokenizer_vocab_size(const trail_tokenizer *t);
-int32_t trail_tokenizer_eot(const trail_tokenizer *t); /* -1 when none */
+int32_t trail_tokenizer_eot(const trail_tokenizer *t); /* end-of-text (tokenizer.json: EOS), -1 when none */
 
 int trail_tokenizer_encode(const trail_tokenizer *t, const char *text, size_t len,
 			   int32_t **ids, size_t *n, trail_error *err);
+/*
+ * encode with flags: TRAIL_TOKENIZE_SPECIAL splits special tokens out of
+ * the text (without it their text is encoded as text); TRAIL_TOKENIZE_ADD
+ * adds BOS and EOS where the tokenizer's configuration says to. Both apply
+ * to tokenizer.json's tokenizers only; encode is encode_ex with flags 0.
+ */
+enum { TRAIL_TOKENIZE_SPECIAL = 1, TRAIL_TOKENIZE_ADD = 2 };
+int trail_tokenizer_encode_ex(const trail_tokenizer *t, const char *text, size_t len, unsigned flags,
+			      int32_t **ids, size_t *n, trail_error *err);
+int32_t trail_tokenizer_bos(const trail_tokenizer *t); /* -1 when none */
 /* Decoding is byte-exact: decode(encode(s)) == s. */
 int trail_tokenizer_decode(const trail_tokenizer *t, const int32_t *ids, size_t n, char **text,
 			   size_t *len, trail_error *err);
