@@ -522,6 +522,8 @@ static int read_config(trail_tokenizer *t, const json_t *root, const json_t *voc
 	t->eos = id_of(t, vocab, last);
 	t->add_bos = t->bos >= 0;
 	t->add_eos = t->eos >= 0;
+	if (!dir)
+		return TRAIL_OK;
 	char *p = trail_path(dir, "tokenizer_config.json");
 	json_t *c = NULL;
 	int rc = p ? trail_read_file(p, MAX_JSON, &t->config, &t->config_len, NULL) : TRAIL_ENOMEM;
@@ -559,15 +561,32 @@ static int read_config(trail_tokenizer *t, const json_t *root, const json_t *voc
 
 int trail_hf_load(const char *file, const char *dir, trail_tokenizer **out, trail_error *err)
 {
+	void *buf;
+	size_t len;
+	*out = NULL;
+	int rc = trail_read_file(file, MAX_JSON, &buf, &len, err);
+	if (rc)
+		return rc;
+	rc = trail_hf_parse(buf, len, file, dir, out, err);
+	trail_free(buf);
+	return rc;
+}
+
+int trail_hf_parse(const void *buf, size_t len, const char *file, const char *dir, trail_tokenizer **out,
+		   trail_error *err)
+{
 	json_t *root = NULL;
 	trail_tokenizer *t = trail_calloc(1, sizeof *t);
 	int rc;
 	*out = NULL;
-	if (!t)
+	if (!t || !(t->json = trail_malloc(len ? len : 1))) {
+		trail_free(t);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	memcpy(t->json, buf, len);
+	t->json_len = len;
 	t->eot = t->bos = t->eos = t->unk = -1;
-	if ((rc = trail_read_file(file, MAX_JSON, &t->json, &t->json_len, err)) ||
-	    (rc = trail_json_parse(t->json, t->json_len, file, &root, err)))
+	if ((rc = trail_json_parse(t->json, t->json_len, file, &root, err)))
 		goto out;
 	const json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
 	const char *type = json_string_value(json_object_get(model, "type"));

@@ -293,6 +293,9 @@ long trail_tok_unspell(const uint8_t *k, size_t n, uint8_t *out);
 
 /* hf_tokenizer.c */
 int trail_hf_load(const char *file, const char *dir, trail_tokenizer **out, trail_error *err);
+/* The same from tokenizer.json's bytes (file names them in errors); dir NULL: no tokenizer_config.json. */
+int trail_hf_parse(const void *buf, size_t len, const char *file, const char *dir, trail_tokenizer **out,
+		   trail_error *err);
 int trail_hf_encode(const trail_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t **ids,
 		    size_t *n, trail_error *err);
 int trail_hf_save(const trail_tokenizer *t, const char *dir, trail_error *err);
