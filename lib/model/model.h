@@ -194,9 +194,14 @@ double trail_grad_norm(const float *g, size_t n);
 double trail_lr_schedule(double peak, long step, long warmup, long total);
 
 /*
- * Tokenizers: GPT-2 byte-level BPE (vocab.json + merges.txt) and a plain
+ * Tokenizers: GPT-2 byte-level BPE (vocab.json + merges.txt), a plain
  * byte tokenizer (ids 0-255; id 256 is end-of-text when the model's
- * vocabulary has room for it).
+ * vocabulary has room for it), and Hugging Face's tokenizer.json:
+ * byte-level BPE with Llama-3's or Qwen's pre-tokeniser (kind "bpe") and
+ * SentencePiece-style BPE with byte fallback (kind "sentencepiece"), their
+ * added and special tokens, BOS and EOS (trail-formats(5) says exactly
+ * what is read; the ids are those of the reference encoder
+ * @lenml/tokenizers, tests/cli/hf-tokenizer.sh).
  *
  * GPT-2 BPE gives the ids of GPT-2's own encoder: its pre-tokenisation
  * regex with Unicode 15.0 letter and number classes and ECMAScript's \s,
@@ -206,6 +211,11 @@ double trail_lr_schedule(double peak, long step, long warmup, long total);
  * neither letter, number nor space, whose byte is merged like any other, so
  * decode(encode(s)) == s for every byte string. "<|endoftext|>" in text is
  * encoded as text; decode skips end-of-text and ids without a token.
+ * tokenizer.json's tokenizers take the same bytes the same way (a byte
+ * that is not UTF-8 is its byte's token, or its <0xNN> token); decode
+ * skips special tokens and ids without a token, and decode(encode(s)) == s
+ * except where the tokenizer itself loses text (NFC; SentencePiece's
+ * U+2581 in the text, or a space after an added token).
  *
  * Ownership: the tokenizer handle is freed with trail_tokenizer_free
  * (NULL is a no-op); id and text buffers returned through pointers are
@@ -223,7 +233,9 @@ int trail_tokenizer_bytes(trail_tokenizer **out);
 /*
  * "bytes", or a directory with tokenizer.json ({"type":"bytes"}), with
  * vocab.json and merges.txt (Hugging Face's names), or with encoder.json and
- * vocab.bpe (OpenAI's names for the same files).
+ * vocab.bpe (OpenAI's names for the same files); else a directory with
+ * Hugging Face's tokenizer.json (and tokenizer_config.json), or the path of
+ * a tokenizer.json itself (tokenizer_config.json read beside it).
  */
 int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *err);
 /*
@@ -231,6 +243,8 @@ int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *e
  * vocab.json (compact, in id order) and merges.txt ("#version: 0.2", then
  * by rank), the same bytes for the same tokenizer whichever names it was
  * read from; a byte tokenizer's tokenizer.json there is removed.
+ * A tokenizer.json tokenizer writes tokenizer.json and tokenizer_config.json
+ * back as they were read.
  */
 int trail_tokenizer_save(const trail_tokenizer *t, const char *dir, trail_error *err);
 void trail_tokenizer_free(trail_tokenizer *t);

@@ -1,6 +1,11 @@
 /*
  * Tokenizers: the byte tokenizer (ids 0-255 are the bytes, 256 is
- * end-of-text) and GPT-2's byte-level BPE.
+ * end-of-text), GPT-2's byte-level BPE, and the engine that
+ * hf_tokenizer.c's tokenizers share: the pre-tokenisers (GPT-2's regex and
+ * the Split regexes of Llama-3 and Qwen, piece_end_split), the BPE merge
+ * loop over ids, the piece cache and the map from token text to id.
+ * hf_tokenizer.c holds the public trail_tokenizer_* functions and calls
+ * into this file, never the other way.
  *
  * GPT-2 encodes text in two steps.
  *
