@@ -361,6 +361,10 @@ static int read_tokens(trail_tokenizer *t, const json_t *vocab, const json_t *ad
 	json_array_foreach(added, i, v) { /* an added token's content is its text, whatever the vocabulary says */
 		json_int_t id = json_integer_value(json_object_get(v, "id"));
 		keys[id] = json_string_value(json_object_get(v, "content"));
+		if (json_is_true(json_object_get(v, "single_word"))) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "added token \"%s\": single_word is not supported", keys[id]);
+			goto out;
+		}
 		t->flags[id] = TOK_ADDED | (json_is_true(json_object_get(v, "special")) ? TOK_SPECIAL : 0);
 	}
 	for (i = 0; i < 256; i++)
@@ -398,10 +402,9 @@ static int read_tokens(trail_tokenizer *t, const json_t *vocab, const json_t *ad
 				else
 					t->text[o++] = (char)s[j++];
 		}
-		if (t->flags[i] & TOK_ADDED) {
+		if (t->flags[i] & TOK_ADDED)
 			t->added[t->n_added++] = (tok_added){t->off[i], o - t->off[i], (int32_t)i,
-							     (uint8_t)!!(t->flags[i] & TOK_SPECIAL)};
-		}
+							     (uint8_t)!!(t->flags[i] & TOK_SPECIAL), 0, 0};
 	}
 	t->off[t->n_vocab] = o;
 	if (t->kind == TK_HF_BPE)
@@ -410,6 +413,14 @@ static int read_tokens(trail_tokenizer *t, const json_t *vocab, const json_t *ad
 				rc = trail_error_at(err, TRAIL_EDATA, path, 0, "no token for the byte 0x%02zx", i);
 				goto out;
 			}
+	json_array_foreach(added, i, v) {
+		int32_t id = (int32_t)json_integer_value(json_object_get(v, "id"));
+		for (size_t j = 0; j < t->n_added; j++)
+			if (t->added[j].id == id) {
+				t->added[j].lstrip = json_is_true(json_object_get(v, "lstrip"));
+				t->added[j].rstrip = json_is_true(json_object_get(v, "rstrip"));
+			}
+	}
 	qsort_r(t->added, t->n_added, sizeof *t->added, cmp_added, t);
 	for (size_t b = 0, j = 0; b <= 256; b++) {
 		while (j < t->n_added && (uint8_t)t->text[t->added[j].off] < b)
@@ -506,7 +517,9 @@ static int read_merges(trail_tokenizer *t, const json_t *vocab, const json_t *me
 	return rc;
 }
 
-/* BOS and EOS: tokenizer_config.json's, else the post-processor's template (which also says whether BOS is added). */
+/* BOS and EOS: tokenizer_config.json's, else the post-processor's template. What
+ * TRAIL_TOKENIZE_ADD adds is the template's alone, as the reference encoder does
+ * (add_bos_token and add_eos_token are not read). */
 static int read_config(trail_tokenizer *t, const json_t *root, const json_t *vocab, const char *dir, trail_error *err)
 {
 	const json_t *pp = json_object_get(root, "post_processor"), *single = json_object_get(pp, "single");
@@ -518,10 +531,8 @@ static int read_config(trail_tokenizer *t, const json_t *root, const json_t *voc
 		if (s && i + 1 == json_array_size(single) && i > 0)
 			last = s;
 	}
-	t->bos = id_of(t, vocab, first);
-	t->eos = id_of(t, vocab, last);
-	t->add_bos = t->bos >= 0;
-	t->add_eos = t->eos >= 0;
+	t->bos = t->add_first = id_of(t, vocab, first);
+	t->eos = t->add_last = id_of(t, vocab, last);
 	if (!dir)
 		return TRAIL_OK;
 	char *p = trail_path(dir, "tokenizer_config.json");
@@ -548,12 +559,6 @@ static int read_config(trail_tokenizer *t, const json_t *root, const json_t *voc
 		rc = trail_error_at(err, TRAIL_EDATA, p, 0, "bos_token is not a token");
 	if (!rc && e && (t->eos = id_of(t, vocab, str_or_content(e))) < 0 && !json_is_null(e))
 		rc = trail_error_at(err, TRAIL_EDATA, p, 0, "eos_token is not a token");
-	if (json_is_boolean(json_object_get(c, "add_bos_token")))
-		t->add_bos = json_is_true(json_object_get(c, "add_bos_token"));
-	if (json_is_boolean(json_object_get(c, "add_eos_token")))
-		t->add_eos = json_is_true(json_object_get(c, "add_eos_token"));
-	t->add_bos &= t->bos >= 0;
-	t->add_eos &= t->eos >= 0;
 	json_decref(c);
 	trail_free(p);
 	return rc;
@@ -585,7 +590,7 @@ int trail_hf_parse(const void *buf, size_t len, const char *file, const char *di
 	}
 	memcpy(t->json, buf, len);
 	t->json_len = len;
-	t->eot = t->bos = t->eos = t->unk = -1;
+	t->eot = t->bos = t->eos = t->unk = t->add_first = t->add_last = -1;
 	if ((rc = trail_json_parse(t->json, t->json_len, file, &root, err)))
 		goto out;
 	const json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
@@ -746,8 +751,8 @@ int trail_hf_encode(const trail_tokenizer *t, const char *text, size_t len, unsi
 	ids_out o = {0};
 	int rc = ids_room(&o, len + 2) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
 	int add = (flags & TRAIL_TOKENIZE_ADD) != 0;
-	if (!rc && add && t->add_bos)
-		o.p[o.n++] = t->bos;
+	if (!rc && add && t->add_first >= 0)
+		o.p[o.n++] = t->add_first;
 	size_t from = 0;
 	for (size_t i = 0; i < len && !rc;) {
 		const tok_added *a = t->added_first[s[i]] < t->added_first[s[i] + 1]
@@ -757,7 +762,15 @@ int trail_hf_encode(const trail_tokenizer *t, const char *text, size_t len, unsi
 			i++;
 			continue;
 		}
-		if ((rc = section(t, s + from, i - from, &o, err)))
+		size_t end = i, l;
+		uint32_t cp;
+		if (a->lstrip) { /* the section before loses its trailing whitespace (ECMAScript's trimEnd) */
+			end = from;
+			for (size_t k = from; k < i; k += l)
+				if (trail_tok_char(s, i, k, &l, &cp) != TRAIL_UC_SPACE)
+					end = k + l;
+		}
+		if ((rc = section(t, s + from, end - from, &o, err)))
 			break;
 		if (ids_room(&o, 1)) {
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -765,15 +778,17 @@ int trail_hf_encode(const trail_tokenizer *t, const char *text, size_t len, unsi
 		}
 		o.p[o.n++] = a->id;
 		i += a->len;
+		while (a->rstrip && i < len && trail_tok_char(s, len, i, &l, &cp) == TRAIL_UC_SPACE)
+			i += l;
 		from = i;
 	}
 	if (!rc)
 		rc = section(t, s + from, len - from, &o, err);
-	if (!rc && add && t->add_eos) {
+	if (!rc && add && t->add_last >= 0) {
 		if (ids_room(&o, 1))
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		else
-			o.p[o.n++] = t->eos;
+			o.p[o.n++] = t->add_last;
 	}
 	if (rc) {
 		trail_free(o.p);

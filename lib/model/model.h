@@ -258,7 +258,8 @@ int trail_tokenizer_encode(const trail_tokenizer *t, const char *text, size_t le
 /*
  * encode with flags: TRAIL_TOKENIZE_SPECIAL splits special tokens out of
  * the text (without it their text is encoded as text); TRAIL_TOKENIZE_ADD
- * adds BOS and EOS where the tokenizer's configuration says to. Both apply
+ * adds the special tokens of tokenizer.json's post-processor template
+ * (Llama-2's BOS, say), as the reference encoder does. Both apply
  * to tokenizer.json's tokenizers only; encode is encode_ex with flags 0.
  */
 enum { TRAIL_TOKENIZE_SPECIAL = 1, TRAIL_TOKENIZE_ADD = 2 };

@@ -224,6 +224,7 @@ typedef struct tok_added {
 	uint32_t off, len; /* its text in t->text */
 	int32_t id;
 	uint8_t special;
+	uint8_t lstrip, rstrip; /* the whitespace before it (after it) goes with it */
 } tok_added;
 
 struct trail_tokenizer {
@@ -248,8 +249,8 @@ struct trail_tokenizer {
 	uint8_t byte_fallback;  /* a character without a token is its <0xNN> tokens */
 	uint8_t fuse_unk;       /* consecutive unknowns are one */
 	uint8_t ignore_merges;  /* a piece that is a token is that token, merges unread */
-	uint8_t add_bos, add_eos;
 	int32_t bos, eos, unk;  /* -1 when none */
+	int32_t add_first, add_last; /* what TRAIL_TOKENIZE_ADD adds: the post-processor template's, -1 none */
 	int32_t fallback[256];  /* <0xNN>, -1 when absent */
 	uint32_t *vm;           /* vm_mask + 1 slots of id + 1 (0 empty): token text -> id */
 	size_t vm_mask;

