@@ -185,9 +185,14 @@ double trail_grad_norm(const float *g, size_t n);
 double trail_lr_schedule(double peak, long step, long warmup, long total);
 
 /*
- * Tokenizers: GPT-2 byte-level BPE (vocab.json + merges.txt) and a plain
+ * Tokenizers: GPT-2 byte-level BPE (vocab.json + merges.txt), a plain
  * byte tokenizer (ids 0-255; id 256 is end-of-text when the model's
- * vocabulary has room for it).
+ * vocabulary has room for it), and Hugging Face's tokenizer.json:
+ * byte-level BPE with Llama-3's or Qwen's pre-tokeniser (kind "bpe") and
+ * SentencePiece-style BPE with byte fallback (kind "sentencepiece"), their
+ * added and special tokens, BOS and EOS (trail-formats(5) says exactly
+ * what is read; the ids are those of the reference encoder
+ * @lenml/tokenizers, tests/cli/hf-tokenizer.sh).
  *
  * GPT-2 BPE gives the ids of GPT-2's own encoder: its pre-tokenisation
  * regex with Unicode 15.0 letter and number classes and ECMAScript's \s,
@@ -197,6 +202,11 @@ double trail_lr_schedule(double peak, long step, long warmup, long total);
  * neither letter, number nor space, whose byte is merged like any other, so
  * decode(encode(s)) == s for every byte string. "<|endoftext|>" in text is
  * encoded as text; decode skips end-of-text and ids without a token.
+ * tokenizer.json's tokenizers take the same bytes the same way (a byte
+ * that is not UTF-8 is its byte's token, or its <0xNN> token); decode
+ * skips special tokens and ids without a token, and decode(encode(s)) == s
+ * except where the tokenizer itself loses text (NFC; SentencePiece's
+ * U+2581 in the text, or a space after an added token).
  *
  * Ownership: the tokenizer handle is freed with trail_tokenizer_free
  * (NULL is a no-op); id and text buffers returned through pointers are
@@ -214,7 +224,9 @@ int trail_tokenizer_bytes(trail_tokenizer **out);
 /*
  * "bytes", or a directory with tokenizer.json ({"type":"bytes"}), with
  * vocab.json and merges.txt (Hugging Face's names), or with encoder.json and
- * vocab.bpe (OpenAI's names for the same files).
+ * vocab.bpe (OpenAI's names for the same files); else a directory with
+ * Hugging Face's tokenizer.json (and tokenizer_config.json), or the path of
+ * a tokenizer.json itself (tokenizer_config.json read beside it).
  */
 int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *err);
 /*
@@ -222,16 +234,29 @@ int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *e
  * vocab.json (compact, in id order) and merges.txt ("#version: 0.2", then
  * by rank), the same bytes for the same tokenizer whichever names it was
  * read from; a byte tokenizer's tokenizer.json there is removed.
+ * A tokenizer.json tokenizer writes tokenizer.json and tokenizer_config.json
+ * back as they were read.
  */
 int trail_tokenizer_save(const trail_tokenizer *t, const char *dir, trail_error *err);
 void trail_tokenizer_free(trail_tokenizer *t);
 
-const char *trail_tokenizer_kind(const trail_tokenizer *t); /* "bytes" or "gpt2" */
+const char *trail_tokenizer_kind(const trail_tokenizer *t); /* "bytes", "gpt2", "bpe" or "sentencepiece" */
 size_t trail_tokenizer_vocab_size(const trail_tokenizer *t);
-int32_t trail_tokenizer_eot(const trail_tokenizer *t); /* -1 when none */
+int32_t trail_tokenizer_eot(const trail_tokenizer *t); /* end-of-text (tokenizer.json: EOS), -1 when none */
 
 int trail_tokenizer_encode(const trail_tokenizer *t, const char *text, size_t len,
 			   int32_t **ids, size_t *n, trail_error *err);
+/*
+ * encode with flags: TRAIL_TOKENIZE_SPECIAL splits special tokens out of
+ * the text (without it their text is encoded as text); TRAIL_TOKENIZE_ADD
+ * adds the special tokens of tokenizer.json's post-processor template
+ * (Llama-2's BOS, say), as the reference encoder does. Both apply
+ * to tokenizer.json's tokenizers only; encode is encode_ex with flags 0.
+ */
+enum { TRAIL_TOKENIZE_SPECIAL = 1, TRAIL_TOKENIZE_ADD = 2 };
+int trail_tokenizer_encode_ex(const trail_tokenizer *t, const char *text, size_t len, unsigned flags,
+			      int32_t **ids, size_t *n, trail_error *err);
+int32_t trail_tokenizer_bos(const trail_tokenizer *t); /* -1 when none */
 /* Decoding is byte-exact: decode(encode(s)) == s. */
 int trail_tokenizer_decode(const trail_tokenizer *t, const int32_t *ids, size_t n, char **text,
 			   size_t *len, trail_error *err);

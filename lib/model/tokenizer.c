@@ -1,6 +1,11 @@
 /*
  * Tokenizers: the byte tokenizer (ids 0-255 are the bytes, 256 is
- * end-of-text) and GPT-2's byte-level BPE.
+ * end-of-text), GPT-2's byte-level BPE, and the engine that
+ * hf_tokenizer.c's tokenizers share: the pre-tokenisers (GPT-2's regex and
+ * the Split regexes of Llama-3 and Qwen, piece_end_split), the BPE merge
+ * loop over ids, the piece cache and the map from token text to id.
+ * hf_tokenizer.c holds the public trail_tokenizer_* functions and calls
+ * into this file, never the other way.
  *
  * GPT-2 encodes text in two steps.
  *
@@ -34,15 +39,6 @@
 #include "model/model.h"
 #include "model/model_int.h"
 
-enum { TK_BYTES, TK_GPT2 };
-enum { TOK_PRESENT = 1, TOK_LITERAL = 2 }; /* literal: spelled outside the byte alphabet, never produced by encode */
-
-typedef struct merge_slot {
-	uint64_t key; /* left id << 32 | right id */
-	int32_t rank; /* -1: empty slot */
-	int32_t id;   /* the merged token */
-} merge_slot;
-
 /* Pieces of 2 to CACHE_KEY bytes are cached; the cache is cleared when full. */
 #define CACHE_SLOTS (1u << 17)
 #define CACHE_MAX (1u << 16)
@@ -56,29 +52,14 @@ typedef struct cache_slot {
 	uint8_t klen, nid; /* klen 0: empty */
 } cache_slot;
 
-typedef struct cache {
+struct tok_cache {
 	pthread_mutex_t lock;
 	cache_slot *slot;
 	char *text;
 	int32_t *ids;
 	size_t n, ntext, nids;
-} cache;
-
-struct trail_tokenizer {
-	int kind;
-	char byte[256];	   /* bytes: the text of id i */
-	size_t n_vocab;	   /* gpt2: largest id + 1 */
-	int32_t eot;	   /* -1 when none */
-	char *text;	   /* every token's bytes, back to back */
-	uint32_t *off;	   /* n_vocab + 1: token i is text[off[i] .. off[i + 1]) */
-	uint8_t *flags;	   /* n_vocab: TOK_* */
-	int32_t byte_id[256];
-	merge_slot *mt;	   /* mt_mask + 1 slots */
-	size_t mt_mask;
-	int32_t (*merges)[2]; /* by rank, as read */
-	size_t n_merges;
-	cache *cache;
 };
+typedef struct tok_cache cache;
 
 /* GPT-2's bytes_to_unicode: the 188 printable Latin-1 bytes stand for
  * themselves, the other 68 (0x00-0x20, 0x7F-0xA0, 0xAD) take U+0100 onwards
@@ -183,6 +164,78 @@ static size_t piece_end(const uint8_t *s, size_t n, size_t i)
 	return last > i ? last : i + l0;
 }
 
+int trail_tok_char(const uint8_t *s, size_t n, size_t i, size_t *len, uint32_t *cp)
+{
+	int c = char_at(s, n, i, len);
+	unsigned b = s[i];
+	if (*len == 1) {
+		*cp = b < 0x80 ? b : 0x110000 + b;
+		return c;
+	}
+	uint32_t v = b & (*len == 2 ? 0x1F : *len == 3 ? 0x0F : 0x07);
+	for (size_t k = 1; k < *len; k++)
+		v = v << 6 | (s[i + k] & 0x3Fu);
+	*cp = v;
+	return c;
+}
+
+/*
+ * The piece at s[i] under Llama-3's Split regex (maxdig 3) or Qwen's
+ * (maxdig 1), JavaScript's semantics (leftmost alternative that matches):
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+ *    ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * Every character is a letter, number, space or other, so one of them
+ * always matches and the pieces tile the text.
+ */
+static size_t piece_end_split(const uint8_t *s, size_t n, size_t i, int maxdig)
+{
+	size_t l0, l1, k, lk;
+	int c0 = char_at(s, n, i, &l0);
+	if (s[i] == '\'' && i + 1 < n) { /* contractions, ASCII case-insensitive */
+		unsigned a = s[i + 1] | 32, b = i + 2 < n ? s[i + 2] | 32 : 0;
+		int al = (unsigned)((s[i + 1] | 32) - 'a') < 26, bl = i + 2 < n && (unsigned)((s[i + 2] | 32) - 'a') < 26;
+		if (al && (a == 's' || a == 't' || a == 'm' || a == 'd'))
+			return i + 2;
+		if (al && bl && ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')))
+			return i + 3;
+	}
+	if (c0 == TRAIL_UC_LETTER || (c0 != TRAIL_UC_NUMBER && s[i] != '\r' && s[i] != '\n' && i + l0 < n &&
+				      char_at(s, n, i + l0, &l1) == TRAIL_UC_LETTER)) {
+		k = c0 == TRAIL_UC_LETTER ? i + l0 : i + l0 + l1;
+		while (k < n && char_at(s, n, k, &lk) == TRAIL_UC_LETTER)
+			k += lk;
+		return k;
+	}
+	if (c0 == TRAIL_UC_NUMBER) {
+		k = i + l0;
+		for (int d = 1; d < maxdig && k < n && char_at(s, n, k, &lk) == TRAIL_UC_NUMBER; d++)
+			k += lk;
+		return k;
+	}
+	k = i;
+	if (s[i] == ' ' && i + 1 < n && char_at(s, n, i + 1, &l1) == TRAIL_UC_OTHER)
+		k = i + 1;
+	if (k > i || c0 == TRAIL_UC_OTHER) { /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' */
+		while (k < n && char_at(s, n, k, &lk) == TRAIL_UC_OTHER)
+			k += lk;
+		while (k < n && (s[k] == '\r' || s[k] == '\n'))
+			k++;
+		return k;
+	}
+	/* a space: \s*[\r\n]+ ends after the run's last CR or LF; else \s+(?!\S) | \s+ */
+	size_t last = i, crlf = 0;
+	for (k = i; k < n && char_at(s, n, k, &lk) == TRAIL_UC_SPACE; k += lk) {
+		if (s[k] == '\r' || s[k] == '\n')
+			crlf = k + 1;
+		last = k;
+	}
+	if (crlf)
+		return crlf;
+	if (k == n)
+		return n;
+	return last > i ? last : k;
+}
+
 /* ---- merges ---- */
 
 /* Merges are keyed by the pair of ids, as GPT-2's Python keys them by the
@@ -207,7 +260,7 @@ static inline const merge_slot *merge_find(const trail_tokenizer *t, int32_t a, 
 }
 
 /* A later duplicate of a pair replaces the earlier rank, as in the reference. */
-static void merge_put(trail_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id)
+void trail_tok_merge_put(trail_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id)
 {
 	uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
 	size_t h = merge_hash(key, t->mt_mask);
@@ -219,6 +272,7 @@ static void merge_put(trail_tokenizer *t, int32_t a, int32_t b, int32_t rank, in
 /* Scratch for bpe_piece over a piece of up to cap bytes; pieces up to
  * WORK_SMALL bytes (nearly all) use the array inside, longer ones the heap. */
 #define WORK_SMALL 64
+#define TOK_GONE INT32_MIN /* a symbol merged into its left neighbour */
 #define WORK_BYTES(cap) ((cap) * (6 * sizeof(uint64_t) + 3 * sizeof(int32_t)))
 
 typedef struct work {
@@ -295,50 +349,69 @@ static uint64_t heap_pop(uint64_t *h, size_t *n)
  * ordered by construction still gives the reference's result. O(m log m).
  * Writes the ids to out (at least m long); returns their count.
  */
-static size_t bpe_piece(const trail_tokenizer *t, const uint8_t *p, size_t m, work *w, int32_t *out)
+static void bpe_run(const trail_tokenizer *t, size_t m, int32_t *id, int32_t *nx, int32_t *pv, uint64_t *heap,
+		    uint64_t *pend)
 {
-	int32_t *id = w->id, *nx = w->nx, *pv = w->pv;
 	size_t hn = 0, np = 0;
 	for (size_t k = 0; k < m; k++) {
-		id[k] = t->byte_id[p[k]];
 		nx[k] = (int32_t)k + 1;
 		pv[k] = (int32_t)k - 1;
 	}
 	for (size_t k = 0; k + 1 < m; k++) {
 		const merge_slot *ms = merge_find(t, id[k], id[k + 1]);
 		if (ms)
-			heap_push(w->heap, &hn, (uint64_t)ms->rank << 32 | k);
+			heap_push(heap, &hn, (uint64_t)ms->rank << 32 | k);
 	}
 	int64_t round = -1;
 	for (;;) {
-		if (!hn || (int64_t)(w->heap[0] >> 32) != round) {
+		if (!hn || (int64_t)(heap[0] >> 32) != round) {
 			for (size_t i = 0; i < np; i++)
-				heap_push(w->heap, &hn, w->pend[i]);
+				heap_push(heap, &hn, pend[i]);
 			np = 0;
 			if (!hn)
 				break;
-			round = (int64_t)(w->heap[0] >> 32);
+			round = (int64_t)(heap[0] >> 32);
 		}
-		int32_t k = (int32_t)(uint32_t)heap_pop(w->heap, &hn), r = nx[k];
-		if (id[k] < 0 || (size_t)r >= m)
+		int32_t k = (int32_t)(uint32_t)heap_pop(heap, &hn), r = nx[k];
+		if (id[k] == TOK_GONE || (size_t)r >= m)
 			continue;
 		const merge_slot *ms = merge_find(t, id[k], id[r]);
 		if (!ms || ms->rank != round) /* stale: a neighbour changed */
 			continue;
 		id[k] = ms->id;
-		id[r] = -1;
+		id[r] = TOK_GONE;
 		nx[k] = nx[r];
 		if ((size_t)nx[k] < m)
 			pv[nx[k]] = k;
 		if (pv[k] >= 0 && (ms = merge_find(t, id[pv[k]], id[k])))
-			w->pend[np++] = (uint64_t)ms->rank << 32 | (uint32_t)pv[k];
+			pend[np++] = (uint64_t)ms->rank << 32 | (uint32_t)pv[k];
 		if ((size_t)nx[k] < m && (ms = merge_find(t, id[k], id[nx[k]])))
-			w->pend[np++] = (uint64_t)ms->rank << 32 | (uint32_t)k;
+			pend[np++] = (uint64_t)ms->rank << 32 | (uint32_t)k;
 	}
+}
+
+/* bpe_run over the m >= 2 bytes of one piece; writes the ids to out (at least m long), returns their count. */
+static size_t bpe_piece(const trail_tokenizer *t, const uint8_t *p, size_t m, work *w, int32_t *out)
+{
+	for (size_t k = 0; k < m; k++)
+		w->id[k] = t->byte_id[p[k]];
+	bpe_run(t, m, w->id, w->nx, w->pv, w->heap, w->pend);
 	size_t c = 0;
-	for (int32_t k = 0; (size_t)k < m; k = nx[k])
-		out[c++] = id[k];
+	for (int32_t k = 0; (size_t)k < m; k = w->nx[k])
+		out[c++] = w->id[k];
 	return c;
+}
+
+int trail_tok_bpe(const trail_tokenizer *t, int32_t *id, int32_t *nx, size_t m)
+{
+	work w;
+	w.owned = NULL;
+	work_carve(&w, w.small, WORK_SMALL);
+	if (work_reserve(&w, m))
+		return TRAIL_ENOMEM;
+	bpe_run(t, m, id, nx, w.pv, w.heap, w.pend);
+	trail_free(w.owned);
+	return TRAIL_OK;
 }
 
 /* ---- the piece cache ---- */
@@ -607,7 +680,7 @@ static int read_merges(trail_tokenizer *t, const char *path, const json_t *vocab
 				goto out;
 			}
 		}
-		merge_put(t, id[0], id[1], (int32_t)t->n_merges, id[2]);
+		trail_tok_merge_put(t, id[0], id[1], (int32_t)t->n_merges, id[2]);
 		t->merges[t->n_merges][0] = id[0];
 		t->merges[t->n_merges][1] = id[1];
 		t->n_merges++;
@@ -619,7 +692,7 @@ out:
 }
 
 /* Hugging Face's layout (vocab.json, merges.txt) or OpenAI's (encoder.json, vocab.bpe). */
-static int gpt2_load(const char *dir, trail_tokenizer **out, trail_error *err)
+int trail_tok_gpt2_load(const char *dir, trail_tokenizer **out, trail_error *err)
 {
 	char *vp = NULL, *mp = NULL;
 	json_t *vocab = NULL;
@@ -644,41 +717,11 @@ out:
 	trail_free(vp);
 	trail_free(mp);
 	if (rc) {
-		trail_tokenizer_free(t);
+		trail_tok_release(t);
 		t = NULL;
 	}
 	*out = t;
 	return rc;
-}
-
-int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *err)
-{
-	*out = NULL;
-	if (!strcmp(spec, "bytes"))
-		return trail_tokenizer_bytes(out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
-	char *p = trail_path(spec, "tokenizer.json");
-	void *b;
-	size_t n;
-	if (!p)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	int rc = trail_read_file(p, 4096, &b, &n, NULL);
-	trail_free(p);
-	if (rc == TRAIL_ENOMEM)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (rc == TRAIL_OK) {
-		int bytes = strstr(b, "\"bytes\"") != NULL;
-		trail_free(b);
-		if (bytes)
-			return trail_tokenizer_bytes(out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
-	}
-	if (first_file(spec, "vocab.json", "encoder.json", &p))
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (p) {
-		trail_free(p);
-		return gpt2_load(spec, out, err);
-	}
-	return trail_error_at(err, TRAIL_ENOINPUT, spec, 0,
-			      "no tokenizer here (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe)");
 }
 
 /* ---- saving ---- */
@@ -703,7 +746,7 @@ static int spell(const trail_tokenizer *t, size_t i, trail_buf *b)
 }
 
 /* vocab.json in id order and merges.txt by rank: the same tokenizer always gives the same bytes. */
-static int gpt2_save(const trail_tokenizer *t, const char *dir, trail_error *err)
+int trail_tok_gpt2_save(const trail_tokenizer *t, const char *dir, trail_error *err)
 {
 	trail_buf b = {0}, w = {0};
 	json_t *vocab = json_object();
@@ -751,18 +794,7 @@ static int gpt2_save(const trail_tokenizer *t, const char *dir, trail_error *err
 	return rc;
 }
 
-int trail_tokenizer_save(const trail_tokenizer *t, const char *dir, trail_error *err)
-{
-	static const char text[] = "{\"type\":\"bytes\",\"vocab_size\":257,\"eot\":256}\n";
-	if (t->kind == TK_GPT2)
-		return gpt2_save(t, dir, err);
-	char *p = trail_path(dir, "tokenizer.json");
-	int rc = p ? trail_write_atomic(p, text, sizeof text - 1, 0644, err) : TRAIL_ENOMEM;
-	trail_free(p);
-	return rc;
-}
-
-void trail_tokenizer_free(trail_tokenizer *t)
+void trail_tok_release(trail_tokenizer *t)
 {
 	if (!t)
 		return;
@@ -772,41 +804,125 @@ void trail_tokenizer_free(trail_tokenizer *t)
 	trail_free(t->flags);
 	trail_free(t->mt);
 	trail_free(t->merges);
+	trail_free(t->vm);
+	trail_free(t->added);
+	trail_free(t->json);
+	trail_free(t->config);
 	trail_free(t);
 }
 
-const char *trail_tokenizer_kind(const trail_tokenizer *t)
+int trail_tok_merges_alloc(trail_tokenizer *t, size_t n)
 {
-	return t->kind == TK_GPT2 ? "gpt2" : "bytes";
+	size_t slots = 16;
+	while (slots < 2 * n)
+		slots *= 2;
+	t->mt = trail_malloc(slots * sizeof *t->mt);
+	t->merges = trail_malloc((n ? n : 1) * sizeof *t->merges);
+	if (!t->mt || !t->merges)
+		return TRAIL_ENOMEM;
+	t->mt_mask = slots - 1;
+	for (size_t i = 0; i < slots; i++)
+		t->mt[i].rank = -1;
+	return TRAIL_OK;
 }
 
-size_t trail_tokenizer_vocab_size(const trail_tokenizer *t)
+tok_cache *trail_tok_cache_new(void)
 {
-	return t->kind == TK_GPT2 ? t->n_vocab : 257;
+	return cache_new();
 }
 
-int32_t trail_tokenizer_eot(const trail_tokenizer *t)
+/* ---- token text to id ---- */
+
+int trail_tok_map_build(trail_tokenizer *t)
 {
-	return t->kind == TK_GPT2 ? t->eot : 256;
+	size_t slots = 16;
+	while (slots < 2 * t->n_vocab)
+		slots *= 2;
+	trail_free(t->vm);
+	if (!(t->vm = trail_calloc(slots, sizeof *t->vm)))
+		return TRAIL_ENOMEM;
+	t->vm_mask = slots - 1;
+	for (size_t i = 0; i < t->n_vocab; i++) {
+		if (!(t->flags[i] & TOK_PRESENT))
+			continue;
+		const char *p = t->text + t->off[i];
+		size_t n = t->off[i + 1] - t->off[i], h = (size_t)XXH3_64bits(p, n) & t->vm_mask;
+		for (; t->vm[h]; h = (h + 1) & t->vm_mask) {
+			uint32_t j = t->vm[h] - 1;
+			if (t->off[j + 1] - t->off[j] == n && !memcmp(t->text + t->off[j], p, n))
+				break; /* the same text twice: the lower id stays */
+		}
+		if (!t->vm[h])
+			t->vm[h] = (uint32_t)i + 1;
+	}
+	return TRAIL_OK;
+}
+
+int32_t trail_tok_lookup(const trail_tokenizer *t, const void *p, size_t n)
+{
+	if (!t->vm)
+		return -1;
+	for (size_t h = (size_t)XXH3_64bits(p, n) & t->vm_mask; t->vm[h]; h = (h + 1) & t->vm_mask) {
+		uint32_t j = t->vm[h] - 1;
+		if (t->off[j + 1] - t->off[j] == n && !memcmp(t->text + t->off[j], p, n))
+			return (int32_t)j;
+	}
+	return -1;
+}
+
+static int16_t unspell_tab[324]; /* character -> byte, -1 outside the alphabet */
+static pthread_once_t unspell_once = PTHREAD_ONCE_INIT;
+
+static void unspell_init(void)
+{
+	for (int i = 0; i < 324; i++)
+		unspell_tab[i] = -1;
+	for (int i = 0; i < 256; i++)
+		unspell_tab[byte_char((unsigned)i)] = (int16_t)i;
+}
+
+long trail_tok_unspell(const uint8_t *k, size_t n, uint8_t *out)
+{
+	const int16_t *dec = unspell_tab;
+	pthread_once(&unspell_once, unspell_init);
+	size_t j = 0, o = 0;
+	while (j < n) {
+		uint32_t cp = k[j];
+		size_t cl = 1;
+		if (k[j] >= 0xC0 && k[j] < 0xE0 && j + 1 < n)
+			cp = (uint32_t)(k[j] & 0x1F) << 6 | (k[j + 1] & 0x3F), cl = 2;
+		if (cp >= 324 || dec[cp] < 0 || (cl == 1 && k[j] >= 0x80))
+			return -1;
+		out[o++] = (uint8_t)dec[cp];
+		j += cl;
+	}
+	return (long)o;
 }
 
 /* ---- encoding and decoding ---- */
 
-static int gpt2_encode(const trail_tokenizer *t, const uint8_t *s, size_t len, int32_t *ids, size_t *n,
-		       trail_error *err)
+int trail_tok_bytelevel(const trail_tokenizer *t, const uint8_t *s, size_t len, int32_t *ids, size_t *n,
+			trail_error *err)
 {
 	cache *c = t->cache && !pthread_mutex_trylock(&t->cache->lock) ? t->cache : NULL;
 	work w;
-	size_t k = 0;
+	size_t k = *n;
 	w.cap = 0;
 	w.owned = NULL;
 	int rc = TRAIL_OK;
 	for (size_t i = 0, e; i < len; i = e) {
-		e = piece_end(s, len, i);
+		e = t->pre == TK_PRE_GPT2 ? piece_end(s, len, i) : piece_end_split(s, len, i, t->pre == TK_PRE_LLAMA3 ? 3 : 1);
 		size_t m = e - i;
 		if (m == 1) {
 			ids[k++] = t->byte_id[s[i]];
 			continue;
+		}
+		if (t->ignore_merges) {
+			int32_t v = trail_tok_lookup(t, s + i, m);
+			if (v >= 0 && !(t->flags[v] & (TOK_LITERAL | TOK_ADDED))) {
+				ids[k++] = v;
+				continue;
+			}
 		}
 		uint64_t h = 0;
 		const cache_slot *cs = NULL;
@@ -838,68 +954,3 @@ static int gpt2_encode(const trail_tokenizer *t, const uint8_t *s, size_t len, i
 	return rc;
 }
 
-int trail_tokenizer_encode(const trail_tokenizer *t, const char *text, size_t len, int32_t **ids,
-			   size_t *n, trail_error *err)
-{
-	*n = 0;
-	/* never more ids than bytes */
-	*ids = trail_malloc((len ? len : 1) * sizeof **ids);
-	if (!*ids)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (t->kind == TK_GPT2) {
-		int rc = gpt2_encode(t, (const uint8_t *)text, len, *ids, n, err);
-		if (rc) {
-			trail_free(*ids);
-			*ids = NULL;
-			*n = 0;
-			return rc;
-		}
-		if (*n < len / 2) { /* give back what typical text leaves unused */
-			int32_t *p = trail_realloc(*ids, (*n ? *n : 1) * sizeof **ids);
-			if (p)
-				*ids = p;
-		}
-		return TRAIL_OK;
-	}
-	for (size_t i = 0; i < len; i++)
-		(*ids)[i] = (unsigned char)text[i];
-	*n = len;
-	return TRAIL_OK;
-}
-
-int trail_tokenizer_decode(const trail_tokenizer *t, const int32_t *ids, size_t n, char **text,
-			   size_t *len, trail_error *err)
-{
-	size_t total = 0, k = 0, tl;
-	for (size_t i = 0; i < n; i++)
-		if (trail_tokenizer_token(t, ids[i], &tl))
-			total += tl;
-	char *s = trail_malloc(total + 1);
-	if (!s)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	for (size_t i = 0; i < n; i++) {
-		const char *p = trail_tokenizer_token(t, ids[i], &tl);
-		if (p) {
-			memcpy(s + k, p, tl);
-			k += tl;
-		}
-	}
-	s[k] = 0;
-	*text = s;
-	*len = k;
-	return TRAIL_OK;
-}
-
-const char *trail_tokenizer_token(const trail_tokenizer *t, int32_t id, size_t *len)
-{
-	if (t->kind != TK_GPT2) {
-		if (id < 0 || id > 255)
-			return NULL;
-		*len = 1;
-		return &t->byte[id];
-	}
-	if (id < 0 || (size_t)id >= t->n_vocab || id == t->eot || !(t->flags[id] & TOK_PRESENT))
-		return NULL;
-	*len = t->off[id + 1] - t->off[id];
-	return t->text + t->off[id];
-}
