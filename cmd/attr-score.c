@@ -32,7 +32,7 @@ static const trail_opt opts[] = {
 	{O_SEQ, "seq", 0, "T", "with --build-index: tokens per record (default: as trained)", NULL},
 	{O_BATCH, "batch", 0, "B", "with --build-index: records per forward pass (default 8)", NULL},
 	{O_CKPT, "checkpoint", 0, "DIR[:W]", "with --build-index: a checkpoint for tracin, weight W (repeatable)", "dir"},
-	{O_THREADS, "threads", 0, "N", "threads for BLAS and scoring (default 1; scores do not depend on it)", NULL},
+	{O_THREADS, "threads", 0, "N", "threads for scoring (default: every CPU this process may use; records do not depend on it) and for --build-index (default 1)", NULL},
 	{0},
 };
 
@@ -85,7 +85,7 @@ int main(int argc, char **argv)
 	trail_attr_params p = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1};
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
-	long long n, threads = 1, batch = 8, nck = 0;
+	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
 	int op, rc = TRAIL_OK, verify = 0, build = 0;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;
@@ -138,6 +138,9 @@ int main(int argc, char **argv)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "give --model and one of --data/--datanet; --verify, --prove and "
 				     "--build-index do not go together");
 	else {
+		/* an index is built with BLAS splitting gradients: its bits follow the count, so 1 unless asked */
+		if (!threads)
+			threads = build ? 1 : trail_cpu_count();
 		trail_blas_threads((int)threads);
 		if (build)
 			rc = trail_attr_build_index(&o, &p, (int)batch, ck, ckw, (size_t)nck, &err);

@@ -26,7 +26,7 @@ static const trail_opt opts[] = {
 	{O_EVENTS, "events", 'e', "FILE", "append every inference event to FILE, synced before the response", "file"},
 	{O_HOME, "home", 0, "DIR", "the store: record inference-batch ledger entries", "dir"},
 	{O_RECORD, "record", 0, NULL, "record inference-batch entries in the default store ($TRAIL_HOME, else ./.trail)", NULL},
-	{O_THREADS, "threads", 0, "N", "threads for each step (default 1; answers do not depend on it)", NULL},
+	{O_THREADS, "threads", 0, "N", "threads for each step (default: every CPU this process may use, at most 2; answers do not depend on it)", NULL},
 	{O_LISTEN, "listen", 'l', "ADDR:PORT", "serve HTTP (OpenAI-compatible) instead of standard input", NULL},
 	{O_CONNS, "max-connections", 0, "N", "HTTP connections at once (default 256)", NULL},
 	{O_TIMEOUT, "timeout", 0, "SECONDS", "close an HTTP connection idle this long (default 10)", NULL},
@@ -62,7 +62,7 @@ int main(int argc, char **argv)
 	trail_server *s = NULL;
 	trail_store *st = NULL;
 	const char *v, *home = NULL, *listen = NULL;
-	long long n, threads = 1;
+	long long n, threads = trail_cpu_count() < 2 ? 1 : 2;
 	int opt, rc = TRAIL_OK, record = 0;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;

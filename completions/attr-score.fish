@@ -19,7 +19,7 @@ complete -c attr-score -l damping -r -F -d 'with --build-index: relative damping
 complete -c attr-score -l seq -r -F -d 'with --build-index: tokens per record (default: as trained)'
 complete -c attr-score -l batch -r -F -d 'with --build-index: records per forward pass (default 8)'
 complete -c attr-score -l checkpoint -r -a '(__fish_complete_directories)' -d 'with --build-index: a checkpoint for tracin, weight W (repeatable)'
-complete -c attr-score -l threads -r -F -d 'threads for BLAS and scoring (default 1; scores do not depend on it)'
+complete -c attr-score -l threads -r -F -d 'threads for scoring (default: every CPU this process may use; records do not depend on it) and for --build-index (default 1)'
 complete -c attr-score -l help -s h -d 'print this help and exit'
 complete -c attr-score -l version -d 'print the version and exit'
 complete -c attr-score -l completion -x -a 'bash zsh fish' -d 'print a completion script (bash, zsh, fish)'

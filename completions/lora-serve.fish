@@ -13,7 +13,7 @@ complete -c lora-serve -l max-body -r -F -d 'the largest request (default 104857
 complete -c lora-serve -l events -s e -r -F -d 'append every inference event to FILE, synced before the response'
 complete -c lora-serve -l home -r -a '(__fish_complete_directories)' -d 'the store: record inference-batch ledger entries'
 complete -c lora-serve -l record -d 'record inference-batch entries in the default store ($TRAIL_HOME, else ./.trail)'
-complete -c lora-serve -l threads -r -F -d 'threads for each step (default 1; answers do not depend on it)'
+complete -c lora-serve -l threads -r -F -d 'threads for each step (default: every CPU this process may use, at most 2; answers do not depend on it)'
 complete -c lora-serve -l listen -s l -r -F -d 'serve HTTP (OpenAI-compatible) instead of standard input'
 complete -c lora-serve -l max-connections -r -F -d 'HTTP connections at once (default 256)'
 complete -c lora-serve -l timeout -r -F -d 'close an HTTP connection idle this long (default 10)'

@@ -267,6 +267,9 @@ void trail_cli_usage(const trail_cli *cli, FILE *out);
 int trail_cli_completion(const trail_cli *cli, const char *shell, FILE *out);
 
 /* Parse helpers for option arguments; on failure set err (TRAIL_EUSAGE). */
+/* The CPUs this process may run on (sched_getaffinity), at least 1: the default thread count. */
+int trail_cpu_count(void);
+
 int trail_parse_long(const char *s, long long min, long long max, long long *out,
 		     const char *what, trail_error *err);
 int trail_parse_double(const char *s, double min, double max, double *out,

@@ -1,3 +1,4 @@
+#include <sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -361,4 +362,13 @@ int trail_utf8_valid(const char *s, size_t n)
 		p += need + 1;
 	}
 	return 1;
+}
+
+int trail_cpu_count(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof set, &set))
+		return 1;
+	int n = CPU_COUNT(&set);
+	return n > 0 ? n : 1;
 }
