@@ -1,0 +1,119 @@
+/*
+ * A settlement recorded in the ledger, once per epoch: the result stored as
+ * an object, a signed `settlement` entry appended under the writer lock.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "ledger/ledger.h"
+#include "settle/settle_int.h"
+
+/*
+ * The settlement of `epoch` recorded in the ledger: *index, or
+ * UINT64_MAX when there is none. Entries are canonical JSON, so a plain
+ * byte search finds the candidates before any is parsed.
+ */
+static int find_settlement(trail_ledger *l, const char *epoch, uint64_t *index, json_t **entry, trail_error *err)
+{
+	static const char type[] = "\"type\":\"settlement\"";
+	sbuf pat = {0};
+	int rc = TRAIL_OK;
+	*index = UINT64_MAX;
+	*entry = NULL;
+	sb_put(&pat, "\"epoch\":", 8);
+	settle_sb_jstr(&pat, epoch, strlen(epoch));
+	if (pat.oom)
+		return oom(err);
+	for (uint64_t i = 0, n = trail_ledger_size(l); i < n && !rc && !*entry; i++) {
+		char *b;
+		size_t len;
+		json_t *j;
+		if ((rc = trail_ledger_get(l, i, &b, &len, err)))
+			break;
+		if (memmem(b, len, type, sizeof type - 1) && memmem(b, len, pat.p, pat.n) &&
+		    trail_json_parse(b, len, "log", &j, NULL) == TRAIL_OK) {
+			/* the byte search is only a filter: "type" and "epoch" must be the entry's own members */
+			const char *e = json_string_value(json_object_get(j, "epoch"));
+			const char *t = json_string_value(json_object_get(j, "type"));
+			if (e && t && !strcmp(t, "settlement") && !strcmp(e, epoch)) {
+				*entry = j;
+				*index = i;
+			} else {
+				json_decref(j);
+			}
+		}
+		trail_free(b);
+	}
+	trail_free(pat.p);
+	return rc;
+}
+
+int trail_settle_record(trail_settle *s, trail_store *st, const char *epoch, const trail_signer *key,
+			json_t **out, int *recorded, trail_error *err)
+{
+	trail_ledger *l = NULL;
+	json_t *res = NULL, *e = NULL, *prev = NULL;
+	uint64_t at;
+	int rc;
+	*out = NULL;
+	*recorded = 0;
+	if ((rc = trail_settle_result(s, epoch, &res, err)))
+		return rc;
+	json_t *ep = json_array_get(res, json_array_size(res) - 1);
+	const char *in = json_string_value(json_object_get(ep, "inputs_digest"));
+	const char *pd = json_string_value(json_object_get(ep, "policy_digest"));
+	/* the lock is held from the search to the commit: one settlement per epoch */
+	if ((rc = trail_ledger_open(st, TRAIL_LEDGER_WRITE | TRAIL_LEDGER_NOWAIT, &l, err)) ||
+	    (rc = find_settlement(l, epoch, &at, &prev, err)))
+		goto out;
+	if (prev) {
+		const char *ri = json_string_value(json_object_get(prev, "inputs_digest"));
+		const char *rp = json_string_value(json_object_get(prev, "policy_digest"));
+		const char *ro = json_string_value(json_object_get(prev, "result_object"));
+		void *ob;
+		size_t ol;
+		json_t *old;
+		if (!ri || !rp || !ro || strcmp(ri, in) || strcmp(rp, pd)) {
+			rc = trail_error_set(err, TRAIL_EVERIFY, "epoch %s was settled at entry %llu with other %s", epoch,
+					     (unsigned long long)at, ri && !strcmp(ri, in) ? "policy" : "inputs");
+			goto out;
+		}
+		if ((rc = trail_store_get(st, ro, &ob, &ol, err)))
+			goto out;
+		rc = trail_json_parse(ob, ol, ro, &old, err);
+		trail_free(ob);
+		if (rc)
+			goto out;
+		json_decref(res);
+		res = old;
+		*recorded = 1;
+		goto out;
+	}
+	char *text, od[72];
+	size_t tl;
+	if ((rc = trail_jcs(res, &text, &tl, err)))
+		goto out;
+	rc = trail_store_put(st, text, tl, od, err);
+	trail_free(text);
+	if (rc || (!key && (rc = trail_store_operator(st, &key, err))))
+		goto out;
+	e = json_pack("{s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:O, s:O}", "type", "settlement", "epoch", epoch,
+		      "inputs_digest", in, "policy_digest", pd, "result_object", od, "fees", json_object_get(ep, "fees"),
+		      "paid", json_object_get(ep, "paid"), "retained", json_object_get(ep, "retained"), "digest",
+		      json_object_get(ep, "digest"));
+	if (!e) {
+		rc = oom(err);
+		goto out;
+	}
+	if (!(rc = trail_json_sign(e, key, err)) && !(rc = trail_ledger_append(l, e, &at, err)))
+		rc = trail_ledger_commit(l, err);
+out:
+	json_decref(e);
+	json_decref(prev);
+	trail_ledger_free(l);
+	if (rc)
+		json_decref(res);
+	else
+		*out = res;
+	return rc;
+}
