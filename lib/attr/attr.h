@@ -142,6 +142,7 @@ typedef struct trail_attr_params {
 	int targets;    /* TRAIL_LORA_* bits of the layers to project; 0: all */
 	double damping; /* relative damping of the influence solve (default 0.1) */
 	int seq;        /* tokens per record, as in training (records are cut) */
+	int split;      /* 1: records longer than seq are windows, as trained with mf-train --long split */
 } trail_attr_params;
 
 /* ---- projection -------------------------------------------------------------- */

@@ -376,7 +376,8 @@ int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail
 
 /* ---- building for an existing model ------------------------------------------------------ */
 
-static int training_seq(const char *dir, int *seq)
+/* What training.json says of the rows: seq, and whether long records were split. */
+static int training_seq(const char *dir, int *seq, int *split)
 {
 	char *p = trail_path(dir, "training.json");
 	void *buf = NULL;
@@ -384,8 +385,11 @@ static int training_seq(const char *dir, int *seq)
 	json_t *j = NULL;
 	if (p && !trail_read_file(p, 1 << 30, &buf, &len, NULL) && !trail_json_parse(buf, len, p, &j, NULL)) {
 		json_t *v = json_object_get(json_object_get(j, "hyperparameters"), "seq");
-		if (json_is_integer(v))
+		if (json_is_integer(v) && !*seq)
 			*seq = (int)json_integer_value(v);
+		const char *mode = json_string_value(json_object_get(json_object_get(j, "long"), "mode"));
+		if (mode && !strcmp(mode, "split"))
+			*split = 1;
 	}
 	json_decref(j);
 	trail_free(buf), trail_free(p);
@@ -414,10 +418,11 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 	memcpy(id.root, d->root, sizeof id.root - 1); /* base64 of 32 bytes: 44 characters */
 	id.root[sizeof id.root - 1] = 0;
 	trail_attr_params p = *pp;
-	if (!p.seq)
-		training_seq(o->adapter ? o->adapter : o->model, &p.seq);
+	training_seq(o->adapter ? o->adapter : o->model, &p.seq, &p.split);
 	if (!p.seq)
 		p.seq = trail_model_config(m)->n_positions;
+	if (p.split && (rc = trail_dataset_split(d, p.seq, err)))
+		goto out;
 	if (!p.targets && trail_model_has_lora(m))
 		p.targets = trail_model_lora(m)->targets;
 	if ((rc = trail_attr_builder_new(path, m, &id, &p, d->n, (int)nckpts + 1, &b, err)))

@@ -29,8 +29,18 @@ int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
  * resume, then the model or adapter directory with training.json; with a
  * store, the output's files as objects and a `model` ledger entry. Also
  * --eval (mean loss) and --merge (base + adapter folded). *result gets the
- * line to print (new reference).
+ * line to print (new reference); with records longer than seq its "long"
+ * is {"mode","records","seq"} (and "rows" when split), for a warning.
  */
+/*
+ * Records longer than --seq: cut at seq tokens (today's rows, the
+ * default), split into windows of seq tokens (trail_dataset_split), or
+ * refused (TRAIL_EDATA naming the first). The result says how many.
+ */
+enum { TRAIL_LONG_TRUNCATE, TRAIL_LONG_SPLIT, TRAIL_LONG_ERROR };
+/* "truncate", "split", "error" -> TRAIL_LONG_*; -1 if unknown. */
+int trail_long_mode(const char *name);
+
 typedef struct trail_train_job {
 	const char *init, *base, *adapter, *data, *datanet, *home, *out, *tokenizer, *metrics, *lora, *name;
 	long steps, epochs, warmup, checkpoint_every; /* warmup < 0: 5% of the steps */
@@ -38,6 +48,7 @@ typedef struct trail_train_job {
 	double lr;                                    /* 0: 3e-4, or 1e-3 for LoRA */
 	uint64_t seed;
 	int resume, eval, merge, no_index;
+	int long_mode;                                /* TRAIL_LONG_*: records longer than seq */
 	FILE *progress;
 	volatile sig_atomic_t *stop;
 } trail_train_job;
