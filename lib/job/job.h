@@ -82,6 +82,34 @@ int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t 
 int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err);
 
 /*
+ * A run of attr-score over events (an array, in order), each routed to the
+ * session of its adapter: the adapter's digest ("adapter_digest", else an
+ * "adapter" that is a digest) or name ("adapter"), or none (an explicit
+ * null: the base model alone). Routes: o as given (the route of events
+ * that name nothing), each adapter directory under `adapters` (may be
+ * NULL) and the base model. Every event is routed before any is scored, so
+ * an event of an adapter not there fails (TRAIL_EDATA) with nothing done;
+ * sessions are opened one at a time, for the events routed to them, with
+ * the training records given in o, else those the adapter's (or model's)
+ * training.json names (a datanet snapshot in o->home, or the data file
+ * with that digest). *out: the attribution records in the events' order
+ * (new reference). On failure *bad is the index of the event at fault, or
+ * (size_t)-1.
+ */
+int trail_attr_run(const trail_attr_opts *o, const char *adapters, const json_t *events, json_t **out,
+		   size_t *bad, trail_error *err);
+
+/*
+ * The attribution-batch ledger entry of a run: the exact bytes written
+ * (one canonical record and a newline each) stored as an object, and
+ * {"type":"attribution-batch","epoch"?,"records":N,"records_object",
+ * "indexes":[digests of the indexes used, sorted],"method"} appended.
+ * *entry: its index in the ledger.
+ */
+int trail_attr_record_batch(const char *home, const char *epoch, const json_t *records, const void *bytes,
+			    size_t len, uint64_t *entry, trail_error *err);
+
+/*
  * Build the index (o->index) and its span index for an existing model or
  * adapter and its training records. ckpts: directories of checkpoints
  * saved while training (adapters, or models), each a tracin gradient set
