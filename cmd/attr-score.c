@@ -9,11 +9,13 @@
 #include "job/job.h"
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
-       O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS };
+       O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
+       O_EPOCH };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "DIR", "the base model directory", "dir"},
 	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
+	{O_ADAPTERS, "adapters", 0, "DIR", "adapter directories: each event is scored with its own adapter's index", "dir"},
 	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},
 	{O_METHOD, "method", 0, "M", "influence (default), graddot, datainf or tracin", "influence graddot datainf tracin"},
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
@@ -22,7 +24,9 @@ static const trail_opt opts[] = {
 	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},
 	{O_DATA, "data", 'd', "FILE", "the training records (NDJSON)", "file"},
 	{O_DATANET, "datanet", 0, "NAME@SIZE", "the training records: a datanet snapshot in the store", NULL},
-	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
+	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail); records an attribution-batch entry", "dir"},
+	{O_RECORD, "record", 0, NULL, "record an attribution-batch entry in the default store", NULL},
+	{O_EPOCH, "epoch", 0, "ID", "the epoch the attribution-batch entry names", NULL},
 	{O_VERIFY, "verify", 0, NULL, "read attribution records, recompute them; exit 1 on any difference", NULL},
 	{O_PROVE, "prove", 0, NULL, "add each top record's proof chain (needs --datanet)", NULL},
 	{O_BUILD, "build-index", 0, NULL, "build the index (and INDEX.span) for the model and records", NULL},
@@ -38,7 +42,9 @@ static const trail_opt opts[] = {
 
 static const trail_cli cli = {
 	.prog = "attr-score",
-	.usage = "--model DIR [--adapter DIR] [--index FILE] [--method M] [--top K] --data FILE|--datanet NAME@SIZE [--prove] [file...]\n"
+	.usage = "--model DIR [--adapter DIR] [--index FILE] [--method M] [--top K] --data FILE|--datanet NAME@SIZE [--prove]\n"
+		 "    [--record] [--epoch ID] [file...]\n"
+		 "--model DIR --adapters DIR [--data FILE|--datanet NAME@SIZE] [--record] [--epoch ID] [file...]\n"
 		 "--verify --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [file...]\n"
 		 "--build-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--proj KIN,KOUT] [--checkpoint DIR]...",
 	.summary = "Attribute inference events to the training records and contributors that shaped them.",
@@ -47,27 +53,19 @@ static const trail_cli cli = {
 
 #define MAXCK 64
 
-static int stream(trail_attr_session *s, FILE *f, const char *src, int verify, trail_error *err)
+/* --verify: each record recomputed; every difference named, then exit 1. */
+static int verify_stream(trail_attr_session *s, FILE *f, const char *src, trail_error *err)
 {
 	trail_ndjson *r = trail_ndjson_new(f, src, 0);
-	json_t *v = NULL, *out = NULL;
+	json_t *v = NULL;
 	int rc = r ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory"), bad = 0;
 	while (!rc && !(rc = trail_ndjson_next(r, &v, err)) && v) {
 		long line = trail_ndjson_lineno(r);
-		if (verify) {
-			rc = trail_attr_session_verify(s, v, err);
-			if (rc == TRAIL_EVERIFY) { /* report it and go on: every difference is named */
-				fprintf(stderr, "attr-score: %s:%ld: %s\n", src, line, err->msg);
-				bad = 1;
-				rc = TRAIL_OK;
-			}
-		} else if (!(rc = trail_attr_session_event(s, v, &out, err))) {
-			char *t = NULL;
-			size_t n;
-			if (!(rc = trail_jcs(out, &t, &n, err)))
-				printf("%s\n", t);
-			trail_free(t);
-			json_decref(out);
+		rc = trail_attr_session_verify(s, v, err);
+		if (rc == TRAIL_EVERIFY) { /* report it and go on: every difference is named */
+			fprintf(stderr, "attr-score: %s:%ld: %s\n", src, line, err->msg);
+			bad = 1;
+			rc = TRAIL_OK;
 		}
 		if (rc && !err->source[0])
 			trail_error_at(err, rc, src, line, "%s", err->msg);
@@ -75,6 +73,60 @@ static int stream(trail_attr_session *s, FILE *f, const char *src, int verify, t
 	}
 	trail_ndjson_free(r);
 	return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "verification failed") : TRAIL_OK;
+}
+
+/* Every event of f, with where it came from (lines: "src:line" per event). */
+static int read_events(FILE *f, const char *src, json_t *events, json_t *where, trail_error *err)
+{
+	trail_ndjson *r = trail_ndjson_new(f, src, 0);
+	json_t *v = NULL;
+	int rc = r ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	while (!rc && !(rc = trail_ndjson_next(r, &v, err)) && v) {
+		if (json_array_append_new(events, v) ||
+		    json_array_append_new(where, json_pack("[s, I]", src, (json_int_t)trail_ndjson_lineno(r))))
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	trail_ndjson_free(r);
+	return rc;
+}
+
+/*
+ * Score: all events read and routed first, then the records written at
+ * once, so that a failure writes nothing; with a store, the batch entry.
+ */
+static int score(const trail_attr_opts *o, const char *adapters, json_t *events, json_t *where, const char *home,
+		 const char *epoch, trail_error *err)
+{
+	json_t *recs = NULL, *r;
+	trail_buf out = {0};
+	size_t bad, i;
+	int rc = trail_attr_run(o, adapters, events, &recs, &bad, err);
+	if (rc && bad != (size_t)-1 && !err->source[0]) {
+		json_t *w = json_array_get(where, bad);
+		trail_error_at(err, rc, json_string_value(json_array_get(w, 0)), (long)json_integer_value(json_array_get(w, 1)),
+			       "%s", err->msg);
+	}
+	json_array_foreach(recs, i, r) {
+		char *t = NULL;
+		size_t n;
+		if (rc || (rc = trail_jcs(r, &t, &n, err)))
+			break;
+		if (trail_buf_put(&out, t, n) || trail_buf_put(&out, "\n", 1))
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		trail_free(t);
+	}
+	if (!rc && out.n && fwrite(out.p, 1, out.n, stdout) != out.n)
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "<stdout>");
+	if (!rc && fflush(stdout))
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "<stdout>");
+	uint64_t entry;
+	if (!rc && home && json_array_size(recs) &&
+	    !(rc = trail_attr_record_batch(home, epoch, recs, out.p, out.n, &entry, err)))
+		fprintf(stderr, "attr-score: %zu records in ledger entry %llu\n", json_array_size(recs),
+			(unsigned long long)entry);
+	trail_buf_release(&out);
+	json_decref(recs);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -86,7 +138,8 @@ int main(int argc, char **argv)
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
-	int op, rc = TRAIL_OK, verify = 0, build = 0;
+	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0;
+	const char *adapters = NULL, *epoch = NULL;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;
 	while (!rc && (op = trail_args_next(&a, &v, &err)) > 0) {
@@ -104,7 +157,10 @@ int main(int argc, char **argv)
 		case O_NEAR: rc = trail_parse_double(v, 0.01, 1, &o.near, "--near", &err); break;
 		case O_DATA: o.data = v; break;
 		case O_DATANET: o.datanet = v; break;
-		case O_HOME: o.home = v; break;
+		case O_HOME: o.home = v, record = 1; break;
+		case O_RECORD: record = 1; break;
+		case O_EPOCH: epoch = v; break;
+		case O_ADAPTERS: adapters = v; break;
 		case O_VERIFY: verify = 1; break;
 		case O_PROVE: o.prove = 1; break;
 		case O_BUILD: build = 1; break;
@@ -134,9 +190,11 @@ int main(int argc, char **argv)
 		rc = TRAIL_EUSAGE;
 	else if (op == TRAIL_ARGS_EXIT)
 		rc = TRAIL_OK;
-	else if (!o.model || !o.data == !o.datanet || verify + build + o.prove > 1 || (build && a.nrest))
-		rc = trail_error_set(&err, TRAIL_EUSAGE, "give --model and one of --data/--datanet; --verify, --prove and "
-				     "--build-index do not go together");
+	else if (!o.model || (o.data && o.datanet) || (!adapters && !o.data == !o.datanet) ||
+		 verify + build + o.prove > 1 || (build && a.nrest) || (adapters && (verify || build || o.index)))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "give --model and one of --data/--datanet (or --adapters DIR); "
+				     "--verify, --prove and --build-index do not go together, nor --adapters with them "
+				     "or --index");
 	else {
 		/* an index is built with BLAS splitting gradients: its bits follow the count, so 1 unless asked */
 		if (!threads)
@@ -144,25 +202,40 @@ int main(int argc, char **argv)
 		trail_blas_threads((int)threads);
 		if (build)
 			rc = trail_attr_build_index(&o, &p, (int)batch, ck, ckw, (size_t)nck, &err);
-		else {
+		else if (verify) {
 			trail_attr_session *s = NULL;
-			if (!(rc = trail_attr_session_open(&o, &s, &err))) {
+			if (!(rc = trail_attr_session_open(&o, &s, &err)))
 				for (int i = 0; !rc && i < (a.nrest ? a.nrest : 1); i++) {
 					const char *src = a.nrest ? a.rest[i] : "-";
 					FILE *f = strcmp(src, "-") ? fopen(src, "r") : stdin;
 					if (!f)
 						rc = trail_error_errno(&err, TRAIL_ENOINPUT, errno, "%s", src);
 					else {
-						rc = stream(s, f, f == stdin ? "<stdin>" : src, verify, &err);
+						rc = verify_stream(s, f, f == stdin ? "<stdin>" : src, &err);
 						if (f != stdin)
 							fclose(f);
 					}
 				}
-			}
 			trail_attr_session_free(s);
 			/* verifying against a model, index or records that do not match is a difference too */
-			if (verify && (rc == TRAIL_EDATA || rc == TRAIL_EVERIFY))
+			if (rc == TRAIL_EDATA || rc == TRAIL_EVERIFY)
 				rc = err.code = TRAIL_EVERIFY;
+		} else {
+			json_t *events = json_array(), *where = json_array();
+			for (int i = 0; !rc && i < (a.nrest ? a.nrest : 1); i++) {
+				const char *src = a.nrest ? a.rest[i] : "-";
+				FILE *f = strcmp(src, "-") ? fopen(src, "r") : stdin;
+				if (!f)
+					rc = trail_error_errno(&err, TRAIL_ENOINPUT, errno, "%s", src);
+				else {
+					rc = read_events(f, f == stdin ? "<stdin>" : src, events, where, &err);
+					if (f != stdin)
+						fclose(f);
+				}
+			}
+			if (!rc)
+				rc = score(&o, adapters, events, where, record ? o.home : NULL, epoch, &err);
+			json_decref(events), json_decref(where);
 		}
 	}
 	trail_args_release(&a);

@@ -1,6 +1,7 @@
 /* mf-train: train a GPT-2 or Llama-family model or a LoRA adapter on an exact list of records. */
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "core/core.h"
@@ -10,7 +11,7 @@
 
 enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS, O_BATCH, O_SEQ, O_LR, O_WARMUP,
        O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER, O_MERGE,
-       O_RESUME, O_CKPT, O_NAME };
+       O_RESUME, O_CKPT, O_NAME, O_LONG };
 
 static const trail_opt opts[] = {
 	{O_INIT, "init", 0, "CONFIG", "train from scratch: a Hugging Face config.json (GPT-2, Llama, Qwen2, Mistral)", "file"},
@@ -24,6 +25,8 @@ static const trail_opt opts[] = {
 	{O_EPOCHS, "epochs", 0, "N", "passes over the data (instead of --steps)", NULL},
 	{O_BATCH, "batch", 'b', "B", "records per step (default 8)", NULL},
 	{O_SEQ, "seq", 't', "T", "tokens per record (default: the model's n_positions)", NULL},
+	{O_LONG, "long", 0, "MODE", "records longer than --seq: truncate (default), split into windows, or error",
+	 "truncate split error"},
 	{O_LR, "lr", 0, "LR", "peak learning rate (default 3e-4; LoRA 1e-3)", NULL},
 	{O_WARMUP, "warmup", 0, "N", "warmup steps (default 5% of the steps)", NULL},
 	{O_SEED, "seed", 0, "S", "seed of the initialisation and the data order (default 1)", NULL},
@@ -88,6 +91,10 @@ int main(int argc, char **argv)
 		case O_SEED: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--seed", &err), j.seed = (uint64_t)n; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &n, "--threads", &err), j.threads = (int)n; break;
 		case O_CKPT: rc = trail_parse_long(v, 1, 100000000, &n, "--checkpoint-every", &err), j.checkpoint_every = (long)n; break;
+		case O_LONG:
+			if ((j.long_mode = trail_long_mode(v)) < 0)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--long: '%s' is not truncate, split or error", v);
+			break;
 		case O_OUT: j.out = v; break;
 		case O_METRICS: j.metrics = v; break;
 		case O_TOK: j.tokenizer = v; break;
@@ -119,7 +126,16 @@ int main(int argc, char **argv)
 		signal(SIGINT, on_int);
 		signal(SIGTERM, on_int);
 		trail_blas_threads(j.threads);
-		if (!(rc = trail_train_job_run(&j, &res, &err)) && !(rc = trail_jcs(res, &line, &len, &err))) {
+		rc = trail_train_job_run(&j, &res, &err);
+		json_t *lg = json_object_get(res, "long");
+		const char *mode = json_string_value(json_object_get(lg, "mode"));
+		if (!rc && lg)
+			fprintf(stderr, "mf-train: warning: %lld of %lld records are longer than --seq %lld and were %s; see --long\n",
+				(long long)json_integer_value(json_object_get(lg, "records")),
+				(long long)json_integer_value(json_object_get(lg, "of")),
+				(long long)json_integer_value(json_object_get(lg, "seq")),
+				mode && !strcmp(mode, "split") ? "split into windows" : "cut");
+		if (!rc && !(rc = trail_jcs(res, &line, &len, &err))) {
 			fwrite(line, 1, len, stdout);
 			putchar('\n');
 			trail_free(line);

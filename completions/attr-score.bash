@@ -8,6 +8,8 @@ _attr_score() {
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--adapter|-a)
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--adapters )
+		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--index|-i)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--method )
@@ -26,6 +28,8 @@ _attr_score() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--home )
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--epoch )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--proj )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--seed )
@@ -44,7 +48,7 @@ _attr_score() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --model -m --adapter -a --index -i --method --top -k --min-span --max-count --near --data -d --datanet --home --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --threads --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --top -k --min-span --max-count --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --threads --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

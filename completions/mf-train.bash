@@ -26,6 +26,8 @@ _mf_train() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--seq|-t)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--long )
+		COMPREPLY=($(compgen -W "truncate split error" -- "$cur")); return ;;
 	--lr )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--warmup )
@@ -48,7 +50,7 @@ _mf_train() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --lr --warmup --seed --threads --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --long --lr --warmup --seed --threads --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

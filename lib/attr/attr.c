@@ -486,6 +486,67 @@ static json_t *spans_json(const trail_attr_ctx *c, const int32_t *out, size_t no
 	return a;
 }
 
+static uint64_t splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+	return z ^ (z >> 31);
+}
+
+float trail_attr_confidence(const float *scores, size_t n)
+{
+	double sum = 0, ss = 0, top = -INFINITY;
+	for (size_t i = 0; i < n; i++) {
+		sum += scores[i];
+		top = scores[i] > top ? scores[i] : top;
+	}
+	double mean = n ? sum / (double)n : 0;
+	for (size_t i = 0; i < n; i++)
+		ss += ((double)scores[i] - mean) * ((double)scores[i] - mean);
+	double sd = n > 1 ? sqrt(ss / (double)(n - 1)) : 0;
+	return sd > 0 ? (float)((top - mean) / sd) : 0.0f;
+}
+
+int trail_attr_noise_floor(const trail_attr_ctx *c, float *floor, trail_error *err)
+{
+	const trail_attr_info *in = trail_attr_index_info(c->index);
+	const trail_dataset *d = c->data;
+	size_t N = in->nrecords, D = in->dim, L = 32, total = 0;
+	int rows = trail_attr_query_rows(c->index, c->method), rc = TRAIL_OK;
+	int32_t eot = trail_tokenizer_eot(c->tk), *tok = trail_malloc((L + 1) * sizeof *tok);
+	float *q = trail_malloc((size_t)rows * D * sizeof *q), *scores = trail_malloc((N ? N : 1) * sizeof *scores);
+	uint64_t seed = in->seed ^ 0x6E6F697365ULL; /* "noise" */
+	*floor = 0;
+	for (size_t i = 0; i < d->n; i++)
+		total += d->len[i];
+	if (!tok || !q || !scores) {
+		rc = oom(err);
+		goto out;
+	}
+	size_t P = (size_t)trail_model_config(c->model)->n_positions;
+	if (L + 1 > P)
+		L = P - 1;
+	for (int r = 0; r < TRAIL_ATTR_FLOOR_QUERIES && total && L && !rc; r++) {
+		tok[0] = eot >= 0 ? eot : d->tok[0][0];
+		for (size_t t = 1; t <= L; t++) { /* a token of the training stream, drawn uniformly */
+			uint64_t k = splitmix(&seed) % total;
+			size_t i = 0;
+			while (k >= d->len[i])
+				k -= d->len[i++];
+			tok[t] = d->tok[i][k];
+		}
+		if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, L + 1, 1, q, err)) &&
+		    !(rc = trail_attr_score(c->index, c->method, q, 1, scores, err))) {
+			float z = trail_attr_confidence(scores, N);
+			*floor = z > *floor ? z : *floor;
+		}
+	}
+out:
+	trail_free(tok), trail_free(q), trail_free(scores);
+	return rc;
+}
+
 int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out, trail_error *err)
 {
 	const json_t *ev = event_of(event);
@@ -594,6 +655,12 @@ int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 			usage ? usage : json_null(), "scores_digest", sd);
 	if (!rec)
 		rc = oom(err);
+	else if (c->confidence) {
+		float z = trail_attr_confidence(scores, N);
+		if (json_object_set_new(rec, "confidence", json_pack("{s:o, s:o, s:b}", "score", fnum(z), "floor",
+								  fnum(c->floor), "attributed", z > c->floor)))
+			rc = oom(err);
+	}
 out:
 	trail_free(tok), trail_free(q), trail_free(scores), trail_free(rk), trail_free(sh), trail_free(spanrecs);
 	*out = rec;

@@ -142,6 +142,7 @@ typedef struct trail_attr_params {
 	int targets;    /* TRAIL_LORA_* bits of the layers to project; 0: all */
 	double damping; /* relative damping of the influence solve (default 0.1) */
 	int seq;        /* tokens per record, as in training (records are cut) */
+	int split;      /* 1: records longer than seq are windows, as trained with mf-train --long split */
 } trail_attr_params;
 
 /* ---- projection -------------------------------------------------------------- */
@@ -304,11 +305,32 @@ typedef struct trail_attr_ctx {
 	int method, top, min_span;
 	uint64_t max_count;             /* rarity filter of spans (0: none) */
 	double near;                    /* Jaccard threshold of near-duplicate clusters */
+	int confidence;                 /* 1: records get "confidence" against floor */
+	float floor;                    /* trail_attr_noise_floor's */
 } trail_attr_ctx;
 
 /*
+ * The attribution confidence of a query: how far its top record stands
+ * out of the scores of all N records, z = (s_top - mean) / sd (0 when
+ * every score is equal). Gradients of an answer the model learnt from a
+ * few records single them out; an answer learnt from nothing (gibberish)
+ * gives scores like noise, whose top is the largest of N draws.
+ */
+float trail_attr_confidence(const float *scores, size_t n);
+/*
+ * The noise floor of c's index and method: the largest confidence of
+ * TRAIL_ATTR_FLOOR_QUERIES queries of random tokens (a seeded draw, by the
+ * index's seed, from the tokens of the training records: a 32-token
+ * answer to an empty prompt). The same index, model and records give the
+ * same floor.
+ */
+#define TRAIL_ATTR_FLOOR_QUERIES 16
+int trail_attr_noise_floor(const trail_attr_ctx *c, float *floor, trail_error *err);
+
+/*
  * One attribution record for one inference event (or a lora-serve response
- * holding one in "event"). TRAIL_EDATA for an event of another base or
+ * holding one in "event"), with "confidence": {"score", "floor",
+ * "attributed": score > floor} when c->confidence. TRAIL_EDATA for an event of another base or
  * adapter than the index, or without tokens or text. *out: new reference.
  */
 int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,

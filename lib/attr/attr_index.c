@@ -315,6 +315,60 @@ int trail_attr_builder_add_batch(trail_attr_builder *b, int set, trail_model *m,
 	return TRAIL_OK;
 }
 
+/*
+ * Records cut into windows (trail_dataset_split): a record's row is the sum
+ * of its windows' projected gradients, the gradient of its summed loss over
+ * every window, as training saw it. Windows come in record order, so one
+ * running sum is enough.
+ */
+static int pass_windows(trail_attr_builder *b, int set, trail_model *m, const trail_dataset *d, int batch, int T,
+			int32_t *x, int32_t *y, long *counts, trail_error *err)
+{
+	size_t D = b->h.dim, rows = trail_dataset_rows(d), cur = (size_t)-1, need = (size_t)batch * D;
+	float *acc = trail_calloc(D, sizeof *acc);
+	int rc = TRAIL_OK;
+	if (!acc)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (b->rowcap < need) {
+		float *r = trail_realloc(b->rows, need * sizeof *r);
+		if (!r) {
+			trail_free(acc);
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		}
+		b->rows = r;
+		b->rowcap = need;
+	}
+	for (size_t i = 0; i < rows && !rc; i += (size_t)batch) {
+		int nb = (int)(rows - i < (size_t)batch ? rows - i : (size_t)batch);
+		long total = 0;
+		for (int k = 0; k < nb; k++)
+			total += counts[k] = trail_dataset_row(d, i + (size_t)k, T, x + (size_t)k * T, y + (size_t)k * T);
+		float loss;
+		if (total) {
+			trail_model_zero_grad(m);
+			if ((rc = trail_model_forward(m, x, y, nb, T, &loss, err)) || (rc = trail_model_backward(m, err)) ||
+			    (rc = trail_attr_project(b->proj, m, nb, T, counts, b->rows, err)))
+				break;
+		} else {
+			memset(b->rows, 0, (size_t)nb * D * sizeof *b->rows);
+		}
+		for (int k = 0; k < nb && !rc; k++) {
+			size_t r = trail_dataset_row_record(d, i + (size_t)k);
+			if (r != cur && cur != (size_t)-1) {
+				rc = trail_attr_builder_add(b, set, cur, acc, err);
+				memset(acc, 0, D * sizeof *acc);
+			}
+			cur = r;
+			for (size_t j = 0; j < D; j++)
+				acc[j] += b->rows[(size_t)k * D + j];
+		}
+	}
+	if (!rc && cur != (size_t)-1)
+		rc = trail_attr_builder_add(b, set, cur, acc, err);
+	trail_free(acc);
+	return rc;
+}
+
 int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m, const trail_dataset *d,
 			    int batch, double weight, trail_error *err)
 {
@@ -337,6 +391,10 @@ int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m, cons
 	if ((rc = trail_attr_builder_set(b, set, m, weight, err)))
 		goto out;
 	trail_model_keep_linear_io(m, 1);
+	if (d->row_rec) {
+		rc = pass_windows(b, set, m, d, batch, T, x, y, counts, err);
+		goto out;
+	}
 	for (size_t i = 0; i < d->n; i += (size_t)batch) {
 		int nb = (int)(d->n - i < (size_t)batch ? d->n - i : (size_t)batch);
 		for (int k = 0; k < nb; k++) {

@@ -4,6 +4,7 @@
  * attribute events one by one; the proof chain of top records; building an
  * index for an existing model.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,7 +191,10 @@ int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, 
 	}
 	s->c = (trail_attr_ctx){.model = s->m, .tk = s->tk, .index = s->x, .proj = s->p, .data = s->d, .records = s->recs,
 				.spans = s->sp, .index_name = s->index_path, .method = o->method, .top = o->top,
-				.min_span = o->min_span, .max_count = o->max_count, .near = o->near > 0 ? o->near : 0.8};
+				.min_span = o->min_span, .max_count = o->max_count, .near = o->near > 0 ? o->near : 0.8,
+				.confidence = 1};
+	if ((rc = trail_attr_noise_floor(&s->c, &s->c.floor, err)))
+		goto fail;
 	*out = s;
 	return TRAIL_OK;
 fail:
@@ -376,7 +380,8 @@ int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail
 
 /* ---- building for an existing model ------------------------------------------------------ */
 
-static int training_seq(const char *dir, int *seq)
+/* What training.json says of the rows: seq, and whether long records were split. */
+static int training_seq(const char *dir, int *seq, int *split)
 {
 	char *p = trail_path(dir, "training.json");
 	void *buf = NULL;
@@ -384,8 +389,11 @@ static int training_seq(const char *dir, int *seq)
 	json_t *j = NULL;
 	if (p && !trail_read_file(p, 1 << 30, &buf, &len, NULL) && !trail_json_parse(buf, len, p, &j, NULL)) {
 		json_t *v = json_object_get(json_object_get(j, "hyperparameters"), "seq");
-		if (json_is_integer(v))
+		if (json_is_integer(v) && !*seq)
 			*seq = (int)json_integer_value(v);
+		const char *mode = json_string_value(json_object_get(json_object_get(j, "long"), "mode"));
+		if (mode && !strcmp(mode, "split"))
+			*split = 1;
 	}
 	json_decref(j);
 	trail_free(buf), trail_free(p);
@@ -414,10 +422,11 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 	memcpy(id.root, d->root, sizeof id.root - 1); /* base64 of 32 bytes: 44 characters */
 	id.root[sizeof id.root - 1] = 0;
 	trail_attr_params p = *pp;
-	if (!p.seq)
-		training_seq(o->adapter ? o->adapter : o->model, &p.seq);
+	training_seq(o->adapter ? o->adapter : o->model, &p.seq, &p.split);
 	if (!p.seq)
 		p.seq = trail_model_config(m)->n_positions;
+	if (p.split && (rc = trail_dataset_split(d, p.seq, err)))
+		goto out;
 	if (!p.targets && trail_model_has_lora(m))
 		p.targets = trail_model_lora(m)->targets;
 	if ((rc = trail_attr_builder_new(path, m, &id, &p, d->n, (int)nckpts + 1, &b, err)))
@@ -456,5 +465,273 @@ out:
 	trail_store_free(store);
 	json_decref(recs);
 	trail_free(path), trail_free(spp);
+	return rc;
+}
+
+/* ---- runs: events routed to their adapter's session ------------------------------------- */
+
+typedef struct route {
+	char *dir;        /* adapter directory, NULL: the base model alone */
+	char *name;       /* its name under the adapters directory, or NULL */
+	char digest[72];  /* of adapter_model.safetensors, "" for the base */
+	char *records;    /* from training.json: a data file or NAME@SIZE, or NULL */
+	int datanet;
+} route;
+
+typedef struct routes {
+	route *r;
+	size_t n, cap;
+} routes;
+
+static void routes_release(routes *rs)
+{
+	for (size_t i = 0; i < rs->n; i++)
+		trail_free(rs->r[i].dir), trail_free(rs->r[i].name), trail_free(rs->r[i].records);
+	trail_free(rs->r);
+}
+
+static int routes_add(routes *rs, const char *dir, const char *name, trail_error *err)
+{
+	if (rs->n == rs->cap) {
+		size_t nc = rs->cap ? rs->cap * 2 : 8;
+		route *r = trail_realloc(rs->r, nc * sizeof *r);
+		if (!r)
+			return oom(err);
+		rs->r = r, rs->cap = nc;
+	}
+	route *r = &rs->r[rs->n];
+	memset(r, 0, sizeof *r);
+	if ((dir && !(r->dir = trail_strdup(dir))) || (name && !(r->name = trail_strdup(name))))
+		return trail_free(r->dir), oom(err);
+	rs->n++;
+	return dir ? file_digest(dir, "adapter_model.safetensors", r->digest, err) : TRAIL_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Every directory under `adapters` with adapter_model.safetensors, by name. */
+static int scan_adapters(routes *rs, const char *adapters, trail_error *err)
+{
+	DIR *dp = opendir(adapters);
+	struct dirent *de;
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int rc = TRAIL_OK;
+	if (!dp)
+		return trail_error_errno(err, errno == ENOENT ? TRAIL_ENOINPUT : TRAIL_EIO, errno, "%s", adapters);
+	while (!rc && (de = readdir(dp))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *d = trail_path(adapters, de->d_name), *w = d ? trail_path(d, "adapter_model.safetensors") : NULL;
+		if (!w)
+			rc = oom(err);
+		else if (access(w, F_OK) == 0) {
+			if (n == cap) {
+				char **nn = trail_realloc(names, (cap = cap ? cap * 2 : 16) * sizeof *nn);
+				if (!nn)
+					rc = oom(err);
+				else
+					names = nn;
+			}
+			if (!rc && !(names[n++] = trail_strdup(de->d_name)))
+				rc = oom(err);
+		}
+		trail_free(d), trail_free(w);
+	}
+	closedir(dp);
+	if (!rc)
+		qsort(names, n, sizeof *names, cmp_str);
+	for (size_t i = 0; i < n && !rc; i++) {
+		char *d = names[i] ? trail_path(adapters, names[i]) : NULL;
+		rc = d ? routes_add(rs, d, names[i], err) : oom(err);
+		trail_free(d);
+	}
+	for (size_t i = 0; i < n; i++)
+		trail_free(names[i]);
+	trail_free(names);
+	return rc;
+}
+
+/* The training records a model or adapter directory's training.json names. */
+static void training_records(route *r, const char *dir)
+{
+	char *p = trail_path(dir, "training.json");
+	void *buf = NULL;
+	size_t len;
+	json_t *j = NULL;
+	if (p && !trail_read_file(p, (size_t)1 << 30, &buf, &len, NULL) && !trail_json_parse(buf, len, p, &j, NULL)) {
+		json_t *dn = json_object_get(j, "datanet");
+		const char *name = json_string_value(json_object_get(dn, "name"));
+		const char *file = json_string_value(json_object_get(json_object_get(j, "data"), "file"));
+		char spec[512];
+		if (name && json_is_integer(json_object_get(dn, "tree_size"))) {
+			snprintf(spec, sizeof spec, "%s@%lld", name, (long long)json_integer_value(json_object_get(dn, "tree_size")));
+			r->records = trail_strdup(spec);
+			r->datanet = 1;
+		} else if (file) {
+			r->records = trail_strdup(file);
+		}
+	}
+	json_decref(j);
+	trail_free(buf), trail_free(p);
+}
+
+static size_t find_route(const routes *rs, const char *digest, const char *name, int base)
+{
+	for (size_t i = 0; i < rs->n; i++)
+		if (base ? !rs->r[i].dir
+			 : digest ? rs->r[i].dir && !strcmp(rs->r[i].digest, digest)
+				  : rs->r[i].name && !strcmp(rs->r[i].name, name))
+			return i;
+	return (size_t)-1;
+}
+
+/* The route of one event: its adapter's digest, else its name, else an explicit none, else route 0. */
+static int route_of(const routes *rs, const json_t *v, const char *adapters, size_t *out, trail_error *err)
+{
+	const json_t *e = json_object_get(v, "event"), *ev = json_is_object(e) ? e : v;
+	json_t *ad = json_object_get(ev, "adapter_digest"), *an = json_object_get(ev, "adapter");
+	const char *dg = json_string_value(ad), *nm = json_string_value(an);
+	if (!json_is_object(ev))
+		return trail_error_set(err, TRAIL_EDATA, "not an inference event (a JSON object)");
+	if (!(dg && !strncmp(dg, "sha256:", 7)) && nm && !strncmp(nm, "sha256:", 7))
+		dg = nm, nm = NULL;
+	if (dg && strncmp(dg, "sha256:", 7))
+		dg = NULL;
+	if (dg)
+		*out = find_route(rs, dg, NULL, 0);
+	else if (nm && adapters)
+		*out = find_route(rs, NULL, nm, 0);
+	else if (json_is_null(ad) || json_is_null(an))
+		*out = find_route(rs, NULL, NULL, 1);
+	else
+		*out = 0;
+	if (*out != (size_t)-1)
+		return TRAIL_OK;
+	if (dg || (nm && adapters))
+		return trail_error_set(err, TRAIL_EDATA, "event: adapter %s is not %s%s", dg ? dg : nm,
+				       adapters ? "among the adapters in " : "the one given (--adapter; --adapters DIR routes "
+									     "events to theirs)",
+				       adapters ? adapters : "");
+	return trail_error_set(err, TRAIL_EDATA, "event: no adapter, and no route to the base model");
+}
+
+int trail_attr_run(const trail_attr_opts *o, const char *adapters, const json_t *events, json_t **out,
+		   size_t *bad, trail_error *err)
+{
+	routes rs = {0};
+	size_t n = json_array_size(events), *to = trail_malloc((n ? n : 1) * sizeof *to);
+	json_t *recs = json_array();
+	trail_attr_session *s = NULL;
+	int rc = TRAIL_OK;
+	*out = NULL;
+	*bad = (size_t)-1;
+	if (!to || !recs) {
+		rc = oom(err);
+		goto out;
+	}
+	if ((rc = routes_add(&rs, o->adapter, NULL, err)) || (adapters && (rc = scan_adapters(&rs, adapters, err))) ||
+	    (o->adapter && (rc = routes_add(&rs, NULL, NULL, err))))
+		goto out;
+	for (size_t i = 0; i < n && !rc; i++)
+		if ((rc = route_of(&rs, json_array_get(events, i), adapters, &to[i], err)))
+			*bad = i;
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = json_array_append(recs, json_null()) ? oom(err) : TRAIL_OK;
+	/* one session at a time: the routes in order, each with its events in theirs */
+	for (size_t r = 0; r < rs.n && !rc; r++) {
+		size_t first = 0;
+		while (first < n && to[first] != r)
+			first++;
+		if (first == n)
+			continue;
+		trail_attr_opts so = *o;
+		route *ro = &rs.r[r];
+		so.adapter = ro->dir;
+		so.index = r == 0 ? o->index : NULL;
+		if (!o->data && !o->datanet) {
+			training_records(ro, ro->dir ? ro->dir : o->model);
+			if (!ro->records) {
+				*bad = first;
+				rc = trail_error_set(err, TRAIL_EUSAGE, "%s: training.json names no training records; give --data "
+						     "or --datanet", ro->dir ? ro->dir : o->model);
+				break;
+			}
+			so.data = ro->datanet ? NULL : ro->records;
+			so.datanet = ro->datanet ? ro->records : NULL;
+		}
+		if ((rc = trail_attr_session_open(&so, &s, err))) {
+			*bad = first;
+			break;
+		}
+		for (size_t i = first; i < n && !rc; i++) {
+			json_t *rec = NULL;
+			if (to[i] != r)
+				continue;
+			if ((rc = trail_attr_session_event(s, json_array_get(events, i), &rec, err)))
+				*bad = i;
+			else
+				json_array_set_new(recs, i, rec);
+		}
+		trail_attr_session_free(s);
+		s = NULL;
+	}
+	if (!rc) {
+		*out = recs;
+		recs = NULL;
+	}
+out:
+	trail_attr_session_free(s);
+	routes_release(&rs);
+	trail_free(to);
+	json_decref(recs);
+	return rc;
+}
+
+int trail_attr_record_batch(const char *home, const char *epoch, const json_t *records, const void *bytes,
+			    size_t len, uint64_t *entry, trail_error *err)
+{
+	trail_store *st = NULL;
+	trail_ledger *l = NULL;
+	json_t *idx = json_array(), *e = NULL, *r;
+	char dg[72];
+	size_t i;
+	int rc;
+	if (!idx)
+		return oom(err);
+	json_array_foreach(records, i, r) {
+		json_t *x = json_object_get(r, "index"), *y;
+		size_t k;
+		int seen = 0;
+		json_array_foreach(idx, k, y) seen |= json_equal(x, y);
+		if (x && !seen)
+			json_array_append(idx, x);
+	}
+	/* sorted: the set of indexes, whatever the order of the events */
+	for (size_t a = 1; a < json_array_size(idx); a++)
+		for (size_t b = a; b > 0 && strcmp(json_string_value(json_array_get(idx, b - 1)),
+						   json_string_value(json_array_get(idx, b))) > 0; b--) {
+			json_t *t = json_incref(json_array_get(idx, b));
+			json_array_set(idx, b, json_array_get(idx, b - 1));
+			json_array_set_new(idx, b - 1, t);
+		}
+	if ((rc = trail_store_open(home, &st, err)) || (rc = trail_store_put(st, bytes, len, dg, err)))
+		goto out;
+	e = json_pack("{s:s, s:s?, s:I, s:s, s:O, s:O?}", "type", "attribution-batch", "epoch", epoch, "records",
+		      (json_int_t)json_array_size(records), "records_object", dg, "indexes", idx, "method",
+		      json_object_get(json_array_get(records, 0), "method"));
+	if (!e) {
+		rc = oom(err);
+		goto out;
+	}
+	if (!(rc = trail_ledger_open(st, TRAIL_LEDGER_WRITE, &l, err)) && !(rc = trail_ledger_append(l, e, entry, err)))
+		rc = trail_ledger_commit(l, err);
+out:
+	trail_ledger_free(l);
+	trail_store_free(st);
+	json_decref(e), json_decref(idx);
 	return rc;
 }

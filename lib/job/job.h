@@ -29,8 +29,18 @@ int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
  * resume, then the model or adapter directory with training.json; with a
  * store, the output's files as objects and a `model` ledger entry. Also
  * --eval (mean loss) and --merge (base + adapter folded). *result gets the
- * line to print (new reference).
+ * line to print (new reference); with records longer than seq its "long"
+ * is {"mode","records","seq"} (and "rows" when split), for a warning.
  */
+/*
+ * Records longer than --seq: cut at seq tokens (today's rows, the
+ * default), split into windows of seq tokens (trail_dataset_split), or
+ * refused (TRAIL_EDATA naming the first). The result says how many.
+ */
+enum { TRAIL_LONG_TRUNCATE, TRAIL_LONG_SPLIT, TRAIL_LONG_ERROR };
+/* "truncate", "split", "error" -> TRAIL_LONG_*; -1 if unknown. */
+int trail_long_mode(const char *name);
+
 typedef struct trail_train_job {
 	const char *init, *base, *adapter, *data, *datanet, *home, *out, *tokenizer, *metrics, *lora, *name;
 	long steps, epochs, warmup, checkpoint_every; /* warmup < 0: 5% of the steps */
@@ -38,6 +48,7 @@ typedef struct trail_train_job {
 	double lr;                                    /* 0: 3e-4, or 1e-3 for LoRA */
 	uint64_t seed;
 	int resume, eval, merge, no_index;
+	int long_mode;                                /* TRAIL_LONG_*: records longer than seq */
 	FILE *progress;
 	volatile sig_atomic_t *stop;
 } trail_train_job;
@@ -69,6 +80,34 @@ const trail_attr_ctx *trail_attr_session_ctx(const trail_attr_session *s);
 int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t **out, trail_error *err);
 /* Recompute a record (proofs are checked offline, not recomputed). */
 int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err);
+
+/*
+ * A run of attr-score over events (an array, in order), each routed to the
+ * session of its adapter: the adapter's digest ("adapter_digest", else an
+ * "adapter" that is a digest) or name ("adapter"), or none (an explicit
+ * null: the base model alone). Routes: o as given (the route of events
+ * that name nothing), each adapter directory under `adapters` (may be
+ * NULL) and the base model. Every event is routed before any is scored, so
+ * an event of an adapter not there fails (TRAIL_EDATA) with nothing done;
+ * sessions are opened one at a time, for the events routed to them, with
+ * the training records given in o, else those the adapter's (or model's)
+ * training.json names (a datanet snapshot in o->home, or the data file
+ * with that digest). *out: the attribution records in the events' order
+ * (new reference). On failure *bad is the index of the event at fault, or
+ * (size_t)-1.
+ */
+int trail_attr_run(const trail_attr_opts *o, const char *adapters, const json_t *events, json_t **out,
+		   size_t *bad, trail_error *err);
+
+/*
+ * The attribution-batch ledger entry of a run: the exact bytes written
+ * (one canonical record and a newline each) stored as an object, and
+ * {"type":"attribution-batch","epoch"?,"records":N,"records_object",
+ * "indexes":[digests of the indexes used, sorted],"method"} appended.
+ * *entry: its index in the ledger.
+ */
+int trail_attr_record_batch(const char *home, const char *epoch, const json_t *records, const void *bytes,
+			    size_t len, uint64_t *entry, trail_error *err);
 
 /*
  * Build the index (o->index) and its span index for an existing model or

@@ -17,6 +17,42 @@
 #include "attr/attr.h"
 #include "job/job.h"
 
+int trail_long_mode(const char *name)
+{
+	static const char *const names[] = {"truncate", "split", "error"};
+	for (int i = 0; i < 3; i++)
+		if (name && !strcmp(name, names[i]))
+			return i;
+	return -1;
+}
+
+/*
+ * Records longer than seq: refused, split into windows, or cut as ever;
+ * "long" in the manifest (and so the settings) says which and how many.
+ */
+static int long_records(const trail_train_job *j, trail_dataset *d, int seq, json_t *extra, json_t **summary,
+			trail_error *err)
+{
+	static const char *const names[] = {"truncate", "split", "error"};
+	size_t first, n = trail_dataset_long(d, seq, &first);
+	int rc;
+	*summary = NULL;
+	if (n && j->long_mode == TRAIL_LONG_ERROR)
+		return trail_error_at(err, TRAIL_EDATA, j->data ? j->data : j->datanet, 0,
+				      "record %zu (%s) has %zu tokens, more than --seq %d takes; see --long", first + 1,
+				      d->id[first], d->len[first], seq);
+	if (n && j->long_mode == TRAIL_LONG_SPLIT && (rc = trail_dataset_split(d, seq, err)))
+		return rc;
+	json_t *l = json_pack("{s:s, s:I, s:i, s:I}", "mode", names[j->long_mode], "records", (json_int_t)n, "seq", seq,
+			      "rows", (json_int_t)trail_dataset_rows(d));
+	if (!l || json_object_set_new(extra, "long", l))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (n)
+		*summary = json_pack("{s:s, s:I, s:I, s:i, s:I}", "mode", names[j->long_mode], "records", (json_int_t)n,
+				     "of", (json_int_t)d->n, "seq", seq, "rows", (json_int_t)trail_dataset_rows(d));
+	return TRAIL_OK;
+}
+
 static int add_record(void *ctx, const json_t *rec)
 {
 	return json_array_append((json_t *)ctx, (json_t *)rec) ? TRAIL_ENOMEM : TRAIL_OK;
@@ -113,7 +149,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	trail_dataset *d = NULL;
 	trail_store *s = NULL;
 	trail_train_run run = {0};
-	json_t *recs = json_array(), *extra = json_object(), *man = NULL, *cj = NULL;
+	json_t *recs = json_array(), *extra = json_object(), *man = NULL, *cj = NULL, *longs = NULL;
 	FILE *metrics = NULL;
 	void *buf = NULL;
 	size_t len;
@@ -192,13 +228,14 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 			goto out;
 		json_object_set_new(extra, "datanet", json_pack("{s:s, s:I}", "name", name, "tree_size", (json_int_t)size));
 	}
-	if ((rc = trail_dataset_from_records(recs, tk, &d, err)))
+	if ((rc = trail_dataset_from_records(recs, tk, &d, err)) || (rc = long_records(j, d, seq, extra, &longs, err)))
 		goto out;
 	if (j->eval) {
 		double el;
 		if ((!j->adapter || !(rc = trail_model_load_adapter(m, j->adapter, err))) &&
 		    !(rc = trail_eval_loss(m, d, j->batch, seq, &el, err)))
-			*result = json_pack("{s:f, s:I}", "loss", round(el * 1e6) / 1e6, "records", (json_int_t)d->n);
+			*result = json_pack("{s:f, s:I, s:O?}", "loss", round(el * 1e6) / 1e6, "records", (json_int_t)d->n,
+					    "long", longs);
 		goto out;
 	}
 	trail_lora_config lc;
@@ -219,7 +256,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 		.seed = j->seed, .threads = j->threads, .stop = j->stop, .progress = j->progress,
 		.checkpoint_every = j->checkpoint_every,
 	};
-	long per_epoch = (long)((d->n + (size_t)o.batch - 1) / (size_t)o.batch);
+	long per_epoch = (long)((trail_dataset_rows(d) + (size_t)o.batch - 1) / (size_t)o.batch);
 	o.steps = j->steps ? j->steps : per_epoch * j->epochs;
 	o.warmup = j->warmup >= 0 ? j->warmup : o.steps / 20;
 	if ((rc = trail_mkdirs(j->out, 0755, err)) || !(ckpt = trail_path(j->out, "checkpoint.safetensors"))) {
@@ -261,13 +298,16 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	if (!j->no_index) { /* the attribution index over the same records (attr-score(1)) */
 		trail_attr_opts ao = {.model = j->lora ? j->base : j->out, .adapter = j->lora ? j->out : NULL,
 				      .data = j->data, .datanet = j->datanet, .home = j->home};
-		trail_attr_params ap = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1, .seq = seq};
+		trail_attr_params ap = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1, .seq = seq,
+					.split = d->row_rec != NULL};
 		if ((rc = trail_attr_build_index(&ao, &ap, j->batch, NULL, NULL, 0, err)))
 			goto out;
 	}
 	*result = json_pack("{s:s, s:s, s:I, s:f, s:I, s:s, s:s}", "output", j->out, "kind", j->lora ? "adapter" : "model",
 			    "steps", (json_int_t)run.step, "loss", run.step ? round(run.curve[run.step - 1] * 1e6) / 1e6 : 0.0,
 			    "records", (json_int_t)d->n, "training_root", d->root, "settings", settings);
+	if (*result && longs)
+		json_object_set(*result, "long", longs);
 	if (*result && !j->no_index) {
 		char *ip = trail_path(j->out, "attribution.idx");
 		json_object_set_new(*result, "index", ip ? json_string(ip) : json_null());
@@ -285,7 +325,7 @@ out:
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
 	trail_train_run_release(&run);
-	json_decref(recs), json_decref(extra), json_decref(man), json_decref(cj);
+	json_decref(recs), json_decref(extra), json_decref(man), json_decref(cj), json_decref(longs);
 	trail_free(buf), trail_free(name), trail_free(ckpt);
 	trail_model_free(m);
 	trail_tokenizer_free(tk);

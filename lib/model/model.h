@@ -418,9 +418,42 @@ typedef struct trail_dataset {
 	char **contributor; /* or NULL entries */
 	char root[64];    /* base64 RFC 9162 root over the record ids */
 	char order[72];   /* digest of the ids, one per line, in order */
+	/*
+	 * The training rows: none (row_rec NULL) when each record is one row
+	 * from its first token, cut at seq; after trail_dataset_split, row i is
+	 * record row_rec[i] from token row_off[i], in record order.
+	 */
+	size_t nrows;
+	size_t *row_rec, *row_off;
 } trail_dataset;
 
 void trail_dataset_free(trail_dataset *d);
+/* Training rows: d->nrows after trail_dataset_split, else d->n. */
+size_t trail_dataset_rows(const trail_dataset *d);
+/*
+ * Records a row of seq tokens cuts: those with more than seq targets
+ * (len > seq + 1). *first (may be NULL) gets the first such record, or n.
+ */
+size_t trail_dataset_long(const trail_dataset *d, int seq, size_t *first);
+/*
+ * Each record longer than seq becomes consecutive windows of seq input
+ * tokens (window k from token k*seq, its targets the next seq tokens), so
+ * every target of the record is a target of exactly one row; windows
+ * with no target that counts (an instruct prompt's) are left out. Ids,
+ * root and order stay the records'. Idempotent for one seq.
+ */
+int trail_dataset_split(trail_dataset *d, int seq, trail_error *err);
+/*
+ * Row r as training fills it: x [T] the window's tokens (0 past the
+ * record's end), y [T] the next token where the loss counts, else -1.
+ * Returns the count of targets that count.
+ */
+long trail_dataset_row(const trail_dataset *d, size_t r, int T, int32_t *x, int32_t *y);
+/* The record row r is a window of. */
+static inline size_t trail_dataset_row_record(const trail_dataset *d, size_t r)
+{
+	return d->row_rec ? d->row_rec[r] : r;
+}
 
 typedef struct trail_train_opts {
 	int batch, seq;

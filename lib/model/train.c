@@ -31,21 +31,87 @@ void trail_dataset_free(trail_dataset *d)
 	trail_free(d->first);
 	trail_free(d->id);
 	trail_free(d->contributor);
+	trail_free(d->row_rec);
+	trail_free(d->row_off);
 	trail_free(d);
 }
 
+size_t trail_dataset_rows(const trail_dataset *d)
+{
+	return d->row_rec ? d->nrows : d->n;
+}
+
+size_t trail_dataset_long(const trail_dataset *d, int seq, size_t *first)
+{
+	size_t k = 0;
+	if (first)
+		*first = d->n;
+	for (size_t i = 0; i < d->n; i++)
+		if (d->len[i] > (size_t)seq + 1 && k++ == 0 && first)
+			*first = i;
+	return k;
+}
+
+int trail_dataset_split(trail_dataset *d, int seq, trail_error *err)
+{
+	size_t S = (size_t)seq, n = 0, k = 0;
+	if (seq < 1)
+		return trail_error_set(err, TRAIL_EUSAGE, "windows of %d tokens", seq);
+	/* window o counts when a target in it does: o + t + 1 >= first for some t < S */
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < d->n; i++) {
+			if (d->len[i] <= S + 1) {
+				if (pass)
+					d->row_rec[k] = i, d->row_off[k] = 0, k++;
+				else
+					n++;
+				continue;
+			}
+			for (size_t o = 0; o + 1 < d->len[i]; o += S)
+				if (o + S >= (size_t)d->first[i]) {
+					if (pass)
+						d->row_rec[k] = i, d->row_off[k] = o, k++;
+					else
+						n++;
+				}
+		}
+		if (!pass) {
+			trail_free(d->row_rec), trail_free(d->row_off);
+			d->row_rec = trail_malloc((n ? n : 1) * sizeof *d->row_rec);
+			d->row_off = trail_malloc((n ? n : 1) * sizeof *d->row_off);
+			if (!d->row_rec || !d->row_off) {
+				trail_free(d->row_rec), trail_free(d->row_off);
+				d->row_rec = d->row_off = NULL;
+				return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			}
+		}
+	}
+	d->nrows = n;
+	return TRAIL_OK;
+}
+
 /*
- * One row of a batch: x[t] the record's tokens (0 past its end), y[t] the
- * next token where it counts in the loss (the completion, for instruct
- * records, end-of-text included), else -1. Records longer than seq are cut.
+ * One row of a batch: x[t] the window's tokens (0 past the record's end),
+ * y[t] the next token where it counts in the loss (the completion, for
+ * instruct records, end-of-text included), else -1. Without windows, a
+ * record longer than seq is cut.
  */
+long trail_dataset_row(const trail_dataset *d, size_t row, int seq, int32_t *x, int32_t *y)
+{
+	size_t r = trail_dataset_row_record(d, row), o = d->row_rec ? d->row_off[row] : 0, n = d->len[r];
+	long k = 0;
+	for (int t = 0; t < seq; t++) {
+		size_t p = o + (size_t)t;
+		x[t] = p < n ? d->tok[r][p] : 0;
+		y[t] = p + 1 < n && p + 1 >= (size_t)d->first[r] ? d->tok[r][p + 1] : -1;
+		k += y[t] >= 0;
+	}
+	return k;
+}
+
 static void fill(const trail_dataset *d, size_t r, int seq, int32_t *x, int32_t *y)
 {
-	size_t n = d->len[r];
-	for (int t = 0; t < seq; t++) {
-		x[t] = (size_t)t < n ? d->tok[r][t] : 0;
-		y[t] = (size_t)t + 1 < n && t + 1 >= d->first[r] ? d->tok[r][t + 1] : -1;
-	}
+	trail_dataset_row(d, r, seq, x, y);
 }
 
 /* The permutation of epoch e: Fisher-Yates driven by (seed, e). */
@@ -176,7 +242,7 @@ out:
 int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *o, trail_train_run *r,
 		trail_error *err)
 {
-	size_t n = d->n, np, B = (size_t)o->batch, S = (size_t)o->seq;
+	size_t n = trail_dataset_rows(d), np, B = (size_t)o->batch, S = (size_t)o->seq;
 	size_t *perm = trail_malloc(n * sizeof *perm);
 	int32_t *x = trail_malloc(B * S * sizeof *x), *y = trail_malloc(B * S * sizeof *y);
 	float *p = trail_model_params(m, &np), *good = trail_malloc(np * sizeof *good);
@@ -259,8 +325,9 @@ int trail_eval_loss(trail_model *m, const trail_dataset *d, int batch, int seq, 
 		trail_free(x), trail_free(y);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
-	for (size_t i = 0; i < d->n && !rc; i += (size_t)batch) {
-		int nb = (int)(d->n - i < (size_t)batch ? d->n - i : (size_t)batch), k = 0;
+	size_t rows = trail_dataset_rows(d);
+	for (size_t i = 0; i < rows && !rc; i += (size_t)batch) {
+		int nb = (int)(rows - i < (size_t)batch ? rows - i : (size_t)batch), k = 0;
 		for (int b = 0; b < nb; b++)
 			fill(d, i + (size_t)b, seq, x + (size_t)b * seq, y + (size_t)b * seq);
 		for (int j = 0; j < nb * seq; j++)

@@ -67,8 +67,27 @@ for m in graddot datainf tracin; do
 	check "--method $m" sh -c "attr-score $args --method $m < ev.ndjson | grep -q '\"method\":\"$m\"'"
 done
 
+# confidence: the top record against the noise floor of random-token queries
+printf '{"id":"g-1","prompt":"The island of Varn041","output_text":" qzx vprk lmmw ttz0 kkq zzp"}\n{"id":"g-2","prompt":"Hello","output_text":"#$%%^ 8812 ^^ xq xq xq zorb"}\n' > gib.ndjson
+attr-score $args < gib.ndjson > g1
+check_eq "every record has a confidence" "$(grep -c '"confidence":{"attributed":\(true\|false\),"floor":[0-9.e-]*,"score":[0-9.e-]*}' a1 g1 | tr '\n' ' ')" "a1:2 g1:2 "
+check "the verbatim answer is attributed" sh -c 'sed -n 1p a1 | grep -q "\"attributed\":true"'
+check_eq "gibberish is not" "$(grep -c '"attributed":false' g1)" 2
+check_eq "one floor for the index, whatever the events" "$(grep -ho '"floor":[0-9.e-]*' a1 g1 | sort -u | wc -l)" 1
+python3 - a1 g1 > conf <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    for l in open(f):
+        c = json.loads(l)["confidence"]
+        print(c["attributed"] == (c["score"] > c["floor"]))
+PY
+check_eq "attributed is score > floor" "$(sort -u conf)" True
+
 # verification
 check "--verify accepts the records" attr-score --verify $args < a1
+check "and the gibberish's" attr-score --verify $args < g1
+sed 's/"attributed":false/"attributed":true/' g1 > bad-conf
+check_rc 1 "--verify: an altered confidence" attr-score --verify $args < bad-conf
 sed '1s/"score":\([0-9-]\)/"score":9\1/' a1 > bad-score
 check_rc 1 "--verify: an altered score" attr-score --verify $args < bad-score
 sed '1s/"contributor":"c[0-9]"/"contributor":"mallory"/' a1 > bad-who
@@ -86,6 +105,10 @@ check_rc 1 "--verify: an altered model byte" attr-score --verify --model base2 -
 printf '{"id":"x","adapter":"sha256:%064d","output_text":"hi","prompt":"a"}\n' 0 > other.ndjson
 check_rc 65 "an event of another adapter" attr-score $args < other.ndjson
 check_eq "writes nothing" "$(attr-score $args < other.ndjson 2>/dev/null | wc -c)" 0
+cat ev.ndjson other.ndjson > mixed.ndjson
+check_rc 65 "events of this adapter, then one of another" attr-score $args < mixed.ndjson
+check_eq "write nothing either: every event is routed before any is scored" "$(attr-score $args < mixed.ndjson 2>/dev/null | wc -c)" 0
+check "naming the event's line and the way to route it" sh -c "attr-score $args < mixed.ndjson 2>&1 | grep -q '^attr-score: error: <stdin>:3: event: adapter sha256:0* is not the one given (--adapter; --adapters DIR routes events to theirs)'"
 check_rc 65 "a corrupted index" attr-score --model base --adapter ad2 --data data.ndjson < ev.ndjson
 head -c 3000 ad/attribution.idx > trunc.idx
 check_rc 65 "a truncated index" attr-score $args --index trunc.idx < ev.ndjson
@@ -96,6 +119,27 @@ check_rc 65 "an index for another model" attr-score --model base2 --adapter ad -
 check_rc 64 "no training records given" attr-score --model base --adapter ad < ev.ndjson
 check_rc 64 "an unknown method" attr-score $args --method magic < ev.ndjson
 check_rc 65 "a malformed event" sh -c "echo '{\"id\":' | attr-score $args"
+
+# --adapters DIR: each event scored with its own adapter's index, sessions opened as needed
+mf-train --base base --lora r=4,alpha=8 --data data.ndjson --steps 10 --batch 8 --seq 96 --lr 5e-3 --seed 2 --no-progress -o reg/second >/dev/null 2>&1
+cp -r ad reg/first
+mkdir reg/empty
+a2=$(sha256sum < reg/second/adapter_model.safetensors | cut -d' ' -f1)
+{
+	printf '{"id":"r-1","base":"b","base_digest":"sha256:%s","adapter":"first","adapter_digest":"sha256:%s","prompt":"The island of Varn000 exports","output_text":" amber and its harbour master is called Osk000."}\n' "$bw" "$aw"
+	printf '{"id":"r-2","adapter":"second","adapter_digest":"sha256:%s","prompt":"The island of Varn041","output_text":" exports copper and its harbour master"}\n' "$a2"
+	printf '{"id":"r-3","adapter":"first","prompt":"The island of Varn041","output_text":" exports copper and its harbour master"}\n'
+} > routed.ndjson
+check "score events of two adapters in one run" sh -c "attr-score --model base --adapters reg --data data.ndjson --top 5 < routed.ndjson > ro"
+check_eq "one record each, in the events' order" "$(grep -o '"event":"r-[0-9]"' ro | tr '\n' ' ')" '"event":"r-1" "event":"r-2" "event":"r-3" '
+check_eq "each with its adapter" "$(grep -o '"adapter":"sha256:[0-9a-f]*"' ro | cut -c12- | tr -d '"' | tr '\n' ' ')" "sha256:$aw sha256:$a2 sha256:$aw "
+check "the same record as with that adapter alone" sh -c "sed -n 1p a1 | sed 's/\"event\":\"ev-1\"/\"event\":\"r-1\"/; s/\"event_digest\":\"[^\"]*\"//; s/\"usage\":{[^}]*}/\"usage\":null/' > x1; sed -n 1p ro | sed 's/\"event_digest\":\"[^\"]*\"//' | cmp - x1"
+check "the second adapter's records come from its training.json" sh -c "attr-score --model base --adapters reg --top 5 < routed.ndjson | cmp - ro"
+printf '{"id":"r-4","adapter_digest":"sha256:%064d","output_text":"x","prompt":"a"}\n' 0 >> routed.ndjson
+check_rc 65 "an event of an adapter not in the directory" attr-score --model base --adapters reg --data data.ndjson < routed.ndjson
+check_eq "writes nothing" "$(attr-score --model base --adapters reg --data data.ndjson < routed.ndjson 2>/dev/null | wc -c)" 0
+check_rc 64 "--adapters with --index" attr-score --model base --adapters reg --index x --data data.ndjson < ev.ndjson
+check_rc 66 "a missing adapters directory" attr-score --model base --adapters nowhere --data data.ndjson < ev.ndjson
 
 # --prove: records from a datanet snapshot, each with its chain
 trail-log init --origin attr.test/log >/dev/null
@@ -127,4 +171,20 @@ check "contribution entry in the ledger: receipts verify offline" trail-log veri
 check "--verify checks records with proofs" attr-score --verify --model base --adapter adn --datanet isles < p1
 sed '1s/"leafIdx":\([0-9]\)/"leafIdx":7\1/' p1 > p2
 check_rc 1 "--verify: an altered proof" attr-score --verify --model base --adapter adn --datanet isles < p2
+
+# with a store: one attribution-batch entry per run naming the records written
+n0=$(trail-log show | wc -l)
+check "--record" sh -c "attr-score $args --record --epoch 2026-11 < ev.ndjson > b1 2>b1.err"
+check "the same records as without a store" cmp b1 a1
+check_eq "one entry more" "$(trail-log show | wc -l)" $((n0 + 1))
+dg=$(sha256sum < b1 | cut -d' ' -f1)
+idx=$(grep -o '"index":"sha256:[0-9a-f]*"' b1 | sort -u | cut -c9-)
+check_eq "an attribution-batch entry: epoch, count, the records' object, indexes, method" "$(trail-log show | tail -1 | grep -o '{"epoch".*"type":"attribution-batch"}')" \
+	"{\"epoch\":\"2026-11\",\"indexes\":[$idx],\"method\":\"influence\",\"records\":2,\"records_object\":\"sha256:$dg\",\"type\":\"attribution-batch\"}"
+check "the object holds the very bytes written" cmp b1 "$TRAIL_HOME/objects/sha256/$(echo $dg | cut -c1-2)/$(echo $dg | cut -c3-)"
+check "attr-score says which entry" grep -q '^attr-score: 2 records in ledger entry [0-9]*$' b1.err
+check "the ledger verifies, the object included" trail-log verify
+check "without --record or --home, no entry" sh -c "attr-score $args < ev.ndjson >/dev/null && test \$(trail-log show | wc -l) -eq $((n0 + 1))"
+check_rc 65 "a failed run records nothing" attr-score $args --record < mixed.ndjson
+check_eq "no entry" "$(trail-log show | wc -l)" $((n0 + 1))
 finish

@@ -89,6 +89,25 @@ check_rc 65 "a vocabulary smaller than the tokenizer's" sh -c 'echo "{\"n_layer\
 check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data a.ndjson --steps 1 --seq 8 --no-index -o other >/dev/null && mf-train --eval --base other --adapter ad --data b.ndjson --seq 8'
 check_eq "--epochs 2 over 120 records of batch 8: 30 steps" "$(mf-train --init cfg.json --data a.ndjson --epochs 2 --batch 8 --seq 8 --no-index -o ep | sed 's/.*"steps":\([0-9]*\).*/\1/')" 30
 check "--no-index writes no index" sh -c 'mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni >/dev/null && test ! -e ni/attribution.idx' 
+# records longer than --seq: counted and named, then cut, split into windows or refused
+args8="--init cfg.json --data a.ndjson --steps 4 --batch 4 --seq 16 --no-progress"
+check "records longer than --seq are cut by default" sh -c "mf-train $args8 -o lt >/dev/null 2>lt.err"
+check_eq "with a warning naming the count and --long" "$(cat lt.err)" "mf-train: warning: 120 of 120 records are longer than --seq 16 and were cut; see --long"
+check "the count is in training.json" grep -q '"long":{"mode":"truncate","records":120,"rows":120,"seq":16}' lt/training.json
+mf-train $args8 --long truncate -o lt2 >/dev/null 2>&1
+check "--long truncate is the default: the same weights" cmp lt/model.safetensors lt2/model.safetensors
+mf-train --init cfg.json --data a.ndjson --steps 4 --batch 4 --seq 64 --no-progress --no-index -o s64 >/dev/null 2>s64.err
+mf-train --init cfg.json --data a.ndjson --steps 4 --batch 4 --seq 64 --no-progress --no-index --long split -o s64s >/dev/null 2>&1
+check "no long records: no warning, and split changes nothing" sh -c 'test ! -s s64.err && cmp s64/model.safetensors s64s/model.safetensors'
+check "--long split" sh -c "mf-train $args8 --long split -o ls >ls.out 2>ls.err"
+check "warns that they were split" grep -q "120 of 120 records are longer than --seq 16 and were split into windows" ls.err
+check "more rows than records, the same records" sh -c "grep -q '\"long\":{\"mode\":\"split\",\"records\":120,\"rows\":[0-9]*,\"seq\":16}' ls/training.json && ! grep -q '\"rows\":120,' ls/training.json && grep -q '\"records_count\":120' ls/training.json"
+check "the same training root as cutting: windows keep their record's id" sh -c "test \"\$(grep -o '\"training_root\":\"[^\"]*\"' ls/training.json)\" = \"\$(grep -o '\"training_root\":\"[^\"]*\"' lt/training.json)\""
+check "the index has one row per record, which attr-score opens" sh -c 'echo "{\"id\":\"q\",\"prompt\":\"The tide clock\",\"completion\":\" number 7\"}" | attr-score --model ls --data a.ndjson --top 3 | grep -q "\"top\":\[{"'
+check "attr-score --build-index rebuilds it from training.json's mode to the same bytes" sh -c 'attr-score --build-index --model ls --data a.ndjson --batch 4 --index ls.idx && cmp ls.idx ls/attribution.idx'
+check_rc 65 "--long error refuses long records" mf-train $args8 --long error -o le
+check "naming the first" sh -c "mf-train $args8 --long error -o le 2>&1 | grep -q 'mf-train: error: a.ndjson: record 1 (sha256:[0-9a-f]*) has [0-9]* tokens, more than --seq 16 takes; see --long'"
+check_rc 64 "an unknown --long mode" mf-train $args8 --long wrap -o le
 # With a store: a datanet snapshot, the output's files as objects, a model entry
 mkdir st && cd st || exit 70
 trail-log init --origin mf-train.test/log >/dev/null

@@ -562,9 +562,22 @@ static void clusters(const trail_tokenizer *tk)
 	trail_dataset_free(d);
 }
 
+/* The confidence: the top score's z over all scores, independent of their scale. */
+static void test_confidence(void)
+{
+	float flat[8] = {2, 2, 2, 2, 2, 2, 2, 2}, spike[8] = {0.1f, -0.2f, 0.05f, 9, 0, -0.1f, 0.2f, 0.1f}, big[8];
+	for (int i = 0; i < 8; i++)
+		big[i] = spike[i] * 1000;
+	float z = trail_attr_confidence(spike, 8);
+	ok(trail_attr_confidence(flat, 8) == 0, "equal scores: confidence 0");
+	ok(z > 2.4f && z < 2.5f, "one record far above the rest: z %g (the most 8 scores allow is 7/sqrt(8))", (double)z);
+	ok(fabsf(trail_attr_confidence(big, 8) - z) < 1e-5f, "the same for scores 1000 times larger");
+}
+
 int main(void)
 {
 	trail_init();
+	test_confidence();
 	/* fp16: every half survives f32 and back; rounding is to nearest even */
 	int bad = 0;
 	for (uint32_t h = 0; h < 65536; h++) {

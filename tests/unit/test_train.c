@@ -107,6 +107,45 @@ static void test_dataset(trail_tokenizer *tk)
 	json_decref(r);
 }
 
+/* --long split: every target of every record is the target of exactly one row. */
+static void test_split(trail_tokenizer *tk)
+{
+	trail_error e = {0};
+	trail_dataset *d;
+	json_t *r = records(10);
+	enum { T = 16 };
+	ok(trail_dataset_from_records(r, tk, &d, &e) == 0, "a dataset to split");
+	size_t first, nlong = trail_dataset_long(d, T, &first), want = 0;
+	for (size_t i = 0; i < d->n; i++)
+		want += d->len[i] > T + 1;
+	ok(nlong == want && nlong > 0 && d->len[first] > T + 1, "%zu of %zu records are longer than %d", nlong, d->n, T);
+	ok(trail_dataset_rows(d) == d->n, "before splitting: one row per record");
+	ok(trail_dataset_split(d, T, &e) == 0 && d->nrows > d->n, "split into %zu rows", d->nrows);
+	int exact = 1, ordered = 1;
+	int32_t x[T], y[T];
+	for (size_t i = 0; i < d->n; i++) {
+		long counted = 0, seen = 0;
+		for (size_t t = 1; t < d->len[i]; t++)
+			counted += (int32_t)t >= d->first[i];
+		for (size_t k = 0; k < d->nrows; k++) {
+			if (trail_dataset_row_record(d, k) != i)
+				continue;
+			seen += trail_dataset_row(d, k, T, x, y);
+			for (int t = 0; t < T; t++)
+				exact &= y[t] < 0 || y[t] == d->tok[i][d->row_off[k] + (size_t)t + 1];
+		}
+		exact &= seen == counted;
+	}
+	for (size_t k = 1; k < d->nrows; k++)
+		ordered &= d->row_rec[k] > d->row_rec[k - 1] || (d->row_rec[k] == d->row_rec[k - 1] && d->row_off[k] > d->row_off[k - 1]);
+	ok(exact, "each counted target of a record is a target of exactly one of its windows");
+	ok(ordered, "windows in record order, then token order");
+	size_t n = d->nrows;
+	ok(trail_dataset_split(d, T, &e) == 0 && d->nrows == n, "splitting again gives the same rows");
+	trail_dataset_free(d);
+	json_decref(r);
+}
+
 static trail_train_opts opts(long steps)
 {
 	return (trail_train_opts){.batch = 3, .seq = 24, .steps = steps, .lr = 3e-3, .warmup = 2, .clip = 1.0, .seed = 7,
@@ -270,6 +309,7 @@ int main(void)
 	test_schedule();
 	test_adamw();
 	test_dataset(tk);
+	test_split(tk);
 	test_runs(tk);
 	test_nan(tk);
 	trail_tokenizer_free(tk);
