@@ -94,6 +94,8 @@ int main(int argc, char **argv)
 	} else if (!rc) {
 		rc = trail_report_write(r, stdout, &err);
 	}
+	for (size_t i = 0; !rc && i < trail_report_nwarnings(r); i++)
+		fprintf(stderr, "%s: warning: %s\n", cli.prog, trail_report_warning(r, i));
 done:
 	for (int i = 0; i < nv; i++)
 		trail_verifier_free(vs[i]);

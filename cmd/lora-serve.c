@@ -37,7 +37,8 @@ static const trail_cli cli = {
 	.prog = "lora-serve",
 	.usage = "--base DIR [--adapters DIR] [--cache-mb MB] [--events FILE] [--listen ADDR:PORT] [< requests]",
 	.summary = "Answer completion requests for a base model and its LoRA adapters, batching requests for "
-		   "different adapters together; each response carries its inference event.",
+		   "different adapters together; each response carries its inference event. A request without "
+		   "them gets temperature 1 (sampled, as OpenAI's API; 0 is greedy), top_p 1, seed 0 and max_tokens 16.",
 	.opts = opts,
 };
 

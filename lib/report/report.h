@@ -34,6 +34,16 @@ int trail_report_add(trail_report *r, json_t *v, trail_error *err);
 /* Receipts in proof chains are checked against these keys (offline). */
 void trail_report_set_verifiers(trail_report *r, const trail_verifier *const *vs, size_t n);
 
+/*
+ * Answers are joined to their events by the attribution's "event_digest"
+ * (the digest of the event's canonical JSON), never by id alone; an
+ * attribution that matches no event, and a settlement whose inputs are not
+ * the attributions given, are shown with a warning in the page and listed
+ * by trail_report_warning after the write (owned by the report, valid until
+ * the next write or trail_report_free).
+ */
 int trail_report_write(trail_report *r, FILE *out, trail_error *err);
+size_t trail_report_nwarnings(const trail_report *r);
+const char *trail_report_warning(const trail_report *r, size_t i);
 
 #endif

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "core/core.h"
 #include "ledger/ledger.h"
 #include "serve/serve_int.h"
@@ -37,6 +39,10 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 	s->o = *o;
 	s->events_fd = -1;
 	s->started = serve_now();
+	uint8_t nonce[6];
+	randombytes_buf(nonce, sizeof nonce);
+	for (size_t i = 0; i < sizeof nonce; i++)
+		snprintf(s->id_nonce + 2 * i, 3, "%02x", nonce[i]);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->wake, NULL);
 	pthread_cond_init(&s->changed, NULL);
@@ -203,7 +209,7 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 {
 	const trail_model_cfg *c = trail_infer_config(s->m);
 	sreq *q = trail_calloc(1, sizeof *q);
-	char num[32];
+	char num[48];
 	if (!q) {
 		*status = 500;
 		trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -221,7 +227,7 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 		snprintf(num, sizeof num, "%lld", (long long)json_integer_value(id)), q->id = trail_strdup(num);
 	else {
 		pthread_mutex_lock(&s->mu);
-		snprintf(num, sizeof num, "cmpl-%llu", ++s->next_id);
+		snprintf(num, sizeof num, "cmpl-%s-%llu", s->id_nonce, ++s->next_id);
 		pthread_mutex_unlock(&s->mu);
 		q->id = trail_strdup(http ? num : "");
 	}

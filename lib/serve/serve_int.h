@@ -107,6 +107,7 @@ struct trail_server {
 	adapter *rr_head, *rr_tail;
 	int queued, admitting, draining, stop;
 	unsigned long long next_id;
+	char id_nonce[16]; /* random per server: HTTP ids cmpl-NONCE-N never repeat across restarts */
 	trail_serve_stats st;
 	int inflight;                    /* queued or active */
 	unsigned long long codes[400];   /* HTTP responses by status, 200..599 */

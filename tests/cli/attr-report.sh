@@ -15,6 +15,34 @@ check "payout table" grep -q '<td class="num">5280</td>' page.html
 check "answer text found through its event" grep -q 'enjoys exploring' page.html
 check_eq "stdout and -o give the same page" "$(attr-report "$in" | sha256sum)" "$(sha256sum < page.html)"
 
+# Two lora-serve runs both answered "cmpl-1" (tests/data/report/restart):
+# answers are joined to attributions by event digest, never by id; a golden
+# page and its warnings (regenerate with TRAIL_REGEN=1 and review the diff)
+R="$TRAIL_TOP/tests/data/report/restart"
+attr-settle --dry-run --policy "$R/policy.json" --epoch 7 < "$R/attributions.ndjson" > settle.ndjson
+attr-report --title restart "$R/responses.ndjson" "$R/attributions.ndjson" "$R/records.ndjson" settle.ndjson \
+	> restart.html 2> restart.err
+rc=$?
+if [ -n "${TRAIL_REGEN:-}" ]; then cp restart.html "$R/page.html"; cp restart.err "$R/stderr.txt"; fi
+check_eq "a report with unjoined answers still exits 0" "$rc" 0
+check "golden page" cmp restart.html "$R/page.html"
+check "golden warnings on standard error" cmp restart.err "$R/stderr.txt"
+check "answer 1 has its own event's text" sh -c "sed -n '/<section id=\"a-1\"/,/<\/section>/p' restart.html | grep -q 'opens at dawn</a>' && ! sed -n '/<section id=\"a-1\"/,/<\/section>/p' restart.html | grep -q ferry"
+check "an attribution whose digest matches no event shows no other answer's text" sh -c "! sed -n '/<section id=\"a-3\"/,/<\/section>/p' restart.html | grep -q 'ferry\|dawn'"
+check "and is flagged in the page" sh -c "sed -n '/<section id=\"a-3\"/,/<\/section>/p' restart.html | grep -q 'class=\"bad\">&#9888; answer 3: no event has the attribution&#39;s event_digest'"
+check "and on standard error" grep -q '^attr-report: warning: answer 3: no event has .*ids repeat across server restarts' restart.err
+check "each answer names its request id and model" grep -q '<h2>Answer 1 <small>request cmpl-1 &middot; model ports' restart.html
+check "record text beside its hash" grep -q '<code>333333333333</code></a> <span class="snip">Harbour 3 opens at dawn and closes at dusk.' restart.html
+check "bars after copy crediting: carol's cluster takes dave's share" grep -q 'class="lbl">carol</text>.*class="val">100.0%' restart.html
+check "and the shares as scored beside them" grep -q 'Contributor shares as scored' restart.html
+check "withheld amounts by contributor with their reasons" grep -q '<tr><td><span class="who" title="mallory[^"]*">mallory</span></td><td>stakers</td><td class="num">330</td><td>poisoning</td></tr>' restart.html
+check "slashed amounts with their reasons" grep -q '<td>1000</td><td class="num">500</td><td>poisoning</td>' restart.html
+check "the settlement is checked against the attributions" grep -q 'class="ok">settled over exactly these attributions' restart.html
+check "the appendix lists only records referred to" sh -c "grep -q 'id=\"r-3333' restart.html && ! grep -q '9999999999\|unrelated record' restart.html"
+head -2 "$R/attributions.ndjson" | attr-settle --dry-run --policy "$R/policy.json" --epoch 8 > other.ndjson
+attr-report "$R/responses.ndjson" "$R/attributions.ndjson" other.ndjson > other.html 2> other.err
+check "a settlement over other attributions is flagged" grep -q '^attr-report: warning: epoch 8: settled over other attributions' other.err
+
 # receipts in the proof chain are checked against the log's key
 trail-log init --origin report.test/log >/dev/null
 echo '{"type":"contribution","datanet":"jargon"}' | trail-log append >/dev/null

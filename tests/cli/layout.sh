@@ -20,7 +20,7 @@ allowed() {
 	attr) echo "core ledger data model attr" ;;
 	serve) echo "core ledger model serve" ;;
 	settle) echo "core ledger settle" ;;
-	report) echo "core ledger report" ;;
+	report) echo "core ledger settle report" ;;
 	job) echo "core ledger data model attr job" ;;
 	*) echo "" ;;
 	esac

@@ -43,6 +43,14 @@ streamed=$(grep '^data: {' sse.txt | sed 's/.*"text":"\([^"]*\)".*/\1/' | tr -d 
 whole=$(sed 's/.*"choices":\[{[^]]*"text":"\([^"]*\)".*/\1/' one.json)
 check_eq "the streamed pieces add up to the whole text" "$streamed" "$whole"
 
+# OpenAI's defaults: a request without temperature is sampled at 1, and says so
+curl -s $U/v1/completions -d '{"model":"a1","prompt":"Harbour 3 ","max_tokens":4}' > dflt.json
+check "no temperature given: the event records temperature 1" grep -q '"sampling":{[^}]*"temperature":1[,}]' dflt.json
+check "--help states the default temperature" sh -c "lora-serve -h | grep -q 'temperature 1'"
+check "the man page states the default temperature" grep -q 'default 1 as in OpenAI' "$TRAIL_TOP/man/lora-serve.1"
+id1=$(sed -n 's/^{"choices":.*"id":"\([^"]*\)".*/\1/p' dflt.json | head -1)
+check "an HTTP id carries the start's nonce: cmpl-NONCE-N" sh -c "echo '$id1' | grep -Eq '^cmpl-[0-9a-f]{12}-[0-9]+$'"
+
 # node's fetch, as an OpenAI client would call it
 cat > client.mjs <<'EOF'
 const [url, stream] = process.argv.slice(2);
@@ -193,6 +201,20 @@ check "a full queue answers 429, as JSON" sh -c "grep -l 429 q*.code >/dev/null 
 check "and the admitted ones 200" grep -q 200 q1.code q2.code q3.code q4.code q5.code q6.code
 kill -TERM $pid
 wait $pid
+# ids are unique across restarts: a second server's first id is not the first one's
+lora-serve --base base --listen 127.0.0.1:0 > r1.out 2>/dev/null &
+p1=$!
+for _ in $(seq 100); do grep -q port r1.out 2>/dev/null && break; sleep 0.1; done
+curl -s http://127.0.0.1:$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' r1.out)/v1/completions -d '{"model":"base","prompt":"x","max_tokens":1}' > r1.json
+kill -TERM $p1; wait $p1
+lora-serve --base base --listen 127.0.0.1:0 > r2.out 2>/dev/null &
+p2=$!
+for _ in $(seq 100); do grep -q port r2.out 2>/dev/null && break; sleep 0.1; done
+curl -s http://127.0.0.1:$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' r2.out)/v1/completions -d '{"model":"base","prompt":"x","max_tokens":1}' > r2.json
+kill -TERM $p2; wait $p2
+i1=$(grep -o '"id":"cmpl-[^"]*"' r1.json | head -1) i2=$(grep -o '"id":"cmpl-[^"]*"' r2.json | head -1)
+check "each start's first id ends in -1" sh -c "echo '$i1 $i2' | grep -Eq -- '-1\" .*-1\"$'"
+check "and the two differ" test -n "$i1" -a "$i1" != "$i2"
 check_rc 69 "a port in use: 69" /usr/bin/python3 -c '
 import socket, subprocess, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()

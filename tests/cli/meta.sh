@@ -11,6 +11,8 @@ for p in "$TRAIL_BUILD"/bin/*; do
 	result $r "$name -h starts with its usage line"
 	check "$name --version" "$p" --version
 	check_rc 64 "$name rejects an unknown option with 64" "$p" --no-such-option
+	grep -q "^| \`$name\` |.*(man/$name.1)" "$TRAIL_TOP/README.md"
+	result $? "$name is in README's program table"
 	man="$TRAIL_TOP/man/$name.1"
 	if [ ! -f "$man" ]; then result 1 "$name has a man page"; continue; fi
 	missing=""
@@ -36,4 +38,6 @@ for p in "$TRAIL_BUILD"/bin/*; do
 	got=$(bash -c ". '$TRAIL_TOP/completions/$name.bash'; COMP_WORDS=($name --he); COMP_CWORD=1; _${name//-/_}; echo \${COMPREPLY[*]}" 2>&1)
 	check_eq "$name: bash completes --he to --help" "$got" "--help"
 done
+sed -n '/^check:/,/^$/p' "$TRAIL_TOP/Makefile" | grep -q 'echo .*running the test suite (about [0-9]* minutes'
+result $? "make check says how long the suite takes before running it"
 finish
