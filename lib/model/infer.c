@@ -556,20 +556,20 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
 }
 
 /*
- * One row's attention over its cache: y [C] from q [C] (the row's query)
- * and keys/values at positions 0..p of k, v [cap,C]; sc [p+1] scratch.
+ * One row's attention over its cache (GPT-2's is the case nkv = nh): y [D] from q [D] and the
+ * keys/values of nkv heads at positions 0..p of k, v [cap,Dkv]; query head h
+ * reads key/value head h / (nh/nkv). sc [p+1] scratch.
  */
-static void attend(int naive, float *y, const float *q, const float *k, const float *v, int p, int C, int NH,
-		   float *sc)
+static void attend_gqa(int naive, float *y, const float *q, const float *k, const float *v, int p, int nh, int nkv,
+		       int hd, float *sc)
 {
-	int hs = C / NH;
-	float scale = (float)(1.0 / sqrt((double)hs));
-	for (int h = 0; h < NH; h++) {
-		const float *qh = q + (size_t)h * hs;
-		float *o = y + (size_t)h * hs, mx = -INFINITY;
+	int Dkv = nkv * hd, rep = nh / nkv;
+	float scale = (float)(1.0 / sqrt((double)hd));
+	for (int h = 0; h < nh; h++) {
+		const float *qh = q + (size_t)h * hd, *kh = k + (size_t)(h / rep) * hd, *vh = v + (size_t)(h / rep) * hd;
+		float *o = y + (size_t)h * hd, mx = -INFINITY;
 		for (int u = 0; u <= p; u++) {
-			sc[u] = (naive ? (float)dot_ref(qh, k + (size_t)u * C + (size_t)h * hs, hs)
-				       : dot(qh, k + (size_t)u * C + (size_t)h * hs, hs)) * scale;
+			sc[u] = (naive ? (float)dot_ref(qh, kh + (size_t)u * Dkv, hd) : dot(qh, kh + (size_t)u * Dkv, hd)) * scale;
 			mx = sc[u] > mx ? sc[u] : mx;
 		}
 		double sum = 0;
@@ -582,17 +582,17 @@ static void attend(int naive, float *y, const float *q, const float *k, const fl
 			trail_k_expf(sc, sc, (size_t)p + 1);
 		for (int u = 0; u <= p; u++)
 			sum += sc[u];
-		memset(o, 0, (size_t)hs * sizeof *o);
+		memset(o, 0, (size_t)hd * sizeof *o);
 		if (naive) {
-			for (int c = 0; c < hs; c++) {
+			for (int c = 0; c < hd; c++) {
 				double s = 0;
 				for (int u = 0; u <= p; u++)
-					s += (double)sc[u] * v[(size_t)u * C + (size_t)h * hs + c];
+					s += (double)sc[u] * vh[(size_t)u * Dkv + c];
 				o[c] = (float)(s / sum);
 			}
 		} else {
 			for (int u = 0; u <= p; u++)
-				axpy(o, (float)(sc[u] / sum), v + (size_t)u * C + (size_t)h * hs, hs);
+				axpy(o, (float)(sc[u] / sum), vh + (size_t)u * Dkv, hd);
 		}
 	}
 }
@@ -668,7 +668,7 @@ static void rows(const rowjob *k, int lo, int hi, int t)
 			memcpy(vb + (size_t)k->pos[i] * C, qkv + 2 * C, (size_t)C * sizeof *qkv);
 			break;
 		case P_ATT: /* once every row's key and value are cached: a prompt's rows see each other */
-			attend(m->naive, att, qkv, kb, vb, k->pos[i], C, m->c.n_head, k->sc[t]);
+			attend_gqa(m->naive, att, qkv, kb, vb, k->pos[i], m->c.n_head, m->c.n_head, C / m->c.n_head, k->sc[t]);
 			break;
 		case P_PROJ:
 			finish_linear(k, i, 4 * l + 1, &Ly->lin[1], att, tmp, k->u[t]);
@@ -690,48 +690,6 @@ static void rows(const rowjob *k, int lo, int hi, int t)
 			if (l + 1 < m->c.n_layer)
 				layernorm(ln, x, m->L[l + 1].ln1w, m->L[l + 1].ln1b, C);
 			break;
-		}
-	}
-}
-
-/*
- * One row's grouped-query attention over its cache: y [D] from q [D] and the
- * keys/values of nkv heads at positions 0..p of k, v [cap,Dkv]; query head h
- * reads key/value head h / (nh/nkv). sc [p+1] scratch.
- */
-static void attend_gqa(int naive, float *y, const float *q, const float *k, const float *v, int p, int nh, int nkv,
-		       int hd, float *sc)
-{
-	int Dkv = nkv * hd, rep = nh / nkv;
-	float scale = (float)(1.0 / sqrt((double)hd));
-	for (int h = 0; h < nh; h++) {
-		const float *qh = q + (size_t)h * hd, *kh = k + (size_t)(h / rep) * hd, *vh = v + (size_t)(h / rep) * hd;
-		float *o = y + (size_t)h * hd, mx = -INFINITY;
-		for (int u = 0; u <= p; u++) {
-			sc[u] = (naive ? (float)dot_ref(qh, kh + (size_t)u * Dkv, hd) : dot(qh, kh + (size_t)u * Dkv, hd)) * scale;
-			mx = sc[u] > mx ? sc[u] : mx;
-		}
-		double sum = 0;
-		for (int u = 0; u <= p; u++)
-			sc[u] -= mx;
-		if (naive)
-			for (int u = 0; u <= p; u++)
-				sc[u] = (float)exp(sc[u]);
-		else
-			trail_k_expf(sc, sc, (size_t)p + 1);
-		for (int u = 0; u <= p; u++)
-			sum += sc[u];
-		memset(o, 0, (size_t)hd * sizeof *o);
-		if (naive) {
-			for (int c = 0; c < hd; c++) {
-				double s = 0;
-				for (int u = 0; u <= p; u++)
-					s += (double)sc[u] * vh[(size_t)u * Dkv + c];
-				o[c] = (float)(s / sum);
-			}
-		} else {
-			for (int u = 0; u <= p; u++)
-				axpy(o, (float)(sc[u] / sum), vh + (size_t)u * Dkv, hd);
 		}
 	}
 }
