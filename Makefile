@@ -92,6 +92,11 @@ $(B)/tests/%_replay: tests/fuzz/%.c tests/fuzz/replay.c $(B)/libtrail.a $(HEADER
 	@mkdir -p $(@D)
 	$(QLD)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< tests/fuzz/replay.c $(B)/libtrail.a $(LIBS)
 
+# A static HTTP server that misbehaves on purpose (tests/cli/tiles.sh).
+$(B)/tests/hostile-http: tests/tools/hostile-http.c
+	@mkdir -p $(@D)
+	$(QLD)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(LIBS)
+
 $(B)/tests/faultinject.so: tests/unit/faultinject.c
 	@mkdir -p $(@D)
 	$(QLD)$(CC) $(ALL_CFLAGS) -shared -fPIC -o $@ $< -ldl
@@ -130,7 +135,7 @@ install-pkgs:
 	  fi; \
 	fi
 
-test-build: all $(TESTS) $(FUZZ_REPLAY) $(B)/tests/faultinject.so
+test-build: all $(TESTS) $(FUZZ_REPLAY) $(B)/tests/faultinject.so $(B)/tests/hostile-http
 .PHONY: test-build
 
 check: deps

@@ -7,7 +7,7 @@
 #include "core/core.h"
 #include "ledger/ledger.h"
 
-enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPROGRESS };
+enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPROGRESS, O_URL, O_TIMEOUT };
 
 static const trail_opt opts[] = {
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
@@ -18,6 +18,8 @@ static const trail_opt opts[] = {
 	{O_JSON, "json", 'j', NULL, "prove: print the transparency-dev JSON form", NULL},
 	{O_PROGRESS, "progress", 0, NULL, "verify: always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "verify: never show progress", NULL},
+	{O_URL, "url", 'u', "URL", "verify, verify-proof: check the log served as tiles at URL", NULL},
+	{O_TIMEOUT, "timeout", 0, "S", "with --url: seconds each transfer may take (default 30)", NULL},
 	{0},
 };
 
@@ -25,15 +27,18 @@ static const trail_cli cli = {
 	.prog = "trail-log",
 	.usage = "init [--origin NAME] [--key KEYFILE]\nappend [--batch] [FILE...]\n"
 		 "show [FROM[..TO]]\nget N\ncheckpoint\nprove N [--size S] [--json]\n"
-		 "consistency M N\nverify\nverify-proof [--key VKEY]... [--origin NAME] FILE...",
+		 "consistency M N\nverify\nverify-proof [--key VKEY]... [--origin NAME] FILE...\n"
+		 "tiles DIR\nverify --url URL [--key VKEY]... [--origin NAME]\n"
+		 "verify-proof --url URL [--key VKEY]... [--origin NAME] [FILE...]",
 	.summary = "Append to, prove and verify the store's tamper-evident ledger.",
-	.subcommands = "init append show get checkpoint prove consistency verify verify-proof",
+	.subcommands = "init append show get checkpoint prove consistency verify verify-proof tiles",
 	.opts = opts,
 };
 
 struct conf {
-	const char *home, *origin, *key, *keys[16];
+	const char *home, *origin, *key, *keys[16], *url;
 	int nkeys, batch, json, progress;
+	long timeout;
 	uint64_t size;
 	int has_size;
 };
@@ -87,11 +92,15 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 	const trail_verifier **vs = NULL;
 	uint64_t x = 0, y = 0;
 	int writer = !strcmp(cmd, "append");
-	if (!strcmp(cmd, "verify-proof")) {
+	if (c->url && strcmp(cmd, "verify") && strcmp(cmd, "verify-proof"))
+		return trail_error_set(err, TRAIL_EUSAGE, "--url is for verify and verify-proof");
+	if (!strcmp(cmd, "verify-proof") || (c->url && !strcmp(cmd, "verify"))) {
 		trail_verifier *v[16];
 		int nv = 0;
-		if ((rc = n ? TRAIL_OK : trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...")))
+		if ((rc = n || c->url ? TRAIL_OK : trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...")))
 			return rc;
+		if (c->url && cmd[6] == 0 && n)
+			return trail_error_set(err, TRAIL_EUSAGE, "verify --url takes no FILE");
 		for (int i = 0; i < c->nkeys && !rc; i++)
 			rc = trail_verifier_load(c->keys[i], &v[nv++], err);
 		/* Against the store: its key and, unless told otherwise, its origin. */
@@ -102,13 +111,30 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			origin = origin ? origin : trail_store_origin(s);
 		}
 		int bad = 0;
+		trail_tiles *t = NULL;
+		if (!rc && c->url) {
+			trail_tiles_opts to = {.timeout_s = c->timeout};
+			if (!(rc = trail_tiles_open(c->url, (const trail_verifier *const *)v, (size_t)nv,
+						    origin, &to, &t, err)) && !n) {
+				trail_hash root;
+				char b64[64];
+				trail_tiles_root(t, root);
+				trail_base64(root, 32, b64);
+				printf("{\"fetched\":%" PRIu64 ",\"ok\":true,\"root\":\"%s\",\"size\":%" PRIu64 "}\n",
+				       trail_tiles_fetched(t), b64, trail_tiles_size(t));
+			}
+		}
 		for (int i = 0; i < n && !rc; i++) {
 			void *b;
 			size_t len;
 			trail_error e = {0};
 			if ((rc = trail_read_file(arg[i], 1 << 20, &b, &len, err)))
 				break;
-			int r = trail_proof_check(b, len, (const trail_verifier *const *)v, (size_t)nv, origin, &e);
+			const trail_verifier *const *vv = (const trail_verifier *const *)v;
+			int r = !t ? trail_proof_check(b, len, vv, (size_t)nv, origin, &e)
+				: len > 6 && !memcmp(b, "c2sp.org/tlog-proof@", 20)
+				? trail_tiles_check_receipt(t, b, len, vv, (size_t)nv, &e)
+				: trail_tiles_check_checkpoint(t, b, len, vv, (size_t)nv, &e);
 			trail_free(b);
 			if (r && r != TRAIL_EVERIFY && r != TRAIL_EDATA) {
 				*err = e;
@@ -123,6 +149,7 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		}
 		for (int i = 0; i < nv; i++)
 			trail_verifier_free(v[i]);
+		trail_tiles_free(t);
 		trail_store_free(s);
 		return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "a proof is invalid") : TRAIL_OK;
 	}
@@ -160,6 +187,12 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 				trail_free(e);
 			}
 		}
+	} else if (!strcmp(cmd, "tiles") && n == 1) {
+		trail_tiles_stats st;
+		if (!(rc = trail_tiles_write(l, arg[0], &st, err)))
+			rc = print_json(json_pack("{s:s, s:I, s:I, s:I}", "dir", arg[0], "kept",
+						  (json_int_t)st.kept, "size", (json_int_t)st.size,
+						  "written", (json_int_t)st.written), err);
 	} else if (!strcmp(cmd, "checkpoint") && n == 0) {
 		char *note;
 		if (!(rc = trail_ledger_checkpoint(l, &note, err))) {
@@ -234,6 +267,11 @@ int main(int argc, char **argv)
 		case O_JSON: c.json = 1; break;
 		case O_PROGRESS: c.progress = 1; break;
 		case O_NOPROGRESS: c.progress = 0; break;
+		case O_URL: c.url = v; break;
+		case O_TIMEOUT:
+			rc = trail_parse_long(v, 1, 86400, &z, "--timeout", &err);
+			c.timeout = (long)z;
+			break;
 		}
 	}
 	c.home = trail_store_home(c.home);

@@ -12,14 +12,18 @@ _trail_log() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--size|-s)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--url|-u)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--timeout )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [ "$COMP_CWORD" -eq 1 ] && [[ "$cur" != -* ]]; then
-		COMPREPLY=($(compgen -W "init append show get checkpoint prove consistency verify verify-proof" -- "$cur")); return
+		COMPREPLY=($(compgen -W "init append show get checkpoint prove consistency verify verify-proof tiles" -- "$cur")); return
 	fi
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --home --origin --key -k --batch -b --size -s --json -j --progress --no-progress --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --home --origin --key -k --batch -b --size -s --json -j --progress --no-progress --url -u --timeout --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -526,8 +526,8 @@ int trail_ledger_consistency(trail_ledger *l, uint64_t m, uint64_t n,
 /* ---- checkpoints and receipts ----------------------------------------- */
 
 /* Parse a checkpoint body: origin, size, base64 root (extension lines allowed). */
-static int parse_checkpoint(const char *text, char **origin, uint64_t *size, trail_hash root,
-			    trail_error *err)
+int trail_checkpoint_parse(const char *text, char **origin, uint64_t *size, trail_hash root,
+			  trail_error *err)
 {
 	const char *l1 = strchr(text, '\n');
 	const char *l2 = l1 ? strchr(l1 + 1, '\n') : NULL;
@@ -582,7 +582,7 @@ int trail_ledger_checkpoint(trail_ledger *l, char **note, trail_error *err)
 		trail_hash lroot, mine;
 		trail_error e = {0};
 		if ((rc = trail_note_open(old, oldlen, &v, 1, &text, NULL, &e)) ||
-		    (rc = parse_checkpoint(text, NULL, &last, lroot, &e))) {
+		    (rc = trail_checkpoint_parse(text, NULL, &last, lroot, &e))) {
 			trail_error_at(err, rc, "log/checkpoint", 0, "last checkpoint: %s", e.msg);
 			goto out;
 		}
@@ -720,7 +720,7 @@ int trail_receipt_verify(const char *receipt, size_t len, const trail_verifier *
 	p = nl + 1;
 	uint64_t size;
 	if ((rc = trail_note_open(p, (size_t)(end - p), vs, nv, &text, NULL, err)) ||
-	    (rc = parse_checkpoint(text, &corigin, &size, root, err)))
+	    (rc = trail_checkpoint_parse(text, &corigin, &size, root, err)))
 		goto out;
 	/* The same key may sign for several logs: the origin says which. */
 	if (origin && strcmp(corigin, origin)) {
@@ -928,7 +928,7 @@ checkpoint:;
 		trail_error e = {0};
 		rc = trail_note_open(note, nl, &v, 1, &text, NULL, &e);
 		if (!rc)
-			rc = parse_checkpoint(text, NULL, &size, croot, &e);
+			rc = trail_checkpoint_parse(text, NULL, &size, croot, &e);
 		if (!rc && (size > l->size || trail_ledger_root(l, size, mine, &e) ||
 			    sodium_memcmp(mine, croot, 32)))
 			rc = trail_error_set(err, TRAIL_EVERIFY,

@@ -337,6 +337,73 @@ int trail_ledger_consistency_json(trail_ledger *l, uint64_t m, uint64_t n, json_
 int trail_proof_check(const char *buf, size_t len, const trail_verifier *const *vs, size_t nv,
 		      const char *origin, trail_error *err);
 
+/*
+ * Parse a checkpoint body (the note's text): origin, size, base64 root,
+ * extension lines allowed. *origin (if not NULL) is trail_malloc'd.
+ * TRAIL_EDATA if malformed.
+ */
+int trail_checkpoint_parse(const char *text, char **origin, uint64_t *size, trail_hash root,
+			   trail_error *err);
+
+/*
+ * The ledger as C2SP tlog-tiles in a directory any static HTTP server can
+ * serve: checkpoint, tile/<L>/<N>[.p/<W>] (256 hashes of level 8L a full
+ * tile), tile/entries/<N>[.p/<W>] (each entry as a 2-byte big-endian length
+ * and its bytes). N is in groups of three digits, all but the last prefixed
+ * 'x'. Full tiles already present are left alone (they never change);
+ * partial ones are replaced atomically; the checkpoint is written last, so
+ * a reader never sees one whose tiles are missing. An entry over
+ * TRAIL_TILE_ENTRY_MAX bytes cannot be bundled (TRAIL_ELIMIT).
+ */
+#define TRAIL_TILE_ENTRY_MAX 65535
+typedef struct trail_tiles_stats {
+	uint64_t size, written, kept; /* tree size; tile files written, full ones kept */
+} trail_tiles_stats;
+int trail_tiles_write(trail_ledger *l, const char *dir, trail_tiles_stats *st, trail_error *err);
+
+/*
+ * A log read from tiles over HTTP(S) (libcurl). Every response is capped
+ * (checkpoint 64 KiB, hash tile 8 KiB, entry bundle 256 * (2 + 65535)
+ * bytes), at most 2 redirects are followed, http and https only, a
+ * transfer slower than 1 KiB/s for timeout_s/2 seconds or longer than
+ * timeout_s in all is abandoned. Errors: TRAIL_EUNAVAIL (no answer, an
+ * HTTP error, a redirect loop, a timeout, a truncated transfer),
+ * TRAIL_ELIMIT (a response over its cap), TRAIL_EVERIFY (the checkpoint's
+ * signature or origin, a tile of the wrong length or contents, an entry
+ * whose hash is not the tile's, a root other than the checkpoint's).
+ *
+ * trail_tiles_open fetches the checkpoint, checks it against the verifier
+ * keys (and origin, unless NULL), fetches every entry bundle and hash tile
+ * and checks that they make the checkpoint's tree.
+ */
+typedef struct trail_tiles trail_tiles;
+typedef struct trail_tiles_opts {
+	long timeout_s; /* per transfer; 0: 30 */
+} trail_tiles_opts;
+int trail_tiles_open(const char *url, const trail_verifier *const *vs, size_t nv,
+		     const char *origin, const trail_tiles_opts *o, trail_tiles **out,
+		     trail_error *err);
+void trail_tiles_free(trail_tiles *t);
+uint64_t trail_tiles_size(const trail_tiles *t);
+void trail_tiles_root(const trail_tiles *t, trail_hash out);
+/* Bytes fetched so far. */
+uint64_t trail_tiles_fetched(const trail_tiles *t);
+/*
+ * Check a tlog-proof receipt (signed by vs) against the served log: the
+ * entry at its index is the receipt's, the served tree includes it (an
+ * inclusion proof from the tiles), and the receipt's checkpoint is a
+ * prefix of the served tree (a consistency proof from the tiles).
+ */
+int trail_tiles_check_receipt(trail_tiles *t, const char *buf, size_t len,
+			      const trail_verifier *const *vs, size_t nv, trail_error *err);
+/*
+ * Check that an earlier signed checkpoint note (signed by vs) is consistent
+ * with the served one: a consistency proof built from the tiles verifies
+ * between the two signed roots.
+ */
+int trail_tiles_check_checkpoint(trail_tiles *t, const char *buf, size_t len,
+				 const trail_verifier *const *vs, size_t nv, trail_error *err);
+
 /* fsck: every entry hash, tree node, referenced object and signature. */
 typedef void (*trail_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 int trail_ledger_verify(trail_ledger *l, trail_ledger_progress_fn fn, void *ctx,
