@@ -459,7 +459,8 @@ int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp
 		goto out;
 	if (!p.targets && trail_model_has_lora(m))
 		p.targets = trail_model_lora(m)->targets;
-	if ((rc = trail_attr_builder_new_shard(path, m, &id, &p, lo, hi, d->n, (int)nckpts + 1, &b, err)))
+	if ((rc = r ? trail_attr_builder_new_shard(path, m, &id, &p, lo, hi, d->n, (int)nckpts + 1, &b, err)
+		    : trail_attr_builder_new(path, m, &id, &p, d->n, (int)nckpts + 1, &b, err)))
 		goto out;
 	for (size_t c = 0; c < nckpts; c++) {
 		/* a checkpoint: the same base with the checkpoint's adapter, or the checkpoint's model */
