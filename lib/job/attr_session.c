@@ -394,6 +394,51 @@ int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail
 	return rc;
 }
 
+/* ---- record ranges (shards) ------------------------------------------------------------ */
+
+int trail_attr_range_parse(const char *s, int shard, trail_attr_range *r, trail_error *err)
+{
+	char *end;
+	memset(r, 0, sizeof *r);
+	errno = 0;
+	if (shard) {
+		long i = strtol(s, &end, 10), n = *end == '/' ? strtol(end + 1, &end, 10) : 0;
+		if (errno || *end || n < 1 || n > 1 << 20 || i < 0 || i >= n)
+			return trail_error_set(err, TRAIL_EUSAGE, "--shard: give I/N with 0 <= I < N ('%s')", s);
+		r->i = (int)i, r->n = (int)n;
+		return TRAIL_OK;
+	}
+	unsigned long long lo = strtoull(s, &end, 10), hi = 0;
+	int ok = end != s && *end == ':' && s[0] != '-';
+	const char *h = ok ? end + 1 : NULL;
+	if (ok && *h) {
+		hi = strtoull(h, &end, 10);
+		ok = end != h && !*end && *h != '-' && hi > lo;
+	}
+	if (!ok || errno)
+		return trail_error_set(err, TRAIL_EUSAGE, "--records: give LO:HI with LO < HI, or LO: ('%s')", s);
+	r->lo = lo, r->hi = hi;
+	return TRAIL_OK;
+}
+
+int trail_attr_range_resolve(const trail_attr_range *r, uint64_t N, size_t *lo, size_t *hi, trail_error *err)
+{
+	*lo = 0, *hi = (size_t)N;
+	if (!r)
+		return TRAIL_OK;
+	if (r->n) {
+		*lo = (size_t)(N * (uint64_t)r->i / (uint64_t)r->n);
+		*hi = (size_t)(N * (uint64_t)(r->i + 1) / (uint64_t)r->n);
+	} else {
+		*lo = (size_t)r->lo;
+		*hi = r->hi ? (size_t)r->hi : (size_t)N;
+	}
+	if (*lo >= *hi || *hi > N)
+		return trail_error_set(err, TRAIL_EUSAGE, "records %zu:%zu: not a range of the %llu records", *lo, *hi,
+				       (unsigned long long)N);
+	return TRAIL_OK;
+}
+
 /* ---- building for an existing model ------------------------------------------------------ */
 
 /* What training.json says of the rows: seq, and whether long records were split. */
