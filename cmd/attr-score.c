@@ -10,7 +10,7 @@
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
-       O_EPOCH };
+       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "DIR", "the base model directory", "dir"},
@@ -36,6 +36,12 @@ static const trail_opt opts[] = {
 	{O_SEQ, "seq", 0, "T", "with --build-index: tokens per record (default: as trained)", NULL},
 	{O_BATCH, "batch", 0, "B", "with --build-index: records per forward pass (default 8)", NULL},
 	{O_CKPT, "checkpoint", 0, "DIR[:W]", "with --build-index: a checkpoint for tracin, weight W (repeatable)", "dir"},
+	/* shards: by record range, merged exactly */
+	{O_SHARD, "shard", 0, "I/N", "with --build-index or --partial: records [N_rec I/N, N_rec (I+1)/N) only", NULL},
+	{O_RECORDS, "records", 0, "LO:HI", "with --build-index or --partial: records [LO, HI) only (HI empty: to the end)", NULL},
+	{O_PARTIAL, "partial", 0, NULL, "score the events against the records of --shard/--records; print the partial", NULL},
+	{O_MERGE, "merge", 0, NULL, "read partials (the files), print the attribution records of the whole index", NULL},
+	{O_MERGEIDX, "merge-index", 0, NULL, "merge index shards (the files) into the index and its span index", NULL},
 	{O_THREADS, "threads", 0, "N", "threads for scoring (default: every CPU this process may use; records do not depend on it) and for --build-index (default 1)", NULL},
 	{0},
 };
@@ -46,7 +52,11 @@ static const trail_cli cli = {
 		 "    [--record] [--epoch ID] [file...]\n"
 		 "--model DIR --adapters DIR [--data FILE|--datanet NAME@SIZE] [--record] [--epoch ID] [file...]\n"
 		 "--verify --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [file...]\n"
-		 "--build-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--proj KIN,KOUT] [--checkpoint DIR]...",
+		 "--build-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--proj KIN,KOUT] [--checkpoint DIR]...\n"
+		 "    [--shard I/N|--records LO:HI --index FILE]\n"
+		 "--merge-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--index FILE] shard...\n"
+		 "--partial --shard I/N|--records LO:HI --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [file...]\n"
+		 "--merge --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--prove] [--record] partial...",
 	.summary = "Attribute inference events to the training records and contributors that shaped them.",
 	.opts = opts,
 };
@@ -94,18 +104,44 @@ static int read_events(FILE *f, const char *src, json_t *events, json_t *where, 
  * Score: all events read and routed first, then the records written at
  * once, so that a failure writes nothing; with a store, the batch entry.
  */
-static int score(const trail_attr_opts *o, const char *adapters, json_t *events, json_t *where, const char *home,
-		 const char *epoch, trail_error *err)
+/* The error of event `bad` at its source line. */
+static void at_event(json_t *where, size_t bad, int rc, trail_error *err)
 {
-	json_t *recs = NULL, *r;
-	trail_buf out = {0};
-	size_t bad, i;
-	int rc = trail_attr_run(o, adapters, events, &recs, &bad, err);
 	if (rc && bad != (size_t)-1 && !err->source[0]) {
 		json_t *w = json_array_get(where, bad);
 		trail_error_at(err, rc, json_string_value(json_array_get(w, 0)), (long)json_integer_value(json_array_get(w, 1)),
 			       "%s", err->msg);
 	}
+}
+
+/* The bytes of out to stdout, flushed. */
+static int put_out(const trail_buf *out, trail_error *err)
+{
+	if (out->n && fwrite(out->p, 1, out->n, stdout) != out->n)
+		return trail_error_errno(err, TRAIL_EIO, errno, "<stdout>");
+	if (fflush(stdout))
+		return trail_error_errno(err, TRAIL_EIO, errno, "<stdout>");
+	return TRAIL_OK;
+}
+
+static int emit(int rc, json_t *recs, const char *home, const char *epoch, trail_error *err);
+
+static int score(const trail_attr_opts *o, const char *adapters, json_t *events, json_t *where, const char *home,
+		 const char *epoch, trail_error *err)
+{
+	json_t *recs = NULL;
+	size_t bad;
+	int rc = trail_attr_run(o, adapters, events, &recs, &bad, err);
+	at_event(where, bad, rc, err);
+	return emit(rc, recs, home, epoch, err);
+}
+
+/* The records written at once (nothing on failure); with a store, the batch entry. recs is released. */
+static int emit(int rc, json_t *recs, const char *home, const char *epoch, trail_error *err)
+{
+	json_t *r;
+	trail_buf out = {0};
+	size_t i;
 	json_array_foreach(recs, i, r) {
 		char *t = NULL;
 		size_t n;
@@ -115,10 +151,8 @@ static int score(const trail_attr_opts *o, const char *adapters, json_t *events,
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		trail_free(t);
 	}
-	if (!rc && out.n && fwrite(out.p, 1, out.n, stdout) != out.n)
-		rc = trail_error_errno(err, TRAIL_EIO, errno, "<stdout>");
-	if (!rc && fflush(stdout))
-		rc = trail_error_errno(err, TRAIL_EIO, errno, "<stdout>");
+	if (!rc)
+		rc = put_out(&out, err);
 	uint64_t entry;
 	if (!rc && home && json_array_size(recs) &&
 	    !(rc = trail_attr_record_batch(home, epoch, recs, out.p, out.n, &entry, err)))
@@ -138,7 +172,8 @@ int main(int argc, char **argv)
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
-	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0;
+	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0, partial = 0, merge = 0, mergeidx = 0, ranged = 0;
+	trail_attr_range range = {0};
 	const char *adapters = NULL, *epoch = NULL;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;
@@ -172,6 +207,11 @@ int main(int argc, char **argv)
 		case O_DAMPING: rc = trail_parse_double(v, 1e-9, 1e6, &p.damping, "--damping", &err); break;
 		case O_SEQ: rc = trail_parse_long(v, 2, 1 << 20, &n, "--seq", &err), p.seq = (int)n; break;
 		case O_BATCH: rc = trail_parse_long(v, 1, 4096, &batch, "--batch", &err); break;
+		case O_SHARD: rc = trail_attr_range_parse(v, 1, &range, &err), ranged = 1; break;
+		case O_RECORDS: rc = trail_attr_range_parse(v, 0, &range, &err), ranged = 1; break;
+		case O_PARTIAL: partial = 1; break;
+		case O_MERGE: merge = 1; break;
+		case O_MERGEIDX: mergeidx = 1; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &threads, "--threads", &err); break;
 		case O_CKPT: {
 			if (nck == MAXCK) {
@@ -195,13 +235,26 @@ int main(int argc, char **argv)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "give --model and one of --data/--datanet (or --adapters DIR); "
 				     "--verify, --prove and --build-index do not go together, nor --adapters with them "
 				     "or --index");
+	else if (verify + build + partial + merge + mergeidx > 1 || (ranged && !build && !partial) ||
+		 (o.prove && !merge && (partial || mergeidx)) || (adapters && (partial || merge || mergeidx)) ||
+		 ((merge || mergeidx) && !a.nrest))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--verify, --build-index, --partial, --merge and --merge-index "
+				     "do not go together; --shard/--records go with --build-index or --partial; --merge "
+				     "and --merge-index read the files named");
 	else {
 		/* an index is built with BLAS splitting gradients: its bits follow the count, so 1 unless asked */
 		if (!threads)
-			threads = build ? 1 : trail_cpu_count();
+			threads = build || mergeidx ? 1 : trail_cpu_count();
 		trail_blas_threads((int)threads);
 		if (build)
-			rc = trail_attr_build_index(&o, &p, (int)batch, ck, ckw, (size_t)nck, &err);
+			rc = trail_attr_build_shard(&o, &p, (int)batch, ck, ckw, (size_t)nck, ranged ? &range : NULL, &err);
+		else if (mergeidx)
+			rc = trail_attr_merge_index(&o, (const char *const *)a.rest, (size_t)a.nrest, &err);
+		else if (merge) {
+			json_t *recs = NULL;
+			rc = trail_attr_merge(&o, (const char *const *)a.rest, (size_t)a.nrest, &recs, &err);
+			rc = emit(rc, recs, record ? o.home : NULL, epoch, &err);
+		}
 		else if (verify) {
 			trail_attr_session *s = NULL;
 			if (!(rc = trail_attr_session_open(&o, &s, &err)))
@@ -233,7 +286,15 @@ int main(int argc, char **argv)
 						fclose(f);
 				}
 			}
-			if (!rc)
+			if (!rc && partial) {
+				trail_buf out = {0};
+				size_t bad;
+				rc = trail_attr_partial(&o, ranged ? &range : NULL, events, &out, &bad, &err);
+				at_event(where, bad, rc, &err);
+				if (!rc)
+					rc = put_out(&out, &err);
+				trail_buf_release(&out);
+			} else if (!rc)
 				rc = score(&o, adapters, events, where, record ? o.home : NULL, epoch, &err);
 			json_decref(events), json_decref(where);
 		}

@@ -508,19 +508,40 @@ float trail_attr_confidence(const float *scores, size_t n)
 	return sd > 0 ? (float)((top - mean) / sd) : 0.0f;
 }
 
+float trail_attr_floor_of(const float *scores, size_t n)
+{
+	float floor = 0;
+	for (int r = 0; r < TRAIL_ATTR_FLOOR_QUERIES; r++) {
+		float z = trail_attr_confidence(scores + (size_t)r * n, n);
+		floor = z > floor ? z : floor;
+	}
+	return floor;
+}
+
 int trail_attr_noise_floor(const trail_attr_ctx *c, float *floor, trail_error *err)
+{
+	size_t N = trail_attr_index_info(c->index)->nrecords;
+	float *scores = trail_malloc((size_t)TRAIL_ATTR_FLOOR_QUERIES * (N ? N : 1) * sizeof *scores);
+	int rc = scores ? trail_attr_noise_scores(c, 0, N, scores, err) : oom(err);
+	*floor = rc ? 0 : trail_attr_floor_of(scores, N);
+	trail_free(scores);
+	return rc;
+}
+
+int trail_attr_noise_scores(const trail_attr_ctx *c, size_t lo, size_t hi, float *scores, trail_error *err)
 {
 	const trail_attr_info *in = trail_attr_index_info(c->index);
 	const trail_dataset *d = c->data;
-	size_t N = in->nrecords, D = in->dim, L = 32, total = 0;
+	size_t D = in->dim, L = 32, total = 0, N = hi - lo;
 	int rows = trail_attr_query_rows(c->index, c->method), rc = TRAIL_OK;
 	int32_t eot = trail_tokenizer_eot(c->tk), *tok = trail_malloc((L + 1) * sizeof *tok);
-	float *q = trail_malloc((size_t)rows * D * sizeof *q), *scores = trail_malloc((N ? N : 1) * sizeof *scores);
+	float *q = trail_malloc((size_t)rows * D * sizeof *q);
 	uint64_t seed = in->seed ^ 0x6E6F697365ULL; /* "noise" */
-	*floor = 0;
+	/* a query with no tokens to draw from scores zero everywhere, whose confidence is zero */
+	memset(scores, 0, (size_t)TRAIL_ATTR_FLOOR_QUERIES * N * sizeof *scores);
 	for (size_t i = 0; i < d->n; i++)
 		total += d->len[i];
-	if (!tok || !q || !scores) {
+	if (!tok || !q) {
 		rc = oom(err);
 		goto out;
 	}
@@ -536,48 +557,110 @@ int trail_attr_noise_floor(const trail_attr_ctx *c, float *floor, trail_error *e
 				k -= d->len[i++];
 			tok[t] = d->tok[i][k];
 		}
-		if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, L + 1, 1, q, err)) &&
-		    !(rc = trail_attr_score(c->index, c->method, q, 1, scores, err))) {
-			float z = trail_attr_confidence(scores, N);
-			*floor = z > *floor ? z : *floor;
-		}
+		if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, L + 1, 1, q, err)))
+			rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores + (size_t)r * N, err);
 	}
 out:
-	trail_free(tok), trail_free(q), trail_free(scores);
+	trail_free(tok), trail_free(q);
 	return rc;
 }
 
+/* The event of v, checked against the index's weights, and its query tokens. */
+static int event_prep(const trail_attr_ctx *c, const json_t *event, const json_t **ev, int32_t **tok, size_t *n,
+		      size_t *first, trail_error *err)
+{
+	int rc;
+	*ev = event_of(event);
+	*tok = NULL;
+	if (!json_is_object(*ev))
+		return trail_error_set(err, TRAIL_EDATA, "not an inference event (a JSON object)");
+	if ((rc = check_event_model(c, *ev, err)))
+		return rc;
+	return event_tokens(c, *ev, tok, n, first, err);
+}
+
+/* The query's gradient scored against records [lo, hi). */
+static int event_score(const trail_attr_ctx *c, const int32_t *tok, size_t n, size_t first, size_t lo, size_t hi,
+		       float *scores, trail_error *err)
+{
+	int rows = trail_attr_query_rows(c->index, c->method), rc;
+	float *q = trail_malloc((size_t)rows * trail_attr_index_info(c->index)->dim * sizeof *q);
+	if (!q)
+		return oom(err);
+	if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, n, first, q, err)))
+		rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores, err);
+	trail_free(q);
+	return rc;
+}
+
+static int event_build(const trail_attr_ctx *c, const json_t *event, const json_t *ev, const int32_t *tok, size_t n,
+		       size_t first, const float *scores, json_t **out, trail_error *err);
+
 int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out, trail_error *err)
 {
-	const json_t *ev = event_of(event);
-	const trail_attr_info *in = trail_attr_index_info(c->index);
-	size_t N = in->nrecords, D = in->dim, n = 0, first = 0, nspan = 0;
+	size_t N = trail_attr_index_info(c->index)->nrecords, n = 0, first = 0;
+	const json_t *ev;
 	int32_t *tok = NULL;
-	float *q = NULL, *scores = NULL;
+	float *scores = NULL;
+	int rc;
+	*out = NULL;
+	if (!(rc = event_prep(c, event, &ev, &tok, &n, &first, err))) {
+		if (!(scores = trail_malloc(N * sizeof *scores)))
+			rc = oom(err);
+		else if (!(rc = event_score(c, tok, n, first, 0, N, scores, err)))
+			rc = event_build(c, event, ev, tok, n, first, scores, out, err);
+	}
+	trail_free(tok), trail_free(scores);
+	return rc;
+}
+
+int trail_attr_event_scores(const trail_attr_ctx *c, const json_t *event, size_t lo, size_t hi, float *scores,
+			    trail_error *err)
+{
+	size_t n = 0, first = 0;
+	const json_t *ev;
+	int32_t *tok = NULL;
+	int rc = event_prep(c, event, &ev, &tok, &n, &first, err);
+	if (!rc)
+		rc = event_score(c, tok, n, first, lo, hi, scores, err);
+	trail_free(tok);
+	return rc;
+}
+
+int trail_attr_event_from_scores(const trail_attr_ctx *c, const json_t *event, const float *scores, json_t **out,
+				 trail_error *err)
+{
+	size_t n = 0, first = 0;
+	const json_t *ev;
+	int32_t *tok = NULL;
+	int rc;
+	*out = NULL;
+	if (!(rc = event_prep(c, event, &ev, &tok, &n, &first, err)))
+		rc = event_build(c, event, ev, tok, n, first, scores, out, err);
+	trail_free(tok);
+	return rc;
+}
+
+/* The record from the scores of all N records. */
+static int event_build(const trail_attr_ctx *c, const json_t *event, const json_t *ev, const int32_t *tok, size_t n,
+		       size_t first, const float *scores, json_t **out, trail_error *err)
+{
+	const trail_attr_info *in = trail_attr_index_info(c->index);
+	size_t N = in->nrecords, nspan = 0;
 	ranked *rk = NULL;
 	share *sh = NULL;
 	size_t *spanrecs = NULL;
 	json_t *rec = NULL;
-	int rc;
+	int rc = TRAIL_OK;
 	*out = NULL;
-	if (!json_is_object(ev))
-		return trail_error_set(err, TRAIL_EDATA, "not an inference event (a JSON object)");
-	if ((rc = check_event_model(c, ev, err)) || (rc = event_tokens(c, ev, &tok, &n, &first, err)))
-		goto out;
-	int rows = trail_attr_query_rows(c->index, c->method);
 	size_t K = (size_t)(c->top > 0 ? c->top : 10);
 	K = K < N ? K : N;
-	q = trail_malloc((size_t)rows * D * sizeof *q);
-	scores = trail_malloc(N * sizeof *scores);
 	rk = trail_malloc((K ? K : 1) * sizeof *rk);
 	sh = trail_malloc((K ? K : 1) * sizeof *sh);
-	if (!q || !scores || !rk || !sh) {
+	if (!rk || !sh) {
 		rc = oom(err);
 		goto out;
 	}
-	if ((rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, n, first, q, err)) ||
-	    (rc = trail_attr_score(c->index, c->method, q, 1, scores, err)))
-		goto out;
 	/* the digest of every score, as little-endian float32 */
 	char sd[72];
 	trail_digest_str(scores, N * sizeof *scores, sd);
@@ -662,7 +745,7 @@ int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 			rc = oom(err);
 	}
 out:
-	trail_free(tok), trail_free(q), trail_free(scores), trail_free(rk), trail_free(sh), trail_free(spanrecs);
+	trail_free(rk), trail_free(sh), trail_free(spanrecs);
 	*out = rec;
 	return rc;
 }

@@ -223,6 +223,33 @@ int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, tra
 /* Drop an unfinished index (its temporary file is removed). */
 void trail_attr_builder_free(trail_attr_builder *b);
 
+/*
+ * Shards. A shard is the index of records [lo, hi) of a set of `total`:
+ * the same file layout with nrecords = hi - lo, a shard flag (u32 at 92:
+ * 1) and its range (u64 lo at 288, u64 hi at 296, u64 total at 304; zero
+ * in a whole index), the whole set's root and no curvature (zeros: it is
+ * the whole set's, computed by the merge). Rows and the record table are
+ * the shard's; trail_attr_builder_add and _pass take record indexes of the
+ * whole set, and the passes run the whole pass's batches (those holding a
+ * record of the range: batches of `batch` records, or of windows, from
+ * record 0), so every row has the bits of the unsharded build. Shards are
+ * refused by trail_attr_index_open.
+ */
+int trail_attr_builder_new_shard(const char *path, const trail_model *m, const trail_attr_ident *id,
+				 const trail_attr_params *p, size_t lo, size_t hi, size_t total, int nsets,
+				 trail_attr_builder **out, trail_error *err);
+/*
+ * The whole index from its n shards (any order) at path, byte for byte
+ * the unsharded build: each shard checked (digest, the same model,
+ * adapter, root, count, projection, sets and parameters as the first) and
+ * every record in exactly one shard (TRAIL_EDATA naming a gap, an overlap
+ * or a shard given twice); the curvature computed over all rows as
+ * trail_attr_builder_finish does. want (may be NULL): the weights and
+ * training set the shards must be of.
+ */
+int trail_attr_index_merge(const char *const *paths, size_t n, const trail_attr_ident *want, const char *path,
+			   trail_error *err);
+
 /* ---- reading and scoring ----------------------------------------------------- */
 
 typedef struct trail_attr_index trail_attr_index;
@@ -275,6 +302,13 @@ int trail_attr_query_grad(const trail_attr_index *x, const trail_attr_proj *p, t
  */
 int trail_attr_score(const trail_attr_index *x, int method, const float *q, int nq,
 		     float *scores, trail_error *err);
+/*
+ * The scores of records [lo, hi) only: scores [nq, hi - lo], each the bits
+ * trail_attr_score gives that record (DataInf's preconditioned query is a
+ * sum over every record and reads them all).
+ */
+int trail_attr_score_range(const trail_attr_index *x, int method, const float *q, int nq, size_t lo, size_t hi,
+			   float *scores, trail_error *err);
 /* Naive double-precision reference of trail_attr_score, for tests. */
 int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, int nq,
 			 double *scores, trail_error *err);
@@ -326,6 +360,13 @@ float trail_attr_confidence(const float *scores, size_t n);
  */
 #define TRAIL_ATTR_FLOOR_QUERIES 16
 int trail_attr_noise_floor(const trail_attr_ctx *c, float *floor, trail_error *err);
+/*
+ * The floor in two steps, for shards: the scores of records [lo, hi) of
+ * every random query (out [TRAIL_ATTR_FLOOR_QUERIES, hi - lo]), then the
+ * floor from all N records' (scores [TRAIL_ATTR_FLOOR_QUERIES, N]).
+ */
+int trail_attr_noise_scores(const trail_attr_ctx *c, size_t lo, size_t hi, float *out, trail_error *err);
+float trail_attr_floor_of(const float *scores, size_t n);
 
 /*
  * One attribution record for one inference event (or a lora-serve response
@@ -335,6 +376,15 @@ int trail_attr_noise_floor(const trail_attr_ctx *c, float *floor, trail_error *e
  */
 int trail_attr_event(const trail_attr_ctx *c, const json_t *event, json_t **out,
 		     trail_error *err);
+/*
+ * trail_attr_event in two steps, for shards: the scores of records
+ * [lo, hi) for the event (scores [hi - lo]), then the record from all N
+ * scores: the same bytes as trail_attr_event.
+ */
+int trail_attr_event_scores(const trail_attr_ctx *c, const json_t *event, size_t lo, size_t hi, float *scores,
+			    trail_error *err);
+int trail_attr_event_from_scores(const trail_attr_ctx *c, const json_t *event, const float *scores, json_t **out,
+				 trail_error *err);
 /* Recompute an attribution record: TRAIL_OK if identical, TRAIL_EVERIFY with the difference. */
 int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error *err);
 

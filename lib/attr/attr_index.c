@@ -88,6 +88,12 @@ static void hdr_write(uint8_t *b, const trail_attr_hdr *h)
 	memcpy(b + 96, h->id.model, 72);
 	memcpy(b + 168, h->id.adapter, 72);
 	memcpy(b + 240, h->id.root, 48);
+	if (h->shard) { /* a shard: its range of the whole set (zero in a whole index) */
+		put32(b + 92, 1);
+		put64(b + 288, h->lo);
+		put64(b + 296, h->lo + h->nrecords);
+		put64(b + 304, h->total);
+	}
 }
 
 static int hdr_read(const uint8_t *b, size_t len, trail_attr_hdr *h, const char *path, trail_error *err)
@@ -118,6 +124,12 @@ static int hdr_read(const uint8_t *b, size_t len, trail_attr_hdr *h, const char 
 	memcpy(h->id.adapter, b + 168, 72);
 	memcpy(h->id.root, b + 240, 48);
 	h->id.model[71] = h->id.adapter[71] = h->id.root[47] = 0;
+	h->shard = get32(b + 92) == 1;
+	h->lo = get64(b + 288);
+	h->total = get64(b + 304);
+	if (get32(b + 92) > 1 || (h->shard ? h->lo + h->nrecords != get64(b + 296) || h->lo + h->nrecords > h->total
+			  : h->lo || get64(b + 296) || h->total))
+		return trail_error_at(err, TRAIL_EDATA, path, 0, "attribution index: a bad shard range");
 	/* bound every size before any product of them is formed */
 	if (!h->nrecords || h->nrecords > ((uint64_t)1 << 32) || h->nlayers < 1 || h->nlayers > 4096 ||
 	    h->nsets < 1 || h->nsets > 1024 || h->k_in < 1 || h->k_in > 4096 || h->k_out < 1 || h->k_out > 4096 ||
@@ -153,10 +165,31 @@ struct trail_attr_builder {
 	size_t rowcap;
 };
 
+static int builder_make(const char *path, const trail_model *m, const trail_attr_ident *id,
+			const trail_attr_params *p, size_t lo, size_t hi, size_t total, int nsets, int shard,
+			trail_attr_builder **out, trail_error *err);
+
 int trail_attr_builder_new(const char *path, const trail_model *m, const trail_attr_ident *id,
 			   const trail_attr_params *p, size_t nrecords, int nsets,
 			   trail_attr_builder **out, trail_error *err)
 {
+	return builder_make(path, m, id, p, 0, nrecords, nrecords, nsets, 0, out, err);
+}
+
+int trail_attr_builder_new_shard(const char *path, const trail_model *m, const trail_attr_ident *id,
+				 const trail_attr_params *p, size_t lo, size_t hi, size_t total, int nsets,
+				 trail_attr_builder **out, trail_error *err)
+{
+	return builder_make(path, m, id, p, lo, hi, total, nsets, 1, out, err);
+}
+
+static int builder_make(const char *path, const trail_model *m, const trail_attr_ident *id,
+			const trail_attr_params *p, size_t lo, size_t hi, size_t total, int nsets, int shard,
+			trail_attr_builder **out, trail_error *err)
+{
+	size_t nrecords = hi > lo ? hi - lo : 0;
+	if (hi > total)
+		return trail_error_set(err, TRAIL_EUSAGE, "records %zu:%zu of %zu are out of range", lo, hi, total);
 	*out = NULL;
 	if (!nrecords || nsets < 1 || nsets > 1024)
 		return trail_error_set(err, TRAIL_EUSAGE, "an index needs records and 1 to 1024 gradient sets");
@@ -182,6 +215,9 @@ int trail_attr_builder_new(const char *path, const trail_model *m, const trail_a
 		h->dim = (size_t)p->k_in * (size_t)p->k_out;
 	}
 	h->nrecords = nrecords;
+	h->shard = shard;
+	h->lo = lo;
+	h->total = total;
 	h->nsets = nsets;
 	h->k_in = p->k_in;
 	h->k_out = p->k_out;
@@ -267,9 +303,9 @@ int trail_attr_builder_set(trail_attr_builder *b, int set, trail_model *m, doubl
 int trail_attr_builder_add(trail_attr_builder *b, int set, size_t rec, const float *g, trail_error *err)
 {
 	const trail_attr_hdr *h = &b->h;
-	if (set < 0 || set >= h->nsets || rec >= h->nrecords)
+	if (set < 0 || set >= h->nsets || rec < h->lo || rec - h->lo >= h->nrecords)
 		return trail_error_set(err, TRAIL_EUSAGE, "row %zu of set %d is out of range", rec, set);
-	size_t D = h->dim, row = (size_t)set * h->nrecords + rec;
+	size_t D = h->dim, row = (size_t)set * h->nrecords + (rec - h->lo);
 	float mx = 0;
 	for (size_t i = 0; i < D; i++) {
 		if (!isfinite(g[i]))
@@ -295,6 +331,12 @@ int trail_attr_builder_add(trail_attr_builder *b, int set, size_t rec, const flo
 	return TRAIL_OK;
 }
 
+/* Whether record `rec` (of the whole set) is one of this index's (a shard holds a range). */
+static int in_range(const trail_attr_builder *b, size_t rec)
+{
+	return rec >= b->h.lo && rec - b->h.lo < b->h.nrecords;
+}
+
 int trail_attr_builder_add_batch(trail_attr_builder *b, int set, trail_model *m, const size_t *recs,
 				 const long *counts, int B, int T, trail_error *err)
 {
@@ -310,7 +352,7 @@ int trail_attr_builder_add_batch(trail_attr_builder *b, int set, trail_model *m,
 	if ((rc = trail_attr_project(b->proj, m, B, T, counts, b->rows, err)))
 		return rc;
 	for (int i = 0; i < B; i++)
-		if ((rc = trail_attr_builder_add(b, set, recs[i], b->rows + (size_t)i * b->h.dim, err)))
+		if (in_range(b, recs[i]) && (rc = trail_attr_builder_add(b, set, recs[i], b->rows + (size_t)i * b->h.dim, err)))
 			return rc;
 	return TRAIL_OK;
 }
@@ -338,7 +380,13 @@ static int pass_windows(trail_attr_builder *b, int set, trail_model *m, const tr
 		b->rows = r;
 		b->rowcap = need;
 	}
-	for (size_t i = 0; i < rows && !rc; i += (size_t)batch) {
+	/* a shard starts at the batch of its first window, so every batch is the one the whole pass makes */
+	size_t i0 = 0;
+	while (i0 < rows && trail_dataset_row_record(d, i0) < b->h.lo)
+		i0++;
+	i0 -= i0 % (size_t)batch;
+	for (size_t i = i0; i < rows && !rc && trail_dataset_row_record(d, i) < b->h.lo + b->h.nrecords;
+	     i += (size_t)batch) {
 		int nb = (int)(rows - i < (size_t)batch ? rows - i : (size_t)batch);
 		long total = 0;
 		for (int k = 0; k < nb; k++)
@@ -355,7 +403,8 @@ static int pass_windows(trail_attr_builder *b, int set, trail_model *m, const tr
 		for (int k = 0; k < nb && !rc; k++) {
 			size_t r = trail_dataset_row_record(d, i + (size_t)k);
 			if (r != cur && cur != (size_t)-1) {
-				rc = trail_attr_builder_add(b, set, cur, acc, err);
+				if (in_range(b, cur))
+					rc = trail_attr_builder_add(b, set, cur, acc, err);
 				memset(acc, 0, D * sizeof *acc);
 			}
 			cur = r;
@@ -363,7 +412,7 @@ static int pass_windows(trail_attr_builder *b, int set, trail_model *m, const tr
 				acc[j] += b->rows[(size_t)k * D + j];
 		}
 	}
-	if (!rc && cur != (size_t)-1)
+	if (!rc && cur != (size_t)-1 && in_range(b, cur))
 		rc = trail_attr_builder_add(b, set, cur, acc, err);
 	trail_free(acc);
 	return rc;
@@ -376,9 +425,9 @@ int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m, cons
 	const trail_model_cfg *c = trail_model_config(m);
 	if (T < 2 || T > c->n_positions)
 		T = c->n_positions;
-	if (d->n != b->h.nrecords)
+	if (d->n != b->h.total)
 		return trail_error_set(err, TRAIL_EUSAGE, "the dataset has %zu records, the index %llu", d->n,
-				       (unsigned long long)b->h.nrecords);
+				       (unsigned long long)b->h.total);
 	if (batch < 1)
 		batch = 1;
 	int32_t *x = trail_malloc((size_t)batch * T * sizeof *x), *y = trail_malloc((size_t)batch * T * sizeof *y);
@@ -395,7 +444,8 @@ int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m, cons
 		rc = pass_windows(b, set, m, d, batch, T, x, y, counts, err);
 		goto out;
 	}
-	for (size_t i = 0; i < d->n; i += (size_t)batch) {
+	/* a shard's batches are the whole pass's that hold its records: the same rows, the same bits */
+	for (size_t i = b->h.lo - b->h.lo % (size_t)batch; i < b->h.lo + b->h.nrecords; i += (size_t)batch) {
 		int nb = (int)(d->n - i < (size_t)batch ? d->n - i : (size_t)batch);
 		for (int k = 0; k < nb; k++) {
 			trail_attr_fill(d, i + (size_t)k, T, x + (size_t)k * T, y + (size_t)k * T, &counts[k]);
@@ -407,6 +457,8 @@ int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m, cons
 		float loss;
 		if (!total) { /* nothing counts in any of these records: zero gradients */
 			for (int k = 0; k < nb; k++) {
+				if (!in_range(b, recs[k]))
+					continue;
 				float *z = trail_calloc(b->h.dim, sizeof *z);
 				if (!z) {
 					rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -447,22 +499,23 @@ int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, tra
 	trail_attr_hdr *h = &b->h;
 	int rc = TRAIL_OK;
 	uint8_t *tail = NULL;
-	if (d->n != h->nrecords) {
+	if (d->n != h->total) {
 		rc = trail_error_set(err, TRAIL_EUSAGE, "the dataset has %zu records, the index %llu", d->n,
-				     (unsigned long long)h->nrecords);
+				     (unsigned long long)h->total);
 		goto out;
 	}
 	for (size_t i = 0; i < (size_t)h->nsets * h->nrecords; i++)
 		if (!b->done[i]) {
 			rc = trail_error_set(err, TRAIL_EUSAGE, "record %zu of gradient set %zu was never added",
-					     i % h->nrecords, i / h->nrecords);
+					     (size_t)h->lo + i % h->nrecords, i / h->nrecords);
 			goto out;
 		}
-	if ((rc = trail_attr_curvature(b->map, h, &b->o, err)))
+	/* a shard's curvature is the whole set's, computed when the shards are merged */
+	if (!h->shard && (rc = trail_attr_curvature(b->map, h, &b->o, err)))
 		goto out;
 	/* the record table and contributor strings */
-	size_t blob = 0;
-	for (size_t i = 0; i < d->n; i++)
+	size_t blob = 0, lo = h->lo, hi = h->lo + h->nrecords;
+	for (size_t i = lo; i < hi; i++)
 		if (d->contributor[i])
 			blob += strlen(d->contributor[i]) + 1;
 	h->blob = blob;
@@ -474,8 +527,8 @@ int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, tra
 		goto out;
 	}
 	size_t off = 0;
-	for (size_t i = 0; i < d->n; i++) {
-		uint8_t *e = tail + i * 40;
+	for (size_t i = lo; i < hi; i++) {
+		uint8_t *e = tail + (i - lo) * 40;
 		if (trail_digest_parse(d->id[i], e)) {
 			rc = trail_error_set(err, TRAIL_EDATA, "record %zu has no valid id", i);
 			goto out;
@@ -552,6 +605,13 @@ int trail_attr_index_open(const char *path, trail_attr_index **out, trail_error 
 		goto fail;
 	}
 	trail_digest_format(b + 480, x->info.digest);
+	if (h->shard) {
+		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "records %llu:%llu of %llu: a shard of an attribution index, "
+				    "not one to score with (merge the shards: attr-score --merge-index)",
+				    (unsigned long long)h->lo, (unsigned long long)(h->lo + h->nrecords),
+				    (unsigned long long)h->total);
+		goto fail;
+	}
 	if (h->blob && ((const char *)b)[x->o.end - 1]) {
 		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "contributor strings are not terminated");
 		goto fail;
@@ -643,4 +703,194 @@ int trail_attr_index_proj(const trail_attr_index *x, const trail_model *m, trail
 		return trail_error_set(err, TRAIL_EDATA, "the index was built for a model of another shape");
 	}
 	return TRAIL_OK;
+}
+
+/* ---- merging shards ------------------------------------------------------------------- */
+
+typedef struct shard_in {
+	const char *path;
+	trail_map map;
+	trail_attr_hdr h;
+	trail_attr_off o;
+} shard_in;
+
+static int cmp_shard(const void *a, const void *b)
+{
+	const shard_in *x = *(shard_in *const *)a, *y = *(shard_in *const *)b;
+	return x->h.lo < y->h.lo ? -1 : x->h.lo > y->h.lo;
+}
+
+/* One shard mapped and checked: sizes, digest, and that it is a shard. */
+static int shard_open(shard_in *s, trail_error *err)
+{
+	int rc;
+	if ((rc = trail_map_file(s->path, &s->map, err)))
+		return rc;
+	const uint8_t *b = s->map.data;
+	if ((rc = hdr_read(b, s->map.len, &s->h, s->path, err)))
+		return rc;
+	trail_attr_layout(&s->h, &s->o);
+	uint8_t dg[32];
+	if (s->o.end != s->map.len)
+		return trail_error_at(err, TRAIL_EDATA, s->path, 0, "attribution index is %zu bytes, its sections %zu "
+				      "(truncated or altered)", s->map.len, s->o.end);
+	content_digest(b, s->map.len, dg);
+	if (sodium_memcmp(dg, b + 480, 32))
+		return trail_error_at(err, TRAIL_EDATA, s->path, 0, "attribution index digest mismatch: the file was altered");
+	if (!s->h.shard)
+		return trail_error_at(err, TRAIL_EDATA, s->path, 0, "a whole attribution index, not a shard");
+	return TRAIL_OK;
+}
+
+/* Everything but the range must be the first shard's: weights, records' root, projection, sets. */
+static int shard_same(const shard_in *a, const shard_in *s, trail_error *err)
+{
+	const trail_attr_hdr *x = &a->h, *y = &s->h;
+	const uint8_t *p = a->map.data, *q = s->map.data;
+	const char *what = strcmp(x->id.root, y->id.root) ? "training set (root)"
+			   : x->total != y->total ? "record count"
+			   : strcmp(x->id.model, y->id.model) || strcmp(x->id.adapter, y->id.adapter) ? "model or adapter"
+			   : x->nlayers != y->nlayers || x->dim != y->dim || x->nsets != y->nsets || x->k_in != y->k_in ||
+					   x->k_out != y->k_out || x->targets != y->targets || x->seed != y->seed ||
+					   x->damping != y->damping || x->nparams != y->nparams || x->seq != y->seq
+			   ? "projection or gradient sets"
+			   : memcmp(p + a->o.layers, q + s->o.layers, a->o.scales - a->o.layers) ? "layers or parameters"
+			   : NULL;
+	if (what)
+		return trail_error_at(err, TRAIL_EDATA, s->path, 0, "a shard of another index than %s: the %s differs",
+				      a->path, what);
+	return TRAIL_OK;
+}
+
+int trail_attr_index_merge(const char *const *paths, size_t n, const trail_attr_ident *want, const char *path,
+			   trail_error *err)
+{
+	shard_in *in = trail_calloc(n ? n : 1, sizeof *in);
+	shard_in **by = trail_calloc(n ? n : 1, sizeof *by);
+	char *tmp = trail_malloc(strlen(path) + 16);
+	uint8_t *map = NULL;
+	size_t maplen = 0;
+	int fd = -1, rc = TRAIL_OK;
+	if (!in || !by || !tmp) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	tmp[0] = 0;
+	if (!n) {
+		rc = trail_error_set(err, TRAIL_EUSAGE, "no shards to merge");
+		goto out;
+	}
+	for (size_t i = 0; i < n && !rc; i++) {
+		in[i].path = paths[i];
+		by[i] = &in[i];
+		if (!(rc = shard_open(&in[i], err)) && i)
+			rc = shard_same(&in[0], &in[i], err);
+	}
+	if (!rc && want && (strcmp(want->root, in[0].h.id.root) || strcmp(want->model, in[0].h.id.model) ||
+			    strcmp(want->adapter, in[0].h.id.adapter)))
+		rc = trail_error_at(err, TRAIL_EDATA, in[0].path, 0, "the shards are of model %s, adapter %s and training "
+				    "set %s, not %s, %s and %s", in[0].h.id.model, in[0].h.id.adapter[0] ? in[0].h.id.adapter : "(none)",
+				    in[0].h.id.root, want->model, want->adapter[0] ? want->adapter : "(none)", want->root);
+	if (rc)
+		goto out;
+	/* exactly once each: sorted by range, every one starting where the one before ends */
+	qsort(by, n, sizeof *by, cmp_shard);
+	uint64_t at = 0, total = in[0].h.total;
+	for (size_t i = 0; i < n; i++) {
+		const trail_attr_hdr *h = &by[i]->h;
+		if (h->lo != at) {
+			rc = h->lo > at ? trail_error_set(err, TRAIL_EDATA, "records %llu:%llu are in no shard",
+							  (unsigned long long)at, (unsigned long long)h->lo)
+					: trail_error_at(err, TRAIL_EDATA, by[i]->path, 0, "records %llu:%llu are also in %s%s",
+							 (unsigned long long)h->lo, (unsigned long long)(at < h->lo + h->nrecords ? at : h->lo + h->nrecords),
+							 by[i - 1]->path, by[i - 1]->h.lo == h->lo ? " (the same shard twice)" : "");
+			goto out;
+		}
+		at += h->nrecords;
+	}
+	if (at != total) {
+		rc = trail_error_set(err, TRAIL_EDATA, "records %llu:%llu are in no shard", (unsigned long long)at,
+				     (unsigned long long)total);
+		goto out;
+	}
+	/* the whole index: the first shard's header and tables, the rows and records in order */
+	trail_attr_hdr h = in[0].h;
+	trail_attr_off o;
+	h.shard = 0, h.lo = 0, h.nrecords = total, h.total = total, h.blob = 0;
+	for (size_t i = 0; i < n; i++)
+		h.blob += in[i].h.blob;
+	trail_attr_layout(&h, &o);
+	h.filelen = o.end;
+	sprintf(tmp, "%s.tmpXXXXXX", path);
+	if ((fd = mkstemp(tmp)) < 0) {
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", path);
+		tmp[0] = 0;
+		goto out;
+	}
+	maplen = o.end;
+	if (ftruncate(fd, (off_t)maplen)) {
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", tmp);
+		goto out;
+	}
+	if ((map = mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+		map = NULL;
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", tmp);
+		goto out;
+	}
+	const uint8_t *b0 = in[0].map.data;
+	memcpy(map + o.layers, b0 + in[0].o.layers, in[0].o.scales - in[0].o.layers); /* layers, sets, params */
+	size_t D = h.dim, L = (size_t)h.nlayers, S = (size_t)h.nsets, boff = 0;
+	for (size_t i = 0; i < n; i++) {
+		const shard_in *s = by[i];
+		const uint8_t *b = s->map.data;
+		size_t lo = s->h.lo, m = s->h.nrecords;
+		for (size_t set = 0; set < S; set++) {
+			memcpy(map + o.scales + (set * total + lo) * 4, b + s->o.scales + set * m * 4, m * 4);
+			memcpy(map + o.norms + (set * total + lo) * L * 4, b + s->o.norms + set * m * L * 4, m * L * 4);
+			memcpy(map + o.grads + (set * total + lo) * D * 2, b + s->o.grads + set * m * D * 2, m * D * 2);
+		}
+		for (size_t r = 0; r < m; r++) {
+			const uint8_t *e = b + s->o.records + r * 40;
+			uint8_t *f = map + o.records + (lo + r) * 40;
+			uint64_t off = get64(e + 32);
+			memcpy(f, e, 32);
+			put64(f + 32, off == ~(uint64_t)0 ? off : off + boff);
+		}
+		memcpy(map + o.blob + boff, b + s->o.blob, s->h.blob);
+		boff += s->h.blob;
+	}
+	if ((rc = trail_attr_curvature(map, &h, &o, err)))
+		goto out;
+	hdr_write(map, &h);
+	uint8_t dg[32];
+	content_digest(map, maplen, dg);
+	memcpy(map + 480, dg, 32);
+	if (msync(map, maplen, MS_SYNC) || fsync(fd)) {
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", tmp);
+		goto out;
+	}
+	if (fchmod(fd, 0644) || rename(tmp, path)) {
+		rc = trail_error_errno(err, TRAIL_EIO, errno, "%s", path);
+		goto out;
+	}
+	tmp[0] = 0;
+	char *dir = trail_strdup(path), *slash = dir ? strrchr(dir, '/') : NULL;
+	if (dir) {
+		if (slash)
+			*slash = 0;
+		rc = trail_fsync_dir(slash ? (dir[0] ? dir : "/") : ".", err);
+		trail_free(dir);
+	}
+out:
+	if (map)
+		munmap(map, maplen);
+	if (fd >= 0)
+		close(fd);
+	if (tmp && tmp[0])
+		unlink(tmp);
+	for (size_t i = 0; in && i < n; i++)
+		if (in[i].map.data)
+			trail_unmap(&in[i].map);
+	trail_free(in), trail_free(by), trail_free(tmp);
+	return rc;
 }

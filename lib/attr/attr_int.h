@@ -27,6 +27,8 @@ typedef struct trail_attr_hdr {
 	size_t dim;
 	double damping;
 	trail_attr_ident id;
+	int shard;              /* 1: records [lo, lo + nrecords) of a set of `total` (no curvature yet) */
+	uint64_t lo, total;
 } trail_attr_hdr;
 
 typedef struct trail_attr_off {

@@ -325,12 +325,14 @@ static int pass_rows(void *p, size_t i0, size_t i1)
 	return TRAIL_OK;
 }
 
-static int pass(const trail_attr_index *x, lanes_fn *fn, int set, const float *V, int nq, double w, float *out,
-		trail_error *err)
+/* Rows [lo, hi) of the set; out [nq, hi - lo]. */
+static int pass(const trail_attr_index *x, lanes_fn *fn, int set, const float *V, int nq, double w, size_t lo,
+		size_t hi, float *out, trail_error *err)
 {
 	size_t N = x->h.nrecords, D = x->h.dim;
-	pass_ctx c = {fn, x->grads + (size_t)set * N * D, x->scales + (size_t)set * N, V, N, D, nq, w, out};
-	if (split(N, 64, pass_rows, &c))
+	pass_ctx c = {fn, x->grads + ((size_t)set * N + lo) * D, x->scales + (size_t)set * N + lo, V, hi - lo, D, nq, w,
+		      out};
+	if (split(hi - lo, 64, pass_rows, &c))
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	return TRAIL_OK;
 }
@@ -462,9 +464,18 @@ static int datainf_vec(const trail_attr_index *x, lanes_fn *fn, const float *q, 
 int trail_attr_score(const trail_attr_index *x, int method, const float *q, int nq, float *scores,
 		     trail_error *err)
 {
-	size_t N = x->h.nrecords, D = x->h.dim;
+	return trail_attr_score_range(x, method, q, nq, 0, x->h.nrecords, scores, err);
+}
+
+int trail_attr_score_range(const trail_attr_index *x, int method, const float *q, int nq, size_t lo, size_t hi,
+			   float *scores, trail_error *err)
+{
+	size_t N = hi - lo, D = x->h.dim;
 	int last = x->h.nsets - 1, rc = TRAIL_OK;
 	lanes_fn *fn = kernel();
+	if (lo >= hi || hi > x->h.nrecords)
+		return trail_error_set(err, TRAIL_EUSAGE, "records %zu:%zu of %llu are out of range", lo, hi,
+				       (unsigned long long)x->h.nrecords);
 	if (nq < 1)
 		return trail_error_set(err, TRAIL_EUSAGE, "no query");
 	if (method < 0 || method > TRAIL_ATTR_TRACIN)
@@ -479,7 +490,7 @@ int trail_attr_score(const trail_attr_index *x, int method, const float *q, int 
 		for (size_t s = 0; s < S && !rc; s++) {
 			for (int k = 0; k < nq; k++)
 				memcpy(V + (size_t)k * D, q + ((size_t)k * S + s) * D, D * sizeof *V);
-			rc = pass(x, fn, (int)s, V, nq, trail_attr_set_weight(x, (int)s), scores, err);
+			rc = pass(x, fn, (int)s, V, nq, trail_attr_set_weight(x, (int)s), lo, hi, scores, err);
 		}
 		trail_free(V);
 		return rc;
@@ -493,7 +504,7 @@ int trail_attr_score(const trail_attr_index *x, int method, const float *q, int 
 		for (int k = 0; k < nq && !rc; k++)
 			rc = datainf_vec(x, fn, q + (size_t)k * D, V + (size_t)k * D, err);
 	if (!rc)
-		rc = pass(x, fn, last, V, nq, 1.0, scores, err);
+		rc = pass(x, fn, last, V, nq, 1.0, lo, hi, scores, err);
 	trail_free(V);
 	return rc;
 }

@@ -193,7 +193,7 @@ int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, 
 				.spans = s->sp, .index_name = s->index_path, .method = o->method, .top = o->top,
 				.min_span = o->min_span, .max_count = o->max_count, .near = o->near > 0 ? o->near : 0.8,
 				.confidence = 1};
-	if ((rc = trail_attr_noise_floor(&s->c, &s->c.floor, err)))
+	if (!o->shards && (rc = trail_attr_noise_floor(&s->c, &s->c.floor, err)))
 		goto fail;
 	*out = s;
 	return TRAIL_OK;
@@ -337,6 +337,22 @@ int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t 
 	return rc;
 }
 
+void trail_attr_session_set_floor(trail_attr_session *s, float floor)
+{
+	s->c.floor = floor;
+}
+
+int trail_attr_session_from_scores(trail_attr_session *s, const json_t *event, const float *scores, json_t **out,
+				   trail_error *err)
+{
+	int rc = trail_attr_event_from_scores(&s->c, event, scores, out, err);
+	if (!rc && s->prove && (rc = add_proofs(s, *out, err))) {
+		json_decref(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
 /* Each proof: the record's inclusion in its bundle, the entry's leaf in the receipt, the receipt itself. */
 static int check_proofs(trail_attr_session *s, const json_t *proofs, trail_error *err)
 {
@@ -378,6 +394,51 @@ int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail
 	return rc;
 }
 
+/* ---- record ranges (shards) ------------------------------------------------------------ */
+
+int trail_attr_range_parse(const char *s, int shard, trail_attr_range *r, trail_error *err)
+{
+	char *end;
+	memset(r, 0, sizeof *r);
+	errno = 0;
+	if (shard) {
+		long i = strtol(s, &end, 10), n = *end == '/' ? strtol(end + 1, &end, 10) : 0;
+		if (errno || *end || n < 1 || n > 1 << 20 || i < 0 || i >= n)
+			return trail_error_set(err, TRAIL_EUSAGE, "--shard: give I/N with 0 <= I < N ('%s')", s);
+		r->i = (int)i, r->n = (int)n;
+		return TRAIL_OK;
+	}
+	unsigned long long lo = strtoull(s, &end, 10), hi = 0;
+	int ok = end != s && *end == ':' && s[0] != '-';
+	const char *h = ok ? end + 1 : NULL;
+	if (ok && *h) {
+		hi = strtoull(h, &end, 10);
+		ok = end != h && !*end && *h != '-' && hi > lo;
+	}
+	if (!ok || errno)
+		return trail_error_set(err, TRAIL_EUSAGE, "--records: give LO:HI with LO < HI, or LO: ('%s')", s);
+	r->lo = lo, r->hi = hi;
+	return TRAIL_OK;
+}
+
+int trail_attr_range_resolve(const trail_attr_range *r, uint64_t N, size_t *lo, size_t *hi, trail_error *err)
+{
+	*lo = 0, *hi = (size_t)N;
+	if (!r)
+		return TRAIL_OK;
+	if (r->n) {
+		*lo = (size_t)(N * (uint64_t)r->i / (uint64_t)r->n);
+		*hi = (size_t)(N * (uint64_t)(r->i + 1) / (uint64_t)r->n);
+	} else {
+		*lo = (size_t)r->lo;
+		*hi = r->hi ? (size_t)r->hi : (size_t)N;
+	}
+	if (*lo >= *hi || *hi > N)
+		return trail_error_set(err, TRAIL_EUSAGE, "records %zu:%zu: not a range of the %llu records", *lo, *hi,
+				       (unsigned long long)N);
+	return TRAIL_OK;
+}
+
 /* ---- building for an existing model ------------------------------------------------------ */
 
 /* What training.json says of the rows: seq, and whether long records were split. */
@@ -403,6 +464,13 @@ static int training_seq(const char *dir, int *seq, int *split)
 int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp, int batch,
 			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts, trail_error *err)
 {
+	return trail_attr_build_shard(o, pp, batch, ckpts, ckpt_weights, nckpts, NULL, err);
+}
+
+int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp, int batch,
+			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
+			   const trail_attr_range *r, trail_error *err)
+{
 	trail_model *m = NULL, *cm = NULL;
 	trail_tokenizer *tk = NULL;
 	trail_dataset *d = NULL;
@@ -416,8 +484,15 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 		rc = oom(err);
 		goto out;
 	}
+	if (r && !o->index) {
+		rc = trail_error_set(err, TRAIL_EUSAGE, "a shard of the index needs its own file: give --index FILE");
+		goto out;
+	}
+	size_t lo = 0, hi = 0;
 	if ((rc = load_model(o, &m, &tk, &id, err)) || (rc = load_records(o, &store, recs, err)) ||
 	    (rc = trail_dataset_from_records(recs, tk, &d, err)))
+		goto out;
+	if ((rc = trail_attr_range_resolve(r, d->n, &lo, &hi, err)))
 		goto out;
 	memcpy(id.root, d->root, sizeof id.root - 1); /* base64 of 32 bytes: 44 characters */
 	id.root[sizeof id.root - 1] = 0;
@@ -429,7 +504,8 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 		goto out;
 	if (!p.targets && trail_model_has_lora(m))
 		p.targets = trail_model_lora(m)->targets;
-	if ((rc = trail_attr_builder_new(path, m, &id, &p, d->n, (int)nckpts + 1, &b, err)))
+	if ((rc = r ? trail_attr_builder_new_shard(path, m, &id, &p, lo, hi, d->n, (int)nckpts + 1, &b, err)
+		    : trail_attr_builder_new(path, m, &id, &p, d->n, (int)nckpts + 1, &b, err)))
 		goto out;
 	for (size_t c = 0; c < nckpts; c++) {
 		/* a checkpoint: the same base with the checkpoint's adapter, or the checkpoint's model */
@@ -444,7 +520,7 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 		goto out;
 	rc = trail_attr_builder_finish(b, d, err);
 	b = NULL;
-	if (rc)
+	if (rc || r) /* a shard's span index is the merge's */
 		goto out;
 	/* the span index beside it */
 	uint8_t root[32];
@@ -460,6 +536,47 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 out:
 	trail_attr_builder_free(b);
 	trail_model_free(m), trail_model_free(cm);
+	trail_tokenizer_free(tk);
+	trail_dataset_free(d);
+	trail_store_free(store);
+	json_decref(recs);
+	trail_free(path), trail_free(spp);
+	return rc;
+}
+
+int trail_attr_merge_index(const trail_attr_opts *o, const char *const *shards, size_t n, trail_error *err)
+{
+	trail_model *m = NULL;
+	trail_tokenizer *tk = NULL;
+	trail_dataset *d = NULL;
+	trail_store *store = NULL;
+	json_t *recs = json_array();
+	trail_attr_ident id;
+	char *path = o->index ? trail_strdup(o->index) : default_index(o), *spp = NULL;
+	int rc;
+	if (!recs || !path) {
+		rc = oom(err);
+		goto out;
+	}
+	if ((rc = load_model(o, &m, &tk, &id, err)) || (rc = load_records(o, &store, recs, err)) ||
+	    (rc = trail_dataset_from_records(recs, tk, &d, err)))
+		goto out;
+	memcpy(id.root, d->root, sizeof id.root - 1);
+	id.root[sizeof id.root - 1] = 0;
+	if ((rc = trail_attr_index_merge(shards, n, &id, path, err)))
+		goto out;
+	uint8_t root[32];
+	size_t rl;
+	trail_unbase64(d->root, strlen(d->root), root, 32, &rl);
+	if (!(spp = trail_malloc(strlen(path) + 6))) {
+		rc = oom(err);
+		goto out;
+	}
+	sprintf(spp, "%s.span", path);
+	rc = trail_span_build((const int32_t *const *)d->tok, d->len, d->n, (uint32_t)trail_model_config(m)->vocab_size,
+			      root, spp, err);
+out:
+	trail_model_free(m);
 	trail_tokenizer_free(tk);
 	trail_dataset_free(d);
 	trail_store_free(store);

@@ -63,6 +63,7 @@ typedef struct trail_attr_opts {
 	int method, top, min_span, prove;
 	uint64_t max_count;          /* rarity filter of spans (0: none) */
 	double near;                 /* near-duplicate Jaccard threshold (default 0.8) */
+	int shards;                  /* 1: the session scores no noise floor at open (partials carry theirs) */
 } trail_attr_opts;
 
 typedef struct trail_attr_session trail_attr_session;
@@ -118,5 +119,57 @@ int trail_attr_record_batch(const char *home, const char *epoch, const json_t *r
 int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *p, int batch,
 			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
 			   trail_error *err);
+
+/* ---- shards (attr_shard.c) ------------------------------------------------------------ */
+
+/*
+ * A range of the training records: [lo, hi) (hi 0: to the end), or, when
+ * n > 0, shard i of n: [N i / n, N (i + 1) / n). Resolved against N.
+ */
+typedef struct trail_attr_range {
+	uint64_t lo, hi;
+	int i, n;
+} trail_attr_range;
+int trail_attr_range_resolve(const trail_attr_range *r, uint64_t N, size_t *lo, size_t *hi, trail_error *err);
+/* "I/N" or "LO:HI" (HI may be empty: to the end) into r. */
+int trail_attr_range_parse(const char *s, int shard, trail_attr_range *r, trail_error *err);
+
+/* trail_attr_build_index for the records of r only: a shard (o->index is required), no span index. */
+int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *p, int batch,
+			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
+			   const trail_attr_range *r, trail_error *err);
+/*
+ * The whole index (o->index, else the default) from its shards
+ * (trail_attr_index_merge), checked against the training records, and
+ * its span index beside it: the bytes of trail_attr_build_index.
+ */
+int trail_attr_merge_index(const trail_attr_opts *o, const char *const *shards, size_t n, trail_error *err);
+
+/*
+ * Score the records of r for each event (one session, o as given): the
+ * partial, NDJSON appended to out. Line 1:
+ *   {"type":"attribution-partial","index","root","nrecords","lo","hi",
+ *    "method","events","floor"}
+ * floor: base64 of the noise-floor queries' float32 scores of records
+ * [lo, hi) (TRAIL_ATTR_FLOOR_QUERIES rows, little-endian); then one line
+ * per event: {"event": the event as given, "scores": base64 of its
+ * float32 scores of [lo, hi)}. Canonical JSON (JCS), one value a line.
+ */
+int trail_attr_partial(const trail_attr_opts *o, const trail_attr_range *r, const json_t *events, trail_buf *out,
+		       size_t *bad, trail_error *err);
+/*
+ * The attribution records of partials (files, any order): each of the
+ * same index (the session's), method and events, the ranges covering
+ * every record exactly once (TRAIL_EDATA naming a gap, an overlap or a
+ * part given twice); the scores and floors joined in record order and the
+ * records made as trail_attr_run makes them: the same bytes. *out: new
+ * reference.
+ */
+int trail_attr_merge(const trail_attr_opts *o, const char *const *parts, size_t n, json_t **out, trail_error *err);
+
+/* For the merge: a session's noise floor, and a record from all N scores (with proofs when o->prove). */
+void trail_attr_session_set_floor(trail_attr_session *s, float floor);
+int trail_attr_session_from_scores(trail_attr_session *s, const json_t *event, const float *scores, json_t **out,
+				   trail_error *err);
 
 #endif
