@@ -193,7 +193,8 @@ int trail_precision_default(void)
 
 typedef struct prim {
 	int M, N, K, tb;
-	dnnl_memory_desc_t a, b, c;
+	dnnl_memory_desc_t a, b, c, sp; /* sp: its scratchpad, which each thread gives it (never shared) */
+	size_t spn;
 	dnnl_primitive_t p;
 } prim;
 
@@ -241,16 +242,26 @@ static const prim *prim_get(int M, int N, int K, int tb)
 		dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N}, sa = {K, 1}, sb = {N, 1}, sbt = {1, K}, sc = {N, 1};
 		dnnl_matmul_desc_t md;
 		dnnl_primitive_desc_t pd = NULL;
+		dnnl_primitive_attr_t at = NULL;
+		if (dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user)) {
+			if (at)
+				dnnl_primitive_attr_destroy(at);
+			goto out;
+		}
 		if (dnnl_memory_desc_init_by_strides(&e->a, 2, da, dnnl_bf16, sa) ||
 		    dnnl_memory_desc_init_by_strides(&e->b, 2, db, dnnl_bf16, tb ? sbt : sb) ||
 		    dnnl_memory_desc_init_by_strides(&e->c, 2, dc, dnnl_f32, sc) ||
 		    dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) ||
-		    dnnl_primitive_desc_create(&pd, &md, NULL, dn.eng, NULL) || dnnl_primitive_create(&e->p, pd)) {
+		    dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) || dnnl_primitive_create(&e->p, pd)) {
 			if (pd)
 				dnnl_primitive_desc_destroy(pd);
+			dnnl_primitive_attr_destroy(at);
 			goto out;
 		}
+		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		e->spn = dnnl_memory_desc_get_size(&e->sp);
 		dnnl_primitive_desc_destroy(pd);
+		dnnl_primitive_attr_destroy(at);
 		r = &dn.tab[dn.n++];
 	}
 out:;
@@ -303,6 +314,8 @@ static struct {
 	size_t na, nb;
 	float *tmp[TRAIL_MAX_THREADS]; /* [MB*NB] per thread */
 	dnnl_stream_t st[TRAIL_MAX_THREADS]; /* made by its own thread, on its first block */
+	void *sp[TRAIL_MAX_THREADS];          /* each thread's scratchpad, grown by that thread */
+	size_t spn[TRAIL_MAX_THREADS];
 } G = {.mu = PTHREAD_MUTEX_INITIALIZER, .threads = 1};
 
 typedef struct job {
@@ -356,18 +369,27 @@ static void bf16_unit(void *ctx, int u, int t)
 	blk(g, u, &i0, &mb, &j0, &nb);
 	const prim *p = g->pr[mb < MB][nb < NB];
 	float *tmp = g->tmp[t];
-	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL;
+	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
 	omp_set_num_threads(1);
+	if (p->spn > G.spn[t]) {
+		void *q = trail_malloc(p->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = p->spn;
+		}
+	}
 	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
 		G.st[t] = NULL;
 	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, g->a + (size_t)i0 * g->K) &&
 	    !dnnl_memory_create(&mbm, &p->b, dn.eng, g->b + (size_t)j0 * g->K) &&
-	    !dnnl_memory_create(&mc, &p->c, dn.eng, tmp)) {
-		dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc}};
-		dnnl_primitive_execute(p->p, G.st[t], 3, args);
+	    !dnnl_memory_create(&mc, &p->c, dn.eng, tmp) && p->spn <= G.spn[t] &&
+	    !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		dnnl_primitive_execute(p->p, G.st[t], 4, args);
 		dnnl_stream_wait(G.st[t]);
 	}
-	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc);
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
 	for (int i = 0; i < mb; i++) {
 		float *c = g->C + (size_t)(i0 + i) * g->ldc + j0;
 		const float *s = tmp + (size_t)i * nb;
