@@ -19,7 +19,7 @@ MANDIR ?= $(PREFIX)/share/man
 B ?= build
 
 PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-dev \
-	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev pkg-config mandoc zsh fish
+	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev libdnnl-dev pkg-config mandoc zsh fish
 # check-full also uses these: PyTorch and NumPy references, Chromium for the report.
 FULL_PKGS := python3-torch python3-numpy chromium
 # and node with npm for the GPT-2 tokenizer reference (tests/cli/bpe-reference.sh),
@@ -37,7 +37,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread $(WARN) -Ilib \
 	$(shell pkg-config --cflags $(PKGCONFIG_LIBS) 2>/dev/null) \
 	-I/usr/include/x86_64-linux-gnu/openblas-pthread $(CFLAGS)
 LIBS = $(shell pkg-config --libs $(PKGCONFIG_LIBS) 2>/dev/null) \
-	-lopenblas -llapacke -lxxhash -lm -pthread
+	-ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 ALL_LDFLAGS = $(LDFLAGS)
 
 ifneq ($(V),1)
@@ -109,7 +109,7 @@ $(B)/trail.pc: FORCE
 	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(PREFIX)/include' '' \
 	  'Name: trail' 'Description: signed datasets, Merkle ledger, training and attribution' \
 	  'Version: 0.1.0' 'Requires: $(PKGCONFIG_LIBS)' \
-	  'Libs: -L$${libdir} -ltrail -lopenblas -llapacke -lxxhash -lm -pthread' \
+	  'Libs: -L$${libdir} -ltrail -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread' \
 	  'Cflags: -I$${includedir}/trail' > $@
 
 # Install the Debian packages of SPEC §2 when they are missing.

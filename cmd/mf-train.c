@@ -11,7 +11,7 @@
 
 enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS, O_BATCH, O_SEQ, O_LR, O_WARMUP,
        O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER, O_MERGE,
-       O_RESUME, O_CKPT, O_NAME, O_LONG };
+       O_RESUME, O_CKPT, O_NAME, O_LONG, O_PREC };
 
 static const trail_opt opts[] = {
 	{O_INIT, "init", 0, "CONFIG", "train from scratch: a Hugging Face config.json (GPT-2, Llama, Qwen2, Mistral)", "file"},
@@ -30,7 +30,9 @@ static const trail_opt opts[] = {
 	{O_LR, "lr", 0, "LR", "peak learning rate (default 3e-4; LoRA 1e-3)", NULL},
 	{O_WARMUP, "warmup", 0, "N", "warmup steps (default 5% of the steps)", NULL},
 	{O_SEED, "seed", 0, "S", "seed of the initialisation and the data order (default 1)", NULL},
-	{O_THREADS, "threads", 0, "N", "BLAS threads (default 1; the bits depend on it)", NULL},
+	{O_THREADS, "threads", 0, "N", "threads (default: every CPU this process may use; the bits do not depend on it)", NULL},
+	{O_PREC, "precision", 0, "P", "the linear layers' products: bf16 (bfloat16 inputs, float32 sums; the default where "
+				     "the CPU has bf16 dot products) or fp32 (the default elsewhere)", "fp32 bf16"},
 	{O_OUT, "output", 'o', "DIR", "where to write the model or adapter", "dir"},
 	{O_METRICS, "metrics", 0, "FILE", "one NDJSON line per step: step, loss, lr, grad_norm, tokens_per_s", "file"},
 	{O_TOK, "tokenizer", 0, "SPEC", "bytes (the default; a base model's own when it has one), or a directory", NULL},
@@ -48,7 +50,7 @@ static const trail_opt opts[] = {
 static const trail_cli cli = {
 	.prog = "mf-train",
 	.usage = "--init CONFIG|--base MODEL [--lora SPEC] --data FILE|--datanet NAME[@SIZE]\n"
-		 "    --steps N|--epochs N [--batch B] [--seq T] [--lr LR] [--seed S] [--threads N] [--resume] -o DIR\n"
+		 "    --steps N|--epochs N [--batch B] [--seq T] [--lr LR] [--seed S] [--threads N] [--precision P] [--resume] -o DIR\n"
 		 "--eval --base MODEL [--adapter DIR] --data FILE|--datanet NAME[@SIZE] [--seq T]\n"
 		 "--merge --base MODEL --adapter DIR -o DIR",
 	.summary = "Train a GPT-2 or Llama-family model or a LoRA adapter on exact records; writes the weights, "
@@ -67,10 +69,10 @@ int main(int argc, char **argv)
 {
 	trail_args a;
 	trail_error err = {0};
-	trail_train_job j = {.batch = 8, .seed = 1, .threads = 1, .warmup = -1, .stop = &stop};
+	trail_train_job j = {.batch = 8, .seed = 1, .threads = 0, .warmup = -1, .stop = &stop};
 	long long n;
 	const char *v;
-	int o, rc = TRAIL_OK, progress = -1;
+	int o, rc = TRAIL_OK, progress = -1, prec = -1;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;
 	while (!rc && (o = trail_args_next(&a, &v, &err)) > 0) {
@@ -90,6 +92,7 @@ int main(int argc, char **argv)
 		case O_WARMUP: rc = trail_parse_long(v, 0, 100000000, &n, "--warmup", &err), j.warmup = (long)n; break;
 		case O_SEED: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--seed", &err), j.seed = (uint64_t)n; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &n, "--threads", &err), j.threads = (int)n; break;
+		case O_PREC: rc = trail_precision_parse(v, &prec, &err); break;
 		case O_CKPT: rc = trail_parse_long(v, 1, 100000000, &n, "--checkpoint-every", &err), j.checkpoint_every = (long)n; break;
 		case O_LONG:
 			if ((j.long_mode = trail_long_mode(v)) < 0)
@@ -125,8 +128,10 @@ int main(int argc, char **argv)
 		size_t len;
 		signal(SIGINT, on_int);
 		signal(SIGTERM, on_int);
-		trail_blas_threads(j.threads);
-		rc = trail_train_job_run(&j, &res, &err);
+		if (!j.threads)
+			j.threads = trail_threads_default();
+		if (!(rc = trail_compute_set(j.threads, prec < 0 ? trail_precision_default() : prec, &err)))
+			rc = trail_train_job_run(&j, &res, &err);
 		json_t *lg = json_object_get(res, "long");
 		const char *mode = json_string_value(json_object_get(lg, "mode"));
 		if (!rc && lg)

@@ -36,6 +36,8 @@ _mf_train() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--threads )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--precision )
+		COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
 	--output|-o)
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--metrics )
@@ -50,7 +52,7 @@ _mf_train() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --long --lr --warmup --seed --threads --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --long --lr --warmup --seed --threads --precision --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

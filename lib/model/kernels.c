@@ -47,8 +47,7 @@ void trail_k_sgemm(int naive, int ta, int tb, int M, int N, int K, float alpha, 
 		   const float *B, int ldb, float beta, float *C, int ldc)
 {
 	if (!naive) {
-		cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-			    A, lda, B, ldb, beta, C, ldc);
+		trail_gemm(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 		return;
 	}
 	/* reference: op(A)[i,k] = ta ? A[k,i] : A[i,k]; op(B)[k,j] = tb ? B[j,k] : B[k,j] */
@@ -61,6 +60,27 @@ void trail_k_sgemm(int naive, int ta, int tb, int M, int N, int K, float alpha, 
 			float *c = &C[(size_t)i * ldc + j];
 			*c = (float)(alpha * s + (beta != 0 ? (double)beta * *c : 0));
 		}
+}
+
+/* A linear layer's product with its weights: bf16 when the precision says so. */
+static void lin_gemm(int naive, int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+		     float *C, int ldc)
+{
+	if (naive)
+		trail_k_sgemm(1, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+	else
+		trail_gemm(1, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+}
+
+/* One product on the calling thread alone (inside a pool item), or the reference. */
+static void sgemm1(int naive, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+		   const float *B, int ldb, float beta, float *C, int ldc)
+{
+	if (naive)
+		trail_k_sgemm(1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+	else
+		cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+			    A, lda, B, ldb, beta, C, ldc);
 }
 
 /* ---- exp and tanh on float vectors ------------------------------------------------ */
@@ -233,9 +253,9 @@ void trail_k_linear_fwd(int naive, trail_lin *L, int r, float scale, float *y, c
 		else
 			memset(y + (size_t)i * L->out, 0, (size_t)L->out * sizeof *y);
 	if (L->wt)
-		trail_k_sgemm(naive, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in, 1.0f, y, L->out);
+		lin_gemm(naive, 0, 1, N, L->out, L->in, x, L->in, L->W, L->in, y, L->out);
 	else
-		trail_k_sgemm(naive, 0, 0, N, L->out, L->in, 1.0f, x, L->in, L->W, L->out, 1.0f, y, L->out);
+		lin_gemm(naive, 0, 0, N, L->out, L->in, x, L->in, L->W, L->out, y, L->out);
 	if (L->A) {
 		/* u [N,r] = x A^T;  y += scale u B^T  (B [out,r]) */
 		trail_k_sgemm(naive, 0, 1, N, r, L->in, 1.0f, x, L->in, L->A, L->in, 0.0f, L->u, r);
@@ -251,9 +271,9 @@ void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, 
 	if (L->dW) {
 		/* dW [in,out] += x^T [in,N] dy [N,out] (or dW [out,in] += dy^T x);  db [out] += column sums of dy */
 		if (L->wt)
-			trail_k_sgemm(naive, 1, 0, L->out, L->in, N, 1.0f, dy, L->out, L->x, L->in, 1.0f, L->dW, L->in);
+			lin_gemm(naive, 1, 0, L->out, L->in, N, dy, L->out, L->x, L->in, L->dW, L->in);
 		else
-			trail_k_sgemm(naive, 1, 0, L->in, L->out, N, 1.0f, L->x, L->in, dy, L->out, 1.0f, L->dW, L->out);
+			lin_gemm(naive, 1, 0, L->in, L->out, N, L->x, L->in, dy, L->out, L->dW, L->out);
 		for (int i = 0; L->db && i < N; i++) {
 			const float *d = dy + (size_t)i * L->out;
 			for (int o = 0; o < L->out; o++)
@@ -262,9 +282,9 @@ void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, 
 	}
 	/* dx [N,in] += dy [N,out] W^T (or dy W, W [out,in]) */
 	if (dx && L->wt)
-		trail_k_sgemm(naive, 0, 0, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->in, 1.0f, dx, L->in);
+		lin_gemm(naive, 0, 0, N, L->in, L->out, dy, L->out, L->W, L->in, dx, L->in);
 	else if (dx)
-		trail_k_sgemm(naive, 0, 1, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->out, 1.0f, dx, L->in);
+		lin_gemm(naive, 0, 1, N, L->in, L->out, dy, L->out, L->W, L->out, dx, L->in);
 	if (L->A) {
 		/* du [N,r] = s dy B;  dB [out,r] += s dy^T u;  dA [r,in] += du^T x;  dx += du A */
 		float *du = scratch;
@@ -278,70 +298,99 @@ void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, 
 
 /* ---- causal self-attention --------------------------------------------------------- */
 
+/*
+ * One (batch, head) pair per pool item: each writes its own slices of y,
+ * att and dqkv, with its thread's scratch, and its products run on that
+ * thread alone, so the bits do not depend on the thread count.
+ */
+typedef struct attjob {
+	int naive, T, C, NH;
+	float *y, *att, *dqkv, *scratch;
+	const float *qkv, *dy, *catt;
+	size_t per; /* scratch floats per thread */
+} attjob;
+
+static void att_fwd_item(void *ctx, int item, int thread)
+{
+	const attjob *j = ctx;
+	int T = j->T, C = j->C, NH = j->NH, hs = C / NH, b = item / NH, h = item % NH, naive = j->naive;
+	float scale = (float)(1.0 / sqrt((double)hs));
+	/* q, k, v: [T,hs] views with row stride 3C */
+	const float *q = j->qkv + (size_t)b * T * 3 * C + (size_t)h * hs;
+	const float *k = q + C, *v = q + 2 * C;
+	float *a = j->att + ((size_t)b * NH + h) * T * T;
+	/* a [T,T] = scale q k^T, then a causal softmax per row */
+	sgemm1(naive, 0, 1, T, T, hs, scale, q, 3 * C, k, 3 * C, 0.0f, a, T);
+	for (int t = 0; t < T; t++) {
+		float *row = a + (size_t)t * T, mx = row[0];
+		for (int u = 1; u <= t; u++)
+			mx = row[u] > mx ? row[u] : mx;
+		for (int u = 0; u <= t; u++)
+			row[u] -= mx;
+		trail_k_expf(row, row, (size_t)t + 1);
+		double sum = 0;
+		for (int u = 0; u <= t; u++)
+			sum += row[u];
+		float inv = (float)(1.0 / sum);
+		for (int u = 0; u <= t; u++)
+			row[u] *= inv;
+		memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof *row);
+	}
+	/* y [T,hs] (row stride C) = a v */
+	sgemm1(naive, 0, 0, T, hs, T, 1.0f, a, T, v, 3 * C, 0.0f, j->y + (size_t)b * T * C + (size_t)h * hs, C);
+}
+
+static void att_bwd_item(void *ctx, int item, int thread)
+{
+	const attjob *j = ctx;
+	int T = j->T, C = j->C, NH = j->NH, hs = C / NH, b = item / NH, h = item % NH, naive = j->naive;
+	float scale = (float)(1.0 / sqrt((double)hs));
+	float *da = j->scratch + (size_t)thread * j->per, *ds = da + (size_t)T * T;
+	size_t off = (size_t)b * T * 3 * C + (size_t)h * hs;
+	const float *q = j->qkv + off, *k = q + C, *v = q + 2 * C;
+	float *dq = j->dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
+	const float *a = j->catt + ((size_t)b * NH + h) * T * T;
+	const float *dyh = j->dy + (size_t)b * T * C + (size_t)h * hs;
+	/* da [T,T] = dy v^T;  dv [T,hs] += a^T dy */
+	sgemm1(naive, 0, 1, T, T, hs, 1.0f, dyh, C, v, 3 * C, 0.0f, da, T);
+	sgemm1(naive, 1, 0, T, hs, T, 1.0f, a, T, dyh, C, 1.0f, dv, 3 * C);
+	/* softmax backward: ds = a (da - rowsum(a da)) */
+	for (int t = 0; t < T; t++) {
+		const float *ar = a + (size_t)t * T, *dr = da + (size_t)t * T;
+		float *dsr = ds + (size_t)t * T;
+		double dot = 0;
+		for (int u = 0; u <= t; u++)
+			dot += (double)ar[u] * dr[u];
+		float fd = (float)dot;
+		for (int u = 0; u <= t; u++)
+			dsr[u] = ar[u] * (dr[u] - fd);
+		memset(dsr + t + 1, 0, (size_t)(T - t - 1) * sizeof *dsr);
+	}
+	/* dq [T,hs] += scale ds k;  dk [T,hs] += scale ds^T q */
+	sgemm1(naive, 0, 0, T, hs, T, scale, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
+	sgemm1(naive, 1, 0, T, hs, T, scale, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
+}
+
 void trail_k_attention_fwd(int naive, float *y, float *att, const float *qkv, int B, int T, int C, int NH)
 {
-	int hs = C / NH;
-	float scale = (float)(1.0 / sqrt((double)hs));
-	for (int b = 0; b < B; b++)
-		for (int h = 0; h < NH; h++) {
-			/* q, k, v: [T,hs] views with row stride 3C */
-			const float *q = qkv + (size_t)b * T * 3 * C + (size_t)h * hs;
-			const float *k = q + C, *v = q + 2 * C;
-			float *a = att + ((size_t)b * NH + h) * T * T;
-			/* a [T,T] = scale q k^T, then a causal softmax per row */
-			trail_k_sgemm(naive, 0, 1, T, T, hs, scale, q, 3 * C, k, 3 * C, 0.0f, a, T);
-			for (int t = 0; t < T; t++) {
-				float *row = a + (size_t)t * T, mx = row[0];
-				for (int u = 1; u <= t; u++)
-					mx = row[u] > mx ? row[u] : mx;
-				for (int u = 0; u <= t; u++)
-					row[u] -= mx;
-				trail_k_expf(row, row, (size_t)t + 1);
-				double sum = 0;
-				for (int u = 0; u <= t; u++)
-					sum += row[u];
-				float inv = (float)(1.0 / sum);
-				for (int u = 0; u <= t; u++)
-					row[u] *= inv;
-				memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof *row);
-			}
-			/* y [T,hs] (row stride C) = a v */
-			trail_k_sgemm(naive, 0, 0, T, hs, T, 1.0f, a, T, v, 3 * C, 0.0f, y + (size_t)b * T * C + (size_t)h * hs, C);
-		}
+	attjob j = {.naive = naive, .T = T, .C = C, .NH = NH, .y = y, .att = att, .qkv = qkv};
+	trail_pool_run(naive ? NULL : trail_compute_pool(), B * NH, att_fwd_item, &j);
 }
 
 void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float *att, const float *qkv, int B,
 			   int T, int C, int NH, float *scratch)
 {
-	int hs = C / NH;
-	float scale = (float)(1.0 / sqrt((double)hs));
-	float *da = scratch, *ds = scratch + (size_t)T * T;
-	for (int b = 0; b < B; b++)
-		for (int h = 0; h < NH; h++) {
-			size_t off = (size_t)b * T * 3 * C + (size_t)h * hs;
-			const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
-			float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
-			const float *a = att + ((size_t)b * NH + h) * T * T;
-			const float *dyh = dy + (size_t)b * T * C + (size_t)h * hs;
-			/* da [T,T] = dy v^T;  dv [T,hs] += a^T dy */
-			trail_k_sgemm(naive, 0, 1, T, T, hs, 1.0f, dyh, C, v, 3 * C, 0.0f, da, T);
-			trail_k_sgemm(naive, 1, 0, T, hs, T, 1.0f, a, T, dyh, C, 1.0f, dv, 3 * C);
-			/* softmax backward: ds = a (da - rowsum(a da)) */
-			for (int t = 0; t < T; t++) {
-				const float *ar = a + (size_t)t * T, *dr = da + (size_t)t * T;
-				float *dsr = ds + (size_t)t * T;
-				double dot = 0;
-				for (int u = 0; u <= t; u++)
-					dot += (double)ar[u] * dr[u];
-				float fd = (float)dot;
-				for (int u = 0; u <= t; u++)
-					dsr[u] = ar[u] * (dr[u] - fd);
-				memset(dsr + t + 1, 0, (size_t)(T - t - 1) * sizeof *dsr);
-			}
-			/* dq [T,hs] += scale ds k;  dk [T,hs] += scale ds^T q */
-			trail_k_sgemm(naive, 0, 0, T, hs, T, scale, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
-			trail_k_sgemm(naive, 1, 0, T, hs, T, scale, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
-		}
+	trail_pool *p = naive ? NULL : trail_compute_pool();
+	int n = trail_pool_threads(p);
+	attjob j = {.naive = naive, .T = T, .C = C, .NH = NH, .dqkv = dqkv, .qkv = qkv, .dy = dy, .catt = att,
+		    .scratch = scratch, .per = 2 * (size_t)T * T};
+	float *own = n > 1 ? trail_malloc((size_t)n * j.per * sizeof *own) : NULL;
+	if (own)
+		j.scratch = own;
+	else
+		p = NULL; /* one thread, the caller's scratch */
+	trail_pool_run(p, B * NH, att_bwd_item, &j);
+	trail_free(own);
 }
 
 /* ---- RMSNorm ---------------------------------------------------------------------- */

@@ -535,7 +535,29 @@ json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *
  */
 int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *err);
 
-/* Set the BLAS thread count (results are reproducible for a given count). */
+/*
+ * The threads and precision of the model's products. fp32: float32
+ * throughout (OpenBLAS); bf16: the linear layers' products (forward, the
+ * weights' gradient and the input's) take bfloat16 inputs with float32
+ * sums and outputs (oneDNN); weights, gradients and optimiser state stay
+ * float32. Every product is cut into fixed blocks, so the bits depend on
+ * the precision (and oneDNN's instruction set, trail_compute_isa) but
+ * never on the thread count. Process-wide.
+ */
+enum { TRAIL_PREC_FP32, TRAIL_PREC_BF16 };
+#define TRAIL_MAX_THREADS 256
+int trail_compute_set(int threads, int prec, trail_error *err);
+int trail_compute_threads(void);
+int trail_compute_precision(void);
+/* bf16 where the CPU has native bf16 dot products (oneDNN's ISA has AVX512_BF16 or AMX), else fp32. */
+int trail_precision_default(void);
+int trail_precision_parse(const char *s, int *prec, trail_error *err);
+const char *trail_precision_name(int prec);
+/* oneDNN's instruction set, e.g. avx512_core_bf16 (capped by ONEDNN_MAX_CPU_ISA). */
+const char *trail_compute_isa(void);
+/* The cores this process may run on (sched_getaffinity). */
+int trail_threads_default(void);
+/* Set the thread count, keeping the precision. */
 void trail_blas_threads(int n);
 
 #endif

@@ -130,6 +130,33 @@ void trail_rng_normal(float *x, size_t n, double std, uint64_t *s);
 void trail_k_sgemm(int naive, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
 		   const float *B, int ldb, float beta, float *C, int ldc);
 
+/*
+ * The pool (gemm.c): n threads, the caller one of them; trail_pool_run
+ * calls fn(ctx, item, thread) for items [0,items), each item whole on one
+ * thread (thread < trail_pool_threads), and returns when all are done.
+ * One caller at a time; fn never runs the pool itself.
+ */
+typedef struct trail_pool trail_pool;
+typedef void (*trail_pool_fn)(void *ctx, int item, int thread);
+trail_pool *trail_pool_new(int n);
+void trail_pool_free(trail_pool *p);
+int trail_pool_threads(const trail_pool *p);
+void trail_pool_run(trail_pool *p, int items, trail_pool_fn fn, void *ctx);
+/* The pool trail_compute_set made (NULL before). */
+trail_pool *trail_compute_pool(void);
+
+/*
+ * C [M,N] = alpha op(A) op(B) + beta C as trail_k_sgemm, in fixed blocks
+ * of C on the pool: bf16 (oneDNN) when lowp is set and the precision is
+ * bf16, else float32 (OpenBLAS, one thread per block). The same bits on
+ * any number of threads. Not from inside a pool item.
+ */
+void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+		int ldb, float beta, float *C, int ldc);
+/* One block y [n,N] = x [n,K] W^T (W [N,K], transW) or x W (W [K,N]) in bf16, on this thread alone (serving). */
+void trail_gemm_bf16_block(int n, int N, int K, const float *x, const float *W, int ldw, int transW, float *y,
+			   int ldy, uint16_t *scratch);
+
 /* out [N,C] = (x - mean) rstd w + b; mean, rstd [N] kept for backward. */
 void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
 			   const float *b, int N, int C);

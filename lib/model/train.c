@@ -127,19 +127,30 @@ static void epoch_order(size_t *perm, size_t n, uint64_t seed, uint64_t e)
 	}
 }
 
-static json_t *hyperparameters(const trail_train_opts *o)
+/*
+ * The hyper-parameters; the thread count only in the manifest (the bits do
+ * not depend on it), the precision and, for bf16, oneDNN's instruction set
+ * in both (they do).
+ */
+static json_t *hyperparameters(const trail_train_opts *o, int threads)
 {
-	return json_pack("{s:i, s:i, s:I, s:f, s:I, s:f, s:I, s:i, s:s, s:f, s:f, s:f, s:f}", "batch", o->batch, "seq",
-			 o->seq, "steps", (json_int_t)o->steps, "lr", o->lr, "warmup", (json_int_t)o->warmup, "clip",
-			 o->clip, "seed", (json_int_t)o->seed, "threads", o->threads, "optimizer", "adamw", "beta1", 0.9,
-			 "beta2", 0.95, "eps", 1e-8, "weight_decay", 0.0);
+	int prec = trail_compute_precision();
+	json_t *h = json_pack("{s:i, s:i, s:I, s:f, s:I, s:f, s:I, s:s, s:f, s:f, s:f, s:f, s:s}", "batch", o->batch, "seq",
+			      o->seq, "steps", (json_int_t)o->steps, "lr", o->lr, "warmup", (json_int_t)o->warmup, "clip",
+			      o->clip, "seed", (json_int_t)o->seed, "optimizer", "adamw", "beta1", 0.9, "beta2", 0.95, "eps",
+			      1e-8, "weight_decay", 0.0, "precision", trail_precision_name(prec));
+	if (h && prec == TRAIL_PREC_BF16)
+		json_object_set_new(h, "isa", json_string(trail_compute_isa()));
+	if (h && threads)
+		json_object_set_new(h, "threads", json_integer(o->threads));
+	return h;
 }
 
 void trail_train_settings(const trail_dataset *d, const trail_train_opts *o, const json_t *extra,
 			  char out[72])
 {
 	json_t *j = json_pack("{s:s, s:s, s:o, s:O?}", "training_root", d->root, "records_order_digest", d->order,
-			      "hyperparameters", hyperparameters(o), "extra", (json_t *)extra);
+			      "hyperparameters", hyperparameters(o, 0), "extra", (json_t *)extra);
 	char *buf = NULL;
 	size_t len = 0;
 	if (!j || trail_jcs(j, &buf, &len, NULL))
@@ -345,7 +356,7 @@ int trail_eval_loss(trail_model *m, const trail_dataset *d, int batch, int seq, 
 
 void trail_blas_threads(int n)
 {
-	openblas_set_num_threads(n);
+	trail_compute_set(n, trail_compute_precision(), NULL);
 }
 
 json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *o,
@@ -359,7 +370,7 @@ json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *
 		json_array_append_new(loss, json_real(round((double)r->curve[i] * 1e6) / 1e6));
 	json_t *m = json_pack("{s:s, s:I, s:s, s:s, s:o, s:o, s:o, s:I, s:s}", "format", "trail-training/1",
 			      "records_count", (json_int_t)d->n, "training_root", d->root, "records_order_digest",
-			      d->order, "records", recs, "hyperparameters", hyperparameters(o), "loss_curve", loss,
+			      d->order, "records", recs, "hyperparameters", hyperparameters(o, 1), "loss_curve", loss,
 			      "steps_done", (json_int_t)r->step, "settings", r->settings);
 	if (m && extra)
 		json_object_update(m, (json_t *)extra);

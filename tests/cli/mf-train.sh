@@ -7,7 +7,8 @@ cd "$T" || exit 70
 awk 'BEGIN { for (i = 0; i < 120; i++) printf "{\"text\":\"The tide clock number %d rings at %d and the harbour %s.\",\"contributor\":\"c%d\"}\n", i, i % 12, (i % 2 ? "opens" : "closes"), i % 3 }' > a.ndjson
 awk 'BEGIN { for (i = 0; i < 80; i++) printf "{\"prompt\":\"Capital of isle %d? \",\"completion\":\"Port %c%c.\"}\n", i, 65 + i % 26, 97 + (i * 7) % 26 }' > b.ndjson
 echo '{"n_layer":2,"n_head":2,"n_embd":32,"n_positions":64,"vocab_size":257}' > cfg.json
-args="--data a.ndjson --steps 30 --batch 4 --seq 64 --lr 3e-3 --no-progress"
+# fixed bytes below: float32 products (attr-score rebuilds the index in float32)
+args="--data a.ndjson --steps 30 --batch 4 --seq 64 --lr 3e-3 --no-progress --precision fp32"
 # the attribution index is built unless --no-index; most runs below skip it
 check "train from scratch" mf-train --init cfg.json $args -o m1 --metrics m1.ndjson
 check "writes config, weights, tokenizer, manifest and the attribution index" test -s m1/config.json -a -s m1/model.safetensors -a -s m1/tokenizer.json -a -s m1/training.json -a -s m1/attribution.idx
@@ -27,10 +28,10 @@ last=$(sed -n 30p m1.ndjson | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 check "the loss falls ($first -> $last)" awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a * 0.8) }'
 
 sha256sum m1/model.safetensors > base.sum
-before=$(mf-train --eval --base m1 --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
-check "LoRA fine-tune on a second corpus" mf-train --base m1 --lora r=4,alpha=8,targets=c_attn,c_proj,c_fc \
+before=$(mf-train --precision fp32 --eval --base m1 --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+check "LoRA fine-tune on a second corpus" mf-train --precision fp32 --base m1 --lora r=4,alpha=8,targets=c_attn,c_proj,c_fc \
 	--data b.ndjson --steps 40 --batch 4 --seq 64 --lr 5e-3 --no-progress --no-index -o ad
-after=$(mf-train --eval --base m1 --adapter ad --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+after=$(mf-train --precision fp32 --eval --base m1 --adapter ad --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 check "lowers that corpus's loss ($before -> $after)" awk -v a="$before" -v b="$after" 'BEGIN { exit !(b < a) }'
 check "while the base file stays bit-identical" sha256sum -c --quiet base.sum
 check "PEFT config fields" sh -c 'grep -q "\"peft_type\":\"LORA\"" ad/adapter_config.json && grep -q "\"fan_in_fan_out\":true" ad/adapter_config.json && grep -q "\"r\":4" ad/adapter_config.json && grep -q "\"lora_alpha\":8" ad/adapter_config.json'
@@ -67,7 +68,7 @@ check_rc 66 "--resume with nothing to resume" mf-train $long --resume -o r3
 
 # merge: base + adapter folded gives the adapter's loss
 check "--merge" mf-train --merge --base m1 --adapter ad -o merged
-merged=$(mf-train --eval --base merged --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
+merged=$(mf-train --precision fp32 --eval --base merged --data b.ndjson --seq 64 | sed 's/.*"loss":\([0-9.]*\).*/\1/')
 check "the merged model has the adapter's loss ($merged vs $after)" awk -v a="$merged" -v b="$after" 'BEGIN { d = a - b; exit !(d < 1e-4 && d > -1e-4) }'
 
 # bad input
@@ -90,7 +91,7 @@ check_rc 65 "an adapter for another base" sh -c 'mf-train --init big.json --data
 check_eq "--epochs 2 over 120 records of batch 8: 30 steps" "$(mf-train --init cfg.json --data a.ndjson --epochs 2 --batch 8 --seq 8 --no-index -o ep | sed 's/.*"steps":\([0-9]*\).*/\1/')" 30
 check "--no-index writes no index" sh -c 'mf-train --init cfg.json --data a.ndjson --steps 1 --seq 8 --no-index -o ni >/dev/null && test ! -e ni/attribution.idx' 
 # records longer than --seq: counted and named, then cut, split into windows or refused
-args8="--init cfg.json --data a.ndjson --steps 4 --batch 4 --seq 16 --no-progress"
+args8="--init cfg.json --data a.ndjson --steps 4 --batch 4 --seq 16 --no-progress --precision fp32"
 check "records longer than --seq are cut by default" sh -c "mf-train $args8 -o lt >/dev/null 2>lt.err"
 check_eq "with a warning naming the count and --long" "$(cat lt.err)" "mf-train: warning: 120 of 120 records are longer than --seq 16 and were cut; see --long"
 check "the count is in training.json" grep -q '"long":{"mode":"truncate","records":120,"rows":120,"seq":16}' lt/training.json

@@ -1,0 +1,492 @@
+/*
+ * The model's threads and matrix products: a pool of worker threads, and
+ * products cut into fixed blocks of the output that each run whole on one
+ * thread. float32 products go to OpenBLAS on one thread per block;
+ * bfloat16 ones (bf16 inputs rounded to nearest even, float32 sums and
+ * outputs) to oneDNN's matmul primitive, one primitive per block shape,
+ * made once and kept. The blocks depend only on the product's shape,
+ * never on the thread count, and no block is split along the sum, so
+ * the bits are the same on any number of threads.
+ *
+ * oneDNN (Debian's build) runs its primitives on OpenMP: every thread that
+ * calls one sets its own OpenMP team to one thread first, so a block is
+ * computed by the calling thread alone.
+ */
+#include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "core/core.h"
+#include "model/model_int.h"
+#include "model/model.h"
+
+/* ---- the pool ------------------------------------------------------------------------ */
+
+struct trail_pool {
+	int n; /* threads, the caller included */
+	pthread_t *th;
+	pthread_mutex_t mu;
+	pthread_cond_t go, done;
+	unsigned long gen;
+	int busy, stop;
+	trail_pool_fn fn;
+	void *ctx;
+	int items;
+	atomic_int next;
+};
+
+typedef struct { trail_pool *p; int t; } worker_arg;
+
+static void claim(trail_pool *p, int t)
+{
+	int i;
+	while ((i = atomic_fetch_add(&p->next, 1)) < p->items)
+		p->fn(p->ctx, i, t);
+}
+
+static void *worker(void *a)
+{
+	worker_arg w = *(worker_arg *)a;
+	trail_pool *p = w.p;
+	unsigned long seen = 0;
+	trail_free(a);
+	omp_set_num_threads(1);
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (p->gen == seen && !p->stop)
+			pthread_cond_wait(&p->go, &p->mu);
+		if (p->stop)
+			break;
+		seen = p->gen;
+		pthread_mutex_unlock(&p->mu);
+		claim(p, w.t);
+		pthread_mutex_lock(&p->mu);
+		if (--p->busy == 0)
+			pthread_cond_signal(&p->done);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+trail_pool *trail_pool_new(int n)
+{
+	trail_pool *p = trail_calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->n = 1;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->go, NULL);
+	pthread_cond_init(&p->done, NULL);
+	p->th = n > 1 ? trail_calloc((size_t)n, sizeof *p->th) : NULL;
+	for (int t = 1; p->th && t < n; t++) {
+		worker_arg *w = trail_malloc(sizeof *w);
+		if (!w)
+			break;
+		*w = (worker_arg){p, t};
+		if (pthread_create(&p->th[t], NULL, worker, w)) {
+			trail_free(w);
+			break;
+		}
+		p->n++;
+	}
+	return p;
+}
+
+void trail_pool_free(trail_pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	for (int t = 1; t < p->n; t++)
+		pthread_join(p->th[t], NULL);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->go);
+	pthread_cond_destroy(&p->done);
+	trail_free(p->th);
+	trail_free(p);
+}
+
+int trail_pool_threads(const trail_pool *p)
+{
+	return p ? p->n : 1;
+}
+
+void trail_pool_run(trail_pool *p, int items, trail_pool_fn fn, void *ctx)
+{
+	if (!p || p->n < 2 || items < 2) {
+		for (int i = 0; i < items; i++)
+			fn(ctx, i, 0);
+		return;
+	}
+	pthread_mutex_lock(&p->mu);
+	p->fn = fn;
+	p->ctx = ctx;
+	p->items = items;
+	atomic_store(&p->next, 0);
+	p->busy = p->n - 1;
+	p->gen++;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	claim(p, 0);
+	pthread_mutex_lock(&p->mu);
+	while (p->busy)
+		pthread_cond_wait(&p->done, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+}
+
+int trail_threads_default(void)
+{
+	cpu_set_t s;
+	if (sched_getaffinity(0, sizeof s, &s))
+		return 1;
+	int n = CPU_COUNT(&s);
+	return n < 1 ? 1 : n > TRAIL_MAX_THREADS ? TRAIL_MAX_THREADS : n;
+}
+
+/* ---- precision ---------------------------------------------------------------------- */
+
+int trail_precision_parse(const char *s, int *prec, trail_error *err)
+{
+	if (!strcmp(s, "fp32"))
+		*prec = TRAIL_PREC_FP32;
+	else if (!strcmp(s, "bf16"))
+		*prec = TRAIL_PREC_BF16;
+	else
+		return trail_error_set(err, TRAIL_EUSAGE, "--precision: '%s' is not fp32 or bf16", s);
+	return TRAIL_OK;
+}
+
+const char *trail_precision_name(int prec)
+{
+	return prec == TRAIL_PREC_BF16 ? "bf16" : "fp32";
+}
+
+const char *trail_compute_isa(void)
+{
+	dnnl_cpu_isa_t i = dnnl_get_effective_cpu_isa();
+#define HAS(x) (((unsigned)i & (unsigned)(x)) == (unsigned)(x))
+	return HAS(dnnl_cpu_isa_avx512_core_amx)    ? "avx512_core_amx"
+	       : HAS(dnnl_cpu_isa_avx512_core_bf16) ? "avx512_core_bf16"
+	       : HAS(dnnl_cpu_isa_avx512_core)      ? "avx512_core"
+	       : HAS(dnnl_cpu_isa_avx2)             ? "avx2"
+	       : HAS(dnnl_cpu_isa_avx)              ? "avx"
+	       : HAS(dnnl_cpu_isa_sse41)            ? "sse41"
+						    : "any";
+}
+
+int trail_precision_default(void)
+{
+	dnnl_cpu_isa_t i = dnnl_get_effective_cpu_isa();
+	return HAS(dnnl_cpu_isa_avx512_core_bf16) ? TRAIL_PREC_BF16 : TRAIL_PREC_FP32;
+#undef HAS
+}
+
+/* ---- oneDNN --------------------------------------------------------------------------- */
+
+typedef struct prim {
+	int M, N, K, tb;
+	dnnl_memory_desc_t a, b, c, sp; /* sp: its scratchpad, which each thread gives it (never shared) */
+	size_t spn;
+	dnnl_primitive_t p;
+} prim;
+
+static struct {
+	pthread_mutex_t mu;
+	int ready, failed;
+	dnnl_engine_t eng;
+	prim *tab;
+	int n, cap;
+} dn = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int dnnl_ready(trail_error *err)
+{
+	pthread_mutex_lock(&dn.mu);
+	if (!dn.ready && !dn.failed) {
+		if (dnnl_engine_create(&dn.eng, dnnl_cpu, 0) == dnnl_success)
+			dn.ready = 1;
+		else
+			dn.failed = 1;
+	}
+	pthread_mutex_unlock(&dn.mu);
+	return dn.ready ? TRAIL_OK : trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: no CPU engine");
+}
+
+/* The primitive of C [M,N] f32 dense = A [M,K] bf16 dense times B [K,N] bf16 dense (or B^T [N,K] when tb). */
+static const prim *prim_get(int M, int N, int K, int tb)
+{
+	const prim *r = NULL;
+	pthread_mutex_lock(&dn.mu);
+	for (int i = 0; i < dn.n && !r; i++)
+		if (dn.tab[i].M == M && dn.tab[i].N == N && dn.tab[i].K == K && dn.tab[i].tb == tb)
+			r = &dn.tab[i];
+	if (!r && dn.ready) {
+		if (dn.n == dn.cap) {
+			int cap = dn.cap ? 2 * dn.cap : 64;
+			prim *t = trail_realloc(dn.tab, (size_t)cap * sizeof *t);
+			if (!t)
+				goto out;
+			/* primitives are pointers: moving the table keeps them; callers hold entries only under use */
+			dn.tab = t, dn.cap = cap;
+		}
+		prim *e = &dn.tab[dn.n];
+		memset(e, 0, sizeof *e);
+		e->M = M, e->N = N, e->K = K, e->tb = tb;
+		dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N}, sa = {K, 1}, sb = {N, 1}, sbt = {1, K}, sc = {N, 1};
+		dnnl_matmul_desc_t md;
+		dnnl_primitive_desc_t pd = NULL;
+		dnnl_primitive_attr_t at = NULL;
+		if (dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user)) {
+			if (at)
+				dnnl_primitive_attr_destroy(at);
+			goto out;
+		}
+		if (dnnl_memory_desc_init_by_strides(&e->a, 2, da, dnnl_bf16, sa) ||
+		    dnnl_memory_desc_init_by_strides(&e->b, 2, db, dnnl_bf16, tb ? sbt : sb) ||
+		    dnnl_memory_desc_init_by_strides(&e->c, 2, dc, dnnl_f32, sc) ||
+		    dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) ||
+		    dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) || dnnl_primitive_create(&e->p, pd)) {
+			if (pd)
+				dnnl_primitive_desc_destroy(pd);
+			dnnl_primitive_attr_destroy(at);
+			goto out;
+		}
+		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		e->spn = dnnl_memory_desc_get_size(&e->sp);
+		dnnl_primitive_desc_destroy(pd);
+		dnnl_primitive_attr_destroy(at);
+		r = &dn.tab[dn.n++];
+	}
+out:;
+	/* copy out what the caller needs: the table may move when another shape is added */
+	static _Thread_local prim copy;
+	if (r)
+		copy = *r;
+	pthread_mutex_unlock(&dn.mu);
+	return r ? &copy : NULL;
+}
+
+static uint16_t to_bf16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+	u += 0x7fffu + ((u >> 16) & 1);
+	return (uint16_t)(u >> 16);
+}
+
+/* dst [rows, cols] (row stride dld) = bf16 of src (r, c) = tr ? src[c*sld + r] : src[r*sld + c] */
+static void cvt(uint16_t *dst, int dld, const float *src, int sld, int rows, int cols, int tr)
+{
+	if (!tr) {
+		for (int r = 0; r < rows; r++) {
+			const float *s = src + (size_t)r * sld;
+			uint16_t *d = dst + (size_t)r * dld;
+			for (int c = 0; c < cols; c++)
+				d[c] = to_bf16(s[c]);
+		}
+		return;
+	}
+	for (int r0 = 0; r0 < rows; r0 += 32)
+		for (int c0 = 0; c0 < cols; c0 += 32)
+			for (int r = r0; r < rows && r < r0 + 32; r++)
+				for (int c = c0; c < cols && c < c0 + 32; c++)
+					dst[(size_t)r * dld + c] = to_bf16(src[(size_t)c * sld + r]);
+}
+
+/* ---- blocked products ---------------------------------------------------------------- */
+
+enum { MB = 128, NB = 256 };
+
+static struct {
+	pthread_mutex_t mu;
+	trail_pool *pool;
+	int threads, prec;
+	uint16_t *a, *b;
+	size_t na, nb;
+	float *tmp[TRAIL_MAX_THREADS]; /* [MB*NB] per thread */
+	dnnl_stream_t st[TRAIL_MAX_THREADS]; /* made by its own thread, on its first block */
+	void *sp[TRAIL_MAX_THREADS];          /* each thread's scratchpad, grown by that thread */
+	size_t spn[TRAIL_MAX_THREADS];
+} G = {.mu = PTHREAD_MUTEX_INITIALIZER, .threads = 1};
+
+typedef struct job {
+	int ta, tb, M, N, K, lda, ldb, ldc, bf, mi, nj;
+	float alpha, beta;
+	const float *A, *B;
+	float *C;
+	uint16_t *a, *b;
+	const prim *pr[2][2]; /* [edge row block][edge column block] */
+	float **tmp;
+} job;
+
+static void blk(const job *g, int u, int *i0, int *mb, int *j0, int *nb)
+{
+	int bi = u / g->nj, bj = u % g->nj;
+	*i0 = bi * MB, *j0 = bj * NB;
+	*mb = g->M - *i0 < MB ? g->M - *i0 : MB;
+	*nb = g->N - *j0 < NB ? g->N - *j0 : NB;
+}
+
+static void f32_unit(void *ctx, int u, int t)
+{
+	const job *g = ctx;
+	int i0, mb, j0, nb;
+	blk(g, u, &i0, &mb, &j0, &nb);
+	cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, mb, nb, g->K,
+		    g->alpha, g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda, g->lda,
+		    g->tb ? g->B + (size_t)j0 * g->ldb : g->B + j0, g->ldb, g->beta, g->C + (size_t)i0 * g->ldc + j0, g->ldc);
+}
+
+/* conversion items: the row blocks of A, then the column blocks of B */
+static void cvt_unit(void *ctx, int u, int t)
+{
+	const job *g = ctx;
+	if (u < g->mi) {
+		int i0 = u * MB, mb = g->M - i0 < MB ? g->M - i0 : MB;
+		cvt(g->a + (size_t)i0 * g->K, g->K, g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda, g->lda, mb, g->K, g->ta);
+		return;
+	}
+	int j0 = (u - g->mi) * NB, nb = g->N - j0 < NB ? g->N - j0 : NB;
+	if (g->tb) /* B^T rows j0.. as [nb,K] */
+		cvt(g->b + (size_t)j0 * g->K, g->K, g->B + (size_t)j0 * g->ldb, g->ldb, nb, g->K, 0);
+	else /* the block [K,nb], dense */
+		cvt(g->b + (size_t)j0 * g->K, nb, g->B + j0, g->ldb, g->K, nb, 0);
+}
+
+static void bf16_unit(void *ctx, int u, int t)
+{
+	const job *g = ctx;
+	int i0, mb, j0, nb;
+	blk(g, u, &i0, &mb, &j0, &nb);
+	const prim *p = g->pr[mb < MB][nb < NB];
+	float *tmp = g->tmp[t];
+	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
+	omp_set_num_threads(1);
+	if (p->spn > G.spn[t]) {
+		void *q = trail_malloc(p->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = p->spn;
+		}
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, g->a + (size_t)i0 * g->K) &&
+	    !dnnl_memory_create(&mbm, &p->b, dn.eng, g->b + (size_t)j0 * g->K) &&
+	    !dnnl_memory_create(&mc, &p->c, dn.eng, tmp) && p->spn <= G.spn[t] &&
+	    !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		dnnl_primitive_execute(p->p, G.st[t], 4, args);
+		dnnl_stream_wait(G.st[t]);
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	for (int i = 0; i < mb; i++) {
+		float *c = g->C + (size_t)(i0 + i) * g->ldc + j0;
+		const float *s = tmp + (size_t)i * nb;
+		if (g->beta == 0)
+			for (int j = 0; j < nb; j++)
+				c[j] = g->alpha * s[j];
+		else if (g->alpha == 1 && g->beta == 1)
+			for (int j = 0; j < nb; j++)
+				c[j] += s[j];
+		else
+			for (int j = 0; j < nb; j++)
+				c[j] = g->alpha * s[j] + g->beta * c[j];
+	}
+}
+
+static int grow(uint16_t **p, size_t *n, size_t want)
+{
+	if (want <= *n)
+		return 0;
+	uint16_t *q = trail_malloc(want * sizeof *q);
+	if (!q)
+		return -1;
+	trail_free(*p);
+	*p = q, *n = want;
+	return 0;
+}
+
+int trail_compute_set(int threads, int prec, trail_error *err)
+{
+	if (threads < 1)
+		threads = 1;
+	if (threads > TRAIL_MAX_THREADS)
+		threads = TRAIL_MAX_THREADS;
+	if (prec == TRAIL_PREC_BF16 && dnnl_ready(err))
+		return err ? err->code : TRAIL_EINTERNAL;
+	pthread_mutex_lock(&G.mu);
+	if (!G.pool || trail_pool_threads(G.pool) != threads) {
+		trail_pool_free(G.pool);
+		G.pool = trail_pool_new(threads);
+	}
+	for (int t = 0; t < TRAIL_MAX_THREADS; t++)
+		if (t < threads && prec == TRAIL_PREC_BF16 && !G.tmp[t])
+			G.tmp[t] = trail_malloc((size_t)MB * NB * sizeof(float));
+	G.threads = trail_pool_threads(G.pool);
+	G.prec = prec;
+	pthread_mutex_unlock(&G.mu);
+	openblas_set_num_threads(1); /* the pool's threads each run one block */
+	omp_set_num_threads(1);
+	return G.pool ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+int trail_compute_threads(void)
+{
+	return G.threads;
+}
+
+int trail_compute_precision(void)
+{
+	return G.prec;
+}
+
+trail_pool *trail_compute_pool(void)
+{
+	return G.pool;
+}
+
+void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+		int ldb, float beta, float *C, int ldc)
+{
+	if (M <= 0 || N <= 0)
+		return;
+	if (!G.pool) /* nothing set: one thread, float32 */
+		trail_compute_set(1, TRAIL_PREC_FP32, NULL);
+	job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc, .mi = (M + MB - 1) / MB,
+		 .nj = (N + NB - 1) / NB, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
+	int units = g.mi * g.nj;
+	if (lowp && G.prec == TRAIL_PREC_BF16 && K > 0 && dn.ready &&
+	    !grow(&G.a, &G.na, (size_t)M * K) && !grow(&G.b, &G.nb, (size_t)N * K)) {
+		int ok = 1;
+		for (int e = 0; e < 4 && ok; e++) {
+			int em = e >> 1, en = e & 1, mb = em ? M % MB : MB, nb = en ? N % NB : NB;
+			if (mb == 0 || nb == 0 || (!em && M < MB) || (!en && N < NB))
+				continue;
+			const prim *p = prim_get(mb, nb, K, tb);
+			static _Thread_local prim keep[2][2];
+			if (!p || !G.tmp[G.threads - 1])
+				ok = 0;
+			else
+				keep[em][en] = *p, g.pr[em][en] = &keep[em][en];
+		}
+		if (ok) {
+			g.a = G.a, g.b = G.b, g.tmp = G.tmp;
+			omp_set_num_threads(1);
+			trail_pool_run(G.pool, g.mi + g.nj, cvt_unit, &g);
+			trail_pool_run(G.pool, units, bf16_unit, &g);
+			return;
+		}
+	}
+	trail_pool_run(G.pool, units, f32_unit, &g);
+}

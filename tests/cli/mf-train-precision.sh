@@ -1,0 +1,28 @@
+#!/bin/bash
+# mf-train --precision and --threads: the same bits on 1, 2 and 4 threads
+# in fp32 and in bf16; bf16's loss close to fp32's; oneDNN capped to AVX2
+# still trains, its bits labelled by the ISA recorded in training.json.
+. "$TRAIL_TOP/tests/tap.sh"
+cd "$T" || exit 70
+awk 'BEGIN { for (i = 0; i < 64; i++) printf "{\"text\":\"The tide clock number %d rings at %d and the harbour %s.\"}\n", i, i % 12, (i % 2 ? "opens" : "closes") }' > a.ndjson
+# n_embd 320 and 4 x 80 rows: products of several blocks each way, edge blocks included
+echo '{"n_layer":1,"n_head":4,"n_embd":320,"n_positions":80,"vocab_size":257}' > cfg.json
+args="--data a.ndjson --steps 3 --batch 4 --seq 80 --lr 1e-3 --no-progress --no-index"
+for p in fp32 bf16; do
+	for t in 1 2 4; do mf-train --init cfg.json $args --precision $p --threads $t -o $p$t > /dev/null; done
+	check "$p: identical weights on 1, 2 and 4 threads" sh -c "cmp $p"1"/model.safetensors $p"2"/model.safetensors && cmp $p"1"/model.safetensors $p"4"/model.safetensors"
+	check "$p: recorded in training.json" grep -q "\"precision\":\"$p\"" $p"1"/training.json
+done
+check "fp32 and bf16 weights differ" sh -c '! cmp -s fp321/model.safetensors bf161/model.safetensors'
+check "bf16 records oneDNN's instruction set" grep -q '"isa":"avx' bf161/training.json
+loss() { sed 's/.*"loss_curve":\[\([^]]*\)\].*/\1/' "$1"/training.json | tr , '\n' | tail -1; }
+lf=$(loss fp321) lb=$(loss bf161)
+check "bf16's last loss within 1% of fp32's ($lb vs $lf)" awk -v a="$lb" -v b="$lf" 'BEGIN { d = (a - b) / b; exit !(d < 0.01 && d > -0.01) }'
+check_rc 64 "--precision fp16: usage error" mf-train --init cfg.json $args --precision fp16 -o bad
+# oneDNN's ISA cap (2.6 reads ONEDNN_MAX_CPU_ISA, and DNNL_MAX_CPU_ISA)
+ONEDNN_MAX_CPU_ISA=AVX2 mf-train --init cfg.json $args --precision bf16 --threads 2 -o avx2 > /dev/null
+ONEDNN_MAX_CPU_ISA=AVX2 mf-train --init cfg.json $args --precision bf16 --threads 1 -o avx2b > /dev/null
+check "capped to AVX2: bf16 still trains, the ISA recorded" grep -q '"isa":"avx2"' avx2/training.json
+check "capped to AVX2: the same bits on 1 and 2 threads" cmp avx2/model.safetensors avx2b/model.safetensors
+check "capped to AVX2: the default precision is fp32" sh -c 'ONEDNN_MAX_CPU_ISA=AVX2 mf-train --init cfg.json '"$args"' --threads 1 -o avx2d > /dev/null && grep -q "\"precision\":\"fp32\"" avx2d/training.json'
+finish
