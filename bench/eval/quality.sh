@@ -58,7 +58,7 @@ if [ ! -x "$Q_BIN" ] || [ "$top/bench/eval/quality.c" -nt "$Q_BIN" ] || [ "$top/
 	${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \
 		-I/usr/include/x86_64-linux-gnu/openblas-pthread \
 		-o "$Q_BIN" "$top/bench/eval/quality.c" "$top/$B/libtrail.a" \
-		$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -lopenblas -llapacke -lxxhash -lm -pthread
+		$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 fi
 PY="python3 $top/bench/eval/corpus.py"
 # the analysis needs numpy (Debian's python3-numpy): the first python3 that has it

@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 ${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \
 	-I/usr/include/x86_64-linux-gnu/openblas-pthread \
 	-o "$tmp/speed" "$top/bench/eval/speed.c" "$top/$B/libtrail.a" \
-	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -lopenblas -llapacke -lxxhash -lm -pthread
+	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 "$tmp/speed" "$tmp/attribution.idx" "${1:-100000}" "${2:-2}"
 if [ "${QUALITY:-0}" = 1 ]; then
 	bash "$top/bench/eval/quality.sh" all

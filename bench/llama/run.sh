@@ -14,7 +14,7 @@ th=${1:-$(nproc)} rounds=${2:-2} steps=${3:-3}
 ${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \
 	-I/usr/include/x86_64-linux-gnu/openblas-pthread \
 	-o "$tmp/bench_llama" "$top/bench/llama/bench_llama.c" "$top/$B/libtrail.a" \
-	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -lopenblas -llapacke -lxxhash -lm -pthread
+	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 export OPENBLAS_NUM_THREADS=$th OMP_NUM_THREADS=$th
 for r in $(seq "$rounds"); do
 	"$tmp/bench_llama" "$th" "$steps" 16

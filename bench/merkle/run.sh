@@ -12,7 +12,7 @@ mkdir -p "$B/bench"
 $CC -std=c11 -D_GNU_SOURCE -O2 -Ilib $(pkg-config --cflags jansson libsodium) \
 	-o "$out" bench/merkle/bench_merkle.c "$B/libtrail.a" \
 	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) \
-	-lopenblas -llapacke -lxxhash -lm -pthread
+	-ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 table=$(mktemp)
 trap 'rm -f "$table" "$table.new"' EXIT
 {

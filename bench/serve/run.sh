@@ -11,5 +11,5 @@ dir=${SERVE_BENCH_DIR:-$tmp/models}
 trap 'rm -rf "$tmp"' EXIT
 ${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -pthread -I"$top/lib" -I/usr/include/x86_64-linux-gnu/openblas-pthread \
 	$(pkg-config --cflags jansson) -o "$tmp/bench_serve" "$top/bench/serve/bench_serve.c" "$top/$B/libtrail.a" \
-	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -lopenblas -llapacke -lxxhash -lm -pthread
+	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 "$tmp/bench_serve" "$dir" "${1:-2000}" "${2:-64}" "${3:-2}"

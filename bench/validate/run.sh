@@ -16,7 +16,7 @@ W=${1:-${TMPDIR:-/tmp}/trail-bench-validate}
 PY=/usr/bin/python3
 cd "$top"
 mkdir -p "$W" "$B/bench"
-LIBS="$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -lopenblas -llapacke -lxxhash -lm -pthread"
+LIBS="$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread"
 for p in nd_bench index_bench; do
 	${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 -Ilib -o "$B/bench/$p" bench/validate/$p.c "$B/libtrail.a" $LIBS
 done
