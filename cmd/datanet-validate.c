@@ -7,9 +7,11 @@
 
 #include "core/core.h"
 #include "data/data.h"
+#include "ledger/ledger.h"
 
 enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
-       O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_ACCEPTED, O_REJECT };
+       O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_ACCEPTED, O_REJECT,
+       O_FLAGS, O_CONTRIB };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
@@ -31,13 +33,17 @@ static const trail_opt opts[] = {
 	{O_APPROVE, "approve", 0, NULL, "owner: approve the bundles if every record is accepted", NULL},
 	{O_ACCEPTED, "accepted-only", 0, NULL, "with --approve: approve the accepted records, naming the rejected", NULL},
 	{O_REJECT, "reject", 0, NULL, "owner: reject the bundles", NULL},
+	{O_FLAGS, "flags", 0, "FILE", "write attr-settle penalty flags of rejected records to FILE", "file"},
+	{O_CONTRIB, "contributor", 'c', "KEY", "contributor of records that name none (verifier key or .pub file)",
+	 "file"},
 	{0},
 };
 
 static const trail_cli cli = {
 	.prog = "datanet-validate",
 	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
-		 "    [--per-file] [--approved FILE]... [--output FILE] [FILE|-]...\n"
+		 "    [--per-file] [--approved FILE]... [--output FILE] [--flags FILE [--contributor KEY]]\n"
+		 "    [FILE|-]...\n"
 		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve [--accepted-only]|--reject]]\n"
 		 "    BUNDLE|DIGEST...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
@@ -54,7 +60,17 @@ struct run {
 	int nskip;
 	json_t *rejected; /* {"n","record"} of rejected records, for --accepted-only */
 	int partial;      /* an approval left them out */
+	FILE *flags;      /* penalty flags of rejected records, or NULL */
+	const char *who;  /* the contributor of the records being checked, or NULL */
+	const char *bundle_who, *default_who; /* a bundle's signer; --contributor */
 };
+
+/* The contributor a record's flag names: its bundle's signer, its own "contributor", else --contributor. */
+static const char *who_of(const struct run *r, const json_t *rec)
+{
+	const char *w = json_string_value(json_object_get(rec, "contributor"));
+	return r->bundle_who ? r->bundle_who : w && *w ? w : r->default_who;
+}
 
 static int emit(struct run *r, json_t *vd, const char *name)
 {
@@ -63,6 +79,19 @@ static int emit(struct run *r, json_t *vd, const char *name)
 	    json_array_append_new(r->rejected, json_pack("{s:O, s:O}", "n", json_object_get(vd, "n"),
 							 "record", id)))
 		return TRAIL_ENOMEM;
+	if (r->flags && !json_object_get(vd, "summary")) {
+		int oom;
+		json_t *f = trail_verdict_flag(vd, r->who, &oom);
+		char *l = NULL;
+		if (oom || (f && trail_jcs(f, &l, NULL, NULL))) {
+			json_decref(f);
+			return TRAIL_ENOMEM;
+		}
+		if (l)
+			fprintf(r->flags, "%s\n", l);
+		trail_free(l);
+		json_decref(f);
+	}
 	char *s = r->github ? trail_verdict_github(vd, name)
 			    : json_dumps(vd, JSON_COMPACT | JSON_REAL_PRECISION(10));
 	if (!s)
@@ -129,6 +158,7 @@ static int stream(struct run *r, FILE *f, const char *name, int std, int approve
 		int q = trail_ndjson_next(rd, &j, &e);
 		if (q == TRAIL_OK && !j)
 			break;
+		r->who = q == TRAIL_OK ? who_of(r, j) : r->bundle_who ? r->bundle_who : r->default_who;
 		if (q == TRAIL_OK && approve)
 			q = trail_validator_approve(r->v, j, &e);
 		else if (q == TRAIL_OK)
@@ -138,8 +168,9 @@ static int stream(struct run *r, FILE *f, const char *name, int std, int approve
 			const char *line = trail_ndjson_line(rd, &len);
 			q = trail_validator_check_line(r->v, line, len, name, trail_ndjson_lineno(rd), &vd, NULL, &e);
 		}
-		json_decref(j);
 		rc = deliver(r, q, vd, acc, &e, name, approve, err);
+		json_decref(j);
+		r->who = NULL;
 		if (!std)
 			trail_progress_set(pg, (unsigned long long)ftell(f));
 	}
@@ -168,6 +199,7 @@ static int bundle(struct run *r, const char *ref, char digest[72], trail_error *
 		}
 	}
 	const char *lic = json_string_value(json_object_get(b->manifest, "license"));
+	r->bundle_who = json_string_value(json_object_get(b->manifest, "contributor"));
 	if (lic && *lic)
 		trail_validator_set_license(r->v, lic);
 	if (!m || fclose(m))
@@ -178,6 +210,7 @@ static int bundle(struct run *r, const char *ref, char digest[72], trail_error *
 	if (f)
 		fclose(f);
 	free(text);
+	r->bundle_who = NULL;
 	trail_bundle_free(b);
 	return rc;
 }
@@ -205,8 +238,11 @@ static int text_record(void *ctx, const char *s, size_t n, long line, trail_erro
 		q = trail_validator_approve(r->v, rec, &e);
 	else
 		q = trail_validator_check(r->v, rec, line, &vd, r->acc ? &acc : NULL, &e);
+	r->who = r->default_who;
+	q = deliver(r, q, vd, acc, &e, t->name, t->approve, err);
+	r->who = NULL;
 	json_decref(rec);
-	return deliver(r, q, vd, acc, &e, t->name, t->approve, err);
+	return q;
 }
 
 /* Plain text (buf, consumed): one record per paragraph, or per input with --per-file. */
@@ -305,7 +341,10 @@ int main(int argc, char **argv)
 	trail_error err = {0};
 	struct run r = {.progress = -1};
 	const char *v, *policy = NULL, *preset = NULL, *license = NULL, *output = NULL, *approved[64];
-	const char *home = NULL, *datanet = NULL, *keyfile = NULL;
+	const char *home = NULL, *datanet = NULL, *keyfile = NULL, *flags = NULL, *contrib_key = NULL;
+	char *flagbuf = NULL;
+	size_t flaglen = 0;
+	trail_verifier *cv = NULL;
 	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0, record = 0, decide = 0;
 	int accepted_only = 0;
 	char *repbuf = NULL, digest[72] = "";
@@ -340,7 +379,13 @@ int main(int argc, char **argv)
 		else if (o == O_RECORD) record = 1;
 		else if (o == O_APPROVE || o == O_REJECT) decide = o == O_APPROVE ? 1 : -1;
 		else if (o == O_ACCEPTED) accepted_only = 1;
+		else if (o == O_FLAGS) flags = v;
+		else if (o == O_CONTRIB) contrib_key = v;
 	}
+	if (!rc && contrib_key && !flags)
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--contributor goes with --flags");
+	if (!rc && contrib_key && !(rc = trail_verifier_load(contrib_key, &cv, &err)))
+		r.default_who = trail_verifier_str(cv);
 	if (!rc && accepted_only && (decide <= 0 || redact))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--accepted-only goes with --approve, without --redact");
 	if (!rc && accepted_only && !(r.rejected = json_array()))
@@ -360,7 +405,13 @@ int main(int argc, char **argv)
 		if (!rc && record && !(r.report = open_memstream(&repbuf, &replen)))
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 	}
+	if (!rc && flags && !print && !(r.flags = open_memstream(&flagbuf, &flaglen)))
+		rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 	if (rc || o == TRAIL_ARGS_EXIT || o == TRAIL_ARGS_ERROR) {
+		if (r.flags)
+			fclose(r.flags);
+		free(flagbuf);
+		trail_verifier_free(cv);
 		trail_args_release(&a);
 		return rc || o == TRAIL_ARGS_ERROR ? trail_cli_report(&cli, &err, stderr) : trail_cli_finish(&cli, 0);
 	}
@@ -415,6 +466,10 @@ int main(int argc, char **argv)
 			r.acc = NULL;
 			rc = trail_write_atomic(output, accbuf, acclen, 0644, &err);
 		}
+		if (!rc && r.flags && fclose(r.flags) == 0) {
+			r.flags = NULL;
+			rc = trail_write_atomic(flags, flagbuf, flaglen, 0644, &err);
+		}
 		json_t *sum = trail_validator_summary(r.v);
 		if (!rc && r.github && sum) {
 			json_t *s = json_object_get(sum, "summary");
@@ -455,6 +510,10 @@ int main(int argc, char **argv)
 		fclose(r.acc);
 	if (r.report)
 		fclose(r.report);
+	if (r.flags)
+		fclose(r.flags);
+	free(flagbuf);
+	trail_verifier_free(cv);
 	free(accbuf);
 	free(repbuf);
 	json_decref(def);
@@ -463,7 +522,7 @@ int main(int argc, char **argv)
 	trail_signer_free(key);
 	trail_store_free(r.store);
 	int status = rc ? trail_cli_report(&cli, &err, stderr)
-		     : decide == -2 || r.partial ? 0 : r.malformed ? 65 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
+		     : decide == -2 || r.partial ? 0 : r.malformed ? 65 : flags ? 0 : r.v && trail_validator_rejected(r.v) ? 1 : 0;
 	trail_validator_free(r.v);
 	trail_policy_free(p);
 	trail_args_release(&a);

@@ -18,6 +18,8 @@ complete -c datanet-validate -l record -d 'append a signed validation entry to t
 complete -c datanet-validate -l approve -d 'owner: approve the bundles if every record is accepted'
 complete -c datanet-validate -l accepted-only -d 'with --approve: approve the accepted records, naming the rejected'
 complete -c datanet-validate -l reject -d 'owner: reject the bundles'
+complete -c datanet-validate -l flags -r -F -d 'write attr-settle penalty flags of rejected records to FILE'
+complete -c datanet-validate -l contributor -s c -r -F -d 'contributor of records that name none (verifier key or .pub file)'
 complete -c datanet-validate -l help -s h -d 'print this help and exit'
 complete -c datanet-validate -l version -d 'print the version and exit'
 complete -c datanet-validate -l completion -x -a 'bash zsh fish' -d 'print a completion script (bash, zsh, fish)'

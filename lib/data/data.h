@@ -417,6 +417,18 @@ char *trail_verdict_github(const json_t *verdict, const char *file);
 char *trail_github_annotation(const char *file, long line, const char *title, const char *msg);
 
 /*
+ * The penalty flag of a rejected record, an attr-settle(1) flags line (new
+ * reference): {"type":"flags","contributor","rejected"|"flagged":1,
+ * "record","rules":[NAME...],"file"?,"n"}. A record rejected for personal
+ * data or as a copy (a pii-* rule, duplicate, near-duplicate) counts as
+ * flagged, one rejected for anything else (schema, size, license, utf8,
+ * quality rules) as rejected; rules lists the verdict's rules in order.
+ * NULL when the record was accepted, contributor is NULL or empty, or on
+ * ENOMEM (*oom set, when oom is not NULL).
+ */
+json_t *trail_verdict_flag(const json_t *verdict, const char *contributor, int *oom);
+
+/*
  * Datanets: named datasets of signed contributions, recorded in the ledger.
  *
  * Ledger entries (all signed JSON objects, see key.h):

@@ -823,3 +823,54 @@ char *trail_verdict_github(const json_t *verdict, const char *file)
 	}
 	return b.s;
 }
+
+/* A reason that flags rather than rejects: personal data, or a copy. */
+static int flags_record(const char *rule)
+{
+	if (!strcmp(rule, "duplicate") || !strcmp(rule, "near-duplicate"))
+		return 1;
+	for (int i = 0; i < TRAIL_PII_KINDS; i++)
+		if (!strcmp(rule, trail_pii_rule(i)))
+			return 1;
+	return 0;
+}
+
+json_t *trail_verdict_flag(const json_t *verdict, const char *contributor, int *oom)
+{
+	const json_t *R = json_object_get(verdict, "reasons");
+	const json_t *file = json_object_get(verdict, "file");
+	size_t i;
+	json_t *r;
+	int flagged = 0;
+	if (oom)
+		*oom = 0;
+	if (!contributor || !*contributor || !json_is_false(json_object_get(verdict, "ok")))
+		return NULL;
+	json_t *rules = json_array();
+	json_array_foreach(R, i, r)
+	{
+		const char *rule = json_string_value(json_object_get(r, "rule"));
+		if (!rule)
+			continue;
+		flagged |= flags_record(rule);
+		if (rules && json_array_append_new(rules, json_string(rule))) {
+			json_decref(rules);
+			rules = NULL;
+		}
+	}
+	json_t *f = rules ? json_pack("{s:s, s:s, s:i, s:O, s:o}", "type", "flags", "contributor", contributor,
+				      flagged ? "flagged" : "rejected", 1, "record",
+				      json_object_get(verdict, "record"), "rules", rules)
+			  : NULL;
+	if (f && json_is_string(file) && json_object_set(f, "file", (json_t *)file)) {
+		json_decref(f);
+		f = NULL;
+	}
+	if (f && json_object_set(f, "n", json_object_get(verdict, "n"))) {
+		json_decref(f);
+		f = NULL;
+	}
+	if (!f && oom)
+		*oom = 1;
+	return f;
+}
