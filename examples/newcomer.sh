@@ -60,10 +60,12 @@ mkdir -p repo && (
 )
 
 say "contributions, signed and recorded; the owner approves the accepted records"
+# --flags writes each rejected record as a penalty flag for attr-settle:
+# copies and personal data "flagged", other failures "rejected".
 for who in alice bob carol zed; do
 	datanet-add manual --key "$who.key" "data/$who.txt" > "receipt.$who"
 	datanet-validate --no-progress --datanet manual --key owner.key --record --approve --accepted-only \
-		"$(field bundle "receipt.$who")" > "verdicts.$who" || true
+		--flags "flags.$who" "$(field bundle "receipt.$who")" > "verdicts.$who"
 	printf '  %-6s %s\n' "$who" "$(tail -1 "verdicts.$who" | sed 's/{"summary":{//; s/,"malformed".*//')"
 done
 
@@ -91,18 +93,23 @@ attr-score --model base --adapter adapters/manual --datanet "manual@$size" --pro
 sed -n 's/.*"event":"\([a-z0-9-]*\)".*"confidence":{"score":\([0-9.e+-]*\),.*"attributed":\([a-z]*\)}.*/  \1 confidence \2 attributed \3/p' \
 	attributions.ndjson
 
-say "settling epoch 1"
+say "settling epoch 1: fees to platform, owner and contributors; copiers and junk penalised"
+# More than 2 copied (flagged) or 2 failing (rejected) records withhold a
+# contributor's share: one honest near-duplicate is tolerated.
 cat > settle-policy.json <<JSON
 {
   "fee_per_1k_prompt": 2000,
   "fee_per_1k_completion": 6000,
   "split_bps": {"platform": 1000, "model": 2000, "stakers": 0, "contributors": 7000},
   "platform": "kb-platform",
-  "model_owner": "owner"
+  "model_owner": "owner",
+  "penalty": {"max_flagged": 2, "max_rejected": 2}
 }
 JSON
-attr-settle --policy settle-policy.json --epoch 1 --key owner.key --format text < attributions.ndjson | sed 's/^/  /'
-attr-settle --policy settle-policy.json --epoch 1 --key owner.key --dry-run < attributions.ndjson > settlement.ndjson
+cat flags.alice flags.bob flags.carol flags.zed > flags.ndjson
+attr-settle --policy settle-policy.json --epoch 1 --key owner.key --dry-run --format text \
+	attributions.ndjson flags.ndjson | sed 's/^/  /'
+attr-settle --policy settle-policy.json --epoch 1 --key owner.key attributions.ndjson flags.ndjson > settlement.ndjson
 
 say "the report: newcomer-out/report.html"
 cat responses.ndjson attributions.ndjson settlement.ndjson manual.ndjson |

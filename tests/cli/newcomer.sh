@@ -15,7 +15,7 @@ check "CI fails on the copied and junk submissions, naming the rules" \
 check "carol's three verbatim copies of alice are left out of the approved set" \
 	grep -q '"rejected":3' "$o/verdicts.carol"
 check "the approved training set is the accepted records of the four bundles" \
-	test "$(wc -l < "$o/manual.ndjson")" -eq 76
+	test "$(wc -l < "$o/manual.ndjson")" -eq "$(cat "$o"/verdicts.* | sed -n 's/.*"accepted":\([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n }')"
 check "the adapter was trained on the same snapshot as the base" sh -c \
 	"test \"\$(sed -n 's/.*\"training_root\":\"\\([^\"]*\\)\".*/\\1/p' '$o/base/training.json')\" = \
 	\"\$(sed -n 's/.*\"training_root\":\"\\([^\"]*\\)\".*/\\1/p' '$o/adapters/manual/training.json')\""
@@ -24,6 +24,11 @@ check_eq "every answer is attributed, with a confidence" "$(grep -c '"confidence
 	"$(wc -l < "$o/data/prompts.ndjson")"
 check "the attributions are one attribution-batch entry of the ledger" \
 	sh -c "trail-log --home '$o/store' show | grep -q '\"type\":\"attribution-batch\"'"
+check_eq "validation wrote a penalty flag per rejected record" "$(cat "$o/flags.alice" "$o/flags.bob" "$o/flags.carol" "$o/flags.zed" | grep -c '"type":"flags"')" \
+	"$(cat "$o"/verdicts.* | sed -n 's/.*"rejected":\([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n }')"
+check "the copier and the junk contributor get nothing, the honest ones are paid" sh -c \
+	"grep -q '  contributor  *alice+' '$T/log' && grep -q '  contributor  *bob+' '$T/log' &&
+	! grep -q '  contributor  *\(carol\|zed\)+' '$T/log'"
 check "the settlement conserves the fees" grep -q '^  epoch 1: fees [0-9]* = paid' "$T/log"
 check "the report is written" test -s "$o/report.html"
 check "the ledger verifies at the end" sh -c "tail -1 '$T/log' | grep -q '\"ok\":true'"
