@@ -252,6 +252,8 @@ struct trail_settle {
 	uint32_t *mowner;  /* their owners (payee indexes) */
 	size_t nmodels;
 
+	json_t *anchors; /* attribution-batch entries the inputs were found in (settle_ledger.c); NULL: none */
+
 	u128 fees;    /* sum of fee_num */
 	uint8_t inputs[32];
 	uint64_t records, flag_lines, serial;

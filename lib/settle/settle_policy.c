@@ -256,6 +256,7 @@ void trail_settle_free(trail_settle *s)
 		trail_free(s->pay[i].name);
 	for (size_t i = 0; i < s->nmodels; i++)
 		trail_free(s->mnames[i]);
+	json_decref(s->anchors);
 	trail_free(s->pay);
 	trail_free(s->names.e);
 	trail_free(s->models.e);
