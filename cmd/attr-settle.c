@@ -9,7 +9,9 @@
 #include "settle/settle.h"
 #include "ledger/ledger.h"
 
-enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS };
+enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS, O_BATCH, O_REQUIRE };
+
+#define BATCH_MAX 64
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "fees, split, stakes and penalty rules (JSON)", "file"},
@@ -20,13 +22,15 @@ static const trail_opt opts[] = {
 	{O_VERBOSE, "verbose", 'v', NULL, "say on stderr what was done (silent otherwise)", NULL},
 	{O_FORMAT, "format", 'f', "FORMAT", "ndjson (default) or text", "ndjson text"},
 	{O_THREADS, "threads", 'j', "N", "read with N threads, 1 to 64 (default 2); the same result", NULL},
+	{O_BATCH, "batch", 'b', "N", "the i-th names the ledger entry of the i-th input's attribution batch", NULL},
+	{O_REQUIRE, "require-batch", 0, NULL, "refuse inputs with records found in no attribution batch", NULL},
 	{0},
 };
 
 static const trail_cli cli = {
 	.prog = "attr-settle",
 	.usage = "--policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v] [--format ndjson|text] "
-		 "[--threads N] [FILE|-]...",
+		 "[--threads N] [--batch N]... [--require-batch] [FILE|-]...",
 	.summary = "Settle an epoch: fees from attribution records paid to platform, model owners, stakers and "
 		   "contributors in exact integers, recorded once in the ledger.",
 	.opts = opts,
@@ -41,6 +45,71 @@ static int feed(trail_settle *s, const char *path, int threads, trail_error *err
 	int rc = trail_settle_read_threads(s, f, in ? "<stdin>" : path, threads, err);
 	if (!in)
 		fclose(f);
+	return rc;
+}
+
+/* The whole input, for its digest: a file, or standard input read to its end. */
+static int slurp(const char *path, void **out, size_t *len, trail_error *err)
+{
+	if (strcmp(path, "-"))
+		return trail_read_file(path, 0, out, len, err);
+	size_t n = 0, cap = 1 << 16;
+	char *b = trail_malloc(cap), *nb;
+	while (b) {
+		n += fread(b + n, 1, cap - n, stdin);
+		if (n < cap)
+			break;
+		if (!(nb = trail_realloc(b, cap *= 2)))
+			trail_free(b);
+		b = nb;
+	}
+	if (!b)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (ferror(stdin)) {
+		trail_free(b);
+		return trail_error_errno(err, TRAIL_EIO, errno, "<stdin>");
+	}
+	*out = b;
+	*len = n;
+	return TRAIL_OK;
+}
+
+/*
+ * An input read from its bytes in memory, then looked up among the
+ * ledger's attribution batches by their digest (want: the entry --batch
+ * named, else UINT64_MAX).
+ */
+static int feed_anchored(trail_settle *s, trail_store *st, const char *path, const char *epoch, int threads,
+			 uint64_t want, int require, int verbose, trail_error *err)
+{
+	const char *src = strcmp(path, "-") ? path : "<stdin>";
+	void *b = NULL;
+	size_t len = 0;
+	char dg[TRAIL_DIGEST_STRLEN];
+	uint64_t r0 = trail_settle_records(s), at;
+	int rc = slurp(path, &b, &len, err);
+	if (rc)
+		return rc;
+	trail_digest_str(b, len, dg);
+	FILE *f = len ? fmemopen(b, len, "r") : NULL;
+	if (len && !f)
+		rc = trail_error_errno(err, TRAIL_ENOMEM, errno, "%s", src);
+	else if (f)
+		rc = trail_settle_read_threads(s, f, src, threads, err);
+	if (f)
+		fclose(f);
+	uint64_t n = trail_settle_records(s) - r0;
+	if (!rc && !(rc = trail_settle_anchor(s, st, epoch, dg, n, want, &at, err))) {
+		if (at == UINT64_MAX && require && n)
+			rc = trail_error_set(err, TRAIL_EVERIFY, "%s: its %llu records (%s) are in no attribution batch of the ledger",
+					     src, (unsigned long long)n, dg);
+		else if (verbose && at != UINT64_MAX)
+			fprintf(stderr, "attr-settle: %s: %llu records, the attribution batch at entry %llu\n", src,
+				(unsigned long long)n, (unsigned long long)at);
+		else if (verbose && n)
+			fprintf(stderr, "attr-settle: %s: %llu records in no attribution batch\n", src, (unsigned long long)n);
+	}
+	trail_free(b);
 	return rc;
 }
 
@@ -66,7 +135,8 @@ int main(int argc, char **argv)
 	trail_args a;
 	trail_error err = {0};
 	const char *v, *policy = NULL, *epoch = NULL, *keyf = NULL, *home = NULL, *what = "computed, not recorded";
-	int o, rc = TRAIL_OK, dry = 0, verbose = 0, text = 0, recorded = 0, threads = 2;
+	int o, rc = TRAIL_OK, dry = 0, verbose = 0, text = 0, recorded = 0, threads = 2, require = 0, nbatch = 0;
+	uint64_t batch[BATCH_MAX];
 	trail_settle *s = NULL;
 	trail_store *st = NULL;
 	trail_signer *key = NULL;
@@ -88,6 +158,16 @@ int main(int argc, char **argv)
 				rc = trail_error_set(&err, TRAIL_EUSAGE, "--format: ndjson or text");
 			text = !strcmp(v, "text");
 			break;
+		case O_REQUIRE: require = 1; break;
+		case O_BATCH: {
+			char *end;
+			unsigned long long n = strtoull(v, &end, 10);
+			if (*end || !*v || *v == '-' || nbatch == BATCH_MAX)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--batch: a ledger index, at most %d times", BATCH_MAX);
+			else
+				batch[nbatch++] = n;
+			break;
+		}
 		case O_THREADS: {
 			char *end;
 			long n = strtol(v, &end, 10);
@@ -104,23 +184,33 @@ int main(int argc, char **argv)
 		goto done;
 	else if (!policy || !epoch || !*epoch)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--policy FILE and --epoch ID are required");
+	if (!rc && nbatch > (a.nrest ? a.nrest : 1))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--batch: more than there are inputs");
 	if (!rc && !(rc = trail_read_file(policy, 1 << 20, &pb, &pl, &err)) &&
 	    !(rc = trail_json_parse(pb, pl, policy, &pol, &err)) && !(rc = trail_settle_new(pol, &s, &err)) &&
-	    !(rc = keyf ? trail_signer_load(keyf, &key, &err) : TRAIL_OK))
-		for (int i = 0; !rc && i < (a.nrest ? a.nrest : 1); i++)
-			rc = feed(s, a.nrest ? a.rest[i] : "-", threads, &err);
-	/* a store named (--home, $TRAIL_HOME) must exist; ./.trail is used when it does */
-	if (!rc && !dry) {
+	    !(rc = keyf ? trail_signer_load(keyf, &key, &err) : TRAIL_OK)) {
+		/* a store named (--home, $TRAIL_HOME) must exist; ./.trail is used when it does */
 		const char *h = trail_store_home(home);
 		char *cfg = trail_path(h, "config.json");
 		struct stat sb;
 		if (!cfg)
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
-		else if ((home || getenv("TRAIL_HOME") || stat(cfg, &sb) == 0) && !(rc = trail_store_open(h, &st, &err)))
-			rc = trail_settle_record(s, st, epoch, key, &res, &recorded, &err);
+		else if ((!dry || nbatch || require) && (home || getenv("TRAIL_HOME") || stat(cfg, &sb) == 0))
+			rc = trail_store_open(h, &st, &err);
+		else if (nbatch || require)
+			rc = trail_error_set(&err, TRAIL_EUSAGE, "--batch and --require-batch need a store (--home)");
 		trail_free(cfg);
-		if (st)
-			what = recorded ? "settled before with these inputs: the recorded result" : "settled and recorded";
+	}
+	/* with a store, each input is looked up among the attribution batches by the digest of its bytes */
+	for (int i = 0; !rc && s && i < (a.nrest ? a.nrest : 1); i++) {
+		const char *in = a.nrest ? a.rest[i] : "-";
+		rc = st ? feed_anchored(s, st, in, epoch, threads, i < nbatch ? batch[i] : UINT64_MAX, require || nbatch,
+					verbose, &err)
+			: feed(s, in, threads, &err);
+	}
+	if (!rc && st && !dry) {
+		rc = trail_settle_record(s, st, epoch, key, &res, &recorded, &err);
+		what = recorded ? "settled before with these inputs: the recorded result" : "settled and recorded";
 	}
 	if (!rc && !res)
 		rc = trail_settle_result(s, epoch, &res, &err);

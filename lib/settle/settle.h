@@ -107,4 +107,19 @@ struct trail_signer;
 int trail_settle_record(trail_settle *s, struct trail_store *st, const char *epoch,
 			const struct trail_signer *key, json_t **out, int *recorded, trail_error *err);
 
+/*
+ * The anchor of an input: the `attribution-batch` entry of the store's
+ * ledger whose records_object is `digest` (the sha256 of the input's exact
+ * bytes, "sha256:<hex>"), checked against what was read from it: `records`
+ * attribution records and, when the entry names an epoch, `epoch`. With
+ * `want` (not UINT64_MAX) only entry `want` is tried, and anything but a
+ * matching attribution-batch entry there is TRAIL_EVERIFY. Found: *index
+ * is the entry, and {"entry","records_object"} is added to the anchors
+ * that trail_settle_record() writes into the settlement entry as
+ * "batches"; a batch found whose epoch or record count differs is
+ * TRAIL_EVERIFY. Not found (and no `want`): *index is UINT64_MAX, TRAIL_OK.
+ */
+int trail_settle_anchor(trail_settle *s, struct trail_store *st, const char *epoch, const char *digest,
+			uint64_t records, uint64_t want, uint64_t *index, trail_error *err);
+
 #endif

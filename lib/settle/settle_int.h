@@ -252,6 +252,24 @@ struct trail_settle {
 	uint32_t *mowner;  /* their owners (payee indexes) */
 	size_t nmodels;
 
+	json_t *anchors; /* attribution-batch entries the inputs were found in (settle_ledger.c); NULL: none */
+
+	/* confidence: a record's contributors' share retained (policy "confidence") */
+	int conf_rule;                /* the policy has a confidence rule */
+	int retain_unattributed;      /* confidence.unattributed == "retain" */
+	int has_min_confidence;
+	int64_t min_confidence;       /* confidence.min, 1e-9 units */
+	u128 lowconf;                 /* sum of fee_num * 1e9 over the records retained so */
+	uint64_t lowconf_records;
+
+	/* adapter owners (policy "adapter_owners", "model_split"); nadapters 0: none, the old sums */
+	table adapters;               /* adapter -> owner; keys in anames */
+	char **anames;
+	uint32_t *aowner;
+	size_t nadapters;
+	int64_t split_base;           /* model_split.base, of 10000 */
+	uint64_t adapter_records;
+
 	u128 fees;    /* sum of fee_num */
 	uint8_t inputs[32];
 	uint64_t records, flag_lines, serial;

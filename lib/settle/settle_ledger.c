@@ -101,7 +101,8 @@ int trail_settle_record(trail_settle *s, trail_store *st, const char *epoch, con
 		      "inputs_digest", in, "policy_digest", pd, "result_object", od, "fees", json_object_get(ep, "fees"),
 		      "paid", json_object_get(ep, "paid"), "retained", json_object_get(ep, "retained"), "digest",
 		      json_object_get(ep, "digest"));
-	if (!e) {
+	/* the batches the inputs were found in (trail_settle_anchor); absent when none, as before */
+	if (!e || (s->anchors && json_array_size(s->anchors) && json_object_set(e, "batches", s->anchors))) {
 		rc = oom(err);
 		goto out;
 	}
@@ -115,5 +116,87 @@ out:
 		json_decref(res);
 	else
 		*out = res;
+	return rc;
+}
+
+/* Whether entry j is the attribution batch of `digest` (its own members, not a byte match). */
+static int is_batch(const json_t *j, const char *digest)
+{
+	const char *t = json_string_value(json_object_get(j, "type"));
+	const char *d = json_string_value(json_object_get(j, "records_object"));
+	return t && d && !strcmp(t, "attribution-batch") && !strcmp(d, digest);
+}
+
+int trail_settle_anchor(trail_settle *s, trail_store *st, const char *epoch, const char *digest, uint64_t records,
+			uint64_t want, uint64_t *index, trail_error *err)
+{
+	trail_ledger *l = NULL;
+	json_t *found = NULL;
+	uint64_t at = UINT64_MAX;
+	int rc;
+	*index = UINT64_MAX;
+	if ((rc = trail_ledger_open(st, 0, &l, err)))
+		return rc;
+	uint64_t n = trail_ledger_size(l);
+	if (want != UINT64_MAX && want >= n) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "--batch %llu: the ledger has %llu entries",
+				     (unsigned long long)want, (unsigned long long)n);
+		goto out;
+	}
+	/* the latest batch of these bytes: a re-run of attr-score records the same object again */
+	for (uint64_t k = n; k-- > 0 && !rc && !found;) {
+		uint64_t i = want != UINT64_MAX ? want : k;
+		char *b;
+		size_t len;
+		json_t *j;
+		if ((rc = trail_ledger_get(l, i, &b, &len, err)))
+			break;
+		if (memmem(b, len, digest, strlen(digest)) && trail_json_parse(b, len, "log", &j, NULL) == TRAIL_OK) {
+			if (is_batch(j, digest)) {
+				found = j;
+				at = i;
+			} else {
+				json_decref(j);
+			}
+		}
+		trail_free(b);
+		if (want != UINT64_MAX)
+			break;
+	}
+	if (rc)
+		goto out;
+	if (!found) {
+		if (want != UINT64_MAX)
+			rc = trail_error_set(err, TRAIL_EVERIFY,
+					     "entry %llu is not the attribution batch of these records (%s)",
+					     (unsigned long long)want, digest);
+		goto out;
+	}
+	const json_t *je = json_object_get(found, "epoch");
+	const json_t *jr = json_object_get(found, "records");
+	if (je && (!json_is_string(je) || strcmp(json_string_value(je), epoch))) {
+		rc = trail_error_set(err, TRAIL_EVERIFY, "the attribution batch at entry %llu is of epoch %s, not %s",
+				     (unsigned long long)at, json_is_string(je) ? json_string_value(je) : "(not a string)",
+				     epoch);
+		goto out;
+	}
+	if (!json_is_integer(jr) || (uint64_t)json_integer_value(jr) != records) {
+		rc = trail_error_set(err, TRAIL_EVERIFY,
+				     "the attribution batch at entry %llu holds %lld records, the input %llu",
+				     (unsigned long long)at, (long long)json_integer_value(jr), (unsigned long long)records);
+		goto out;
+	}
+	if (!s->anchors && !(s->anchors = json_array())) {
+		rc = oom(err);
+		goto out;
+	}
+	if (json_array_append_new(s->anchors, json_pack("{s:I, s:s}", "entry", (json_int_t)at, "records_object", digest))) {
+		rc = oom(err);
+		goto out;
+	}
+	*index = at;
+out:
+	json_decref(found);
+	trail_ledger_free(l);
 	return rc;
 }

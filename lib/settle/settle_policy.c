@@ -128,6 +128,81 @@ static int get_int(const json_t *o, const char *k, int64_t def, int64_t min, int
 	return TRAIL_OK;
 }
 
+/* A number read from its canonical text to 1e-9, as scores are. */
+static int get_fixed(const json_t *v, int64_t *out)
+{
+	char nb[40];
+	scan t = {nb, nb, NULL, 0};
+	span n;
+	int isint;
+	if (!json_is_number(v) || trail_jcs_number(json_number_value(v), nb, sizeof nb) ||
+	    (t.e = nb + strlen(nb), settle_num_scan(&t, &n, &isint)) || t.p != t.e)
+		return -1;
+	*out = settle_fixed_of(n.p, n.e);
+	return 0;
+}
+
+/*
+ * "confidence": {"min": X, "unattributed": "retain"|"pay"} and
+ * "adapter_owners": {adapter: name} with "model_split": {"base","adapter"}.
+ */
+static int policy_more(trail_settle *s, const json_t *policy, trail_error *err)
+{
+	static const char *const ck[] = {"min", "unattributed", NULL}, *const mk[] = {"base", "adapter", NULL};
+	const json_t *c = json_object_get(policy, "confidence"), *ao = json_object_get(policy, "adapter_owners");
+	const json_t *ms = json_object_get(policy, "model_split");
+	int rc;
+	if (c) {
+		const json_t *mn = json_object_get(c, "min"), *un = json_object_get(c, "unattributed");
+		const char *u = json_string_value(un);
+		if (!json_is_object(c))
+			return trail_error_set(err, TRAIL_EDATA, "policy: confidence is an object");
+		if ((rc = check_keys(c, ck, "confidence.", err)))
+			return rc;
+		if (mn && get_fixed(mn, &s->min_confidence))
+			return trail_error_set(err, TRAIL_EDATA, "policy: confidence.min is a number");
+		if (un && (!u || (strcmp(u, "retain") && strcmp(u, "pay"))))
+			return trail_error_set(err, TRAIL_EDATA, "policy: confidence.unattributed is \"retain\" or \"pay\"");
+		s->has_min_confidence = mn != NULL;
+		s->retain_unattributed = u && !strcmp(u, "retain");
+		s->conf_rule = s->has_min_confidence || s->retain_unattributed;
+	}
+	if ((ao && !json_is_object(ao)) || (ms && !json_is_object(ms)))
+		return trail_error_set(err, TRAIL_EDATA, "policy: adapter_owners and model_split are objects");
+	int64_t b, a;
+	if (ms && ((rc = check_keys(ms, mk, "model_split.", err)) ||
+		   (rc = get_int(ms, "base", 0, 0, 10000, "model_split.", &b, err)) ||
+		   (rc = get_int(ms, "adapter", 0, 0, 10000, "model_split.", &a, err))))
+		return rc;
+	if (ms && a + b != 10000)
+		return trail_error_set(err, TRAIL_EDATA, "policy: model_split sums to %lld, not 10000", (long long)(a + b));
+	size_t n = json_object_size(ao);
+	if (n && !ms)
+		return trail_error_set(err, TRAIL_EDATA, "policy: adapter_owners needs model_split");
+	s->split_base = ms ? b : 10000;
+	if (n && (!(s->anames = trail_calloc(n, sizeof *s->anames)) || !(s->aowner = trail_calloc(n, sizeof *s->aowner))))
+		return oom(err);
+	const char *k;
+	json_t *v;
+	json_object_foreach((json_t *)ao, k, v) {
+		uint32_t i;
+		const char *who = json_string_value(v);
+		if (!who || !*who || !*k)
+			return trail_error_set(err, TRAIL_EDATA, "policy: adapter_owners.%s is a non-empty string", k);
+		if (settle_payee_get(s, who, strlen(who), 1, &i) ||
+		    ((s->adapters.n + 1) * 4 > s->adapters.cap * 3 && table_grow(&s->adapters)) ||
+		    !(s->anames[s->nadapters] = trail_strdup(k)))
+			return oom(err);
+		uint64_t h = hash(k, strlen(k));
+		ent *e = settle_table_slot(&s->adapters, s->anames, k, strlen(k), h);
+		s->aowner[s->nadapters++] = i;
+		e->h = h;
+		e->v = (uint32_t)s->nadapters;
+		s->adapters.n++;
+	}
+	return TRAIL_OK;
+}
+
 static int named_payee(trail_settle *s, const json_t *policy, const char *k, const char *def, uint32_t *out,
 		       trail_error *err)
 {
@@ -142,7 +217,8 @@ static int named_payee(trail_settle *s, const json_t *policy, const char *k, con
 int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 {
 	static const char *const top[] = {"fee_per_1k_prompt", "fee_per_1k_completion", "split_bps", "platform",
-					  "model_owner", "model_owners", "stakes", "penalty", NULL};
+					  "model_owner", "model_owners", "stakes", "penalty", "confidence",
+					  "adapter_owners", "model_split", NULL};
 	static const char *const pen[] = {"max_rejected", "max_flagged", "max_poisoning", "min_influence",
 					  "slash_bps", NULL};
 	static const char *const roles[] = {"platform", "model", "stakers", "contributors", NULL};
@@ -186,16 +262,10 @@ int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 	json_t *mi = json_object_get(pe, "min_influence");
 	if (mi) {
 		/* read from its canonical text, as scores are */
-		char nb[40];
-		scan t = {nb, nb, NULL, 0};
-		span v;
-		int isint;
-		if (!json_is_number(mi) || trail_jcs_number(json_number_value(mi), nb, sizeof nb) ||
-		    (t.e = nb + strlen(nb), settle_num_scan(&t, &v, &isint)) || t.p != t.e) {
+		if (get_fixed(mi, &s->min_influence)) {
 			rc = trail_error_set(err, TRAIL_EDATA, "policy: penalty.min_influence is a number");
 			goto fail;
 		}
-		s->min_influence = settle_fixed_of(v.p, v.e);
 		s->has_min_influence = 1;
 	}
 	if ((rc = named_payee(s, policy, "platform", "platform", &s->platform, err)) ||
@@ -241,6 +311,8 @@ int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 		e->v = (uint32_t)s->nmodels;
 		s->models.n++;
 	}
+	if ((rc = policy_more(s, policy, err)))
+		goto fail;
 	*out = s;
 	return TRAIL_OK;
 fail:
@@ -256,6 +328,12 @@ void trail_settle_free(trail_settle *s)
 		trail_free(s->pay[i].name);
 	for (size_t i = 0; i < s->nmodels; i++)
 		trail_free(s->mnames[i]);
+	json_decref(s->anchors);
+	for (size_t i = 0; i < s->nadapters; i++)
+		trail_free(s->anames[i]);
+	trail_free(s->anames);
+	trail_free(s->aowner);
+	trail_free(s->adapters.e);
 	trail_free(s->pay);
 	trail_free(s->names.e);
 	trail_free(s->models.e);

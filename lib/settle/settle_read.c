@@ -22,10 +22,14 @@
  * use that member, nothing otherwise (a flags line ignores a record's
  * members, and the other way round).
  */
-enum { K_TYPE, K_EVENT, K_USAGE, K_CONTRIB, K_CLUSTERS, K_TOP, K_MODEL, K_POISON, K_WHO, K_REJ, K_FLAG, NKEYS };
+enum {
+	K_TYPE, K_EVENT, K_USAGE, K_CONTRIB, K_CLUSTERS, K_TOP, K_MODEL, K_POISON, K_WHO, K_REJ, K_FLAG,
+	K_CONF, K_ADAPTER, NKEYS
+};
 static const mkey LINE_KEYS[NKEYS] = {KEY("type"),  KEY("event"),     KEY("usage"),    KEY("contributors"),
 				     KEY("clusters"), KEY("top"),    KEY("model"),    KEY("poisoning"),
-				     KEY("contributor"), KEY("rejected"), KEY("flagged")};
+				     KEY("contributor"), KEY("rejected"), KEY("flagged"), KEY("confidence"),
+				     KEY("adapter")};
 
 /* What one line holds, read in one pass. */
 typedef struct line {
@@ -33,7 +37,10 @@ typedef struct line {
 	unsigned seen;           /* members present (1 << K_...) */
 	const char *fault[NKEYS]; /* a member's value not of the shape wanted */
 	span type;
-	sref event, model, who;
+	sref event, model, who, adapter;
+	int attributed;          /* confidence.attributed: 1, 0; -1 absent */
+	int has_score;           /* confidence.score given (a number) */
+	int64_t score;           /* confidence.score, 1e-9 units */
 	uint64_t usage[2], count[3]; /* prompt, completion; rejected, flagged, poisoning */
 	int poison_list;         /* "poisoning" was an array (a record's), else a count */
 } rdline;
@@ -195,6 +202,40 @@ static int rd_clusters(trail_settle *t, scan *s, const char *lp, int depth)
 	return r;
 }
 
+/* {"score": N|null, "attributed": true|false, ...}: other members (floor) checked and ignored */
+static int rd_conf(scan *s, rdline *l, int depth)
+{
+	static const mkey k[] = {KEY("score"), KEY("attributed")};
+	char kb[KEY_RAW_MAX];
+	const char *kp;
+	size_t kn;
+	unsigned seen = 0;
+	int n = 0, r, i;
+	while ((r = settle_members(s, &n, kb, &kp, &kn)) > 0) {
+		if (key_of(s, k, 2, kp, kn, &seen, &i))
+			return -1;
+		if (i < 0) {
+			if (settle_value_skip(s, depth + 1))
+				return -1;
+		} else if (s->e - s->p >= 4 && !memcmp(s->p, "null", 4)) {
+			s->p += 4;
+		} else if (i == 0) {
+			if (fixed_at(s, &l->score))
+				return bad(s, "score is a number or null");
+			l->has_score = 1;
+		} else if (s->e - s->p >= 4 && !memcmp(s->p, "true", 4)) {
+			s->p += 4;
+			l->attributed = 1;
+		} else if (s->e - s->p >= 5 && !memcmp(s->p, "false", 5)) {
+			s->p += 5;
+			l->attributed = 0;
+		} else {
+			return bad(s, "attributed is true, false or null");
+		}
+	}
+	return r < 0 ? -1 : 0;
+}
+
 /* One member's value, read as the member wants. */
 static int rd_member(trail_settle *t, scan *s, rdline *l, int k)
 {
@@ -211,6 +252,11 @@ static int rd_member(trail_settle *t, scan *s, rdline *l, int k)
 	case K_TOP: return rd_pairs(t, s, l->p, 1, 1);
 	case K_CLUSTERS: return rd_clusters(t, s, l->p, 1);
 	case K_MODEL: return str_at(t, s, l->p, 1, &l->model, "a string or null was expected");
+	case K_ADAPTER: return str_at(t, s, l->p, 1, &l->adapter, "a string or null was expected");
+	case K_CONF:
+		if (s->p >= s->e || *s->p != '{')
+			return bad(s, "an object was expected");
+		return rd_conf(s, l, 1);
 	case K_WHO: return str_at(t, s, l->p, 0, &l->who, "a non-empty string was expected");
 	case K_REJ:
 	case K_FLAG:
@@ -377,15 +423,28 @@ static int line_record(trail_settle *s, const rdline *l, trail_error *err)
 			view_str(s, lp, &s->top.v[i].who);
 			sb_sv(&s->view, s->top.v[i].v);
 		}
+	/* only under policies that use them, so that other policies' digests stay as they were */
+	int low = s->conf_rule && ((s->retain_unattributed && l->attributed == 0) ||
+				   (s->has_min_confidence && l->has_score && l->score < s->min_confidence));
+	if (s->conf_rule)
+		sb_c(&s->view, (char)low);
+	if (s->nadapters)
+		view_str(s, lp, &l->adapter);
 	if (s->view.oom)
 		return oom(err);
 
 	/* from here on the record counts; only memory can fail */
 	uint32_t who;
-	if (settle_record_credit(s, lp))
-		return oom(err);
-	for (size_t i = 0; i < s->cred.n; i++)
-		s->pay[s->cred.v[i].who].acc += fee * s->cred.v[i].w;
+	if (low) {
+		/* the contributors' share of an answer explained by nothing better than chance is retained */
+		s->lowconf += fee * (u128)NANO;
+		s->lowconf_records++;
+	} else {
+		if (settle_record_credit(s, lp))
+			return oom(err);
+		for (size_t i = 0; i < s->cred.n; i++)
+			s->pay[s->cred.v[i].who].acc += fee * s->cred.v[i].w;
+	}
 	who = s->model_owner;
 	if (l->model.len && s->nmodels) {
 		const char *m = str_of(s, lp, &l->model);
@@ -393,7 +452,25 @@ static int line_record(trail_settle *s, const rdline *l, trail_error *err)
 		if (e->v)
 			who = s->mowner[e->v - 1];
 	}
-	s->pay[who].mfee += fee;
+	if (!s->nadapters) {
+		s->pay[who].mfee += fee;
+	} else {
+		/* base and adapter owners by model_split, in units of 1/10000 of a fee */
+		uint32_t aw = UINT32_MAX;
+		if (l->adapter.len) {
+			const char *a = str_of(s, lp, &l->adapter);
+			ent *e = settle_table_slot(&s->adapters, s->anames, a, l->adapter.len, hash(a, l->adapter.len));
+			if (e->v)
+				aw = s->aowner[e->v - 1];
+		}
+		if (aw == UINT32_MAX) {
+			s->pay[who].mfee += fee * 10000;
+		} else {
+			s->pay[who].mfee += fee * (u128)s->split_base;
+			s->pay[aw].mfee += fee * (u128)(10000 - s->split_base);
+			s->adapter_records++;
+		}
+	}
 	for (size_t i = 0; i < s->top.n; i++) {
 		const scored *x = &s->top.v[i];
 		if (x->who.null || x->v >= 0)
@@ -459,6 +536,7 @@ int trail_settle_line(trail_settle *s, const char *text, size_t len, trail_error
 		return trail_error_set(err, TRAIL_EDATA, "not a JSON object");
 	memset(&l, 0, sizeof l);
 	l.p = text;
+	l.attributed = -1;
 	if (rd_line(s, &sc, &l))
 		return sc.oom ? oom(err) : trail_error_set(err, TRAIL_EDATA, "%s", sc.why);
 	if (s->arena.oom)
@@ -478,8 +556,9 @@ int trail_settle_line(trail_settle *s, const char *text, size_t len, trail_error
 		const unsigned need = 1u << K_EVENT | 1u << K_USAGE | 1u << K_CONTRIB;
 		if ((l.seen & need) != need)
 			return trail_error_set(err, TRAIL_EDATA, "an attribution record has event, usage and contributors");
-		if ((f = faulty(&l, need | 1u << K_CLUSTERS | 1u << K_TOP | 1u << K_MODEL | 1u << K_POISON, why,
-				sizeof why)) ||
+		unsigned use = need | 1u << K_CLUSTERS | 1u << K_TOP | 1u << K_MODEL | 1u << K_POISON |
+			       (s->conf_rule ? 1u << K_CONF : 0) | (s->nadapters ? 1u << K_ADAPTER : 0);
+		if ((f = faulty(&l, use, why, sizeof why)) ||
 		    (l.seen & 1u << K_POISON && !l.poison_list))
 			return trail_error_set(err, TRAIL_EDATA, "%s", f ? f : "poisoning: an array of contributors was expected");
 		rc = line_record(s, &l, err);
@@ -663,6 +742,9 @@ static int merge(trail_settle *s, const trail_settle *t)
 		p->poisoning = sat_add(p->poisoning, q->poisoning);
 	}
 	s->fees += t->fees;
+	s->lowconf += t->lowconf;
+	s->lowconf_records += t->lowconf_records;
+	s->adapter_records += t->adapter_records;
 	add256(s->inputs, t->inputs);
 	s->records += t->records;
 	s->flag_lines += t->flag_lines;

@@ -178,7 +178,9 @@ int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_
 
 	if (payout(pay, s->pay[s->platform].name, "platform", pool[R_PLATFORM], &paid))
 		rc = TRAIL_ENOMEM;
-	int64_t tm = pay_role(s, order, v, R_MODEL, pool[R_MODEL], s->fees, pay, withheld, &paid, &held, &rc);
+	/* with adapter owners the model sums are in units of 1/10000 of a fee (model_split) */
+	int64_t tm = pay_role(s, order, v, R_MODEL, pool[R_MODEL], s->fees * (s->nadapters ? 10000 : 1), pay, withheld,
+			      &paid, &held, &rc);
 	u128 stake = 0;
 	for (size_t i = 0; i < s->npay; i++)
 		stake += s->pay[i].stake;
@@ -186,7 +188,17 @@ int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_
 	unstaked = pool[R_STAKERS] - ts;
 	int64_t tc = pay_role(s, order, v, R_CONTRIB, pool[R_CONTRIB], s->fees * (u128)NANO, pay, withheld, &paid,
 			      &held, &rc);
-	unattributed = pool[R_CONTRIB] - tc;
+	/*
+	 * the low-confidence records' part of the pool, rounded down: the units that rounding leaves
+	 * between it and the payees stay unattributed
+	 */
+	int64_t low = 0;
+	if (s->lowconf) {
+		u128 q, r;
+		muldiv((uint64_t)pool[R_CONTRIB], s->lowconf, s->fees * (u128)NANO, &q, &r);
+		low = (int64_t)q;
+	}
+	unattributed = pool[R_CONTRIB] - tc - low;
 	if (!rc)
 		rc = settle_slash(s, order, slashed);
 	if (rc)
@@ -203,8 +215,8 @@ int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_
 	}
 	int64_t retained = F - paid;
 	if (pool[0] + pool[1] + pool[2] + pool[3] != F || sum != paid || neg || retained < 0 ||
-	    (F && tm != pool[R_MODEL]) || ts > pool[R_STAKERS] || tc > pool[R_CONTRIB] ||
-	    retained != unattributed + unstaked + held) {
+	    (F && tm != pool[R_MODEL]) || ts > pool[R_STAKERS] || tc + low > pool[R_CONTRIB] || unattributed < 0 ||
+	    retained != unattributed + unstaked + held + low) {
 		rc = trail_error_set(err, TRAIL_EINTERNAL,
 				     "conservation failed: fees %lld, paid %lld (lines %lld), retained %lld = "
 				     "unattributed %lld + unstaked %lld + withheld %lld",
@@ -222,8 +234,13 @@ int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_
 			       (json_int_t)s->flag_lines, "unattributed", (json_int_t)unattributed, "unstaked",
 			       (json_int_t)unstaked, "withheld", withheld, "slashed", slashed, "inputs_digest", in,
 			       "policy_digest", pd, "payouts_digest", od);
+	/* present only under a policy with a confidence rule: other results keep their bytes */
+	if (ep && s->conf_rule &&
+	    (json_object_set_new(ep, "low_confidence", json_integer(low)) ||
+	     json_object_set_new(ep, "low_confidence_records", json_integer((json_int_t)s->lowconf_records))))
+		rc = TRAIL_ENOMEM;
 	/* the epoch's digest covers inputs, policy and outputs */
-	if (!ep || (rc = trail_jcs_digest(ep, dg, err)) || json_object_set_new(ep, "digest", json_string(dg)) ||
+	if (rc || !ep || (rc = trail_jcs_digest(ep, dg, err)) || json_object_set_new(ep, "digest", json_string(dg)) ||
 	    json_array_append_new(pay, ep)) {
 		rc = rc ? rc : TRAIL_ENOMEM;
 		goto done;
@@ -295,13 +312,17 @@ int trail_settle_print_text(const json_t *res, FILE *f)
 	long long held = 0;
 	json_array_foreach(json_object_get(ep, "withheld"), i, l)
 		held += json_integer_value(json_object_get(l, "amount"));
-	fprintf(f, "epoch %s: fees %lld = paid %lld + retained %lld (unattributed %lld, unstaked %lld, withheld %lld); "
+	char lowc[64] = "";
+	if (json_object_get(ep, "low_confidence"))
+		snprintf(lowc, sizeof lowc, ", low_confidence %lld",
+			 (long long)json_integer_value(json_object_get(ep, "low_confidence")));
+	fprintf(f, "epoch %s: fees %lld = paid %lld + retained %lld (unattributed %lld, unstaked %lld, withheld %lld%s); "
 		   "%lld records\n",
 		json_string_value(json_object_get(ep, "epoch")), (long long)json_integer_value(json_object_get(ep, "fees")),
 		(long long)json_integer_value(json_object_get(ep, "paid")),
 		(long long)json_integer_value(json_object_get(ep, "retained")),
 		(long long)json_integer_value(json_object_get(ep, "unattributed")),
-		(long long)json_integer_value(json_object_get(ep, "unstaked")), held,
+		(long long)json_integer_value(json_object_get(ep, "unstaked")), held, lowc,
 		(long long)json_integer_value(json_object_get(ep, "records")));
 	return ferror(f) ? TRAIL_EIO : TRAIL_OK;
 }
