@@ -95,7 +95,10 @@ sed -n 's/.*"event":"\([a-z0-9-]*\)".*"confidence":{"score":\([0-9.e+-]*\),.*"at
 
 say "settling epoch 1: fees to platform, owner and contributors; copiers and junk penalised"
 # More than 2 copied (flagged) or 2 failing (rejected) records withhold a
-# contributor's share: one honest near-duplicate is tolerated.
+# contributor's share: one honest near-duplicate is tolerated. The model pool
+# is split between the base's owner and the adapter's (the tuner), and
+# --require-batch refuses attributions that are not the recorded batch.
+adapter=$(sed -n 's/.*"adapter":"\(sha256:[0-9a-f]*\)".*/\1/p' attributions.ndjson | head -1)
 cat > settle-policy.json <<JSON
 {
   "fee_per_1k_prompt": 2000,
@@ -103,13 +106,16 @@ cat > settle-policy.json <<JSON
   "split_bps": {"platform": 1000, "model": 2000, "stakers": 0, "contributors": 7000},
   "platform": "kb-platform",
   "model_owner": "owner",
+  "adapter_owners": {"$adapter": "$(cat tuner.pub)"},
+  "model_split": {"base": 7000, "adapter": 3000},
   "penalty": {"max_flagged": 2, "max_rejected": 2}
 }
 JSON
 cat flags.alice flags.bob flags.carol flags.zed > flags.ndjson
-attr-settle --policy settle-policy.json --epoch 1 --key owner.key --dry-run --format text \
+attr-settle --policy settle-policy.json --epoch 1 --key owner.key --require-batch --dry-run --format text \
 	attributions.ndjson flags.ndjson | sed 's/^/  /'
-attr-settle --policy settle-policy.json --epoch 1 --key owner.key attributions.ndjson flags.ndjson > settlement.ndjson
+attr-settle --policy settle-policy.json --epoch 1 --key owner.key --require-batch \
+	attributions.ndjson flags.ndjson > settlement.ndjson
 
 say "the report: newcomer-out/report.html"
 cat responses.ndjson attributions.ndjson settlement.ndjson manual.ndjson |

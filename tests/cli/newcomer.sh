@@ -29,6 +29,10 @@ check_eq "validation wrote a penalty flag per rejected record" "$(cat "$o/flags.
 check "the copier and the junk contributor get nothing, the honest ones are paid" sh -c \
 	"grep -q '  contributor  *alice+' '$T/log' && grep -q '  contributor  *bob+' '$T/log' &&
 	! grep -q '  contributor  *\(carol\|zed\)+' '$T/log'"
+check "the model pool pays the base's owner and the adapter's tuner" sh -c \
+	"grep -q '  model  *owner ' '$T/log' && grep -q '  model  *tuner+' '$T/log'"
+check "the settlement entry names the attribution batch it checked" \
+	sh -c "trail-log --home '$o/store' show | grep '\"type\":\"settlement\"' | grep -q batch"
 check "the settlement conserves the fees" grep -q '^  epoch 1: fees [0-9]* = paid' "$T/log"
 check "the report is written" test -s "$o/report.html"
 check "the ledger verifies at the end" sh -c "tail -1 '$T/log' | grep -q '\"ok\":true'"
