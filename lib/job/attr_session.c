@@ -461,6 +461,22 @@ static int training_seq(const char *dir, int *seq, int *split)
 	return TRAIL_OK;
 }
 
+/* The span index of dataset d, written to PATH.span beside the index at path. */
+static int write_span_index(const char *path, const trail_dataset *d, trail_model *m, trail_error *err)
+{
+	uint8_t root[32];
+	size_t rl;
+	char *spp = trail_malloc(strlen(path) + 6);
+	if (!spp)
+		return oom(err);
+	trail_unbase64(d->root, strlen(d->root), root, 32, &rl);
+	sprintf(spp, "%s.span", path);
+	int rc = trail_span_build((const int32_t *const *)d->tok, d->len, d->n,
+				  (uint32_t)trail_model_config(m)->vocab_size, root, spp, err);
+	trail_free(spp);
+	return rc;
+}
+
 int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp, int batch,
 			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts, trail_error *err)
 {
@@ -478,7 +494,7 @@ int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp
 	trail_attr_builder *b = NULL;
 	json_t *recs = json_array();
 	trail_attr_ident id;
-	char *path = o->index ? trail_strdup(o->index) : default_index(o), *spp = NULL;
+	char *path = o->index ? trail_strdup(o->index) : default_index(o);
 	int rc;
 	if (!recs || !path) {
 		rc = oom(err);
@@ -522,17 +538,7 @@ int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp
 	b = NULL;
 	if (rc || r) /* a shard's span index is the merge's */
 		goto out;
-	/* the span index beside it */
-	uint8_t root[32];
-	size_t rl;
-	trail_unbase64(d->root, strlen(d->root), root, 32, &rl);
-	if (!(spp = trail_malloc(strlen(path) + 6))) {
-		rc = oom(err);
-		goto out;
-	}
-	sprintf(spp, "%s.span", path);
-	rc = trail_span_build((const int32_t *const *)d->tok, d->len, d->n, (uint32_t)trail_model_config(m)->vocab_size,
-			      root, spp, err);
+	rc = write_span_index(path, d, m, err);
 out:
 	trail_attr_builder_free(b);
 	trail_model_free(m), trail_model_free(cm);
@@ -540,7 +546,7 @@ out:
 	trail_dataset_free(d);
 	trail_store_free(store);
 	json_decref(recs);
-	trail_free(path), trail_free(spp);
+	trail_free(path);
 	return rc;
 }
 
@@ -552,7 +558,7 @@ int trail_attr_merge_index(const trail_attr_opts *o, const char *const *shards, 
 	trail_store *store = NULL;
 	json_t *recs = json_array();
 	trail_attr_ident id;
-	char *path = o->index ? trail_strdup(o->index) : default_index(o), *spp = NULL;
+	char *path = o->index ? trail_strdup(o->index) : default_index(o);
 	int rc;
 	if (!recs || !path) {
 		rc = oom(err);
@@ -565,23 +571,14 @@ int trail_attr_merge_index(const trail_attr_opts *o, const char *const *shards, 
 	id.root[sizeof id.root - 1] = 0;
 	if ((rc = trail_attr_index_merge(shards, n, &id, path, err)))
 		goto out;
-	uint8_t root[32];
-	size_t rl;
-	trail_unbase64(d->root, strlen(d->root), root, 32, &rl);
-	if (!(spp = trail_malloc(strlen(path) + 6))) {
-		rc = oom(err);
-		goto out;
-	}
-	sprintf(spp, "%s.span", path);
-	rc = trail_span_build((const int32_t *const *)d->tok, d->len, d->n, (uint32_t)trail_model_config(m)->vocab_size,
-			      root, spp, err);
+	rc = write_span_index(path, d, m, err);
 out:
 	trail_model_free(m);
 	trail_tokenizer_free(tk);
 	trail_dataset_free(d);
 	trail_store_free(store);
 	json_decref(recs);
-	trail_free(path), trail_free(spp);
+	trail_free(path);
 	return rc;
 }
 
