@@ -146,6 +146,18 @@ typedef struct trail_buf {
 int trail_buf_put(trail_buf *b, const void *data, size_t n);
 void trail_buf_release(trail_buf *b);
 
+/*
+ * A buffer that takes at most max bytes: trail_capbuf_write has the shape of
+ * a libcurl write callback (ctx is the trail_capbuf) and refuses, setting
+ * over, the write that would pass max; it also refuses when memory runs out.
+ */
+typedef struct trail_capbuf {
+	trail_buf b;
+	size_t max;
+	int over;
+} trail_capbuf;
+size_t trail_capbuf_write(char *p, size_t size, size_t n, void *ctx);
+
 /* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
 int trail_utf8_valid(const char *s, size_t n);
 

@@ -296,6 +296,17 @@ void trail_unmap(trail_map *m)
 	}
 }
 
+size_t trail_capbuf_write(char *p, size_t size, size_t n, void *ctx)
+{
+	trail_capbuf *s = ctx;
+	size_t k = size * n;
+	if (s->b.n + k > s->max) {
+		s->over = 1;
+		return 0;
+	}
+	return trail_buf_put(&s->b, p, k) ? 0 : k;
+}
+
 int trail_buf_put(trail_buf *b, const void *data, size_t n)
 {
 	if (b->n + n + 1 > b->cap) {

@@ -16,27 +16,10 @@ int trail_is_url(const char *s)
 	return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8);
 }
 
-struct sink {
-	trail_buf b;
-	size_t max;
-	int over;
-};
-
-static size_t sink_cb(char *p, size_t size, size_t n, void *ctx)
-{
-	struct sink *s = ctx;
-	size_t k = size * n;
-	if (s->b.n + k > s->max) {
-		s->over = 1;
-		return 0;
-	}
-	return trail_buf_put(&s->b, p, k) ? 0 : k;
-}
-
 int trail_fetch(const char *url, const trail_fetch_opts *o, void **out, size_t *len,
 		char digest[72], trail_error *err)
 {
-	struct sink s = {.max = o && o->max_bytes ? o->max_bytes : (size_t)256 << 20};
+	trail_capbuf s = {.max = o && o->max_bytes ? o->max_bytes : (size_t)256 << 20};
 	CURL *c = curl_easy_init();
 	char ebuf[CURL_ERROR_SIZE] = "";
 	int rc = TRAIL_OK;
@@ -50,7 +33,7 @@ int trail_fetch(const char *url, const trail_fetch_opts *o, void **out, size_t *
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, o && o->timeout_s > 0 ? o->timeout_s : 60L);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 15L);
 	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s.max);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink_cb);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, trail_capbuf_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
 	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);

@@ -159,23 +159,6 @@ struct trail_tiles {
 	char *origin;
 };
 
-struct sink {
-	trail_buf b;
-	size_t max;
-	int over;
-};
-
-static size_t sink_cb(char *p, size_t sz, size_t nm, void *ctx)
-{
-	struct sink *s = ctx;
-	size_t n = sz * nm;
-	if (s->b.n + n > s->max) {
-		s->over = 1;
-		return 0;
-	}
-	return trail_buf_put(&s->b, p, n) ? 0 : n;
-}
-
 /* GET base/rel into *out (at most max bytes). */
 static int fetch(trail_tiles *t, const char *rel, size_t max, trail_buf *out, trail_error *err)
 {
@@ -184,7 +167,7 @@ static int fetch(trail_tiles *t, const char *rel, size_t max, trail_buf *out, tr
 	if (!url)
 		return oom(err);
 	snprintf(url, ul, "%s/%s", t->base, rel);
-	struct sink s = {.max = max};
+	trail_capbuf s = {.max = max};
 	CURL *c = t->curl;
 	curl_easy_reset(c);
 	curl_easy_setopt(c, CURLOPT_URL, url);
@@ -197,7 +180,7 @@ static int fetch(trail_tiles *t, const char *rel, size_t max, trail_buf *out, tr
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, t->timeout_s / 2 > 0 ? t->timeout_s / 2 : 1L);
 	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink_cb);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, trail_capbuf_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
 	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
