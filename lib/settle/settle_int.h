@@ -27,6 +27,7 @@
  *   settle_policy.c   the handle: policy, payees table, a record's credit
  *   settle_read.c     a line read into the sums; files, with helper threads
  *   settle_penalty.c  which rules a payee breaks; slashing
+ *   settle_names.c    short names and key files resolved to the inputs' keys
  *   settle_result.c   largest remainder, the result, conservation; as text
  *   settle_ledger.c   the settlement recorded once in the ledger
  * Functions shared between them are called settle_*; the small hot ones are
@@ -196,6 +197,8 @@ typedef struct payee {
 	i128 neg;       /* sum of negative top scores, 1e-9 units */
 	uint64_t rejected, flagged, poisoning;
 	uint64_t stake;
+	uint8_t rec;  /* named by an attribution record: a contributor as the inputs spell it */
+	uint8_t flag; /* named by a flags line */
 } payee;
 
 /* String -> index + 1, open addressing over XXH3 (a hash table, not a content address). */
@@ -273,6 +276,7 @@ struct trail_settle {
 	u128 fees;    /* sum of fee_num */
 	uint8_t inputs[32];
 	uint64_t records, flag_lines, serial;
+	int resolved; /* settle_resolve has run */
 
 	/* per-line scratch, reused: bounded by the longest line */
 	sbuf arena, view;
@@ -318,6 +322,21 @@ static inline int oom(trail_error *err)
 {
 	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 }
+
+static inline uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+/* ---- names (settle_names.c) ---------------------------------------------------------------- */
+
+/*
+ * Once, after the inputs are read: payees named by the policy or flags
+ * lines with a short name or a key file merged into the contributor key
+ * the inputs have for them. TRAIL_OK, TRAIL_EDATA (ambiguous, unknown,
+ * unreadable key file) or TRAIL_ENOMEM.
+ */
+int settle_resolve(trail_settle *s, trail_error *err);
 
 /* ---- penalties (settle_penalty.c) ---------------------------------------------------------- */
 

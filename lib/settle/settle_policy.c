@@ -411,6 +411,7 @@ int settle_record_credit(trail_settle *s, const char *line)
 			continue;
 		if (settle_payee_get(s, str_of(s, line, &c->who), c->who.len, 1, &who) || credit_add(s, who, (u128)c->v))
 			return -1;
+		s->pay[who].rec = 1;
 	}
 	u128 S0 = 0, S = 0;
 	int collapsed = 0;
@@ -425,6 +426,7 @@ int settle_record_credit(trail_settle *s, const char *line)
 			continue;
 		if (settle_payee_get(s, str_of(s, line, &cl->first), cl->first.len, 1, &first))
 			return -1;
+		s->pay[first].rec = 1;
 		if (s->pay[first].mark == s->serial)
 			best = s->cred.v[s->pay[first].slot].w;
 		for (size_t j = cl->m0; j < cl->m1; j++) {
