@@ -9,7 +9,7 @@
 #include "settle/settle.h"
 #include "ledger/ledger.h"
 
-enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS, O_BATCH, O_REQUIRE };
+enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS, O_BATCH, O_REQUIRE, O_STAKE };
 
 #define BATCH_MAX 64
 
@@ -24,13 +24,15 @@ static const trail_opt opts[] = {
 	{O_THREADS, "threads", 'j', "N", "read with N threads, 1 to 64 (default 2); the same result", NULL},
 	{O_BATCH, "batch", 'b', "N", "the i-th names the ledger entry of the i-th input's attribution batch", NULL},
 	{O_REQUIRE, "require-batch", 0, NULL, "refuse inputs with records found in no attribution batch", NULL},
+	{O_STAKE, "stake", 0, "N", "post a stake of N signed with --key (the staker's) in the ledger, and exit", NULL},
 	{0},
 };
 
 static const trail_cli cli = {
 	.prog = "attr-settle",
 	.usage = "--policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v] [--format ndjson|text] "
-		 "[--threads N] [--batch N]... [--require-batch] [FILE|-]...",
+		 "[--threads N] [--batch N]... [--require-batch] [FILE|-]...\n"
+		 "       attr-settle --stake N --key KEYFILE [--home DIR]",
 	.summary = "Settle an epoch: fees from attribution records paid to platform, model owners, stakers and "
 		   "contributors in exact integers, recorded once in the ledger.",
 	.opts = opts,
@@ -136,6 +138,7 @@ int main(int argc, char **argv)
 	trail_error err = {0};
 	const char *v, *policy = NULL, *epoch = NULL, *keyf = NULL, *home = NULL, *what = "computed, not recorded";
 	int o, rc = TRAIL_OK, dry = 0, verbose = 0, text = 0, recorded = 0, threads = 2, require = 0, nbatch = 0;
+	long long stake = -1;
 	uint64_t batch[BATCH_MAX];
 	trail_settle *s = NULL;
 	trail_store *st = NULL;
@@ -159,6 +162,7 @@ int main(int argc, char **argv)
 			text = !strcmp(v, "text");
 			break;
 		case O_REQUIRE: require = 1; break;
+		case O_STAKE: rc = trail_parse_long(v, 0, ((long long)1 << 53) - 1, &stake, "--stake", &err); break;
 		case O_BATCH: {
 			char *end;
 			unsigned long long n = strtoull(v, &end, 10);
@@ -182,6 +186,8 @@ int main(int argc, char **argv)
 		rc = TRAIL_EUSAGE;
 	else if (o == TRAIL_ARGS_EXIT)
 		goto done;
+	else if (stake >= 0)
+		goto post;
 	else if (!policy || !epoch || !*epoch)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--policy FILE and --epoch ID are required");
 	if (!rc && nbatch > (a.nrest ? a.nrest : 1))
@@ -195,12 +201,17 @@ int main(int argc, char **argv)
 		struct stat sb;
 		if (!cfg)
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
-		else if ((!dry || nbatch || require) && (home || getenv("TRAIL_HOME") || stat(cfg, &sb) == 0))
+		else if ((!dry || nbatch || require || trail_settle_stakes_from_ledger(s)) &&
+			 (home || getenv("TRAIL_HOME") || stat(cfg, &sb) == 0))
 			rc = trail_store_open(h, &st, &err);
 		else if (nbatch || require)
 			rc = trail_error_set(&err, TRAIL_EUSAGE, "--batch and --require-batch need a store (--home)");
+		else if (trail_settle_stakes_from_ledger(s))
+			rc = trail_error_set(&err, TRAIL_EUSAGE, "the policy's stakes are the ledger's: a store is needed (--home)");
 		trail_free(cfg);
 	}
+	if (!rc && st)
+		rc = trail_settle_ledger_stakes(s, st, epoch, &err);
 	/* with a store, each input is looked up among the attribution batches by the digest of its bytes */
 	for (int i = 0; !rc && s && i < (a.nrest ? a.nrest : 1); i++) {
 		const char *in = a.nrest ? a.rest[i] : "-";
@@ -223,6 +234,20 @@ int main(int argc, char **argv)
 			(long long)json_integer_value(json_object_get(ep, "fees")),
 			(long long)json_integer_value(json_object_get(ep, "paid")),
 			(long long)json_integer_value(json_object_get(ep, "retained")));
+	}
+	goto done;
+post:
+	/* a staker posts a stake: signed by its own key, appended to the ledger */
+	if (!keyf) {
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--stake needs --key, the staker's key");
+	} else if (!(rc = trail_signer_load(keyf, &key, &err)) && !(rc = trail_store_open(trail_store_home(home), &st, &err))) {
+		uint64_t at;
+		if (!(rc = trail_settle_post_stake(st, key, stake, &at, &err))) {
+			printf("%llu\n", (unsigned long long)at);
+			if (verbose)
+				fprintf(stderr, "attr-settle: stake %lld of %s posted at entry %llu\n", stake,
+					trail_signer_name(key), (unsigned long long)at);
+		}
 	}
 done:
 	json_decref(pol);

@@ -256,6 +256,8 @@ struct trail_settle {
 	size_t nmodels;
 
 	json_t *anchors; /* attribution-batch entries the inputs were found in (settle_ledger.c); NULL: none */
+	int stakes_ledger;   /* policy "stakes": "ledger" */
+	json_t *stake_refs;  /* the stake entries used (settle_ledger.c); NULL: none read */
 
 	/* confidence: a record's contributors' share retained (policy "confidence") */
 	int conf_rule;                /* the policy has a confidence rule */
@@ -312,6 +314,12 @@ int settle_name_cmp(const payee *a, const payee *b);
  * into s->cred: see settle_policy.c. -1 out of memory.
  */
 int settle_record_credit(trail_settle *s, const char *line);
+/*
+ * A stake from the ledger as an input (settle_read.c): the staker's stake
+ * set and the view 'S' STAKER AMOUNT added to the inputs digest. -1 out of
+ * memory.
+ */
+int settle_stake_input(trail_settle *s, const char *who, uint64_t amount);
 
 static inline const char *str_of(const trail_settle *s, const char *line, const sref *r)
 {

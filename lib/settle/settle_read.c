@@ -508,6 +508,22 @@ static int line_flags(trail_settle *s, const rdline *l, trail_error *err)
 	return 0;
 }
 
+int settle_stake_input(trail_settle *s, const char *who, uint64_t amount)
+{
+	uint32_t i;
+	size_t n = strlen(who);
+	s->view.n = 0;
+	sb_c(&s->view, 'S');
+	sb_uv(&s->view, (uint64_t)n * 2);
+	sb_put(&s->view, who, n);
+	sb_uv(&s->view, amount);
+	if (s->view.oom || settle_payee_get(s, who, n, 1, &i))
+		return -1;
+	s->pay[i].stake = amount;
+	view_digest(s);
+	return 0;
+}
+
 /* The first fault among the members `use` that the line has, as "member: fault". */
 static const char *faulty(const rdline *l, unsigned use, char *buf, size_t size)
 {
