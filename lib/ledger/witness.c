@@ -64,10 +64,12 @@ static uint32_t be32(const uint8_t *b)
 /* The public key of a signer, from its verifier key "<name>+<id>+<base64(0x01 || pk)>". */
 static int signer_pk(const trail_signer *s, uint8_t pk[32])
 {
-	const char *v = trail_signer_vkey(s), *b = strrchr(v, '+');
+	const char *v = trail_signer_vkey(s);
+	size_t nl = strlen(trail_signer_name(s)), vl = strlen(v);
 	uint8_t raw[40];
 	size_t n;
-	if (!b || trail_unbase64(b + 1, strlen(b + 1), raw, sizeof raw, &n) || n != 33)
+	/* base64 may hold '+': the key follows the name, '+', 8 hex digits and '+' */
+	if (vl < nl + 10 || trail_unbase64(v + nl + 10, vl - nl - 10, raw, sizeof raw, &n) || n != 33)
 		return TRAIL_EINTERNAL;
 	memcpy(pk, raw + 1, 32);
 	return TRAIL_OK;
@@ -651,8 +653,8 @@ int trail_witness_add_checkpoint(trail_witness *w, const char *req, size_t len, 
 		goto out;
 	}
 	if (np && (old == 0 || old == size)) {
-		rc = reply(r, 400, TRAIL_EDATA, err, "%s: a consistency proof from size %" PRIu64
-			   " to %" PRIu64 " is empty", origin, old, size);
+		rc = reply(r, 400, TRAIL_EDATA, err, "%s: the consistency proof from size %" PRIu64
+			   " to %" PRIu64 " must be empty", origin, old, size);
 		goto out;
 	}
 	if (!(spath = state_path(w, origin, ".json")) || !(lpath = state_path(w, origin, ".lock"))) {
