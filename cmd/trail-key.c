@@ -74,7 +74,7 @@ static int run(trail_args *a, const char *dir, int text, int witness, trail_erro
 		return TRAIL_OK;
 	}
 	if (!strcmp(cmd, "public")) {
-		trail_signer *s;
+		trail_signer *s = NULL;
 		if (nargs != 1)
 			return trail_error_set(err, TRAIL_EUSAGE, "public takes one KEYFILE");
 		char *cv = NULL;

@@ -194,14 +194,20 @@ int trail_witness_key_create_files(const char *dir, const char *name, char **vke
 		goto out;
 	snprintf(kn, n, "%s.key", name);
 	snprintf(pn, n, "%s.pub", name);
+	/* Witness names are often URLs without a scheme (witness.example/w1). */
+	for (char *c = kn; *c; c++)
+		*c = *c == '/' ? '_' : *c;
+	for (char *c = pn; *c; c++)
+		*c = *c == '/' ? '_' : *c;
 	if (!(kp = trail_path(dir, kn)) || !(pp = trail_path(dir, pn)))
+		goto out;
+	if ((rc = trail_key_generate(name, &skey, &vkey, err)))
 		goto out;
 	if (!access(kp, F_OK) || !access(pp, F_OK)) {
 		rc = trail_error_set(err, TRAIL_EDATA, "%s or %s already exists: not overwriting", kn, pn);
 		goto out;
 	}
-	if ((rc = trail_key_generate(name, &skey, &vkey, err)) ||
-	    (rc = trail_signer_parse(skey, strlen(skey), &s, err)) ||
+	if ((rc = trail_signer_parse(skey, strlen(skey), &s, err)) ||
 	    (rc = trail_cosigner_vkey(s, &cvkey, err)))
 		goto out;
 	size_t sl = strlen(skey), vl = strlen(cvkey);
