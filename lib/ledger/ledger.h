@@ -547,4 +547,15 @@ int trail_cosigned_merge(const char *note, size_t len, const char *lines, char *
 int trail_cosigned_attach(trail_store *s, const char *doc, size_t len, char **out, size_t *outlen,
 			  trail_error *err);
 
+/* DIR/checkpoint (written by trail_tiles_write) with the stored cosignatures, when they are for it. */
+int trail_cosigned_publish(trail_store *s, const char *dir, trail_error *err);
+/*
+ * Fetch url/checkpoint (the log served as tiles, already opened as t) and
+ * check that it is the tiles' tree, signed by vs (for origin) and cosigned
+ * by at least `quorum` of the distinct cosigners cs.
+ */
+int trail_witness_check_url(trail_tiles *t, const char *url, const trail_verifier *const *vs,
+			    size_t nv, const char *origin, const trail_cosigner *const *cs, size_t nc,
+			    size_t quorum, long timeout_s, size_t *nvalid, trail_error *err);
+
 #endif

@@ -844,3 +844,20 @@ int trail_cosigned_attach(trail_store *s, const char *doc, size_t len, char **ou
 	trail_free(c);
 	return TRAIL_OK;
 }
+
+int trail_cosigned_publish(trail_store *s, const char *dir, trail_error *err)
+{
+	char *p = trail_path(dir, "checkpoint"), *doc = NULL, *out = NULL;
+	size_t len, olen;
+	if (!p)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	int rc = trail_read_file(p, STATE_MAX, (void **)&doc, &len, err);
+	if (!rc)
+		rc = trail_cosigned_attach(s, doc, len, &out, &olen, err);
+	if (!rc && (olen != len || memcmp(out, doc, len)))
+		rc = trail_write_atomic(p, out, olen, 0644, err);
+	trail_free(p);
+	trail_free(doc);
+	trail_free(out);
+	return rc;
+}

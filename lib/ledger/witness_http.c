@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include <curl/curl.h>
+#include <sodium.h>
 #include <microhttpd.h>
 
 #include "core/core.h"
@@ -374,6 +375,65 @@ int trail_witness_submit(trail_ledger *l, const char *note, size_t notelen, cons
 				     url, old);
 out:
 	trail_free(text);
+	trail_free(u);
+	return rc;
+}
+
+int trail_witness_check_url(trail_tiles *t, const char *url, const trail_verifier *const *vs,
+			    size_t nv, const char *origin, const trail_cosigner *const *cs, size_t nc,
+			    size_t quorum, long timeout_s, size_t *nvalid, trail_error *err)
+{
+	char ebuf[CURL_ERROR_SIZE] = "", *u;
+	size_t ul = strlen(url) + 16;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT))
+		return trail_error_set(err, TRAIL_EINTERNAL, "libcurl did not initialise");
+	if (!(u = trail_malloc(ul)))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	size_t n = strlen(url);
+	while (n && url[n - 1] == '/')
+		n--;
+	snprintf(u, ul, "%.*s/checkpoint", (int)n, url);
+	CURL *c = curl_easy_init();
+	trail_capbuf cb = {.max = REPLY_MAX};
+	if (!c) {
+		trail_free(u);
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	curl_easy_setopt(c, CURLOPT_URL, u);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(c, CURLOPT_MAXREDIRS, 2L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout_s > 0 ? timeout_s : 30L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, trail_capbuf_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &cb);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
+	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "trail/" TRAIL_VERSION);
+	CURLcode cc = curl_easy_perform(c);
+	curl_easy_cleanup(c);
+	int rc = TRAIL_OK;
+	if (cb.over)
+		rc = trail_error_at(err, TRAIL_ELIMIT, u, 0, "response over %u bytes", REPLY_MAX);
+	else if (cc != CURLE_OK)
+		rc = trail_error_at(err, TRAIL_EUNAVAIL, u, 0, "%s", ebuf[0] ? ebuf : curl_easy_strerror(cc));
+	char *text = NULL;
+	uint64_t size;
+	trail_hash root, troot;
+	if (!rc)
+		rc = trail_checkpoint_check_quorum(cb.b.p, cb.b.n, vs, nv, origin, cs, nc, quorum, nvalid, err);
+	if (!rc && !(rc = trail_note_open(cb.b.p, cb.b.n, vs, nv, &text, NULL, err)) &&
+	    !(rc = trail_checkpoint_parse(text, NULL, &size, root, err))) {
+		/* The cosigned checkpoint is the tree the tiles make. */
+		trail_tiles_root(t, troot);
+		if (size != trail_tiles_size(t) || sodium_memcmp(root, troot, 32))
+			rc = trail_error_at(err, TRAIL_EVERIFY, u, 0, "the cosigned checkpoint (size %" PRIu64
+					    ") is not the tree the tiles make (size %" PRIu64 ")", size,
+					    trail_tiles_size(t));
+	}
+	trail_free(text);
+	trail_buf_release(&cb.b);
 	trail_free(u);
 	return rc;
 }
