@@ -8,6 +8,7 @@
  * witness.example/w1, the checkpoint body of the C2SP tlog-cosignature
  * example, time 1679315147 (the example's own timestamp).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,22 @@ static int add(trail_witness *w, const char *req, trail_witness_reply *r)
 	if (r->status != 200)
 		diag("%d: %s", r->status, e.msg);
 	return r->status;
+}
+
+/* Concurrent requests for one log: each thread sends old -> its own size. */
+typedef struct race {
+	trail_witness *w;
+	const char *req;
+	int status;
+} race;
+
+static void *race_main(void *p)
+{
+	race *r = p;
+	trail_witness_reply rep;
+	r->status = add(r->w, r->req, &rep);
+	trail_witness_reply_release(&rep);
+	return NULL;
 }
 
 int main(void)
@@ -297,6 +314,52 @@ int main(void)
 	ok(add(w, q, &r) == 200, "and cosigns the log grown to 8");
 	trail_witness_reply_release(&r);
 	free(q);
+	/*
+	 * Checking old and recording the new size are one step: of requests
+	 * racing from the same old size, exactly one is cosigned, the others
+	 * get 409 (no rollback: the state only grows).
+	 */
+	{
+		trail_merkle_mem *big;
+		char *cps[8], *reqs[8];
+		int rounds_ok = 1;
+		for (int round = 0; round < 4; round++) {
+			uint64_t base = 8 + (uint64_t)round * 8;
+			pthread_t th[7];
+			race rc[7];
+			for (int i = 0; i < 7; i++) {
+				cps[i] = checkpoint(log, "log.example/a", 'e', (size_t)(base + 1 + (uint64_t)i), &big);
+				reqs[i] = request(base, base + 1 + (uint64_t)i, big, cps[i], 0);
+				trail_merkle_mem_free(big);
+				rc[i] = (race){w, reqs[i], 0};
+			}
+			for (int i = 0; i < 7; i++)
+				pthread_create(&th[i], NULL, race_main, &rc[i]);
+			int n200 = 0, n409 = 0, won = -1;
+			for (int i = 0; i < 7; i++) {
+				pthread_join(th[i], NULL);
+				n200 += rc[i].status == 200;
+				n409 += rc[i].status == 409;
+				if (rc[i].status == 200)
+					won = i;
+			}
+			rounds_ok &= n200 == 1 && n409 == 6;
+			for (int i = 0; i < 7; i++) {
+				trail_free(cps[i]);
+				free(reqs[i]);
+			}
+			/* grow from the winner's size to the next round's base */
+			char *cp = checkpoint(log, "log.example/a", 'e', (size_t)(base + 8), &big);
+			char *q2 = request(base + 1 + (uint64_t)(won < 0 ? 0 : won), base + 8, big, cp, 0);
+			trail_witness_reply rr;
+			rounds_ok &= add(w, q2, &rr) == 200;
+			trail_witness_reply_release(&rr);
+			trail_merkle_mem_free(big);
+			trail_free(cp);
+			free(q2);
+		}
+		ok(rounds_ok, "7 racing requests from one old size: exactly one is cosigned, 6 get 409 (4 rounds)");
+	}
 	trail_witness_free(w);
 
 	char cmd[128];
