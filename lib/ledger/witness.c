@@ -595,6 +595,24 @@ static int state_write(const char *path, const char *origin, uint64_t size, cons
 	return rc;
 }
 
+/*
+ * A checkpoint its log signed but the witness refused (a fork, a proof that
+ * does not verify) is evidence against the log: keep the request as it
+ * came, once per content. Best effort: the refusal stands either way.
+ */
+static void keep_evidence(const trail_witness *w, const char *origin, const char *req, size_t len)
+{
+	uint8_t h[32];
+	char hx[17], ext[40];
+	trail_sha256(req, len, h);
+	trail_hex(h, 8, hx);
+	snprintf(ext, sizeof ext, ".refused-%s", hx);
+	char *p = state_path(w, origin, ext);
+	if (p && access(p, F_OK))
+		trail_write_atomic(p, req, len, 0644, NULL);
+	trail_free(p);
+}
+
 int trail_witness_add_checkpoint(trail_witness *w, const char *req, size_t len, uint64_t now,
 				 trail_witness_reply *r, trail_error *err)
 {
@@ -693,6 +711,7 @@ int trail_witness_add_checkpoint(trail_witness *w, const char *req, size_t len, 
 		if (st.have ? sodium_memcmp(st.root, root, 32) != 0 : sodium_memcmp(empty, root, 32) != 0) {
 			rc = reply(r, 409, TRAIL_EVERIFY, err, "%s: refused: a fork: size %" PRIu64
 				   " was cosigned with another root hash", origin, size);
+			keep_evidence(w, origin, req, len);
 			goto out;
 		}
 	} else if (old > 0 &&
@@ -700,6 +719,7 @@ int trail_witness_add_checkpoint(trail_witness *w, const char *req, size_t len, 
 							 np, &e))) {
 		rc = reply(r, 422, TRAIL_EVERIFY, err, "%s: refused: the consistency proof from size %" PRIu64
 			   " to %" PRIu64 " does not verify: %s", origin, old, size, e.msg);
+		keep_evidence(w, origin, req, len);
 		goto out;
 	}
 	size_t tl = strlen(text);

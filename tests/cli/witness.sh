@@ -58,6 +58,23 @@ check_rc 1 "a quorum of 3 from two witnesses fails" \
 check_rc 1 "a witness that did not cosign does not count" \
 	trail-log verify-proof --witness "$W1" --witness "$W3" --quorum 2 cp5
 check "trail-key verify takes a cosigner key" sh -c "trail-key verify '$W2' < cp5"
+# an implementation apart from trail: Node's Ed25519 and SHA-256
+if command -v node >/dev/null; then
+	check_eq "Node verifies the cosignature: key id, message and signature" "$(node -e '
+const c = require("crypto"), fs = require("fs");
+const [vk, note] = [fs.readFileSync(process.argv[1], "utf8").trim(), fs.readFileSync(process.argv[2], "utf8")];
+const [name, id, b64] = [vk.slice(0, vk.indexOf("+")), vk.split("+")[1], vk.slice(vk.indexOf("+") + 10)];
+const raw = Buffer.from(b64, "base64"), body = note.slice(0, note.indexOf("\n\n") + 1);
+const kid = c.createHash("sha256").update(Buffer.concat([Buffer.from(name + "\n"), raw])).digest().slice(0, 4);
+const line = note.split("\n").find(l => l.startsWith("— " + name + " "));
+const blob = Buffer.from(line.split(" ")[2], "base64"), t = blob.readBigUInt64BE(4);
+const pk = c.createPublicKey({key: Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), raw.slice(1)]), format: "der", type: "spki"});
+const msg = Buffer.from("cosignature/v1\ntime " + t + "\n" + body);
+console.log(raw[0], kid.toString("hex") === id, blob.slice(0, 4).equals(kid), c.verify(null, msg, pk, blob.slice(12)));
+' "$W1" cp5)" "4 true true true"
+else
+	skip "Node verifies the cosignature" "node is not installed"
+fi
 check "the cosigned checkpoint is still the log's note" sh -c "trail-key verify '$LV' < cp5"
 check_rc 64 "--quorum without --witness is a usage error" trail-log verify-proof --quorum 1 cp5
 
@@ -100,6 +117,8 @@ check "and says so in the end" grep -q 'trail-log: error: 2 of 2 witnesses refus
 check_eq "the NDJSON says 409 too" "$(grep -c '"ok":false.*"status":409' fork.out)" 2
 check "the witness logs the refusal" grep -q '409 log.example/a: refused: a fork' w1.err
 check_rc 1 "nothing cosigned is stored for the fork" test -e "$F/log/checkpoint.cosigned"
+check_eq "both witnesses keep the forked checkpoint as evidence" "$(ls st1 st2 | grep -c 'refused-')" 2
+check "the evidence is the log's signed checkpoint" sh -c "sed '1,/^\$/d' st1/*.refused-* | trail-key verify '$LV'"
 echo '{"type":"fork","n":7}' | trail-log --home "$F" append >/dev/null
 trail-log --home "$F" cosign --witness "$url1=$W1" >/dev/null 2> fork7.err
 check_eq "the fork grown past the witness: its proof fails (422)" \

@@ -76,6 +76,21 @@ static int add(trail_witness *w, const char *req, trail_witness_reply *r)
 	return r->status;
 }
 
+/* How many refused requests the witness kept in dir. */
+static const char *count_refused(const char *dir)
+{
+	static char cnt[64];
+	char cmd[256];
+	snprintf(cmd, sizeof cmd, "ls '%s' | grep -c 'refused-'", dir);
+	cnt[0] = 0;
+	FILE *f = popen(cmd, "r");
+	if (f && fgets(cnt, sizeof cnt, f))
+		cnt[strcspn(cnt, "\n")] = 0;
+	if (f)
+		pclose(f);
+	return cnt;
+}
+
 /* Concurrent requests for one log: each thread sends old -> its own size. */
 typedef struct race {
 	trail_witness *w;
@@ -268,6 +283,11 @@ int main(void)
 	q = request(5, 5, fork5, fk5, 0);
 	ok(add(w, q, &r) == 409 && strcmp(r.type, "text/x.tlog.size"), "a fork (same size, other root): 409");
 	trail_witness_reply_release(&r);
+	ok(!strcmp(count_refused(dir), "3"),
+	   "each refused checkpoint the log signed is kept as evidence (the bad proof, the fork grown past 3, this fork)");
+	add(w, q, &r);
+	trail_witness_reply_release(&r);
+	ok(!strcmp(count_refused(dir), "3"), "once per content");
 	free(q);
 	q = request(5, 3, mem3, cp3, 0);
 	ok(add(w, q, &r) == 400, "a rollback (old 5, size 3): 400");
