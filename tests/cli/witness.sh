@@ -15,7 +15,7 @@ start_witness() {
 		--state "$3" > "$1.out" 2>> "$1.err" &
 	pid=$!
 	pids+=($pid)
-	for _ in $(seq 100); do grep -q '"port"' "$1.out" 2>/dev/null && break; sleep 0.05; done
+	for _ in $(seq 200); do grep -q '"port"' "$1.out" 2>/dev/null && break; sleep 0.05; done
 	url="http://127.0.0.1:$(sed 's/.*"port":\([0-9]*\).*/\1/' "$1.out")"
 }
 

@@ -120,6 +120,8 @@ int main(void)
 	ok(!strcmp(trail_signer_vkey(s), VKEY01), "its note key is type 0x01");
 	ok(trail_cosigner_vkey(s, &v, NULL) == 0 && !strcmp(v, VKEY04),
 	   "its cosigner key is type 0x04 with id SHA-256(name || 0x0A || 0x04 || key)[:4]");
+	trail_free(v);
+	v = NULL;
 	ok(trail_cosigner_parse(VKEY04, strlen(VKEY04), &c, NULL) == 0, "the cosigner key parses");
 	ok(c && trail_cosigner_id(c) == 0xe75f6532 && !strcmp(trail_cosigner_name(c), "witness.example/w1"),
 	   "with its name and key id");
