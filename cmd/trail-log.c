@@ -1,25 +1,33 @@
 /* trail-log: the tamper-evident ledger (RFC 9162 Merkle tree, C2SP checkpoints). */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/core.h"
 #include "ledger/ledger.h"
 
-enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPROGRESS, O_URL, O_TIMEOUT };
+enum { O_HOME = 1, O_ORIGIN, O_KEY, O_BATCH, O_SIZE, O_JSON, O_PROGRESS, O_NOPROGRESS, O_URL, O_TIMEOUT,
+       O_LISTEN, O_LOG, O_STATE, O_WITNESS, O_QUORUM };
 
 static const trail_opt opts[] = {
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
 	{O_ORIGIN, "origin", 0, "NAME", "init: the log's origin line; verify-proof: the log receipts must be from", NULL},
-	{O_KEY, "key", 'k', "KEY", "init: operator key file; verify-proof: verifier key (repeatable)", "file"},
+	{O_KEY, "key", 'k', "KEY", "init: operator key file; verify-proof: verifier key (repeatable); witness: the witness's key file", "file"},
 	{O_BATCH, "batch", 'b', NULL, "append: share one fsync among many entries", NULL},
 	{O_SIZE, "size", 's', "S", "prove: tree size to prove against (JSON output)", NULL},
 	{O_JSON, "json", 'j', NULL, "prove: print the transparency-dev JSON form", NULL},
 	{O_PROGRESS, "progress", 0, NULL, "verify: always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "verify: never show progress", NULL},
 	{O_URL, "url", 'u', "URL", "verify, verify-proof: check the log served as tiles at URL", NULL},
-	{O_TIMEOUT, "timeout", 0, "S", "with --url: seconds each transfer may take (default 30)", NULL},
+	{O_TIMEOUT, "timeout", 0, "S", "with --url, cosign: seconds each transfer may take (default 30)", NULL},
+	{O_LISTEN, "listen", 'l', "HOST:PORT", "witness: where to serve POST /add-checkpoint (port 0: any free one)", NULL},
+	{O_LOG, "log", 0, "VKEY", "witness: a log to cosign for, VKEY or ORIGIN=VKEY (repeatable)", NULL},
+	{O_STATE, "state", 0, "DIR", "witness: the directory keeping the latest checkpoint cosigned per log", "dir"},
+	{O_WITNESS, "witness", 'w', "W", "cosign: URL=VKEY of a witness; verify, verify-proof: a witness's cosigner key (repeatable)", NULL},
+	{O_QUORUM, "quorum", 'q', "N", "verify, verify-proof: cosignatures needed from distinct --witness keys (default: all)", NULL},
 	{0},
 };
 
@@ -29,15 +37,19 @@ static const trail_cli cli = {
 		 "show [FROM[..TO]]\nget N\ncheckpoint\nprove N [--size S] [--json]\n"
 		 "consistency M N\nverify\nverify-proof [--key VKEY]... [--origin NAME] FILE...\n"
 		 "tiles DIR\nverify --url URL [--key VKEY]... [--origin NAME]\n"
-		 "verify-proof --url URL [--key VKEY]... [--origin NAME] [FILE...]",
+		 "verify-proof --url URL [--key VKEY]... [--origin NAME] [FILE...]\n"
+		 "witness --listen HOST:PORT --key KEYFILE --log VKEY... --state DIR\n"
+		 "cosign --witness URL=VKEY... [--timeout S]\n"
+		 "verify-proof --witness VKEY... [--quorum N] [--key VKEY]... FILE...\n"
+		 "verify --url URL --witness VKEY... [--quorum N] [--key VKEY]...",
 	.summary = "Append to, prove and verify the store's tamper-evident ledger.",
-	.subcommands = "init append show get checkpoint prove consistency verify verify-proof tiles",
+	.subcommands = "init append show get checkpoint prove consistency verify verify-proof tiles witness cosign",
 	.opts = opts,
 };
 
 struct conf {
-	const char *home, *origin, *key, *keys[16], *url;
-	int nkeys, batch, json, progress;
+	const char *home, *origin, *key, *keys[16], *url, *listen, *state, *logs[16], *wit[16];
+	int nkeys, batch, json, progress, nlogs, nwit, quorum;
 	long timeout;
 	uint64_t size;
 	int has_size;
@@ -70,6 +82,146 @@ static void progress(void *ctx, uint64_t done, uint64_t total)
 	trail_progress_set(p, done);
 }
 
+static void log_line(void *ctx, const char *line)
+{
+	(void)ctx;
+	fprintf(stderr, "trail-log: witness: %s\n", line);
+}
+
+/* "ORIGIN=VKEY" or "URL=VKEY": split at the '=' after which a key parses. */
+static int split_key(const char *arg, int cosigner, char **left, void **key, trail_error *err)
+{
+	for (const char *e = strchr(arg, '='); e; e = strchr(e + 1, '=')) {
+		int rc = cosigner ? trail_cosigner_load(e + 1, (trail_cosigner **)key, NULL)
+				  : trail_verifier_load(e + 1, (trail_verifier **)key, NULL);
+		if (rc == TRAIL_OK)
+			return (*left = trail_strndup(arg, (size_t)(e - arg))) ? TRAIL_OK
+				: trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	return trail_error_set(err, TRAIL_EUSAGE, "%s: want %s=VKEY with a %s key", arg,
+			       cosigner ? "URL" : "ORIGIN", cosigner ? "cosigner (type 0x04)" : "log");
+}
+
+/* witness: serve add-checkpoint until SIGTERM or SIGINT. */
+static int cmd_witness(struct conf *c, trail_error *err)
+{
+	trail_signer *key = NULL;
+	trail_verifier *v[16] = {0};
+	char *origins[16] = {0}, *cv = NULL;
+	trail_witness *w = NULL;
+	trail_witness_server *srv = NULL;
+	int rc = TRAIL_OK, sig;
+	if (!c->listen || !c->key || !c->nlogs || !c->state)
+		return trail_error_set(err, TRAIL_EUSAGE, "witness needs --listen, --key, --log and --state");
+	for (int i = 0; i < c->nlogs && !rc; i++)
+		if (trail_verifier_load(c->logs[i], &v[i], NULL))
+			rc = split_key(c->logs[i], 0, &origins[i], (void **)&v[i], err);
+	if (!rc && !(rc = trail_signer_load(c->key, &key, err)) && !(rc = trail_cosigner_vkey(key, &cv, err)) &&
+	    !(rc = trail_witness_open(c->state, key, (const trail_verifier *const *)v,
+				      (const char *const *)origins, (size_t)c->nlogs, &w, err))) {
+		/* signals are taken by sigwait alone: every thread starts with them blocked */
+		sigset_t sigs;
+		sigemptyset(&sigs);
+		sigaddset(&sigs, SIGTERM);
+		sigaddset(&sigs, SIGINT);
+		signal(SIGPIPE, SIG_IGN);
+		pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+		if (!(rc = trail_witness_server_start(w, c->listen, log_line, NULL, &srv, err))) {
+			printf("{\"listen\":\"%s\",\"port\":%d,\"witness\":\"%s\"}\n", c->listen,
+			       trail_witness_server_port(srv), cv);
+			fflush(stdout);
+			while (sigwait(&sigs, &sig) == 0 && sig != SIGTERM && sig != SIGINT)
+				;
+			trail_witness_server_stop(srv);
+			fprintf(stderr, "trail-log: witness: stopped\n");
+		}
+	}
+	trail_witness_free(w);
+	trail_signer_free(key);
+	trail_free(cv);
+	for (int i = 0; i < c->nlogs; i++) {
+		trail_verifier_free(v[i]);
+		trail_free(origins[i]);
+	}
+	return rc;
+}
+
+/*
+ * cosign: the store's checkpoint to every --witness; their cosignatures go
+ * to log/checkpoint.cosigned. A refusal is printed with the witness's status
+ * and body, and the command fails.
+ */
+static int cmd_cosign(trail_ledger *l, trail_store *s, struct conf *c, trail_error *err)
+{
+	char *note = NULL, *cur = NULL;
+	size_t nl, curlen;
+	int rc, refused = 0, down = 0, got = 0;
+	if (!c->nwit)
+		return trail_error_set(err, TRAIL_EUSAGE, "cosign needs --witness URL=VKEY");
+	if ((rc = trail_ledger_checkpoint(l, &note, err)))
+		return rc;
+	nl = strlen(note);
+	/* Cosignatures already collected for this very checkpoint are kept. */
+	if ((rc = trail_cosigned_attach(s, note, nl, &cur, &curlen, err)))
+		goto out;
+	for (int i = 0; i < c->nwit && !rc; i++) {
+		char *url = NULL, *next;
+		trail_cosigner *cs = NULL;
+		trail_witness_result res;
+		trail_error e = {0};
+		if ((rc = split_key(c->wit[i], 1, &url, (void **)&cs, err)))
+			break;
+		int r = trail_witness_submit(l, note, nl, url, cs, c->timeout, &res, &e);
+		json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I}", "witness", trail_cosigner_name(cs), "url", url,
+				      "ok", !r, "size", (json_int_t)res.size, "old", (json_int_t)res.old);
+		if (o && res.status)
+			json_object_set_new(o, "status", json_integer(res.status));
+		if (o && r)
+			json_object_set_new(o, "body", json_string(res.body));
+		if (r == TRAIL_OK && !(rc = trail_cosigned_merge(cur, curlen, res.lines, &next, &curlen, err))) {
+			trail_free(cur);
+			cur = next;
+			got++;
+		} else if (r == TRAIL_EVERIFY || r == TRAIL_EUNAVAIL || r == TRAIL_ELIMIT) {
+			fprintf(stderr, "trail-log: error: %s\n", e.msg);
+			refused += r == TRAIL_EVERIFY;
+			down += r != TRAIL_EVERIFY;
+		} else if (r) {
+			*err = e;
+			rc = r;
+		}
+		trail_free(res.lines);
+		trail_cosigner_free(cs);
+		trail_free(url);
+		if (!rc)
+			rc = print_json(o, err);
+		else
+			json_decref(o);
+	}
+	if (!rc && got)
+		rc = trail_cosigned_write(s, cur, curlen, err);
+	if (!rc && (refused || down))
+		rc = trail_error_set(err, refused ? TRAIL_EVERIFY : TRAIL_EUNAVAIL, "%d of %d witnesses %s the checkpoint",
+				     refused + down, c->nwit, refused ? "refused" : "did not cosign");
+out:
+	trail_free(note);
+	trail_free(cur);
+	return rc;
+}
+
+/* Print a checkpoint note or receipt with the cosignatures stored for it. */
+static int print_cosigned(trail_store *s, char *doc, trail_error *err)
+{
+	char *out;
+	size_t n;
+	int rc = trail_cosigned_attach(s, doc, strlen(doc), &out, &n, err);
+	if (!rc) {
+		fwrite(out, 1, n, stdout);
+		trail_free(out);
+	}
+	return rc;
+}
+
 static int run(trail_args *a, struct conf *c, trail_error *err)
 {
 	const char *cmd = a->rest[0];
@@ -88,6 +240,10 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		trail_store_free(s);
 		return rc;
 	}
+	if (!strcmp(cmd, "witness"))
+		return n ? trail_error_set(err, TRAIL_EUSAGE, "witness takes no arguments") : cmd_witness(c, err);
+	if (c->quorum && !c->nwit)
+		return trail_error_set(err, TRAIL_EUSAGE, "--quorum counts --witness keys: give some");
 	trail_ledger *l = NULL;
 	const trail_verifier **vs = NULL;
 	uint64_t x = 0, y = 0;
@@ -96,13 +252,18 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		return trail_error_set(err, TRAIL_EUSAGE, "--url is for verify and verify-proof");
 	if (!strcmp(cmd, "verify-proof") || (c->url && !strcmp(cmd, "verify"))) {
 		trail_verifier *v[16];
-		int nv = 0;
+		trail_cosigner *cs[16];
+		int nv = 0, nc = 0;
+		size_t quorum = (size_t)(c->quorum ? c->quorum : c->nwit), got = 0;
 		if ((rc = n || c->url ? TRAIL_OK : trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...")))
 			return rc;
 		if (c->url && cmd[6] == 0 && n)
 			return trail_error_set(err, TRAIL_EUSAGE, "verify --url takes no FILE");
 		for (int i = 0; i < c->nkeys && !rc; i++)
 			rc = trail_verifier_load(c->keys[i], &v[nv++], err);
+		for (int i = 0; i < c->nwit && !rc; i++)
+			rc = trail_cosigner_load(c->wit[i], &cs[nc++], err);
+		const trail_cosigner *const *cc = (const trail_cosigner *const *)cs;
 		/* Against the store: its key and, unless told otherwise, its origin. */
 		const char *origin = c->origin;
 		if (!rc && !c->nkeys && trail_store_open(c->home, &s, NULL) == TRAIL_OK &&
@@ -117,11 +278,18 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			if (!(rc = trail_tiles_open(c->url, (const trail_verifier *const *)v, (size_t)nv,
 						    origin, &to, &t, err)) && !n) {
 				trail_hash root;
-				char b64[64];
+				char b64[64], cos[48] = "";
+				if (nc)
+					rc = trail_witness_check_url(t, c->url, (const trail_verifier *const *)v,
+								     (size_t)nv, origin, cc, (size_t)nc, quorum,
+								     c->timeout, &got, err);
+				if (!rc && nc)
+					snprintf(cos, sizeof cos, "\"cosigned\":%zu,", got);
 				trail_tiles_root(t, root);
 				trail_base64(root, 32, b64);
-				printf("{\"fetched\":%" PRIu64 ",\"ok\":true,\"root\":\"%s\",\"size\":%" PRIu64 "}\n",
-				       trail_tiles_fetched(t), b64, trail_tiles_size(t));
+				if (!rc)
+					printf("{%s\"fetched\":%" PRIu64 ",\"ok\":true,\"root\":\"%s\",\"size\":%" PRIu64 "}\n",
+				       cos, trail_tiles_fetched(t), b64, trail_tiles_size(t));
 			}
 		}
 		for (int i = 0; i < n && !rc; i++) {
@@ -131,7 +299,11 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			if ((rc = trail_read_file(arg[i], 1 << 20, &b, &len, err)))
 				break;
 			const trail_verifier *const *vv = (const trail_verifier *const *)v;
-			int r = !t ? trail_proof_check(b, len, vv, (size_t)nv, origin, &e)
+			/* with witnesses: a cosigned checkpoint or receipt, then as without */
+			int r = nc ? trail_checkpoint_check_quorum(b, len, vv, (size_t)nv, origin, cc, (size_t)nc,
+								   quorum, &got, &e) : TRAIL_OK;
+			if (!r && (t || !nc))
+				r = !t ? trail_proof_check(b, len, vv, (size_t)nv, origin, &e)
 				: len > 6 && !memcmp(b, "c2sp.org/tlog-proof@", 20)
 				? trail_tiles_check_receipt(t, b, len, vv, (size_t)nv, &e)
 				: trail_tiles_check_checkpoint(t, b, len, vv, (size_t)nv, &e);
@@ -142,6 +314,8 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 				break;
 			}
 			json_t *o = json_pack("{s:s, s:b}", "file", arg[i], "ok", !r);
+			if (nc)
+				json_object_set_new(o, "cosigned", json_integer((json_int_t)got));
 			if (r)
 				json_object_set_new(o, "reason", json_string(e.msg));
 			bad |= r != 0;
@@ -149,6 +323,8 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		}
 		for (int i = 0; i < nv; i++)
 			trail_verifier_free(v[i]);
+		for (int i = 0; i < nc; i++)
+			trail_cosigner_free(cs[i]);
 		trail_tiles_free(t);
 		trail_store_free(s);
 		return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "a proof is invalid") : TRAIL_OK;
@@ -189,14 +365,16 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		}
 	} else if (!strcmp(cmd, "tiles") && n == 1) {
 		trail_tiles_stats st;
-		if (!(rc = trail_tiles_write(l, arg[0], &st, err)))
+		if (!(rc = trail_tiles_write(l, arg[0], &st, err)) && !(rc = trail_cosigned_publish(s, arg[0], err)))
 			rc = print_json(json_pack("{s:s, s:I, s:I, s:I}", "dir", arg[0], "kept",
 						  (json_int_t)st.kept, "size", (json_int_t)st.size,
 						  "written", (json_int_t)st.written), err);
+	} else if (!strcmp(cmd, "cosign") && n == 0) {
+		rc = cmd_cosign(l, s, c, err);
 	} else if (!strcmp(cmd, "checkpoint") && n == 0) {
 		char *note;
 		if (!(rc = trail_ledger_checkpoint(l, &note, err))) {
-			fputs(note, stdout);
+			rc = print_cosigned(s, note, err);
 			trail_free(note);
 		}
 	} else if (!strcmp(cmd, "prove") && n == 1) {
@@ -208,7 +386,7 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			if (!(rc = trail_ledger_proof_json(l, x, c->has_size ? c->size : size, &j, err)))
 				rc = print_json(j, err);
 		} else if (!(rc = trail_ledger_receipt(l, x, &r, err))) {
-			fputs(r, stdout);
+			rc = print_cosigned(s, r, err);
 			trail_free(r);
 		}
 	} else if (!strcmp(cmd, "consistency") && n == 2) {
@@ -268,6 +446,24 @@ int main(int argc, char **argv)
 		case O_PROGRESS: c.progress = 1; break;
 		case O_NOPROGRESS: c.progress = 0; break;
 		case O_URL: c.url = v; break;
+		case O_LISTEN: c.listen = v; break;
+		case O_STATE: c.state = v; break;
+		case O_LOG:
+			if (c.nlogs == 16)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "at most 16 --log");
+			else
+				c.logs[c.nlogs++] = v;
+			break;
+		case O_WITNESS:
+			if (c.nwit == 16)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "at most 16 --witness");
+			else
+				c.wit[c.nwit++] = v;
+			break;
+		case O_QUORUM:
+			rc = trail_parse_long(v, 1, 16, &z, "--quorum", &err);
+			c.quorum = (int)z;
+			break;
 		case O_TIMEOUT:
 			rc = trail_parse_long(v, 1, 86400, &z, "--timeout", &err);
 			c.timeout = (long)z;

@@ -13,7 +13,7 @@ _trail_key() {
 		COMPREPLY=($(compgen -W "generate public sign verify" -- "$cur")); return
 	fi
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --dir -C --text -t --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --dir -C --text -t --witness -w --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

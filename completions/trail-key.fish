@@ -2,6 +2,7 @@
 complete -c trail-key -n '__fish_use_subcommand' -f -a 'generate public sign verify'
 complete -c trail-key -l dir -s C -r -a '(__fish_complete_directories)' -d 'generate: write the key files into DIR (default .)'
 complete -c trail-key -l text -s t -d 'verify: print the signed text when it verifies'
+complete -c trail-key -l witness -s w -d 'generate, public: the key\'s cosigner (witness) key, type 0x04'
 complete -c trail-key -l help -s h -d 'print this help and exit'
 complete -c trail-key -l version -d 'print the version and exit'
 complete -c trail-key -l completion -x -a 'bash zsh fish' -d 'print a completion script (bash, zsh, fish)'

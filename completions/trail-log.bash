@@ -16,14 +16,24 @@ _trail_log() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--timeout )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--listen|-l)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--log )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--state )
+		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--witness|-w)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--quorum|-q)
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [ "$COMP_CWORD" -eq 1 ] && [[ "$cur" != -* ]]; then
-		COMPREPLY=($(compgen -W "init append show get checkpoint prove consistency verify verify-proof tiles" -- "$cur")); return
+		COMPREPLY=($(compgen -W "init append show get checkpoint prove consistency verify verify-proof tiles witness cosign" -- "$cur")); return
 	fi
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --home --origin --key -k --batch -b --size -s --json -j --progress --no-progress --url -u --timeout --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --home --origin --key -k --batch -b --size -s --json -j --progress --no-progress --url -u --timeout --listen -l --log --state --witness -w --quorum -q --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

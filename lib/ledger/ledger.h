@@ -409,4 +409,153 @@ typedef void (*trail_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t tota
 int trail_ledger_verify(trail_ledger *l, trail_ledger_progress_fn fn, void *ctx,
 			trail_error *err);
 
+/*
+ * Witnesses: C2SP tlog-cosignature (Ed25519 cosignature/v1) and
+ * C2SP tlog-witness (add-checkpoint).
+ *
+ *   cosigner key  <name>+<hex key id>+<base64(0x04 || public key)>
+ *   key id        first 4 bytes of SHA-256(name || 0x0A || 0x04 || public key)
+ *   cosignature   "\u2014 <name> " base64(key id || u64 big-endian time ||
+ *                 Ed25519 signature) "\n", the signature over
+ *                 "cosignature/v1\ntime <decimal time>\n" || checkpoint body
+ *
+ * A witness key is an ordinary signer key (NAME.key); only its verifier key
+ * differs (type 0x04, and so its key id). Ed25519 cosignatures do not sign
+ * the witness's name: one key, one witness name.
+ * Ownership: as above; a trail_witness borrows its key and log keys, which
+ * must outlive it.
+ */
+#define TRAIL_COSIG_LEN (4 + 8 + TRAIL_SIG_LEN)
+
+typedef struct trail_cosigner trail_cosigner;
+
+/* The cosigner key of a signer (trail_malloc'd). */
+int trail_cosigner_vkey(const trail_signer *s, char **vkey, trail_error *err);
+/* TRAIL_EDATA if malformed, of another key type, or with a wrong key id. */
+int trail_cosigner_parse(const char *vkey, size_t len, trail_cosigner **out, trail_error *err);
+/* A cosigner key given literally, or a file holding one. */
+int trail_cosigner_load(const char *path_or_key, trail_cosigner **out, trail_error *err);
+void trail_cosigner_free(trail_cosigner *c);
+const char *trail_cosigner_name(const trail_cosigner *c);
+const char *trail_cosigner_str(const trail_cosigner *c);
+uint32_t trail_cosigner_id(const trail_cosigner *c);
+/* DIR/NAME.key (mode 0600) and DIR/NAME.pub holding the cosigner key; never overwrites. */
+int trail_witness_key_create_files(const char *dir, const char *name, char **vkey,
+				   trail_error *err);
+
+/* The cosignature line (with its newline) of checkpoint text at time t (seconds). */
+int trail_cosign(const trail_signer *s, const char *text, size_t len, uint64_t t, char **line,
+		 trail_error *err);
+/* Check one signature line (newline optional) by c over text; *t (if not NULL) gets its time. */
+int trail_cosignature_verify(const trail_cosigner *c, const char *text, size_t len,
+			     const char *line, size_t linelen, uint64_t *t, trail_error *err);
+/*
+ * How many of the distinct cosigners cs[0..nc) cosigned the note: lines
+ * that match no cosigner's name and key id are ignored, one that matches
+ * but does not verify is TRAIL_EVERIFY.
+ */
+int trail_cosignatures_count(const char *note, size_t len, const trail_cosigner *const *cs,
+			     size_t nc, size_t *nvalid, trail_error *err);
+/*
+ * A checkpoint note, or a tlog-proof receipt (its proof checked too), signed
+ * by one of the log keys vs (for origin, unless NULL) and cosigned by at
+ * least `quorum` of the distinct cosigners cs: TRAIL_OK, else TRAIL_EVERIFY
+ * (TRAIL_EDATA if malformed). *nvalid (if not NULL) gets the count.
+ */
+int trail_checkpoint_check_quorum(const char *buf, size_t len, const trail_verifier *const *vs,
+				  size_t nv, const char *origin, const trail_cosigner *const *cs,
+				  size_t nc, size_t quorum, size_t *nvalid, trail_error *err);
+
+/*
+ * The witness: for each log (its origin, and the keys that sign for it) the
+ * latest checkpoint it cosigned, one file per log in dir, written durably
+ * (temp, fsync, rename, fsync dir) under a per-log flock before a
+ * cosignature is returned. origins[i] NULL (or origins NULL): the key's name.
+ */
+typedef struct trail_witness trail_witness;
+int trail_witness_open(const char *dir, const trail_signer *key, const trail_verifier *const *logs,
+		       const char *const *origins, size_t nlogs, trail_witness **out,
+		       trail_error *err);
+void trail_witness_free(trail_witness *w);
+
+typedef struct trail_witness_reply {
+	int status;        /* HTTP status */
+	const char *type;  /* Content-Type (static) */
+	char *body;        /* trail_malloc'd; trail_witness_reply_release */
+	size_t len;
+	char origin[257];  /* the log's, when the request got that far */
+	uint64_t old, size;
+} trail_witness_reply;
+void trail_witness_reply_release(trail_witness_reply *r);
+/*
+ * One add-checkpoint request body ("old N\n", proof lines, "\n", the signed
+ * checkpoint), as C2SP tlog-witness says: 200 and the cosignature line;
+ * 400 malformed (or old larger than the checkpoint's size); 403 not signed
+ * by a known key of its origin; 404 unknown origin; 409 old is not the size
+ * last cosigned (text/x.tlog.size, that size), or a checkpoint of the size
+ * last cosigned with another root (a fork); 422 the consistency proof from
+ * the last cosigned checkpoint does not verify; 500 the state cannot be
+ * read or written. Returns TRAIL_OK for 200, else a code with err saying
+ * why (for the witness's log). Safe to call from several threads.
+ */
+int trail_witness_add_checkpoint(trail_witness *w, const char *req, size_t len, uint64_t now,
+				 trail_witness_reply *r, trail_error *err);
+
+/*
+ * The witness over HTTP: POST /add-checkpoint on listen ("HOST:PORT", port
+ * 0 for any free one), one thread per connection. `log` (may be NULL) gets
+ * one line per request: what was cosigned, or why not. Stopping waits for
+ * the requests in flight.
+ */
+typedef struct trail_witness_server trail_witness_server;
+typedef void (*trail_witness_log_fn)(void *ctx, const char *line);
+int trail_witness_server_start(trail_witness *w, const char *listen, trail_witness_log_fn log,
+			       void *ctx, trail_witness_server **out, trail_error *err);
+int trail_witness_server_port(const trail_witness_server *s);
+void trail_witness_server_stop(trail_witness_server *s);
+
+/*
+ * The log's side: submit the checkpoint note (the ledger's, signed) to the
+ * witness at url (its submission prefix), with the consistency proof from
+ * the size the witness last cosigned: first "old 0", then the size a 409
+ * names. TRAIL_OK: res->lines holds the witness's cosignature lines by c
+ * that verify (trail_malloc'd; trail_free). TRAIL_EVERIFY: the witness
+ * refused; res->status and res->body say how. TRAIL_EUNAVAIL: no answer.
+ */
+typedef struct trail_witness_result {
+	long status;      /* the last HTTP status */
+	char body[512];   /* its body, on one line */
+	uint64_t old, size;
+	char *lines;
+} trail_witness_result;
+int trail_witness_submit(trail_ledger *l, const char *note, size_t notelen, const char *url,
+			 const trail_cosigner *c, long timeout_s, trail_witness_result *res,
+			 trail_error *err);
+
+/*
+ * The store's cosigned checkpoint, log/checkpoint.cosigned: the operator's
+ * checkpoint with the cosignature lines witnesses returned for it.
+ * trail_cosigned_merge adds signature lines to a note, replacing those by
+ * the same name and key id; trail_cosigned_attach gives back a checkpoint
+ * note or tlog-proof receipt with the stored cosignatures when its
+ * checkpoint's text is the cosigned one's, else a copy of it.
+ */
+int trail_cosigned_read(trail_store *s, char **note, size_t *len, trail_error *err);
+int trail_cosigned_write(trail_store *s, const char *note, size_t len, trail_error *err);
+int trail_cosigned_merge(const char *note, size_t len, const char *lines, char **out,
+			 size_t *outlen, trail_error *err);
+int trail_cosigned_attach(trail_store *s, const char *doc, size_t len, char **out, size_t *outlen,
+			  trail_error *err);
+
+/* DIR/checkpoint (written by trail_tiles_write) with the stored cosignatures, when they are for it. */
+int trail_cosigned_publish(trail_store *s, const char *dir, trail_error *err);
+/*
+ * Fetch url/checkpoint (the log served as tiles, already opened as t) and
+ * check that it is the tiles' tree, signed by vs (for origin) and cosigned
+ * by at least `quorum` of the distinct cosigners cs.
+ */
+int trail_witness_check_url(trail_tiles *t, const char *url, const trail_verifier *const *vs,
+			    size_t nv, const char *origin, const trail_cosigner *const *cs, size_t nc,
+			    size_t quorum, long timeout_s, size_t *nvalid, trail_error *err);
+
 #endif
