@@ -106,7 +106,7 @@ static int load_model(const trail_attr_opts *o, trail_model **m, trail_tokenizer
 	memset(id, 0, sizeof *id);
 	if (!o->model)
 		return trail_error_set(err, TRAIL_EUSAGE, "--model DIR is required");
-	if ((rc = trail_model_load(o->model, m, err)) || (rc = file_digest(o->model, "model.safetensors", id->model, err)) ||
+	if ((rc = trail_model_load(o->model, m, err)) || (rc = trail_base_digest(o->model, id->model, err)) ||
 	    (rc = trail_tokenizer_load(o->model, tk, err)))
 		return rc;
 	if (o->adapter && ((rc = trail_model_load_adapter(*m, o->adapter, err)) ||

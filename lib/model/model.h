@@ -344,7 +344,7 @@ int trail_st_write(const char *path, const trail_st_tensor *t, size_t n, const j
 
 typedef struct trail_infer trail_infer;
 
-/* config.json + model.safetensors from a model directory (GPT-2 names, with or without "transformer."). */
+/* A base as trail_base_open takes it (a model directory, shards or a GGUF file; GPT-2 names with or without "transformer."). */
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err);
 void trail_infer_free(trail_infer *m);
 const trail_model_cfg *trail_infer_config(const trail_infer *m);
