@@ -4,6 +4,7 @@
  * tests and for running llama.cpp on the same weights.
  *
  *   st2gguf [-t f32|f16|bf16|q8_0] [-k TOKENIZER] SRC OUT.gguf
+ *   st2gguf SRC OUTDIR     (any base back to a directory, F32)
  *
  * -k names another tokenizer (a directory or tokenizer.json; "none" for no
  * tokenizer). Exit 0 on success, 1 on a bad input, 2 on a usage error.
@@ -35,7 +36,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (argc - a != 2) {
-		fprintf(stderr, "usage: st2gguf [-t f32|f16|bf16|q8_0] [-k TOKENIZER] SRC OUT.gguf\n");
+		fprintf(stderr, "usage: st2gguf [-t f32|f16|bf16|q8_0] [-k TOKENIZER] SRC OUT.gguf|OUTDIR\n");
 		return 2;
 	}
 	trail_error e = {0};
@@ -51,8 +52,11 @@ int main(int argc, char **argv)
 			tk = NULL;
 		}
 	}
-	if (!rc)
+	size_t ol = strlen(argv[a + 1]);
+	if (!rc && ol > 5 && !strcmp(argv[a + 1] + ol - 5, ".gguf"))
 		rc = trail_gguf_write(argv[a + 1], m, tk, type, &e);
+	else if (!rc && !(rc = trail_model_save(m, argv[a + 1], &e)) && tk)
+		rc = trail_tokenizer_save(tk, argv[a + 1], &e);
 	if (rc)
 		fprintf(stderr, "st2gguf: error: %s%s%s\n", e.source[0] ? e.source : "", e.source[0] ? ": " : "", e.msg);
 	trail_tokenizer_free(tk);
