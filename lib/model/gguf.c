@@ -768,9 +768,10 @@ static int find(const trail_gguf *g, const char *name)
  * context_length and vocab_size (else the embeddings' rows); tied when
  * there is no output.weight.
  */
-int trail_gguf_config(const trail_gguf *g, trail_model_cfg *c, trail_error *err)
+int trail_gguf_config_json(const trail_gguf *g, json_t **out, trail_error *err)
 {
 	int rc;
+	*out = NULL;
 	const char *arch = arch_of(g, err, &rc);
 	if (!arch)
 		return rc;
@@ -852,22 +853,42 @@ int trail_gguf_config(const trail_gguf *g, trail_model_cfg *c, trail_error *err)
 		goto out;
 	}
 	json_object_set_new(j, "tie_word_embeddings", json_boolean(find(g, "output.weight") < 0));
-	if ((rc = trail_model_config_parse(j, c, err)))
-		trail_error_at(err, rc, g->path, 0, "%s", err ? err->msg : "bad metadata");
+	*out = j;
+	return TRAIL_OK;
 out:
 	json_decref(j);
 	return rc;
 }
 
-/*
- * Present the tensors under Hugging Face's names, with the head counts the
- * row order of q and k needs; called once the configuration is known.
- */
-static int name_tensors(trail_gguf *g, const trail_model_cfg *c)
+const char *trail_gguf_path(const trail_gguf *g)
 {
-	g->permute = c->arch == TRAIL_ARCH_LLAMA || c->arch == TRAIL_ARCH_MISTRAL;
-	g->nh = c->n_head;
-	g->nkvh = c->n_kv_head;
+	return g->path;
+}
+
+/* Present the tensors under Hugging Face's names, with the head counts the row order of q and k needs. */
+int trail_gguf_bind(trail_gguf *g, trail_error *err)
+{
+	int rc;
+	int64_t nh = 0, nkv = 0;
+	char key[64];
+	const char *arch = arch_of(g, err, &rc);
+	if (!arch)
+		return rc;
+	g->permute = !strcmp(arch, "llama");
+	snprintf(key, sizeof key, "%s.attention.head_count", arch);
+	if ((rc = kv_int(g, key, &nh, err)) > 0 || (!rc && (nh < 1 || nh > 1 << 24)))
+		return trail_error_at(err, TRAIL_EDATA, g->path, 0, "%s must be a positive integer", key);
+	if (rc)
+		return rc;
+	snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
+	if ((rc = kv_int(g, key, &nkv, err)) < 0)
+		return rc;
+	if (rc > 0)
+		nkv = nh;
+	if (nkv < 1 || nkv > nh)
+		return trail_error_at(err, TRAIL_EDATA, g->path, 0, "%s must be a positive integer up to the heads", key);
+	g->nh = (int)nh;
+	g->nkvh = (int)nkv;
 	for (uint64_t i = 0; i < g->nt; i++) {
 		gten *t = &g->t[i];
 		if (!map_name(t->name, 1, t->hf, sizeof t->hf))
@@ -880,12 +901,6 @@ static int name_tensors(trail_gguf *g, const trail_model_cfg *c)
 			t->qk = 2;
 	}
 	return TRAIL_OK;
-}
-
-int trail_gguf_bind(trail_gguf *g, trail_model_cfg *c, trail_error *err)
-{
-	int rc = trail_gguf_config(g, c, err);
-	return rc ? rc : name_tensors(g, c);
 }
 
 const char *trail_gguf_hf_name(const trail_gguf *g, size_t i)
@@ -1006,14 +1021,30 @@ static int num_array(const trail_gguf *g, const char *key, size_t n, int32_t *iv
 	return 0;
 }
 
-int trail_gguf_tokenizer(const trail_gguf *g, trail_tokenizer **out, trail_error *err)
+void trail_tok_arrays_release(trail_tok_arrays *a)
+{
+	for (size_t i = 0; a->tok && i < a->n; i++)
+		trail_free(a->tok[i]);
+	for (size_t i = 0; a->merge && i < a->n_merges; i++)
+		trail_free(a->merge[i]);
+	trail_free(a->tok);
+	trail_free(a->merge);
+	trail_free(a->type);
+	trail_free(a->score);
+	trail_free(a->pre);
+	trail_free(a->chat_template);
+	memset(a, 0, sizeof *a);
+}
+
+/* The tokenizer.ggml.* arrays, checked for what they are (hf_tokenizer.c checks what they say). */
+int trail_gguf_tok_arrays(const trail_gguf *g, trail_tok_arrays *out, trail_error *err)
 {
 	trail_tok_arrays a = {0};
 	const char *s;
 	size_t sl;
 	int rc;
 	int64_t v;
-	*out = NULL;
+	memset(out, 0, sizeof *out);
 	a.bos = a.eos = a.unk = -1;
 	if ((rc = kv_str(g, "tokenizer.ggml.model", &s, &sl, err)) > 0)
 		return trail_error_at(err, TRAIL_ENOINPUT, g->path, 0, "no tokenizer in the file (tokenizer.ggml.model)");
@@ -1079,7 +1110,8 @@ int trail_gguf_tokenizer(const trail_gguf *g, trail_tokenizer **out, trail_error
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
-	rc = trail_hf_from_arrays(&a, g->path, out, err);
+	*out = a;
+	return TRAIL_OK;
 out:
 	trail_tok_arrays_release(&a);
 	return rc;
@@ -1197,14 +1229,11 @@ static void put_row(wr *w, const float *x, uint64_t n, uint32_t type)
 	}
 }
 
-int trail_gguf_write(const char *path, const trail_model *m, const trail_tokenizer *tk, int type, trail_error *err)
+int trail_gguf_write_tensors(const char *path, const trail_model_cfg *c, const trail_param *v, size_t nt,
+			     const trail_tok_arrays *tk, int type, trail_error *err)
 {
-	const trail_model_cfg *c = trail_model_config(m);
-	const trail_arch *ar = trail_arch_of(c->arch);
 	wr w = {0};
-	trail_param *v = NULL;
 	wten *t = NULL;
-	trail_tok_arrays a = {0};
 	int rc = TRAIL_OK;
 	if (type != TRAIL_GGUF_F32 && type != TRAIL_GGUF_F16 && type != TRAIL_GGUF_BF16 && type != TRAIL_GGUF_Q8_0)
 		return trail_error_set(err, TRAIL_EUSAGE, "GGUF tensor type %d (F32, F16, BF16 or Q8_0)", type);
@@ -1213,14 +1242,10 @@ int trail_gguf_write(const char *path, const trail_model *m, const trail_tokeniz
 	if (c->rope_type == TRAIL_ROPE_LLAMA3)
 		return trail_error_set(err, TRAIL_EUSAGE, "GGUF: llama3 rope scaling is not written");
 	const char *arch = c->arch == TRAIL_ARCH_QWEN2 ? "qwen2" : "llama";
-	if (tk && (rc = trail_hf_to_arrays(tk, (size_t)c->vocab_size, &a, err)))
-		return rc;
-	size_t nt = ar->num_tensors(c);
-	if (!(v = trail_calloc(nt, sizeof *v)) || !(t = trail_calloc(nt, sizeof *t))) {
+	if (!(t = trail_calloc(nt + 1, sizeof *t))) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
-	nt = ar->tensors(m, v);
 	uint64_t off = 0;
 	for (size_t i = 0; i < nt; i++) {
 		wten *x = &t[i];
@@ -1276,6 +1301,7 @@ int trail_gguf_write(const char *path, const trail_model *m, const trail_tokeniz
 	}
 #undef AK
 	if (tk) {
+		const trail_tok_arrays a = *tk;
 		kv_s(&w, "tokenizer.ggml.model", a.sp ? "llama" : "gpt2");
 		if (!a.sp)
 			kv_s(&w, "tokenizer.ggml.pre", a.pre);
@@ -1340,9 +1366,7 @@ int trail_gguf_write(const char *path, const trail_model *m, const trail_tokeniz
 		w.b.p[nkv_at + (size_t)i] = (char)(w.nkv >> (8 * i));
 	rc = trail_write_atomic(path, w.b.p, w.b.n, 0644, err);
 out:
-	trail_tok_arrays_release(&a);
 	trail_buf_release(&w.b);
-	trail_free(v);
 	trail_free(t);
 	return rc;
 }

@@ -1049,21 +1049,6 @@ const char *trail_tokenizer_token(const trail_tokenizer *t, int32_t id, size_t *
  */
 enum { TT_NORMAL = 1, TT_UNKNOWN, TT_CONTROL, TT_USER, TT_UNUSED, TT_BYTE };
 
-void trail_tok_arrays_release(trail_tok_arrays *a)
-{
-	for (size_t i = 0; a->tok && i < a->n; i++)
-		trail_free(a->tok[i]);
-	for (size_t i = 0; a->merge && i < a->n_merges; i++)
-		trail_free(a->merge[i]);
-	trail_free(a->tok);
-	trail_free(a->merge);
-	trail_free(a->type);
-	trail_free(a->score);
-	trail_free(a->pre);
-	trail_free(a->chat_template);
-	memset(a, 0, sizeof *a);
-}
-
 typedef struct sp_merge {
 	float score;
 	int32_t id, l, r;
@@ -1382,5 +1367,16 @@ oom:
 out:
 	json_decref(root);
 	json_decref(cfg);
+	return rc;
+}
+
+int trail_gguf_tokenizer(const trail_gguf *g, trail_tokenizer **out, trail_error *err)
+{
+	trail_tok_arrays a = {0};
+	*out = NULL;
+	int rc = trail_gguf_tok_arrays(g, &a, err);
+	if (!rc)
+		rc = trail_hf_from_arrays(&a, trail_gguf_path(g), out, err);
+	trail_tok_arrays_release(&a);
 	return rc;
 }

@@ -404,6 +404,33 @@ out:
 	return rc;
 }
 
+/* ---- GGUF ----------------------------------------------------------------------------- */
+
+int trail_gguf_config(const trail_gguf *g, trail_model_cfg *c, trail_error *err)
+{
+	json_t *j;
+	int rc = trail_gguf_config_json(g, &j, err);
+	if (!rc && (rc = trail_model_config_parse(j, c, err)))
+		trail_error_at(err, rc, trail_gguf_path(g), 0, "%s", err ? err->msg : "bad metadata");
+	json_decref(j);
+	return rc;
+}
+
+int trail_gguf_write(const char *path, const trail_model *m, const trail_tokenizer *tk, int type, trail_error *err)
+{
+	trail_tok_arrays a = {0};
+	size_t nt = m->arch->num_tensors(&m->c);
+	trail_param *v = trail_calloc(nt, sizeof *v);
+	int rc = v ? TRAIL_OK : fail_oom(err);
+	if (!rc && tk && m->c.arch != TRAIL_ARCH_GPT2)
+		rc = trail_hf_to_arrays(tk, (size_t)m->c.vocab_size, &a, err);
+	if (!rc)
+		rc = trail_gguf_write_tensors(path, &m->c, v, m->arch->tensors(m, v), tk ? &a : NULL, type, err);
+	trail_tok_arrays_release(&a);
+	trail_free(v);
+	return rc;
+}
+
 /* ---- forward and backward -------------------------------------------------------------- */
 
 int trail_model_forward(trail_model *m, const int32_t *tokens, const int32_t *targets, int B,

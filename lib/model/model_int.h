@@ -359,8 +359,11 @@ int trail_uc_nfc(const uint8_t *s, size_t n, uint8_t **out, size_t *on);
  * as a checkpoint with Hugging Face's names, and the tokenizer arrays that
  * stand for a tokenizer.json (hf_tokenizer.c).
  */
-/* Read the configuration and name the tensors as Hugging Face does (q and k rows reordered on reading). */
-int trail_gguf_bind(trail_gguf *g, trail_model_cfg *c, trail_error *err);
+/* Name the tensors as Hugging Face does (q and k rows reordered on reading, for architecture llama). */
+int trail_gguf_bind(trail_gguf *g, trail_error *err);
+/* The metadata as a config.json (new reference), which trail_gguf_config (model.c) parses. */
+int trail_gguf_config_json(const trail_gguf *g, json_t **out, trail_error *err);
+const char *trail_gguf_path(const trail_gguf *g);
 const char *trail_gguf_hf_name(const trail_gguf *g, size_t i);
 int trail_gguf_find_hf(const trail_gguf *g, const char *hf); /* -1 when none */
 /* Tensor i by Hugging Face's shape [d0, d1] (ne reversed), checked. */
@@ -390,6 +393,11 @@ typedef struct trail_tok_arrays {
 	char *chat_template; /* or NULL */
 } trail_tok_arrays;
 void trail_tok_arrays_release(trail_tok_arrays *a);
+/* The file's tokenizer.ggml.* arrays (TRAIL_ENOINPUT without tokenizer.ggml.model). */
+int trail_gguf_tok_arrays(const trail_gguf *g, trail_tok_arrays *a, trail_error *err);
+/* Write a Llama-family configuration's tensors (Hugging Face's names) and tokenizer arrays (NULL: none). */
+int trail_gguf_write_tensors(const char *path, const trail_model_cfg *c, const trail_param *v, size_t n,
+			     const trail_tok_arrays *tk, int type, trail_error *err);
 /* The tokenizer the arrays stand for, built through the tokenizer.json reader; file names them in errors. */
 int trail_hf_from_arrays(const trail_tok_arrays *a, const char *file, trail_tokenizer **out, trail_error *err);
 /* A tokenizer.json tokenizer's arrays for a model of V tokens (padded with unused ones). */

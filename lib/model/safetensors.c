@@ -299,11 +299,10 @@ int trail_st_open(const char *path, trail_st **out, trail_error *err)
 	if (!trail_gguf_is(path))
 		return open_file(path, out, err);
 	trail_st *st = st_new(path, err);
-	trail_model_cfg c;
 	int rc;
 	if (!st)
 		return TRAIL_ENOMEM;
-	if ((rc = trail_gguf_open(path, &st->gg, err)) || (rc = trail_gguf_bind(st->gg, &c, err))) {
+	if ((rc = trail_gguf_open(path, &st->gg, err)) || (rc = trail_gguf_bind(st->gg, err))) {
 		trail_st_free(st);
 		return rc;
 	}

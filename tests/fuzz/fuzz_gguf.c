@@ -39,7 +39,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	trail_model_cfg c;
 	e.msg[0] = 0;
-	if (trail_gguf_bind(g, &c, &e)) {
+	if (trail_gguf_config(g, &c, &e) && !e.msg[0])
+		__builtin_trap();
+	e.msg[0] = 0;
+	if (trail_gguf_bind(g, &e)) {
 		if (!e.msg[0])
 			__builtin_trap();
 	} else {
