@@ -409,6 +409,131 @@ static void refusals(void)
 #undef U32
 }
 
+/* Parse a safetensors file from exactly n bytes; if it parses, read every tensor at its header's shape. */
+static int try_st(const uint8_t *b, size_t n, trail_error *e)
+{
+	uint8_t *copy = malloc(n ? n : 1);
+	memcpy(copy, b, n);
+	trail_st *st;
+	int rc = trail_st_parse(copy, n, "model.safetensors", &st, e);
+	if (!rc) {
+		uint64_t hl = le64(copy);
+		json_t *h = json_loadb((const char *)copy + 8, (size_t)hl, 0, NULL);
+		for (size_t i = 0; i < trail_st_count(st); i++) {
+			const char *nm = trail_st_name(st, i);
+			json_t *sh = json_object_get(json_object_get(h, nm), "shape");
+			int64_t shape[8];
+			size_t cnt = 1, nd = json_array_size(sh);
+			for (size_t d = 0; d < nd && d < 8; d++)
+				cnt *= (size_t)(shape[d] = json_integer_value(json_array_get(sh, d)));
+			if (nd > 8 || cnt > ((size_t)1 << 24))
+				continue;
+			float *d = malloc((cnt ? cnt : 1) * sizeof *d);
+			trail_error re = {0};
+			if (trail_st_read_f32(st, nm, shape, (int)nd, d, &re) && !re.msg[0])
+				e->msg[0] = 0, rc = -1; /* a refusal without a message */
+			free(d);
+		}
+		json_decref(h);
+		trail_st_free(st);
+	}
+	free(copy);
+	return rc;
+}
+
+static void st_refusals(void)
+{
+	trail_error e = {0};
+	char *file = at("llama-F32/model.safetensors");
+	size_t n = 0;
+	uint8_t *b = slurp(file, &n);
+	ok(b && try_st(b, n, &e) == 0, "a safetensors file to damage (%zu bytes)", n);
+	if (!b)
+		return;
+	size_t hdr = 8 + (size_t)le64(b);
+	int all = 1, msgs = 1;
+	for (size_t k = 0; k < hdr + 64; k++) {
+		trail_error_clear(&e);
+		all &= try_st(b, k, &e) == TRAIL_EDATA;
+		msgs &= e.msg[0] != 0;
+	}
+	trail_error_clear(&e);
+	int last = try_st(b, n - 4, &e);
+	ok(all && msgs && last == TRAIL_EDATA && strstr(e.msg, "truncated"),
+	   "truncated at each of the %zu header bytes and in the data: refused with a message (%s)", hdr + 64, e.msg);
+	long refused = 0, read = 0, silent = 0;
+	uint8_t *m = malloc(n);
+	for (size_t k = 0; k < hdr; k++)
+		for (int f = 0; f < 3; f++) {
+			memcpy(m, b, n);
+			m[k] = f == 0 ? (uint8_t)~m[k] : f == 1 ? (uint8_t)(m[k] + 1) : (uint8_t)'9';
+			trail_error_clear(&e);
+			if (try_st(m, n, &e))
+				refused++, silent += !e.msg[0];
+			else
+				read++;
+		}
+	ok(silent == 0 && refused > 0, "%ld mutations of the header: %ld refused with a message, %ld read within bounds",
+	   refused + read, refused, read);
+	/* named fields: the header length, a dtype, a shape, the offsets */
+	struct {
+		const char *what, *from, *to, *msg;
+	} cases[] = {
+		{"a dtype F16 for F32 data", "\"dtype\":\"F32\"", "\"dtype\":\"F16\"", "do not hold its shape"},
+		{"an unknown dtype", "\"dtype\":\"F32\"", "\"dtype\":\"F31\"", "bad entry"},
+		{"a shape with a larger product", "\"shape\":[96,32]", "\"shape\":[96,33]", "do not hold its shape"},
+		{"a negative dimension", "\"shape\":[96,32]", "\"shape\":[-96,32]", "bad entry"},
+		{"a shape product past 2^50", "\"shape\":[96,32]", "\"shape\":[1099511627775,1099511627]", "bad entry"},
+		{"offsets that start past 0", "\"data_offsets\":[0,", "\"data_offsets\":[4,", "data_offsets"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		char *h = malloc(hdr + 64), *p;
+		memcpy(h, b + 8, hdr - 8);
+		h[hdr - 8] = 0;
+		if (!(p = strstr(h, cases[i].from))) {
+			ok(0, "%s: %s not in the header", cases[i].what, cases[i].from);
+			free(h);
+			continue;
+		}
+		trail_buf o = {0};
+		uint8_t len8[8];
+		size_t nl = hdr - 8 - strlen(cases[i].from) + strlen(cases[i].to);
+		put64(len8, nl);
+		trail_buf_put(&o, len8, 8);
+		trail_buf_put(&o, h, (size_t)(p - h));
+		trail_buf_put(&o, cases[i].to, strlen(cases[i].to));
+		trail_buf_put(&o, p + strlen(cases[i].from), hdr - 8 - (size_t)(p - h) - strlen(cases[i].from));
+		trail_buf_put(&o, b + hdr, n - hdr);
+		trail_error_clear(&e);
+		int rc = try_st((const uint8_t *)o.p, o.n, &e);
+		ok(rc == TRAIL_EDATA && strstr(e.msg, cases[i].msg), "%s: refused (%s)", cases[i].what, e.msg);
+		trail_buf_release(&o);
+		free(h);
+	}
+	memcpy(m, b, n);
+	put64(m, 0);
+	ok(try_st(m, n, &e) == TRAIL_EDATA && strstr(e.msg, "header length 0"), "a header length of 0: %s", e.msg);
+	put64(m, n);
+	ok(try_st(m, n, &e) == TRAIL_EDATA && strstr(e.msg, "header length"), "a header length past the file: %s", e.msg);
+	put64(m, ~0ull);
+	ok(try_st(m, n, &e) == TRAIL_EDATA && strstr(e.msg, "header length"), "a header length of 2^64-1: %s", e.msg);
+	/* GGUF version 2 has version 3's layout */
+	char *gf = at("qwen2-BF16.gguf");
+	size_t gn = 0;
+	uint8_t *g = slurp(gf, &gn);
+	trail_gguf *g2 = NULL;
+	if (g)
+		g[4] = 2;
+	trail_error_clear(&e);
+	ok(g && trail_gguf_parse(g, gn, "v2.gguf", &g2, &e) == 0 && trail_gguf_version(g2) == 2, "a version 2 file reads: %s", e.msg);
+	trail_gguf_free(g2);
+	free(g);
+	trail_free(gf);
+	free(m);
+	free(b);
+	trail_free(file);
+}
+
 /* ---- shards ------------------------------------------------------------------------- */
 
 static void write_index(const char *dir, const char *json)
@@ -665,6 +790,7 @@ int main(void)
 	same_weights("qwen2", TRAIL_ARCH_QWEN2);
 	same_weights("mistral", TRAIL_ARCH_MISTRAL);
 	refusals();
+	st_refusals();
 	shards();
 	char top[4096];
 	const char *tt = getenv("TRAIL_TOP");
