@@ -83,4 +83,22 @@ rc=$?
 grep -E ' - (llama3|llama2|qwen3):' tok.out | sed 's/^[a-z ]*[0-9]* - /# /'
 grep '^not ok' tok.out
 check_eq "Llama-3, Llama-2 and Qwen3 tokenizers through GGUF: the same tokenizers and ids" "$rc" 0
+# served through the tokenizer in the file: a Qwen2 model with Qwen3's tokenizer
+cat > qcfg.json <<'J'
+{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","num_hidden_layers":1,"hidden_size":32,
+ "intermediate_size":64,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":64,
+ "vocab_size":151669,"rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":true,"hidden_act":"silu"}
+J
+check "mf-train a Qwen2 model with Qwen3's tokenizer" mf-train --init qcfg.json --tokenizer tok/qwen3 --data data.ndjson -o qbase \
+	--steps 2 --batch 2 --seq 16 --no-index
+check "st2gguf writes it with the tokenizer (Q8_0)" "$st2gguf" -t q8_0 qbase q.gguf
+check "and F32" "$st2gguf" qbase qf.gguf
+answers qbase ev-q.ndjson > qd.out
+answers qf.gguf ev-qf.ndjson > qf.out
+check_eq "lora-serve tokenizes and answers with the file's tokenizer" "$(grep -c '"output_tokens"' qf.out)" 3
+check "the same answers as the directory with its tokenizer.json" cmp qd.out qf.out
+check_eq "the same prompt tokens" "$(grep -o '"prompt_tokens":\[[0-9,]*\]' ev-q.ndjson)" \
+	"$(grep -o '"prompt_tokens":\[[0-9,]*\]' ev-qf.ndjson)"
+answers q.gguf ev-q8.ndjson > q8.out
+check_eq "the Q8_0 file serves too" "$(grep -c '"output_tokens"' q8.out)" 3
 finish
