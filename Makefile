@@ -97,6 +97,11 @@ $(B)/tests/hostile-http: tests/tools/hostile-http.c
 	@mkdir -p $(@D)
 	$(QLD)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(LIBS)
 
+# A Hugging Face model directory as a GGUF file (tests/cli/gguf.sh, llama.cpp peers).
+$(B)/tests/st2gguf: tests/tools/st2gguf.c $(B)/libtrail.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(QLD)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(B)/libtrail.a $(LIBS)
+
 $(B)/tests/faultinject.so: tests/unit/faultinject.c
 	@mkdir -p $(@D)
 	$(QLD)$(CC) $(ALL_CFLAGS) -shared -fPIC -o $@ $< -ldl
@@ -135,7 +140,7 @@ install-pkgs:
 	  fi; \
 	fi
 
-test-build: all $(TESTS) $(FUZZ_REPLAY) $(B)/tests/faultinject.so $(B)/tests/hostile-http
+test-build: all $(TESTS) $(FUZZ_REPLAY) $(B)/tests/faultinject.so $(B)/tests/hostile-http $(B)/tests/st2gguf
 .PHONY: test-build
 
 check: deps

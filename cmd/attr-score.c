@@ -13,7 +13,7 @@ enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, 
        O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX };
 
 static const trail_opt opts[] = {
-	{O_MODEL, "model", 'm', "DIR", "the base model directory", "dir"},
+	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
 	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
 	{O_ADAPTERS, "adapters", 0, "DIR", "adapter directories: each event is scored with its own adapter's index", "dir"},
 	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},

@@ -12,7 +12,7 @@ enum { O_BASE = 1, O_ADAPTERS, O_TOK, O_CACHE, O_KV, O_BATCH, O_QUEUE, O_MAXTOK,
        O_HOME, O_RECORD, O_THREADS, O_LISTEN, O_CONNS, O_TIMEOUT };
 
 static const trail_opt opts[] = {
-	{O_BASE, "base", 0, "DIR", "the base model directory", "dir"},
+	{O_BASE, "base", 0, "BASE", "the base model: a directory, or a GGUF file", "file"},
 	{O_ADAPTERS, "adapters", 'a', "DIR", "a directory of PEFT adapter directories, named by directory", "dir"},
 	{O_TOK, "tokenizer", 0, "SPEC", "bytes, or a directory (default: the base's)", NULL},
 	{O_CACHE, "cache-mb", 0, "MB", "adapter cache budget (default 256)", NULL},

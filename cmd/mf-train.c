@@ -15,7 +15,7 @@ enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS,
 
 static const trail_opt opts[] = {
 	{O_INIT, "init", 0, "CONFIG", "train from scratch: a Hugging Face config.json (GPT-2, Llama, Qwen2, Mistral)", "file"},
-	{O_BASE, "base", 0, "MODEL", "start from a model directory (or its model.safetensors)", "dir"},
+	{O_BASE, "base", 0, "MODEL", "start from a model directory (or its model.safetensors), or a GGUF file", "file"},
 	{O_LORA, "lora", 0, "SPEC", "train a LoRA adapter: r=8,alpha=16,targets=c_attn,c_proj|q_proj,v_proj,...[,rslora=1]", NULL},
 	{O_DATA, "data", 'd', "FILE", "training records (NDJSON: text, or prompt and completion; contributor kept)", "file"},
 	{O_DATANET, "datanet", 0, "NAME[@SIZE]", "train on a datanet snapshot from the store", NULL},

@@ -5,7 +5,7 @@ _attr_score() {
 	prev="${COMP_WORDS[COMP_CWORD-1]}"
 	case "$prev" in
 	--model|-m)
-		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--adapter|-a)
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--adapters )

@@ -5,7 +5,7 @@ _lora_serve() {
 	prev="${COMP_WORDS[COMP_CWORD-1]}"
 	case "$prev" in
 	--base )
-		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--adapters|-a)
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--tokenizer )

@@ -7,7 +7,7 @@ _mf_train() {
 	--init )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--base )
-		COMPREPLY=($(compgen -d -- "$cur")); return ;;
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--lora )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--data|-d)

@@ -106,8 +106,12 @@ static int load_model(const trail_attr_opts *o, trail_model **m, trail_tokenizer
 	memset(id, 0, sizeof *id);
 	if (!o->model)
 		return trail_error_set(err, TRAIL_EUSAGE, "--model DIR is required");
-	if ((rc = trail_model_load(o->model, m, err)) || (rc = file_digest(o->model, "model.safetensors", id->model, err)) ||
-	    (rc = trail_tokenizer_load(o->model, tk, err)))
+	if ((rc = trail_model_load(o->model, m, err)) || (rc = trail_base_digest(o->model, id->model, err)))
+		return rc;
+	/* a base without a tokenizer (a GGUF file without one) of 257 tokens is a byte model, as lora-serve takes it */
+	if ((rc = trail_tokenizer_load(o->model, tk, err)) == TRAIL_ENOINPUT && trail_model_config(*m)->vocab_size == 257)
+		rc = trail_tokenizer_bytes(tk) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
+	if (rc)
 		return rc;
 	if (o->adapter && ((rc = trail_model_load_adapter(*m, o->adapter, err)) ||
 			   (rc = file_digest(o->adapter, "adapter_model.safetensors", id->adapter, err))))

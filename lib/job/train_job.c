@@ -72,20 +72,6 @@ static int write_manifest(const char *dir, const json_t *man, trail_error *err)
 	return rc;
 }
 
-/* The digest of dir/name (name NULL: of the file dir), or an error naming it. */
-static int file_digest(const char *dir, const char *name, char out[72], trail_error *err)
-{
-	char *p = name ? trail_path(dir, name) : trail_strdup(dir);
-	trail_map mp;
-	int rc = p ? trail_map_file(p, &mp, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (!rc) {
-		trail_digest_str(mp.data, mp.len, out);
-		trail_unmap(&mp);
-	}
-	trail_free(p);
-	return rc;
-}
-
 /* Every file of the output into the store, and a `model` entry naming them. */
 static int record_in_store(trail_store *s, const trail_train_job *j, const json_t *man, int adapter,
 			   json_t *result, trail_error *err)
@@ -172,9 +158,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 		json_object_set_new(extra, "init", trail_model_config_json(&gc));
 	} else if (!(rc = trail_model_load(j->base, &m, err))) {
 		char dg[72];
-		struct stat sb;
-		int isdir = !stat(j->base, &sb) && S_ISDIR(sb.st_mode);
-		if (!(rc = file_digest(j->base, isdir ? "model.safetensors" : NULL, dg, err)))
+		if (!(rc = trail_base_digest(j->base, dg, err))) /* model.safetensors, its shards or the GGUF file */
 			json_object_set_new(extra, "base", json_pack("{s:s, s:s}", "dir", j->base, "weights", dg));
 	}
 	if (rc)

@@ -520,7 +520,8 @@ static int read_merges(trail_tokenizer *t, const json_t *vocab, const json_t *me
 /* BOS and EOS: tokenizer_config.json's, else the post-processor's template. What
  * TRAIL_TOKENIZE_ADD adds is the template's alone, as the reference encoder does
  * (add_bos_token and add_eos_token are not read). */
-static int read_config(trail_tokenizer *t, const json_t *root, const json_t *vocab, const char *dir, trail_error *err)
+static int read_config(trail_tokenizer *t, const json_t *root, const json_t *vocab, const char *dir, const void *cfg,
+		       size_t cfg_len, trail_error *err)
 {
 	const json_t *pp = json_object_get(root, "post_processor"), *single = json_object_get(pp, "single");
 	const char *first = NULL, *last = NULL;
@@ -533,11 +534,17 @@ static int read_config(trail_tokenizer *t, const json_t *root, const json_t *voc
 	}
 	t->bos = t->add_first = id_of(t, vocab, first);
 	t->eos = t->add_last = id_of(t, vocab, last);
-	if (!dir)
+	if (!dir && !cfg)
 		return TRAIL_OK;
-	char *p = trail_path(dir, "tokenizer_config.json");
+	char *p = trail_path(dir ? dir : ".", "tokenizer_config.json");
 	json_t *c = NULL;
-	int rc = p ? trail_read_file(p, MAX_JSON, &t->config, &t->config_len, NULL) : TRAIL_ENOMEM;
+	int rc = !p ? TRAIL_ENOMEM : cfg ? TRAIL_OK : trail_read_file(p, MAX_JSON, &t->config, &t->config_len, NULL);
+	if (!rc && cfg) { /* given as bytes: the file's name is only for messages */
+		if ((t->config = trail_malloc(cfg_len ? cfg_len : 1)))
+			memcpy(t->config, cfg, t->config_len = cfg_len);
+		else
+			rc = TRAIL_ENOMEM;
+	}
 	if (rc == TRAIL_ENOMEM) {
 		trail_free(p);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -577,8 +584,17 @@ int trail_hf_load(const char *file, const char *dir, trail_tokenizer **out, trai
 	return rc;
 }
 
+static int parse(const void *buf, size_t len, const char *file, const char *dir, const void *cfg, size_t cfg_len,
+		 trail_tokenizer **out, trail_error *err);
+
 int trail_hf_parse(const void *buf, size_t len, const char *file, const char *dir, trail_tokenizer **out,
 		   trail_error *err)
+{
+	return parse(buf, len, file, dir, NULL, 0, out, err);
+}
+
+static int parse(const void *buf, size_t len, const char *file, const char *dir, const void *cfg, size_t cfg_len,
+		 trail_tokenizer **out, trail_error *err)
 {
 	json_t *root = NULL;
 	trail_tokenizer *t = trail_calloc(1, sizeof *t);
@@ -608,7 +624,7 @@ int trail_hf_parse(const void *buf, size_t len, const char *file, const char *di
 	if ((rc = read_pipeline(t, root, file, err)) ||
 	    (rc = read_tokens(t, vocab, json_object_get(root, "added_tokens"), file, err)) ||
 	    (rc = read_merges(t, vocab, json_object_get(model, "merges"), file, err)) ||
-	    (rc = read_config(t, root, vocab, dir, err)))
+	    (rc = read_config(t, root, vocab, dir, cfg, cfg_len, err)))
 		goto out;
 	t->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
 	t->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
@@ -838,6 +854,14 @@ int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *e
 	*out = NULL;
 	if (!strcmp(spec, "bytes"))
 		return trail_tokenizer_bytes(out) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
+	if (stat(spec, &st) == 0 && S_ISREG(st.st_mode) && trail_gguf_is(spec)) { /* a GGUF file's own */
+		trail_gguf *g;
+		int rc = trail_gguf_open(spec, &g, err);
+		if (!rc)
+			rc = trail_gguf_tokenizer(g, out, err);
+		trail_gguf_free(g);
+		return rc;
+	}
 	if (stat(spec, &st) == 0 && S_ISREG(st.st_mode)) { /* a tokenizer.json itself */
 		char *dir = trail_malloc(strlen(spec) + 2), *sl;
 		if (!dir)
@@ -1001,4 +1025,358 @@ const char *trail_tokenizer_token(const trail_tokenizer *t, int32_t id, size_t *
 		return NULL;
 	*len = t->off[id + 1] - t->off[id];
 	return t->text + t->off[id];
+}
+
+/* ---- GGUF's arrays ---- */
+
+/*
+ * A GGUF tokenizer (llama.cpp's tokenizer.ggml.* arrays) is built as the
+ * tokenizer.json it stands for, through the reader above, so that both give
+ * the same tokenizer and the same ids:
+ *
+ *  "gpt2"   byte-level BPE; tokenizer.ggml.pre names the pre-tokeniser:
+ *           llama-bpe (Llama-3's Split regex, ignore_merges as llama.cpp
+ *           sets it), qwen2 (Qwen's regex, with Qwen's NFC normaliser) or
+ *           gpt-2 (GPT-2's ByteLevel); merges "left right" by rank.
+ *  "llama"  SentencePiece-style BPE with byte fallback (<0xNN> tokens):
+ *           tokenizer.ggml.merges when the file has them, else the merges
+ *           Hugging Face's converter derives from the scores (every split
+ *           of a token into two tokens, by the token's score, highest
+ *           first, then by id).
+ *
+ * Token types: 1 normal, 2 unknown and 3 control (added special tokens), 4
+ * user-defined (added, not special), 5 unused (left out), 6 byte.
+ */
+enum { TT_NORMAL = 1, TT_UNKNOWN, TT_CONTROL, TT_USER, TT_UNUSED, TT_BYTE };
+
+typedef struct sp_merge {
+	float score;
+	int32_t id, l, r;
+} sp_merge;
+
+static int cmp_sp_merge(const void *x, const void *y)
+{
+	const sp_merge *a = x, *b = y;
+	if (a->score != b->score)
+		return a->score > b->score ? -1 : 1;
+	if (a->id != b->id)
+		return a->id < b->id ? -1 : 1;
+	if (a->l != b->l)
+		return a->l < b->l ? -1 : 1;
+	return a->r < b->r ? -1 : a->r > b->r;
+}
+
+/* SentencePiece's merges from the scores, as Hugging Face's converter derives them. */
+static int sp_merges(const trail_tok_arrays *a, const json_t *vocab, json_t *merges)
+{
+	size_t cap = 0, n = 0;
+	sp_merge *v = NULL;
+	char *buf = NULL;
+	size_t bl = 0;
+	int rc = TRAIL_OK;
+	for (size_t i = 0; i < a->n && !rc; i++) {
+		if (a->type[i] != TT_NORMAL)
+			continue;
+		const char *s = a->tok[i];
+		size_t len = strlen(s);
+		if (len + 1 > bl) {
+			char *nb = trail_realloc(buf, bl = 2 * len + 2);
+			if (!nb) {
+				rc = TRAIL_ENOMEM;
+				break;
+			}
+			buf = nb;
+		}
+		for (size_t k = 1; k < len; k++) {
+			if (((uint8_t)s[k] & 0xc0) == 0x80) /* split between characters only */
+				continue;
+			memcpy(buf, s, k);
+			buf[k] = 0;
+			json_t *l = json_object_get(vocab, buf), *r = json_object_get(vocab, s + k);
+			if (!l || !r)
+				continue;
+			if (n == cap) {
+				sp_merge *nv = trail_realloc(v, (cap = cap ? 2 * cap : 1024) * sizeof *v);
+				if (!nv) {
+					rc = TRAIL_ENOMEM;
+					break;
+				}
+				v = nv;
+			}
+			v[n++] = (sp_merge){a->score ? a->score[i] : 0, (int32_t)i, (int32_t)json_integer_value(l),
+					    (int32_t)json_integer_value(r)};
+		}
+	}
+	if (!rc) {
+		qsort(v, n, sizeof *v, cmp_sp_merge);
+		for (size_t i = 0; i < n && !rc; i++)
+			if (json_array_append_new(merges, json_pack("[s,s]", a->tok[v[i].l], a->tok[v[i].r])))
+				rc = TRAIL_ENOMEM;
+	}
+	trail_free(v);
+	trail_free(buf);
+	return rc;
+}
+
+static json_t *template_json(const trail_tok_arrays *a)
+{
+	json_t *single = json_array();
+	if (a->add_bos && a->bos >= 0)
+		json_array_append_new(single, json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", a->tok[a->bos], "type_id", 0));
+	json_array_append_new(single, json_pack("{s:{s:s, s:i}}", "Sequence", "id", "A", "type_id", 0));
+	if (a->add_eos && a->eos >= 0)
+		json_array_append_new(single, json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", a->tok[a->eos], "type_id", 0));
+	return json_pack("{s:s, s:o}", "type", "TemplateProcessing", "single", single);
+}
+
+int trail_hf_from_arrays(const trail_tok_arrays *a, const char *file, trail_tokenizer **out, trail_error *err)
+{
+	static const char META[] = "\xe2\x96\x81";
+	json_t *vocab = json_object(), *added = json_array(), *merges = json_array(), *root = NULL, *cfg = NULL;
+	char *tj = NULL, *cj = NULL;
+	size_t tl = 0, cl = 0;
+	int rc = TRAIL_OK, bytes = 0;
+	*out = NULL;
+	if (!vocab || !added || !merges) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < a->n && !rc; i++) {
+		const char *s = a->tok[i];
+		int ty = a->type[i];
+		if (ty == TT_UNUSED)
+			continue;
+		if (ty < TT_NORMAL || ty > TT_BYTE) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0, "token %zu has token type %d (1 to 6)", i, ty);
+			break;
+		}
+		if (!*s) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0, "token %zu is empty", i);
+			break;
+		}
+		if (ty == TT_UNKNOWN || ty == TT_CONTROL || ty == TT_USER) {
+			json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i, "content", s,
+							       "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0,
+							       "special", ty != TT_USER));
+			continue;
+		}
+		bytes |= ty == TT_BYTE;
+		if (json_object_get(vocab, s)) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0, "token %zu \"%s\" appears twice", i, s);
+			break;
+		}
+		if (!trail_utf8_valid(s, strlen(s))) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0, "token %zu is not UTF-8", i);
+			break;
+		}
+		json_object_set_new(vocab, s, json_integer((json_int_t)i));
+	}
+	if (rc)
+		goto out;
+	for (size_t i = 0; i < a->n_merges; i++) {
+		if (!trail_utf8_valid(a->merge[i], strlen(a->merge[i]))) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0, "merge %zu is not UTF-8", i);
+			goto out;
+		}
+		json_array_append_new(merges, json_string(a->merge[i]));
+	}
+	json_t *model = json_pack("{s:s, s:O, s:O, s:n, s:n, s:n}", "type", "BPE", "vocab", vocab, "merges", merges, "dropout",
+				  "continuing_subword_prefix", "end_of_word_suffix");
+	root = json_pack("{s:o, s:O, s:n, s:n, s:n, s:n}", "model", model, "added_tokens", added, "normalizer", "pre_tokenizer",
+			 "post_processor", "decoder");
+	cfg = json_object();
+	if (!model || !root || !cfg) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	if (a->sp) {
+		if (!a->n_merges && (rc = sp_merges(a, vocab, json_object_get(model, "merges")))) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto out;
+		}
+		json_object_set_new(root, "normalizer",
+				    json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:{s:s}, s:s}]}", "type", "Sequence", "normalizers", "type",
+					      "Prepend", "prepend", META, "type", "Replace", "pattern", "String", " ", "content", META));
+		json_object_set_new(root, "decoder",
+				    json_pack("{s:s, s:[{s:s, s:{s:s}, s:s}, {s:s}, {s:s}, {s:s, s:s, s:i, s:i}]}", "type",
+					      "Sequence", "decoders", "type", "Replace", "pattern", "String", META, "content", " ",
+					      "type", "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ", "start", 1,
+					      "stop", 0));
+		json_object_set_new(model, "byte_fallback", json_boolean(bytes));
+		json_object_set_new(model, "fuse_unk", json_true());
+		if (a->unk >= 0)
+			json_object_set_new(model, "unk_token", json_string(a->tok[a->unk]));
+	} else {
+		const char *re = NULL;
+		if (!a->n_merges) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0, "a gpt2 tokenizer without tokenizer.ggml.merges");
+			goto out;
+		}
+		if (!strcmp(a->pre, "llama-bpe") || !strcmp(a->pre, "llama3") || !strcmp(a->pre, "llama-v3")) {
+			re = RE_LLAMA3;
+			json_object_set_new(model, "ignore_merges", json_true());
+		} else if (!strcmp(a->pre, "qwen2")) {
+			re = RE_QWEN;
+			json_object_set_new(root, "normalizer", json_pack("{s:s}", "type", "NFC"));
+		} else if (strcmp(a->pre, "gpt-2") && strcmp(a->pre, "gpt2")) {
+			rc = trail_error_at(err, TRAIL_EDATA, file, 0,
+					    "tokenizer.ggml.pre %s is not supported (llama-bpe, qwen2, gpt-2)", a->pre);
+			goto out;
+		}
+		if (re)
+			json_object_set_new(root, "pre_tokenizer",
+					    json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b, s:b}]}", "type", "Sequence",
+						      "pretokenizers", "type", "Split", "pattern", "Regex", re, "behavior", "Isolated",
+						      "invert", 0, "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0,
+						      "use_regex", 0));
+		else
+			json_object_set_new(root, "pre_tokenizer",
+					    json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+						      "trim_offsets", 0, "use_regex", 1));
+		json_object_set_new(root, "decoder", json_pack("{s:s}", "type", "ByteLevel"));
+	}
+	json_object_set_new(root, "post_processor", template_json(a));
+	if (a->bos >= 0)
+		json_object_set_new(cfg, "bos_token", json_string(a->tok[a->bos]));
+	if (a->eos >= 0)
+		json_object_set_new(cfg, "eos_token", json_string(a->tok[a->eos]));
+	if (a->chat_template && trail_utf8_valid(a->chat_template, strlen(a->chat_template)))
+		json_object_set_new(cfg, "chat_template", json_string(a->chat_template));
+	if ((rc = trail_jcs(root, &tj, &tl, err)) || (rc = trail_jcs(cfg, &cj, &cl, err)))
+		goto out;
+	rc = parse(tj, tl, file, NULL, cj, cl, out, err);
+out:
+	json_decref(vocab);
+	json_decref(added);
+	json_decref(merges);
+	json_decref(root);
+	json_decref(cfg);
+	trail_free(tj);
+	trail_free(cj);
+	return rc;
+}
+
+/* The arrays of a tokenizer read from tokenizer.json, for V tokens (the model's vocabulary). */
+int trail_hf_to_arrays(const trail_tokenizer *t, size_t V, trail_tok_arrays *a, trail_error *err)
+{
+	json_t *root = NULL, *cfg = NULL;
+	json_error_t je;
+	int rc = TRAIL_OK;
+	memset(a, 0, sizeof *a);
+	if (t->kind != TK_HF_BPE && t->kind != TK_HF_SP)
+		return trail_error_set(err, TRAIL_EUSAGE, "GGUF: only tokenizer.json tokenizers are written (this one is %s)",
+				       trail_tokenizer_kind(t));
+	if (t->n_vocab > V)
+		return trail_error_set(err, TRAIL_EUSAGE, "GGUF: the tokenizer has %zu tokens, the model %zu", t->n_vocab, V);
+	a->sp = t->kind == TK_HF_SP;
+	/* what GGUF cannot say is refused rather than lost */
+	const char *why = NULL;
+	if (a->sp && (!t->strip_space || !t->fuse_unk || t->nfc || t->ignore_merges))
+		why = "a SentencePiece tokenizer other than Llama-2's (decoder Strip, fuse_unk, no NFC, merges)";
+	else if (!a->sp && (t->nfc != (t->pre == TK_PRE_QWEN) || t->ignore_merges != (t->pre == TK_PRE_LLAMA3)))
+		why = "NFC other than with Qwen's pre-tokeniser, or ignore_merges other than with Llama-3's";
+	for (size_t i = 0; !why && i < t->n_added; i++)
+		if (t->added[i].lstrip || t->added[i].rstrip)
+			why = "added tokens with lstrip or rstrip";
+	if (!why && (t->add_first >= 0 && t->add_first != t->bos))
+		why = "a post-processor that adds a token other than BOS first";
+	if (!why && (t->add_last >= 0 && t->add_last != t->eos))
+		why = "a post-processor that adds a token other than EOS last";
+	if (why)
+		return trail_error_set(err, TRAIL_EUSAGE, "GGUF cannot hold this tokenizer: %s", why);
+	if (!(root = json_loadb(t->json, t->json_len, 0, &je)))
+		return trail_error_set(err, TRAIL_EDATA, "tokenizer.json: %s", je.text);
+	if (t->config && !(cfg = json_loadb(t->config, t->config_len, JSON_DECODE_INT_AS_REAL, &je))) {
+		json_decref(root);
+		return trail_error_set(err, TRAIL_EDATA, "tokenizer_config.json: %s", je.text);
+	}
+	const json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab"),
+		     *merges = json_object_get(model, "merges"), *added = json_object_get(root, "added_tokens"), *v;
+	a->n = V;
+	a->pre = trail_strdup(t->pre == TK_PRE_LLAMA3 ? "llama-bpe" : t->pre == TK_PRE_QWEN ? "qwen2" : "gpt-2");
+	a->tok = trail_calloc(V + 1, sizeof *a->tok);
+	a->type = trail_calloc(V + 1, sizeof *a->type);
+	a->score = a->sp ? trail_calloc(V + 1, sizeof *a->score) : NULL;
+	a->merge = trail_calloc(json_array_size(merges) + 1, sizeof *a->merge);
+	if (!a->pre || !a->tok || !a->type || (a->sp && !a->score) || !a->merge)
+		goto oom;
+	const char *k;
+	size_t i;
+	json_object_foreach((json_t *)vocab, k, v) {
+		size_t id = (size_t)json_integer_value(v);
+		if (!a->tok[id] && !(a->tok[id] = trail_strdup(k)))
+			goto oom;
+		a->type[id] = a->sp && (t->flags[id] & TOK_LITERAL) ? TT_BYTE : TT_NORMAL;
+	}
+	json_array_foreach(added, i, v) {
+		size_t id = (size_t)json_integer_value(json_object_get(v, "id"));
+		trail_free(a->tok[id]);
+		if (!(a->tok[id] = trail_strdup(json_string_value(json_object_get(v, "content")))))
+			goto oom;
+		a->type[id] = (int32_t)id == t->unk && a->sp ? TT_UNKNOWN
+			      : json_is_true(json_object_get(v, "special")) ? TT_CONTROL : TT_USER;
+	}
+	for (i = 0; i < V; i++)
+		if (!a->tok[i]) { /* the model's rows past the tokenizer: llama.cpp's padding tokens */
+			char b[32];
+			snprintf(b, sizeof b, "[PAD%zu]", i);
+			if (!(a->tok[i] = trail_strdup(b)))
+				goto oom;
+			a->type[i] = TT_UNUSED;
+		}
+	json_array_foreach(merges, i, v) {
+		const char *l = NULL, *r = NULL;
+		size_t ll = 0;
+		if (json_is_string(v)) {
+			l = json_string_value(v);
+			const char *sp = strchr(l, ' ');
+			ll = sp ? (size_t)(sp - l) : 0;
+			r = sp ? sp + 1 : NULL;
+		} else if (json_is_array(v)) {
+			l = json_string_value(json_array_get(v, 0)), r = json_string_value(json_array_get(v, 1));
+			ll = l ? strlen(l) : 0;
+		}
+		char *m = l && r ? trail_malloc(ll + strlen(r) + 2) : NULL;
+		if (!m)
+			goto oom;
+		memcpy(m, l, ll);
+		m[ll] = ' ';
+		strcpy(m + ll + 1, r);
+		a->merge[a->n_merges++] = m;
+		if (a->sp) { /* llama.cpp merges by score: a merged token scores minus (1 + its first rank) */
+			memmove(m + ll, m + ll + 1, strlen(r) + 1);
+			json_t *id = json_object_get(vocab, m);
+			if (id && a->score[json_integer_value(id)] == 0)
+				a->score[json_integer_value(id)] = -(float)(i + 1);
+			memmove(m + ll + 1, m + ll, strlen(r) + 1);
+			m[ll] = ' ';
+		}
+	}
+	a->bos = t->bos;
+	a->eos = t->eos;
+	a->unk = t->unk;
+	a->add_bos = t->add_first >= 0;
+	a->add_eos = t->add_last >= 0;
+	const char *ct = json_string_value(json_object_get(cfg, "chat_template"));
+	if (ct && !(a->chat_template = trail_strdup(ct)))
+		goto oom;
+	goto out;
+oom:
+	rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	trail_tok_arrays_release(a);
+out:
+	json_decref(root);
+	json_decref(cfg);
+	return rc;
+}
+
+int trail_gguf_tokenizer(const trail_gguf *g, trail_tokenizer **out, trail_error *err)
+{
+	trail_tok_arrays a = {0};
+	*out = NULL;
+	int rc = trail_gguf_tok_arrays(g, &a, err);
+	if (!rc)
+		rc = trail_hf_from_arrays(&a, trail_gguf_path(g), out, err);
+	trail_tok_arrays_release(&a);
+	return rc;
 }

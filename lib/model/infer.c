@@ -136,20 +136,15 @@ static int load_llama(trail_infer *m, const trail_st *st, trail_error *err)
 
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 {
-	char *cp = trail_path(dir, "config.json"), *wp = trail_path(dir, "model.safetensors");
-	void *cb = NULL;
-	size_t cl;
-	json_t *cj = NULL;
 	trail_st *st = NULL;
 	trail_infer *m = NULL;
 	int rc;
 	*out = NULL;
-	if (!cp || !wp || !(m = trail_calloc(1, sizeof *m))) {
+	if (!(m = trail_calloc(1, sizeof *m))) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
-	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)) ||
-	    (rc = trail_model_config_parse(cj, &m->c, err)))
+	if ((rc = trail_base_open(dir, &m->c, &st, err))) /* a model directory or a GGUF file */
 		goto out;
 	m->arch = trail_arch_of(m->c.arch);
 	m->llama = m->c.arch != TRAIL_ARCH_GPT2;
@@ -157,8 +152,6 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 	m->D = m->llama ? m->c.n_head * m->c.head_dim : m->c.n_embd;
 	m->Dkv = m->llama ? m->c.n_kv_head * m->c.head_dim : m->c.n_embd;
 	m->F = m->llama ? m->c.n_inner : 4 * m->c.n_embd;
-	if ((rc = trail_st_open(wp, &st, err)))
-		goto out;
 	if (m->llama) {
 		rc = load_llama(m, st, err);
 		goto loaded;
@@ -214,10 +207,6 @@ loaded:
 out:
 	trail_infer_free(m);
 	trail_st_free(st);
-	json_decref(cj);
-	trail_free(cb);
-	trail_free(cp);
-	trail_free(wp);
 	return rc;
 }
 

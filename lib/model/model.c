@@ -203,45 +203,170 @@ out:
 	return rc;
 }
 
-int trail_model_load(const char *arg, trail_model **out, trail_error *err)
+/* base's directory, or the directory of the file base names. */
+static char *dir_of(const char *base, int isdir)
+{
+	if (isdir)
+		return trail_strdup(base);
+	const char *sl = strrchr(base, '/');
+	char *dir = sl ? trail_strdup(base) : trail_strdup(".");
+	if (dir && sl)
+		dir[sl - base ? sl - base : 1] = 0;
+	return dir;
+}
+
+/* A directory's weights: model.safetensors, else model.safetensors.index.json (then *sharded). */
+static char *weights_of(const char *dir, int *sharded)
+{
+	struct stat sb;
+	char *wp = trail_path(dir, "model.safetensors");
+	*sharded = 0;
+	if (wp && stat(wp, &sb)) {
+		char *ix = trail_path(dir, "model.safetensors.index.json");
+		if (ix && !stat(ix, &sb)) {
+			trail_free(wp);
+			*sharded = 1;
+			return ix;
+		}
+		trail_free(ix);
+	}
+	return wp;
+}
+
+int trail_base_open(const char *base, trail_model_cfg *c, trail_st **st, trail_error *err)
 {
 	struct stat sb;
 	char *dir = NULL, *cp = NULL, *wp = NULL;
 	void *cb = NULL;
 	size_t cl;
 	json_t *cj = NULL;
-	trail_st *st = NULL;
-	trail_model *m = NULL;
-	trail_param *v = NULL;
-	trail_model_cfg c;
-	int rc;
-	*out = NULL;
-	if (stat(arg, &sb)) {
-		rc = trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", arg);
-		goto out;
+	int rc, sharded;
+	*st = NULL;
+	if (stat(base, &sb))
+		return trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", base);
+	if (!S_ISDIR(sb.st_mode) && trail_gguf_is(base)) { /* the configuration is in the file */
+		if ((rc = trail_st_open(base, st, err)))
+			return rc;
+		if ((rc = trail_gguf_config(trail_st_gguf(*st), c, err))) {
+			trail_st_free(*st);
+			*st = NULL;
+		}
+		return rc;
 	}
-	/* a directory, or its model.safetensors (config.json beside it) */
-	if (S_ISDIR(sb.st_mode)) {
-		dir = trail_strdup(arg);
-		wp = trail_path(arg, "model.safetensors");
-	} else {
-		const char *sl = strrchr(arg, '/');
-		dir = sl ? trail_strdup(arg) : trail_strdup(".");
-		if (dir && sl)
-			dir[sl - arg ? sl - arg : 1] = 0;
-		wp = trail_strdup(arg);
-	}
+	/* a directory, or its model.safetensors (or index) with config.json beside it */
+	dir = dir_of(base, S_ISDIR(sb.st_mode));
+	wp = !dir ? NULL : S_ISDIR(sb.st_mode) ? weights_of(dir, &sharded) : trail_strdup(base);
 	if (!dir || !wp || !(cp = trail_path(dir, "config.json"))) {
 		rc = fail_oom(err);
 		goto out;
 	}
 	if ((rc = trail_read_file(cp, 1 << 20, &cb, &cl, err)) || (rc = trail_json_parse(cb, cl, cp, &cj, err)))
 		goto out;
-	if ((rc = trail_model_config_parse(cj, &c, err))) {
+	if ((rc = trail_model_config_parse(cj, c, err))) {
 		trail_error_at(err, rc, cp, 0, "%s", err ? err->msg : "bad config");
 		goto out;
 	}
-	if ((rc = trail_st_open(wp, &st, err)) || (rc = alloc_model(&c, &m, err)))
+	rc = trail_st_open(wp, st, err);
+out:
+	json_decref(cj);
+	trail_free(cb);
+	trail_free(cp);
+	trail_free(wp);
+	trail_free(dir);
+	return rc;
+}
+
+static int by_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The digest of "DIGEST NAME\n" for each shard of an index, in name order. */
+static int shards_digest(const char *index, char out[72], trail_error *err)
+{
+	void *buf = NULL;
+	size_t len, n = 0;
+	json_t *ix = NULL, *v;
+	const char **names = NULL, *k;
+	char *dir = dir_of(index, 0);
+	trail_buf text = {0};
+	int rc;
+	if (!dir)
+		return fail_oom(err);
+	if ((rc = trail_read_file(index, 64u << 20, &buf, &len, err)) || (rc = trail_json_parse(buf, len, index, &ix, err)))
+		goto out;
+	json_t *wm = json_object_get(ix, "weight_map");
+	if (!(names = trail_calloc(json_object_size(wm) + 1, sizeof *names))) {
+		rc = fail_oom(err);
+		goto out;
+	}
+	json_object_foreach(wm, k, v)
+		if (json_is_string(v))
+			names[n++] = json_string_value(v);
+	qsort(names, n, sizeof *names, by_str);
+	for (size_t i = 0; i < n; i++) {
+		if (i && !strcmp(names[i], names[i - 1]))
+			continue;
+		char *p = trail_path(dir, names[i]), dg[72];
+		trail_map mp;
+		if (!p) {
+			rc = fail_oom(err);
+			goto out;
+		}
+		rc = trail_map_file(p, &mp, err);
+		trail_free(p);
+		if (rc)
+			goto out;
+		trail_digest_str(mp.data ? mp.data : "", mp.len, dg);
+		trail_unmap(&mp);
+		if (trail_buf_put(&text, dg, strlen(dg)) || trail_buf_put(&text, " ", 1) ||
+		    trail_buf_put(&text, names[i], strlen(names[i])) || trail_buf_put(&text, "\n", 1)) {
+			rc = fail_oom(err);
+			goto out;
+		}
+	}
+	trail_digest_str(text.p ? text.p : "", text.n, out);
+out:
+	trail_buf_release(&text);
+	trail_free(names);
+	json_decref(ix);
+	trail_free(buf);
+	trail_free(dir);
+	return rc;
+}
+
+int trail_base_digest(const char *base, char out[72], trail_error *err)
+{
+	struct stat sb;
+	int sharded = 0, rc;
+	if (stat(base, &sb))
+		return trail_error_errno(err, TRAIL_ENOINPUT, errno, "%s", base);
+	char *wp = S_ISDIR(sb.st_mode) ? weights_of(base, &sharded) : trail_strdup(base);
+	size_t n = wp ? strlen(wp) : 0;
+	if (!wp)
+		return fail_oom(err);
+	if (sharded || (n > 11 && !strcmp(wp + n - 11, ".index.json"))) {
+		rc = shards_digest(wp, out, err);
+	} else {
+		trail_map mp;
+		if (!(rc = trail_map_file(wp, &mp, err))) {
+			trail_digest_str(mp.data ? mp.data : "", mp.len, out);
+			trail_unmap(&mp);
+		}
+	}
+	trail_free(wp);
+	return rc;
+}
+
+int trail_model_load(const char *arg, trail_model **out, trail_error *err)
+{
+	trail_st *st = NULL;
+	trail_model *m = NULL;
+	trail_param *v = NULL;
+	trail_model_cfg c;
+	int rc;
+	*out = NULL;
+	if ((rc = trail_base_open(arg, &c, &st, err)) || (rc = alloc_model(&c, &m, err)))
 		goto out;
 	if (!(v = trail_calloc(m->arch->num_tensors(&c), sizeof *v))) {
 		rc = fail_oom(err);
@@ -266,7 +391,7 @@ int trail_model_load(const char *arg, trail_model **out, trail_error *err)
 		for (size_t k = 0; !known && k < n; k++)
 			known = !strcmp(bare, v[k].name);
 		if (!known) {
-			rc = trail_error_at(err, TRAIL_EDATA, wp, 0, "unknown tensor %s", nm);
+			rc = trail_error_at(err, TRAIL_EDATA, arg, 0, "unknown tensor %s", nm);
 			goto out;
 		}
 	}
@@ -275,11 +400,33 @@ int trail_model_load(const char *arg, trail_model **out, trail_error *err)
 out:
 	trail_model_free(m);
 	trail_st_free(st);
-	json_decref(cj);
-	trail_free(cb);
-	trail_free(cp);
-	trail_free(wp);
-	trail_free(dir);
+	trail_free(v);
+	return rc;
+}
+
+/* ---- GGUF ----------------------------------------------------------------------------- */
+
+int trail_gguf_config(const trail_gguf *g, trail_model_cfg *c, trail_error *err)
+{
+	json_t *j;
+	int rc = trail_gguf_config_json(g, &j, err);
+	if (!rc && (rc = trail_model_config_parse(j, c, err)))
+		trail_error_at(err, rc, trail_gguf_path(g), 0, "%s", err ? err->msg : "bad metadata");
+	json_decref(j);
+	return rc;
+}
+
+int trail_gguf_write(const char *path, const trail_model *m, const trail_tokenizer *tk, int type, trail_error *err)
+{
+	trail_tok_arrays a = {0};
+	size_t nt = m->arch->num_tensors(&m->c);
+	trail_param *v = trail_calloc(nt, sizeof *v);
+	int rc = v ? TRAIL_OK : fail_oom(err);
+	if (!rc && tk && m->c.arch != TRAIL_ARCH_GPT2)
+		rc = trail_hf_to_arrays(tk, (size_t)m->c.vocab_size, &a, err);
+	if (!rc)
+		rc = trail_gguf_write_tensors(path, &m->c, v, m->arch->tensors(m, v), tk ? &a : NULL, type, err);
+	trail_tok_arrays_release(&a);
 	trail_free(v);
 	return rc;
 }

@@ -344,7 +344,7 @@ int trail_st_write(const char *path, const trail_st_tensor *t, size_t n, const j
 
 typedef struct trail_infer trail_infer;
 
-/* config.json + model.safetensors from a model directory (GPT-2 names, with or without "transformer."). */
+/* A base as trail_base_open takes it (a model directory, shards or a GGUF file; GPT-2 names with or without "transformer."). */
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err);
 void trail_infer_free(trail_infer *m);
 const trail_model_cfg *trail_infer_config(const trail_infer *m);
@@ -559,5 +559,69 @@ const char *trail_compute_isa(void);
 int trail_threads_default(void);
 /* Set the thread count, keeping the precision. */
 void trail_blas_threads(int n);
+
+/*
+ * Base models and GGUF (llama.cpp's model file, versions 2 and 3).
+ *
+ * A base is a directory with config.json and model.safetensors, or with
+ * config.json and model.safetensors.index.json (Hugging Face's shards: its
+ * weight_map names, for every tensor, the shard beside it that holds it);
+ * a .safetensors or .index.json path with config.json beside it; or a GGUF
+ * file, whose metadata is the configuration and whose tensors are read
+ * under Hugging Face's names (trail-formats(5) gives the mapping).
+ *
+ * A GGUF file is mapped and checked whole when opened: its version, every
+ * key, value type, string and array length (arrays nested up to three
+ * deep), every tensor's name, shape, type, offset and size against the
+ * file, with arithmetic that cannot overflow; tensors of types other than
+ * F32, F16, BF16 and Q8_0 are refused by name. Q8_0 is dequantised (blocks
+ * of 32: an fp16 scale and 32 int8).
+ *
+ * Ownership: trail_gguf owns its mapping; trail_gguf_free(NULL) is a no-op.
+ */
+typedef struct trail_gguf trail_gguf;
+enum { TRAIL_GGUF_F32 = 0, TRAIL_GGUF_F16 = 1, TRAIL_GGUF_Q8_0 = 8, TRAIL_GGUF_BF16 = 30 }; /* ggml's type ids */
+
+/* TRAIL_ENOINPUT for a missing file, TRAIL_EDATA (naming the file) for anything wrong in it. */
+int trail_gguf_open(const char *path, trail_gguf **out, trail_error *err);
+/* The same over bytes the caller keeps alive until trail_gguf_free; name is for messages. */
+int trail_gguf_parse(const void *buf, size_t len, const char *name, trail_gguf **out, trail_error *err);
+void trail_gguf_free(trail_gguf *g);
+/* Does the file start with GGUF's magic? */
+int trail_gguf_is(const char *path);
+uint32_t trail_gguf_version(const trail_gguf *g);
+size_t trail_gguf_kv_count(const trail_gguf *g);
+/* The i-th key and its GGUF value type (8 string, 9 array, ...); NULL past the last. */
+const char *trail_gguf_kv_key(const trail_gguf *g, size_t i, int *type);
+size_t trail_gguf_count(const trail_gguf *g);
+/* Tensor i: its GGUF name, ggml type, dimensions and ne (innermost first, 1 past nd). */
+int trail_gguf_tensor(const trail_gguf *g, size_t i, const char **name, int *type, int *nd, int64_t ne[4]);
+/* Tensor i as floats, in the file's order (dst holds the product of ne). */
+int trail_gguf_read(const trail_gguf *g, size_t i, float *dst);
+/* "F32", "Q4_K"... for a ggml type id; NULL when unknown. */
+const char *trail_gguf_type_name(int type);
+/* The model configuration from the metadata (general.architecture llama or qwen2). */
+int trail_gguf_config(const trail_gguf *g, trail_model_cfg *c, trail_error *err);
+/* The tokenizer stored in the file (tokenizer.ggml.*); TRAIL_ENOINPUT when it has none. */
+int trail_gguf_tokenizer(const trail_gguf *g, trail_tokenizer **out, trail_error *err);
+/*
+ * Write m (the Llama family) as GGUF version 3 with its matrices in type
+ * (TRAIL_GGUF_*; norms and biases F32, Q8_0 matrices whose rows are not
+ * whole blocks F16), q and k in llama.cpp's row order, and tk's arrays
+ * (a tokenizer.json tokenizer; NULL: none), atomically.
+ */
+int trail_gguf_write(const char *path, const trail_model *m, const trail_tokenizer *tk, int type, trail_error *err);
+
+/*
+ * Open a base: its configuration and its tensors under Hugging Face's
+ * names (*st, freed by the caller). TRAIL_ENOINPUT when it is missing.
+ */
+int trail_base_open(const char *base, trail_model_cfg *c, trail_st **st, trail_error *err);
+/*
+ * The digest that names a base's weights: of model.safetensors (or the
+ * .safetensors or GGUF file given); for shards, of the lines "DIGEST NAME\n",
+ * one per shard in name order.
+ */
+int trail_base_digest(const char *base, char out[72], trail_error *err);
 
 #endif

@@ -354,4 +354,53 @@ int trail_hf_save(const trail_tokenizer *t, const char *dir, trail_error *err);
 /* NFC of s[0..n) into a trail_malloc'd *out (*on bytes); invalid bytes pass through. */
 int trail_uc_nfc(const uint8_t *s, size_t n, uint8_t **out, size_t *on);
 
+/*
+ * GGUF and base models (gguf.c, safetensors.c, model.c): a GGUF file seen
+ * as a checkpoint with Hugging Face's names, and the tokenizer arrays that
+ * stand for a tokenizer.json (hf_tokenizer.c).
+ */
+/* Name the tensors as Hugging Face does (q and k rows reordered on reading, for architecture llama). */
+int trail_gguf_bind(trail_gguf *g, trail_error *err);
+/* The metadata as a config.json (new reference), which trail_gguf_config (model.c) parses. */
+int trail_gguf_config_json(const trail_gguf *g, json_t **out, trail_error *err);
+const char *trail_gguf_path(const trail_gguf *g);
+const char *trail_gguf_hf_name(const trail_gguf *g, size_t i);
+int trail_gguf_find_hf(const trail_gguf *g, const char *hf); /* -1 when none */
+/* Tensor i by Hugging Face's shape [d0, d1] (ne reversed), checked. */
+int trail_gguf_read_hf(const trail_gguf *g, size_t i, const int64_t *shape, int ndim, float *dst, trail_error *err);
+/* GGUF's name for a Hugging Face one; 0 when it has none. */
+int trail_gguf_name(const char *hf, char *out, size_t n);
+float trail_gguf_half(uint16_t h);
+uint16_t trail_gguf_to_half(float x);
+uint16_t trail_gguf_to_bf16(float x);
+/* The GGUF file behind a checkpoint, or NULL. */
+const trail_gguf *trail_st_gguf(const trail_st *st);
+/* A safetensors file in memory (kept alive by the caller); name is for messages. */
+int trail_st_parse(const void *buf, size_t len, const char *name, trail_st **out, trail_error *err);
+
+/* llama.cpp's tokenizer.ggml.* arrays; every pointer owned (trail_tok_arrays_release). */
+typedef struct trail_tok_arrays {
+	int sp;              /* "llama" (SentencePiece-style) rather than "gpt2" (byte-level BPE) */
+	char *pre;           /* tokenizer.ggml.pre of a byte-level one */
+	size_t n;
+	char **tok;          /* [n] spelled as tokenizer.json's vocab spells them */
+	int32_t *type;       /* [n] 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte */
+	float *score;        /* [n], or NULL */
+	size_t n_merges;
+	char **merge;        /* "left right", by rank */
+	int32_t bos, eos, unk; /* -1 when none */
+	int add_bos, add_eos;
+	char *chat_template; /* or NULL */
+} trail_tok_arrays;
+void trail_tok_arrays_release(trail_tok_arrays *a);
+/* The file's tokenizer.ggml.* arrays (TRAIL_ENOINPUT without tokenizer.ggml.model). */
+int trail_gguf_tok_arrays(const trail_gguf *g, trail_tok_arrays *a, trail_error *err);
+/* Write a Llama-family configuration's tensors (Hugging Face's names) and tokenizer arrays (NULL: none). */
+int trail_gguf_write_tensors(const char *path, const trail_model_cfg *c, const trail_param *v, size_t n,
+			     const trail_tok_arrays *tk, int type, trail_error *err);
+/* The tokenizer the arrays stand for, built through the tokenizer.json reader; file names them in errors. */
+int trail_hf_from_arrays(const trail_tok_arrays *a, const char *file, trail_tokenizer **out, trail_error *err);
+/* A tokenizer.json tokenizer's arrays for a model of V tokens (padded with unused ones). */
+int trail_hf_to_arrays(const trail_tokenizer *t, size_t V, trail_tok_arrays *a, trail_error *err);
+
 #endif

@@ -3,15 +3,25 @@
 
 #include "core/core.h"
 #include "model/model.h"
+#include "model/model_int.h"
 
 #define HEADER_MAX (64u << 20)
 
+/*
+ * A checkpoint: one safetensors file; or Hugging Face's shards, an index
+ * whose weight_map names the shard of every tensor; or a GGUF file under
+ * Hugging Face's names.
+ */
 struct trail_st {
 	trail_map map;
 	json_t *header;
 	const uint8_t *data; /* start of the byte buffer */
 	size_t datalen;
 	char *path;
+	trail_gguf *gg;
+	trail_st **shard;    /* [nshard] */
+	size_t nshard;
+	json_t *wmap;        /* tensor name -> shard index */
 };
 
 /* Bytes per element of a safetensors dtype; 0 if unknown. */
@@ -110,42 +120,199 @@ out:
 	return rc;
 }
 
-int trail_st_open(const char *path, trail_st **out, trail_error *err)
+/* The header and layout of the safetensors file in p[0..n). */
+static int parse_st(trail_st *st, const uint8_t *p, size_t n, trail_error *err)
 {
-	trail_st *st = trail_calloc(1, sizeof *st);
 	uint64_t hl = 0;
 	int rc;
-	*out = NULL;
-	if (!st || !(st->path = trail_strdup(path)))
-		return trail_free(st), trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if ((rc = trail_map_file(path, &st->map, err)))
-		goto fail;
-	const uint8_t *p = st->map.data;
-	if (st->map.len < 8) {
-		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "not a safetensors file (too short)");
-		goto fail;
-	}
+	const char *path = st->path;
+	if (n < 8)
+		return trail_error_at(err, TRAIL_EDATA, path, 0, "not a safetensors file (too short)");
 	for (int i = 7; i >= 0; i--)
 		hl = hl << 8 | p[i];
-	if (hl == 0 || hl > HEADER_MAX || hl > st->map.len - 8) {
-		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "not a safetensors file (header length %llu)",
-				    (unsigned long long)hl);
-		goto fail;
-	}
-	if ((rc = trail_json_parse((const char *)p + 8, hl, path, &st->header, err)) ||
-	    !json_is_object(st->header)) {
-		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "safetensors header is not a JSON object");
-		goto fail;
-	}
+	if (hl == 0 || hl > HEADER_MAX || hl > n - 8)
+		return trail_error_at(err, TRAIL_EDATA, path, 0, "not a safetensors file (header length %llu)",
+				      (unsigned long long)hl);
+	if ((rc = trail_json_parse((const char *)p + 8, hl, path, &st->header, err)) || !json_is_object(st->header))
+		return trail_error_at(err, TRAIL_EDATA, path, 0, "safetensors header is not a JSON object");
 	st->data = p + 8 + hl;
-	st->datalen = st->map.len - 8 - hl;
-	if ((rc = check_layout(st, err)))
-		goto fail;
+	st->datalen = n - 8 - hl;
+	return check_layout(st, err);
+}
+
+static trail_st *st_new(const char *path, trail_error *err)
+{
+	trail_st *st = trail_calloc(1, sizeof *st);
+	if (!st || !(st->path = trail_strdup(path))) {
+		trail_free(st);
+		trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		return NULL;
+	}
+	return st;
+}
+
+int trail_st_parse(const void *buf, size_t len, const char *name, trail_st **out, trail_error *err)
+{
+	trail_st *st = st_new(name ? name : "safetensors", err);
+	int rc;
+	*out = NULL;
+	if (!st)
+		return TRAIL_ENOMEM;
+	if ((rc = parse_st(st, buf, len, err))) {
+		trail_st_free(st);
+		return rc;
+	}
 	*out = st;
 	return TRAIL_OK;
+}
+
+static int open_file(const char *path, trail_st **out, trail_error *err)
+{
+	trail_st *st = st_new(path, err);
+	int rc;
+	*out = NULL;
+	if (!st)
+		return TRAIL_ENOMEM;
+	if ((rc = trail_map_file(path, &st->map, err)) || (rc = parse_st(st, st->map.data, st->map.len, err))) {
+		trail_st_free(st);
+		return rc;
+	}
+	*out = st;
+	return TRAIL_OK;
+}
+
+/* A shard's file name: a plain name in the index's directory. */
+static int plain_name(const char *s)
+{
+	return s && *s && *s != '.' && !strchr(s, '/') && !strchr(s, '\\') && strlen(s) < 256;
+}
+
+/*
+ * Hugging Face's shards: every shard named in the weight_map opened and
+ * checked, every tensor of every shard listed there for that shard, and
+ * every listed tensor in its shard, so each tensor is found exactly once.
+ */
+static int open_sharded(const char *path, trail_st **out, trail_error *err)
+{
+	trail_st *st = st_new(path, err);
+	void *buf = NULL;
+	size_t len;
+	json_t *ix = NULL, *files = json_object();
+	char *dir = NULL;
+	int rc;
+	*out = NULL;
+	if (!st || !files || !(st->wmap = json_object()) || !(dir = trail_strdup(path))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto fail;
+	}
+	char *sl = strrchr(dir, '/');
+	if (sl)
+		sl[sl == dir] = 0;
+	else
+		strcpy(dir, ".");
+	if ((rc = trail_read_file(path, HEADER_MAX, &buf, &len, err)) || (rc = trail_json_parse(buf, len, path, &ix, err)))
+		goto fail;
+	json_t *wm = json_object_get(ix, "weight_map"), *v;
+	const char *name;
+	if (!json_is_object(wm) || !json_object_size(wm)) {
+		rc = trail_error_at(err, TRAIL_EDATA, path, 0, "no weight_map object of tensor names to shard files");
+		goto fail;
+	}
+	json_object_foreach(wm, name, v) {
+		const char *f = json_string_value(v);
+		if (!plain_name(f)) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "tensor %s: shard %s is not a file name in this directory",
+					    name, f ? f : "(not a string)");
+			goto fail;
+		}
+		if (!json_object_get(files, f) && json_object_set_new(files, f, json_integer((json_int_t)json_object_size(files)))) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto fail;
+		}
+		if (json_object_size(files) > 65536) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "more than 65536 shards");
+			goto fail;
+		}
+	}
+	st->nshard = json_object_size(files);
+	if (!(st->shard = trail_calloc(st->nshard, sizeof *st->shard))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto fail;
+	}
+	json_object_foreach(files, name, v) {
+		char *sp = trail_path(dir, name);
+		rc = sp ? open_file(sp, &st->shard[json_integer_value(v)], err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		trail_free(sp);
+		if (rc)
+			goto fail;
+	}
+	json_object_foreach(wm, name, v) {
+		size_t k = (size_t)json_integer_value(json_object_get(files, json_string_value(v)));
+		if (!trail_st_has(st->shard[k], name)) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, 0, "tensor %s is not in its shard %s", name, json_string_value(v));
+			goto fail;
+		}
+		if (json_object_set_new(st->wmap, name, json_integer((json_int_t)k))) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto fail;
+		}
+	}
+	for (size_t k = 0; k < st->nshard; k++)
+		for (size_t i = 0; i < trail_st_count(st->shard[k]); i++) {
+			const char *t = trail_st_name(st->shard[k], i);
+			json_t *w = json_object_get(st->wmap, t);
+			if (!w || (size_t)json_integer_value(w) != k) {
+				const char *sk = NULL, *o = NULL;
+				json_object_foreach(files, name, v) {
+					if ((size_t)json_integer_value(v) == k)
+						sk = name;
+					if (w && json_integer_value(v) == json_integer_value(w))
+						o = name;
+				}
+				rc = w ? trail_error_at(err, TRAIL_EDATA, path, 0, "tensor %s is in shard %s and in shard %s", t, o, sk)
+				       : trail_error_at(err, TRAIL_EDATA, path, 0, "tensor %s of shard %s is not in the weight_map", t, sk);
+				goto fail;
+			}
+		}
+	*out = st;
+	st = NULL;
 fail:
 	trail_st_free(st);
+	json_decref(ix);
+	json_decref(files);
+	trail_free(buf);
+	trail_free(dir);
 	return rc;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+	size_t a = strlen(s), b = strlen(suf);
+	return a >= b && !strcmp(s + a - b, suf);
+}
+
+int trail_st_open(const char *path, trail_st **out, trail_error *err)
+{
+	*out = NULL;
+	if (ends_with(path, ".index.json"))
+		return open_sharded(path, out, err);
+	if (!trail_gguf_is(path))
+		return open_file(path, out, err);
+	trail_st *st = st_new(path, err);
+	int rc;
+	if (!st)
+		return TRAIL_ENOMEM;
+	if ((rc = trail_gguf_open(path, &st->gg, err)) || (rc = trail_gguf_bind(st->gg, err))) {
+		trail_st_free(st);
+		return rc;
+	}
+	*out = st;
+	return TRAIL_OK;
+}
+
+const trail_gguf *trail_st_gguf(const trail_st *st)
+{
+	return st->gg;
 }
 
 void trail_st_free(trail_st *st)
@@ -154,6 +321,11 @@ void trail_st_free(trail_st *st)
 		return;
 	trail_unmap(&st->map);
 	json_decref(st->header);
+	trail_gguf_free(st->gg);
+	for (size_t i = 0; i < st->nshard; i++)
+		trail_st_free(st->shard[i]);
+	trail_free(st->shard);
+	json_decref(st->wmap);
 	trail_free(st->path);
 	trail_free(st);
 }
@@ -165,11 +337,19 @@ const json_t *trail_st_metadata(const trail_st *st)
 
 int trail_st_has(const trail_st *st, const char *name)
 {
+	if (st->gg)
+		return trail_gguf_find_hf(st->gg, name) >= 0;
+	if (st->wmap)
+		return json_object_get(st->wmap, name) != NULL;
 	return strcmp(name, "__metadata__") && json_object_get(st->header, name) != NULL;
 }
 
 size_t trail_st_count(const trail_st *st)
 {
+	if (st->gg)
+		return trail_gguf_count(st->gg);
+	if (st->wmap)
+		return json_object_size(st->wmap);
 	return json_object_size(st->header) - (json_object_get(st->header, "__metadata__") ? 1 : 0);
 }
 
@@ -178,8 +358,10 @@ const char *trail_st_name(const trail_st *st, size_t i)
 	const char *k;
 	json_t *v;
 	size_t n = 0;
-	json_object_foreach(st->header, k, v) {
-		if (!strcmp(k, "__metadata__"))
+	if (st->gg)
+		return trail_gguf_hf_name(st->gg, i);
+	json_object_foreach(st->wmap ? st->wmap : st->header, k, v) {
+		if (!strcmp(k, "__metadata__") && !st->wmap)
 			continue;
 		if (n++ == i)
 			return k;
@@ -215,8 +397,18 @@ static float half_to_float(uint16_t h)
 int trail_st_read_f32(const trail_st *st, const char *name, const int64_t *shape, int ndim,
 		      float *dst, trail_error *err)
 {
+	if (st->gg) {
+		int i = trail_gguf_find_hf(st->gg, name);
+		return i < 0 ? trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s is missing", name)
+			     : trail_gguf_read_hf(st->gg, (size_t)i, shape, ndim, dst, err);
+	}
+	if (st->wmap) {
+		json_t *k = json_object_get(st->wmap, name);
+		return !k ? trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s is missing", name)
+			  : trail_st_read_f32(st->shard[json_integer_value(k)], name, shape, ndim, dst, err);
+	}
 	json_t *t = json_object_get(st->header, name);
-	if (!t)
+	if (!t || !strcmp(name, "__metadata__"))
 		return trail_error_at(err, TRAIL_EDATA, st->path, 0, "tensor %s is missing", name);
 	json_t *sh = json_object_get(t, "shape");
 	const char *dt = json_string_value(json_object_get(t, "dtype"));

@@ -19,16 +19,6 @@
 #include "ledger/ledger.h"
 #include "serve/serve_int.h"
 
-static char *digest_file(const char *path, char out[72])
-{
-	trail_map mp;
-	if (trail_map_file(path, &mp, NULL))
-		return NULL;
-	trail_digest_str(mp.data ? mp.data : "", mp.len, out);
-	trail_unmap(&mp);
-	return out;
-}
-
 int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error *err)
 {
 	trail_server *s = trail_calloc(1, sizeof *s);
@@ -72,13 +62,8 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 		rc = trail_tokenizer_bytes(&s->tk) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
 	if (rc)
 		goto fail;
-	char *w = trail_path(o->base, "model.safetensors");
-	if (!w || !digest_file(w, s->base_digest)) {
-		trail_free(w);
-		rc = trail_error_at(err, TRAIL_EIO, o->base, 0, "cannot read model.safetensors");
+	if ((rc = trail_base_digest(o->base, s->base_digest, err))) /* model.safetensors, its shards or the GGUF file */
 		goto fail;
-	}
-	trail_free(w);
 	/* the base's name: its directory's last component */
 	size_t bl = strlen(o->base);
 	while (bl > 1 && o->base[bl - 1] == '/')
