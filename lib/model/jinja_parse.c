@@ -964,7 +964,7 @@ static trail_jnode *if_stmt(parser *P)
 	nlist body = {0}, alt = {0};
 	nd->a = expr(P);
 	expect(P, T_CST);
-	body_until(P, &body, "elif", "else", "endif");
+	body_until(P, &body, "endif", "elif", "else");
 	if (is_stmt(P, "elif")) {
 		P->i += 2;
 		nl_push(P->x, &alt, if_stmt(P));
