@@ -255,7 +255,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		return MHD_YES;
 	}
 	if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions"))
-		return post ? completions(c, s, k, url[4] == 'c') : reply_error(c, s, 405, "use POST");
+		return post ? completions(c, s, k, !strcmp(url, "/v1/chat/completions")) : reply_error(c, s, 405, "use POST");
 	if (!strcmp(url, "/v1/models"))
 		return get ? models(c, s) : reply_error(c, s, 405, "use GET");
 	if (!strcmp(url, "/metrics"))
