@@ -1135,27 +1135,17 @@ int trail_chat_render(const char *tmpl, const json_t *messages, int add_generati
 	return rc;
 }
 
-int trail_chat_config(const char *dir, char **tmpl, json_t **vars, trail_error *err)
+/* The chat template and special tokens of tokenizer_config.json's bytes (file names it in errors) */
+static int chat_config_parse(const void *buf, size_t len, const char *file, char **tmpl, json_t **vars,
+			     trail_error *err)
 {
 	static const char *const special[] = {"bos_token", "eos_token", "unk_token", "sep_token",
 					      "pad_token", "cls_token", "mask_token"};
-	*tmpl = NULL;
-	*vars = NULL;
-	char *p = trail_path(dir, "tokenizer_config.json");
-	if (!p)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	void *buf;
-	size_t len;
-	int rc = trail_read_file(p, 16 << 20, &buf, &len, err);
-	if (rc) {
-		trail_free(p);
-		return rc == TRAIL_ENOMEM ? rc : trail_error_set(err, TRAIL_ENOINPUT, "%s: no tokenizer_config.json", dir);
-	}
 	json_error_t je;
 	json_t *c = json_loadb(buf, len, 0, &je), *t = c ? json_object_get(c, "chat_template") : NULL, *v = NULL;
-	trail_free(buf);
+	int rc = TRAIL_OK;
 	if (!json_is_object(c)) {
-		rc = trail_error_at(err, TRAIL_EDATA, p, je.line, "not a JSON object%s%s", c ? "" : ": ", c ? "" : je.text);
+		rc = trail_error_at(err, TRAIL_EDATA, file, je.line, "not a JSON object%s%s", c ? "" : ": ", c ? "" : je.text);
 		goto out;
 	}
 	if (json_is_array(t)) {
@@ -1167,7 +1157,7 @@ int trail_chat_config(const char *dir, char **tmpl, json_t **vars, trail_error *
 		t = pick;
 	}
 	if (!json_is_string(t)) {
-		rc = trail_error_set(err, TRAIL_ENOINPUT, "%s: no chat_template", p);
+		rc = trail_error_set(err, TRAIL_ENOINPUT, "%s has no chat_template", file);
 		goto out;
 	}
 	v = json_pack("{s:n,s:n}", "tools", "documents");
@@ -1194,6 +1184,34 @@ out:
 	}
 	json_decref(v);
 	json_decref(c);
+	return rc;
+}
+
+int trail_chat_config(const char *dir, char **tmpl, json_t **vars, trail_error *err)
+{
+	*tmpl = NULL;
+	*vars = NULL;
+	char *p = trail_path(dir, "tokenizer_config.json");
+	if (!p)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	void *buf;
+	size_t len;
+	int rc = trail_read_file(p, 16 << 20, &buf, &len, err);
+	if (!rc) {
+		rc = chat_config_parse(buf, len, "tokenizer_config.json", tmpl, vars, err);
+		trail_free(buf);
+	} else if (rc != TRAIL_ENOMEM) {
+		rc = trail_error_set(err, TRAIL_ENOINPUT, "no tokenizer_config.json");
+	}
 	trail_free(p);
 	return rc;
+}
+
+int trail_tokenizer_chat(const trail_tokenizer *t, char **tmpl, json_t **vars, trail_error *err)
+{
+	*tmpl = NULL;
+	*vars = NULL;
+	if (!t->config)
+		return trail_error_set(err, TRAIL_ENOINPUT, "the tokenizer has no tokenizer_config.json");
+	return chat_config_parse(t->config, t->config_len, "tokenizer_config.json", tmpl, vars, err);
 }

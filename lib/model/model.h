@@ -414,6 +414,7 @@ typedef struct trail_dataset {
 	int32_t **tok;    /* per record: tokens then end-of-text */
 	size_t *len;
 	int32_t *first;   /* first token that counts in the loss (instruct: the completion) */
+	uint8_t **mask;   /* NULL, or per record NULL or len flags: the tokens that count (chat: the assistant's) */
 	char (*id)[72];   /* record ids */
 	char **contributor; /* or NULL entries */
 	char root[64];    /* base64 RFC 9162 root over the record ids */
@@ -435,6 +436,8 @@ size_t trail_dataset_rows(const trail_dataset *d);
  * (len > seq + 1). *first (may be NULL) gets the first such record, or n.
  */
 size_t trail_dataset_long(const trail_dataset *d, int seq, size_t *first);
+/* Whether token p of record r counts in the loss (as a target): from first on, where the mask allows. */
+int trail_dataset_target(const trail_dataset *d, size_t r, size_t p);
 /*
  * Each record longer than seq becomes consecutive windows of seq input
  * tokens (window k from token k*seq, its targets the next seq tokens), so
@@ -586,11 +589,14 @@ void trail_blas_threads(int n);
  * pad_token, cls_token and mask_token where the config names them (as
  * strings, an AddedToken by its content). TRAIL_ENOINPUT when there is no
  * tokenizer_config.json or it has no chat_template. Both the caller's.
+ * trail_tokenizer_chat: the same from the tokenizer_config.json a
+ * tokenizer was loaded with.
  */
 int trail_jinja_render(const char *tmpl, size_t len, const json_t *vars, long long now, char **out, size_t *olen,
 		       trail_error *err);
 int trail_chat_render(const char *tmpl, const json_t *messages, int add_generation_prompt, const json_t *extra,
 		      char **out, trail_error *err);
 int trail_chat_config(const char *dir, char **tmpl, json_t **vars, trail_error *err);
+int trail_tokenizer_chat(const trail_tokenizer *t, char **tmpl, json_t **vars, trail_error *err);
 
 #endif

@@ -33,8 +33,8 @@ static char *digest_file(const char *path, char out[72])
 }
 
 /*
- * The chat template of tokenizer_config.json beside the tokenizer (the
- * base's), and the special tokens that end a turn: the config's eos_token
+ * The chat template of the tokenizer's tokenizer_config.json (the base's
+ * unless --tokenizer names another), and the special tokens that end a turn: the config's eos_token
  * and the usual end-of-turn tokens, where the tokenizer has them as special
  * tokens. No template is not an error: chat requests are answered 400.
  */
@@ -43,9 +43,8 @@ static int chat_setup(trail_server *s, trail_error *err)
 	static const char *const ends[] = {"<|eot_id|>", "<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>",
 					   "<|end|>", "<end_of_turn>"};
 	const size_t nends = sizeof ends / sizeof *ends;
-	const char *dir = s->o.tokenizer && strcmp(s->o.tokenizer, "bytes") ? s->o.tokenizer : s->o.base;
 	trail_error e = {0};
-	int rc = trail_chat_config(dir, &s->chat_tmpl, &s->chat_vars, &e);
+	int rc = trail_tokenizer_chat(s->tk, &s->chat_tmpl, &s->chat_vars, &e);
 	if (rc == TRAIL_ENOMEM)
 		return trail_error_set(err, rc, "out of memory");
 	if (rc)

@@ -2,7 +2,8 @@
  * Chat templates: small templates with the strings @huggingface/jinja
  * renders for them (whitespace control, trim_blocks/lstrip_blocks, loops,
  * namespaces, macros, filters, JavaScript's number and equality rules),
- * errors that name the line, and tokenizer_config.json's chat_template.
+ * errors that name the line, tokenizer_config.json's chat_template, and
+ * chat training records (the loss on the assistant's tokens only).
  *
  * With TRAIL_CHAT_CASES=FILE (tests/cli/chat-template.sh): FILE holds
  * tests/reference/chat_render.js's cases, one a line, {"name", "template",
@@ -15,6 +16,7 @@
 #include "core/core.h"
 #include "tap.h"
 #include "model/model.h"
+#include "job/job.h"
 
 static char *render(const char *tmpl, const char *vars, trail_error *e)
 {
@@ -114,6 +116,90 @@ static int cases(const char *file)
 	return tap_done();
 }
 
+static int32_t *enc(const trail_tokenizer *tk, const char *s, size_t *n)
+{
+	int32_t *ids = NULL;
+	trail_tokenizer_encode_ex(tk, s, strlen(s), TRAIL_TOKENIZE_SPECIAL, &ids, n, NULL);
+	return ids;
+}
+
+/* Chat records on tests/data/hf-bpe's tokenizer with a chat template of ours */
+static void chat_records(void)
+{
+	const char *top = getenv("TRAIL_TOP") ? getenv("TRAIL_TOP") : ".";
+	char dir[] = "/tmp/trail-chatrec-XXXXXX", src[4096];
+	ok(mkdtemp(dir) != NULL, "a directory");
+	snprintf(src, sizeof src, "%s/tests/data/hf-bpe/tokenizer.json", top);
+	void *tj;
+	size_t tl;
+	if (!ok(!trail_read_file(src, 0, &tj, &tl, NULL), "read tests/data/hf-bpe/tokenizer.json"))
+		return;
+	char *p1 = trail_path(dir, "tokenizer.json"), *p2 = trail_path(dir, "tokenizer_config.json");
+	const char *cfg = "{\"eos_token\": \"<|eos|>\", \"chat_template\": \"{% for m in messages %}<x>{{ m.role }}: "
+			  "{{ m.content }}<|eos|>{% endfor %}{% if add_generation_prompt %}<x>assistant: {% endif %}\"}";
+	trail_write_atomic(p1, tj, tl, 0644, NULL);
+	trail_write_atomic(p2, cfg, strlen(cfg), 0644, NULL);
+	trail_tokenizer *tk = NULL;
+	trail_error e;
+	ok(!trail_tokenizer_load(dir, &tk, &e), "a tokenizer with a chat template");
+	json_t *recs = json_loads("[{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\","
+				  "\"content\": \"yo\"}, {\"role\": \"user\", \"content\": \"ok\"}, {\"role\": "
+				  "\"assistant\", \"content\": \"bye\"}]}, {\"text\": \"plain\"}]", 0, NULL);
+	trail_dataset *d = NULL;
+	ok(tk && !trail_dataset_from_records(recs, tk, &d, &e), "a dataset of a chat record and a text record: %s",
+	   d ? "" : e.msg);
+	/* the pieces: prompt (no loss), answer (loss), ... */
+	const char *piece[] = {"<x>user: hi<|eos|><x>assistant: ", "yo<|eos|>", "<x>user: ok<|eos|><x>assistant: ",
+			       "bye<|eos|>"};
+	int32_t want[256];
+	int target[256];
+	size_t nw = 0;
+	for (int k = 0; k < 4 && tk; k++) {
+		size_t n;
+		int32_t *ids = enc(tk, piece[k], &n);
+		for (size_t i = 0; i < n && nw < 250; i++)
+			want[nw] = ids[i], target[nw++] = k % 2;
+		trail_free(ids);
+	}
+	if (tk)
+		want[nw] = trail_tokenizer_eot(tk), target[nw++] = 0;
+	int same = d && d->len[0] == nw && !memcmp(d->tok[0], want, nw * sizeof *want);
+	ok(same, "the record's tokens are the rendered turns' (%zu tokens)", nw);
+	int mask_ok = same;
+	for (size_t p = 0; same && p < nw; p++)
+		mask_ok &= trail_dataset_target(d, 0, p) == target[p];
+	ok(mask_ok, "only the assistant's tokens are targets");
+	int32_t x[64], y[64];
+	long k = d ? trail_dataset_row(d, 0, 64, x, y) : 0, wantk = 0;
+	for (size_t p = 1; p < nw; p++)
+		wantk += target[p];
+	ok(k == wantk && d && y[d->first[0] - 1] == want[d->first[0]], "a row's targets: %ld of them", k);
+	ok(d && trail_dataset_target(d, 1, 0) && trail_dataset_target(d, 1, 1), "the text record counts throughout");
+	trail_dataset_free(d);
+	json_decref(recs);
+	/* a template that renders an earlier turn differently once more follow */
+	cfg = "{\"chat_template\": \"{% for m in messages %}{{ m.content }}{% if loop.last %}.{% endif %}{% endfor %}\"}";
+	trail_write_atomic(p2, cfg, strlen(cfg), 0644, NULL);
+	trail_tokenizer_free(tk);
+	trail_tokenizer_load(dir, &tk, NULL);
+	recs = json_loads("[{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\","
+			  "\"content\": \"b\"}, {\"role\": \"user\", \"content\": \"c\"}]}]", 0, NULL);
+	d = NULL;
+	ok(tk && trail_dataset_from_records(recs, tk, &d, &e) == TRAIL_EDATA && strstr(e.msg, "cannot be told apart") &&
+	   e.line == 1, "such a template is refused for training: %s", e.msg);
+	trail_dataset_free(d);
+	trail_tokenizer_free(tk);
+	/* no template at all */
+	trail_tokenizer *bytes = NULL;
+	trail_tokenizer_bytes(&bytes);
+	ok(trail_dataset_from_records(recs, bytes, &d, &e) == TRAIL_EDATA && strstr(e.msg, "chat template"),
+	   "no chat template: refused (%s)", e.msg);
+	trail_tokenizer_free(bytes);
+	json_decref(recs);
+	unlink(p1), unlink(p2), rmdir(dir);
+	trail_free(p1), trail_free(p2), trail_free(tj);
+}
+
 int main(void)
 {
 	if (getenv("TRAIL_CHAT_CASES"))
@@ -185,5 +271,6 @@ int main(void)
 	rmdir(dir);
 	trail_free(cfg);
 	json_decref(m);
+	chat_records();
 	return tap_done();
 }
