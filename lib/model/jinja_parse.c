@@ -516,6 +516,7 @@ typedef struct parser {
 	trail_jx *x;
 	tok *t;
 	size_t nt, i;
+	int depth; /* of expressions and statements: a hostile template must not run the stack out */
 } parser;
 
 typedef struct nlist {
@@ -802,7 +803,10 @@ static trail_jnode *unary_sign(parser *P)
 	if ((is(P, T_UNARY) || is(P, T_ADD)) && (num_is(&P->t[P->i], '-') || num_is(&P->t[P->i], '+'))) {
 		trail_jnode *u = node(P, JN_UNARY);
 		u->s = P->t[P->i++].s, u->n = 1;
+		if (++P->depth > 200)
+			pfail(P, "%s", "expressions and statements nested more than 200 deep");
 		u->a = unary_sign(P);
+		P->depth--;
 		return u;
 	}
 	trail_jnode *m = member(P, primary(P));
@@ -914,7 +918,10 @@ static trail_jnode *negation(parser *P)
 		trail_jnode *u = node(P, JN_UNARY);
 		u->s = "not", u->n = 3;
 		P->i++;
+		if (++P->depth > 200)
+			pfail(P, "%s", "expressions and statements nested more than 200 deep");
 		u->a = negation(P);
+		P->depth--;
 		r = u;
 	}
 	return r ? r : compare(P);
@@ -940,7 +947,18 @@ static trail_jnode *logic_or(parser *P)
 	return l;
 }
 
+static trail_jnode *expr1(parser *P);
+
 static trail_jnode *expr(parser *P)
+{
+	if (++P->depth > 200)
+		pfail(P, "%s", "expressions and statements nested more than 200 deep");
+	trail_jnode *e = expr1(P);
+	P->depth--;
+	return e;
+}
+
+static trail_jnode *expr1(parser *P)
 {
 	trail_jnode *a = logic_or(P);
 	if (!is_id(P, 0, "if"))
@@ -977,7 +995,18 @@ static trail_jnode *if_stmt(parser *P)
 	return nd;
 }
 
+static trail_jnode *statement1(parser *P);
+
 static trail_jnode *statement(parser *P)
+{
+	if (++P->depth > 200)
+		pfail(P, "%s", "expressions and statements nested more than 200 deep");
+	trail_jnode *nd = statement1(P);
+	P->depth--;
+	return nd;
+}
+
+static trail_jnode *statement1(parser *P)
 {
 	expect(P, T_OST);
 	if (!is(P, T_IDENT))
@@ -1081,7 +1110,7 @@ trail_jnode **trail_jx_parse(trail_jx *x, const char *src, size_t n, size_t *cou
 	lexer L = {x, preprocess(x, src, n), 0, NULL, 0, 0};
 	x->lines = L.p.ln;
 	lex(&L);
-	parser P = {x, L.t, L.nt, 0};
+	parser P = {x, L.t, L.nt, 0, 0};
 	nlist l = {0};
 	while (P.i < P.nt)
 		nl_push(x, &l, any(&P));

