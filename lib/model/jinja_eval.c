@@ -582,7 +582,7 @@ static jv *apply_filter(ev *E, jv *v, const trail_jnode *f, env *en)
 		if (b && b->t != JV_BOOL)
 			JV_FAIL(E, f, "default: the flag must be a boolean");
 		if (v->t == JV_UNDEF || (b && b->b && !trail_jv_truthy(v)))
-			return d ? d : (na && a[0]->t == JV_KWARGS ? a[0] : trail_jv_mk_str(E, "", 0));
+			return d ? d : trail_jv_mk_str(E, "", 0);
 		return v;
 	}
 	if (IS("int") || IS("float")) {
