@@ -488,7 +488,7 @@ void trail_attr_fill(const trail_dataset *d, size_t r, int T, int32_t *x, int32_
 	long k = 0;
 	for (int t = 0; t < T; t++) {
 		x[t] = (size_t)t < n ? d->tok[r][t] : 0;
-		y[t] = (size_t)t + 1 < n && t + 1 >= d->first[r] ? d->tok[r][t + 1] : -1;
+		y[t] = (size_t)t + 1 < n && trail_dataset_target(d, r, (size_t)t + 1) ? d->tok[r][t + 1] : -1;
 		k += y[t] >= 0;
 	}
 	*count = k;

@@ -1,6 +1,6 @@
 /*
  * A training set from records: each record's tokens, the token where its
- * loss starts, its id (the snapshot's, else the digest of the record) and
+ * loss starts (and, for chat records, which tokens count), its id (the snapshot's, else the digest of the record) and
  * contributor, and the RFC 9162 root over the ids that ties an index and a
  * training run to exactly these records.
  */
@@ -22,9 +22,119 @@ static const char *str(const json_t *o, const char *k)
 	return json_string_value(json_object_get(o, k));
 }
 
+/* s[0..n) encoded with special tokens as tokens, appended to *t (*n, room *cap), each flagged m */
+static int put_tokens(const trail_tokenizer *tk, const char *s, size_t n, uint8_t m, int32_t **t, uint8_t **f,
+		      size_t *len, size_t *cap, trail_error *err)
+{
+	int32_t *ids;
+	size_t k;
+	int rc = trail_tokenizer_encode_ex(tk, s, n, TRAIL_TOKENIZE_SPECIAL, &ids, &k, err);
+	if (rc)
+		return rc;
+	if (*len + k + 1 > *cap) {
+		size_t c = (*len + k + 1) * 2;
+		int32_t *nt = trail_realloc(*t, c * sizeof *nt);
+		if (nt)
+			*t = nt;
+		uint8_t *nf = nt ? trail_realloc(*f, c) : NULL;
+		if (!nf) {
+			trail_free(ids);
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		}
+		*f = nf;
+		*cap = c;
+	}
+	memcpy(*t + *len, ids, k * sizeof *ids);
+	memset(*f + *len, m, k);
+	*len += k;
+	trail_free(ids);
+	return TRAIL_OK;
+}
+
+static int render(const char *tmpl, const json_t *msgs, size_t upto, int gen, const json_t *vars, char **out,
+		  trail_error *err)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < upto; i++)
+		json_array_append(a, json_array_get(msgs, i));
+	int rc = a ? trail_chat_render(tmpl, a, gen, vars, out, err) : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	json_decref(a);
+	return rc;
+}
+
+/*
+ * A chat record: the conversation rendered with the tokenizer's chat
+ * template, and the loss on the assistant's turns only. Turn k's span runs
+ * from the end of the conversation before it rendered with the generation
+ * prompt to the end of the conversation up to it: what lora-serve would be
+ * given and what it should answer. Both must start the whole rendering
+ * (templates that render earlier turns differently once later ones exist
+ * are refused); each span is encoded on its own, as a served prompt and
+ * its answer are.
+ */
+static int chat_record(const trail_tokenizer *tk, const char *tmpl, const json_t *vars, const json_t *msgs, long line,
+		       int32_t **tok, uint8_t **flag, size_t *len, int32_t *first, trail_error *err)
+{
+	size_t i, cap = 0, done = 0, turns = 0;
+	json_t *m;
+	char *all = NULL, *p = NULL, *q = NULL;
+	int rc;
+	*tok = NULL, *flag = NULL, *len = 0;
+	if (!json_is_array(msgs) || !json_array_size(msgs))
+		return trail_error_at(err, TRAIL_EDATA, "records", line, "\"messages\" is a non-empty list");
+	json_array_foreach(msgs, i, m)
+		if (!json_is_string(json_object_get(m, "role")) || !json_is_string(json_object_get(m, "content")))
+			return trail_error_at(err, TRAIL_EDATA, "records", line, "messages[%zu] has no string role and content", i);
+	if ((rc = render(tmpl, msgs, json_array_size(msgs), 0, vars, &all, err)))
+		goto out;
+	size_t n = strlen(all);
+	json_array_foreach(msgs, i, m) {
+		if (strcmp(json_string_value(json_object_get(m, "role")), "assistant"))
+			continue;
+		if ((rc = render(tmpl, msgs, i, 1, vars, &p, err)) || (rc = render(tmpl, msgs, i + 1, 0, vars, &q, err)))
+			goto out;
+		size_t a = strlen(p), b = strlen(q);
+		if (a < done || a > b || b > n || memcmp(all, q, b) || memcmp(q, p, a)) {
+			rc = trail_error_at(err, TRAIL_EDATA, "records", line,
+					    "the chat template renders messages[%zu] differently once later turns follow; its "
+					    "assistant tokens cannot be told apart", i);
+			goto out;
+		}
+		if (!turns++)
+			*first = -1;
+		if ((rc = put_tokens(tk, all + done, a - done, 0, tok, flag, len, &cap, err)))
+			goto out;
+		if (*first < 0)
+			*first = (int32_t)*len;
+		if ((rc = put_tokens(tk, all + a, b - a, 1, tok, flag, len, &cap, err)))
+			goto out;
+		done = b;
+		trail_free(p), trail_free(q);
+		p = q = NULL;
+	}
+	if (!turns) {
+		rc = trail_error_at(err, TRAIL_EDATA, "records", line, "a chat record has no assistant message to learn");
+		goto out;
+	}
+	rc = put_tokens(tk, all + done, n - done, 0, tok, flag, len, &cap, err);
+	if (!rc) { /* end-of-text, as every record ends, outside the loss: the turn's own end token is in it */
+		(*tok)[*len] = trail_tokenizer_eot(tk);
+		(*flag)[(*len)++] = 0;
+	}
+out:
+	trail_free(all), trail_free(p), trail_free(q);
+	if (rc) {
+		trail_free(*tok), trail_free(*flag);
+		*tok = NULL, *flag = NULL;
+	}
+	return rc;
+}
+
 int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
 			       trail_dataset **out, trail_error *err)
 {
+	char *tmpl = NULL;
+	json_t *vars = NULL;
 	size_t n = json_array_size(records);
 	trail_dataset *d = trail_calloc(1, sizeof *d);
 	trail_hash *leaves = trail_malloc((n ? n : 1) * sizeof *leaves);
@@ -46,9 +156,10 @@ int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
 	for (size_t i = 0; i < n; i++) {
 		json_t *r = json_array_get(records, i);
 		const char *text = str(r, "text"), *pr = str(r, "prompt"), *co = str(r, "completion");
-		if (!text && !(pr && co)) {
+		json_t *msgs = text || pr ? NULL : json_object_get(r, "messages");
+		if (!text && !(pr && co) && !msgs) {
 			rc = trail_error_at(err, TRAIL_EDATA, "records", (long)i + 1,
-					    "a training record has \"text\" or \"prompt\" and \"completion\"");
+					    "a training record has \"text\", \"prompt\" and \"completion\", or \"messages\"");
 			goto out;
 		}
 		/* the record id: given by a snapshot, else the digest of the record itself */
@@ -59,6 +170,23 @@ int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
 		if (str(r, "contributor") && !(d->contributor[i] = trail_strdup(str(r, "contributor")))) {
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 			goto out;
+		}
+		if (msgs) {
+			trail_error e = {0};
+			if (!tmpl && (rc = trail_tokenizer_chat(tk, &tmpl, &vars, &e))) {
+				rc = rc == TRAIL_ENOMEM ? trail_error_set(err, rc, "out of memory")
+					: trail_error_at(err, TRAIL_EDATA, "records", (long)i + 1,
+							 "a chat record needs the tokenizer's chat template: %s", e.msg);
+				goto out;
+			}
+			if (!d->mask && !(d->mask = trail_calloc(n, sizeof *d->mask))) {
+				rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+				goto out;
+			}
+			if ((rc = chat_record(tk, tmpl, vars, msgs, (long)i + 1, &d->tok[i], &d->mask[i], &d->len[i],
+					      &d->first[i], err)))
+				goto out;
+			goto leaf;
 		}
 		int32_t *a = NULL, *b = NULL;
 		size_t na = 0, nb = 0;
@@ -80,6 +208,7 @@ int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
 		d->len[i] = na + nb + 1;
 		d->first[i] = text ? 0 : (int32_t)na;
 		trail_free(a), trail_free(b);
+	leaf:;
 		uint8_t dg[32];
 		trail_digest_parse(d->id[i], dg);
 		trail_merkle_leaf(dg, 32, leaves[i]);
@@ -95,6 +224,8 @@ int trail_dataset_from_records(const json_t *records, const trail_tokenizer *tk,
 	*out = d;
 	d = NULL;
 out:
+	trail_free(tmpl);
+	json_decref(vars);
 	trail_buf_release(&order);
 	trail_free(leaves);
 	trail_dataset_free(d);

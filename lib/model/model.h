@@ -414,6 +414,7 @@ typedef struct trail_dataset {
 	int32_t **tok;    /* per record: tokens then end-of-text */
 	size_t *len;
 	int32_t *first;   /* first token that counts in the loss (instruct: the completion) */
+	uint8_t **mask;   /* NULL, or per record NULL or len flags: the tokens that count (chat: the assistant's) */
 	char (*id)[72];   /* record ids */
 	char **contributor; /* or NULL entries */
 	char root[64];    /* base64 RFC 9162 root over the record ids */
@@ -435,6 +436,8 @@ size_t trail_dataset_rows(const trail_dataset *d);
  * (len > seq + 1). *first (may be NULL) gets the first such record, or n.
  */
 size_t trail_dataset_long(const trail_dataset *d, int seq, size_t *first);
+/* Whether token p of record r counts in the loss (as a target): from first on, where the mask allows. */
+int trail_dataset_target(const trail_dataset *d, size_t r, size_t p);
 /*
  * Each record longer than seq becomes consecutive windows of seq input
  * tokens (window k from token k*seq, its targets the next seq tokens), so
@@ -623,5 +626,41 @@ int trail_base_open(const char *base, trail_model_cfg *c, trail_st **st, trail_e
  * one per shard in name order.
  */
 int trail_base_digest(const char *base, char out[72], trail_error *err);
+
+/*
+ * Chat templates: the chat_template of tokenizer_config.json rendered for a
+ * conversation byte for byte as @huggingface/jinja renders it (with
+ * trim_blocks and lstrip_blocks, as transformers does), in the subset of
+ * Jinja such templates use: {{ }}, {% %}, {# #}, whitespace control, if,
+ * for (loop.*, else, break, continue, `for x in xs if c`), set (also of
+ * namespace members and blocks), macros, filter blocks, the usual filters,
+ * tests, string and dict methods, slices, namespace(), range(),
+ * raise_exception() and strftime_now() (tests/cli/chat-template.sh
+ * compares them). A construct outside the subset, or one the reference
+ * rejects, gives TRAIL_EDATA with the template's line in err, never
+ * different output; raise_exception(msg) gives TRAIL_EDATA with msg.
+ *
+ * trail_jinja_render: the template's len bytes with the variables of the
+ * object vars (NULL: none); strftime_now() reads the local time of now
+ * (seconds since the epoch; -1 for the present). *out is NUL-terminated,
+ * *olen (if not NULL) its length; both the caller's (trail_free).
+ * trail_chat_render: with {messages, add_generation_prompt} and the members
+ * of extra (bos_token, eos_token, ...; NULL: none); out as above.
+ * trail_chat_config: the chat_template of dir/tokenizer_config.json (a
+ * string, or the "default" of a list of {name, template}) into *tmpl, and
+ * the variables transformers passes beside the messages into *vars: tools
+ * and documents null, bos_token, eos_token, unk_token, sep_token,
+ * pad_token, cls_token and mask_token where the config names them (as
+ * strings, an AddedToken by its content). TRAIL_ENOINPUT when there is no
+ * tokenizer_config.json or it has no chat_template. Both the caller's.
+ * trail_tokenizer_chat: the same from the tokenizer_config.json a
+ * tokenizer was loaded with.
+ */
+int trail_jinja_render(const char *tmpl, size_t len, const json_t *vars, long long now, char **out, size_t *olen,
+		       trail_error *err);
+int trail_chat_render(const char *tmpl, const json_t *messages, int add_generation_prompt, const json_t *extra,
+		      char **out, trail_error *err);
+int trail_chat_config(const char *dir, char **tmpl, json_t **vars, trail_error *err);
+int trail_tokenizer_chat(const trail_tokenizer *t, char **tmpl, json_t **vars, trail_error *err);
 
 #endif

@@ -403,4 +403,146 @@ int trail_hf_from_arrays(const trail_tok_arrays *a, const char *file, trail_toke
 /* A tokenizer.json tokenizer's arrays for a model of V tokens (padded with unused ones). */
 int trail_hf_to_arrays(const trail_tokenizer *t, size_t V, trail_tok_arrays *a, trail_error *err);
 
+/*
+ * jinja_parse.c and jinja_eval.c: the Jinja subset of chat templates, as
+ * @huggingface/jinja reads and renders it. One trail_jx per render owns
+ * every allocation (an arena) and the jump taken on any error, so nothing
+ * in between frees or checks a result.
+ */
+#include <setjmp.h>
+
+enum { JN_TEXT, JN_COMMENT, JN_IF, JN_FOR, JN_SET, JN_MACRO, JN_BREAK, JN_CONTINUE, JN_FILTERBLK,
+       JN_IDENT, JN_INT, JN_FLOAT, JN_STR, JN_ARRAY, JN_TUPLE, JN_OBJECT, JN_MEMBER, JN_SLICE,
+       JN_CALL, JN_KWARG, JN_BINARY, JN_UNARY, JN_FILTER, JN_TEST, JN_TERNARY, JN_SELECT };
+
+/*
+ * A node. TEXT, STR, IDENT: s[0..n); INT, FLOAT: num; IF: a test, l body,
+ * l2 else; FOR: a target (IDENT or TUPLE), b iterable, c its `if` or NULL,
+ * l body, l2 else; SET: a target, b value or NULL (then l is the block);
+ * MACRO: s name, l parameters (IDENT or KWARG), l2 body; ARRAY, TUPLE: l;
+ * OBJECT: l keys, l2 values; MEMBER: a object, b property, flag computed;
+ * SLICE: a, b, c (each may be NULL); CALL: a callee, l arguments; KWARG:
+ * s name, a value; BINARY: s operator, a, b; UNARY: s operator, a;
+ * FILTER: a operand, s name, flag called (l its arguments); FILTERBLK:
+ * s, flag, l as FILTER, l2 body; TEST: a operand, s name, flag negated;
+ * TERNARY: a condition, b then, c else; SELECT: a value, b condition.
+ */
+typedef struct trail_jnode trail_jnode;
+struct trail_jnode {
+	int kind, line, flag;
+	const char *s;
+	size_t n;
+	double num;
+	trail_jnode *a, *b, *c;
+	trail_jnode **l, **l2;
+	size_t nl, nl2;
+};
+
+typedef struct trail_jx {
+	jmp_buf jb;
+	trail_error *err;
+	int code;
+	struct trail_jblk *blk; /* the arena */
+	const int *lines;       /* line in the template of each byte of the preprocessed source */
+} trail_jx;
+
+/* Arena memory, zeroed; jumps with TRAIL_ENOMEM when none is left. */
+void *trail_jx_alloc(trail_jx *x, size_t n);
+/* Fill in the error (source "chat_template", line) and jump. */
+void trail_jx_fail(trail_jx *x, int code, int line, const char *fmt, ...)
+	__attribute__((noreturn, format(printf, 4, 5)));
+/* The template's statements (preprocessed with trim_blocks and lstrip_blocks). */
+trail_jnode **trail_jx_parse(trail_jx *x, const char *src, size_t n, size_t *count);
+/* Frees the arena. */
+void trail_jx_release(trail_jx *x);
+/* ECMAScript's WhiteSpace and LineTerminator (String.prototype.trim, \s). */
+int trail_jx_space(uint32_t c);
+/* The code point at s[*i] (advancing *i), valid UTF-8 assumed; bytes that are not pass as themselves. */
+uint32_t trail_jx_cp(const char *s, size_t n, size_t *i);
+
+/*
+ * The values of jinja_value.c, for jinja_eval.c: JavaScript's kinds as the
+ * reference has them (a tuple is a list that is not iterable), an
+ * object's members in order; all in the render's arena.
+ */
+enum { JV_UNDEF, JV_NULL, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_ARRAY, JV_TUPLE, JV_OBJECT, JV_KWARGS, JV_NS, JV_FUNC };
+
+enum { JF_RAISE, JF_RANGE, JF_NAMESPACE, JF_STRFTIME, JF_UPPER, JF_LOWER, JF_STRIP, JF_TITLE, JF_CAPITALIZE, JF_RSTRIP,
+       JF_LSTRIP, JF_STARTSWITH, JF_ENDSWITH, JF_SPLIT, JF_REPLACE, JF_GET, JF_ITEMS, JF_KEYS, JF_VALUES, JF_MACRO };
+
+typedef struct trail_jenv trail_jenv;
+typedef struct trail_jv trail_jv;
+struct trail_jv {
+	int t, b, fn;
+	double num;
+	const char *s; /* JV_STR */
+	size_t n;
+	trail_jv **v, **k;   /* elements; an object's values and keys (JV_STR) */
+	size_t nv, cap;
+	const trail_jv *self;         /* a method's object */
+	const trail_jnode *mac; /* JF_MACRO */
+	trail_jenv *menv;              /* where the macro was defined */
+};
+
+struct trail_jenv {
+	trail_jenv *parent;
+	const char **name;
+	size_t *len;
+	trail_jv **val;
+	size_t n, cap;
+};
+
+typedef struct trail_jsink {
+	char *p;
+	size_t n, cap;
+} trail_jsink;
+
+typedef struct trail_jev {
+	trail_jx *x;
+	int ctl; /* 1 break, 2 continue, on their way to the loop */
+	int depth;
+	long long now;
+} trail_jev;
+
+#define JV_FAIL(E, nd, ...) trail_jx_fail((E)->x, TRAIL_EDATA, (nd) ? (nd)->line : 0, __VA_ARGS__)
+
+extern const char *const trail_jv_type_name[]; /* by JV_ value */
+
+typedef struct trail_jopt { /* tojson's options; NULL separators: Python's defaults */
+	int indent, ascii;
+	const trail_jv *item_sep, *key_sep;
+} trail_jopt;
+static inline int trail_jv_is_obj(const trail_jv *v) { return v->t == JV_OBJECT || v->t == JV_KWARGS; }
+static inline int trail_jv_is_attr(const trail_jv *v) { return trail_jv_is_obj(v) || v->t == JV_NS; }
+static inline int trail_jv_is_arr(const trail_jv *v) { return v->t == JV_ARRAY || v->t == JV_TUPLE; }
+static inline int trail_jv_is_num(const trail_jv *v) { return v->t == JV_INT || v->t == JV_FLOAT; }
+trail_jv *trail_jv_mk(trail_jev *E, int t);
+trail_jv *trail_jv_mk_num(trail_jev *E, int t, double d);
+trail_jv *trail_jv_mk_bool(trail_jev *E, int b);
+trail_jv *trail_jv_mk_str(trail_jev *E, const char *s, size_t n);
+trail_jv *trail_jv_mk_strcopy(trail_jev *E, const char *s, size_t n);
+void trail_jv_push_v(trail_jev *E, trail_jv *a, trail_jv *k, trail_jv *val);
+trail_jv *trail_jv_obj_get(const trail_jv *o, const char *k, size_t n);
+void trail_jv_obj_set(trail_jev *E, trail_jv *o, trail_jv *k, trail_jv *val);
+int trail_jv_truthy(const trail_jv *v);
+void trail_jv_put(trail_jev *E, trail_jsink *o, const char *s, size_t n);
+void trail_jv_puts(trail_jev *E, trail_jsink *o, const char *s);
+trail_jv *trail_jv_sink_str(trail_jev *E, trail_jsink *o);
+void trail_jv_to_json(trail_jev *E, trail_jsink *o, const trail_jv *v, const trail_jopt *op, int depth, int undef_null, const trail_jnode *nd);
+void trail_jv_to_string(trail_jev *E, trail_jsink *o, const trail_jv *v, const trail_jnode *nd);
+void trail_jv_value_str(trail_jev *E, trail_jsink *o, const trail_jv *v, const trail_jnode *nd);
+trail_jv *trail_jv_concat(trail_jev *E, const trail_jv *a, const trail_jv *b, const trail_jnode *nd);
+int trail_jv_loose_eq(trail_jev *E, const trail_jv *a, const trail_jv *b, const trail_jnode *nd);
+int trail_jv_strict_eq(const trail_jv *a, const trail_jv *b);
+size_t trail_jv_u16_len(const char *s, size_t n);
+size_t *trail_jv_cp_offsets(trail_jev *E, const char *s, size_t n, size_t *count);
+size_t trail_jv_trim_start(const char *s, size_t n);
+size_t trail_jv_trim_end(const char *s, size_t n, size_t from);
+trail_jv *trail_jv_case_map(trail_jev *E, const trail_jv *s, int up, const trail_jnode *nd);
+trail_jv *trail_jv_title(trail_jev *E, const trail_jv *s);
+const char *trail_jv_find(const char *h, size_t hn, const char *nd, size_t n);
+trail_jv *trail_jv_split(trail_jev *E, const trail_jv *s, trail_jv **a, size_t na, const trail_jnode *nd);
+trail_jv *trail_jv_replace(trail_jev *E, const trail_jv *s, const trail_jv *old, const trail_jv *nw, double count);
+trail_jv *trail_jv_from_json(trail_jev *E, const json_t *j);
+
 #endif

@@ -29,6 +29,9 @@ void trail_dataset_free(trail_dataset *d)
 	trail_free(d->tok);
 	trail_free(d->len);
 	trail_free(d->first);
+	for (size_t i = 0; d->mask && i < d->n; i++)
+		trail_free(d->mask[i]);
+	trail_free(d->mask);
 	trail_free(d->id);
 	trail_free(d->contributor);
 	trail_free(d->row_rec);
@@ -39,6 +42,11 @@ void trail_dataset_free(trail_dataset *d)
 size_t trail_dataset_rows(const trail_dataset *d)
 {
 	return d->row_rec ? d->nrows : d->n;
+}
+
+int trail_dataset_target(const trail_dataset *d, size_t r, size_t p)
+{
+	return p >= (size_t)d->first[r] && (!d->mask || !d->mask[r] || d->mask[r][p]);
 }
 
 size_t trail_dataset_long(const trail_dataset *d, int seq, size_t *first)
@@ -103,7 +111,7 @@ long trail_dataset_row(const trail_dataset *d, size_t row, int seq, int32_t *x, 
 	for (int t = 0; t < seq; t++) {
 		size_t p = o + (size_t)t;
 		x[t] = p < n ? d->tok[r][p] : 0;
-		y[t] = p + 1 < n && p + 1 >= (size_t)d->first[r] ? d->tok[r][p + 1] : -1;
+		y[t] = p + 1 < n && trail_dataset_target(d, r, p + 1) ? d->tok[r][p + 1] : -1;
 		k += y[t] >= 0;
 	}
 	return k;

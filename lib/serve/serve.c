@@ -19,6 +19,45 @@
 #include "ledger/ledger.h"
 #include "serve/serve_int.h"
 
+static void sse_put(sreq *q, const json_t *j);
+static json_t *chunk_json(const sreq *q, const char *text, size_t n, const char *reason);
+
+/*
+ * The chat template of the tokenizer's tokenizer_config.json (the base's
+ * unless --tokenizer names another), and the special tokens that end a turn: the config's eos_token
+ * and the usual end-of-turn tokens, where the tokenizer has them as special
+ * tokens. No template is not an error: chat requests are answered 400.
+ */
+static int chat_setup(trail_server *s, trail_error *err)
+{
+	static const char *const ends[] = {"<|eot_id|>", "<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>",
+					   "<|end|>", "<end_of_turn>"};
+	const size_t nends = sizeof ends / sizeof *ends;
+	trail_error e = {0};
+	int rc = trail_tokenizer_chat(s->tk, &s->chat_tmpl, &s->chat_vars, &e);
+	if (rc == TRAIL_ENOMEM)
+		return trail_error_set(err, rc, "out of memory");
+	if (rc)
+		snprintf(s->chat_why, sizeof s->chat_why, "the model has no chat template (%.260s)", e.msg);
+	const char *eos = json_string_value(json_object_get(s->chat_vars, "eos_token"));
+	for (size_t i = 0; i <= nends && s->nturn_end < 8; i++) {
+		const char *t = i < nends ? ends[i] : eos;
+		int32_t *a = NULL, *b = NULL;
+		size_t na = 0, nb = 0;
+		if (t && !trail_tokenizer_encode_ex(s->tk, t, strlen(t), TRAIL_TOKENIZE_SPECIAL, &a, &na, NULL) &&
+		    !trail_tokenizer_encode(s->tk, t, strlen(t), &b, &nb, NULL) && na == 1 && (nb != 1 || b[0] != a[0])) {
+			int dup = 0;
+			for (int k = 0; k < s->nturn_end; k++)
+				dup |= s->turn_end[k] == a[0];
+			if (!dup)
+				s->turn_end[s->nturn_end++] = a[0];
+		}
+		trail_free(a);
+		trail_free(b);
+	}
+	return TRAIL_OK;
+}
+
 int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error *err)
 {
 	trail_server *s = trail_calloc(1, sizeof *s);
@@ -60,7 +99,7 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 		rc = trail_tokenizer_load(o->tokenizer, &s->tk, err);
 	else if ((rc = trail_tokenizer_load(o->base, &s->tk, err)) == TRAIL_ENOINPUT && c->vocab_size == 257)
 		rc = trail_tokenizer_bytes(&s->tk) ? trail_error_set(err, TRAIL_ENOMEM, "out of memory") : TRAIL_OK;
-	if (rc)
+	if (rc || (rc = chat_setup(s, err)))
 		goto fail;
 	if ((rc = trail_base_digest(o->base, s->base_digest, err))) /* model.safetensors, its shards or the GGUF file */
 		goto fail;
@@ -127,6 +166,8 @@ void trail_server_free(trail_server *s)
 		close(s->events_fd);
 	trail_infer_free(s->m);
 	trail_tokenizer_free(s->tk);
+	trail_free(s->chat_tmpl);
+	json_decref(s->chat_vars);
 	trail_free(s->base.name);
 	trail_free(s->act), trail_free(s->adm), trail_free(s->done), trail_free(s->logits), trail_free(s->rtok), trail_free(s->rpos), trail_free(s->rkv);
 	trail_free(s->rlw), trail_free(s->rout), trail_free(s->rseq), trail_free(s->cands);
@@ -176,6 +217,8 @@ void req_unref(trail_server *s, sreq *q)
 	trail_free(q->model);
 	trail_free(q->tok);
 	trail_free(q->body);
+	trail_free(q->chat_prompt);
+	json_decref(q->messages);
 	trail_buf_release(&q->text);
 	trail_buf_release(&q->out);
 	trail_free(q);
@@ -185,12 +228,69 @@ json_t *serve_error_json(int status, const char *msg)
 {
 	const char *type = status == 404 ? "not_found_error" : status == 429 ? "rate_limit_error"
 		: status >= 500 ? "server_error" : "invalid_request_error";
-	return json_pack("{s:{s:s, s:s, s:i}}", "error", "message", msg, "type", type, "code", status);
+	return json_pack("{s:{s:s, s:s, s:n, s:i}}", "error", "message", msg, "type", type, "param", "code", status);
 }
 
 #define BAD(code, ...) do { *status = (code); trail_error_set(err, TRAIL_EDATA, __VA_ARGS__); goto bad; } while (0)
 
-sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *err)
+/*
+ * A chat request's messages, checked and rendered with the chat template
+ * (add_generation_prompt true) into q->chat_prompt. Content is a string,
+ * null, or OpenAI's list of parts, of which the text parts are joined;
+ * other members of a message (tool_calls, name...) reach the template as
+ * they are.
+ */
+static int chat_render(trail_server *s, sreq *q, const json_t *msgs, int *status, trail_error *err)
+{
+	size_t i;
+	json_t *m;
+	if (!json_is_array(msgs) || !json_array_size(msgs))
+		BAD(400, "\"messages\" is a non-empty list of messages");
+	if (!(q->messages = json_array()))
+		BAD(500, "out of memory");
+	json_array_foreach(msgs, i, m) {
+		json_t *c = json_object_get(m, "content"), *n;
+		if (!json_is_object(m) || !json_is_string(json_object_get(m, "role")))
+			BAD(400, "messages[%zu] is an object with a string \"role\"", i);
+		if (!(n = json_copy(m)) || json_array_append_new(q->messages, n))
+			BAD(500, "out of memory");
+		if (json_is_array(c)) {
+			trail_buf t = {0};
+			size_t k;
+			json_t *part;
+			json_array_foreach(c, k, part) {
+				const char *ty = json_string_value(json_object_get(part, "type"));
+				json_t *tx = json_object_get(part, "text");
+				if (!ty || strcmp(ty, "text") || !json_is_string(tx)) {
+					trail_buf_release(&t);
+					BAD(400, "messages[%zu].content: only text parts are served", i);
+				}
+				trail_buf_put(&t, json_string_value(tx), json_string_length(tx));
+			}
+			json_object_set_new(n, "content", json_stringn(t.p ? t.p : "", t.n));
+			trail_buf_release(&t);
+		} else if (c && !json_is_string(c) && !json_is_null(c)) {
+			BAD(400, "messages[%zu].content is a string, null or a list of text parts", i);
+		}
+	}
+	if (!s->chat_tmpl)
+		BAD(400, "%s", s->chat_why);
+	trail_error e = {0};
+	int rc = trail_chat_render(s->chat_tmpl, q->messages, 1, s->chat_vars, &q->chat_prompt, &e);
+	if (rc == TRAIL_ENOMEM)
+		BAD(500, "out of memory");
+	if (rc && e.line > 0)
+		BAD(400, "cannot render the chat template: line %ld: %s", e.line, e.msg);
+	if (rc)
+		BAD(400, "cannot render the chat template: %s", e.msg);
+	q->prompt = q->chat_prompt;
+	q->chat = 1;
+	return 0;
+bad:
+	return -1;
+}
+
+sreq *req_new(trail_server *s, json_t *req, int http, int chat, int *status, trail_error *err)
 {
 	const trail_model_cfg *c = trail_infer_config(s->m);
 	sreq *q = trail_calloc(1, sizeof *q);
@@ -212,7 +312,7 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 		snprintf(num, sizeof num, "%lld", (long long)json_integer_value(id)), q->id = trail_strdup(num);
 	else {
 		pthread_mutex_lock(&s->mu);
-		snprintf(num, sizeof num, "cmpl-%s-%llu", s->id_nonce, ++s->next_id);
+		snprintf(num, sizeof num, "%s-%s-%llu", chat ? "chatcmpl" : "cmpl", s->id_nonce, ++s->next_id);
 		pthread_mutex_unlock(&s->mu);
 		q->id = trail_strdup(http ? num : "");
 	}
@@ -221,21 +321,35 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 	if (!json_is_object(req))
 		BAD(400, "a request is a JSON object");
 	json_t *jm = json_object_get(req, "model"), *jp = json_object_get(req, "prompt");
-	if (http && json_is_array(jp) && json_array_size(jp) == 1) /* OpenAI's prompt list, of one */
-		jp = json_array_get(jp, 0);
-	if (!json_is_string(jm) || !json_is_string(jp))
-		BAD(400, "\"model\" and \"prompt\" are strings");
-	if (json_string_length(jp) > (size_t)s->o.max_prompt)
-		BAD(413, "prompt longer than %d bytes", s->o.max_prompt);
-	if (!(q->model = trail_strdup(json_string_value(jm))))
-		BAD(500, "out of memory");
-	q->prompt = json_string_value(jp);
+	size_t plen;
+	if (chat) {
+		if (!json_is_string(jm))
+			BAD(400, "\"model\" is a string");
+		if (!(q->model = trail_strdup(json_string_value(jm))))
+			BAD(500, "out of memory");
+		if (chat_render(s, q, json_object_get(req, "messages"), status, err))
+			goto bad;
+		if ((plen = strlen(q->prompt)) > (size_t)s->o.max_prompt)
+			BAD(413, "the rendered conversation is longer than %d bytes", s->o.max_prompt);
+	} else {
+		if (http && json_is_array(jp) && json_array_size(jp) == 1) /* OpenAI's prompt list, of one */
+			jp = json_array_get(jp, 0);
+		if (!json_is_string(jm) || !json_is_string(jp))
+			BAD(400, "\"model\" and \"prompt\" are strings");
+		if ((plen = json_string_length(jp)) > (size_t)s->o.max_prompt)
+			BAD(413, "prompt longer than %d bytes", s->o.max_prompt);
+		if (!(q->model = trail_strdup(json_string_value(jm))))
+			BAD(500, "out of memory");
+		q->prompt = json_string_value(jp);
+	}
 	json_t *mt = json_object_get(req, "max_tokens"), *te = json_object_get(req, "temperature");
+	if (chat && (!mt || json_is_null(mt)))
+		mt = json_object_get(req, "max_completion_tokens");
 	json_t *tp = json_object_get(req, "top_p"), *sd = json_object_get(req, "seed"), *st = json_object_get(req, "stop");
 	json_t *sm = json_object_get(req, "stream"), *nn = json_object_get(req, "n"), *ie = json_object_get(req, "ignore_eos");
 	if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > s->o.max_tokens))
 		BAD(400, "max_tokens is an integer in 1..%d", s->o.max_tokens);
-	q->max_new = mt && !json_is_null(mt) ? (int)json_integer_value(mt) : 16;
+	q->max_new = mt && !json_is_null(mt) ? (int)json_integer_value(mt) : chat ? s->o.max_tokens : 16;
 	q->temperature = te && !json_is_null(te) ? json_number_value(te) : 1.0;
 	if (te && !json_is_null(te) && (!json_is_number(te) || !(q->temperature >= 0 && q->temperature <= 2)))
 		BAD(400, "temperature is a number in 0..2");
@@ -278,7 +392,8 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 	}
 	size_t n;
 	int32_t *ids;
-	if (trail_tokenizer_encode(s->tk, q->prompt, json_string_length(jp), &ids, &n, err)) {
+	/* a rendered conversation holds the template's special tokens, which are tokens, not text */
+	if (trail_tokenizer_encode_ex(s->tk, q->prompt, plen, chat ? TRAIL_TOKENIZE_SPECIAL : 0, &ids, &n, err)) {
 		*status = 500;
 		goto bad;
 	}
@@ -300,6 +415,11 @@ sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *
 		pthread_mutex_unlock(&s->mu);
 		if (!q->ad)
 			BAD(404, "unknown model '%s'", q->model);
+	}
+	if (q->chat && q->stream) { /* the stream opens with the assistant's role */
+		json_t *j = chunk_json(q, NULL, 0, NULL);
+		sse_put(q, j);
+		json_decref(j);
 	}
 	return q;
 bad:
@@ -401,8 +521,16 @@ static void sse_put(sreq *q, const json_t *j)
 	trail_free(s);
 }
 
+/* One chunk of a stream; a chat stream's first (text NULL) gives the role. */
 static json_t *chunk_json(const sreq *q, const char *text, size_t n, const char *reason)
 {
+	if (q->chat) {
+		json_t *d = !text ? json_pack("{s:s, s:s}", "role", "assistant", "content", "")
+			  : n || !reason ? json_pack("{s:o}", "content", serve_text_json(text, n)) : json_object();
+		return json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s?}]}", "id", q->id, "object",
+				 "chat.completion.chunk", "created", (json_int_t)q->created, "model", q->model, "choices",
+				 "index", 0, "delta", d, "logprobs", "finish_reason", reason);
+	}
 	return json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s?}]}", "id", q->id, "object", "text_completion",
 			 "created", (json_int_t)q->created, "model", q->model, "choices", "index", 0, "text",
 			 serve_text_json(text, n), "logprobs", "finish_reason", reason);
@@ -461,6 +589,8 @@ static void finish(trail_server *s, sreq *q)
 			       "finish_reason", q->finish_reason, "output_text", serve_text_json(text, q->keep),
 			       "sampling", "temperature", q->temperature, "top_p", q->top_p, "seed", (json_int_t)q->seed,
 			       "max_tokens", q->max_new, "stop", q->stop, "usage", usage);
+	if (ev && q->chat) /* the conversation the prompt was rendered from */
+		json_object_set(ev, "messages", q->messages);
 	size_t evn = 0;
 	char *evl = jcs_line(ev, &evn);
 	if (evl) {
@@ -481,6 +611,11 @@ static void finish(trail_server *s, sreq *q)
 		r = json_pack("{s:s, s:s, s:o, s:s, s:O, s:O}", "id", q->id, "model", q->model,
 			      "text", serve_text_json(text, q->keep), "finish_reason", q->finish_reason, "usage", usage,
 			      "event", ev);
+	else if (!q->stream && q->chat)
+		r = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:o}, s:n, s:s}], s:O, s:O}", "id", q->id, "object",
+			      "chat.completion", "created", (json_int_t)q->created, "model", q->model, "choices", "index", 0,
+			      "message", "role", "assistant", "content", serve_text_json(text, q->keep), "logprobs",
+			      "finish_reason", q->finish_reason, "usage", usage, "event", ev);
 	else if (!q->stream)
 		r = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s}], s:O, s:o, s:s, s:O}", "id", q->id, "object",
 			      "text_completion", "created", (json_int_t)q->created, "model", q->model, "choices", "index", 0,
@@ -716,7 +851,10 @@ int engine_round(trail_server *s, FILE *out, trail_error *err)
 		sreq *q = s->act[s->rseq[j]];
 		double u = q->temperature > 0 ? serve_uniform(q->seed, (uint64_t)(q->n - q->nprompt)) : 0;
 		int next = serve_sample(s->logits + (size_t)j * V, V, q->temperature, q->top_p, u, s->cands);
-		if (next == trail_tokenizer_eot(s->tk) && !q->ignore_eos) {
+		int end = next == trail_tokenizer_eot(s->tk);
+		for (int k = 0; q->chat && k < s->nturn_end; k++)
+			end |= next == s->turn_end[k];
+		if (end && !q->ignore_eos) {
 			q->finish_reason = "stop";
 		} else {
 			size_t before = q->text.n, tl = 0;
@@ -810,7 +948,8 @@ int trail_server_pipe(trail_server *s, FILE *in, FILE *out, trail_error *err)
 				continue;
 			}
 			int status;
-			sreq *q = req_new(s, req, 0, &status, &e);
+			int chat = json_is_object(req) && json_object_get(req, "messages") && !json_object_get(req, "prompt");
+			sreq *q = req_new(s, req, 0, chat, &status, &e);
 			if (!q) {
 				json_t *id = json_is_object(req) ? json_object_get(req, "id") : NULL;
 				char num[32];

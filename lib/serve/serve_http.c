@@ -1,10 +1,11 @@
 /*
  * lora-serve's HTTP interface on libmicrohttpd, OpenAI-compatible:
- * POST /v1/completions (server-sent events when "stream" is true),
+ * POST /v1/completions and /v1/chat/completions (server-sent events when
+ * "stream" is true),
  * GET /v1/models, /health, /metrics (Prometheus text). One thread per
  * connection (a request waits for its answer on a condition variable; a
  * stream blocks in its reader callback), one engine thread that admits and
- * decodes. Errors are JSON {"error":{"message","type","code"}}.
+ * decodes. Errors are JSON {"error":{"message","type","param","code"}}.
  *
  * Limits: a body over max_body is answered 413 and the connection closed;
  * headers are bounded by the connection memory limit; an idle or trickling
@@ -130,7 +131,7 @@ static void sse_free(void *cls)
 
 /* ---- routes ---------------------------------------------------------------------------- */
 
-static enum MHD_Result completions(struct MHD_Connection *c, trail_server *s, conn *k)
+static enum MHD_Result completions(struct MHD_Connection *c, trail_server *s, conn *k, int chat)
 {
 	trail_error e = {0};
 	json_t *j = NULL;
@@ -145,7 +146,7 @@ static enum MHD_Result completions(struct MHD_Connection *c, trail_server *s, co
 	}
 	if (trail_json_parse(k->body.p ? k->body.p : "", k->body.n, "request", &j, &e))
 		return reply_error(c, s, 400, e.msg);
-	sreq *q = req_new(s, j, 1, &status, &e);
+	sreq *q = req_new(s, j, 1, chat, &status, &e);
 	json_decref(j);
 	if (!q)
 		return reply_error(c, s, status, e.msg);
@@ -239,7 +240,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 		if (post && cl && strtoull(cl, NULL, 10) > s->o.max_body) {
 			k->too_big = 1;
-			return completions(c, s, k); /* answered before reading the body; the connection closes */
+			return completions(c, s, k, 0); /* answered before reading the body; the connection closes */
 		}
 		return MHD_YES;
 	}
@@ -253,8 +254,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	if (!strcmp(url, "/v1/completions"))
-		return post ? completions(c, s, k) : reply_error(c, s, 405, "use POST");
+	if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions"))
+		return post ? completions(c, s, k, !strcmp(url, "/v1/chat/completions")) : reply_error(c, s, 405, "use POST");
 	if (!strcmp(url, "/v1/models"))
 		return get ? models(c, s) : reply_error(c, s, 405, "use GET");
 	if (!strcmp(url, "/metrics"))

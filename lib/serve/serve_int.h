@@ -71,6 +71,10 @@ struct sreq {
 	/* HTTP */
 	int http, stream, ignore_eos;
 	long created;
+	/* chat: messages rendered with the base's chat template into chat_prompt (prompt points there) */
+	int chat;
+	char *chat_prompt;
+	json_t *messages;
 	/* under s->mu */
 	trail_buf out;   /* SSE bytes for the connection */
 	char *body;      /* the final response (a JSON line, or the stream's last events) */
@@ -85,6 +89,12 @@ struct trail_server {
 	adapter base;
 	char base_digest[72];
 	registry reg;
+	/* chat: the base's chat template and the variables beside the messages, or NULL (chat_why says why) */
+	char *chat_tmpl;
+	json_t *chat_vars;
+	char chat_why[300];
+	int32_t turn_end[8]; /* special tokens that end a chat turn (<|eot_id|>, <|im_end|>, </s>, ...) */
+	int nturn_end;
 	/* engine: the adapter cache and the active sequences */
 	adapter *lru_head, *lru_tail;
 	size_t cache_used, pinned, kv_used;
@@ -166,8 +176,11 @@ static inline double serve_now(void)
 }
 
 /* core (serve.c) */
-/* Validate a request; on failure NULL with *status (400, 404, 413) and err. */
-sreq *req_new(trail_server *s, json_t *req, int http, int *status, trail_error *err);
+/*
+ * Validate a request, a completion or (chat) a chat completion; on failure
+ * NULL with *status (400, 404, 413) and err.
+ */
+sreq *req_new(trail_server *s, json_t *req, int http, int chat, int *status, trail_error *err);
 void req_unref(trail_server *s, sreq *q); /* under mu when shared */
 /* Queue a validated request: 0, or 429 (queue full) / 503 (draining). Takes mu. */
 int req_submit(trail_server *s, sreq *q);
@@ -176,6 +189,7 @@ int engine_round(trail_server *s, FILE *out, trail_error *err);
 /* After a failed step: answer every active request with an error and retire it. */
 void engine_fail_all(trail_server *s, const trail_error *e);
 int serve_flush_batch(trail_server *s, trail_error *err);
+/* OpenAI's error object: {"error": {"message", "type", "param": null, "code"}} */
 json_t *serve_error_json(int status, const char *msg);
 
 #endif
