@@ -159,9 +159,9 @@ int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_
 		n += layer_selected(m, i, p->targets);
 	if (!n)
 		return trail_error_set(err, TRAIL_EUSAGE, "no linear layer is selected");
-	if ((size_t)n * (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_DIM)
+	if ((size_t)n * (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_ROW)
 		return trail_error_set(err, TRAIL_ELIMIT, "%d layers x %d x %d projected dimensions are over %d", n,
-				       p->k_in, p->k_out, TRAIL_ATTR_MAX_DIM);
+				       p->k_in, p->k_out, TRAIL_ATTR_MAX_ROW);
 	trail_attr_proj *pr = trail_calloc(1, sizeof *pr);
 	if (!pr || !(pr->L = trail_calloc((size_t)n, sizeof *pr->L)))
 		goto oom;
