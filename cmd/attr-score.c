@@ -17,7 +17,7 @@ static const trail_opt opts[] = {
 	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
 	{O_ADAPTERS, "adapters", 0, "DIR", "adapter directories: each event is scored with its own adapter's index", "dir"},
 	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},
-	{O_METHOD, "method", 0, "M", "influence (default), graddot, datainf or tracin", "influence graddot datainf tracin"},
+	{O_METHOD, "method", 0, "M", "influence (default), ekfac, graddot, datainf or tracin", "influence ekfac graddot datainf tracin"},
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
@@ -184,7 +184,7 @@ int main(int argc, char **argv)
 		case O_INDEX: o.index = v; break;
 		case O_METHOD:
 			if ((o.method = trail_attr_method(v)) < 0)
-				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not influence, graddot, datainf or tracin", v);
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not influence, ekfac, graddot, datainf or tracin", v);
 			break;
 		case O_TOP: rc = trail_parse_long(v, 1, 100000, &n, "--top", &err), o.top = (int)n; break;
 		case O_MINSPAN: rc = trail_parse_long(v, 1, 1 << 20, &n, "--min-span", &err), o.min_span = (int)n; break;

@@ -3,7 +3,7 @@ complete -c attr-score -l model -s m -r -a '(__fish_complete_directories)' -d 't
 complete -c attr-score -l adapter -s a -r -a '(__fish_complete_directories)' -d 'the LoRA adapter directory'
 complete -c attr-score -l adapters -r -a '(__fish_complete_directories)' -d 'adapter directories: each event is scored with its own adapter\'s index'
 complete -c attr-score -l index -s i -r -F -d 'the attribution index (default ADAPTER or MODEL/attribution.idx)'
-complete -c attr-score -l method -x -a 'influence graddot datainf tracin' -d 'influence (default), graddot, datainf or tracin'
+complete -c attr-score -l method -x -a 'influence ekfac graddot datainf tracin' -d 'influence (default), ekfac, graddot, datainf or tracin'
 complete -c attr-score -l top -s k -r -F -d 'records listed in top, whose scores make the shares (default 10)'
 complete -c attr-score -l min-span -r -F -d 'shortest verbatim span reported, in tokens (default 8)'
 complete -c attr-score -l max-count -r -F -d 'report spans that occur at most N times in training (default 16; 0: all)'

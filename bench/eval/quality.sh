@@ -155,7 +155,7 @@ scores_all() {
 	local out=$1 data=$2 qs=$3 pre=$4 m idx
 	pair "$out"
 	: > "$pre.cost.ndjson"
-	for m in influence tracin graddot datainf; do
+	for m in ${METHODS:-influence ekfac tracin graddot datainf}; do
 		idx=$out/attribution.idx
 		[ $m = tracin ] && idx=$out/tracin.idx
 		"$Q_BIN" scores "$M" "$A" "$data" "$qs" $m "$pre.$m.f32" "$idx" >> "$pre.cost.ndjson"
@@ -204,7 +204,8 @@ PY
 }
 
 # Index settings against the same retrained adapters (after lds): damping
-# and projection size for influence, graddot and datainf. Figures come per
+# and projection size for influence, ekfac, graddot and datainf (SWEEP_PROJ,
+# SWEEP_DAMPING, SWEEP_METHODS). Figures come per
 # half of the queries (even: choose, odd: report) so that a setting picked
 # here is not judged on the queries it was picked on.
 sweep() {
@@ -212,13 +213,25 @@ sweep() {
 	mkdir -p "$L/sweep"
 	for p in ${SWEEP_PROJ:-8,8 16,16 16,32}; do
 		for d in ${SWEEP_DAMPING:-0.001 0.01 0.1 1 10}; do
-			[ -s "$L/sweep/influence-p$p-d$d.f32" ] && continue
+			local todo=""
+			for m in ${SWEEP_METHODS:-influence ekfac datainf graddot}; do
+				case $m in influence|ekfac) ;; *) [ "$d" = 0.1 ] || continue ;; esac
+				# the dense blocks of influence stop at 8,192 dimensions (16 layers here)
+				[ $m = influence ] && [ $((16 * ${p%,*} * ${p#*,})) -gt 8192 ] && continue
+				[ -s "$L/sweep/$m-p$p-d$d.f32" ] || todo="$todo $m"
+			done
+			[ -n "$todo" ] || continue
+			log "sweep: projection $p, damping $d:$todo"
+			local t0 t1
+			t0=$(secs)
 			attr-score --build-index --model "$W/base" --adapter "$L/full" --data "$L/train.ndjson" \
 				--index "$L/sweep/p$p-d$d.idx" --proj "$p" --damping "$d"
-			for m in influence datainf graddot; do
-				[ $m != influence ] && [ "$d" != 0.1 ] && continue
+			t1=$(secs)
+			for m in $todo; do
 				"$Q_BIN" scores "$W/base" "$L/full" "$L/train.ndjson" "$L/queries.ndjson" $m \
-					"$L/sweep/$m-p$p-d$d.f32" "$L/sweep/p$p-d$d.idx" > /dev/null
+					"$L/sweep/$m-p$p-d$d.f32" "$L/sweep/p$p-d$d.idx" |
+					sed "s/}\$/,\"proj\":\"$p\",\"damping\":$d,\"index_s\":$(minus "$t1" "$t0"),\"index_bytes\":$(stat -c %s "$L/sweep/p$p-d$d.idx")}/" \
+					>> "$L/sweep/cost.ndjson"
 			done
 			rm -f "$L/sweep/p$p-d$d.idx" "$L/sweep/p$p-d$d.idx.span"
 		done
@@ -264,7 +277,7 @@ facts() {
 	local D=$W/facts m x
 	[ "${FACT_SEED:-0}" = 0 ] || D=$W/facts-s$FACT_SEED
 	facts_setup "$D"
-	for m in influence tracin graddot datainf; do
+	for m in ${METHODS:-influence ekfac tracin graddot datainf}; do
 		idx=$D/ft/attribution.idx
 		[ $m = tracin ] && idx=$D/ft/tracin.idx
 		attr-score --model "$M" $(adapter_opt) --index "$idx" --data "$D/train.ndjson" --method $m \

@@ -512,7 +512,8 @@ int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, tra
 			goto out;
 		}
 	/* a shard's curvature is the whole set's, computed when the shards are merged */
-	if (!h->shard && (rc = trail_attr_curvature(b->map, h, &b->o, err)))
+	if (!h->shard && ((rc = trail_attr_curvature(b->map, h, &b->o, err)) ||
+			  (rc = trail_attr_ekfac_curvature(b->map, h, &b->o, err))))
 		goto out;
 	/* the record table and contributor strings */
 	size_t blob = 0, lo = h->lo, hi = h->lo + h->nrecords;
@@ -861,7 +862,7 @@ int trail_attr_index_merge(const char *const *paths, size_t n, const trail_attr_
 		memcpy(map + o.blob + boff, b + s->o.blob, s->h.blob);
 		boff += s->h.blob;
 	}
-	if ((rc = trail_attr_curvature(map, &h, &o, err)))
+	if ((rc = trail_attr_curvature(map, &h, &o, err)) || (rc = trail_attr_ekfac_curvature(map, &h, &o, err)))
 		goto out;
 	hdr_write(map, &h);
 	uint8_t dg[32];

@@ -51,7 +51,7 @@ void trail_attr_f16_to_f32(const uint16_t *in, float *out, size_t n);
 /* What the CPU (and OS) support: TRAIL_ATTR_CPU_* bits; 0 off x86. */
 enum { TRAIL_ATTR_CPU_F16C = 1, TRAIL_ATTR_CPU_AVX2_FMA = 2 };
 int trail_attr_cpu(void);
-/* Covariance, its Cholesky factor and the DataInf dampings, written into the mapped file. */
+/* Covariance, its Cholesky factor and the DataInf dampings, written into the mapped file (EK-FAC's: attr_ekfac.c). */
 int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err);
 /* Whether an index of h's sizes has the dense per-layer blocks (influence): dim <= TRAIL_ATTR_MAX_DIM. */
 static inline int trail_attr_has_blocks(const trail_attr_hdr *h)
@@ -63,8 +63,6 @@ size_t trail_attr_ekfac_floats(int k_in, int k_out);
 int trail_attr_ekfac_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err);
 int trail_attr_ekfac_precond(const trail_attr_index *x, float *V, int nq, trail_error *err);
 int trail_attr_ekfac_ref(const trail_attr_index *x, const float *q, int nq, double *V, trail_error *err);
-/* fn over [0, n) in contiguous ranges (multiples of align), one per thread: results independent of the count. */
-int trail_attr_split(size_t n, size_t align, int (*fn)(void *ctx, size_t i0, size_t i1), void *ctx);
 /* The weight of a gradient set (the learning rate at its checkpoint) and its parameters. */
 static inline double trail_attr_set_weight(const trail_attr_index *x, int set)
 {

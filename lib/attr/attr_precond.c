@@ -45,9 +45,6 @@ int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr
 	const float *norms = (const float *)(map + o->norms) + last * N * L;
 	float *F = (float *)(map + o->chol), *lambda = (float *)(map + o->lambda);
 	size_t R = block_rows(D, 2);
-	int rc;
-	if ((rc = trail_attr_ekfac_curvature(map, h, o, err)))
-		return rc;
 	if (!trail_attr_has_blocks(h))
 		goto datainf;
 	float *buf = trail_malloc(R * D * sizeof *buf);
@@ -290,11 +287,6 @@ static int split(size_t n, size_t align, work_fn *fn, void *ctx)
 	for (int t = 0; t < nt && !rc; t++)
 		rc = jb[t].rc;
 	return rc;
-}
-
-int trail_attr_split(size_t n, size_t align, int (*fn)(void *ctx, size_t i0, size_t i1), void *ctx)
-{
-	return split(n, align, fn, ctx);
 }
 
 static int no_blocks(const trail_attr_index *x, trail_error *err)

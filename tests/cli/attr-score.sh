@@ -63,9 +63,15 @@ PY
 )" True
 check "the verbatim answer is found as a span in c0's and c3's records" grep -q '^span  amber and its harbour master is called Osk000.|c0,c3' facts
 check "the copy is one cluster naming c0 first, then c3" grep -q '"first": "c0", "members": \["c0", "c3"\]' facts
-for m in graddot datainf tracin; do
+for m in ekfac graddot datainf tracin; do
 	check "--method $m" sh -c "attr-score $args --method $m < ev.ndjson | grep -q '\"method\":\"$m\"'"
 done
+# ekfac: the verbatim answer's own record on top; an index past the dense blocks' 8,192 dimensions
+check "ekfac puts the answer's own record (Varn000) first" sh -c "attr-score $args --method ekfac < ev.ndjson | sed -n 1p | grep -q '\"top\":\[{\"contributor\":\"c[03]\"'"
+check "an index of 8 layers x 48 x 48 = 18,432 dimensions" attr-score --build-index --model base --adapter ad --data data.ndjson --proj 48,48 -i big.idx
+check "ekfac scores it" sh -c "attr-score $args -i big.idx --method ekfac < ev.ndjson > big.out && grep -c '\"method\":\"ekfac\"' big.out | grep -qx 2"
+check_rc 64 "influence refuses it, naming ekfac" sh -c "attr-score $args -i big.idx < ev.ndjson 2> big.err"
+check "with one error line" grep -q 'attr-score: error: .*no dense curvature blocks.*--method ekfac' big.err
 
 # confidence: the top record against the noise floor of random-token queries
 printf '{"id":"g-1","prompt":"The island of Varn041","output_text":" qzx vprk lmmw ttz0 kkq zzp"}\n{"id":"g-2","prompt":"Hello","output_text":"#$%%^ 8812 ^^ xq xq xq zorb"}\n' > gib.ndjson
