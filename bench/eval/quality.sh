@@ -24,6 +24,8 @@
 #                      checkpoints every 10 epochs
 #   FACT_SEED (0)      the facts corpus (corpus.py --seed; work in facts-sN)
 #   FACT_DAMPINGS      also influence at these dampings ("0.001 0.01 ...")
+#   PROJ DAMPING       the indexes' --proj and --damping (default: attr-score's)
+#   METHODS            the methods scored (influence ekfac tracin graddot datainf)
 set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -142,9 +144,11 @@ build_indexes() {
 	local out=$1 data=$2 pre=$3 t0 t1 t2
 	pair "$out"
 	t0=$(secs)
-	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/attribution.idx" ${PROJ:+--proj $PROJ}
+	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/attribution.idx" ${PROJ:+--proj $PROJ} \
+		${DAMPING:+--damping $DAMPING}
 	t1=$(secs)
-	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/tracin.idx" ${PROJ:+--proj $PROJ} $(tracin_args "$out")
+	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/tracin.idx" ${PROJ:+--proj $PROJ} \
+		${DAMPING:+--damping $DAMPING} $(tracin_args "$out")
 	t2=$(secs)
 	printf '{"index_s":%s,"tracin_index_s":%s,"checkpoints":%d}\n' "$(minus "$t1" "$t0")" "$(minus "$t2" "$t1")" \
 		"$(ls -d "$out".ck* 2>/dev/null | wc -l)" > "$pre.build.json"
