@@ -133,6 +133,7 @@ int trail_span_match(const trail_span_index *x, const int32_t *q, size_t n, size
 #define TRAIL_ATTR_VERSION 2
 #define TRAIL_ATTR_MAX_DIM 8192  /* the dense preconditioner (influence) is dim^2 / nlayers floats */
 #define TRAIL_ATTR_MAX_ROW 65536 /* dimensions of a row; above TRAIL_ATTR_MAX_DIM only EK-FAC's curvature */
+#define TRAIL_ATTR_AUTO_K 64     /* the automatic projection: 64 x 64 per layer, or less for many layers */
 
 enum { TRAIL_ATTR_INFLUENCE, TRAIL_ATTR_GRADDOT, TRAIL_ATTR_DATAINF, TRAIL_ATTR_TRACIN, TRAIL_ATTR_EKFAC };
 
@@ -149,7 +150,7 @@ typedef struct trail_attr_ident {
 
 typedef struct trail_attr_params {
 	uint64_t seed;  /* projection seed */
-	int k_in, k_out; /* per layer */
+	int k_in, k_out; /* per layer; both 0: automatic, TRAIL_ATTR_AUTO_K each, halved until dim <= TRAIL_ATTR_MAX_ROW */
 	int targets;    /* TRAIL_LORA_* bits of the layers to project; 0: all */
 	double damping; /* relative damping of the influence solve (default 0.1) */
 	int seq;        /* tokens per record, as in training (records are cut) */

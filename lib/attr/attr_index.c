@@ -220,8 +220,8 @@ static int builder_make(const char *path, const trail_model *m, const trail_attr
 	h->lo = lo;
 	h->total = total;
 	h->nsets = nsets;
-	h->k_in = p->k_in;
-	h->k_out = p->k_out;
+	h->k_in = m ? b->proj->k_in : p->k_in; /* the projection's: 0 x 0 asks for the automatic size */
+	h->k_out = m ? b->proj->k_out : p->k_out;
 	h->targets = p->targets;
 	h->seed = p->seed;
 	h->damping = p->damping > 0 ? p->damping : 0.1;

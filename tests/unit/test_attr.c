@@ -642,6 +642,11 @@ static void projections(const trail_tokenizer *tk)
 		pp[i] = (float)(0.05 * nrand());
 	trail_attr_params p = {.seed = 7, .k_in = 3, .k_out = 5, .targets = lc.targets};
 	trail_attr_proj *pr = NULL;
+	trail_attr_params pa = {.seed = 7, .targets = lc.targets}; /* 0 x 0: the automatic size */
+	ok(!trail_attr_proj_new(m, &pa, &pr, NULL) && trail_attr_proj_dim(pr) == 6 * 64 * 64,
+	   "the automatic projection of 6 layers is 64 x 64 each");
+	trail_attr_proj_free(pr);
+	pr = NULL;
 	ok(!trail_attr_proj_new(m, &p, &pr, NULL) && trail_attr_proj_nlayers(pr) == 6 && trail_attr_proj_dim(pr) == 90,
 	   "projection of the 6 LoRA layers, 90 dimensions");
 	trail_dataset *d = dataset(3, tk, 0);
