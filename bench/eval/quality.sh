@@ -25,7 +25,8 @@
 #   FACT_SEED (0)      the facts corpus (corpus.py --seed; work in facts-sN)
 #   FACT_DAMPINGS      also influence at these dampings ("0.001 0.01 ...")
 #   PROJ DAMPING       the indexes' --proj and --damping (default: attr-score's)
-#   METHODS            the methods scored (influence ekfac tracin graddot datainf)
+#   METHODS            the methods scored (ekfac tracin graddot datainf; influence
+#                      needs an index of at most 8,192 dimensions: PROJ=16,16)
 set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -159,12 +160,13 @@ scores_all() {
 	local out=$1 data=$2 qs=$3 pre=$4 m idx
 	pair "$out"
 	: > "$pre.cost.ndjson"
-	for m in ${METHODS:-influence ekfac tracin graddot datainf}; do
+	for m in ${METHODS:-ekfac tracin graddot datainf}; do
 		idx=$out/attribution.idx
 		[ $m = tracin ] && idx=$out/tracin.idx
 		"$Q_BIN" scores "$M" "$A" "$data" "$qs" $m "$pre.$m.f32" "$idx" >> "$pre.cost.ndjson"
 	done
-	"$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx"
+	# self-influence needs influence's dense blocks (at most 8,192 dimensions)
+	case " ${METHODS:-influence} " in *" influence "*) "$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx" ;; esac
 }
 
 lds() {
@@ -281,7 +283,7 @@ facts() {
 	local D=$W/facts m x
 	[ "${FACT_SEED:-0}" = 0 ] || D=$W/facts-s$FACT_SEED
 	facts_setup "$D"
-	for m in ${METHODS:-influence ekfac tracin graddot datainf}; do
+	for m in ${METHODS:-ekfac tracin graddot datainf}; do
 		idx=$D/ft/attribution.idx
 		[ $m = tracin ] && idx=$D/ft/tracin.idx
 		attr-score --model "$M" $(adapter_opt) --index "$idx" --data "$D/train.ndjson" --method $m \
