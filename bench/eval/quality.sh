@@ -166,7 +166,7 @@ scores_all() {
 		"$Q_BIN" scores "$M" "$A" "$data" "$qs" $m "$pre.$m.f32" "$idx" >> "$pre.cost.ndjson"
 	done
 	# self-influence needs influence's dense blocks (at most 8,192 dimensions)
-	case " ${METHODS:-influence} " in *" influence "*) "$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx" ;; esac
+	case " ${METHODS:-} " in *" influence "*) "$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx" ;; esac
 }
 
 lds() {
