@@ -17,7 +17,7 @@ static const trail_opt opts[] = {
 	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
 	{O_ADAPTERS, "adapters", 0, "DIR", "adapter directories: each event is scored with its own adapter's index", "dir"},
 	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},
-	{O_METHOD, "method", 0, "M", "influence (default), graddot, datainf or tracin", "influence graddot datainf tracin"},
+	{O_METHOD, "method", 0, "M", "ekfac (default), influence, graddot, datainf or tracin", "ekfac influence graddot datainf tracin"},
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
@@ -30,9 +30,9 @@ static const trail_opt opts[] = {
 	{O_VERIFY, "verify", 0, NULL, "read attribution records, recompute them; exit 1 on any difference", NULL},
 	{O_PROVE, "prove", 0, NULL, "add each top record's proof chain (needs --datanet)", NULL},
 	{O_BUILD, "build-index", 0, NULL, "build the index (and INDEX.span) for the model and records", NULL},
-	{O_PROJ, "proj", 0, "KIN,KOUT", "with --build-index: projected sizes per layer (default 16,16)", NULL},
+	{O_PROJ, "proj", 0, "KIN,KOUT", "with --build-index: projected sizes per layer (default 64,64, halved until 65,536 dimensions in all)", NULL},
 	{O_SEED, "seed", 0, "S", "with --build-index: projection seed (default 1)", NULL},
-	{O_DAMPING, "damping", 0, "X", "with --build-index: relative damping (default 0.1)", NULL},
+	{O_DAMPING, "damping", 0, "X", "with --build-index: relative damping (default 0.01)", NULL},
 	{O_SEQ, "seq", 0, "T", "with --build-index: tokens per record (default: as trained)", NULL},
 	{O_BATCH, "batch", 0, "B", "with --build-index: records per forward pass (default 8)", NULL},
 	{O_CKPT, "checkpoint", 0, "DIR[:W]", "with --build-index: a checkpoint for tracin, weight W (repeatable)", "dir"},
@@ -167,8 +167,8 @@ int main(int argc, char **argv)
 {
 	trail_args a;
 	trail_error err = {0};
-	trail_attr_opts o = {.method = TRAIL_ATTR_INFLUENCE, .top = 10, .min_span = 8, .max_count = 16, .near = 0.8};
-	trail_attr_params p = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1};
+	trail_attr_opts o = {.method = TRAIL_ATTR_EKFAC, .top = 10, .min_span = 8, .max_count = 16, .near = 0.8};
+	trail_attr_params p = {.seed = 1, .damping = 0.01}; /* k 0 x 0: the automatic projection */
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
@@ -184,7 +184,7 @@ int main(int argc, char **argv)
 		case O_INDEX: o.index = v; break;
 		case O_METHOD:
 			if ((o.method = trail_attr_method(v)) < 0)
-				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not influence, graddot, datainf or tracin", v);
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not ekfac, influence, graddot, datainf or tracin", v);
 			break;
 		case O_TOP: rc = trail_parse_long(v, 1, 100000, &n, "--top", &err), o.top = (int)n; break;
 		case O_MINSPAN: rc = trail_parse_long(v, 1, 1 << 20, &n, "--min-span", &err), o.min_span = (int)n; break;

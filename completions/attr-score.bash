@@ -13,7 +13,7 @@ _attr_score() {
 	--index|-i)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--method )
-		COMPREPLY=($(compgen -W "influence graddot datainf tracin" -- "$cur")); return ;;
+		COMPREPLY=($(compgen -W "ekfac influence graddot datainf tracin" -- "$cur")); return ;;
 	--top|-k)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--min-span )

@@ -19,7 +19,7 @@ import json, math, os, sys
 
 import numpy as np
 
-METHODS = ["influence", "tracin", "graddot", "datainf"]
+METHODS = ["influence", "ekfac", "tracin", "graddot", "datainf"]
 
 
 def ranks(x):
@@ -91,6 +91,7 @@ def lds(d):
         rho = spearman(pred.T, -loss.T)  # per query
         c = cost.get(m, {})
         out[m] = {"lds": round(float(rho.mean()), 4), "se": round(float(rho.std(ddof=1) / math.sqrt(Q)), 4),
+                  "even": round(float(rho[0::2].mean()), 4), "odd": round(float(rho[1::2].mean()), 4),
                   "grad_s_per_query": round(c.get("grad_s", 0) / Q, 5),
                   "score_s_per_query": round(c.get("score_s", 0) / Q, 5)}
     # other index settings (quality.sh sweep): LDS on the even queries (where

@@ -24,6 +24,9 @@
 #                      checkpoints every 10 epochs
 #   FACT_SEED (0)      the facts corpus (corpus.py --seed; work in facts-sN)
 #   FACT_DAMPINGS      also influence at these dampings ("0.001 0.01 ...")
+#   PROJ DAMPING       the indexes' --proj and --damping (default: attr-score's)
+#   METHODS            the methods scored (ekfac tracin graddot datainf; influence
+#                      needs an index of at most 8,192 dimensions: PROJ=16,16)
 set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -142,9 +145,11 @@ build_indexes() {
 	local out=$1 data=$2 pre=$3 t0 t1 t2
 	pair "$out"
 	t0=$(secs)
-	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/attribution.idx" ${PROJ:+--proj $PROJ}
+	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/attribution.idx" ${PROJ:+--proj $PROJ} \
+		${DAMPING:+--damping $DAMPING}
 	t1=$(secs)
-	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/tracin.idx" ${PROJ:+--proj $PROJ} $(tracin_args "$out")
+	attr-score --build-index --model "$M" $(adapter_opt) --data "$data" --index "$out/tracin.idx" ${PROJ:+--proj $PROJ} \
+		${DAMPING:+--damping $DAMPING} $(tracin_args "$out")
 	t2=$(secs)
 	printf '{"index_s":%s,"tracin_index_s":%s,"checkpoints":%d}\n' "$(minus "$t1" "$t0")" "$(minus "$t2" "$t1")" \
 		"$(ls -d "$out".ck* 2>/dev/null | wc -l)" > "$pre.build.json"
@@ -155,12 +160,13 @@ scores_all() {
 	local out=$1 data=$2 qs=$3 pre=$4 m idx
 	pair "$out"
 	: > "$pre.cost.ndjson"
-	for m in influence tracin graddot datainf; do
+	for m in ${METHODS:-ekfac tracin graddot datainf}; do
 		idx=$out/attribution.idx
 		[ $m = tracin ] && idx=$out/tracin.idx
 		"$Q_BIN" scores "$M" "$A" "$data" "$qs" $m "$pre.$m.f32" "$idx" >> "$pre.cost.ndjson"
 	done
-	"$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx"
+	# self-influence needs influence's dense blocks (at most 8,192 dimensions)
+	case " ${METHODS:-} " in *" influence "*) "$Q_BIN" self "$M" "$A" "$data" "$pre.self.f32" "$out/attribution.idx" ;; esac
 }
 
 lds() {
@@ -204,7 +210,8 @@ PY
 }
 
 # Index settings against the same retrained adapters (after lds): damping
-# and projection size for influence, graddot and datainf. Figures come per
+# and projection size for influence, ekfac, graddot and datainf (SWEEP_PROJ,
+# SWEEP_DAMPING, SWEEP_METHODS). Figures come per
 # half of the queries (even: choose, odd: report) so that a setting picked
 # here is not judged on the queries it was picked on.
 sweep() {
@@ -212,13 +219,25 @@ sweep() {
 	mkdir -p "$L/sweep"
 	for p in ${SWEEP_PROJ:-8,8 16,16 16,32}; do
 		for d in ${SWEEP_DAMPING:-0.001 0.01 0.1 1 10}; do
-			[ -s "$L/sweep/influence-p$p-d$d.f32" ] && continue
+			local todo=""
+			for m in ${SWEEP_METHODS:-influence ekfac datainf graddot}; do
+				case $m in influence|ekfac) ;; *) [ "$d" = 0.1 ] || continue ;; esac
+				# the dense blocks of influence stop at 8,192 dimensions (16 layers here)
+				[ $m = influence ] && [ $((16 * ${p%,*} * ${p#*,})) -gt 8192 ] && continue
+				[ -s "$L/sweep/$m-p$p-d$d.f32" ] || todo="$todo $m"
+			done
+			[ -n "$todo" ] || continue
+			log "sweep: projection $p, damping $d:$todo"
+			local t0 t1
+			t0=$(secs)
 			attr-score --build-index --model "$W/base" --adapter "$L/full" --data "$L/train.ndjson" \
 				--index "$L/sweep/p$p-d$d.idx" --proj "$p" --damping "$d"
-			for m in influence datainf graddot; do
-				[ $m != influence ] && [ "$d" != 0.1 ] && continue
+			t1=$(secs)
+			for m in $todo; do
 				"$Q_BIN" scores "$W/base" "$L/full" "$L/train.ndjson" "$L/queries.ndjson" $m \
-					"$L/sweep/$m-p$p-d$d.f32" "$L/sweep/p$p-d$d.idx" > /dev/null
+					"$L/sweep/$m-p$p-d$d.f32" "$L/sweep/p$p-d$d.idx" |
+					sed "s/}\$/,\"proj\":\"$p\",\"damping\":$d,\"index_s\":$(minus "$t1" "$t0"),\"index_bytes\":$(stat -c %s "$L/sweep/p$p-d$d.idx")}/" \
+					>> "$L/sweep/cost.ndjson"
 			done
 			rm -f "$L/sweep/p$p-d$d.idx" "$L/sweep/p$p-d$d.idx.span"
 		done
@@ -264,7 +283,7 @@ facts() {
 	local D=$W/facts m x
 	[ "${FACT_SEED:-0}" = 0 ] || D=$W/facts-s$FACT_SEED
 	facts_setup "$D"
-	for m in influence tracin graddot datainf; do
+	for m in ${METHODS:-ekfac tracin graddot datainf}; do
 		idx=$D/ft/attribution.idx
 		[ $m = tracin ] && idx=$D/ft/tracin.idx
 		attr-score --model "$M" $(adapter_opt) --index "$idx" --data "$D/train.ndjson" --method $m \

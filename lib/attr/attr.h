@@ -86,10 +86,17 @@ int trail_span_match(const trail_span_index *x, const int32_t *q, size_t n, size
  *              mean squared gradient norm of the layer
  *   tracin     sum_c w_c q_c . g_ci over the gradient sets saved at
  *              checkpoints c while training (w_c: the learning rate there)
+ *   ekfac      q^T (Q (Lambda + lambda_l) Q^T)^-1 g_i per layer, the
+ *              eigenvalue-corrected Kronecker factorisation of the layer's
+ *              projected Fisher (attr_ekfac.c): Q = Q_S (x) Q_A, the
+ *              eigenvectors of S = (1/N) sum_i G_i G_i^T and
+ *              A = (1/N) sum_i G_i^T G_i of the gradient matrices
+ *              G_i [k_out,k_in]; Lambda the mean squares of the gradients
+ *              in that basis; lambda_l = damping * mean(Lambda_l)
  * A positive score means training on the record lowered the query's loss.
  *
  * Index file (little-endian, mmap-able, every section 64-byte aligned):
- *   header   512 bytes: magic "TRLATTR\0", u32 version (1), u32 dtype
+ *   header   512 bytes: magic "TRLATTR\0", u32 version (2), u32 dtype
  *            (1 = fp16), u64 nrecords, u32 nlayers, u32 dim, u32 nsets,
  *            u32 k_in, u32 k_out, u32 targets, u64 seed, f64 damping,
  *            u64 nparams, u64 blob, u64 file length, u32 seq, u32 reserved,
@@ -102,9 +109,12 @@ int trail_span_match(const trail_span_index *x, const int32_t *q, size_t n, size
  *   params   nsets x nparams f32: the trainable parameters of each set
  *   scales   nsets x nrecords f32: row scale (fp16 row = g / scale)
  *   norms    nsets x nrecords x nlayers f32: squared norm of each layer block
- *   lambda   nlayers f32 (DataInf), then nlayers f32 (influence)
+ *   lambda   nlayers f32 (DataInf), nlayers f32 (influence), nlayers f32 (ekfac)
  *   chol     nlayers x (k_in k_out)^2 f32: lower Cholesky factors of
- *            F_l + lambda_l I (final set)
+ *            F_l + lambda_l I (final set); empty when dim > TRAIL_ATTR_MAX_DIM
+ *   ekfac    nlayers x {Q_S [k_out,k_out], Q_A [k_in,k_in] (eigenvectors as
+ *            columns, each one's largest component positive), Lambda
+ *            [k_out,k_in]} f32 (final set)
  *   grads    nsets x nrecords x dim fp16
  *   records  nrecords x {u8 id[32], u64 contributor offset in blob, or ~0}
  *   blob     contributor strings, NUL-terminated
@@ -120,12 +130,14 @@ int trail_span_match(const trail_span_index *x, const int32_t *q, size_t n, size
 
 #include "model/model.h"
 
-#define TRAIL_ATTR_VERSION 1
-#define TRAIL_ATTR_MAX_DIM 8192 /* the dense preconditioner is dim^2 floats */
+#define TRAIL_ATTR_VERSION 2
+#define TRAIL_ATTR_MAX_DIM 8192  /* the dense preconditioner (influence) is dim^2 / nlayers floats */
+#define TRAIL_ATTR_MAX_ROW 65536 /* dimensions of a row; above TRAIL_ATTR_MAX_DIM only EK-FAC's curvature */
+#define TRAIL_ATTR_AUTO_K 64     /* the automatic projection: 64 x 64 per layer, or less for many layers */
 
-enum { TRAIL_ATTR_INFLUENCE, TRAIL_ATTR_GRADDOT, TRAIL_ATTR_DATAINF, TRAIL_ATTR_TRACIN };
+enum { TRAIL_ATTR_INFLUENCE, TRAIL_ATTR_GRADDOT, TRAIL_ATTR_DATAINF, TRAIL_ATTR_TRACIN, TRAIL_ATTR_EKFAC };
 
-/* "influence", "graddot", "datainf", "tracin" -> TRAIL_ATTR_*; -1 if unknown. */
+/* "influence", "graddot", "datainf", "tracin", "ekfac" -> TRAIL_ATTR_*; -1 if unknown. */
 int trail_attr_method(const char *name);
 const char *trail_attr_method_name(int method);
 
@@ -138,7 +150,7 @@ typedef struct trail_attr_ident {
 
 typedef struct trail_attr_params {
 	uint64_t seed;  /* projection seed */
-	int k_in, k_out; /* per layer */
+	int k_in, k_out; /* per layer; both 0: automatic, TRAIL_ATTR_AUTO_K each, halved until dim <= TRAIL_ATTR_MAX_ROW */
 	int targets;    /* TRAIL_LORA_* bits of the layers to project; 0: all */
 	double damping; /* relative damping of the influence solve (default 0.1) */
 	int seq;        /* tokens per record, as in training (records are cut) */

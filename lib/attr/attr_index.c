@@ -38,8 +38,9 @@ void trail_attr_layout(trail_attr_hdr *h, trail_attr_off *o)
 	o->scales = al64(o->params + S * h->nparams * 4);
 	o->norms = al64(o->scales + S * N * 4);
 	o->lambda = al64(o->norms + S * N * L * 4);
-	o->chol = al64(o->lambda + 2 * L * 4);
-	o->grads = al64(o->chol + D * (D / L) * 4); /* L blocks of (D/L)^2 */
+	o->chol = al64(o->lambda + 3 * L * 4);
+	o->ekfac = al64(o->chol + (trail_attr_has_blocks(h) ? D * (D / L) * 4 : 0)); /* L blocks of (D/L)^2 */
+	o->grads = al64(o->ekfac + L * trail_attr_ekfac_floats(h->k_in, h->k_out) * 4);
 	o->records = al64(o->grads + S * N * D * 2);
 	o->blob = o->records + N * 40;
 	o->end = o->blob + h->blob;
@@ -133,7 +134,7 @@ static int hdr_read(const uint8_t *b, size_t len, trail_attr_hdr *h, const char 
 	/* bound every size before any product of them is formed */
 	if (!h->nrecords || h->nrecords > ((uint64_t)1 << 32) || h->nlayers < 1 || h->nlayers > 4096 ||
 	    h->nsets < 1 || h->nsets > 1024 || h->k_in < 1 || h->k_in > 4096 || h->k_out < 1 || h->k_out > 4096 ||
-	    h->dim != (size_t)h->nlayers * (size_t)h->k_in * (size_t)h->k_out || h->dim > TRAIL_ATTR_MAX_DIM ||
+	    h->dim != (size_t)h->nlayers * (size_t)h->k_in * (size_t)h->k_out || h->dim > TRAIL_ATTR_MAX_ROW ||
 	    h->nparams > ((uint64_t)1 << 34) || h->blob > ((uint64_t)1 << 40) || h->filelen != len)
 		return trail_error_at(err, TRAIL_EDATA, path, 0, "attribution index sizes do not add up "
 				      "(truncated or altered: %zu bytes, the header says %llu)",
@@ -207,7 +208,7 @@ static int builder_make(const char *path, const trail_model *m, const trail_attr
 		h->nlayers = b->proj->n;
 		h->dim = b->proj->dim;
 	} else { /* gradients from elsewhere: one block of k_out x k_in, rows added directly */
-		if (p->k_in < 1 || p->k_out < 1 || (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_DIM) {
+		if (p->k_in < 1 || p->k_out < 1 || (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_ROW) {
 			rc = trail_error_set(err, TRAIL_EUSAGE, "dimensions %d x %d are out of range", p->k_in, p->k_out);
 			goto fail;
 		}
@@ -219,8 +220,8 @@ static int builder_make(const char *path, const trail_model *m, const trail_attr
 	h->lo = lo;
 	h->total = total;
 	h->nsets = nsets;
-	h->k_in = p->k_in;
-	h->k_out = p->k_out;
+	h->k_in = m ? b->proj->k_in : p->k_in; /* the projection's: 0 x 0 asks for the automatic size */
+	h->k_out = m ? b->proj->k_out : p->k_out;
 	h->targets = p->targets;
 	h->seed = p->seed;
 	h->damping = p->damping > 0 ? p->damping : 0.1;
@@ -511,7 +512,8 @@ int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, tra
 			goto out;
 		}
 	/* a shard's curvature is the whole set's, computed when the shards are merged */
-	if (!h->shard && (rc = trail_attr_curvature(b->map, h, &b->o, err)))
+	if (!h->shard && ((rc = trail_attr_curvature(b->map, h, &b->o, err)) ||
+			  (rc = trail_attr_ekfac_curvature(b->map, h, &b->o, err))))
 		goto out;
 	/* the record table and contributor strings */
 	size_t blob = 0, lo = h->lo, hi = h->lo + h->nrecords;
@@ -627,14 +629,15 @@ int trail_attr_index_open(const char *path, trail_attr_index **out, trail_error 
 	x->scales = (const float *)(b + x->o.scales);
 	x->norms = (const float *)(b + x->o.norms);
 	x->lambda = (const float *)(b + x->o.lambda);
-	x->chol = (const float *)(b + x->o.chol);
+	x->chol = trail_attr_has_blocks(h) ? (const float *)(b + x->o.chol) : NULL;
+	x->ekfac = (const float *)(b + x->o.ekfac);
 	x->grads = (const uint16_t *)(b + x->o.grads);
 	size_t per = h->dim / (size_t)h->nlayers;
-	if (!(x->cholt = trail_malloc(h->dim * per * sizeof *x->cholt))) {
+	if (x->chol && !(x->cholt = trail_malloc(h->dim * per * sizeof *x->cholt))) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto fail;
 	}
-	for (size_t l = 0; l < (size_t)h->nlayers; l++)
+	for (size_t l = 0; x->chol && l < (size_t)h->nlayers; l++)
 		for (size_t i = 0; i < per; i++)
 			for (size_t j = 0; j < per; j++)
 				x->cholt[l * per * per + j * per + i] = x->chol[l * per * per + i * per + j];
@@ -859,7 +862,7 @@ int trail_attr_index_merge(const char *const *paths, size_t n, const trail_attr_
 		memcpy(map + o.blob + boff, b + s->o.blob, s->h.blob);
 		boff += s->h.blob;
 	}
-	if ((rc = trail_attr_curvature(map, &h, &o, err)))
+	if ((rc = trail_attr_curvature(map, &h, &o, err)) || (rc = trail_attr_ekfac_curvature(map, &h, &o, err)))
 		goto out;
 	hdr_write(map, &h);
 	uint8_t dg[32];

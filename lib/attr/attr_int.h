@@ -32,7 +32,7 @@ typedef struct trail_attr_hdr {
 } trail_attr_hdr;
 
 typedef struct trail_attr_off {
-	size_t layers, sets, params, scales, norms, lambda, chol, grads, records, blob, end;
+	size_t layers, sets, params, scales, norms, lambda, chol, ekfac, grads, records, blob, end;
 } trail_attr_off;
 
 struct trail_attr_index {
@@ -40,8 +40,8 @@ struct trail_attr_index {
 	trail_attr_hdr h;
 	trail_attr_off o;
 	trail_attr_info info;
-	const float *scales, *norms, *lambda, *chol;
-	float *cholt; /* the factors transposed (upper, row major), for the forward solve by rows */
+	const float *scales, *norms, *lambda, *chol, *ekfac;
+	float *cholt; /* the factors transposed (upper, row major), for the forward solve by rows; NULL without blocks */
 	const uint16_t *grads;
 };
 
@@ -51,8 +51,18 @@ void trail_attr_f16_to_f32(const uint16_t *in, float *out, size_t n);
 /* What the CPU (and OS) support: TRAIL_ATTR_CPU_* bits; 0 off x86. */
 enum { TRAIL_ATTR_CPU_F16C = 1, TRAIL_ATTR_CPU_AVX2_FMA = 2 };
 int trail_attr_cpu(void);
-/* Covariance, its Cholesky factor and the DataInf dampings, written into the mapped file. */
+/* Covariance, its Cholesky factor and the DataInf dampings, written into the mapped file (EK-FAC's: attr_ekfac.c). */
 int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err);
+/* Whether an index of h's sizes has the dense per-layer blocks (influence): dim <= TRAIL_ATTR_MAX_DIM. */
+static inline int trail_attr_has_blocks(const trail_attr_hdr *h)
+{
+	return h->dim <= TRAIL_ATTR_MAX_DIM;
+}
+/* EK-FAC (attr_ekfac.c): floats a layer (Q_S, Q_A, Lambda), the curvature, a query's preconditioning, the reference. */
+size_t trail_attr_ekfac_floats(int k_in, int k_out);
+int trail_attr_ekfac_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr_off *o, trail_error *err);
+int trail_attr_ekfac_precond(const trail_attr_index *x, float *V, int nq, trail_error *err);
+int trail_attr_ekfac_ref(const trail_attr_index *x, const float *q, int nq, double *V, trail_error *err);
 /* The weight of a gradient set (the learning rate at its checkpoint) and its parameters. */
 static inline double trail_attr_set_weight(const trail_attr_index *x, int set)
 {

@@ -45,6 +45,8 @@ int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr
 	const float *norms = (const float *)(map + o->norms) + last * N * L;
 	float *F = (float *)(map + o->chol), *lambda = (float *)(map + o->lambda);
 	size_t R = block_rows(D, 2);
+	if (!trail_attr_has_blocks(h))
+		goto datainf;
 	float *buf = trail_malloc(R * D * sizeof *buf);
 	if (!buf)
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
@@ -76,7 +78,7 @@ int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr
 					       l, (int)info);
 		lambda[L + l] = (float)lam;
 	}
-	/* DataInf: lambda_l = 0.1 x mean squared norm of layer l's blocks */
+datainf: /* DataInf: lambda_l = 0.1 x mean squared norm of layer l's blocks */
 	for (size_t l = 0; l < L; l++) {
 		double sum = 0;
 		for (size_t i = 0; i < N; i++)
@@ -88,8 +90,8 @@ int trail_attr_curvature(uint8_t *map, const trail_attr_hdr *h, const trail_attr
 
 int trail_attr_method(const char *name)
 {
-	static const char *names[] = {"influence", "graddot", "datainf", "tracin"};
-	for (int i = 0; i < 4; i++)
+	static const char *names[] = {"influence", "graddot", "datainf", "tracin", "ekfac"};
+	for (int i = 0; i < 5; i++)
 		if (!strcmp(name, names[i]))
 			return i;
 	return -1;
@@ -97,8 +99,8 @@ int trail_attr_method(const char *name)
 
 const char *trail_attr_method_name(int method)
 {
-	static const char *names[] = {"influence", "graddot", "datainf", "tracin"};
-	return method >= 0 && method < 4 ? names[method] : "?";
+	static const char *names[] = {"influence", "graddot", "datainf", "tracin", "ekfac"};
+	return method >= 0 && method < 5 ? names[method] : "?";
 }
 
 int trail_attr_query_rows(const trail_attr_index *x, int method)
@@ -285,6 +287,12 @@ static int split(size_t n, size_t align, work_fn *fn, void *ctx)
 	for (int t = 0; t < nt && !rc; t++)
 		rc = jb[t].rc;
 	return rc;
+}
+
+static int no_blocks(const trail_attr_index *x, trail_error *err)
+{
+	return trail_error_set(err, TRAIL_EUSAGE, "an index of %zu dimensions has no dense curvature blocks (at most %d): "
+			       "score it with --method ekfac", x->h.dim, TRAIL_ATTR_MAX_DIM);
 }
 
 /* ---- scoring passes ----------------------------------------------------------------------- */
@@ -478,8 +486,10 @@ int trail_attr_score_range(const trail_attr_index *x, int method, const float *q
 				       (unsigned long long)x->h.nrecords);
 	if (nq < 1)
 		return trail_error_set(err, TRAIL_EUSAGE, "no query");
-	if (method < 0 || method > TRAIL_ATTR_TRACIN)
+	if (method < 0 || method > TRAIL_ATTR_EKFAC)
 		return trail_error_set(err, TRAIL_EUSAGE, "unknown method %d", method);
+	if (method == TRAIL_ATTR_INFLUENCE && !x->chol)
+		return no_blocks(x, err);
 	memset(scores, 0, (size_t)nq * N * sizeof *scores);
 	float *V = trail_malloc((size_t)nq * D * sizeof *V);
 	if (!V)
@@ -500,7 +510,9 @@ int trail_attr_score_range(const trail_attr_index *x, int method, const float *q
 		solve_ctx c = {x, V};
 		if (split((size_t)nq * (size_t)x->h.nlayers, 1, solve_blocks, &c))
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	} else if (method == TRAIL_ATTR_DATAINF)
+	} else if (method == TRAIL_ATTR_EKFAC)
+		rc = trail_attr_ekfac_precond(x, V, nq, err);
+	else if (method == TRAIL_ATTR_DATAINF)
 		for (int k = 0; k < nq && !rc; k++)
 			rc = datainf_vec(x, fn, q + (size_t)k * D, V + (size_t)k * D, err);
 	if (!rc)
@@ -511,6 +523,8 @@ int trail_attr_score_range(const trail_attr_index *x, int method, const float *q
 
 int trail_attr_self_influence(const trail_attr_index *x, float *out, trail_error *err)
 {
+	if (!x->chol)
+		return no_blocks(x, err);
 	size_t N = x->h.nrecords, D = x->h.dim, R = block_rows(D, 2), set = (size_t)x->h.nsets - 1;
 	float *buf = trail_malloc(R * D * sizeof *buf);
 	if (!buf)
@@ -547,9 +561,20 @@ int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, 
 {
 	size_t N = x->h.nrecords, D = x->h.dim, L = (size_t)x->h.nlayers, per = D / L, S = (size_t)x->h.nsets;
 	size_t last = S - 1;
-	double *v = trail_malloc(D * sizeof *v), *F = NULL;
+	double *v = trail_malloc(D * sizeof *v), *F = NULL, *E = NULL;
 	if (!v)
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	if (method == TRAIL_ATTR_EKFAC) { /* every query's preconditioned vector, from the rows */
+		int rc;
+		if (!(E = trail_malloc((size_t)nq * D * sizeof *E))) {
+			trail_free(v);
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		}
+		if ((rc = trail_attr_ekfac_ref(x, q, nq, E, err))) {
+			trail_free(v), trail_free(E);
+			return rc;
+		}
+	}
 	if (method == TRAIL_ATTR_INFLUENCE) {
 		/* F + lambda I in double, its own Cholesky factor */
 		if (!(F = trail_calloc(D * D, sizeof *F))) {
@@ -596,7 +621,7 @@ int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, 
 		}
 		const float *qk = q + (size_t)k * D;
 		for (size_t d = 0; d < D; d++)
-			v[d] = qk[d];
+			v[d] = E ? E[(size_t)k * D + d] : qk[d];
 		if (method == TRAIL_ATTR_INFLUENCE) {
 			for (size_t i = 0; i < D; i++) { /* L y = v */
 				for (size_t j = 0; j < i; j++)
@@ -638,6 +663,6 @@ int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, 
 			out[i] = t;
 		}
 	}
-	trail_free(v), trail_free(F);
+	trail_free(v), trail_free(F), trail_free(E);
 	return TRAIL_OK;
 }

@@ -152,16 +152,24 @@ int trail_attr_proj_new(const trail_model *m, const trail_attr_params *p, trail_
 			trail_error *err)
 {
 	*out = NULL;
-	if (p->k_in < 1 || p->k_out < 1 || p->k_in > 4096 || p->k_out > 4096)
-		return trail_error_set(err, TRAIL_EUSAGE, "projection sizes %d x %d are out of range", p->k_in, p->k_out);
 	int nl = trail_model_num_linear(m), n = 0;
 	for (int i = 0; i < nl; i++)
 		n += layer_selected(m, i, p->targets);
 	if (!n)
 		return trail_error_set(err, TRAIL_EUSAGE, "no linear layer is selected");
-	if ((size_t)n * (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_DIM)
+	trail_attr_params auto_p = *p;
+	if (!p->k_in && !p->k_out) { /* the most of TRAIL_ATTR_AUTO_K squared per layer that the rows allow */
+		int k = TRAIL_ATTR_AUTO_K;
+		while (k > 1 && (size_t)n * (size_t)k * (size_t)k > TRAIL_ATTR_MAX_ROW)
+			k /= 2;
+		auto_p.k_in = auto_p.k_out = k;
+		p = &auto_p;
+	}
+	if (p->k_in < 1 || p->k_out < 1 || p->k_in > 4096 || p->k_out > 4096)
+		return trail_error_set(err, TRAIL_EUSAGE, "projection sizes %d x %d are out of range", p->k_in, p->k_out);
+	if ((size_t)n * (size_t)p->k_in * (size_t)p->k_out > TRAIL_ATTR_MAX_ROW)
 		return trail_error_set(err, TRAIL_ELIMIT, "%d layers x %d x %d projected dimensions are over %d", n,
-				       p->k_in, p->k_out, TRAIL_ATTR_MAX_DIM);
+				       p->k_in, p->k_out, TRAIL_ATTR_MAX_ROW);
 	trail_attr_proj *pr = trail_calloc(1, sizeof *pr);
 	if (!pr || !(pr->L = trail_calloc((size_t)n, sizeof *pr->L)))
 		goto oom;

@@ -282,7 +282,7 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	if (!j->no_index) { /* the attribution index over the same records (attr-score(1)) */
 		trail_attr_opts ao = {.model = j->lora ? j->base : j->out, .adapter = j->lora ? j->out : NULL,
 				      .data = j->data, .datanet = j->datanet, .home = j->home};
-		trail_attr_params ap = {.seed = 1, .k_in = 16, .k_out = 16, .damping = 0.1, .seq = seq,
+		trail_attr_params ap = {.seed = 1, .damping = 0.01, .seq = seq, /* the automatic projection (attr-score's default) */
 					.split = d->row_rec != NULL};
 		if ((rc = trail_attr_build_index(&ao, &ap, j->batch, NULL, NULL, 0, err)))
 			goto out;

@@ -4,7 +4,7 @@
 # own among other contributors' text; a model trained on them answers the
 # facts through lora-serve, and for every answer it gets right the owner
 # must rank first: the top record's contributor and the first contributor
-# by share, by influence (precision@1 at least 0.9), and the contributor of
+# by share, by influence and by ekfac (precision@1 at least 0.9), and the contributor of
 # the longest verbatim span (at least 0.95).
 . "$TRAIL_TOP/tests/tap.sh"
 cd "$T" || exit 70
@@ -32,7 +32,9 @@ check "train on the planted facts" sh -c "mf-train --init cfg.json --data data.n
 check "build the index" attr-score --build-index --model base --data data.ndjson
 check "the model answers every fact" sh -c "lora-serve --base base < req.ndjson > ans.ndjson"
 check "attribute the answers" sh -c "attr-score --model base --data data.ndjson --min-span 5 < ans.ndjson > attr.ndjson"
-python3 - truth ans.ndjson attr.ndjson > facts <<'PY'
+check "attribute them with ekfac" sh -c "attr-score --model base --data data.ndjson --min-span 5 --method ekfac < ans.ndjson > attr.ekfac.ndjson"
+for f in attr attr.ekfac; do
+python3 - truth ans.ndjson $f.ndjson > facts.$f <<'PY'
 import json, sys
 truth = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
 right = {}
@@ -55,9 +57,13 @@ print("influence", "ok" if n and top >= 0.9 * n else "no", "%d/%d" % (top, n))
 print("share", "ok" if n and share >= 0.9 * n else "no", "%d/%d" % (share, n))
 print("span", "ok" if n and span >= 0.95 * n else "no", "%d/%d" % (span, n))
 PY
+done
+cp facts.attr facts
 r=$(sed -n 's/^right //p' facts)
 check "at least 10 of 12 facts answered right (got ${r:-0})" test "${r:-0}" -ge 10
 check "influence: the owner's record first, precision@1 >= 0.9 ($(sed -n 's/^influence [a-z]* //p' facts))" grep -q '^influence ok ' facts
 check "influence: the owner first by contributor share, precision@1 >= 0.9 ($(sed -n 's/^share [a-z]* //p' facts))" grep -q '^share ok ' facts
+check "ekfac: the owner's record first, precision@1 >= 0.9 ($(sed -n 's/^influence [a-z]* //p' facts.attr.ekfac))" grep -q '^influence ok ' facts.attr.ekfac
+check "ekfac: the owner first by contributor share, precision@1 >= 0.9 ($(sed -n 's/^share [a-z]* //p' facts.attr.ekfac))" grep -q '^share ok ' facts.attr.ekfac
 check "span engine: the owner's span, precision@1 >= 0.95 ($(sed -n 's/^span [a-z]* //p' facts))" grep -q '^span ok ' facts
 finish

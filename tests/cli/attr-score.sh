@@ -36,7 +36,7 @@ for f in event model adapter index method params top contributors spans clusters
 	result $r "the record has \"$f\""
 done
 check "the usage is the event's" grep -q '"usage":{"completion_tokens":47,"prompt_tokens":29}' a1
-check "the method is influence by default" grep -q '"method":"influence"' a1
+check "the method is ekfac by default" grep -q '"method":"ekfac"' a1
 python3 - a1 > facts <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -63,9 +63,15 @@ PY
 )" True
 check "the verbatim answer is found as a span in c0's and c3's records" grep -q '^span  amber and its harbour master is called Osk000.|c0,c3' facts
 check "the copy is one cluster naming c0 first, then c3" grep -q '"first": "c0", "members": \["c0", "c3"\]' facts
-for m in graddot datainf tracin; do
+for m in ekfac graddot datainf tracin; do
 	check "--method $m" sh -c "attr-score $args --method $m < ev.ndjson | grep -q '\"method\":\"$m\"'"
 done
+# ekfac: the verbatim answer's own record on top; an index past the dense blocks' 8,192 dimensions
+check "ekfac puts the answer's own record (Varn000) first" sh -c "attr-score $args --method ekfac < ev.ndjson | sed -n 1p | grep -q '\"top\":\[{\"contributor\":\"c[03]\"'"
+check "an index of 8 layers x 48 x 48 = 18,432 dimensions" attr-score --build-index --model base --adapter ad --data data.ndjson --proj 48,48 -i big.idx
+check "ekfac scores it" sh -c "attr-score $args -i big.idx --method ekfac < ev.ndjson > big.out && grep -c '\"method\":\"ekfac\"' big.out | grep -qx 2"
+check_rc 64 "influence refuses it, naming ekfac" sh -c "attr-score $args -i big.idx --method influence < ev.ndjson 2> big.err"
+check "with one error line" grep -q 'attr-score: error: .*no dense curvature blocks.*--method ekfac' big.err
 
 # confidence: the top record against the noise floor of random-token queries
 printf '{"id":"g-1","prompt":"The island of Varn041","output_text":" qzx vprk lmmw ttz0 kkq zzp"}\n{"id":"g-2","prompt":"Hello","output_text":"#$%%^ 8812 ^^ xq xq xq zorb"}\n' > gib.ndjson
@@ -180,7 +186,7 @@ check_eq "one entry more" "$(trail-log show | wc -l)" $((n0 + 1))
 dg=$(sha256sum < b1 | cut -d' ' -f1)
 idx=$(grep -o '"index":"sha256:[0-9a-f]*"' b1 | sort -u | cut -c9-)
 check_eq "an attribution-batch entry: epoch, count, the records' object, indexes, method" "$(trail-log show | tail -1 | grep -o '{"epoch".*"type":"attribution-batch"}')" \
-	"{\"epoch\":\"2026-11\",\"indexes\":[$idx],\"method\":\"influence\",\"records\":2,\"records_object\":\"sha256:$dg\",\"type\":\"attribution-batch\"}"
+	"{\"epoch\":\"2026-11\",\"indexes\":[$idx],\"method\":\"ekfac\",\"records\":2,\"records_object\":\"sha256:$dg\",\"type\":\"attribution-batch\"}"
 check "the object holds the very bytes written" cmp b1 "$TRAIL_HOME/objects/sha256/$(echo $dg | cut -c1-2)/$(echo $dg | cut -c3-)"
 check "attr-score says which entry" grep -q '^attr-score: 2 records in ledger entry [0-9]*$' b1.err
 check "the ledger verifies, the object included" trail-log verify

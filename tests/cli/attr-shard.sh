@@ -29,5 +29,6 @@ check "a shard of another index is refused" fails attr-score --merge-index $args
 check "a missing partial is refused" fails attr-score --merge $args -i whole.idx part.0 part.2 part.3 part.4 part.5 part.6
 check "a duplicated partial is refused" fails attr-score --merge $args -i whole.idx part.0 part.0 part.1 part.2 part.3 part.4 part.5 part.6
 check "a partial of another method is refused" fails attr-score --merge $args -i whole.idx --method graddot part.*
+check "ekfac partials merge into the unsharded ekfac records, byte for byte" sh -c "attr-score $args -i whole.idx --top 5 --method ekfac < ev.ndjson > whole.ek && for i in 0 1 2; do attr-score --partial $args -i whole.idx --method ekfac --shard \$i/3 < ev.ndjson > ek.\$i || exit 1; done; attr-score --merge $args -i whole.idx --top 5 --method ekfac ek.* | cmp - whole.ek && grep -q '\"method\":\"ekfac\"' whole.ek"
 check "--shard I/N covers the records" sh -c "for i in 0 1 2; do attr-score --partial $args -i whole.idx --shard \$i/3 < ev.ndjson > sp.\$i || exit 1; done; attr-score --merge $args -i whole.idx --top 5 sp.* | cmp - whole.out"
 finish

@@ -228,6 +228,185 @@ static void logistic(const char *path, const trail_tokenizer *tk)
 	trail_dataset_free(d);
 }
 
+/* ---- softmax regression: EK-FAC against the exact inverse Hessian and leave-one-out ---------- */
+
+#define SN 200
+#define SK 3
+#define SF 5
+#define SP (SK * SF)
+
+/* Solve A x = b (n x n, destroyed) by Gaussian elimination with partial pivoting; x in b. */
+static void gauss_solve(int n, double *A, double *b)
+{
+	for (int c = 0; c < n; c++) {
+		int pv = c;
+		for (int r = c + 1; r < n; r++)
+			pv = fabs(A[r * n + c]) > fabs(A[pv * n + c]) ? r : pv;
+		for (int k = 0; k < n; k++) {
+			double t = A[c * n + k];
+			A[c * n + k] = A[pv * n + k], A[pv * n + k] = t;
+		}
+		double t = b[c];
+		b[c] = b[pv], b[pv] = t;
+		for (int r = c + 1; r < n; r++) {
+			double f = A[r * n + c] / A[c * n + c];
+			for (int k = c; k < n; k++)
+				A[r * n + k] -= f * A[c * n + k];
+			b[r] -= f * b[c];
+		}
+	}
+	for (int r = n - 1; r >= 0; r--) {
+		for (int k = r + 1; k < n; k++)
+			b[r] -= A[r * n + k] * b[k];
+		b[r] /= A[r * n + r];
+	}
+}
+
+static void softmax_p(const double *W, const double *x, double *p)
+{
+	double z[SK], mx = -1e300, s = 0;
+	for (int k = 0; k < SK; k++) {
+		z[k] = 0;
+		for (int f = 0; f < SF; f++)
+			z[k] += W[k * SF + f] * x[f];
+		mx = z[k] > mx ? z[k] : mx;
+	}
+	for (int k = 0; k < SK; k++)
+		s += p[k] = exp(z[k] - mx);
+	for (int k = 0; k < SK; k++)
+		p[k] /= s;
+}
+
+/* The Hessian of the mean loss + (reg/2)|W|^2 over the points not skipped (H [SP,SP]) and the gradient. */
+static void softmax_hg(double X[SN][SF], const int *y, int skip, double reg, const double *W, double *H, double *g)
+{
+	int n = 0;
+	memset(H, 0, sizeof(double) * SP * SP);
+	memset(g, 0, sizeof(double) * SP);
+	for (int i = 0; i < SN; i++) {
+		if (i == skip)
+			continue;
+		n++;
+		double p[SK];
+		softmax_p(W, X[i], p);
+		for (int a = 0; a < SK; a++)
+			for (int f = 0; f < SF; f++) {
+				g[a * SF + f] += (p[a] - (a == y[i])) * X[i][f];
+				for (int b = 0; b < SK; b++)
+					for (int e = 0; e < SF; e++)
+						H[(a * SF + f) * SP + b * SF + e] += (p[a] * (a == b) - p[a] * p[b]) * X[i][f] * X[i][e];
+			}
+	}
+	for (int u = 0; u < SP; u++) {
+		g[u] = g[u] / n + reg * W[u];
+		for (int v = 0; v < SP; v++)
+			H[u * SP + v] = H[u * SP + v] / n + (u == v ? reg : 0);
+	}
+}
+
+static void softmax_fit(double X[SN][SF], const int *y, int skip, double reg, double *W)
+{
+	static double H[SP * SP];
+	double g[SP];
+	for (int it = 0; it < 30; it++) {
+		softmax_hg(X, y, skip, reg, W, H, g);
+		gauss_solve(SP, H, g);
+		for (int u = 0; u < SP; u++)
+			W[u] -= g[u];
+	}
+}
+
+static double softmax_loss(const double *W, const double *x, int y)
+{
+	double p[SK];
+	softmax_p(W, x, p);
+	return -log(p[y]);
+}
+
+static void softmax_reg(const char *path, const trail_tokenizer *tk)
+{
+	static double X[SN][SF], H[SP * SP];
+	int y[SN];
+	double Wt[SP], W[SP] = {0}, reg = 1e-2, g[SP];
+	for (int u = 0; u < SP; u++)
+		Wt[u] = 1.5 * nrand();
+	for (int i = 0; i < SN; i++) {
+		double p[SK], u = urand(), c = 0;
+		for (int f = 0; f < SF; f++)
+			X[i][f] = nrand() * (1 + 0.5 * f); /* features of different scales: a factor worth correcting */
+		softmax_p(Wt, X[i], p);
+		y[i] = SK - 1;
+		for (int k = 0; k < SK; k++)
+			if (u < (c += p[k])) {
+				y[i] = k;
+				break;
+			}
+	}
+	softmax_fit(X, y, -1, reg, W);
+	trail_dataset *d = dataset(SN, tk, 0);
+	trail_attr_ident id = {.model = "sha256:0"};
+	memcpy(id.root, d->root, 44);
+	trail_attr_params pa = {.seed = 1, .k_in = SF, .k_out = SK, .damping = 1e-2};
+	trail_attr_builder *b = NULL;
+	trail_attr_index *x = NULL;
+	int rc = trail_attr_builder_new(path, NULL, &id, &pa, SN, 1, &b, NULL);
+	for (int i = 0; !rc && i < SN; i++) { /* G_i = (p_i - e_y) x_i^T [SK,SF]: the layer's output gradient times its input */
+		float gi[SP];
+		double p[SK];
+		softmax_p(W, X[i], p);
+		for (int a = 0; a < SK; a++)
+			for (int f = 0; f < SF; f++)
+				gi[a * SF + f] = (float)((p[a] - (a == y[i])) * X[i][f]);
+		rc = trail_attr_builder_add(b, 0, (size_t)i, gi, NULL);
+	}
+	rc = rc ? rc : trail_attr_builder_finish(b, d, NULL);
+	ok(!rc && !trail_attr_index_open(path, &x, NULL), "an index of softmax-regression gradients (%d classes x %d features)",
+	   SK, SF);
+	double xq[SF], pq[SK];
+	int yq = 0;
+	for (int f = 0; f < SF; f++)
+		xq[f] = nrand() * (1 + 0.5 * f);
+	softmax_p(W, xq, pq);
+	float q[SP];
+	for (int a = 0; a < SK; a++)
+		for (int f = 0; f < SF; f++)
+			q[a * SF + f] = (float)((pq[a] - (a == yq)) * xq[f]);
+	float ek[SN], inf[SN];
+	double sref[SN], e[SN], fi[SN], ih[SN], loo[SN];
+	ok(x && !trail_attr_score(x, TRAIL_ATTR_EKFAC, q, 1, ek, NULL) && !trail_attr_score(x, TRAIL_ATTR_INFLUENCE, q, 1, inf, NULL) &&
+	   !trail_attr_score_ref(x, TRAIL_ATTR_EKFAC, q, 1, sref, NULL), "ekfac and influence scores");
+	double worst = 0, scale = 0;
+	for (int i = 0; i < SN; i++)
+		scale = fmax(scale, fabs(sref[i]));
+	for (int i = 0; i < SN; i++)
+		worst = fmax(worst, fabs(ek[i] - sref[i]) / scale);
+	ok(worst < 1e-4, "ekfac equals the double-precision reference of its formula (max rel %.2g)", worst);
+	softmax_hg(X, y, -1, reg, W, H, g);
+	for (int i = 0; i < SN; i++) {
+		static double A[SP * SP];
+		double v[SP], p[SK], Wi[SP];
+		softmax_p(W, X[i], p);
+		for (int a = 0; a < SK; a++)
+			for (int f = 0; f < SF; f++)
+				v[a * SF + f] = (p[a] - (a == y[i])) * X[i][f];
+		memcpy(A, H, sizeof A);
+		gauss_solve(SP, A, v);
+		ih[i] = 0;
+		for (int u = 0; u < SP; u++)
+			ih[i] += q[u] * v[u];
+		memcpy(Wi, W, sizeof Wi);
+		softmax_fit(X, y, i, reg, Wi);
+		loo[i] = softmax_loss(Wi, xq, yq) - softmax_loss(W, xq, yq);
+		e[i] = ek[i], fi[i] = inf[i];
+	}
+	double r1 = pearson(e, ih, SN), r2 = pearson(e, loo, SN), r3 = pearson(fi, ih, SN), r4 = pearson(fi, loo, SN);
+	ok(r1 > 0.85 && r1 > r3 - 0.02, "ekfac agrees with the exact inverse-Hessian solution (Pearson %.4f; "
+	   "influence's full block: %.4f)", r1, r3);
+	ok(r2 > 0.85, "ekfac predicts exact leave-one-out loss changes (Pearson %.4f; influence: %.4f)", r2, r4);
+	trail_attr_index_free(x);
+	trail_dataset_free(d);
+}
+
 /* ---- one summation order: thread count, kernel and batching give the same bits ------------------ */
 
 /* Scores of every method for nq queries [nq, sets x D] with `threads` and the SIMD (or portable) kernel. */
@@ -239,7 +418,7 @@ static int score_all(const trail_attr_index *x, const float *q, int nq, int thre
 	trail_blas_threads(threads);
 	if (portable)
 		setenv("TRAIL_ATTR_SCALAR", "1", 1);
-	for (int m = 0; m < 4; m++) {
+	for (int m = 0; m < 5; m++) {
 		const float *qm = q;
 		if (m != TRAIL_ATTR_TRACIN) { /* the final set's row of each query */
 			for (int k = 0; k < nq; k++)
@@ -259,8 +438,8 @@ static void same_bits(const trail_attr_index *x, const char *what)
 	uint64_t saved = rs; /* its own draws: the other tests' data stay as they were */
 	size_t N = trail_attr_index_info(x)->nrecords, D = trail_attr_index_info(x)->dim;
 	int S = trail_attr_index_info(x)->nsets, nq = 5;
-	float *q = malloc(sizeof(float) * nq * S * D), *ref = malloc(sizeof(float) * 4 * nq * N);
-	float *got = malloc(sizeof(float) * 4 * nq * N);
+	float *q = malloc(sizeof(float) * nq * S * D), *ref = malloc(sizeof(float) * 5 * nq * N);
+	float *got = malloc(sizeof(float) * 5 * nq * N);
 	for (size_t i = 0; i < (size_t)nq * S * D; i++)
 		q[i] = (float)nrand();
 	int rc = score_all(x, q, nq, 1, 0, ref);
@@ -270,14 +449,14 @@ static void same_bits(const trail_attr_index *x, const char *what)
 	} cf[] = {{2, 0, "2 threads"}, {1, 1, "the portable kernel"}, {2, 1, "the portable kernel on 2 threads"}};
 	for (int c = 0; c < 3; c++) {
 		int r2 = score_all(x, q, nq, cf[c].threads, cf[c].portable, got);
-		ok(!rc && !r2 && !memcmp(ref, got, sizeof(float) * 4 * nq * N), "%s: every method with %s gives the same bits",
+		ok(!rc && !r2 && !memcmp(ref, got, sizeof(float) * 5 * nq * N), "%s: every method with %s gives the same bits",
 		   what, cf[c].name);
 	}
 	/* each query alone, as in attr-score, against its row of the batch */
 	int same = 1;
 	for (int k = 0; k < nq; k++) {
 		rc |= score_all(x, q + (size_t)k * S * D, 1, 2, k & 1, got);
-		for (int m = 0; m < 4; m++)
+		for (int m = 0; m < 5; m++)
 			same &= !memcmp(got + (size_t)m * N, ref + ((size_t)m * nq + (size_t)k) * N, sizeof(float) * N);
 	}
 	ok(!rc && same, "%s: a query alone gives the bits of its row of a batch", what);
@@ -318,7 +497,7 @@ static void scoring(const char *path, const trail_tokenizer *tk)
 	double *ref = malloc(sizeof(double) * nq * N);
 	for (int i = 0; i < nq * S * D; i++)
 		q[i] = (float)nrand();
-	for (int m = 0; m < 4; m++) {
+	for (int m = 0; m < 5; m++) {
 		int rows = trail_attr_query_rows(x, m);
 		/* queries laid out as the method wants: nq blocks of rows x D */
 		float *qq = malloc(sizeof(float) * nq * rows * D);
@@ -463,6 +642,11 @@ static void projections(const trail_tokenizer *tk)
 		pp[i] = (float)(0.05 * nrand());
 	trail_attr_params p = {.seed = 7, .k_in = 3, .k_out = 5, .targets = lc.targets};
 	trail_attr_proj *pr = NULL;
+	trail_attr_params pa = {.seed = 7, .targets = lc.targets}; /* 0 x 0: the automatic size */
+	ok(!trail_attr_proj_new(m, &pa, &pr, NULL) && trail_attr_proj_dim(pr) == 6 * 64 * 64,
+	   "the automatic projection of 6 layers is 64 x 64 each");
+	trail_attr_proj_free(pr);
+	pr = NULL;
 	ok(!trail_attr_proj_new(m, &p, &pr, NULL) && trail_attr_proj_nlayers(pr) == 6 && trail_attr_proj_dim(pr) == 90,
 	   "projection of the 6 LoRA layers, 90 dimensions");
 	trail_dataset *d = dataset(3, tk, 0);
@@ -508,7 +692,9 @@ static void projections(const trail_tokenizer *tk)
 	p.seq = 24;
 	ok(!trail_attr_builder_new(path, m, &id, &p, d2->n, 1, &b, NULL) && !trail_attr_builder_pass(b, 0, m, d2, 7, 1.0, NULL) &&
 	   !trail_attr_builder_finish(b, d2, NULL) && !trail_attr_index_open(path, &ix, NULL), "an index of 40 records through the model");
-	for (int meth = 0; ix && meth < 3; meth++) {
+	for (int meth = 0; ix && meth < 5; meth++) {
+		if (meth == TRAIL_ATTR_TRACIN)
+			continue;
 		float sc[40];
 		double ref[40], worst = 0, scale = 0;
 		trail_attr_score(ix, meth, g1, 1, sc, NULL);
@@ -599,6 +785,7 @@ int main(void)
 	bits_chunks(tk);
 	damage(path);
 	logistic(path, tk);
+	softmax_reg(path, tk);
 	clusters(tk);
 	unlink(path);
 	trail_tokenizer_free(tk);
