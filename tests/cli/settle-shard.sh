@@ -37,11 +37,11 @@ check_eq "the one pass settles" "$?" 0
 attr-settle --dry-run --format text --policy pol.json --epoch E1 $in > one.txt
 check "someone is slashed and withheld" grep -q '"slashed":\[{' one.out
 for split in "0:200 200:" "0:17 17:305 305:" "0:1 1:3 3:150 150:151 151:300 300:301 301:"; do
-	n=$(echo $split | wc -w); rm -f part.*; k=0
+	ns=$(echo $split | wc -w); rm -f part.*; k=0
 	for r in $split; do attr-settle --partial --records $r --policy pol.json --epoch E1 $in > part.$k; k=$((k + 1)); done
-	check "$n partials merge into the one pass's settlement, byte for byte" \
+	check "$ns partials merge into the one pass's settlement, byte for byte" \
 		sh -c 'attr-settle --dry-run --merge --policy pol.json --epoch E1 part.* | cmp - one.out'
-	check "$n partials: the same table" sh -c 'attr-settle --dry-run --merge --format text --policy pol.json --epoch E1 part.* | cmp - one.txt'
+	check "$ns partials: the same table" sh -c 'attr-settle --dry-run --merge --format text --policy pol.json --epoch E1 part.* | cmp - one.txt'
 done
 check "--shard I/N covers the lines" sh -c "for i in 0 1 2 3 4; do attr-settle --partial --shard \$i/5 --policy pol.json --epoch E1 $in > sp.\$i || exit 1; done; attr-settle --dry-run --merge --policy pol.json --epoch E1 sp.* | cmp - one.out"
 # the worked examples of attr-settle(1), confidence and adapter owners among them

@@ -48,10 +48,10 @@ merged() { # PARTIAL...: the merge's stdout, stderr and exit status against the 
 	cmp -s m.out one.out && cmp -s m.err one.err && cmp -s m.rc one.rc && cmp -s m.flags one.flags
 }
 for split in "0:24 24:" "0:9 9:31 31:" "0:1 1:5 5:6 6:19 19:33 33:42 42:"; do
-	n=$(echo $split | wc -w); rm -f part.*; k=0
+	ns=$(echo $split | wc -w); rm -f part.*; k=0
 	for r in $split; do datanet-validate --no-progress --partial --records $r $in > part.$k; k=$((k + 1)); done
-	check "$n partials merge into the one pass: verdicts, summary, stderr, flags, exit status" merged part.*
-	check "$n partials: the same GitHub annotations" \
+	check "$ns partials merge into the one pass: verdicts, summary, stderr, flags, exit status" merged part.*
+	check "$ns partials: the same GitHub annotations" \
 		sh -c "datanet-validate --no-progress --merge --format github part.* 2>/dev/null | cmp - one.gh"
 done
 # across shards: text 2 (item 2, a.ndjson:3) and its near copy (item 20, a.ndjson:22); text 9
