@@ -387,12 +387,15 @@ static int approve_record(void *ctx, const json_t *rec)
  * --partial: the inputs (files or store digests) with their digests, every
  * item counted, then the items of the range checked into partial lines.
  */
-static int partial(struct run *r, char *const *in, int nin, const trail_attr_range *range, trail_error *err)
+static int partial(struct run *r, char *const *in, int nin, const trail_attr_range *range, const char *license,
+		   trail_error *err)
 {
 	json_t *inputs = json_array(), *h = NULL;
+	json_t *how = json_pack("{s:s?, s:b, s:s?}", "license", license, "per_file", r->per_file, "contributor",
+				 r->default_who);
 	char digest[72];
 	size_t lo, hi;
-	int rc = inputs ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	int rc = inputs && how ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	for (int i = 0; !rc && i < nin; i++) {
 		uint8_t d[32];
 		void *fb;
@@ -414,7 +417,7 @@ static int partial(struct run *r, char *const *in, int nin, const trail_attr_ran
 	for (int i = 0; !rc && i < nin; i++)
 		rc = input(r, in[i], 0, digest, err);
 	if (!rc && !(rc = trail_attr_range_resolve(range, r->ord, &lo, &hi, err)) &&
-	    !(rc = trail_vpartial_header(r->v, inputs, r->ord, lo, hi, &h, err)))
+	    !(rc = trail_vpartial_header(r->v, inputs, how, r->ord, lo, hi, &h, err)))
 		rc = emit_partial(r, h);
 	r->ord = 0, r->lo = lo, r->hi = hi;
 	trail_validator_set_partial(r->v, 1);
@@ -422,6 +425,7 @@ static int partial(struct run *r, char *const *in, int nin, const trail_attr_ran
 		rc = input(r, in[i], 0, digest, err);
 	json_decref(h);
 	json_decref(inputs);
+	json_decref(how);
 	return rc;
 }
 
@@ -560,7 +564,7 @@ int main(int argc, char **argv)
 		if (license && trail_validator_set_license(r.v, license))
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 		if (!rc)
-			rc = partial(&r, a.rest, a.nrest, &range, &err);
+			rc = partial(&r, a.rest, a.nrest, &range, license, &err);
 	} else if (!rc) {
 		if (license && trail_validator_set_license(r.v, license))
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");

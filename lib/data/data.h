@@ -429,7 +429,7 @@ uint64_t trail_validator_rejected(const trail_validator *v);
  * order of the verdicts, numbers with every digit): line 1
  *   {"type":"validation-partial","version":1,"policy":<digest of the
  *    effective policy's canonical JSON>,"inputs":[{"name","digest"}],
- *    "records":N,"lo","hi"}
+ *    "options":{...},"records":N,"lo","hi"}
  * where records counts every item of the inputs (a record, a line that is
  * not UTF-8, a malformed line) and [lo, hi) is the shard's; then one line
  * per item of the range: a record's
@@ -446,17 +446,21 @@ uint64_t trail_validator_rejected(const trail_validator *v);
  * accepted record, nothing counted).
  */
 void trail_validator_set_partial(trail_validator *v, int on);
-/* Line 1 of a partial (new reference); inputs: [{"name","digest"}]. */
-int trail_vpartial_header(const trail_validator *v, const json_t *inputs, uint64_t records, uint64_t lo,
-			  uint64_t hi, json_t **out, trail_error *err);
+/*
+ * Line 1 of a partial (new reference); inputs: [{"name","digest"}];
+ * options: what else the shard's verdicts depend on (the caller's
+ * reading options), which every partial of a merge must share.
+ */
+int trail_vpartial_header(const trail_validator *v, const json_t *inputs, const json_t *options, uint64_t records,
+			  uint64_t lo, uint64_t hi, json_t **out, trail_error *err);
 /* The line of a malformed item (e: its error, TRAIL_EDATA or TRAIL_ELIMIT); NULL on ENOMEM. */
 json_t *trail_vpartial_malformed(const trail_error *e);
 
 /*
  * The merge of partials (paths, any order) with v, a validator of the
  * same policy in normal mode that holds the approved records. Open checks
- * every header: the policy is v's, the inputs and their count the same in
- * all, the ranges cover every item exactly once (TRAIL_EDATA naming a
+ * every header: the policy is v's, the inputs, options and count of items
+ * the same in all, the ranges cover every item exactly once (TRAIL_EDATA naming a
  * gap, an overlap, a part given twice or a foreign one). Next gives the
  * items in input order: a verdict (*verdict, new reference, with *who the
  * contributor the shard saw, borrowed, or NULL), or a malformed item

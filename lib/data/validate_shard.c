@@ -29,16 +29,17 @@ static int policy_digest(const trail_validator *v, char out[TRAIL_DIGEST_STRLEN]
 	return rc;
 }
 
-int trail_vpartial_header(const trail_validator *v, const json_t *inputs, uint64_t records, uint64_t lo,
-			  uint64_t hi, json_t **out, trail_error *err)
+int trail_vpartial_header(const trail_validator *v, const json_t *inputs, const json_t *options, uint64_t records,
+			  uint64_t lo, uint64_t hi, json_t **out, trail_error *err)
 {
 	char pd[TRAIL_DIGEST_STRLEN];
 	int rc = policy_digest(v, pd, err);
 	*out = NULL;
 	if (rc)
 		return rc;
-	*out = json_pack("{s:s, s:i, s:s, s:O, s:I, s:I, s:I}", "type", "validation-partial", "version", 1, "policy", pd,
-			 "inputs", inputs, "records", (json_int_t)records, "lo", (json_int_t)lo, "hi", (json_int_t)hi);
+	*out = json_pack("{s:s, s:i, s:s, s:O, s:O, s:I, s:I, s:I}", "type", "validation-partial", "version", 1, "policy",
+			 pd, "inputs", inputs, "options", options, "records", (json_int_t)records, "lo", (json_int_t)lo, "hi",
+			 (json_int_t)hi);
 	return *out ? TRAIL_OK : oom(err);
 }
 
@@ -122,6 +123,10 @@ static int check_parts(trail_vmerge *m, trail_error *err)
 		if (!json_equal(json_object_get(p->head, "inputs"), json_object_get(h0, "inputs")) ||
 		    (uint64_t)json_integer_value(json_object_get(p->head, "records")) != N)
 			return trail_error_at(err, TRAIL_EDATA, p->path, 1, "a partial of other inputs than %s", m->by[0]->path);
+		if (!json_equal(json_object_get(p->head, "options"), json_object_get(h0, "options")))
+			return trail_error_at(err, TRAIL_EDATA, p->path, 1,
+					      "a partial made with other options (--license, --per-file, --contributor) than %s",
+					      m->by[0]->path);
 		if (p->lo > at)
 			return trail_error_set(err, TRAIL_EDATA, "records %llu:%llu are in no partial", (unsigned long long)at,
 					       (unsigned long long)p->lo);

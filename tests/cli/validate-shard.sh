@@ -76,6 +76,8 @@ check_rc 65 "a partial of another policy is refused" datanet-validate --merge --
 check_rc 65 "a partial of a redacting policy is refused without --redact" datanet-validate --merge rp.*
 datanet-validate --no-progress --partial --records 5:6 a.ndjson b.ndjson > other.2
 check_rc 65 "a partial of other inputs is refused" datanet-validate --merge part.0 part.1 other.2 part.3 part.4 part.5 part.6
+datanet-validate --no-progress --partial --license MIT --records 1:5 $in > lic.1
+check_rc 65 "a partial made with another --license is refused" datanet-validate --merge part.0 lic.1 part.2 part.3 part.4 part.5 part.6
 head -n 4 part.3 > cut.3
 check_rc 65 "a partial cut short is refused" datanet-validate --merge part.0 part.1 part.2 cut.3 part.4 part.5 part.6
 datanet-validate --merge part.0 part.2 part.3 part.4 part.5 part.6 2> gap.err > /dev/null
