@@ -513,6 +513,8 @@ int main(int argc, char **argv)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--record, --approve and --reject validate in one pass");
 	if (!rc && merging && output)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--output: the partials hold no records (validate in one pass)");
+	if (!rc && merging && (license || r.per_file))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--license and --per-file go to the shards (--partial)");
 	if (!rc && contrib_key && !flags && !part) /* a shard names the contributor in its lines */
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--contributor goes with --flags");
 	if (!rc && contrib_key && !(rc = trail_verifier_load(contrib_key, &cv, &err)))

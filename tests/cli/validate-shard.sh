@@ -85,5 +85,6 @@ check_eq "the gap is named" "$(cat gap.err)" "datanet-validate: error: records 1
 check_rc 64 "--partial reads files, not standard input" sh -c 'datanet-validate --partial --shard 0/2 - < a.ndjson'
 check_rc 64 "--partial needs a range" datanet-validate --partial a.ndjson
 check_rc 64 "--output is not for --merge" datanet-validate --merge --output x part.*
+check_rc 64 "--license goes to the shards" datanet-validate --merge --license MIT part.*
 check_rc 64 "--approved goes to the merge" datanet-validate --partial --shard 0/2 --approved b.ndjson a.ndjson
 finish
