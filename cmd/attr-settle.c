@@ -10,8 +10,8 @@
 #include "ledger/ledger.h"
 #include "job/job.h"
 
-enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS, O_BATCH, O_REQUIRE, O_PARTIAL, O_RECORDS,
-       O_SHARD, O_MERGE };
+enum { O_POLICY = 1, O_EPOCH, O_KEY, O_HOME, O_DRY, O_VERBOSE, O_FORMAT, O_THREADS, O_BATCH, O_REQUIRE, O_STAKE, O_PARTIAL,
+       O_RECORDS, O_SHARD, O_MERGE };
 
 #define BATCH_MAX 64
 
@@ -26,6 +26,7 @@ static const trail_opt opts[] = {
 	{O_THREADS, "threads", 'j', "N", "read with N threads, 1 to 64 (default 2); the same result", NULL},
 	{O_BATCH, "batch", 'b', "N", "the i-th names the ledger entry of the i-th input's attribution batch", NULL},
 	{O_REQUIRE, "require-batch", 0, NULL, "refuse inputs with records found in no attribution batch", NULL},
+	{O_STAKE, "stake", 0, "N", "post a stake of N signed with --key (the staker's) in the ledger, and exit", NULL},
 	{O_PARTIAL, "partial", 0, NULL, "account one range of the lines and print its sums for --merge", NULL},
 	{O_RECORDS, "records", 0, "LO:HI", "with --partial: the lines LO to HI-1 of the inputs (HI empty: to the end)", NULL},
 	{O_SHARD, "shard", 0, "I/N", "with --partial: shard I of N equal ranges of the lines", NULL},
@@ -37,9 +38,10 @@ static const trail_cli cli = {
 	.prog = "attr-settle",
 	.usage = "--policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v] [--format ndjson|text] "
 		 "[--threads N] [--batch N]... [--require-batch] [FILE|-]...\n"
-		 "--partial --records LO:HI|--shard I/N --policy FILE --epoch ID FILE...\n"
-		 "--merge --policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v] [--format ndjson|text] "
-		 "[--batch N]... [--require-batch] PARTIAL...",
+		 "       attr-settle --stake N --key KEYFILE [--home DIR]\n"
+		 "       attr-settle --partial --records LO:HI|--shard I/N --policy FILE --epoch ID FILE...\n"
+		 "       attr-settle --merge --policy FILE --epoch ID [--key KEYFILE] [--home DIR] [--dry-run] [-v] "
+		 "[--format ndjson|text] [--batch N]... [--require-batch] PARTIAL...",
 	.summary = "Settle an epoch: fees from attribution records paid to platform, model owners, stakers and "
 		   "contributors in exact integers, recorded once in the ledger.",
 	.opts = opts,
@@ -214,6 +216,7 @@ int main(int argc, char **argv)
 	trail_error err = {0};
 	const char *v, *policy = NULL, *epoch = NULL, *keyf = NULL, *home = NULL, *what = "computed, not recorded";
 	int o, rc = TRAIL_OK, dry = 0, verbose = 0, text = 0, recorded = 0, threads = 2, require = 0, nbatch = 0;
+	long long stake = -1;
 	int part = 0, merging = 0, ranged = 0;
 	trail_attr_range range = {0};
 	uint64_t batch[BATCH_MAX];
@@ -239,6 +242,7 @@ int main(int argc, char **argv)
 			text = !strcmp(v, "text");
 			break;
 		case O_REQUIRE: require = 1; break;
+		case O_STAKE: rc = trail_parse_long(v, 0, ((long long)1 << 53) - 1, &stake, "--stake", &err); break;
 		case O_BATCH: {
 			char *end;
 			unsigned long long n = strtoull(v, &end, 10);
@@ -267,12 +271,16 @@ int main(int argc, char **argv)
 	}
 	if (!rc && (part || ranged) && (!part || !ranged))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--partial goes with --records LO:HI or --shard I/N");
+	if (!rc && stake >= 0 && (part || merging))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--stake posts a stake: not with --partial or --merge");
 	if (!rc && part && (merging || keyf || home || nbatch || require || text))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--partial only reads: --merge settles, records and prints");
 	if (rc || o == TRAIL_ARGS_ERROR)
 		rc = TRAIL_EUSAGE;
 	else if (o == TRAIL_ARGS_EXIT)
 		goto done;
+	else if (stake >= 0)
+		goto post;
 	else if (!policy || !epoch || !*epoch)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--policy FILE and --epoch ID are required");
 	if (!rc && !merging && nbatch > (a.nrest ? a.nrest : 1))
@@ -287,17 +295,22 @@ int main(int argc, char **argv)
 		if (!cfg)
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 		else if (part)
-			; /* a shard reads its lines, nothing else */
-		else if ((!dry || nbatch || require) && (home || getenv("TRAIL_HOME") || stat(cfg, &sb) == 0))
+			; /* a shard reads its lines, nothing else (the merge reads the ledger's stakes) */
+		else if ((!dry || nbatch || require || trail_settle_stakes_from_ledger(s)) &&
+			 (home || getenv("TRAIL_HOME") || stat(cfg, &sb) == 0))
 			rc = trail_store_open(h, &st, &err);
 		else if (nbatch || require)
 			rc = trail_error_set(&err, TRAIL_EUSAGE, "--batch and --require-batch need a store (--home)");
+		else if (trail_settle_stakes_from_ledger(s))
+			rc = trail_error_set(&err, TRAIL_EUSAGE, "the policy's stakes are the ledger's: a store is needed (--home)");
 		trail_free(cfg);
 	}
 	if (!rc && s && part) {
 		rc = partial(s, epoch, a.rest, a.nrest, &range, &err);
 		goto done;
 	}
+	if (!rc && st)
+		rc = trail_settle_ledger_stakes(s, st, epoch, &err);
 	if (!rc && s && merging)
 		rc = merge(s, st, epoch, a.rest, a.nrest, batch, nbatch, require, verbose, &err);
 	/* with a store, each input is looked up among the attribution batches by the digest of its bytes */
@@ -322,6 +335,20 @@ int main(int argc, char **argv)
 			(long long)json_integer_value(json_object_get(ep, "fees")),
 			(long long)json_integer_value(json_object_get(ep, "paid")),
 			(long long)json_integer_value(json_object_get(ep, "retained")));
+	}
+	goto done;
+post:
+	/* a staker posts a stake: signed by its own key, appended to the ledger */
+	if (!keyf) {
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--stake needs --key, the staker's key");
+	} else if (!(rc = trail_signer_load(keyf, &key, &err)) && !(rc = trail_store_open(trail_store_home(home), &st, &err))) {
+		uint64_t at;
+		if (!(rc = trail_settle_post_stake(st, key, stake, &at, &err))) {
+			printf("%llu\n", (unsigned long long)at);
+			if (verbose)
+				fprintf(stderr, "attr-settle: stake %lld of %s posted at entry %llu\n", stake,
+					trail_signer_name(key), (unsigned long long)at);
+		}
 	}
 done:
 	json_decref(pol);

@@ -18,6 +18,8 @@ _attr_settle() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--batch|-b)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--stake )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--records )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--shard )
@@ -26,7 +28,7 @@ _attr_settle() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --policy -p --epoch -e --key -k --home --dry-run -n --verbose -v --format -f --threads -j --batch -b --require-batch --partial --records --shard --merge --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --policy -p --epoch -e --key -k --home --dry-run -n --verbose -v --format -f --threads -j --batch -b --require-batch --stake --partial --records --shard --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -9,6 +9,7 @@ complete -c attr-settle -l format -s f -x -a 'ndjson text' -d 'ndjson (default) 
 complete -c attr-settle -l threads -s j -r -F -d 'read with N threads, 1 to 64 (default 2); the same result'
 complete -c attr-settle -l batch -s b -r -F -d 'the i-th names the ledger entry of the i-th input\'s attribution batch'
 complete -c attr-settle -l require-batch -d 'refuse inputs with records found in no attribution batch'
+complete -c attr-settle -l stake -r -F -d 'post a stake of N signed with --key (the staker\'s) in the ledger, and exit'
 complete -c attr-settle -l partial -d 'account one range of the lines and print its sums for --merge'
 complete -c attr-settle -l records -r -F -d 'with --partial: the lines LO to HI-1 of the inputs (HI empty: to the end)'
 complete -c attr-settle -l shard -r -F -d 'with --partial: shard I of N equal ranges of the lines'

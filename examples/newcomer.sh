@@ -98,6 +98,7 @@ say "settling epoch 1: fees to platform, owner and contributors; copiers and jun
 # contributor's share: one honest near-duplicate is tolerated. The model pool
 # is split between the base's owner and the adapter's (the tuner), and
 # --require-batch refuses attributions that are not the recorded batch.
+# People are named by key file (owner.pub, tuner.pub) or by their short name.
 adapter=$(sed -n 's/.*"adapter":"\(sha256:[0-9a-f]*\)".*/\1/p' attributions.ndjson | head -1)
 cat > settle-policy.json <<JSON
 {
@@ -105,8 +106,8 @@ cat > settle-policy.json <<JSON
   "fee_per_1k_completion": 6000,
   "split_bps": {"platform": 1000, "model": 2000, "stakers": 0, "contributors": 7000},
   "platform": "kb-platform",
-  "model_owner": "owner",
-  "adapter_owners": {"$adapter": "$(cat tuner.pub)"},
+  "model_owner": "owner.pub",
+  "adapter_owners": {"$adapter": "tuner.pub"},
   "model_split": {"base": 7000, "adapter": 3000},
   "penalty": {"max_flagged": 2, "max_rejected": 2}
 }

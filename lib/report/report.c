@@ -641,6 +641,9 @@ static void settlement(FILE *f, trail_report *r)
 		if (json_object_get(p, "unattributed") || json_object_get(p, "unstaked") || withheld)
 			fprintf(f, " (unattributed %lld, unstaked %lld, withheld as penalties %lld)", num(p, "unattributed"),
 				num(p, "unstaked"), withheld);
+		if (json_object_get(p, "low_confidence"))
+			fprintf(f, "; retained for low confidence %lld, over %lld answer%s", num(p, "low_confidence"),
+				num(p, "low_confidence_records"), num(p, "low_confidence_records") == 1 ? "" : "s");
 		fputs("</p>\n", f);
 		int ok;
 		const char *over = settled_over(r, p, &ok);
@@ -706,6 +709,14 @@ static void answer(FILE *f, trail_report *r, json_t *a, size_t n)
 		fputs("none (base model)", f);
 	fputs(" &middot; method ", f);
 	escs(f, str(a, "method") ? str(a, "method") : "?");
+	const json_t *cf = json_object_get(a, "confidence");
+	if (json_is_object(cf)) {
+		const json_t *sc = json_object_get(cf, "score"), *fl = json_object_get(cf, "floor");
+		fprintf(f, " &middot; %s", json_is_false(json_object_get(cf, "attributed")) ? "<b>not attributed</b>, "
+											     : "");
+		if (json_is_number(sc) && json_is_number(fl))
+			fprintf(f, "confidence %.3g (noise floor %.3g)", json_number_value(sc), json_number_value(fl));
+	}
 	fputs("</small></h2>\n", f);
 	for (size_t i = nw; i < json_array_size(r->warnings); i++) {
 		fputs("<p class=\"bad\">&#9888; ", f);

@@ -122,6 +122,26 @@ int trail_settle_record(trail_settle *s, struct trail_store *st, const char *epo
 int trail_settle_anchor(trail_settle *s, struct trail_store *st, const char *epoch, const char *digest,
 			uint64_t records, uint64_t want, uint64_t *index, trail_error *err);
 
+/*
+ * Stakes posted in the ledger: a `stake` entry {"type":"stake","amount"}
+ * signed by the staker (its "signer" is the staker's key) sets that
+ * staker's stake to amount (an integer from 0 to 2^53-1) from then on.
+ * trail_settle_post_stake appends and commits one (*index: its entry).
+ */
+int trail_settle_post_stake(struct trail_store *st, const struct trail_signer *staker, int64_t amount,
+			    uint64_t *index, trail_error *err);
+/* Whether the policy takes its stakes from the ledger ("stakes": "ledger"). */
+int trail_settle_stakes_from_ledger(const trail_settle *s);
+/*
+ * Under such a policy: each staker's latest `stake` entry of the ledger
+ * before the epoch's settlement entry (all of them when there is none yet,
+ * so a re-run sees the stakes the first run saw), its signature checked
+ * (TRAIL_EVERIFY otherwise). Each counts as an input line (the inputs
+ * digest covers it) and {"entry","staker","amount"} goes into the
+ * settlement entry as "stakes". Call once, before the result.
+ */
+int trail_settle_ledger_stakes(trail_settle *s, struct trail_store *st, const char *epoch, trail_error *err);
+
 /* ---- shards (settle_shard.c) ------------------------------------------------------------- */
 
 /*
@@ -145,9 +165,11 @@ int trail_settle_read_range(trail_settle *s, FILE *in, const char *src, uint64_t
  *            "records","flag_lines": decimal strings,
  *            "inputs": hex of the inputs digest's sum,
  *            "input_records":[attribution records of each input in the range]}}
- * then P lines {"payee","acc","mfee","neg","rejected","flagged","poisoning"}
- * (decimal strings: the handle's exact 128-bit sums, settle_int.h). records:
- * input_records, an array of integers.
+ * then P lines {"payee","acc","mfee","neg","rejected","flagged","poisoning",
+ * "rec","flag"} (decimal strings: the handle's exact 128-bit sums,
+ * settle_int.h; rec and flag booleans: named by a record, by a flags line).
+ * records: input_records, an array of integers. A policy whose stakes are
+ * the ledger's has them read by the merge, not by the shards.
  */
 int trail_settle_partial(const trail_settle *s, const char *epoch, const json_t *inputs, const json_t *records,
 			 uint64_t lines, uint64_t lo, uint64_t hi, trail_buf *out, trail_error *err);

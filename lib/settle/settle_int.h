@@ -27,6 +27,7 @@
  *   settle_policy.c   the handle: policy, payees table, a record's credit
  *   settle_read.c     a line read into the sums; files, with helper threads
  *   settle_penalty.c  which rules a payee breaks; slashing
+ *   settle_names.c    short names and key files resolved to the inputs' keys
  *   settle_result.c   largest remainder, the result, conservation; as text
  *   settle_ledger.c   the settlement recorded once in the ledger
  * Functions shared between them are called settle_*; the small hot ones are
@@ -196,6 +197,8 @@ typedef struct payee {
 	i128 neg;       /* sum of negative top scores, 1e-9 units */
 	uint64_t rejected, flagged, poisoning;
 	uint64_t stake;
+	uint8_t rec;  /* named by an attribution record: a contributor as the inputs spell it */
+	uint8_t flag; /* named by a flags line */
 } payee;
 
 /* String -> index + 1, open addressing over XXH3 (a hash table, not a content address). */
@@ -253,6 +256,8 @@ struct trail_settle {
 	size_t nmodels;
 
 	json_t *anchors; /* attribution-batch entries the inputs were found in (settle_ledger.c); NULL: none */
+	int stakes_ledger;   /* policy "stakes": "ledger" */
+	json_t *stake_refs;  /* the stake entries used (settle_ledger.c); NULL: none read */
 
 	/* confidence: a record's contributors' share retained (policy "confidence") */
 	int conf_rule;                /* the policy has a confidence rule */
@@ -273,6 +278,7 @@ struct trail_settle {
 	u128 fees;    /* sum of fee_num */
 	uint8_t inputs[32];
 	uint64_t records, flag_lines, serial;
+	int resolved; /* settle_resolve has run */
 
 	/* per-line scratch, reused: bounded by the longest line */
 	sbuf arena, view;
@@ -308,6 +314,12 @@ int settle_name_cmp(const payee *a, const payee *b);
  * into s->cred: see settle_policy.c. -1 out of memory.
  */
 int settle_record_credit(trail_settle *s, const char *line);
+/*
+ * A stake from the ledger as an input (settle_read.c): the staker's stake
+ * set and the view 'S' STAKER AMOUNT added to the inputs digest. -1 out of
+ * memory.
+ */
+int settle_stake_input(trail_settle *s, const char *who, uint64_t amount);
 
 static inline const char *str_of(const trail_settle *s, const char *line, const sref *r)
 {
@@ -318,6 +330,21 @@ static inline int oom(trail_error *err)
 {
 	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 }
+
+static inline uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a + b < a ? UINT64_MAX : a + b;
+}
+
+/* ---- names (settle_names.c) ---------------------------------------------------------------- */
+
+/*
+ * Once, after the inputs are read: payees named by the policy or flags
+ * lines with a short name or a key file merged into the contributor key
+ * the inputs have for them. TRAIL_OK, TRAIL_EDATA (ambiguous, unknown,
+ * unreadable key file) or TRAIL_ENOMEM.
+ */
+int settle_resolve(trail_settle *s, trail_error *err);
 
 /* ---- penalties (settle_penalty.c) ---------------------------------------------------------- */
 

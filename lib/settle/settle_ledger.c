@@ -102,7 +102,9 @@ int trail_settle_record(trail_settle *s, trail_store *st, const char *epoch, con
 		      "paid", json_object_get(ep, "paid"), "retained", json_object_get(ep, "retained"), "digest",
 		      json_object_get(ep, "digest"));
 	/* the batches the inputs were found in (trail_settle_anchor); absent when none, as before */
-	if (!e || (s->anchors && json_array_size(s->anchors) && json_object_set(e, "batches", s->anchors))) {
+	/* and the stake entries a "stakes": "ledger" policy read */
+	if (!e || (s->anchors && json_array_size(s->anchors) && json_object_set(e, "batches", s->anchors)) ||
+	    (s->stake_refs && json_object_set(e, "stakes", s->stake_refs))) {
 		rc = oom(err);
 		goto out;
 	}
@@ -197,6 +199,121 @@ int trail_settle_anchor(trail_settle *s, trail_store *st, const char *epoch, con
 	*index = at;
 out:
 	json_decref(found);
+	trail_ledger_free(l);
+	return rc;
+}
+
+/* ---- stakes ------------------------------------------------------------------------------ */
+
+#define STAKE_MAX (((int64_t)1 << 53) - 1)
+
+int trail_settle_post_stake(trail_store *st, const trail_signer *staker, int64_t amount, uint64_t *index,
+			    trail_error *err)
+{
+	trail_ledger *l = NULL;
+	int rc;
+	if (amount < 0 || amount > STAKE_MAX)
+		return trail_error_set(err, TRAIL_EUSAGE, "a stake is an integer from 0 to 2^53-1");
+	json_t *e = json_pack("{s:s, s:I}", "type", "stake", "amount", (json_int_t)amount);
+	if (!e)
+		return oom(err);
+	if (!(rc = trail_json_sign(e, staker, err)) && !(rc = trail_ledger_open(st, TRAIL_LEDGER_WRITE, &l, err)) &&
+	    !(rc = trail_ledger_append(l, e, index, err)))
+		rc = trail_ledger_commit(l, err);
+	trail_ledger_free(l);
+	json_decref(e);
+	return rc;
+}
+
+int trail_settle_stakes_from_ledger(const trail_settle *s)
+{
+	return s->stakes_ledger;
+}
+
+static int by_entry(const void *a, const void *b)
+{
+	json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "entry"));
+	json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "entry"));
+	return (x > y) - (x < y);
+}
+
+int trail_settle_ledger_stakes(trail_settle *s, trail_store *st, const char *epoch, trail_error *err)
+{
+	static const char type[] = "\"type\":\"stake\"";
+	trail_ledger *l = NULL;
+	json_t *settled = NULL, *latest = json_object(), *refs = json_array();
+	uint64_t end;
+	int rc;
+	if (!s->stakes_ledger || s->stake_refs) {
+		json_decref(latest);
+		json_decref(refs);
+		return TRAIL_OK;
+	}
+	if (!latest || !refs) {
+		rc = oom(err);
+		goto out;
+	}
+	if ((rc = trail_ledger_open(st, 0, &l, err)) || (rc = find_settlement(l, epoch, &end, &settled, err)))
+		goto out;
+	if (end == UINT64_MAX)
+		end = trail_ledger_size(l);
+	for (uint64_t i = 0; i < end && !rc; i++) {
+		char *b;
+		size_t len;
+		json_t *j;
+		if ((rc = trail_ledger_get(l, i, &b, &len, err)))
+			break;
+		if (memmem(b, len, type, sizeof type - 1) && trail_json_parse(b, len, "log", &j, NULL) == TRAIL_OK) {
+			const char *t = json_string_value(json_object_get(j, "type"));
+			const char *who = json_string_value(json_object_get(j, "signer"));
+			const json_t *a = json_object_get(j, "amount");
+			if (t && !strcmp(t, "stake")) {
+				if (!who || !json_is_integer(a) || json_integer_value(a) < 0 ||
+				    json_integer_value(a) > STAKE_MAX)
+					rc = trail_error_set(err, TRAIL_EVERIFY, "stake entry %llu: a signed amount "
+						"from 0 to 2^53-1", (unsigned long long)i);
+				else if (trail_json_verify(j, NULL))
+					rc = trail_error_set(err, TRAIL_EVERIFY, "stake entry %llu: bad signature",
+							     (unsigned long long)i);
+				else if (json_object_set_new(latest, who, json_pack("{s:I, s:s, s:O}", "entry",
+						(json_int_t)i, "staker", who, "amount", a)))
+					rc = oom(err);
+			}
+			json_decref(j);
+		}
+		trail_free(b);
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(latest, k, v) {
+		if (rc)
+			break;
+		if (settle_stake_input(s, k, (uint64_t)json_integer_value(json_object_get(v, "amount"))) ||
+		    json_array_append(refs, v))
+			rc = oom(err);
+	}
+	if (!rc) {
+		/* in ledger order, whatever the hash order of the object */
+		size_t n = json_array_size(refs);
+		json_t **tmp = trail_malloc((n ? n : 1) * sizeof *tmp), *sorted = json_array();
+		for (size_t i = 0; tmp && i < n; i++)
+			tmp[i] = json_array_get(refs, i);
+		if (tmp)
+			qsort(tmp, n, sizeof *tmp, by_entry);
+		for (size_t i = 0; tmp && sorted && i < n; i++)
+			json_array_append(sorted, tmp[i]);
+		if (!tmp || !sorted) {
+			json_decref(sorted);
+			rc = oom(err);
+		} else {
+			s->stake_refs = sorted;
+		}
+		trail_free(tmp);
+	}
+out:
+	json_decref(settled);
+	json_decref(latest);
+	json_decref(refs);
 	trail_ledger_free(l);
 	return rc;
 }

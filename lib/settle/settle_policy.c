@@ -229,8 +229,11 @@ int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 	json_t *stakes = json_object_get(policy, "stakes"), *owners = json_object_get(policy, "model_owners");
 	if (!json_is_object(split))
 		return trail_error_set(err, TRAIL_EDATA, "policy: split_bps is an object");
-	if ((pe && !json_is_object(pe)) || (stakes && !json_is_object(stakes)) || (owners && !json_is_object(owners)))
-		return trail_error_set(err, TRAIL_EDATA, "policy: penalty, stakes and model_owners are objects");
+	int from_ledger = json_is_string(stakes) && !strcmp(json_string_value(stakes), "ledger");
+	if ((pe && !json_is_object(pe)) || (stakes && !json_is_object(stakes) && !from_ledger) ||
+	    (owners && !json_is_object(owners)))
+		return trail_error_set(err, TRAIL_EDATA, "policy: penalty and model_owners are objects, stakes an "
+			"object or \"ledger\"");
 	trail_settle *s = trail_calloc(1, sizeof *s);
 	if (!s || !(s->policy = json_deep_copy(policy))) {
 		trail_free(s);
@@ -238,6 +241,7 @@ int trail_settle_new(const json_t *policy, trail_settle **out, trail_error *err)
 	}
 	int64_t fp, fc, sum = 0;
 	int rc;
+	s->stakes_ledger = from_ledger;
 	if ((rc = check_keys(policy, top, "", err)) || (rc = check_keys(split, roles, "split_bps.", err)) ||
 	    (pe && (rc = check_keys(pe, pen, "penalty.", err))) ||
 	    (rc = get_int(policy, "fee_per_1k_prompt", 0, 0, (int64_t)COUNT_MAX, "", &fp, err)) ||
@@ -329,6 +333,7 @@ void trail_settle_free(trail_settle *s)
 	for (size_t i = 0; i < s->nmodels; i++)
 		trail_free(s->mnames[i]);
 	json_decref(s->anchors);
+	json_decref(s->stake_refs);
 	for (size_t i = 0; i < s->nadapters; i++)
 		trail_free(s->anames[i]);
 	trail_free(s->anames);
@@ -411,6 +416,7 @@ int settle_record_credit(trail_settle *s, const char *line)
 			continue;
 		if (settle_payee_get(s, str_of(s, line, &c->who), c->who.len, 1, &who) || credit_add(s, who, (u128)c->v))
 			return -1;
+		s->pay[who].rec = 1;
 	}
 	u128 S0 = 0, S = 0;
 	int collapsed = 0;
@@ -425,6 +431,7 @@ int settle_record_credit(trail_settle *s, const char *line)
 			continue;
 		if (settle_payee_get(s, str_of(s, line, &cl->first), cl->first.len, 1, &first))
 			return -1;
+		s->pay[first].rec = 1;
 		if (s->pay[first].mark == s->serial)
 			best = s->cred.v[s->pay[first].slot].w;
 		for (size_t j = cl->m0; j < cl->m1; j++) {

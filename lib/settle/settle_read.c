@@ -298,10 +298,6 @@ static int rd_line(trail_settle *t, scan *s, rdline *l)
 	ws(s);
 	return s->p == s->e ? 0 : bad(s, "text after the JSON object");
 }
-static uint64_t sat_add(uint64_t a, uint64_t b)
-{
-	return a + b < a ? UINT64_MAX : a + b;
-}
 
 /*
  * The view a line adds to the inputs digest: what settlement uses from it,
@@ -478,11 +474,13 @@ static int line_record(trail_settle *s, const rdline *l, trail_error *err)
 		if (settle_payee_get(s, str_of(s, lp, &x->who), x->who.len, 1, &who))
 			return oom(err);
 		s->pay[who].neg += x->v;
+		s->pay[who].rec = 1;
 	}
 	for (size_t i = 0; i < s->poison.n; i++) {
 		if (settle_payee_get(s, str_of(s, lp, &s->poison.v[i]), s->poison.v[i].len, 1, &who))
 			return oom(err);
 		s->pay[who].poisoning++;
+		s->pay[who].rec = 1;
 	}
 	view_digest(s);
 	s->fees += fee;
@@ -504,8 +502,25 @@ static int line_flags(trail_settle *s, const rdline *l, trail_error *err)
 	p->rejected = sat_add(p->rejected, l->count[0]);
 	p->flagged = sat_add(p->flagged, l->count[1]);
 	p->poisoning = sat_add(p->poisoning, l->count[2]);
+	p->flag = 1;
 	view_digest(s);
 	s->flag_lines++;
+	return 0;
+}
+
+int settle_stake_input(trail_settle *s, const char *who, uint64_t amount)
+{
+	uint32_t i;
+	size_t n = strlen(who);
+	s->view.n = 0;
+	sb_c(&s->view, 'S');
+	sb_uv(&s->view, (uint64_t)n * 2);
+	sb_put(&s->view, who, n);
+	sb_uv(&s->view, amount);
+	if (s->view.oom || settle_payee_get(s, who, n, 1, &i))
+		return -1;
+	s->pay[i].stake = amount;
+	view_digest(s);
 	return 0;
 }
 
@@ -740,6 +755,8 @@ static int merge(trail_settle *s, const trail_settle *t)
 		p->rejected = sat_add(p->rejected, q->rejected);
 		p->flagged = sat_add(p->flagged, q->flagged);
 		p->poisoning = sat_add(p->poisoning, q->poisoning);
+		p->rec |= q->rec;
+		p->flag |= q->flag;
 	}
 	s->fees += t->fees;
 	s->lowconf += t->lowconf;

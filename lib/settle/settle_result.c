@@ -146,6 +146,9 @@ static int64_t pay_role(trail_settle *s, const uint32_t *order, part *v, int rol
 int trail_settle_result(trail_settle *s, const char *epoch, json_t **out, trail_error *err)
 {
 	*out = NULL;
+	int rc0 = settle_resolve(s, err);
+	if (rc0)
+		return rc0;
 	int64_t F = (int64_t)(s->fees / 1000), pool[4], given = 0, rem[4];
 	/* roles: basis points, largest remainder, equal remainders in role order */
 	for (int i = 0; i < 4; i++) {

@@ -153,11 +153,6 @@ static int get_i128(const json_t *o, const char *k, i128 *out)
 	return 0;
 }
 
-static uint64_t sat(uint64_t a, uint64_t b)
-{
-	return a + b < a ? UINT64_MAX : a + b;
-}
-
 /* ---- the partial -------------------------------------------------------------------------- */
 
 static int put(trail_buf *out, const json_t *v, trail_error *err)
@@ -190,9 +185,10 @@ int trail_settle_partial(const trail_settle *s, const char *epoch, const json_t 
 	json_decref(h);
 	for (size_t i = 0; !rc && i < s->npay; i++) {
 		const payee *p = &s->pay[i];
-		json_t *l = json_pack("{s:s%, s:o, s:o, s:o, s:o, s:o, s:o}", "payee", p->name, (size_t)p->len, "acc",
-				      dec_u(p->acc), "mfee", dec_u(p->mfee), "neg", dec_i(p->neg), "rejected",
-				      dec_u(p->rejected), "flagged", dec_u(p->flagged), "poisoning", dec_u(p->poisoning));
+		json_t *l = json_pack("{s:s%, s:o, s:o, s:o, s:o, s:o, s:o, s:b, s:b}", "payee", p->name, (size_t)p->len,
+				      "acc", dec_u(p->acc), "mfee", dec_u(p->mfee), "neg", dec_i(p->neg), "rejected",
+				      dec_u(p->rejected), "flagged", dec_u(p->flagged), "poisoning", dec_u(p->poisoning),
+				      "rec", (int)p->rec, "flag", (int)p->flag);
 		rc = put(out, l, err);
 		json_decref(l);
 	}
@@ -325,9 +321,10 @@ static int add_part(trail_settle *s, const part *p, json_t *records, trail_error
 		i128 neg;
 		uint64_t rej, flag, poi;
 		uint32_t k;
+		json_t *rec = json_object_get(l, "rec"), *fg = json_object_get(l, "flag");
 		if (!name || !len || len > UINT32_MAX || get_u128(l, "acc", &acc) || get_u128(l, "mfee", &mfee) ||
 		    get_i128(l, "neg", &neg) || get_u64(l, "rejected", &rej) || get_u64(l, "flagged", &flag) ||
-		    get_u64(l, "poisoning", &poi))
+		    get_u64(l, "poisoning", &poi) || !json_is_boolean(rec) || !json_is_boolean(fg))
 			return trail_error_at(err, TRAIL_EDATA, p->path, (long)i + 1, "not a payee's sums");
 		if (settle_payee_get(s, name, len, 1, &k))
 			return oom(err);
@@ -335,9 +332,11 @@ static int add_part(trail_settle *s, const part *p, json_t *records, trail_error
 		q->acc += acc;
 		q->mfee += mfee;
 		q->neg += neg;
-		q->rejected = sat(q->rejected, rej);
-		q->flagged = sat(q->flagged, flag);
-		q->poisoning = sat(q->poisoning, poi);
+		q->rejected = sat_add(q->rejected, rej);
+		q->flagged = sat_add(q->flagged, flag);
+		q->poisoning = sat_add(q->poisoning, poi);
+		q->rec |= json_is_true(rec);
+		q->flag |= json_is_true(fg);
 	}
 	s->fees += fees;
 	s->lowconf += lowconf;

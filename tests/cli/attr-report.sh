@@ -83,4 +83,11 @@ if [ -n "$chrome" ]; then
 else
 	echo "ok $((n += 1)) - Chromium render # SKIP chromium not installed"
 fi
+# confidence: an answer not attributed shows so, and the epoch what it retained for it
+sed '1s/^{/{"confidence":{"score":0.25,"floor":1.5,"attributed":false},/' "$R/attributions.ndjson" > conf.ndjson
+sed 's/^{/{"confidence":{"unattributed":"retain"},/' "$R/policy.json" > confpol.json
+attr-settle --dry-run --policy confpol.json --epoch 9 conf.ndjson > confset.ndjson
+attr-report "$R/responses.ndjson" conf.ndjson "$R/records.ndjson" confset.ndjson > conf.html 2>/dev/null
+check "an answer not attributed says so, with its confidence and noise floor" grep -q '&middot; <b>not attributed</b>, confidence 0.25 (noise floor 1.5)' conf.html
+check "the epoch shows what low confidence retained" grep -q 'retained for low confidence [1-9][0-9]*, over 1 answer<' conf.html
 finish

@@ -30,7 +30,7 @@ check "the copier and the junk contributor get nothing, the honest ones are paid
 	"grep -q '  contributor  *alice+' '$T/log' && grep -q '  contributor  *bob+' '$T/log' &&
 	! grep -q '  contributor  *\(carol\|zed\)+' '$T/log'"
 check "the model pool pays the base's owner and the adapter's tuner" sh -c \
-	"grep -q '  model  *owner ' '$T/log' && grep -q '  model  *tuner+' '$T/log'"
+	"grep -q '  model  *owner+' '$T/log' && grep -q '  model  *tuner+' '$T/log'"
 check "the settlement entry names the attribution batch it checked" \
 	sh -c "trail-log --home '$o/store' show | grep '\"type\":\"settlement\"' | grep -q batch"
 check "the settlement conserves the fees" grep -q '^  epoch 1: fees [0-9]* = paid' "$T/log"
