@@ -11,11 +11,13 @@
 # every merged output is compared with the unsharded one (cmp). Shards run
 # one after another: their sum is the CPU a cluster spends, their largest
 # the wall time of an array with a node per shard.
-# usage: bench/shard/run.sh [N]   (files in $TMPDIR; B=build)
+# usage: bench/shard/run.sh [N [attr] [validate] [settle]]   (default: all three;
+# files in $TMPDIR; B=build)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
 B=${B:-build}
 N=${1:-1000000}
+[ $# -gt 1 ] && shift && parts=" $* " || parts=" attr validate settle "
 PATH=$top/$B/bin:$PATH
 tmp=$(mktemp -d)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT; echo "in $tmp"
@@ -28,6 +30,7 @@ t() { # LABEL CMD...: run, print "LABEL wall user+sys rss" (redirect inside CMD,
 echo "N = $N records, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # 1. attribution
+case $parts in *" attr "*)
 awk -v n="$N" 'BEGIN { for (i = 0; i < n; i++) printf "{\"text\":\"The island of Varn%07d exports salt and its master is Osk%03d.\",\"contributor\":\"c%d\"}\n", i, (i * 37) % 1000, i % 1000 }' > data.ndjson
 head -n 2000 data.ndjson > train.ndjson
 echo '{"n_layer":1,"n_head":2,"n_embd":16,"n_positions":96,"vocab_size":257}' > cfg.json
@@ -43,8 +46,10 @@ for i in 0 1 2 3 4 5 6 7; do t "one query, partial $i/8" sh -c "attr-score --par
 t "one query, merge of 8 partials" sh -c "attr-score --merge $a -i whole.idx --top 5 part.* > merged.out"
 cmp merged.out whole.out && echo "the merged record is the whole index's, byte for byte"
 ls -l whole.idx whole.idx.span sh.0 part.0 | awk '{ printf "%-16s %12d bytes\n", $9, $5 }'
+;; esac
 
 # 2. validation
+case $parts in *" validate "*)
 awk -v n="$N" 'BEGIN { for (i = 0; i < n; i++) { x = (i % 400000 + 1) * 40503; s = "Record " i " of the survey:"
 	for (k = 0; k < 45; k++) { x = (x * 69069 + 1) % 4294967296; s = s " word" int(x / 65536) % 5000 (k % 9 == 8 ? "." : "") }
 	printf "{\"text\":\"%s\"}\n", s } }' > v.ndjson
@@ -55,11 +60,14 @@ t "validation, merge of 4 partials" sh -c 'datanet-validate --no-progress --merg
 cmp m.out one.out && echo "the merged verdicts are the one pass's, byte for byte"
 tail -n 1 one.out | cut -c1-160
 ls -l vp.0 | awk '{ printf "a validation partial: %d bytes\n", $5 }'
+;; esac
 
 # 3. settlement
+case $parts in *" settle "*)
 awk -v n="$N" 'BEGIN { for (i = 0; i < n; i++) printf "{\"event\":\"e%d\",\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d},\"contributors\":[{\"contributor\":\"c%d\",\"share\":0.7},{\"contributor\":\"c%d\",\"share\":0.3}]}\n", i, 10 + i % 90, 5 + i % 40, i % 1000, (i * 7) % 1000 }' > s.ndjson
 echo '{"fee_per_1k_prompt": 137, "fee_per_1k_completion": 311, "split_bps": {"platform": 1000, "model": 2000, "stakers": 1000, "contributors": 6000}}' > pol.json
 t "settlement, one pass (1 thread)" sh -c 'attr-settle --dry-run --threads 1 --policy pol.json --epoch E s.ndjson > s1.out'
 for i in 0 1 2 3; do t "settlement, partial $i/4" sh -c "attr-settle --partial --shard $i/4 --policy pol.json --epoch E s.ndjson > sp.$i"; done
 t "settlement, merge of 4 partials" sh -c 'attr-settle --dry-run --merge --policy pol.json --epoch E sp.0 sp.1 sp.2 sp.3 > s2.out'
 cmp s1.out s2.out && echo "the merged settlement is the one pass's, byte for byte"
+;; esac

@@ -52,6 +52,15 @@ for ex in . confidence adapter; do
 	check "the worked example ($ex) from 2 shards" \
 		sh -c "attr-settle --dry-run --merge --policy '$data/$ex/policy.json' --epoch $e ex.0 ex.1 | cmp - '$data/$ex/expected.ndjson'"
 done
+# contributors named by short name in the policy and a flags line: resolved after the merge, as in one pass
+mkdir keys && trail-key generate --dir keys alice >/dev/null && trail-key generate --dir keys bob >/dev/null
+A=$(cat keys/alice.pub) Bk=$(cat keys/bob.pub)
+awk -v a="$A" -v b="$Bk" 'BEGIN { for (i = 0; i < 40; i++) printf "{\"event\":\"e%d\",\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":5},\"contributors\":[{\"contributor\":\"%s\",\"share\":0.7},{\"contributor\":\"%s\",\"share\":0.3}]}\n", i, 10 + i, i % 3 ? a : b, i % 3 ? b : a }' > kin.ndjson
+printf '{"type":"flags","contributor":"bob","flagged":2}\n' >> kin.ndjson
+echo '{"fee_per_1k_prompt": 100000, "split_bps": {"platform": 1000, "model": 2000, "stakers": 1000, "contributors": 6000}, "stakes": {"alice": 500}, "penalty": {"max_flagged": 0}}' > kpol.json
+attr-settle -n --policy kpol.json --epoch K kin.ndjson > k1.out
+for i in 0 1 2; do attr-settle --partial --shard $i/3 --policy kpol.json --epoch K kin.ndjson > kp.$i; done
+check "short names: the merge resolves them as one pass does" sh -c 'attr-settle -n --merge --policy kpol.json --epoch K kp.* | cmp - k1.out && grep -qF "\"role\":\"stakers\",\"to\":\"$0\"" k1.out' "$A"
 # in a store: the same settlement entry, and an input's attribution batch found by its digest
 export TRAIL_HOME="$T/one"; trail-log init >/dev/null
 d=$(sha256sum < b.ndjson | cut -d' ' -f1)
