@@ -398,16 +398,12 @@ static int partial(struct run *r, char *const *in, int nin, const trail_attr_ran
 	int rc = inputs && how ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	for (int i = 0; !rc && i < nin; i++) {
 		uint8_t d[32];
-		void *fb;
-		size_t fl;
 		if (!strcmp(in[i], "-"))
 			rc = trail_error_set(err, TRAIL_EUSAGE, "--partial reads files, not standard input");
 		else if (trail_digest_parse(in[i], d) == TRAIL_OK)
 			snprintf(digest, sizeof digest, "%s", in[i]);
-		else if (!(rc = trail_read_file(in[i], (size_t)1 << 34, &fb, &fl, err))) {
-			trail_digest_str(fb, fl, digest);
-			trail_free(fb);
-		}
+		else
+			rc = trail_vpartial_file_digest(in[i], digest, err);
 		if (!rc && json_array_append_new(inputs, json_pack("{s:s, s:s}", "name", in[i], "digest", digest)))
 			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}

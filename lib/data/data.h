@@ -453,6 +453,8 @@ void trail_validator_set_partial(trail_validator *v, int on);
  */
 int trail_vpartial_header(const trail_validator *v, const json_t *inputs, const json_t *options, uint64_t records,
 			  uint64_t lo, uint64_t hi, json_t **out, trail_error *err);
+/* The SHA-256 digest of a file's bytes, read in blocks, for a partial's "inputs". */
+int trail_vpartial_file_digest(const char *path, char digest[TRAIL_DIGEST_STRLEN], trail_error *err);
 /* The line of a malformed item (e: its error, TRAIL_EDATA or TRAIL_ELIMIT); NULL on ENOMEM. */
 json_t *trail_vpartial_malformed(const trail_error *e);
 

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "core/core.h"
 #include "data/data_int.h"
 
@@ -41,6 +43,27 @@ int trail_vpartial_header(const trail_validator *v, const json_t *inputs, const 
 			 pd, "inputs", inputs, "options", options, "records", (json_int_t)records, "lo", (json_int_t)lo, "hi",
 			 (json_int_t)hi);
 	return *out ? TRAIL_OK : oom(err);
+}
+
+int trail_vpartial_file_digest(const char *path, char digest[TRAIL_DIGEST_STRLEN], trail_error *err)
+{
+	FILE *f = fopen(path, "rb");
+	crypto_hash_sha256_state h;
+	unsigned char buf[1 << 16];
+	uint8_t d[32];
+	size_t n;
+	if (!f)
+		return trail_error_errno(err, errno == ENOENT ? TRAIL_ENOINPUT : TRAIL_EIO, errno, "%s", path);
+	crypto_hash_sha256_init(&h);
+	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+		crypto_hash_sha256_update(&h, buf, n);
+	int bad = ferror(f);
+	fclose(f);
+	if (bad)
+		return trail_error_errno(err, TRAIL_EIO, errno, "%s", path);
+	crypto_hash_sha256_final(&h, d);
+	trail_digest_format(d, digest);
+	return TRAIL_OK;
 }
 
 json_t *trail_vpartial_malformed(const trail_error *e)
