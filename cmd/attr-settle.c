@@ -146,7 +146,7 @@ static int partial(trail_settle *s, const char *epoch, char *const *in, int nin,
 				rc = trail_error_set(err, TRAIL_EUSAGE, "--partial reads files, not standard input");
 			else if (!f)
 				rc = trail_error_errno(err, errno == ENOENT ? TRAIL_ENOINPUT : TRAIL_EIO, errno, "%s", in[i]);
-			else if (!(rc = trail_settle_read_range(s, f, in[i], &at, lo, hi, dg, err)) &&
+			else if (!(rc = trail_settle_read_range(s, f, in[i], &at, lo, hi, pass ? NULL : dg, err)) &&
 				 json_array_append_new(pass ? recs : inputs,
 						       pass ? json_integer((json_int_t)(trail_settle_records(s) - r0))
 							    : json_pack("{s:s, s:s, s:I}", "name", in[i], "digest", dg, "lines",

@@ -152,7 +152,7 @@ int trail_settle_ledger_stakes(trail_settle *s, struct trail_store *st, const ch
  *
  * Read `in` (named src in errors), whose first line is line *at of all the
  * inputs, accounting the lines in [lo, hi) (lo == hi: none) and advancing
- * *at past its lines; digest gets the SHA-256 of its bytes.
+ * *at past its lines; digest (unless NULL) gets the SHA-256 of its bytes.
  */
 int trail_settle_read_range(trail_settle *s, FILE *in, const char *src, uint64_t *at, uint64_t lo, uint64_t hi,
 			    char digest[TRAIL_DIGEST_STRLEN], trail_error *err);
