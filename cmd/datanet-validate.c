@@ -8,10 +8,11 @@
 #include "core/core.h"
 #include "data/data.h"
 #include "ledger/ledger.h"
+#include "job/job.h"
 
 enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROVED, O_OUTPUT,
        O_PRINT, O_PERFILE, O_PROGRESS, O_NOPROGRESS, O_HOME, O_DATANET, O_KEY, O_RECORD, O_APPROVE, O_ACCEPTED, O_REJECT,
-       O_FLAGS, O_CONTRIB };
+       O_FLAGS, O_CONTRIB, O_PARTIAL, O_RECORDS, O_SHARD, O_MERGE };
 
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
@@ -36,6 +37,11 @@ static const trail_opt opts[] = {
 	{O_FLAGS, "flags", 0, "FILE", "write attr-settle penalty flags of rejected records to FILE", "file"},
 	{O_CONTRIB, "contributor", 'c', "KEY", "contributor of records that name none (verifier key or .pub file)",
 	 "file"},
+	{O_PARTIAL, "partial", 0, NULL, "check one range of the records and print its partial for --merge", NULL},
+	{O_RECORDS, "records", 0, "LO:HI", "with --partial: the items LO to HI-1 of the inputs (HI empty: to the end)",
+	 NULL},
+	{O_SHARD, "shard", 0, "I/N", "with --partial: shard I of N equal ranges of the items", NULL},
+	{O_MERGE, "merge", 0, NULL, "the files are partials: print the verdicts of one pass over their inputs", NULL},
 	{0},
 };
 
@@ -45,7 +51,11 @@ static const trail_cli cli = {
 		 "    [--per-file] [--approved FILE]... [--output FILE] [--flags FILE [--contributor KEY]]\n"
 		 "    [FILE|-]...\n"
 		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve [--accepted-only]|--reject]]\n"
-		 "    BUNDLE|DIGEST...",
+		 "    BUNDLE|DIGEST...\n"
+		 "--partial --records LO:HI|--shard I/N [--policy FILE | --preset NAME] [--schema S] [--redact]\n"
+		 "    [--contributor KEY] FILE...\n"
+		 "--merge [--policy FILE | --preset NAME] [--schema S] [--redact] [--format F] [--approved FILE]...\n"
+		 "    [--flags FILE [--contributor KEY]] [--home DIR --datanet NAME] PARTIAL...",
 	.summary = "Validate dataset records: schema, duplicates, quality rules and PII.",
 	.opts = opts,
 };
@@ -63,7 +73,16 @@ struct run {
 	FILE *flags;      /* penalty flags of rejected records, or NULL */
 	const char *who;  /* the contributor of the records being checked, or NULL */
 	const char *bundle_who, *default_who; /* a bundle's signer; --contributor */
+	int sharded;          /* --partial: partial lines for the items in [lo, hi) of all */
+	uint64_t ord, lo, hi; /* items seen so far (records, malformed lines) */
 };
+
+/* The next item is outside the shard's range (always so while counting, with lo == hi). */
+static int skipped(struct run *r)
+{
+	uint64_t k = r->ord++;
+	return r->sharded && (k < r->lo || k >= r->hi);
+}
 
 /* The contributor a record's flag names: its bundle's signer, its own "contributor", else --contributor. */
 static const char *who_of(const struct run *r, const json_t *rec)
@@ -72,9 +91,23 @@ static const char *who_of(const struct run *r, const json_t *rec)
 	return r->bundle_who ? r->bundle_who : w && *w ? w : r->default_who;
 }
 
+/* A partial's line, with the contributor the record names (or --contributor's). */
+static int emit_partial(struct run *r, json_t *l)
+{
+	char *s = NULL;
+	/* not canonical: the reasons keep their members' order, and numbers all their digits */
+	if ((r->who && json_object_set_new(l, "who", json_string(r->who))) || !(s = json_dumps(l, JSON_COMPACT)))
+		return TRAIL_ENOMEM;
+	puts(s);
+	free(s);
+	return TRAIL_OK;
+}
+
 static int emit(struct run *r, json_t *vd, const char *name)
 {
 	json_t *id = json_object_get(vd, "record");
+	if (r->sharded)
+		return emit_partial(r, vd);
 	if (r->rejected && id && json_is_false(json_object_get(vd, "ok")) &&
 	    json_array_append_new(r->rejected, json_pack("{s:O, s:O}", "n", json_object_get(vd, "n"),
 							 "record", id)))
@@ -125,7 +158,14 @@ static int deliver(struct run *r, int q, json_t *vd, json_t *acc, trail_error *e
 		free(s);
 		json_decref(acc);
 	}
-	if (q == TRAIL_EDATA || q == TRAIL_ELIMIT) {
+	if ((q == TRAIL_EDATA || q == TRAIL_ELIMIT) && r->sharded) {
+		json_t *l = trail_vpartial_malformed(e);
+		r->who = NULL;
+		rc = l ? emit_partial(r, l) : TRAIL_ENOMEM;
+		json_decref(l);
+		if (rc)
+			rc = trail_error_set(err, rc, "out of memory");
+	} else if (q == TRAIL_EDATA || q == TRAIL_ELIMIT) {
 		r->malformed = 1;
 		trail_validator_note_malformed(r->v);
 		trail_cli_report(&cli, e, stderr);
@@ -158,6 +198,12 @@ static int stream(struct run *r, FILE *f, const char *name, int std, int approve
 		int q = trail_ndjson_next(rd, &j, &e);
 		if (q == TRAIL_OK && !j)
 			break;
+		if (!approve && (q == TRAIL_OK || q == TRAIL_EDATA || q == TRAIL_ELIMIT) && skipped(r)) {
+			json_decref(j);
+			if (!std)
+				trail_progress_set(pg, (unsigned long long)ftell(f));
+			continue;
+		}
 		r->who = q == TRAIL_OK ? who_of(r, j) : r->bundle_who ? r->bundle_who : r->default_who;
 		if (q == TRAIL_OK && approve)
 			q = trail_validator_approve(r->v, j, &e);
@@ -229,6 +275,8 @@ static int text_record(void *ctx, const char *s, size_t n, long line, trail_erro
 	json_t *vd = NULL, *acc = NULL, *rec = NULL;
 	trail_error e = {0};
 	int q;
+	if (!t->approve && skipped(r))
+		return TRAIL_OK;
 	if (!trail_utf8_valid(s, n))
 		q = t->approve ? trail_error_at(&e, TRAIL_EDATA, t->name, line, "text is not valid UTF-8")
 			       : trail_validator_check_line(r->v, s, n, t->name, line, &vd, NULL, &e);
@@ -335,6 +383,66 @@ static int approve_record(void *ctx, const json_t *rec)
 	return rc;
 }
 
+/*
+ * --partial: the inputs (files or store digests) with their digests, every
+ * item counted, then the items of the range checked into partial lines.
+ */
+static int partial(struct run *r, char *const *in, int nin, const trail_attr_range *range, const char *license,
+		   trail_error *err)
+{
+	json_t *inputs = json_array(), *h = NULL;
+	json_t *how = json_pack("{s:s?, s:b, s:s?}", "license", license, "per_file", r->per_file, "contributor",
+				 r->default_who);
+	char digest[72];
+	size_t lo, hi;
+	int rc = inputs && how ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (int i = 0; !rc && i < nin; i++) {
+		uint8_t d[32];
+		if (!strcmp(in[i], "-"))
+			rc = trail_error_set(err, TRAIL_EUSAGE, "--partial reads files, not standard input");
+		else if (trail_digest_parse(in[i], d) == TRAIL_OK)
+			snprintf(digest, sizeof digest, "%s", in[i]);
+		else
+			rc = trail_vpartial_file_digest(in[i], digest, err);
+		if (!rc && json_array_append_new(inputs, json_pack("{s:s, s:s}", "name", in[i], "digest", digest)))
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	}
+	if (!rc && !nin)
+		rc = trail_error_set(err, TRAIL_EUSAGE, "--partial reads files: name them");
+	r->sharded = 1; /* lo == hi == 0: every item skipped, counted */
+	for (int i = 0; !rc && i < nin; i++)
+		rc = input(r, in[i], 0, digest, err);
+	if (!rc && !(rc = trail_attr_range_resolve(range, r->ord, &lo, &hi, err)) &&
+	    !(rc = trail_vpartial_header(r->v, inputs, how, r->ord, lo, hi, &h, err)))
+		rc = emit_partial(r, h);
+	r->ord = 0, r->lo = lo, r->hi = hi;
+	trail_validator_set_partial(r->v, 1);
+	for (int i = 0; !rc && i < nin; i++)
+		rc = input(r, in[i], 0, digest, err);
+	json_decref(h);
+	json_decref(inputs);
+	json_decref(how);
+	return rc;
+}
+
+/* --merge: the verdicts and malformed lines of the partials, in input order, delivered as one pass delivers them. */
+static int merge(struct run *r, trail_vmerge *m, trail_error *err)
+{
+	int rc = TRAIL_OK;
+	while (!rc) {
+		json_t *vd;
+		const char *who;
+		trail_error bad;
+		if ((rc = trail_vmerge_next(m, &vd, &who, &bad, err)) || (!vd && !bad.code))
+			break;
+		const char *name = vd ? json_string_value(json_object_get(vd, "file")) : bad.source;
+		r->who = who ? who : r->default_who;
+		rc = deliver(r, bad.code, vd, NULL, &bad, name, 0, err);
+		r->who = NULL;
+	}
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	trail_args a;
@@ -346,7 +454,9 @@ int main(int argc, char **argv)
 	size_t flaglen = 0;
 	trail_verifier *cv = NULL;
 	int o, rc = TRAIL_OK, schema = -1, redact = 0, print = 0, napproved = 0, record = 0, decide = 0;
-	int accepted_only = 0;
+	int accepted_only = 0, part = 0, merging = 0, ranged = 0;
+	trail_attr_range range = {0};
+	trail_vmerge *vm = NULL;
 	char *repbuf = NULL, digest[72] = "";
 	size_t replen = 0;
 	json_t *def = NULL, *dpol = NULL;
@@ -381,8 +491,27 @@ int main(int argc, char **argv)
 		else if (o == O_ACCEPTED) accepted_only = 1;
 		else if (o == O_FLAGS) flags = v;
 		else if (o == O_CONTRIB) contrib_key = v;
+		else if (o == O_PARTIAL) part = 1;
+		else if (o == O_MERGE) merging = 1;
+		else if ((o == O_RECORDS || o == O_SHARD) && ranged++)
+			rc = trail_error_set(&err, TRAIL_EUSAGE, "--records and --shard: give one, once");
+		else if (o == O_RECORDS || o == O_SHARD)
+			rc = trail_attr_range_parse(v, o == O_SHARD, &range, &err);
 	}
-	if (!rc && contrib_key && !flags)
+	if (!rc && (part || ranged) && (!part || !ranged))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--partial goes with --records LO:HI or --shard I/N");
+	if (!rc && part && merging)
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--partial and --merge: give one");
+	if (!rc && part && (napproved || output || flags || r.github || print))
+		rc = trail_error_set(&err, TRAIL_EUSAGE,
+				     "--approved, --output, --flags and --format go to the merge, not to --partial");
+	if (!rc && (part || merging) && (record || decide || keyfile))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--record, --approve and --reject validate in one pass");
+	if (!rc && merging && output)
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--output: the partials hold no records (validate in one pass)");
+	if (!rc && merging && (license || r.per_file))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--license and --per-file go to the shards (--partial)");
+	if (!rc && contrib_key && !flags && !part) /* a shard names the contributor in its lines */
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--contributor goes with --flags");
 	if (!rc && contrib_key && !(rc = trail_verifier_load(contrib_key, &cv, &err)))
 		r.default_who = trail_verifier_str(cv);
@@ -429,7 +558,12 @@ int main(int argc, char **argv)
 			puts(s);
 		free(s);
 		json_decref(j);
-	} else if (!rc && !(rc = trail_validator_new(p, &r.v, &err))) {
+	} else if (!rc && !(rc = trail_validator_new(p, &r.v, &err)) && part) {
+		if (license && trail_validator_set_license(r.v, license))
+			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
+		if (!rc)
+			rc = partial(&r, a.rest, a.nrest, &range, license, &err);
+	} else if (!rc) {
 		if (license && trail_validator_set_license(r.v, license))
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 		for (int i = 0; !rc && i < napproved; i++)
@@ -437,7 +571,16 @@ int main(int argc, char **argv)
 		/* the digests of bundle inputs, so a bundle is not its own duplicate */
 		char dg[64][72];
 		char *skip[64];
-		for (int i = 0; datanet && i < a.nrest && i < 64; i++) {
+		if (!rc && merging)
+			rc = trail_vmerge_open(r.v, (const char *const *)a.rest, (size_t)a.nrest, &vm, &err);
+		const json_t *ins = vm ? trail_vmerge_inputs(vm) : NULL;
+		for (size_t i = 0; datanet && i < json_array_size(ins) && i < 64; i++) {
+			const char *d = json_string_value(json_object_get(json_array_get(ins, i), "digest"));
+			snprintf(dg[r.nskip], 72, "%s", d ? d : "");
+			skip[r.nskip] = dg[r.nskip];
+			r.nskip++;
+		}
+		for (int i = 0; datanet && !vm && i < a.nrest && i < 64; i++) {
 			uint8_t d[32];
 			void *fb;
 			size_t fl;
@@ -458,8 +601,10 @@ int main(int argc, char **argv)
 			rc = trail_error_set(&err, TRAIL_ENOMEM, "out of memory");
 		if (!rc && output && !(r.acc = open_memstream(&accbuf, &acclen)))
 			rc = trail_error_errno(&err, TRAIL_ENOMEM, errno, "open_memstream");
-		for (int i = 0; !rc && i < (a.nrest ? a.nrest : 1); i++)
+		for (int i = 0; !rc && !vm && i < (a.nrest ? a.nrest : 1); i++)
 			rc = input(&r, a.nrest ? a.rest[i] : "-", 0, digest, &err);
+		if (!rc && vm)
+			rc = merge(&r, vm, &err);
 		if (!rc && decide && (a.nrest != 1 || !digest[0]))
 			rc = trail_error_set(&err, TRAIL_EUSAGE, "--approve and --reject take one bundle");
 		if (!rc && r.acc && fclose(r.acc) == 0) {
@@ -514,6 +659,7 @@ int main(int argc, char **argv)
 		fclose(r.flags);
 	free(flagbuf);
 	trail_verifier_free(cv);
+	trail_vmerge_free(vm);
 	free(accbuf);
 	free(repbuf);
 	json_decref(def);

@@ -20,11 +20,15 @@ _attr_settle() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--stake )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--records )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--shard )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --policy -p --epoch -e --key -k --home --dry-run -n --verbose -v --format -f --threads -j --batch -b --require-batch --stake --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --policy -p --epoch -e --key -k --home --dry-run -n --verbose -v --format -f --threads -j --batch -b --require-batch --stake --partial --records --shard --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -28,11 +28,15 @@ _datanet_validate() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--contributor|-c)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--records )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--shard )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --policy -p --preset -P --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --per-file --progress --no-progress --home --datanet -d --key -k --record --approve --accepted-only --reject --flags --contributor -c --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --policy -p --preset -P --schema -s --redact --format -f --license -l --approved -a --output -o --print-policy --per-file --progress --no-progress --home --datanet -d --key -k --record --approve --accepted-only --reject --flags --contributor -c --partial --records --shard --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -307,6 +307,16 @@ int trail_ndindex_query(trail_ndindex *ix, const uint32_t *sig, uint64_t *ordina
 int trail_ndindex_contains(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[32],
 			   uint64_t *ordinal);
 const uint8_t *trail_ndindex_id(const trail_ndindex *ix, uint64_t ordinal);
+/*
+ * What the index keeps of a signature, as bytes: each band's 32-bit key
+ * (little-endian) then the 2-bit values packed, trail_ndindex_keylen bytes
+ * (84 at 14 x 8). The _key calls take it in place of the signature and
+ * give the same results; a sharded validation carries keys, not signatures.
+ */
+size_t trail_ndindex_keylen(const trail_ndindex *ix);
+void trail_ndindex_key(trail_ndindex *ix, const uint32_t *sig, uint8_t *key);
+int trail_ndindex_add_key(trail_ndindex *ix, const uint8_t *key, const uint8_t id[32]);
+int trail_ndindex_query_key(trail_ndindex *ix, const uint8_t *key, uint64_t *ordinal, double *score);
 /* Merge recent additions into the sorted arrays (after a bulk load). */
 int trail_ndindex_compact(trail_ndindex *ix);
 uint64_t trail_ndindex_count(const trail_ndindex *ix);
@@ -406,6 +416,67 @@ void trail_validator_note_malformed(trail_validator *v);
  */
 json_t *trail_validator_summary(const trail_validator *v);
 uint64_t trail_validator_rejected(const trail_validator *v);
+
+/* ---- sharded validation (validate_shard.c) ---------------------------------- */
+
+/*
+ * A validation split by record range: each shard checks its records with
+ * the validator in partial mode and writes a partial; the merge replays
+ * the duplicate checks over every partial in input order and gives the
+ * verdicts, summary and exit status of one pass, byte for byte.
+ *
+ * The partial (NDJSON, trail-formats(5); compact JSON, members in the
+ * order of the verdicts, numbers with every digit): line 1
+ *   {"type":"validation-partial","version":1,"policy":<digest of the
+ *    effective policy's canonical JSON>,"inputs":[{"name","digest"}],
+ *    "options":{...},"records":N,"lo","hi"}
+ * where records counts every item of the inputs (a record, a line that is
+ * not UTF-8, a malformed line) and [lo, hi) is the shard's; then one line
+ * per item of the range: a record's
+ *   {"record","n","file"?,"pre":[reasons],"post":[reasons],"redacted"?,
+ *    "dups"?:true,"key"?:<base64 index key>,"who"?:<contributor>}
+ * (the reasons before and after the duplicate checks, which apply when
+ * "dups" is there), or a malformed line's
+ *   {"malformed":<message>,"code":"data"|"limit","source","n"}.
+ */
+
+/*
+ * In partial mode trail_validator_check and _check_line give a partial's
+ * record line in *verdict instead of a verdict (no duplicate checks, no
+ * accepted record, nothing counted).
+ */
+void trail_validator_set_partial(trail_validator *v, int on);
+/*
+ * Line 1 of a partial (new reference); inputs: [{"name","digest"}];
+ * options: what else the shard's verdicts depend on (the caller's
+ * reading options), which every partial of a merge must share.
+ */
+int trail_vpartial_header(const trail_validator *v, const json_t *inputs, const json_t *options, uint64_t records,
+			  uint64_t lo, uint64_t hi, json_t **out, trail_error *err);
+/* The SHA-256 digest of a file's bytes, read in blocks, for a partial's "inputs". */
+int trail_vpartial_file_digest(const char *path, char digest[TRAIL_DIGEST_STRLEN], trail_error *err);
+/* The line of a malformed item (e: its error, TRAIL_EDATA or TRAIL_ELIMIT); NULL on ENOMEM. */
+json_t *trail_vpartial_malformed(const trail_error *e);
+
+/*
+ * The merge of partials (paths, any order) with v, a validator of the
+ * same policy in normal mode that holds the approved records. Open checks
+ * every header: the policy is v's, the inputs, options and count of items
+ * the same in all, the ranges cover every item exactly once (TRAIL_EDATA naming a
+ * gap, an overlap, a part given twice or a foreign one). Next gives the
+ * items in input order: a verdict (*verdict, new reference, with *who the
+ * contributor the shard saw, borrowed, or NULL), or a malformed item
+ * (*verdict NULL, bad->code TRAIL_EDATA or TRAIL_ELIMIT with its source,
+ * line and message); neither (bad->code 0) at the end. A partial with
+ * fewer or more lines than its range is TRAIL_EDATA.
+ */
+typedef struct trail_vmerge trail_vmerge;
+int trail_vmerge_open(trail_validator *v, const char *const *paths, size_t n, trail_vmerge **out,
+		      trail_error *err);
+/* The inputs the partials were made from (borrowed): [{"name","digest"}]. */
+const json_t *trail_vmerge_inputs(const trail_vmerge *m);
+int trail_vmerge_next(trail_vmerge *m, json_t **verdict, const char **who, trail_error *bad, trail_error *err);
+void trail_vmerge_free(trail_vmerge *m);
 
 /*
  * A verdict as GitHub Actions workflow commands, one

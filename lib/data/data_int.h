@@ -84,6 +84,11 @@ struct trail_policy {
 
 const char *trail_rule_name_of(int id);
 
+/* For validate_shard.c: the validator's policy, and a verdict from a partial's record line. */
+const trail_policy *trail_validator_policy(const trail_validator *v);
+/* TRAIL_EDATA when the line is not a partial's record line, TRAIL_ENOMEM. */
+int trail_validator_partial_verdict(trail_validator *v, const json_t *line, json_t **verdict);
+
 /*
  * Scratch buffers for the quality rules, kept from one text to the next
  * (trail_quality_check makes and frees one per call).

@@ -550,11 +550,39 @@ static int band_candidates(trail_ndindex *ix, int j, size_t cap)
 	return 0;
 }
 
+size_t trail_ndindex_keylen(const trail_ndindex *ix)
+{
+	return (size_t)ix->p.bands * 4 + (size_t)ix->sigbytes;
+}
+
+void trail_ndindex_key(trail_ndindex *ix, const uint32_t *sig, uint8_t *key)
+{
+	band_keys(ix, sig);
+	for (int j = 0; j < ix->p.bands; j++)
+		for (int b = 0; b < 4; b++)
+			key[j * 4 + b] = (uint8_t)(ix->keys[j] >> (8 * b));
+	pack_sig(ix, sig, key + (size_t)ix->p.bands * 4);
+}
+
+/* A key's band keys into ix->keys; its packed signature follows them. */
+static const uint8_t *unkey(trail_ndindex *ix, const uint8_t *key)
+{
+	for (int j = 0; j < ix->p.bands; j++)
+		ix->keys[j] = (uint32_t)key[j * 4] | (uint32_t)key[j * 4 + 1] << 8 | (uint32_t)key[j * 4 + 2] << 16 |
+			      (uint32_t)key[j * 4 + 3] << 24;
+	return key + (size_t)ix->p.bands * 4;
+}
+
 int trail_ndindex_query(trail_ndindex *ix, const uint32_t *sig, uint64_t *ordinal, double *sc)
 {
-	uint8_t packed[TRAIL_ND_MAXPERM / 4];
-	band_keys(ix, sig);
-	pack_sig(ix, sig, packed);
+	uint8_t key[64 * 4 + TRAIL_ND_MAXPERM / 4];
+	trail_ndindex_key(ix, sig, key);
+	return trail_ndindex_query_key(ix, key, ordinal, sc);
+}
+
+int trail_ndindex_query_key(trail_ndindex *ix, const uint8_t *key, uint64_t *ordinal, double *sc)
+{
+	const uint8_t *packed = unkey(ix, key);
 	ix->ncand = 0;
 	for (int j = 0; j < ix->p.bands; j++)
 		if (band_candidates(ix, j, BAND_CAP))
@@ -737,6 +765,13 @@ int trail_ndindex_compact(trail_ndindex *ix)
 
 int trail_ndindex_add(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[32])
 {
+	uint8_t key[64 * 4 + TRAIL_ND_MAXPERM / 4];
+	trail_ndindex_key(ix, sig, key);
+	return trail_ndindex_add_key(ix, key, id);
+}
+
+int trail_ndindex_add_key(trail_ndindex *ix, const uint8_t *key, const uint8_t id[32])
+{
 	if (ix->n >= UINT32_MAX - 1)
 		return TRAIL_ELIMIT;
 	if (ix->n == ix->cap) {
@@ -760,13 +795,13 @@ int trail_ndindex_add(trail_ndindex *ix, const uint32_t *sig, const uint8_t id[3
 	}
 	if (recent_reserve(ix))
 		return TRAIL_ENOMEM;
-	band_keys(ix, sig);
+	const uint8_t *packed = unkey(ix, key);
 	uint32_t o = (uint32_t)ix->n;
 	ix->n++;
 	ix->recent++;
 	for (int j = 0; j < ix->p.bands; j++)
 		recent_insert(ix, &ix->b[j], ix->keys[j], o);
 	memcpy(ix->ids[o], id, 32);
-	pack_sig(ix, sig, ix->sigs + (size_t)o * ix->sigbytes);
+	memcpy(ix->sigs + (size_t)o * ix->sigbytes, packed, (size_t)ix->sigbytes);
 	return TRAIL_OK;
 }

@@ -40,6 +40,8 @@ struct trail_validator {
 	size_t nixline, ixlinecap;
 	struct idset ids;
 	uint32_t sig[TRAIL_ND_MAXPERM];
+	uint8_t key[64 * 4 + TRAIL_ND_MAXPERM / 4]; /* sig as the index keeps it */
+	int partial; /* checks give partial lines (validate_shard.c), not verdicts */
 	uint64_t records, accepted, rejected, malformed, redacted;
 	uint64_t rule_count[R_COUNT];
 };
@@ -441,9 +443,27 @@ static json_t *dup_reason(const trail_validator *v, const char *rule, const uint
 	return r;
 }
 
-/* Exact and near duplicates; indexes the record for later ones. */
+/* The index key of a record's text into v->key: 1, 0 when it has no words, -1 out of memory. */
+static int text_key(trail_validator *v, const json_t *rec)
+{
+	char *own;
+	size_t len;
+	const char *text = content(v, rec, &len, &own);
+	long ns = text ? trail_minhash(v->mh, text, len, v->sig) : -1;
+	trail_free(own);
+	if (ns <= 0)
+		return ns < 0 ? -1 : 0;
+	trail_ndindex_key(v->ix, v->sig, v->key);
+	return 1;
+}
+
+/*
+ * Exact and near duplicates; indexes the record for later ones. has_key:
+ * 1 when key is the record's index key, 0 when its text has none, -1 to
+ * make it from rec if it is needed.
+ */
 static int check_dups(trail_validator *v, const json_t *rec, const uint8_t raw[32], long n,
-		      json_t *R)
+		      int has_key, const uint8_t *key, json_t *R)
 {
 	const trail_policy *p = v->p;
 	long prev = idset_find(&v->ids, raw);
@@ -456,15 +476,10 @@ static int check_dups(trail_validator *v, const json_t *rec, const uint8_t raw[3
 		return -1;
 	if (dup || !(p->on[R_NEAR] || p->on[R_DUPLICATE]))
 		return 0;
-	char *own;
-	size_t len;
-	const char *text = content(v, rec, &len, &own);
-	long ns = text ? trail_minhash(v->mh, text, len, v->sig) : -1;
-	trail_free(own);
-	if (ns < 0)
-		return -1;
-	if (ns == 0)
-		return 0;
+	if (has_key < 0 && (has_key = text_key(v, rec)) > 0)
+		key = v->key;
+	if (has_key <= 0)
+		return has_key;
 	if (v->napproved && approved_find(v, raw) >= 0) {
 		/* An exact copy of an approved record (the earliest with this id). */
 		if (!p->on[R_DUPLICATE])
@@ -473,7 +488,7 @@ static int check_dups(trail_validator *v, const json_t *rec, const uint8_t raw[3
 	}
 	if (p->on[R_NEAR]) {
 		double score;
-		int f = trail_ndindex_query(v->ix, v->sig, &ord, &score);
+		int f = trail_ndindex_query_key(v->ix, key, &ord, &score);
 		if (f < 0)
 			return -1;
 		long line = f && ord >= v->napproved ? v->ixline[ord - v->napproved] : 0;
@@ -489,7 +504,7 @@ static int check_dups(trail_validator *v, const json_t *rec, const uint8_t raw[3
 		v->ixline = nl;
 		v->ixlinecap = nc;
 	}
-	if (trail_ndindex_add(v->ix, v->sig, raw))
+	if (trail_ndindex_add_key(v->ix, key, raw))
 		return -1;
 	v->ixline[v->nixline++] = n;
 	return 0;
@@ -503,12 +518,53 @@ static int any_quality(const trail_policy *p)
 	return 0;
 }
 
-static json_t *verdict_new(const trail_validator *v, const char *id, long n)
+static json_t *verdict_of(const char *file, const char *id, long n)
 {
 	json_t *j = json_object();
 	if (!j || json_object_set_new(j, "record", json_string(id)) ||
 	    json_object_set_new(j, "n", json_integer(n)) ||
-	    (v->source && json_object_set_new(j, "file", json_string(v->source)))) {
+	    (file && json_object_set_new(j, "file", json_string(file)))) {
+		json_decref(j);
+		return NULL;
+	}
+	return j;
+}
+
+static json_t *verdict_new(const trail_validator *v, const char *id, long n)
+{
+	return verdict_of(v->source, id, n);
+}
+
+/*
+ * A partial line (validate_shard.c has the format): the verdict's record,
+ * n and file, the reasons before the duplicate checks (pre) and after them
+ * (post), the redactions, and, when the duplicate checks apply ("dups"),
+ * the record's index key if its text has one.
+ */
+static json_t *partial_line(const json_t *vd, json_t *R, size_t split, json_t *red, int dups, int has_key,
+			    const uint8_t *key, size_t keylen)
+{
+	json_t *j = json_deep_copy(vd), *pre = json_array(), *post = json_array();
+	for (size_t i = 0; pre && post && i < json_array_size(R); i++)
+		if (json_array_append(i < split ? pre : post, json_array_get(R, i)))
+			break;
+	int bad = !j || !pre || !post || json_array_size(pre) + json_array_size(post) != json_array_size(R) ||
+		  json_object_set_new(j, "pre", pre) || json_object_set_new(j, "post", post);
+	pre = post = NULL;
+	if (!bad && red && json_array_size(red))
+		bad = json_object_set(j, "redacted", red);
+	if (!bad && dups)
+		bad = json_object_set_new(j, "dups", json_true());
+	if (!bad && has_key > 0) {
+		char *t = trail_malloc(trail_base64_len(keylen));
+		if (t)
+			trail_base64(key, keylen, t);
+		bad = !t || json_object_set_new(j, "key", json_string(t));
+		trail_free(t);
+	}
+	json_decref(pre);
+	json_decref(post);
+	if (bad) {
 		json_decref(j);
 		return NULL;
 	}
@@ -574,7 +630,8 @@ int trail_validator_check(trail_validator *v, const json_t *record, long n, json
 							    "count", (json_int_t)counts[i])))
 				goto out;
 	}
-	size_t clen;
+	size_t clen, split = 0;
+	int has_key = 0;
 	if (record_id(rec, id, raw, &clen) || !(vd = verdict_new(v, id, n)))
 		goto out;
 	if (schema_ok) {
@@ -586,7 +643,10 @@ int trail_validator_check(trail_validator *v, const json_t *record, long n, json
 		}
 		if (p->on[R_LICENSE] && check_license(v, rec, R))
 			goto out;
-		if (check_dups(v, rec, raw, n, R))
+		split = json_array_size(R);
+		if (v->partial && (p->on[R_NEAR] || p->on[R_DUPLICATE]) && (has_key = text_key(v, rec)) < 0)
+			goto out;
+		if (!v->partial && check_dups(v, rec, raw, n, -1, NULL, R))
 			goto out;
 		if (any_quality(p)) {
 			char *own;
@@ -600,9 +660,16 @@ int trail_validator_check(trail_validator *v, const json_t *record, long n, json
 		if (!v->redact && check_pii(v, rec, R))
 			goto out;
 	}
-	if (verdict_finish(v, vd, R, red))
+	if (v->partial) {
+		json_t *l = partial_line(vd, R, schema_ok ? split : json_array_size(R), red, schema_ok, has_key, v->key,
+					 trail_ndindex_keylen(v->ix));
+		if (!l)
+			goto out;
+		json_decref(vd);
+		vd = l;
+	} else if (verdict_finish(v, vd, R, red))
 		goto out;
-	if (accepted && json_array_size(R) == 0)
+	if (accepted && !v->partial && json_array_size(R) == 0)
 		*accepted = json_incref(rec);
 	*verdict = vd;
 	vd = NULL;
@@ -613,6 +680,43 @@ out:
 	json_decref(red);
 	json_decref(vd);
 	return rc ? trail_error_set(err, rc, "out of memory") : TRAIL_OK;
+}
+
+void trail_validator_set_partial(trail_validator *v, int on)
+{
+	v->partial = !!on;
+}
+
+const trail_policy *trail_validator_policy(const trail_validator *v)
+{
+	return v->p;
+}
+
+int trail_validator_partial_verdict(trail_validator *v, const json_t *line, json_t **verdict)
+{
+	uint8_t raw[32], key[sizeof v->key];
+	size_t klen = trail_ndindex_keylen(v->ix), got = 0;
+	const char *id = json_string_value(json_object_get(line, "record"));
+	const char *file = json_string_value(json_object_get(line, "file"));
+	const char *k = json_string_value(json_object_get(line, "key"));
+	json_t *n = json_object_get(line, "n"), *pre = json_object_get(line, "pre"), *post = json_object_get(line, "post");
+	json_t *red = json_object_get(line, "redacted"), *dups = json_object_get(line, "dups");
+	*verdict = NULL;
+	if (!id || trail_digest_parse(id, raw) || !json_is_integer(n) || !json_is_array(pre) || !json_is_array(post) ||
+	    (red && !json_is_array(red)) || (dups && !json_is_true(dups)) ||
+	    (k && (trail_unbase64(k, strlen(k), key, sizeof key, &got) || got != klen)))
+		return TRAIL_EDATA;
+	json_t *vd = verdict_of(file, id, (long)json_integer_value(n)), *R = json_copy(pre);
+	int rc = !vd || !R ||
+		 (dups && check_dups(v, NULL, raw, (long)json_integer_value(n), k ? 1 : 0, key, R)) ||
+		 json_array_extend(R, post) || verdict_finish(v, vd, R, red);
+	json_decref(R);
+	if (rc) {
+		json_decref(vd);
+		return TRAIL_ENOMEM;
+	}
+	*verdict = vd;
+	return TRAIL_OK;
 }
 
 /* Offset of the first byte that is not strict UTF-8, or len. */
@@ -659,10 +763,14 @@ int trail_validator_check_line(trail_validator *v, const char *line, size_t len,
 	if (bad < len) {
 		char id[72];
 		trail_digest_str(line, len, id);
-		json_t *vd = verdict_new(v, id, n), *R = json_array();
-		int rc = !vd || !R ||
-			 add(R, json_pack("{s:s,s:I}", "rule", "utf8", "offset", (json_int_t)bad)) ||
-			 verdict_finish(v, vd, R, NULL);
+		json_t *vd = verdict_new(v, id, n), *R = json_array(), *l = NULL;
+		int rc = !vd || !R || add(R, json_pack("{s:s,s:I}", "rule", "utf8", "offset", (json_int_t)bad));
+		if (!rc && v->partial) {
+			rc = !(l = partial_line(vd, R, 1, NULL, 0, 0, NULL, 0));
+			json_decref(vd);
+			vd = l;
+		} else if (!rc)
+			rc = verdict_finish(v, vd, R, NULL);
 		json_decref(R);
 		if (rc) {
 			json_decref(vd);

@@ -142,4 +142,46 @@ int trail_settle_stakes_from_ledger(const trail_settle *s);
  */
 int trail_settle_ledger_stakes(trail_settle *s, struct trail_store *st, const char *epoch, trail_error *err);
 
+/* ---- shards (settle_shard.c) ------------------------------------------------------------- */
+
+/*
+ * An epoch settled in shards: each accounts a range of the lines of all the
+ * inputs (in order, every line counted, blank ones too) and writes its
+ * sums; the merge adds them into one handle, whose result is the one
+ * pass's, byte for byte.
+ *
+ * Read `in` (named src in errors), whose first line is line *at of all the
+ * inputs, accounting the lines in [lo, hi) (lo == hi: none) and advancing
+ * *at past its lines; digest (unless NULL) gets the SHA-256 of its bytes.
+ */
+int trail_settle_read_range(trail_settle *s, FILE *in, const char *src, uint64_t *at, uint64_t lo, uint64_t hi,
+			    char digest[TRAIL_DIGEST_STRLEN], trail_error *err);
+/*
+ * The partial, appended to out (canonical JSON, one value a line). Line 1:
+ *   {"type":"settlement-partial","version":1,"epoch","policy":<digest of
+ *    the policy's canonical JSON>,"inputs":[{"name","digest","lines"}],
+ *    "lines":N,"lo","hi","payees":P,
+ *    "sums":{"fees","lowconf","lowconf_records","adapter_records",
+ *            "records","flag_lines": decimal strings,
+ *            "inputs": hex of the inputs digest's sum,
+ *            "input_records":[attribution records of each input in the range]}}
+ * then P lines {"payee","acc","mfee","neg","rejected","flagged","poisoning",
+ * "rec","flag"} (decimal strings: the handle's exact 128-bit sums,
+ * settle_int.h; rec and flag booleans: named by a record, by a flags line).
+ * records: input_records, an array of integers. A policy whose stakes are
+ * the ledger's has them read by the merge, not by the shards.
+ */
+int trail_settle_partial(const trail_settle *s, const char *epoch, const json_t *inputs, const json_t *records,
+			 uint64_t lines, uint64_t lo, uint64_t hi, trail_buf *out, trail_error *err);
+/*
+ * Add the partials (files, any order) into s, a handle of the same policy
+ * with nothing accounted: each of `epoch`, the policy and the same inputs,
+ * the ranges covering every line exactly once (TRAIL_EDATA naming a gap,
+ * an overlap, a part given twice, a foreign or cut one). *inputs: the
+ * partials' inputs, each with "records", its attribution records in all
+ * (new reference), for trail_settle_anchor.
+ */
+int trail_settle_merge(trail_settle *s, const char *epoch, const char *const *paths, size_t n, json_t **inputs,
+		       trail_error *err);
+
 #endif
