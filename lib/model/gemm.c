@@ -490,3 +490,68 @@ void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, cons
 	}
 	trail_pool_run(G.pool, units, f32_unit, &g);
 }
+
+/* ---- serving: bf16 products of weights converted once ----------------------------- */
+
+void trail_bf16_convert(uint16_t *dst, const float *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dst[i] = to_bf16(src[i]);
+}
+
+void trail_bf16_convert_t(uint16_t *dst, const float *W, int K, int N)
+{
+	cvt(dst, K, W, N, N, K, 1);
+}
+
+struct trail_bf16_mm {
+	prim p; /* a copy of the table's entry: its primitive lives as long as the process */
+};
+
+trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err)
+{
+	int rc = dnnl_ready(err);
+	if (rc)
+		return NULL;
+	omp_set_num_threads(1); /* a primitive made for one thread */
+	const prim *p = prim_get(M, N, K, 1);
+	trail_bf16_mm *h = p ? trail_malloc(sizeof *h) : NULL;
+	if (!h) {
+		trail_error_set(err, p ? TRAIL_ENOMEM : TRAIL_EINTERNAL, p ? "out of memory" : "oneDNN: no bf16 matmul %dx%dx%d", M, N, K);
+		return NULL;
+	}
+	h->p = *p;
+	return h;
+}
+
+void trail_bf16_mm_free(trail_bf16_mm *h)
+{
+	trail_free(h);
+}
+
+int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const uint16_t *W, float *y, int t)
+{
+	const prim *p = &h->p;
+	dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+	int rc = -1;
+	omp_set_num_threads(1);
+	if (p->spn > G.spn[t]) {
+		void *q = trail_malloc(p->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = p->spn;
+		}
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, (void *)x) &&
+	    !dnnl_memory_create(&mb, &p->b, dn.eng, (void *)W) && !dnnl_memory_create(&mc, &p->c, dn.eng, y) &&
+	    p->spn <= G.spn[t] && !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		if (dnnl_primitive_execute(p->p, G.st[t], 4, args) == dnnl_success && dnnl_stream_wait(G.st[t]) == dnnl_success)
+			rc = 0;
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	return rc;
+}
