@@ -408,28 +408,25 @@ static int check_proofs(trail_attr_session *s, const json_t *proofs, trail_error
 }
 
 /*
- * At the record's precision (none recorded: fp32, as before the field),
- * the precision and instruction set set aside for the comparison.
+ * At the session's precision, which must be the record's (none recorded:
+ * fp32, as before the field); the precision and instruction set are set
+ * aside for the comparison.
  */
 int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err)
 {
+	const char *pn = json_string_value(json_object_get(json_object_get(record, "params"), "precision"));
+	const char *now = trail_precision_name(trail_compute_precision());
+	if (strcmp(pn ? pn : "fp32", now))
+		return trail_error_set(err, TRAIL_EVERIFY, "event %s: recorded at %s precision, recomputed at %s (--precision)",
+				       json_string_value(json_object_get(record, "event")) ? json_string_value(json_object_get(record, "event")) : "?",
+				       pn ? pn : "fp32", now);
 	json_t *bare = json_deep_copy(record), *bp = json_object_get(bare, "params");
-	const char *pn = json_string_value(json_object_get(bp, "precision"));
-	int prec = TRAIL_PREC_FP32, was = trail_compute_precision(), rc;
 	if (!bare)
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	if (pn && trail_precision_parse(pn, &prec, err)) {
-		json_decref(bare);
-		return trail_error_set(err, TRAIL_EDATA, "attribution record: precision '%s' is not fp32 or bf16", pn);
-	}
 	json_object_del(bp, "precision");
 	json_object_del(bp, "isa");
-	rc = prec == was ? TRAIL_OK : trail_compute_set(trail_compute_threads(), prec, err);
-	if (!rc)
-		rc = trail_attr_verify(&s->c, bare, err);
+	int rc = trail_attr_verify(&s->c, bare, err);
 	json_decref(bare);
-	if (prec != was)
-		trail_compute_set(trail_compute_threads(), was, NULL);
 	json_t *p = json_object_get(record, "proofs");
 	if (!rc && p)
 		rc = check_proofs(s, p, err);
