@@ -22,8 +22,11 @@
 typedef struct ilin {
 	float *W, *b; /* [in,out] (GPT-2's Conv1D) or [out,in] (nn.Linear), [out] or NULL */
 	int in, out;
-	uint16_t *Wb;          /* bf16: W as [out,in], converted once (trail_infer_set_precision) */
-	trail_bf16_mm *mm[2]; /* bf16: the products of a full column block and of the last, narrower one */
+	/* bf16 (trail_infer_set_precision): the products of a full column block and of the last, narrower one */
+	trail_bf16_mm *mm[2];
+	unsigned char *Wp; /* W's column blocks, each packed for its product: block j at j pb[0] */
+	size_t pb[2];
+	uint16_t *Wb;      /* emulated: W as [out,in] */
 } ilin;
 
 enum { MAXK = 7 };
@@ -52,8 +55,8 @@ struct trail_infer {
 	int prec;            /* TRAIL_PREC_*: the base products' precision */
 	int emu;             /* bf16 without oneDNN's products: see gemm_bf16_unit */
 	ilin headl;          /* the logits' product: head [V,C] as a linear layer */
-	uint16_t *bmem;      /* bf16: every converted weight */
-	size_t bn;
+	unsigned char *bmem; /* bf16: every converted weight */
+	size_t bn;           /* its bytes */
 	struct mmshape { int n, k; trail_bf16_mm *h; } mmt[32];
 	int nmm;
 };
@@ -243,7 +246,7 @@ const trail_model_cfg *trail_infer_config(const trail_infer *m)
 
 size_t trail_infer_bytes(const trail_infer *m)
 {
-	return m->nparams * sizeof(float) + m->bn * sizeof(uint16_t);
+	return m->nparams * sizeof(float) + m->bn;
 }
 
 void trail_infer_set_reference(trail_infer *m, int on)
@@ -549,7 +552,7 @@ static void gemm_bf16_unit(void *ctx, int u, int t)
 		return;
 	}
 	memset(xb + (size_t)k * g->K, 0, sizeof *xb * (size_t)(RB - k) * g->K);
-	if (trail_bf16_mm_run(g->L->mm[w < CB], xb, g->L->Wb + (size_t)c0 * g->K, pt, t)) {
+	if (trail_bf16_mm_run(g->L->mm[w < CB], xb, g->L->Wp + (size_t)(c0 / CB) * g->L->pb[0], pt, t)) {
 		g->fail = 1;
 		return;
 	}
@@ -1073,31 +1076,57 @@ static trail_bf16_mm *mm_of(trail_infer *m, int n, int k, trail_error *err)
 	return h;
 }
 
-/* A linear layer's weights in bf16 as [out,in] at *p (advanced past them), and its products. */
-static int convert_lin(trail_infer *m, ilin *L, int transW, uint16_t **p, trail_error *err)
+/* A linear layer's products and the bytes of its bf16 weights (each block's from a 64-byte boundary). */
+static int size_lin(trail_infer *m, ilin *L, size_t *bytes, trail_error *err)
 {
 	int N = L->out, K = L->in;
-	if (!m->emu) {
-		if (!(L->mm[0] = N >= CB ? mm_of(m, CB, K, err) : NULL) && N >= CB)
-			return err ? err->code : TRAIL_EINTERNAL;
-		if (N % CB && !(L->mm[1] = mm_of(m, N % CB, K, err)))
-			return err ? err->code : TRAIL_EINTERNAL;
+	if (m->emu) {
+		*bytes += ((size_t)N * K * sizeof(uint16_t) + 63) & ~(size_t)63;
+		return TRAIL_OK;
 	}
-	L->Wb = *p;
-	*p += (size_t)N * K;
+	if (N >= CB && !(L->mm[0] = mm_of(m, CB, K, err)))
+		return err ? err->code : TRAIL_EINTERNAL;
+	if (N % CB && !(L->mm[1] = mm_of(m, N % CB, K, err)))
+		return err ? err->code : TRAIL_EINTERNAL;
+	L->pb[0] = L->mm[0] ? (trail_bf16_mm_packed_bytes(L->mm[0]) + 63) & ~(size_t)63 : 0;
+	L->pb[1] = L->mm[1] ? (trail_bf16_mm_packed_bytes(L->mm[1]) + 63) & ~(size_t)63 : 0;
+	*bytes += (size_t)(N / CB) * L->pb[0] + L->pb[1];
+	return TRAIL_OK;
+}
+
+/* Its weights in bf16 as [out,in] (in tmp, unless emulated), packed per column block at *p, advanced past them. */
+static int convert_lin(trail_infer *m, ilin *L, int transW, unsigned char **p, uint16_t *tmp, trail_error *err)
+{
+	int N = L->out, K = L->in;
+	uint16_t *wb = m->emu ? (uint16_t *)*p : tmp;
 	if (transW)
-		trail_bf16_convert(L->Wb, L->W, (size_t)N * K);
+		trail_bf16_convert(wb, L->W, (size_t)N * K);
 	else
-		trail_bf16_convert_t(L->Wb, L->W, K, N);
+		trail_bf16_convert_t(wb, L->W, K, N);
+	if (m->emu) {
+		L->Wb = wb;
+		*p += ((size_t)N * K * sizeof(uint16_t) + 63) & ~(size_t)63;
+		return TRAIL_OK;
+	}
+	L->Wp = *p;
+	for (int c0 = 0; c0 < N; c0 += CB) {
+		int edge = N - c0 < CB;
+		if (trail_bf16_mm_pack(L->mm[edge], wb + (size_t)c0 * K, *p))
+			return trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: packing bf16 weights %dx%d failed", N, K);
+		*p += L->pb[edge];
+	}
 	return TRAIL_OK;
 }
 
 static void drop_bf16(trail_infer *m)
 {
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < m->nk; k++)
-			m->L[l].lin[k].Wb = NULL, m->L[l].lin[k].mm[0] = m->L[l].lin[k].mm[1] = NULL;
-	m->headl.Wb = NULL, m->headl.mm[0] = m->headl.mm[1] = NULL;
+		for (int k = 0; k < m->nk; k++) {
+			ilin *L = &m->L[l].lin[k];
+			L->Wb = NULL, L->Wp = NULL, L->mm[0] = L->mm[1] = NULL, L->pb[0] = L->pb[1] = 0;
+		}
+	ilin *H = &m->headl;
+	H->Wb = NULL, H->Wp = NULL, H->mm[0] = H->mm[1] = NULL, H->pb[0] = H->pb[1] = 0;
 	trail_free(m->bmem);
 	m->bmem = NULL, m->bn = 0;
 }
@@ -1111,24 +1140,32 @@ int trail_infer_set_precision(trail_infer *m, int prec, trail_error *err)
 	m->emu = 0;
 	if (prec != TRAIL_PREC_BF16)
 		return TRAIL_OK;
-	size_t n = (size_t)m->headl.in * (size_t)m->headl.out;
-	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < m->nk; k++)
-			n += (size_t)m->L[l].lin[k].in * (size_t)m->L[l].lin[k].out;
-	if (!(m->bmem = trail_malloc(n * sizeof *m->bmem)))
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory for the bf16 weights");
-	m->bn = n;
-	uint16_t *p = m->bmem;
 	/* oneDNN 2.6 has bf16 matmul from AVX-512 up; below, the products are emulated */
 	trail_bf16_mm *probe = trail_bf16_mm_new(RB, CB, m->c.n_embd, NULL);
 	m->emu = !probe;
 	trail_bf16_mm_free(probe);
-	int rc = convert_lin(m, &m->headl, 1, &p, err);
+	size_t bytes = 0, most = (size_t)m->headl.in * (size_t)m->headl.out;
+	int rc = size_lin(m, &m->headl, &bytes, err);
+	for (int l = 0; !rc && l < m->c.n_layer; l++)
+		for (int k = 0; !rc && k < m->nk; k++) {
+			ilin *L = &m->L[l].lin[k];
+			rc = size_lin(m, L, &bytes, err);
+			most = (size_t)L->in * (size_t)L->out > most ? (size_t)L->in * (size_t)L->out : most;
+		}
+	uint16_t *tmp = NULL;
+	if (!rc && (!(m->bmem = trail_malloc(bytes + 64)) || !(tmp = trail_malloc(most * sizeof *tmp))))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory for the bf16 weights");
+	m->bn = bytes + 64;
+	unsigned char *p = (unsigned char *)(((uintptr_t)m->bmem + 63) & ~(uintptr_t)63);
+	if (!rc)
+		rc = convert_lin(m, &m->headl, 1, &p, tmp, err);
 	for (int l = 0; !rc && l < m->c.n_layer; l++)
 		for (int k = 0; !rc && k < m->nk; k++)
-			rc = convert_lin(m, &m->L[l].lin[k], m->llama, &p, err);
+			rc = convert_lin(m, &m->L[l].lin[k], m->llama, &p, tmp, err);
+	trail_free(tmp);
 	if (rc) {
 		drop_bf16(m);
+		m->emu = 0;
 		return rc;
 	}
 	m->prec = TRAIL_PREC_BF16;
@@ -1142,9 +1179,11 @@ int trail_infer_precision(const trail_infer *m)
 
 size_t trail_infer_step_bytes(const trail_infer *m)
 {
+	if (m->prec == TRAIL_PREC_BF16)
+		return m->bn - 64; /* every block of every converted weight, padding included */
 	size_t n = (size_t)m->headl.in * (size_t)m->headl.out;
 	for (int l = 0; l < m->c.n_layer; l++)
 		for (int k = 0; k < m->nk; k++)
 			n += (size_t)m->L[l].lin[k].in * (size_t)m->L[l].lin[k].out;
-	return n * (m->prec == TRAIL_PREC_BF16 ? sizeof(uint16_t) : sizeof(float));
+	return n * sizeof(float);
 }
