@@ -481,6 +481,7 @@ typedef struct gemmjob {
 	const ilin *L; /* bf16: its Wb and mm */
 	int emu;       /* bf16 without oneDNN's product (see gemm_bf16_unit) */
 	int fail;      /* bf16: a block oneDNN did not compute */
+	uint16_t *xb;  /* bf16: x rounded, in whole blocks of RB rows (the last zero-padded) */
 } gemmjob;
 
 /* The columns of part p of `parts`: a fixed split on 64-column bounds. */
@@ -518,6 +519,17 @@ static void gemm_units(const gemmjob *g, int u0, int u1, int t)
 	}
 }
 
+/* bf16: row block u of x to bfloat16 */
+static void gemm_bf16_rows(void *ctx, int u, int t)
+{
+	gemmjob *g = ctx;
+	int r = u * RB, k = g->n - r < RB ? g->n - r : RB;
+	uint16_t *xb = g->xb + (size_t)r * g->K;
+	(void)t;
+	trail_bf16_convert(xb, g->x + (size_t)r * g->K, (size_t)k * g->K);
+	memset(xb + (size_t)k * g->K, 0, sizeof *xb * (size_t)(RB - k) * g->K);
+}
+
 /* bf16 unit u: row block u / nc, column block u % nc */
 static void gemm_bf16_unit(void *ctx, int u, int t)
 {
@@ -525,8 +537,7 @@ static void gemm_bf16_unit(void *ctx, int u, int t)
 	int nc = (g->N + CB - 1) / CB, r = u / nc * RB, c0 = u % nc * CB, k = g->n - r < RB ? g->n - r : RB;
 	int w = g->N - c0 < CB ? g->N - c0 : CB;
 	float *pt = g->pad + (size_t)t * g->padn;
-	uint16_t *xb = (uint16_t *)(pt + (size_t)RB * CB);
-	trail_bf16_convert(xb, g->x + (size_t)r * g->K, (size_t)k * g->K);
+	const uint16_t *xb = g->xb + (size_t)r * g->K;
 	if (g->emu) {
 		/*
 		 * Where oneDNN has no bf16 product (its instruction set capped
@@ -535,7 +546,7 @@ static void gemm_bf16_unit(void *ctx, int u, int t)
 		 * labelled by the instruction set; still the row's own, on any
 		 * thread. Only the block's k rows are computed.
 		 */
-		float *xf = (float *)(xb + (size_t)RB * g->K + 32), *wf = xf + (size_t)k * g->K;
+		float *xf = pt + (size_t)RB * CB, *wf = xf + (size_t)k * g->K;
 		for (size_t i = 0; i < (size_t)k * g->K; i++) {
 			uint32_t v = (uint32_t)xb[i] << 16;
 			memcpy(xf + i, &v, 4);
@@ -551,7 +562,6 @@ static void gemm_bf16_unit(void *ctx, int u, int t)
 		}
 		return;
 	}
-	memset(xb + (size_t)k * g->K, 0, sizeof *xb * (size_t)(RB - k) * g->K);
 	if (trail_bf16_mm_run(g->L->mm[w < CB], xb, g->L->Wp + (size_t)(c0 / CB) * g->L->pb[0], pt, t)) {
 		g->fail = 1;
 		return;
@@ -679,6 +689,7 @@ typedef struct rowjob {
 	float *kk, *vv; /* Llama: this step's keys and values [N,Dkv]; qkv holds the queries [N,D] */
 	float *scr;     /* thread t's scratch at scr + t scn: scores [P], LoRA hidden [rmax], then its gemm pad */
 	size_t scn;
+	uint16_t *xb;   /* bf16: a product's input rows rounded, [N rounded up to RB, kmax] */
 	int P, rmax;
 } rowjob;
 
@@ -851,8 +862,10 @@ static int bgemm(trail_infer *m, const rowjob *k, int n, const float *x, const i
 			}
 		return TRAIL_OK;
 	}
-	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, SC(k, 0) + k->P + k->rmax, k->scn, L, m->emu, 0};
+	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, SC(k, 0) + k->P + k->rmax, k->scn, L, m->emu, 0, NULL};
 	if (m->prec == TRAIL_PREC_BF16) {
+		g.xb = k->xb;
+		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB, gemm_bf16_rows, &g);
 		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * ((N + CB - 1) / CB), gemm_bf16_unit, &g);
 		return g.fail ? trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: a bf16 product failed") : TRAIL_OK;
 	}
@@ -909,8 +922,20 @@ static int prepare(trail_infer *m, int n, const int32_t *tok, const int *pos, tr
 /*
  * The workspace: the rows' activations, lnout [nout,C], then per thread
  * (scn floats each, from a 64-byte boundary): scores [P], LoRA hidden
- * [rmax] and a gemm pad 2 RB wide.
+ * [rmax] and a gemm pad 2 RB wide; then, in bf16, the rounded inputs of a
+ * product (xfloats).
  */
+static size_t kmax(const trail_infer *m)
+{
+	size_t k = m->llama ? (size_t)m->F : 4 * (size_t)m->c.n_embd;
+	k = k > (size_t)m->D ? k : (size_t)m->D;
+	return k > (size_t)m->c.n_embd ? k : (size_t)m->c.n_embd;
+}
+
+static size_t xfloats(const trail_infer *m, size_t N)
+{
+	return m->prec == TRAIL_PREC_BF16 ? ((N + RB - 1) / RB * RB * kmax(m) + 1) / 2 + 16 : 0;
+}
 static size_t thread_floats(const trail_infer *m, int rmax, size_t wide)
 {
 	/* bf16 emulated: also the block's inputs widened [RB,K] and a weight row [K], K <= wide */
@@ -934,7 +959,7 @@ static size_t need_gpt2(const trail_infer *m, size_t N, int rmax, int nout)
 {
 	size_t C = (size_t)m->c.n_embd;
 	return N * C * 4 + N * 3 * C + N * 8 * C + (size_t)nout * C + 16 +
-	       (size_t)pool_threads() * thread_floats(m, rmax, gpt2_wide(m));
+	       (size_t)pool_threads() * thread_floats(m, rmax, gpt2_wide(m)) + xfloats(m, N);
 }
 
 /* x, ln, tmp [N,C]; att, q [N,D]; k, v [N,Dkv]; g, u [N,F] */
@@ -950,7 +975,7 @@ static size_t need_llama(const trail_infer *m, size_t N, int rmax, int nout)
 {
 	size_t C = (size_t)m->c.n_embd, D = (size_t)m->D, Dkv = (size_t)m->Dkv, F = (size_t)m->F;
 	return N * (3 * C + 2 * D + 2 * Dkv + 2 * F) + (size_t)nout * C + 16 +
-	       (size_t)pool_threads() * thread_floats(m, rmax, llama_wide(m));
+	       (size_t)pool_threads() * thread_floats(m, rmax, llama_wide(m)) + xfloats(m, N);
 }
 
 /* The per-thread scratch after `end` (on a 64-byte boundary). */
@@ -959,6 +984,7 @@ static void scratch(trail_infer *m, rowjob *k, float *end, int rmax, size_t wide
 	uintptr_t a = ((uintptr_t)end + 63) & ~(uintptr_t)63;
 	k->scr = (float *)a;
 	k->scn = thread_floats(m, rmax, wide);
+	k->xb = (uint16_t *)(k->scr + (size_t)pool_threads() * k->scn);
 	k->P = m->c.n_positions;
 	k->rmax = rmax;
 }
