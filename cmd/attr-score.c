@@ -10,7 +10,7 @@
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
-       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX };
+       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -43,6 +43,7 @@ static const trail_opt opts[] = {
 	{O_MERGE, "merge", 0, NULL, "read partials (the files), print the attribution records of the whole index", NULL},
 	{O_MERGEIDX, "merge-index", 0, NULL, "merge index shards (the files) into the index and its span index", NULL},
 	{O_THREADS, "threads", 0, "N", "threads for scoring (default: every CPU this process may use; records do not depend on it) and for --build-index (default 1)", NULL},
+	{O_PREC, "precision", 0, "fp32|bf16", "the gradients' products (default: bf16 where the CPU has bf16 dot products, else fp32), recorded in each record's params", NULL},
 	{0},
 };
 
@@ -172,7 +173,7 @@ int main(int argc, char **argv)
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
-	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0, partial = 0, merge = 0, mergeidx = 0, ranged = 0;
+	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0, partial = 0, merge = 0, mergeidx = 0, ranged = 0, prec = -1;
 	trail_attr_range range = {0};
 	const char *adapters = NULL, *epoch = NULL;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
@@ -213,6 +214,7 @@ int main(int argc, char **argv)
 		case O_MERGE: merge = 1; break;
 		case O_MERGEIDX: mergeidx = 1; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &threads, "--threads", &err); break;
+		case O_PREC: rc = trail_precision_parse(v, &prec, &err); break;
 		case O_CKPT: {
 			if (nck == MAXCK) {
 				rc = trail_error_set(&err, TRAIL_EUSAGE, "at most %d checkpoints", MAXCK);
@@ -245,8 +247,10 @@ int main(int argc, char **argv)
 		/* an index is built with BLAS splitting gradients: its bits follow the count, so 1 unless asked */
 		if (!threads)
 			threads = build || mergeidx ? 1 : trail_cpu_count();
-		trail_blas_threads((int)threads);
-		if (build)
+		rc = trail_compute_set((int)threads, prec < 0 ? trail_precision_default() : prec, &err);
+		if (rc)
+			;
+		else if (build)
 			rc = trail_attr_build_shard(&o, &p, (int)batch, ck, ckw, (size_t)nck, ranged ? &range : NULL, &err);
 		else if (mergeidx)
 			rc = trail_attr_merge_index(&o, (const char *const *)a.rest, (size_t)a.nrest, &err);

@@ -9,7 +9,7 @@
 #include "model/model.h"
 
 enum { O_BASE = 1, O_ADAPTERS, O_TOK, O_CACHE, O_KV, O_BATCH, O_QUEUE, O_MAXTOK, O_PROMPT, O_ROWS, O_BODY, O_EVENTS,
-       O_HOME, O_RECORD, O_THREADS, O_LISTEN, O_CONNS, O_TIMEOUT };
+       O_HOME, O_RECORD, O_THREADS, O_LISTEN, O_CONNS, O_TIMEOUT, O_PREC };
 
 static const trail_opt opts[] = {
 	{O_BASE, "base", 0, "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -26,7 +26,8 @@ static const trail_opt opts[] = {
 	{O_EVENTS, "events", 'e', "FILE", "append every inference event to FILE, synced before the response", "file"},
 	{O_HOME, "home", 0, "DIR", "the store: record inference-batch ledger entries", "dir"},
 	{O_RECORD, "record", 0, NULL, "record inference-batch entries in the default store ($TRAIL_HOME, else ./.trail)", NULL},
-	{O_THREADS, "threads", 0, "N", "threads for each step (default: every CPU this process may use, at most 2; answers do not depend on it)", NULL},
+	{O_THREADS, "threads", 0, "N", "threads for each step (default: every CPU this process may use; answers do not depend on it)", NULL},
+	{O_PREC, "precision", 0, "fp32|bf16", "the base products' precision (default: bf16 where the CPU has bf16 dot products, else fp32), recorded in each event", NULL},
 	{O_LISTEN, "listen", 'l', "ADDR:PORT", "serve HTTP (OpenAI-compatible) instead of standard input", NULL},
 	{O_CONNS, "max-connections", 0, "N", "HTTP connections at once (default 256)", NULL},
 	{O_TIMEOUT, "timeout", 0, "SECONDS", "close an HTTP connection idle this long (default 10)", NULL},
@@ -63,8 +64,8 @@ int main(int argc, char **argv)
 	trail_server *s = NULL;
 	trail_store *st = NULL;
 	const char *v, *home = NULL, *listen = NULL;
-	long long n, threads = trail_cpu_count() < 2 ? 1 : 2;
-	int opt, rc = TRAIL_OK, record = 0;
+	long long n, threads = trail_threads_default();
+	int opt, rc = TRAIL_OK, record = 0, prec = -1;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;
 	while (!rc && (opt = trail_args_next(&a, &v, &err)) > 0) {
@@ -84,6 +85,7 @@ int main(int argc, char **argv)
 		case O_HOME: home = v, record = 1; break;
 		case O_RECORD: record = 1; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &threads, "--threads", &err); break;
+		case O_PREC: rc = trail_precision_parse(v, &prec, &err); break;
 		case O_LISTEN: listen = v; break;
 		case O_CONNS: rc = trail_parse_long(v, 1, 65536, &n, "--max-connections", &err), o.max_connections = (int)n; break;
 		case O_TIMEOUT: rc = trail_parse_long(v, 1, 3600, &n, "--timeout", &err), o.timeout_s = (int)n; break;
@@ -107,6 +109,7 @@ int main(int argc, char **argv)
 		pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	if (!rc) {
 		o.threads = (int)threads;
+		o.precision = prec < 0 ? trail_precision_default() : prec;
 		if (!(rc = trail_server_new(&o, &s, &err)))
 			rc = listen ? http(s, listen, &sigs, &err) : trail_server_pipe(s, stdin, stdout, &err);
 	}

@@ -48,11 +48,13 @@ _attr_score() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--threads )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--precision )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --top -k --min-span --max-count --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --shard --records --partial --merge --merge-index --threads --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --top -k --min-span --max-count --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --shard --records --partial --merge --merge-index --threads --precision --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

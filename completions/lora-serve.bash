@@ -32,6 +32,8 @@ _lora_serve() {
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--threads )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--precision )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--listen|-l)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--max-connections )
@@ -42,7 +44,7 @@ _lora_serve() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --base --adapters -a --tokenizer --cache-mb --kv-mb --max-batch --max-queue --max-tokens --max-prompt --step-rows --max-body --events -e --home --record --threads --listen -l --max-connections --timeout --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --base --adapters -a --tokenizer --cache-mb --kv-mb --max-batch --max-queue --max-tokens --max-prompt --step-rows --max-body --events -e --home --record --threads --precision --listen -l --max-connections --timeout --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

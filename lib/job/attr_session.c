@@ -331,9 +331,27 @@ static int add_proofs(trail_attr_session *s, json_t *rec, trail_error *err)
 	return rc;
 }
 
+/*
+ * The precision of the products the record's gradients took, and oneDNN's
+ * instruction set, in its params: the bits depend on them.
+ */
+static int mark_precision(json_t *rec, trail_error *err)
+{
+	json_t *p = json_object_get(rec, "params");
+	if (!json_is_object(p) ||
+	    json_object_set_new(p, "precision", json_string(trail_precision_name(trail_compute_precision()))) ||
+	    json_object_set_new(p, "isa", json_string(trail_compute_isa())))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	return TRAIL_OK;
+}
+
 int trail_attr_session_event(trail_attr_session *s, const json_t *event, json_t **out, trail_error *err)
 {
 	int rc = trail_attr_event(&s->c, event, out, err);
+	if (!rc && (rc = mark_precision(*out, err))) {
+		json_decref(*out);
+		*out = NULL;
+	}
 	if (!rc && s->prove && (rc = add_proofs(s, *out, err))) {
 		json_decref(*out);
 		*out = NULL;
@@ -350,6 +368,10 @@ int trail_attr_session_from_scores(trail_attr_session *s, const json_t *event, c
 				   trail_error *err)
 {
 	int rc = trail_attr_event_from_scores(&s->c, event, scores, out, err);
+	if (!rc && (rc = mark_precision(*out, err))) {
+		json_decref(*out);
+		*out = NULL;
+	}
 	if (!rc && s->prove && (rc = add_proofs(s, *out, err))) {
 		json_decref(*out);
 		*out = NULL;
@@ -389,9 +411,26 @@ static int check_proofs(trail_attr_session *s, const json_t *proofs, trail_error
 	return TRAIL_OK;
 }
 
+/*
+ * At the session's precision, which must be the record's (none recorded:
+ * fp32, as before the field); the precision and instruction set are set
+ * aside for the comparison.
+ */
 int trail_attr_session_verify(trail_attr_session *s, const json_t *record, trail_error *err)
 {
-	int rc = trail_attr_verify(&s->c, record, err);
+	const char *pn = json_string_value(json_object_get(json_object_get(record, "params"), "precision"));
+	const char *now = trail_precision_name(trail_compute_precision());
+	if (strcmp(pn ? pn : "fp32", now))
+		return trail_error_set(err, TRAIL_EVERIFY, "event %s: recorded at %s precision, recomputed at %s (--precision)",
+				       json_string_value(json_object_get(record, "event")) ? json_string_value(json_object_get(record, "event")) : "?",
+				       pn ? pn : "fp32", now);
+	json_t *bare = json_deep_copy(record), *bp = json_object_get(bare, "params");
+	if (!bare)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	json_object_del(bp, "precision");
+	json_object_del(bp, "isa");
+	int rc = trail_attr_verify(&s->c, bare, err);
+	json_decref(bare);
 	json_t *p = json_object_get(record, "proofs");
 	if (!rc && p)
 		rc = check_proofs(s, p, err);

@@ -490,3 +490,128 @@ void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, cons
 	}
 	trail_pool_run(G.pool, units, f32_unit, &g);
 }
+
+/* ---- serving: bf16 products of weights converted once ----------------------------- */
+
+void trail_bf16_convert(uint16_t *dst, const float *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dst[i] = to_bf16(src[i]);
+}
+
+void trail_bf16_convert_t(uint16_t *dst, const float *W, int K, int N)
+{
+	cvt(dst, K, W, N, N, K, 1);
+}
+
+/*
+ * One product shape, its weights in oneDNN's own layout for it (format
+ * "any", packed once by trail_bf16_mm_pack), so no step reorders them.
+ */
+struct trail_bf16_mm {
+	dnnl_primitive_t p, ro;       /* the matmul; the reorder plain [N,K] rows -> packed */
+	dnnl_memory_desc_t a, b, c, sp, plain;
+	size_t spn;
+};
+
+void trail_bf16_mm_free(trail_bf16_mm *h)
+{
+	if (!h)
+		return;
+	if (h->p)
+		dnnl_primitive_destroy(h->p);
+	if (h->ro)
+		dnnl_primitive_destroy(h->ro);
+	trail_free(h);
+}
+
+trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err)
+{
+	if (dnnl_ready(err))
+		return NULL;
+	omp_set_num_threads(1); /* a primitive made for one thread */
+	trail_bf16_mm *h = trail_calloc(1, sizeof *h);
+	if (!h) {
+		trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		return NULL;
+	}
+	dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N}, sbt = {1, K};
+	dnnl_matmul_desc_t md;
+	dnnl_primitive_desc_t pd = NULL, rpd = NULL;
+	dnnl_primitive_attr_t at = NULL;
+	int ok = !dnnl_primitive_attr_create(&at) && !dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) &&
+		 !dnnl_memory_desc_init_by_tag(&h->a, 2, da, dnnl_bf16, dnnl_ab) &&
+		 !dnnl_memory_desc_init_by_tag(&h->b, 2, db, dnnl_bf16, dnnl_format_tag_any) &&
+		 !dnnl_memory_desc_init_by_tag(&h->c, 2, dc, dnnl_f32, dnnl_ab) &&
+		 !dnnl_memory_desc_init_by_strides(&h->plain, 2, db, dnnl_bf16, sbt) &&
+		 !dnnl_matmul_desc_init(&md, &h->a, &h->b, NULL, &h->c) &&
+		 !dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) && !dnnl_primitive_create(&h->p, pd);
+	if (ok) {
+		h->b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+		h->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		h->spn = dnnl_memory_desc_get_size(&h->sp);
+		ok = !dnnl_reorder_primitive_desc_create(&rpd, &h->plain, dn.eng, &h->b, dn.eng, NULL) &&
+		     !dnnl_primitive_create(&h->ro, rpd);
+	}
+	if (pd)
+		dnnl_primitive_desc_destroy(pd);
+	if (rpd)
+		dnnl_primitive_desc_destroy(rpd);
+	if (at)
+		dnnl_primitive_attr_destroy(at);
+	if (!ok) {
+		trail_bf16_mm_free(h);
+		trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: no bf16 matmul %dx%dx%d", M, N, K);
+		return NULL;
+	}
+	return h;
+}
+
+size_t trail_bf16_mm_packed_bytes(const trail_bf16_mm *h)
+{
+	return dnnl_memory_desc_get_size(&h->b);
+}
+
+int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst)
+{
+	dnnl_stream_t st = NULL;
+	dnnl_memory_t ms = NULL, md = NULL;
+	int rc = -1;
+	omp_set_num_threads(1);
+	if (!dnnl_stream_create(&st, dn.eng, dnnl_stream_default_flags) &&
+	    !dnnl_memory_create(&ms, &h->plain, dn.eng, (void *)W) && !dnnl_memory_create(&md, &h->b, dn.eng, dst)) {
+		dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+		if (dnnl_primitive_execute(h->ro, st, 2, args) == dnnl_success && dnnl_stream_wait(st) == dnnl_success)
+			rc = 0;
+	}
+	dnnl_memory_destroy(ms), dnnl_memory_destroy(md);
+	if (st)
+		dnnl_stream_destroy(st);
+	return rc;
+}
+
+int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t)
+{
+	dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+	int rc = -1;
+	omp_set_num_threads(1);
+	if (h->spn > G.spn[t]) {
+		void *q = trail_malloc(h->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = h->spn;
+		}
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (G.st[t] && !dnnl_memory_create(&ma, &h->a, dn.eng, (void *)x) &&
+	    !dnnl_memory_create(&mb, &h->b, dn.eng, (void *)W) && !dnnl_memory_create(&mc, &h->c, dn.eng, y) &&
+	    h->spn <= G.spn[t] && !dnnl_memory_create(&ms, &h->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		if (dnnl_primitive_execute(h->p, G.st[t], 4, args) == dnnl_success && dnnl_stream_wait(G.st[t]) == dnnl_success)
+			rc = 0;
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	return rc;
+}

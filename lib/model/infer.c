@@ -11,7 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cblas.h>
@@ -23,6 +22,11 @@
 typedef struct ilin {
 	float *W, *b; /* [in,out] (GPT-2's Conv1D) or [out,in] (nn.Linear), [out] or NULL */
 	int in, out;
+	/* bf16 (trail_infer_set_precision): the products of a full column block and of the last, narrower one */
+	trail_bf16_mm *mm[2];
+	unsigned char *Wp; /* W's column blocks, each packed for its product: block j at j pb[0] */
+	size_t pb[2];
+	uint16_t *Wb;      /* emulated: W as [out,in] */
 } ilin;
 
 enum { MAXK = 7 };
@@ -48,15 +52,13 @@ struct trail_infer {
 	struct rowkey *keys; /* [ordn] */
 	int *ord;            /* [ordn] */
 	size_t ordn;
-	/* one helper thread for the row-wise work of a step (trail_infer_set_threads) */
-	pthread_t th;
-	int helper, stop;
-	pthread_mutex_t pmu;
-	pthread_cond_t go, done;
-	unsigned long gen, fin;
-	const struct rowjob *job;
-	const struct gemmjob *gjob; /* the job is a base product when set */
-	int jlo, jhi;
+	int prec;            /* TRAIL_PREC_*: the base products' precision */
+	int emu;             /* bf16 without oneDNN's products: see gemm_bf16_unit */
+	ilin headl;          /* the logits' product: head [V,C] as a linear layer */
+	unsigned char *bmem; /* bf16: every converted weight */
+	size_t bn;           /* its bytes */
+	struct mmshape { int n, k; trail_bf16_mm *h; } mmt[32];
+	int nmm;
 };
 
 struct trail_lora_w {
@@ -202,6 +204,7 @@ int trail_infer_load(const char *dir, trail_infer **out, trail_error *err)
 loaded:
 	if (rc)
 		goto out;
+	m->headl = (ilin){.W = m->llama ? m->head : m->wte, .in = m->c.n_embd, .out = m->c.vocab_size};
 	*out = m;
 	m = NULL;
 out:
@@ -214,16 +217,9 @@ void trail_infer_free(trail_infer *m)
 {
 	if (!m)
 		return;
-	if (m->helper) {
-		pthread_mutex_lock(&m->pmu);
-		m->stop = 1;
-		pthread_cond_signal(&m->go);
-		pthread_mutex_unlock(&m->pmu);
-		pthread_join(m->th, NULL);
-		pthread_mutex_destroy(&m->pmu);
-		pthread_cond_destroy(&m->go);
-		pthread_cond_destroy(&m->done);
-	}
+	for (int i = 0; i < m->nmm; i++)
+		trail_bf16_mm_free(m->mmt[i].h);
+	trail_free(m->bmem);
 	trail_free(m->mem);
 	trail_free(m->L);
 	trail_free(m->ws);
@@ -239,7 +235,7 @@ const trail_model_cfg *trail_infer_config(const trail_infer *m)
 
 size_t trail_infer_bytes(const trail_infer *m)
 {
-	return m->nparams * sizeof(float);
+	return m->nparams * sizeof(float) + m->bn;
 }
 
 void trail_infer_set_reference(trail_infer *m, int on)
@@ -456,16 +452,25 @@ static double dot_ref(const float *a, const float *b, int n)
  * shape and runs on one BLAS thread: blocks of RB rows (the last
  * zero-padded) with the rows as the kernel's vector lanes (column-major
  * y^T, transposed back), times a fixed split of the columns. Work units
- * (block, column part) go whole to one thread or the other, so which thread
+ * (block, column part) go whole to one thread of the pool, so which thread
  * computes a unit does not matter.
+ *
+ * In bf16 the units are (block, CB-column block): the block's rows rounded
+ * to bfloat16 times the weights' bfloat16 copy, one oneDNN primitive per
+ * shape (RB x CB x K, and RB x the last columns x K), each on one thread.
  */
-enum { RB = 16 };
+enum { RB = 16, CB = 128 };
 
 typedef struct gemmjob {
 	int n, N, K, transW, parts;
 	const float *x, *W;
 	float *y;
-	float *pad[2]; /* per thread: an x block [RB,K] and a y^T block [N,RB] */
+	float *pad;  /* thread t's pad + t padn: an x block [RB,K] and a y^T block [N,RB] */
+	size_t padn;
+	const ilin *L; /* bf16: its Wb and mm */
+	int emu;       /* bf16 without oneDNN's product (see gemm_bf16_unit) */
+	int fail;      /* bf16: a block oneDNN did not compute */
+	uint16_t *xb;  /* bf16: x rounded, in whole blocks of RB rows (the last zero-padded) */
 } gemmjob;
 
 /* The columns of part p of `parts`: a fixed split on 64-column bounds. */
@@ -478,7 +483,7 @@ static void part_cols(const gemmjob *g, int p, int *c0, int *c1)
 
 static void gemm_units(const gemmjob *g, int u0, int u1, int t)
 {
-	float *px = g->pad[t], *pt = px + (size_t)RB * g->K;
+	float *px = g->pad + (size_t)t * g->padn, *pt = px + (size_t)RB * g->K;
 	for (int u = u0; u < u1; u++) {
 		int r = u / g->parts * RB, k = g->n - r < RB ? g->n - r : RB, c0, c1;
 		part_cols(g, u % g->parts, &c0, &c1);
@@ -501,6 +506,57 @@ static void gemm_units(const gemmjob *g, int u0, int u1, int t)
 				yr[j] = pt[(size_t)j * RB + i];
 		}
 	}
+}
+
+/* bf16: row block u of x to bfloat16 */
+static void gemm_bf16_rows(void *ctx, int u, int t)
+{
+	gemmjob *g = ctx;
+	int r = u * RB, k = g->n - r < RB ? g->n - r : RB;
+	uint16_t *xb = g->xb + (size_t)r * g->K;
+	(void)t;
+	trail_bf16_convert(xb, g->x + (size_t)r * g->K, (size_t)k * g->K);
+	memset(xb + (size_t)k * g->K, 0, sizeof *xb * (size_t)(RB - k) * g->K);
+}
+
+/* bf16 unit u: row block u / nc, column block u % nc */
+static void gemm_bf16_unit(void *ctx, int u, int t)
+{
+	gemmjob *g = ctx;
+	int nc = (g->N + CB - 1) / CB, r = u / nc * RB, c0 = u % nc * CB, k = g->n - r < RB ? g->n - r : RB;
+	int w = g->N - c0 < CB ? g->N - c0 : CB;
+	float *pt = g->pad + (size_t)t * g->padn;
+	const uint16_t *xb = g->xb + (size_t)r * g->K;
+	if (g->emu) {
+		/*
+		 * Where oneDNN has no bf16 product (its instruction set capped
+		 * below AVX-512): the same bf16 inputs, widened exactly, each sum
+		 * a dot in this file's fixed order. Other bits than oneDNN's,
+		 * labelled by the instruction set; still the row's own, on any
+		 * thread. Only the block's k rows are computed.
+		 */
+		float *xf = pt + (size_t)RB * CB, *wf = xf + (size_t)k * g->K;
+		for (size_t i = 0; i < (size_t)k * g->K; i++) {
+			uint32_t v = (uint32_t)xb[i] << 16;
+			memcpy(xf + i, &v, 4);
+		}
+		for (int j = 0; j < w; j++) {
+			const uint16_t *wb = g->L->Wb + (size_t)(c0 + j) * g->K;
+			for (int q = 0; q < g->K; q++) {
+				uint32_t v = (uint32_t)wb[q] << 16;
+				memcpy(wf + q, &v, 4);
+			}
+			for (int i = 0; i < k; i++)
+				g->y[(size_t)(r + i) * g->N + c0 + j] = dot(xf + (size_t)i * g->K, wf, g->K);
+		}
+		return;
+	}
+	if (trail_bf16_mm_run(g->L->mm[w < CB], xb, g->L->Wp + (size_t)(c0 / CB) * g->L->pb[0], pt, t)) {
+		g->fail = 1;
+		return;
+	}
+	for (int i = 0; i < k; i++)
+		memcpy(g->y + (size_t)(r + i) * g->N + c0, pt + (size_t)i * w, sizeof *pt * (size_t)w);
 }
 
 /*
@@ -620,8 +676,14 @@ typedef struct rowjob {
 	const trail_lora_w *const *lora;
 	float *x, *ln, *att, *tmp, *qkv, *h, *hg;
 	float *kk, *vv; /* Llama: this step's keys and values [N,Dkv]; qkv holds the queries [N,D] */
-	float *sc[2], *u[2]; /* scratch per thread: scores [P], LoRA hidden [rmax] */
+	float *scr;     /* thread t's scratch at scr + t scn: scores [P], LoRA hidden [rmax], then its gemm pad */
+	size_t scn;
+	uint16_t *xb;   /* bf16: a product's input rows rounded, [N rounded up to RB, kmax] */
+	int P, rmax;
 } rowjob;
+
+#define SC(k, t) ((k)->scr + (size_t)(t) * (k)->scn)
+#define UU(k, t) (SC(k, t) + (k)->P)
 
 /* y [out] += b + the row's adapter's low-rank product of x */
 static void finish_linear(const rowjob *k, int i, int li, const ilin *L, const float *x, float *y, float *u)
@@ -652,28 +714,28 @@ static void rows(const rowjob *k, int lo, int hi, int t)
 			layernorm(ln, x, Ly->ln1w, Ly->ln1b, C);
 			break;
 		case P_QKV: /* and cache this position's key and value */
-			finish_linear(k, i, 4 * l, &Ly->lin[0], ln, qkv, k->u[t]);
+			finish_linear(k, i, 4 * l, &Ly->lin[0], ln, qkv, UU(k, t));
 			memcpy(kb + (size_t)k->pos[i] * C, qkv + C, (size_t)C * sizeof *qkv);
 			memcpy(vb + (size_t)k->pos[i] * C, qkv + 2 * C, (size_t)C * sizeof *qkv);
 			break;
 		case P_ATT: /* once every row's key and value are cached: a prompt's rows see each other */
-			attend_gqa(m->naive, att, qkv, kb, vb, k->pos[i], m->c.n_head, m->c.n_head, C / m->c.n_head, k->sc[t]);
+			attend_gqa(m->naive, att, qkv, kb, vb, k->pos[i], m->c.n_head, m->c.n_head, C / m->c.n_head, SC(k, t));
 			break;
 		case P_PROJ:
-			finish_linear(k, i, 4 * l + 1, &Ly->lin[1], att, tmp, k->u[t]);
+			finish_linear(k, i, 4 * l + 1, &Ly->lin[1], att, tmp, UU(k, t));
 			for (int c = 0; c < C; c++)
 				x[c] += tmp[c];
 			layernorm(ln, x, Ly->ln2w, Ly->ln2b, C);
 			break;
 		case P_FC:
-			finish_linear(k, i, 4 * l + 2, &Ly->lin[2], ln, h, k->u[t]);
+			finish_linear(k, i, 4 * l + 2, &Ly->lin[2], ln, h, UU(k, t));
 			if (m->naive)
 				gelu_ref(hg, h, (size_t)4 * C);
 			else
 				trail_k_gelu_fwd(hg, h, (size_t)4 * C);
 			break;
 		case P_MPROJ: /* and the next layer's first LayerNorm */
-			finish_linear(k, i, 4 * l + 3, &Ly->lin[3], hg, tmp, k->u[t]);
+			finish_linear(k, i, 4 * l + 3, &Ly->lin[3], hg, tmp, UU(k, t));
 			for (int c = 0; c < C; c++)
 				x[c] += tmp[c];
 			if (l + 1 < m->c.n_layer)
@@ -710,30 +772,30 @@ static void rows_llama(const rowjob *k, int lo, int hi, int t)
 			rmsnorm(ln, x, Ly->ln1w, C, eps);
 			break;
 		case P_QKV: /* rotate this position's query and key, and cache its key and value */
-			finish_linear(k, i, nk * l + 0, &Ly->lin[0], ln, q, k->u[t]);
-			finish_linear(k, i, nk * l + 1, &Ly->lin[1], ln, kr, k->u[t]);
-			finish_linear(k, i, nk * l + 2, &Ly->lin[2], ln, vr, k->u[t]);
+			finish_linear(k, i, nk * l + 0, &Ly->lin[0], ln, q, UU(k, t));
+			finish_linear(k, i, nk * l + 1, &Ly->lin[1], ln, kr, UU(k, t));
+			finish_linear(k, i, nk * l + 2, &Ly->lin[2], ln, vr, UU(k, t));
 			trail_k_rope(q, 1, 1, c->n_head, hd, D, m->cs + (size_t)p * h2, m->sn + (size_t)p * h2, 0);
 			trail_k_rope(kr, 1, 1, c->n_kv_head, hd, Dkv, m->cs + (size_t)p * h2, m->sn + (size_t)p * h2, 0);
 			memcpy(kb + (size_t)p * Dkv, kr, (size_t)Dkv * sizeof *kr);
 			memcpy(vb + (size_t)p * Dkv, vr, (size_t)Dkv * sizeof *vr);
 			break;
 		case P_ATT:
-			attend_gqa(m->naive, att, q, kb, vb, p, c->n_head, c->n_kv_head, hd, k->sc[t]);
+			attend_gqa(m->naive, att, q, kb, vb, p, c->n_head, c->n_kv_head, hd, SC(k, t));
 			break;
 		case P_PROJ:
-			finish_linear(k, i, nk * l + 3, &Ly->lin[3], att, tmp, k->u[t]);
+			finish_linear(k, i, nk * l + 3, &Ly->lin[3], att, tmp, UU(k, t));
 			for (int e = 0; e < C; e++)
 				x[e] += tmp[e];
 			rmsnorm(ln, x, Ly->ln2w, C, eps);
 			break;
 		case P_FC: /* g = silu(gate) up, in place */
-			finish_linear(k, i, nk * l + 4, &Ly->lin[4], ln, g, k->u[t]);
-			finish_linear(k, i, nk * l + 5, &Ly->lin[5], ln, u, k->u[t]);
+			finish_linear(k, i, nk * l + 4, &Ly->lin[4], ln, g, UU(k, t));
+			finish_linear(k, i, nk * l + 5, &Ly->lin[5], ln, u, UU(k, t));
 			trail_k_swiglu_fwd(g, g, u, (size_t)F);
 			break;
 		case P_MPROJ: /* and the next layer's first RMSNorm */
-			finish_linear(k, i, nk * l + 6, &Ly->lin[6], g, tmp, k->u[t]);
+			finish_linear(k, i, nk * l + 6, &Ly->lin[6], g, tmp, UU(k, t));
 			for (int e = 0; e < C; e++)
 				x[e] += tmp[e];
 			if (l + 1 < c->n_layer)
@@ -743,103 +805,61 @@ static void rows_llama(const rowjob *k, int lo, int hi, int t)
 	}
 }
 
-/* Items [lo,hi) of a row phase k, or of a base product g when set, on thread t. */
-static void run_items(const rowjob *k, const gemmjob *g, int lo, int hi, int t)
+/* Row ord[j] through the row phase k, on thread t. */
+static void row_item(void *ctx, int j, int t)
 {
-	if (g)
-		gemm_units(g, lo, hi, t);
-	else if (k->m->llama)
-		rows_llama(k, lo, hi, t);
+	const rowjob *k = ctx;
+	if (k->m->llama)
+		rows_llama(k, j, j + 1, t);
 	else
-		rows(k, lo, hi, t);
+		rows(k, j, j + 1, t);
 }
 
-static void *helper_main(void *p)
+static void gemm_item(void *ctx, int u, int t)
 {
-	trail_infer *m = p;
-	unsigned long seen = 0;
-	pthread_mutex_lock(&m->pmu);
-	for (;;) {
-		while (m->gen == seen && !m->stop)
-			pthread_cond_wait(&m->go, &m->pmu);
-		if (m->stop)
-			break;
-		seen = m->gen;
-		const rowjob *k = m->job;
-		const gemmjob *g = m->gjob;
-		int lo = m->jlo, hi = m->jhi;
-		pthread_mutex_unlock(&m->pmu);
-		run_items(k, g, lo, hi, 1);
-		pthread_mutex_lock(&m->pmu);
-		m->fin = seen;
-		pthread_cond_signal(&m->done);
-	}
-	pthread_mutex_unlock(&m->pmu);
-	return NULL;
+	gemm_units(ctx, u, u + 1, t);
 }
 
 void trail_infer_set_threads(trail_infer *m, int n)
 {
-	if (n < 2 || m->helper)
-		return;
-	pthread_mutex_init(&m->pmu, NULL);
-	pthread_cond_init(&m->go, NULL);
-	pthread_cond_init(&m->done, NULL);
-	if (pthread_create(&m->th, NULL, helper_main, m) == 0) {
-		m->helper = 1;
-		return;
-	}
-	pthread_mutex_destroy(&m->pmu);
-	pthread_cond_destroy(&m->go);
-	pthread_cond_destroy(&m->done);
+	(void)m;
+	trail_compute_set(n, trail_compute_precision(), NULL);
 }
 
-/* Items [0,n) of a row phase or a base product: the second half on the helper thread, when there is one. */
-static void run_split(trail_infer *m, const rowjob *k, const gemmjob *g, int n)
-{
-	if (!m->helper || n < (g ? 2 : 4)) {
-		run_items(k, g, 0, n, 0);
-		return;
-	}
-	pthread_mutex_lock(&m->pmu);
-	m->job = k;
-	m->gjob = g;
-	m->jlo = n / 2;
-	m->jhi = n;
-	unsigned long gn = ++m->gen;
-	pthread_cond_signal(&m->go);
-	pthread_mutex_unlock(&m->pmu);
-	run_items(k, g, 0, n / 2, 0);
-	pthread_mutex_lock(&m->pmu);
-	while (m->fin != gn)
-		pthread_cond_wait(&m->done, &m->pmu);
-	pthread_mutex_unlock(&m->pmu);
-}
-
-/* A phase over rows [0,n). */
+/* A phase over rows [0,n), each row whole on one thread of the pool. */
 static void run_rows(trail_infer *m, rowjob *k, int phase, int l, int n)
 {
+	(void)m;
 	k->phase = phase;
 	k->l = l;
-	run_split(m, k, NULL, n);
+	trail_pool_run(trail_compute_pool(), n, row_item, k);
 }
 
-/* y [n,N] = x [n,K] op(W) (see gemmjob); pad: 4 RB max(K,N) floats. */
-static void bgemm(trail_infer *m, int n, int N, int K, const float *x, const float *W, int transW, float *y,
-		  float *pad)
+/* y [n,N] = x [n,K] op(W) for the linear layer L (see gemmjob), on the pool. */
+static int bgemm(trail_infer *m, const rowjob *k, int n, const float *x, const ilin *L, int transW, float *y,
+		 trail_error *err)
 {
+	int N = L->out, K = L->in;
+	const float *W = L->W;
 	if (m->naive) {
 		for (int i = 0; i < n; i++)
 			for (int j = 0; j < N; j++) {
 				double s = 0;
-				for (int k = 0; k < K; k++)
-					s += (double)x[(size_t)i * K + k] * (transW ? W[(size_t)j * K + k] : W[(size_t)k * N + j]);
+				for (int q = 0; q < K; q++)
+					s += (double)x[(size_t)i * K + q] * (transW ? W[(size_t)j * K + q] : W[(size_t)q * N + j]);
 				y[(size_t)i * N + j] = (float)s;
 			}
-		return;
+		return TRAIL_OK;
 	}
-	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, {pad, pad + (size_t)RB * (size_t)(K + N)}};
-	run_split(m, NULL, &g, (n + RB - 1) / RB * g.parts);
+	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, SC(k, 0) + k->P + k->rmax, k->scn, L, m->emu, 0, NULL};
+	if (m->prec == TRAIL_PREC_BF16) {
+		g.xb = k->xb;
+		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB, gemm_bf16_rows, &g);
+		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * ((N + CB - 1) / CB), gemm_bf16_unit, &g);
+		return g.fail ? trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: a bf16 product failed") : TRAIL_OK;
+	}
+	trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * g.parts, gemm_item, &g);
+	return TRAIL_OK;
 }
 
 /* Check a step's rows, grow the workspace to `need` floats and order the rows by adapter. */
@@ -888,15 +908,50 @@ static int prepare(trail_infer *m, int n, const int32_t *tok, const int *pos, tr
 	return TRAIL_OK;
 }
 
-/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
-static size_t need_gpt2(const trail_infer *m, size_t N, int rmax, int nout)
+/*
+ * The workspace: the rows' activations, lnout [nout,C], then per thread
+ * (scn floats each, from a 64-byte boundary): scores [P], LoRA hidden
+ * [rmax] and a gemm pad 2 RB wide; then, in bf16, the rounded inputs of a
+ * product (xfloats).
+ */
+static size_t kmax(const trail_infer *m)
 {
-	size_t C = (size_t)m->c.n_embd, V = (size_t)m->c.vocab_size, wide = V > 4 * C ? V : 4 * C;
-	return N * C * 4 + N * 3 * C + N * 8 * C + 2 * (size_t)m->c.n_positions + 2 * (size_t)rmax + 4 * RB * wide +
-	       (size_t)nout * C;
+	size_t k = m->llama ? (size_t)m->F : 4 * (size_t)m->c.n_embd;
+	k = k > (size_t)m->D ? k : (size_t)m->D;
+	return k > (size_t)m->c.n_embd ? k : (size_t)m->c.n_embd;
 }
 
-/* x, ln, tmp [N,C]; att, q [N,D]; k, v [N,Dkv]; g, u [N,F]; sc 2x[P]; u 2x[rmax]; pad 4 RB wide; lnout [nout,C] */
+static size_t xfloats(const trail_infer *m, size_t N)
+{
+	return m->prec == TRAIL_PREC_BF16 ? ((N + RB - 1) / RB * RB * kmax(m) + 1) / 2 + 16 : 0;
+}
+static size_t thread_floats(const trail_infer *m, int rmax, size_t wide)
+{
+	/* bf16 emulated: also the block's inputs widened [RB,K] and a weight row [K], K <= wide */
+	size_t emu = m->emu ? (size_t)(RB + 1) * wide + 64 : 0;
+	return ((size_t)m->c.n_positions + (size_t)rmax + 2 * RB * wide + emu + 15) & ~(size_t)15;
+}
+
+static int pool_threads(void)
+{
+	return trail_pool_threads(trail_compute_pool());
+}
+
+/* x, ln, att, tmp [N,C]; qkv [N,3C]; h, hg [N,4C] */
+static size_t gpt2_wide(const trail_infer *m)
+{
+	size_t C = (size_t)m->c.n_embd, V = (size_t)m->c.vocab_size;
+	return V > 4 * C ? V : 4 * C;
+}
+
+static size_t need_gpt2(const trail_infer *m, size_t N, int rmax, int nout)
+{
+	size_t C = (size_t)m->c.n_embd;
+	return N * C * 4 + N * 3 * C + N * 8 * C + (size_t)nout * C + 16 +
+	       (size_t)pool_threads() * thread_floats(m, rmax, gpt2_wide(m)) + xfloats(m, N);
+}
+
+/* x, ln, tmp [N,C]; att, q [N,D]; k, v [N,Dkv]; g, u [N,F] */
 static size_t llama_wide(const trail_infer *m)
 {
 	size_t w = (size_t)m->c.vocab_size;
@@ -907,51 +962,69 @@ static size_t llama_wide(const trail_infer *m)
 
 static size_t need_llama(const trail_infer *m, size_t N, int rmax, int nout)
 {
-	size_t C = (size_t)m->c.n_embd, D = (size_t)m->D, Dkv = (size_t)m->Dkv, F = (size_t)m->F, wide = llama_wide(m);
-	return N * (3 * C + 2 * D + 2 * Dkv + 2 * F) + 2 * (size_t)m->c.n_positions + 2 * (size_t)rmax + 4 * RB * wide +
-	       (size_t)nout * C;
+	size_t C = (size_t)m->c.n_embd, D = (size_t)m->D, Dkv = (size_t)m->Dkv, F = (size_t)m->F;
+	return N * (3 * C + 2 * D + 2 * Dkv + 2 * F) + (size_t)nout * C + 16 +
+	       (size_t)pool_threads() * thread_floats(m, rmax, llama_wide(m)) + xfloats(m, N);
 }
+
+/* The per-thread scratch after `end` (on a 64-byte boundary). */
+static void scratch(trail_infer *m, rowjob *k, float *end, int rmax, size_t wide)
+{
+	uintptr_t a = ((uintptr_t)end + 63) & ~(uintptr_t)63;
+	k->scr = (float *)a;
+	k->scn = thread_floats(m, rmax, wide);
+	k->xb = (uint16_t *)(k->scr + (size_t)pool_threads() * k->scn);
+	k->P = m->c.n_positions;
+	k->rmax = rmax;
+}
+
+#define GEMM(n, x, L, tw, y)                                          \
+	do {                                                          \
+		if ((rc = bgemm(m, &k, (n), (x), (L), (tw), (y), err))) \
+			goto done;                                    \
+	} while (0)
 
 static int step_llama(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
 		      const trail_lora_w *const *lora, int nout, const int *out_rows, float *logits, trail_error *err)
 {
 	const trail_model_cfg *c = &m->c;
-	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, D = m->D, Dkv = m->Dkv, F = m->F, rmax, rc;
+	int C = c->n_embd, D = m->D, Dkv = m->Dkv, F = m->F, rmax, rc;
 	if ((rc = prepare(m, n, tok, pos, kv, lora, nout, out_rows, &rmax, need_llama, err)))
 		return rc;
-	size_t N = (size_t)n, wide = llama_wide(m);
+	size_t N = (size_t)n;
 	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
 	int blas = openblas_get_num_threads(); /* one BLAS thread per product: see gemmjob */
 	openblas_set_num_threads(1);
 	k.x = m->ws, k.ln = k.x + N * C, k.tmp = k.ln + N * C, k.att = k.tmp + N * C, k.qkv = k.att + N * D;
 	k.kk = k.qkv + N * D, k.vv = k.kk + N * Dkv, k.h = k.vv + N * Dkv, k.hg = k.h + N * F;
-	k.sc[0] = k.hg + N * F, k.sc[1] = k.sc[0] + P, k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
-	float *pad = k.u[1] + rmax, *lnout = pad + 4 * RB * wide;
+	float *lnout = k.hg + N * F;
+	scratch(m, &k, lnout + (size_t)nout * C, rmax, llama_wide(m));
 	for (int i = 0; i < n; i++)
 		memcpy(k.x + (size_t)i * C, m->wte + (size_t)tok[i] * C, (size_t)C * sizeof *k.x);
 	run_rows(m, &k, P_LN1, 0, n);
 	for (int l = 0; l < c->n_layer; l++) {
 		const ilin *L = m->L[l].lin;
-		bgemm(m, n, D, C, k.ln, L[0].W, 1, k.qkv, pad);
-		bgemm(m, n, Dkv, C, k.ln, L[1].W, 1, k.kk, pad);
-		bgemm(m, n, Dkv, C, k.ln, L[2].W, 1, k.vv, pad);
+		GEMM(n, k.ln, &L[0], 1, k.qkv);
+		GEMM(n, k.ln, &L[1], 1, k.kk);
+		GEMM(n, k.ln, &L[2], 1, k.vv);
 		run_rows(m, &k, P_QKV, l, n);
 		run_rows(m, &k, P_ATT, l, n);
-		bgemm(m, n, C, D, k.att, L[3].W, 1, k.tmp, pad);
+		GEMM(n, k.att, &L[3], 1, k.tmp);
 		run_rows(m, &k, P_PROJ, l, n);
-		bgemm(m, n, F, C, k.ln, L[4].W, 1, k.h, pad);
-		bgemm(m, n, F, C, k.ln, L[5].W, 1, k.hg, pad);
+		GEMM(n, k.ln, &L[4], 1, k.h);
+		GEMM(n, k.ln, &L[5], 1, k.hg);
 		run_rows(m, &k, P_FC, l, n);
-		bgemm(m, n, C, F, k.h, L[6].W, 1, k.tmp, pad);
+		GEMM(n, k.h, &L[6], 1, k.tmp);
 		run_rows(m, &k, P_MPROJ, l, n);
 	}
 	if (nout) {
 		for (int i = 0; i < nout; i++)
 			rmsnorm(lnout + (size_t)i * C, k.x + (size_t)out_rows[i] * C, m->lnfw, C, (float)c->norm_eps);
-		bgemm(m, nout, V, C, lnout, m->head, 1, logits, pad);
+		GEMM(nout, lnout, &m->headl, 1, logits);
 	}
+done:
 	openblas_set_num_threads(blas);
-	return TRAIL_OK;
+	return rc;
 }
 
 int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
@@ -959,42 +1032,173 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 		     trail_error *err)
 {
 	const trail_model_cfg *c = &m->c;
-	int C = c->n_embd, V = c->vocab_size, P = c->n_positions, rmax, rc;
+	int C = c->n_embd, rmax, rc;
 	if (n < 1)
 		return TRAIL_OK;
 	if (m->llama)
 		return step_llama(m, n, tok, pos, kv, lora, nout, out_rows, logits, err);
 	if ((rc = prepare(m, n, tok, pos, kv, lora, nout, out_rows, &rmax, need_gpt2, err)))
 		return rc;
-	size_t N = (size_t)n, wide = (size_t)(V > 4 * C ? V : 4 * C);
+	size_t N = (size_t)n;
 	rowjob k = {.m = m, .pos = pos, .kv = kv, .lora = lora, .ord = m->ord};
 	int blas = openblas_get_num_threads(); /* one BLAS thread per product: see gemmjob */
 	openblas_set_num_threads(1);
 	k.x = m->ws, k.ln = k.x + N * C, k.att = k.ln + N * C, k.tmp = k.att + N * C, k.qkv = k.tmp + N * C;
-	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C, k.sc[0] = k.hg + N * 4 * C, k.sc[1] = k.sc[0] + P;
-	k.u[0] = k.sc[1] + P, k.u[1] = k.u[0] + rmax;
-	float *pad = k.u[1] + rmax, *lnout = pad + 4 * RB * wide;
+	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C;
+	float *lnout = k.hg + N * 4 * C;
+	scratch(m, &k, lnout + (size_t)nout * C, rmax, gpt2_wide(m));
 	for (int i = 0; i < n; i++)
 		for (int c2 = 0; c2 < C; c2++)
 			k.x[(size_t)i * C + c2] = m->wte[(size_t)tok[i] * C + c2] + m->wpe[(size_t)pos[i] * C + c2];
 	run_rows(m, &k, P_LN1, 0, n);
 	for (int l = 0; l < c->n_layer; l++) {
 		const ilayer *Ly = &m->L[l];
-		bgemm(m, n, Ly->lin[0].out, C, k.ln, Ly->lin[0].W, 0, k.qkv, pad);
+		GEMM(n, k.ln, &Ly->lin[0], 0, k.qkv);
 		run_rows(m, &k, P_QKV, l, n);
 		run_rows(m, &k, P_ATT, l, n);
-		bgemm(m, n, C, C, k.att, Ly->lin[1].W, 0, k.tmp, pad);
+		GEMM(n, k.att, &Ly->lin[1], 0, k.tmp);
 		run_rows(m, &k, P_PROJ, l, n);
-		bgemm(m, n, 4 * C, C, k.ln, Ly->lin[2].W, 0, k.h, pad);
+		GEMM(n, k.ln, &Ly->lin[2], 0, k.h);
 		run_rows(m, &k, P_FC, l, n);
-		bgemm(m, n, C, 4 * C, k.hg, Ly->lin[3].W, 0, k.tmp, pad);
+		GEMM(n, k.hg, &Ly->lin[3], 0, k.tmp);
 		run_rows(m, &k, P_MPROJ, l, n);
 	}
 	if (nout) {
 		for (int i = 0; i < nout; i++)
 			layernorm(lnout + (size_t)i * C, k.x + (size_t)out_rows[i] * C, m->lnfw, m->lnfb, C);
-		bgemm(m, nout, V, C, lnout, m->wte, 1, logits, pad);
+		GEMM(nout, lnout, &m->headl, 1, logits);
 	}
+done:
 	openblas_set_num_threads(blas);
+	return rc;
+}
+
+/* ---- precision -------------------------------------------------------------------- */
+
+/* The bf16 product of shape RB x n x k, made once per model. */
+static trail_bf16_mm *mm_of(trail_infer *m, int n, int k, trail_error *err)
+{
+	for (int i = 0; i < m->nmm; i++)
+		if (m->mmt[i].n == n && m->mmt[i].k == k)
+			return m->mmt[i].h;
+	if (m->nmm == (int)(sizeof m->mmt / sizeof *m->mmt)) {
+		trail_error_set(err, TRAIL_EINTERNAL, "too many product shapes");
+		return NULL;
+	}
+	trail_bf16_mm *h = trail_bf16_mm_new(RB, n, k, err);
+	if (h)
+		m->mmt[m->nmm++] = (struct mmshape){n, k, h};
+	return h;
+}
+
+/* A linear layer's products and the bytes of its bf16 weights (each block's from a 64-byte boundary). */
+static int size_lin(trail_infer *m, ilin *L, size_t *bytes, trail_error *err)
+{
+	int N = L->out, K = L->in;
+	if (m->emu) {
+		*bytes += ((size_t)N * K * sizeof(uint16_t) + 63) & ~(size_t)63;
+		return TRAIL_OK;
+	}
+	if (N >= CB && !(L->mm[0] = mm_of(m, CB, K, err)))
+		return err ? err->code : TRAIL_EINTERNAL;
+	if (N % CB && !(L->mm[1] = mm_of(m, N % CB, K, err)))
+		return err ? err->code : TRAIL_EINTERNAL;
+	L->pb[0] = L->mm[0] ? (trail_bf16_mm_packed_bytes(L->mm[0]) + 63) & ~(size_t)63 : 0;
+	L->pb[1] = L->mm[1] ? (trail_bf16_mm_packed_bytes(L->mm[1]) + 63) & ~(size_t)63 : 0;
+	*bytes += (size_t)(N / CB) * L->pb[0] + L->pb[1];
 	return TRAIL_OK;
+}
+
+/* Its weights in bf16 as [out,in] (in tmp, unless emulated), packed per column block at *p, advanced past them. */
+static int convert_lin(trail_infer *m, ilin *L, int transW, unsigned char **p, uint16_t *tmp, trail_error *err)
+{
+	int N = L->out, K = L->in;
+	uint16_t *wb = m->emu ? (uint16_t *)*p : tmp;
+	if (transW)
+		trail_bf16_convert(wb, L->W, (size_t)N * K);
+	else
+		trail_bf16_convert_t(wb, L->W, K, N);
+	if (m->emu) {
+		L->Wb = wb;
+		*p += ((size_t)N * K * sizeof(uint16_t) + 63) & ~(size_t)63;
+		return TRAIL_OK;
+	}
+	L->Wp = *p;
+	for (int c0 = 0; c0 < N; c0 += CB) {
+		int edge = N - c0 < CB;
+		if (trail_bf16_mm_pack(L->mm[edge], wb + (size_t)c0 * K, *p))
+			return trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: packing bf16 weights %dx%d failed", N, K);
+		*p += L->pb[edge];
+	}
+	return TRAIL_OK;
+}
+
+static void drop_bf16(trail_infer *m)
+{
+	for (int l = 0; l < m->c.n_layer; l++)
+		for (int k = 0; k < m->nk; k++) {
+			ilin *L = &m->L[l].lin[k];
+			L->Wb = NULL, L->Wp = NULL, L->mm[0] = L->mm[1] = NULL, L->pb[0] = L->pb[1] = 0;
+		}
+	ilin *H = &m->headl;
+	H->Wb = NULL, H->Wp = NULL, H->mm[0] = H->mm[1] = NULL, H->pb[0] = H->pb[1] = 0;
+	trail_free(m->bmem);
+	m->bmem = NULL, m->bn = 0;
+}
+
+int trail_infer_set_precision(trail_infer *m, int prec, trail_error *err)
+{
+	if (prec == m->prec)
+		return TRAIL_OK;
+	drop_bf16(m);
+	m->prec = TRAIL_PREC_FP32;
+	m->emu = 0;
+	if (prec != TRAIL_PREC_BF16)
+		return TRAIL_OK;
+	/* oneDNN 2.6 has bf16 matmul from AVX-512 up; below, the products are emulated */
+	trail_bf16_mm *probe = trail_bf16_mm_new(RB, CB, m->c.n_embd, NULL);
+	m->emu = !probe;
+	trail_bf16_mm_free(probe);
+	size_t bytes = 0, most = (size_t)m->headl.in * (size_t)m->headl.out;
+	int rc = size_lin(m, &m->headl, &bytes, err);
+	for (int l = 0; !rc && l < m->c.n_layer; l++)
+		for (int k = 0; !rc && k < m->nk; k++) {
+			ilin *L = &m->L[l].lin[k];
+			rc = size_lin(m, L, &bytes, err);
+			most = (size_t)L->in * (size_t)L->out > most ? (size_t)L->in * (size_t)L->out : most;
+		}
+	uint16_t *tmp = NULL;
+	if (!rc && (!(m->bmem = trail_malloc(bytes + 64)) || !(tmp = trail_malloc(most * sizeof *tmp))))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory for the bf16 weights");
+	m->bn = bytes + 64;
+	unsigned char *p = (unsigned char *)(((uintptr_t)m->bmem + 63) & ~(uintptr_t)63);
+	if (!rc)
+		rc = convert_lin(m, &m->headl, 1, &p, tmp, err);
+	for (int l = 0; !rc && l < m->c.n_layer; l++)
+		for (int k = 0; !rc && k < m->nk; k++)
+			rc = convert_lin(m, &m->L[l].lin[k], m->llama, &p, tmp, err);
+	trail_free(tmp);
+	if (rc) {
+		drop_bf16(m);
+		m->emu = 0;
+		return rc;
+	}
+	m->prec = TRAIL_PREC_BF16;
+	return TRAIL_OK;
+}
+
+int trail_infer_precision(const trail_infer *m)
+{
+	return m->prec;
+}
+
+size_t trail_infer_step_bytes(const trail_infer *m)
+{
+	if (m->prec == TRAIL_PREC_BF16)
+		return m->bn - 64; /* every block of every converted weight, padding included */
+	size_t n = (size_t)m->headl.in * (size_t)m->headl.out;
+	for (int l = 0; l < m->c.n_layer; l++)
+		for (int k = 0; k < m->nk; k++)
+			n += (size_t)m->L[l].lin[k].in * (size_t)m->L[l].lin[k].out;
+	return n * sizeof(float);
 }

@@ -333,8 +333,8 @@ int trail_st_write(const char *path, const trail_st_tensor *t, size_t n, const j
  * with rsLoRA). A KV cache of capacity cap holds [L][2][cap][C] floats.
  *
  * Ownership: each handle owns its memory; *_free(NULL) is a no-op. A
- * trail_infer keeps a scratch workspace (and its helper thread), so one
- * thread steps it at a time;
+ * trail_infer keeps a scratch workspace and runs on the process's pool
+ * (trail_compute_set), so one thread steps it at a time;
  * adapters and caches are only read by a step.
  */
 
@@ -348,19 +348,36 @@ typedef struct trail_infer trail_infer;
 int trail_infer_load(const char *dir, trail_infer **out, trail_error *err);
 void trail_infer_free(trail_infer *m);
 const trail_model_cfg *trail_infer_config(const trail_infer *m);
-/* Bytes of the base weights held in memory. */
+/* Bytes of the base weights held in memory (float32, and the bf16 copy when set). */
 size_t trail_infer_bytes(const trail_infer *m);
+/* Bytes of base weights one step reads at the precision set: the linear layers and the head. */
+size_t trail_infer_step_bytes(const trail_infer *m);
 /*
  * Route every product, the attention and the LoRA deltas through plain
  * loops accumulating in double (the reference the tests compare with).
  */
 void trail_infer_set_reference(trail_infer *m, int on);
 /*
- * Split the row-wise work of a step (bias, low-rank products, attention,
- * LayerNorm, GELU) over n threads (1 or 2: one helper thread). The results
- * are the same bits for any n.
+ * Run steps on n threads: the process's pool (trail_compute_set, keeping
+ * its precision), shared with anything else that computes. The base
+ * products go in fixed units (row blocks times column blocks) and the
+ * row-wise work (bias, low-rank products, attention, norms, activations)
+ * row by row, each unit whole on one thread, so the results are the same
+ * bits for any n.
  */
 void trail_infer_set_threads(trail_infer *m, int n);
+/*
+ * The base products' precision (default TRAIL_PREC_FP32). bf16: each base
+ * weight (and the head) is converted once, here, to bfloat16 (rounded to
+ * nearest even) and kept beside the float32 weights; a step rounds its
+ * rows' inputs to bfloat16 and sums in float32 (oneDNN, one primitive per
+ * block shape, each block on one thread). Adapters, attention, norms and
+ * the KV cache stay float32. The bits depend on the precision and on
+ * oneDNN's instruction set (trail_compute_isa), never on the threads or
+ * the batch.
+ */
+int trail_infer_set_precision(trail_infer *m, int prec, trail_error *err);
+int trail_infer_precision(const trail_infer *m);
 
 typedef struct trail_lora_w trail_lora_w;
 /*

@@ -153,9 +153,23 @@ trail_pool *trail_compute_pool(void);
  */
 void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
 		int ldb, float beta, float *C, int ldc);
-/* One block y [n,N] = x [n,K] W^T (W [N,K], transW) or x W (W [K,N]) in bf16, on this thread alone (serving). */
-void trail_gemm_bf16_block(int n, int N, int K, const float *x, const float *W, int ldw, int transW, float *y,
-			   int ldy, uint16_t *scratch);
+/*
+ * Serving's bf16 products (gemm.c): weights converted to bfloat16 once
+ * (rounded to nearest even; _t: dst [N,K] = W^T of W [K,N]), and one
+ * oneDNN matmul per block shape, y [M,N] f32 dense = x [M,K] bf16 dense
+ * times W^T, its weights W [N,K] bf16 (row stride K) packed once into
+ * oneDNN's layout for the shape (_pack, _packed_bytes at dst). _run
+ * computes one block on pool thread t alone (its stream and scratchpad).
+ * _pack and _run return 0 when done.
+ */
+void trail_bf16_convert(uint16_t *dst, const float *src, size_t n);
+void trail_bf16_convert_t(uint16_t *dst, const float *W, int K, int N);
+typedef struct trail_bf16_mm trail_bf16_mm;
+trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err);
+void trail_bf16_mm_free(trail_bf16_mm *h);
+size_t trail_bf16_mm_packed_bytes(const trail_bf16_mm *h);
+int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst);
+int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t);
 
 /* out [N,C] = (x - mean) rstd w + b; mean, rstd [N] kept for backward. */
 void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,

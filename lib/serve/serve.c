@@ -92,6 +92,8 @@ int trail_server_new(const trail_serve_opts *o, trail_server **out, trail_error 
 	if ((rc = trail_infer_load(o->base, &s->m, err)))
 		goto fail;
 	trail_infer_set_threads(s->m, s->o.threads);
+	if ((rc = trail_infer_set_precision(s->m, s->o.precision, err)))
+		goto fail;
 	const trail_model_cfg *c = trail_infer_config(s->m);
 	if (!s->o.kv_bytes)
 		s->o.kv_bytes = (size_t)s->o.max_batch * trail_kvc_bytes(s->m, c->n_positions);
@@ -591,6 +593,11 @@ static void finish(trail_server *s, sreq *q)
 			       "max_tokens", q->max_new, "stop", q->stop, "usage", usage);
 	if (ev && q->chat) /* the conversation the prompt was rendered from */
 		json_object_set(ev, "messages", q->messages);
+	/* the bits depend on them: the products' precision and oneDNN's instruction set */
+	if (ev) {
+		json_object_set_new(ev, "precision", json_string(trail_precision_name(trail_infer_precision(s->m))));
+		json_object_set_new(ev, "isa", json_string(trail_compute_isa()));
+	}
 	size_t evn = 0;
 	char *evl = jcs_line(ev, &evn);
 	if (evl) {

@@ -34,7 +34,8 @@ typedef struct trail_serve_opts {
 	const char *events;    /* append every inference event to this file, synced before the response */
 	trail_store *store;    /* record inference-batch entries, or NULL */
 	int batch_events;      /* events per inference-batch entry (default 1000) */
-	int threads;           /* 2: a helper thread shares each step's row-wise work (same results) */
+	int threads;           /* threads for each step (0 or 1: one); answers do not depend on it */
+	int precision;         /* TRAIL_PREC_* of the base products (0: fp32), recorded in each event */
 	/* HTTP */
 	int max_connections;   /* default 256 */
 	int timeout_s;         /* idle connection timeout (default 10) */

@@ -148,6 +148,59 @@ static void run(const char *what, trail_model_cfg c, int t_odd, int t_even)
 	for (int a = 0; a < NA; a++)
 		trail_kvc_free(nc[a]);
 	free(naive);
+	/* fp32 and bf16: the same bits on 1, 2 and 4 threads */
+	float *pr[2];
+	for (int p = 0; p < 2; p++) {
+		int prec = p ? TRAIL_PREC_BF16 : TRAIL_PREC_FP32, same = 1;
+		ok(trail_infer_set_precision(im, prec, &e) == 0 && trail_infer_precision(im) == prec, "%s: set %s",
+		   trail_precision_name(prec), e.msg);
+		pr[p] = malloc(sizeof(float) * n * V);
+		for (int th = 1; th <= 4; th *= 2) {
+			trail_infer_set_threads(im, th);
+			float *o = th == 1 ? pr[p] : malloc(sizeof(float) * n * V);
+			trail_kvc *pc[NA];
+			for (int a = 0; a < NA; a++)
+				pc[a] = trail_kvc_new(im, c.n_positions);
+			for (int i = 0; i < n; i++)
+				bk[i] = pc[i % NA];
+			same &= trail_infer_step(im, n, bt, bp, bk, bl, n, brow, o, &e) == 0;
+			if (th > 1)
+				same &= !memcmp(o, pr[p], sizeof(float) * n * V), free(o);
+			for (int a = 0; a < NA; a++)
+				trail_kvc_free(pc[a]);
+		}
+		ok(same, "%s: bit-identical logits on 1, 2 and 4 threads (%d rows of %d adapters)", trail_precision_name(prec),
+		   n, NA);
+	}
+	ok(!memcmp(pr[0], out, sizeof(float) * n * V), "fp32 on the pool: the bits of the first step");
+	float big = 0;
+	for (size_t i = 0; i < (size_t)n * V; i++)
+		big = fmaxf(big, fabsf(pr[0][i]));
+	float bd = maxdiff(pr[1], pr[0], (size_t)n * V);
+	ok(bd < 0.02f * big && memcmp(pr[1], pr[0], sizeof(float) * n * V),
+	   "bf16 logits differ from fp32's, by at most 2%% of the largest (%.2e of %.2e)", bd, big);
+	/* bf16, 4 threads: each sequence alone, prefilled and then decoded one row at a time, = its rows in the batch */
+	exact = 1;
+	for (int a = 0; a < NA; a++) {
+		trail_kvc *k1 = trail_kvc_new(im, T);
+		const trail_lora_w *l1[T];
+		trail_kvc *kk[T];
+		for (int t = 0; t < T; t++)
+			l1[t] = w[a], kk[t] = k1;
+		int last = T - 1, zero = 0;
+		trail_infer_step(im, T - 1, tok, pos, kk, l1, 0, NULL, NULL, &e);
+		exact &= trail_infer_step(im, 1, tok + last, pos + last, kk, l1, 1, &zero, got, &e) == 0;
+		exact &= !memcmp(got, pr[1] + (size_t)((T - 1) * NA + a) * V, sizeof(float) * V);
+		trail_infer_step(im, T, tok, pos, kk, l1, 1, &last, got, &e);
+		exact &= !memcmp(got, pr[1] + (size_t)((T - 1) * NA + a) * V, sizeof(float) * V);
+		trail_kvc_free(k1);
+	}
+	ok(exact, "bf16: a sequence alone (prefilled, and one row decoded) gives bit-identical logits to the mixed batch");
+	size_t sb = trail_infer_step_bytes(im), hb = trail_infer_bytes(im);
+	ok(trail_infer_set_precision(im, TRAIL_PREC_FP32, &e) == 0 && 2 * sb >= trail_infer_step_bytes(im) &&
+	   trail_infer_bytes(im) + 64 + sb == hb, "bf16: a step reads the bf16 copy, at least half the fp32 bytes; back to fp32 it is freed");
+	trail_infer_set_threads(im, 1);
+	free(pr[0]), free(pr[1]);
 	size_t kvw = c.arch == TRAIL_ARCH_GPT2 ? (size_t)c.n_embd : (size_t)c.n_kv_head * c.head_dim;
 	ok(trail_kvc_new(im, c.n_positions + 1) == NULL && trail_kvc_bytes(im, 8) == (size_t)c.n_layer * 2 * 8 * kvw * 4,
 	   "KV caches sized by capacity and key/value width, at most the context");
