@@ -62,14 +62,18 @@ void trail_k_sgemm(int naive, int ta, int tb, int M, int N, int K, float alpha, 
 		}
 }
 
-/* A linear layer's product with its weights: bf16 when the precision says so. */
-static void lin_gemm(int naive, int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-		     float *C, int ldc)
+/*
+ * A linear layer's product with its weights: bf16 when the precision says
+ * so, the bf16 copies of the operands kept (keep: TRAIL_G_KEEP_A, _B) for
+ * the other products of the pass that use them.
+ */
+static void lin_gemm(int naive, int keep, int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+		     int ldb, float *C, int ldc)
 {
 	if (naive)
 		trail_k_sgemm(1, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
 	else
-		trail_gemm(1, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+		trail_gemm_x(TRAIL_G_BF16 | keep, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
 }
 
 /* One product on the calling thread alone (inside a pool item), or the reference. */
@@ -81,6 +85,81 @@ static void sgemm1(int naive, int ta, int tb, int M, int N, int K, float alpha, 
 	else
 		cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
 			    A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- loops on the pool --------------------------------------------------------------- */
+
+/*
+ * Row-wise and element-wise loops run as fixed items on the pool: an
+ * item's range depends on the sizes alone, each element (or row, or
+ * column of a sum over rows) is computed whole by one item with the
+ * arithmetic of the one-thread loop, so the bits are those of that loop on
+ * any number of threads.
+ */
+static void par(int items, trail_pool_fn fn, void *ctx)
+{
+	trail_pool_run(trail_compute_pool(), items, fn, ctx);
+}
+
+enum { ELEMS = 16384 }; /* floats per item of an element-wise loop (a multiple of the vector width) */
+
+/* rows per item for rows of n floats */
+static int rows_per(size_t n)
+{
+	size_t r = ELEMS / (n ? n : 1);
+	return r < 1 ? 1 : (int)r;
+}
+
+typedef struct ew {
+	float *y, *y2;
+	const float *a, *b, *c;
+	size_t n;
+	int N, C, per;
+	float eps;
+	float *m, *r, *dw, *db;
+	const int32_t *tgt;
+	double *row; /* xent: each row's loss */
+	double inv;
+} ew;
+
+static void ew_range(const ew *j, int it, size_t *i0, size_t *i1)
+{
+	*i0 = (size_t)it * ELEMS;
+	*i1 = *i0 + ELEMS < j->n ? *i0 + ELEMS : j->n;
+}
+
+static int ew_items(size_t n)
+{
+	return (int)((n + ELEMS - 1) / ELEMS);
+}
+
+static void zero_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	memset(j->y + i0, 0, (i1 - i0) * sizeof *j->y);
+}
+
+void trail_k_zero(float *x, size_t n)
+{
+	ew j = {.y = x, .n = n};
+	par(ew_items(n), zero_item, &j);
+}
+
+static void add_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	for (size_t i = i0; i < i1; i++)
+		j->y[i] = j->a[i] + j->b[i];
+}
+
+void trail_k_add(float *y, const float *a, const float *b, size_t n)
+{
+	ew j = {.y = y, .a = a, .b = b, .n = n};
+	par(ew_items(n), add_item, &j);
 }
 
 /* ---- exp and tanh on float vectors ------------------------------------------------ */
@@ -156,7 +235,7 @@ static inline vf gelu_b(vf x, vf dy)
 	return dy * (vs(0.5f) * (vs(1.0f) + t) + vs(0.5f) * x * sech2 * vs(GELU_S) * (vs(1.0f) + vs(3 * GELU_C) * x * x));
 }
 
-void trail_k_gelu_fwd(float *y, const float *x, size_t n)
+static void gelu_fwd1(float *y, const float *x, size_t n)
 {
 	size_t i = 0;
 	for (; i + VL <= n; i += VL) {
@@ -173,7 +252,7 @@ void trail_k_gelu_fwd(float *y, const float *x, size_t n)
 	}
 }
 
-void trail_k_gelu_bwd(float *dx, const float *x, const float *dy, size_t n)
+static void gelu_bwd1(float *dx, const float *x, const float *dy, size_t n)
 {
 	size_t i = 0;
 	for (; i + VL <= n; i += VL) {
@@ -192,14 +271,44 @@ void trail_k_gelu_bwd(float *dx, const float *x, const float *dy, size_t n)
 	}
 }
 
+static void gelu_fwd_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	gelu_fwd1(j->y + i0, j->a + i0, i1 - i0);
+}
+
+static void gelu_bwd_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	gelu_bwd1(j->y + i0, j->a + i0, j->b + i0, i1 - i0);
+}
+
+void trail_k_gelu_fwd(float *y, const float *x, size_t n)
+{
+	ew j = {.y = y, .a = x, .n = n};
+	par(ew_items(n), gelu_fwd_item, &j);
+}
+
+void trail_k_gelu_bwd(float *dx, const float *x, const float *dy, size_t n)
+{
+	ew j = {.y = dx, .a = x, .b = dy, .n = n};
+	par(ew_items(n), gelu_bwd_item, &j);
+}
+
 /* ---- LayerNorm ------------------------------------------------------------------- */
 
-void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
-			   const float *b, int N, int C)
+static void ln_fwd_item(void *ctx, int it, int t)
 {
-	for (int i = 0; i < N; i++) {
+	const ew *j = ctx;
+	int C = j->C, i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	const float *x = j->a, *w = j->b, *b = j->c;
+	for (int i = it * j->per; i < i1; i++) {
 		const float *xi = x + (size_t)i * C;
-		float *o = out + (size_t)i * C;
+		float *o = j->y + (size_t)i * C;
 		double m = 0, v = 0;
 		for (int c = 0; c < C; c++)
 			m += xi[c];
@@ -210,17 +319,35 @@ void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x,
 		float s = (float)(1.0 / sqrt(v + 1e-5)), mf = (float)m;
 		for (int c = 0; c < C; c++)
 			o[c] = (xi[c] - mf) * s * w[c] + b[c];
-		mean[i] = mf;
-		rstd[i] = s;
+		j->m[i] = mf;
+		j->r[i] = s;
 	}
 }
 
-void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
-			   const float *w, const float *mean, const float *rstd, int N, int C)
+void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+			   const float *b, int N, int C)
 {
-	for (int i = 0; i < N; i++) {
-		const float *d = dout + (size_t)i * C, *xi = x + (size_t)i * C;
-		float *dxi = dx + (size_t)i * C, mi = mean[i], ri = rstd[i];
+	ew j = {.y = out, .m = mean, .r = rstd, .a = x, .b = w, .c = b, .N = N, .C = C, .per = rows_per((size_t)C)};
+	par((N + j.per - 1) / j.per, ln_fwd_item, &j);
+}
+
+/* LayerNorm backward: dx by rows; dw, db by columns, each column summed over the rows in order */
+typedef struct lnb {
+	float *dx, *dw, *db;
+	const float *dout, *x, *w, *mean, *rstd;
+	int N, C, per;
+} lnb;
+
+enum { COLS = 64 }; /* columns per item of a sum over rows */
+
+static void ln_bwd_rows(void *ctx, int it, int t)
+{
+	const lnb *j = ctx;
+	int C = j->C, i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	const float *w = j->w;
+	for (int i = it * j->per; i < i1; i++) {
+		const float *d = j->dout + (size_t)i * C, *xi = j->x + (size_t)i * C;
+		float *dxi = j->dx + (size_t)i * C, mi = j->mean[i], ri = j->rstd[i];
 		double dm = 0, dnm = 0;
 		for (int c = 0; c < C; c++) {
 			float norm = (xi[c] - mi) * ri, dn = w[c] * d[c];
@@ -228,12 +355,6 @@ void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, c
 			dnm += dn * norm;
 		}
 		float fm = (float)(dm / C), fnm = (float)(dnm / C);
-		if (dw)
-			for (int c = 0; c < C; c++) {
-				float norm = (xi[c] - mi) * ri;
-				dw[c] += d[c] * norm;
-				db[c] += d[c];
-			}
 		for (int c = 0; c < C; c++) {
 			float norm = (xi[c] - mi) * ri;
 			dxi[c] += (w[c] * d[c] - fm - norm * fnm) * ri;
@@ -241,21 +362,67 @@ void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, c
 	}
 }
 
+static void ln_bwd_cols(void *ctx, int it, int t)
+{
+	const lnb *j = ctx;
+	int C = j->C, c0 = it * COLS, c1 = c0 + COLS < C ? c0 + COLS : C;
+	for (int i = 0; i < j->N; i++) {
+		const float *d = j->dout + (size_t)i * C, *xi = j->x + (size_t)i * C;
+		float mi = j->mean[i], ri = j->rstd[i];
+		for (int c = c0; c < c1; c++) {
+			float norm = (xi[c] - mi) * ri;
+			j->dw[c] += d[c] * norm;
+			j->db[c] += d[c];
+		}
+	}
+}
+
+void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
+			   const float *w, const float *mean, const float *rstd, int N, int C)
+{
+	lnb j = {.dx = dx, .dw = dw, .db = db, .dout = dout, .x = x, .w = w, .mean = mean, .rstd = rstd, .N = N, .C = C,
+		 .per = rows_per((size_t)C)};
+	if (dw)
+		par((C + COLS - 1) / COLS, ln_bwd_cols, &j);
+	par((N + j.per - 1) / j.per, ln_bwd_rows, &j);
+}
+
 /* ---- linear (Conv1D) with LoRA ------------------------------------------------------ */
+
+static void bias_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	int i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int i = it * j->per; i < i1; i++)
+		if (j->a)
+			memcpy(j->y + (size_t)i * j->C, j->a, (size_t)j->C * sizeof *j->y);
+		else
+			memset(j->y + (size_t)i * j->C, 0, (size_t)j->C * sizeof *j->y);
+}
+
+/* db [C] += the column sums of dy [N,C], each column in row order */
+static void colsum_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	int C = j->C, c0 = it * COLS, c1 = c0 + COLS < C ? c0 + COLS : C;
+	for (int i = 0; i < j->N; i++) {
+		const float *d = j->a + (size_t)i * C;
+		for (int o = c0; o < c1; o++)
+			j->db[o] += d[o];
+	}
+}
 
 void trail_k_linear_fwd(int naive, trail_lin *L, int r, float scale, float *y, const float *x, int N)
 {
+	enum { KX = TRAIL_G_KEEP_A, KW = TRAIL_G_KEEP_B };
 	L->x = x;
 	/* y [N,out] = b (each row) or 0, then += x [N,in] W [in,out] (or W^T, W [out,in]) */
-	for (int i = 0; i < N; i++)
-		if (L->b)
-			memcpy(y + (size_t)i * L->out, L->b, (size_t)L->out * sizeof *y);
-		else
-			memset(y + (size_t)i * L->out, 0, (size_t)L->out * sizeof *y);
+	ew j = {.y = y, .a = L->b, .N = N, .C = L->out, .per = rows_per((size_t)L->out)};
+	par((N + j.per - 1) / j.per, bias_item, &j);
 	if (L->wt)
-		lin_gemm(naive, 0, 1, N, L->out, L->in, x, L->in, L->W, L->in, y, L->out);
+		lin_gemm(naive, KX | KW, 0, 1, N, L->out, L->in, x, L->in, L->W, L->in, y, L->out);
 	else
-		lin_gemm(naive, 0, 0, N, L->out, L->in, x, L->in, L->W, L->out, y, L->out);
+		lin_gemm(naive, KX | KW, 0, 0, N, L->out, L->in, x, L->in, L->W, L->out, y, L->out);
 	if (L->A) {
 		/* u [N,r] = x A^T;  y += scale u B^T  (B [out,r]) */
 		trail_k_sgemm(naive, 0, 1, N, r, L->in, 1.0f, x, L->in, L->A, L->in, 0.0f, L->u, r);
@@ -266,25 +433,28 @@ void trail_k_linear_fwd(int naive, trail_lin *L, int r, float scale, float *y, c
 void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, const float *dy, int N,
 			float *scratch)
 {
+	/* x and W as in the forward; dy kept for the products below, then forgotten */
+	enum { KA = TRAIL_G_KEEP_A, KB = TRAIL_G_KEEP_B };
 	if (L->keep_dy)
 		memcpy(L->keep_dy, dy, (size_t)N * (size_t)L->out * sizeof *dy);
 	if (L->dW) {
 		/* dW [in,out] += x^T [in,N] dy [N,out] (or dW [out,in] += dy^T x);  db [out] += column sums of dy */
 		if (L->wt)
-			lin_gemm(naive, 1, 0, L->out, L->in, N, dy, L->out, L->x, L->in, L->dW, L->in);
+			lin_gemm(naive, KA | KB, 1, 0, L->out, L->in, N, dy, L->out, L->x, L->in, L->dW, L->in);
 		else
-			lin_gemm(naive, 1, 0, L->in, L->out, N, L->x, L->in, dy, L->out, L->dW, L->out);
-		for (int i = 0; L->db && i < N; i++) {
-			const float *d = dy + (size_t)i * L->out;
-			for (int o = 0; o < L->out; o++)
-				L->db[o] += d[o];
+			lin_gemm(naive, KA | KB, 1, 0, L->in, L->out, N, L->x, L->in, dy, L->out, L->dW, L->out);
+		if (L->db) {
+			ew j = {.a = dy, .db = L->db, .N = N, .C = L->out};
+			par((L->out + COLS - 1) / COLS, colsum_item, &j);
 		}
 	}
 	/* dx [N,in] += dy [N,out] W^T (or dy W, W [out,in]) */
 	if (dx && L->wt)
-		lin_gemm(naive, 0, 0, N, L->in, L->out, dy, L->out, L->W, L->in, dx, L->in);
+		lin_gemm(naive, KA | KB, 0, 0, N, L->in, L->out, dy, L->out, L->W, L->in, dx, L->in);
 	else if (dx)
-		lin_gemm(naive, 0, 1, N, L->in, L->out, dy, L->out, L->W, L->out, dx, L->in);
+		lin_gemm(naive, KA | KB, 0, 1, N, L->in, L->out, dy, L->out, L->W, L->out, dx, L->in);
+	if (!naive)
+		trail_bf16_drop(dy);
 	if (L->A) {
 		/* du [N,r] = s dy B;  dB [out,r] += s dy^T u;  dA [r,in] += du^T x;  dx += du A */
 		float *du = scratch;
@@ -395,38 +565,68 @@ void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float 
 
 /* ---- RMSNorm ---------------------------------------------------------------------- */
 
-void trail_k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps)
+static void rms_fwd_item(void *ctx, int it, int t)
 {
-	for (int i = 0; i < N; i++) {
-		const float *xi = x + (size_t)i * C;
-		float *o = out + (size_t)i * C;
+	const ew *j = ctx;
+	int C = j->C, i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int i = it * j->per; i < i1; i++) {
+		const float *xi = j->a + (size_t)i * C, *w = j->b;
+		float *o = j->y + (size_t)i * C;
 		double ss = 0;
 		for (int c = 0; c < C; c++)
 			ss += (double)xi[c] * xi[c];
-		float r = (float)(1.0 / sqrt(ss / C + eps));
+		float r = (float)(1.0 / sqrt(ss / C + j->eps));
 		for (int c = 0; c < C; c++)
 			o[c] = xi[c] * r * w[c];
-		rstd[i] = r;
+		j->r[i] = r;
+	}
+}
+
+void trail_k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps)
+{
+	ew j = {.y = out, .r = rstd, .a = x, .b = w, .N = N, .C = C, .eps = eps, .per = rows_per((size_t)C)};
+	par((N + j.per - 1) / j.per, rms_fwd_item, &j);
+}
+
+/* RMSNorm backward: dx by rows, dw by columns (each summed over the rows in order) */
+static void rms_bwd_rows(void *ctx, int it, int t)
+{
+	const lnb *j = ctx;
+	int C = j->C, i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	const float *w = j->w;
+	for (int i = it * j->per; i < i1; i++) {
+		const float *xi = j->x + (size_t)i * C, *d = j->dout + (size_t)i * C;
+		float *dxi = j->dx + (size_t)i * C, r = j->rstd[i];
+		/* y = x r w, r = (mean x^2 + eps)^-1/2: dx = r (d w) - x r^3 mean(d w x) */
+		double dot = 0;
+		for (int c = 0; c < C; c++)
+			dot += (double)d[c] * w[c] * xi[c];
+		float k = (float)(dot / C) * r * r * r;
+		for (int c = 0; c < C; c++)
+			dxi[c] += r * d[c] * w[c] - xi[c] * k;
+	}
+}
+
+static void rms_bwd_cols(void *ctx, int it, int t)
+{
+	const lnb *j = ctx;
+	int C = j->C, c0 = it * COLS, c1 = c0 + COLS < C ? c0 + COLS : C;
+	for (int i = 0; i < j->N; i++) {
+		const float *xi = j->x + (size_t)i * C, *d = j->dout + (size_t)i * C;
+		float r = j->rstd[i];
+		for (int c = c0; c < c1; c++)
+			j->dw[c] += d[c] * xi[c] * r;
 	}
 }
 
 void trail_k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
 			 const float *rstd, int N, int C)
 {
-	for (int i = 0; i < N; i++) {
-		const float *xi = x + (size_t)i * C, *d = dout + (size_t)i * C;
-		float *dxi = dx + (size_t)i * C, r = rstd[i];
-		/* y = x r w, r = (mean x^2 + eps)^-1/2: dx = r (d w) - x r^3 mean(d w x) */
-		double dot = 0;
-		for (int c = 0; c < C; c++)
-			dot += (double)d[c] * w[c] * xi[c];
-		float k = (float)(dot / C) * r * r * r;
-		for (int c = 0; c < C; c++) {
-			dxi[c] += r * d[c] * w[c] - xi[c] * k;
-			if (dw)
-				dw[c] += d[c] * xi[c] * r;
-		}
-	}
+	lnb j = {.dx = dx, .dw = dw, .dout = dout, .x = x, .w = w, .rstd = rstd, .N = N, .C = C,
+		 .per = rows_per((size_t)C)};
+	if (dw)
+		par((C + COLS - 1) / COLS, rms_bwd_cols, &j);
+	par((N + j.per - 1) / j.per, rms_bwd_rows, &j);
 }
 
 /* ---- rotary positions --------------------------------------------------------------- */
@@ -441,15 +641,22 @@ void trail_k_rope_tables(float *cs, float *sn, const float *inv_freq, int T, int
 		}
 }
 
-void trail_k_rope(float *x, int N, int T, int nh, int hd, int stride, const float *cs, const float *sn, int inverse)
+typedef struct ropej {
+	float *x;
+	const float *cs, *sn;
+	int N, T, nh, hd, stride, inverse, per;
+} ropej;
+
+static void rope_item(void *ctx, int it, int t)
 {
-	int h2 = hd / 2;
-	for (int n = 0; n < N; n++) {
-		const float *c = cs + (size_t)(n % T) * h2, *s = sn + (size_t)(n % T) * h2;
-		for (int h = 0; h < nh; h++) {
-			float *v = x + (size_t)n * stride + (size_t)h * hd;
+	const ropej *j = ctx;
+	int h2 = j->hd / 2, n1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int n = it * j->per; n < n1; n++) {
+		const float *c = j->cs + (size_t)(n % j->T) * h2, *s = j->sn + (size_t)(n % j->T) * h2;
+		for (int h = 0; h < j->nh; h++) {
+			float *v = j->x + (size_t)n * j->stride + (size_t)h * j->hd;
 			for (int i = 0; i < h2; i++) {
-				float a = v[i], b = v[i + h2], si = inverse ? -s[i] : s[i];
+				float a = v[i], b = v[i + h2], si = j->inverse ? -s[i] : s[i];
 				v[i] = a * c[i] - b * si;
 				v[i + h2] = b * c[i] + a * si;
 			}
@@ -457,23 +664,51 @@ void trail_k_rope(float *x, int N, int T, int nh, int hd, int stride, const floa
 	}
 }
 
+void trail_k_rope(float *x, int N, int T, int nh, int hd, int stride, const float *cs, const float *sn, int inverse)
+{
+	ropej j = {.x = x, .cs = cs, .sn = sn, .N = N, .T = T, .nh = nh, .hd = hd, .stride = stride, .inverse = inverse,
+		   .per = rows_per((size_t)nh * hd)};
+	par((N + j.per - 1) / j.per, rope_item, &j);
+}
+
 /* ---- SwiGLU ------------------------------------------------------------------------- */
 
-void trail_k_swiglu_fwd(float *y, const float *g, const float *u, size_t n)
+static void swiglu_fwd_item(void *ctx, int it, int t)
 {
-	for (size_t i = 0; i < n; i++) {
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	const float *g = j->a, *u = j->b;
+	for (size_t i = i0; i < i1; i++) {
 		float s = 1.0f / (1.0f + expf(-g[i]));
-		y[i] = g[i] * s * u[i];
+		j->y[i] = g[i] * s * u[i];
 	}
 }
 
-void trail_k_swiglu_bwd(float *dg, float *du, const float *g, const float *u, const float *dy, size_t n)
+static void swiglu_bwd_item(void *ctx, int it, int t)
 {
-	for (size_t i = 0; i < n; i++) {
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	const float *g = j->a, *u = j->b, *dy = j->c;
+	float *dg = j->y, *du = j->y2;
+	for (size_t i = i0; i < i1; i++) {
 		float s = 1.0f / (1.0f + expf(-g[i])), silu = g[i] * s;
 		du[i] = dy[i] * silu;
 		dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
 	}
+}
+
+void trail_k_swiglu_fwd(float *y, const float *g, const float *u, size_t n)
+{
+	ew j = {.y = y, .a = g, .b = u, .n = n};
+	par(ew_items(n), swiglu_fwd_item, &j);
+}
+
+void trail_k_swiglu_bwd(float *dg, float *du, const float *g, const float *u, const float *dy, size_t n)
+{
+	ew j = {.y = dg, .y2 = du, .a = g, .b = u, .c = dy, .n = n};
+	par(ew_items(n), swiglu_bwd_item, &j);
 }
 
 /* ---- cross-entropy ---------------------------------------------------------------- */
@@ -496,35 +731,64 @@ static double softmax_row(float *p, const float *lg, int V)
 	return log(sum) + mx;
 }
 
+/* Cross-entropy by rows: each row's loss (forward) or gradient whole in one item, with its thread's row of p. */
+static void xent_fwd_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	int V = j->C, i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	float *p = j->y + (size_t)t * V;
+	for (int i = it * j->per; i < i1; i++) {
+		if (j->tgt[i] < 0)
+			continue;
+		const float *lg = j->a + (size_t)i * V;
+		j->row[i] = softmax_row(p, lg, V) - lg[j->tgt[i]];
+	}
+}
+
 double trail_k_xent_fwd(const float *logits, const int32_t *tgt, int N, int V, long *counted)
 {
-	double total = 0;
-	long n = 0;
-	float *p = trail_malloc((size_t)V * sizeof *p);
-	for (int i = 0; p && i < N; i++) {
-		if (tgt[i] < 0)
-			continue;
-		const float *lg = logits + (size_t)i * V;
-		total += softmax_row(p, lg, V) - lg[tgt[i]];
-		n++;
+	trail_pool *pool = trail_compute_pool();
+	int n = trail_pool_threads(pool);
+	float *p = trail_malloc((size_t)n * V * sizeof *p);
+	double *row = trail_malloc((size_t)(N > 0 ? N : 1) * sizeof *row), total = 0;
+	if (!p || !row) {
+		trail_free(p), trail_free(row);
+		*counted = -1;
+		return 0;
 	}
-	trail_free(p);
-	*counted = p ? n : -1;
+	ew j = {.y = p, .a = logits, .tgt = tgt, .row = row, .N = N, .C = V, .per = rows_per((size_t)V)};
+	trail_pool_run(pool, (N + j.per - 1) / j.per, xent_fwd_item, &j);
+	long k = 0;
+	for (int i = 0; i < N; i++) /* summed in row order */
+		if (tgt[i] >= 0) {
+			total += row[i];
+			k++;
+		}
+	trail_free(p), trail_free(row);
+	*counted = k;
 	return total;
+}
+
+static void xent_bwd_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	int V = j->C, i1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int i = it * j->per; i < i1; i++) {
+		float *d = j->y + (size_t)i * V;
+		if (j->tgt[i] < 0) {
+			memset(d, 0, (size_t)V * sizeof *d);
+			continue;
+		}
+		softmax_row(d, j->a + (size_t)i * V, V);
+		float s = (float)j->inv;
+		for (int v = 0; v < V; v++)
+			d[v] *= s;
+		d[j->tgt[i]] -= s;
+	}
 }
 
 void trail_k_xent_bwd(float *dlogits, const float *logits, const int32_t *tgt, int N, int V, double inv)
 {
-	for (int i = 0; i < N; i++) {
-		float *d = dlogits + (size_t)i * V;
-		if (tgt[i] < 0) {
-			memset(d, 0, (size_t)V * sizeof *d);
-			continue;
-		}
-		softmax_row(d, logits + (size_t)i * V, V);
-		float s = (float)inv;
-		for (int v = 0; v < V; v++)
-			d[v] *= s;
-		d[tgt[i]] -= s;
-	}
+	ew j = {.y = dlogits, .a = logits, .tgt = tgt, .N = N, .C = V, .inv = inv, .per = rows_per((size_t)V)};
+	par((N + j.per - 1) / j.per, xent_bwd_item, &j);
 }
