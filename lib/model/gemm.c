@@ -718,6 +718,120 @@ void trail_gemm_x(int flags, int ta, int tb, int M, int N, int K, float alpha, c
 	trail_pool_run(G.pool, g.mi * g.nj, f32_unit, &g);
 }
 
+/* ---- batched bf16 products, one thread each ------------------------------------------- */
+
+/*
+ * C[g] = alpha op(A[g]) op(B[g]) + beta C[g] for g < G: A, B dense bf16
+ * ([G,M,K], or [G,K,M] when ta; [G,K,N], or [G,N,K] when tb), C float with
+ * strides (cs0, cs1, 1). Each entry is allocated on its own and kept, so
+ * the pointer stays good while other shapes are added.
+ */
+struct trail_bmm {
+	int G, M, N, K, ta, tb, cs0, cs1;
+	float alpha, beta;
+	dnnl_memory_desc_t a, b, c, sp;
+	size_t spn;
+	dnnl_primitive_t p;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	trail_bmm **tab;
+	int n, cap;
+} BM = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static trail_bmm *bmm_make(int Gn, int M, int N, int K, int ta, int tb, float alpha, float beta, int cs0, int cs1)
+{
+	trail_bmm *e = trail_calloc(1, sizeof *e);
+	if (!e)
+		return NULL;
+	*e = (trail_bmm){.G = Gn, .M = M, .N = N, .K = K, .ta = ta, .tb = tb, .cs0 = cs0, .cs1 = cs1, .alpha = alpha,
+			 .beta = beta};
+	dnnl_dims_t da = {Gn, M, K}, db = {Gn, K, N}, dc = {Gn, M, N};
+	dnnl_dims_t sa = {(dnnl_dim_t)M * K, ta ? 1 : K, ta ? M : 1}, sb = {(dnnl_dim_t)K * N, tb ? 1 : N, tb ? K : 1};
+	dnnl_dims_t sc = {cs0, cs1, 1};
+	dnnl_matmul_desc_t md;
+	dnnl_primitive_desc_t pd = NULL;
+	dnnl_primitive_attr_t at = NULL;
+	dnnl_post_ops_t po = NULL;
+	int bad = dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) ||
+		  (alpha != 1 && dnnl_primitive_attr_set_output_scales(at, 1, 0, &alpha));
+	if (!bad && beta != 0)
+		bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, beta) ||
+		      dnnl_primitive_attr_set_post_ops(at, po);
+	bad = bad || dnnl_memory_desc_init_by_strides(&e->a, 3, da, dnnl_bf16, sa) ||
+	      dnnl_memory_desc_init_by_strides(&e->b, 3, db, dnnl_bf16, sb) ||
+	      dnnl_memory_desc_init_by_strides(&e->c, 3, dc, dnnl_f32, sc) ||
+	      dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) || dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) ||
+	      dnnl_primitive_create(&e->p, pd);
+	if (!bad) {
+		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		e->spn = dnnl_memory_desc_get_size(&e->sp);
+	} else
+		e->p = NULL;
+	if (pd)
+		dnnl_primitive_desc_destroy(pd);
+	if (po)
+		dnnl_post_ops_destroy(po);
+	if (at)
+		dnnl_primitive_attr_destroy(at);
+	return e;
+}
+
+const trail_bmm *trail_bmm_get(int Gn, int M, int N, int K, int ta, int tb, float alpha, float beta, int cs0, int cs1)
+{
+	if (G.prec != TRAIL_PREC_BF16 || !dn.ready || Gn < 1 || M < 1 || N < 1 || K < 1)
+		return NULL;
+	trail_bmm *r = NULL;
+	pthread_mutex_lock(&BM.mu);
+	for (int i = 0; i < BM.n && !r; i++) {
+		trail_bmm *e = BM.tab[i];
+		if (e->G == Gn && e->M == M && e->N == N && e->K == K && e->ta == ta && e->tb == tb && e->cs0 == cs0 &&
+		    e->cs1 == cs1 && e->alpha == alpha && e->beta == beta)
+			r = e;
+	}
+	if (!r && BM.n == BM.cap) {
+		int cap = BM.cap ? 2 * BM.cap : 32;
+		trail_bmm **t = trail_realloc(BM.tab, (size_t)cap * sizeof *t);
+		if (t)
+			BM.tab = t, BM.cap = cap;
+	}
+	if (!r && BM.n < BM.cap) {
+		omp_set_num_threads(1);
+		if ((r = bmm_make(Gn, M, N, K, ta, tb, alpha, beta, cs0, cs1)))
+			BM.tab[BM.n++] = r;
+	}
+	pthread_mutex_unlock(&BM.mu);
+	return r && r->p ? r : NULL;
+}
+
+int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, float *C, int t)
+{
+	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
+	int rc = -1;
+	omp_set_num_threads(1);
+	if (p->spn > G.spn[t]) {
+		void *q = trail_malloc(p->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = p->spn;
+		}
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, (void *)A) &&
+	    !dnnl_memory_create(&mbm, &p->b, dn.eng, (void *)B) && !dnnl_memory_create(&mc, &p->c, dn.eng, C) &&
+	    p->spn <= G.spn[t] && !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		if (dnnl_primitive_execute(p->p, G.st[t], 4, args) == dnnl_success &&
+		    dnnl_stream_wait(G.st[t]) == dnnl_success)
+			rc = 0;
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	return rc;
+}
+
 void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
 		int ldb, float beta, float *C, int ldc)
 {

@@ -593,6 +593,36 @@ typedef struct attjob {
 	size_t per; /* scratch floats per thread */
 } attjob;
 
+/* A row's causal softmax in place: row [0,t] normalised, (t,T) zero. */
+static void causal_softmax(float *row, int t, int T)
+{
+	float mx = row[0];
+	for (int u = 1; u <= t; u++)
+		mx = row[u] > mx ? row[u] : mx;
+	for (int u = 0; u <= t; u++)
+		row[u] -= mx;
+	trail_k_expf(row, row, (size_t)t + 1);
+	double sum = 0;
+	for (int u = 0; u <= t; u++)
+		sum += row[u];
+	float inv = (float)(1.0 / sum);
+	for (int u = 0; u <= t; u++)
+		row[u] *= inv;
+	memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof *row);
+}
+
+/* Softmax backward of a row: ds = a (da - sum(a da)) on [0,t], zero after. */
+static void causal_softmax_bwd(float *dsr, const float *ar, const float *dr, int t, int T)
+{
+	double dot = 0;
+	for (int u = 0; u <= t; u++)
+		dot += (double)ar[u] * dr[u];
+	float fd = (float)dot;
+	for (int u = 0; u <= t; u++)
+		dsr[u] = ar[u] * (dr[u] - fd);
+	memset(dsr + t + 1, 0, (size_t)(T - t - 1) * sizeof *dsr);
+}
+
 static void att_fwd_item(void *ctx, int item, int thread)
 {
 	const attjob *j = ctx;
@@ -604,21 +634,8 @@ static void att_fwd_item(void *ctx, int item, int thread)
 	float *a = j->att + ((size_t)b * NH + h) * T * T;
 	/* a [T,T] = scale q k^T, then a causal softmax per row */
 	sgemm1(naive, 0, 1, T, T, hs, scale, q, 3 * C, k, 3 * C, 0.0f, a, T);
-	for (int t = 0; t < T; t++) {
-		float *row = a + (size_t)t * T, mx = row[0];
-		for (int u = 1; u <= t; u++)
-			mx = row[u] > mx ? row[u] : mx;
-		for (int u = 0; u <= t; u++)
-			row[u] -= mx;
-		trail_k_expf(row, row, (size_t)t + 1);
-		double sum = 0;
-		for (int u = 0; u <= t; u++)
-			sum += row[u];
-		float inv = (float)(1.0 / sum);
-		for (int u = 0; u <= t; u++)
-			row[u] *= inv;
-		memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof *row);
-	}
+	for (int t = 0; t < T; t++)
+		causal_softmax(a + (size_t)t * T, t, T);
 	/* y [T,hs] (row stride C) = a v */
 	sgemm1(naive, 0, 0, T, hs, T, 1.0f, a, T, v, 3 * C, 0.0f, j->y + (size_t)b * T * C + (size_t)h * hs, C);
 }
@@ -638,26 +655,135 @@ static void att_bwd_item(void *ctx, int item, int thread)
 	sgemm1(naive, 0, 1, T, T, hs, 1.0f, dyh, C, v, 3 * C, 0.0f, da, T);
 	sgemm1(naive, 1, 0, T, hs, T, 1.0f, a, T, dyh, C, 1.0f, dv, 3 * C);
 	/* softmax backward: ds = a (da - rowsum(a da)) */
-	for (int t = 0; t < T; t++) {
-		const float *ar = a + (size_t)t * T, *dr = da + (size_t)t * T;
-		float *dsr = ds + (size_t)t * T;
-		double dot = 0;
-		for (int u = 0; u <= t; u++)
-			dot += (double)ar[u] * dr[u];
-		float fd = (float)dot;
-		for (int u = 0; u <= t; u++)
-			dsr[u] = ar[u] * (dr[u] - fd);
-		memset(dsr + t + 1, 0, (size_t)(T - t - 1) * sizeof *dsr);
-	}
+	for (int t = 0; t < T; t++)
+		causal_softmax_bwd(ds + (size_t)t * T, a + (size_t)t * T, da + (size_t)t * T, t, T);
 	/* dq [T,hs] += scale ds k;  dk [T,hs] += scale ds^T q */
 	sgemm1(naive, 0, 0, T, hs, T, scale, ds, T, k, 3 * C, 1.0f, dq, 3 * C);
 	sgemm1(naive, 1, 0, T, hs, T, scale, ds, T, q, 3 * C, 1.0f, dk, 3 * C);
 }
 
+/*
+ * bf16 attention (the precision bf16): items of one batch row and a group
+ * of gs heads (gs from the shape alone), the products batched over the
+ * group by oneDNN on the item's thread, softmax and its backward in float.
+ * Each item writes its own slices of y, att and dqkv.
+ */
+typedef struct attbf {
+	int T, C, NH, hs, gs, ng, qs; /* qs: the row stride of q, k, v (3C) */
+	float scale;
+	float *y, *att, *dqkv;
+	const float *qkv, *dy;
+	const trail_bmm *qk[2], *av[2], *dav[2], *dv[2], *dq[2], *dk[2]; /* [the short last group] */
+	uint16_t *h;
+	float *f;
+	size_t hper, fper; /* scratch per thread */
+} attbf;
+
+/* g heads from h0 of rows [T] of src (row stride ld) to dst [g,T,hs] bf16 */
+static void heads_bf16(uint16_t *dst, const float *src, int ld, int T, int hs, int g)
+{
+	for (int i = 0; i < g; i++)
+		for (int t = 0; t < T; t++)
+			trail_bf16_cvt(dst + ((size_t)i * T + t) * hs, src + (size_t)t * ld + (size_t)i * hs, (size_t)hs);
+}
+
+static void attbf_fwd_item(void *ctx, int item, int thread)
+{
+	const attbf *j = ctx;
+	int T = j->T, C = j->C, hs = j->hs, b = item / j->ng, h0 = (item % j->ng) * j->gs;
+	int g = j->NH - h0 < j->gs ? j->NH - h0 : j->gs, tail = g < j->gs;
+	size_t GT = (size_t)g * T * hs;
+	uint16_t *qh = j->h + (size_t)thread * j->hper, *kh = qh + GT, *vh = kh + GT, *ah = vh + GT;
+	const float *q = j->qkv + (size_t)b * T * j->qs + (size_t)h0 * hs;
+	float *a = j->att + ((size_t)b * j->NH + h0) * T * T;
+	heads_bf16(qh, q, j->qs, T, hs, g);
+	heads_bf16(kh, q + C, j->qs, T, hs, g);
+	heads_bf16(vh, q + 2 * C, j->qs, T, hs, g);
+	trail_bmm_run(j->qk[tail], qh, kh, a, thread);
+	for (int i = 0; i < g; i++)
+		for (int t = 0; t < T; t++)
+			causal_softmax(a + ((size_t)i * T + t) * T, t, T);
+	trail_bf16_cvt(ah, a, (size_t)g * T * T);
+	trail_bmm_run(j->av[tail], ah, vh, j->y + (size_t)b * T * C + (size_t)h0 * hs, thread);
+}
+
+static void attbf_bwd_item(void *ctx, int item, int thread)
+{
+	const attbf *j = ctx;
+	int T = j->T, C = j->C, hs = j->hs, b = item / j->ng, h0 = (item % j->ng) * j->gs;
+	int g = j->NH - h0 < j->gs ? j->NH - h0 : j->gs, tail = g < j->gs;
+	size_t GT = (size_t)g * T * hs, TT = (size_t)g * T * T;
+	uint16_t *qh = j->h + (size_t)thread * j->hper, *kh = qh + GT, *vh = kh + GT, *dyh = vh + GT, *ah = dyh + GT,
+		 *dsh = ah + TT;
+	float *da = j->f + (size_t)thread * j->fper, *ds = da + TT;
+	size_t off = (size_t)b * T * j->qs + (size_t)h0 * hs;
+	const float *q = j->qkv + off, *a = j->att + ((size_t)b * j->NH + h0) * T * T;
+	float *dq = j->dqkv + off;
+	heads_bf16(qh, q, j->qs, T, hs, g);
+	heads_bf16(kh, q + C, j->qs, T, hs, g);
+	heads_bf16(vh, q + 2 * C, j->qs, T, hs, g);
+	heads_bf16(dyh, j->dy + (size_t)b * T * C + (size_t)h0 * hs, C, T, hs, g);
+	trail_bf16_cvt(ah, a, TT);
+	/* da = dy v^T;  dv += a^T dy */
+	trail_bmm_run(j->dav[tail], dyh, vh, da, thread);
+	trail_bmm_run(j->dv[tail], ah, dyh, dq + 2 * C, thread);
+	for (int i = 0; i < g; i++)
+		for (int t = 0; t < T; t++) {
+			size_t r = ((size_t)i * T + t) * T;
+			causal_softmax_bwd(ds + r, a + r, da + r, t, T);
+		}
+	trail_bf16_cvt(dsh, ds, TT);
+	/* dq += scale ds k;  dk += scale ds^T q */
+	trail_bmm_run(j->dq[tail], dsh, kh, dq, thread);
+	trail_bmm_run(j->dk[tail], dsh, qh, dq + C, thread);
+}
+
+/* The bf16 job of a shape, its primitives made; 0 when the precision is fp32 or oneDNN cannot. */
+static int attbf_init(attbf *j, int B, int T, int C, int NH, int bwd)
+{
+	int hs = C / NH, gs = (NH + 3) / 4;
+	while (gs > 1 && (size_t)gs * T * T > (1u << 20))
+		gs--;
+	*j = (attbf){.T = T, .C = C, .NH = NH, .hs = hs, .gs = gs, .ng = (NH + gs - 1) / gs, .qs = 3 * C,
+		     .scale = (float)(1.0 / sqrt((double)hs))};
+	for (int tail = 0; tail < 2; tail++) {
+		int g = tail ? NH % gs : gs;
+		if (!g)
+			continue;
+		int TT = T * T, ok;
+		if (!bwd)
+			ok = (j->qk[tail] = trail_bmm_get(g, T, T, hs, 0, 1, j->scale, 0, TT, T)) &&
+			     (j->av[tail] = trail_bmm_get(g, T, hs, T, 0, 0, 1, 0, hs, C));
+		else
+			ok = (j->dav[tail] = trail_bmm_get(g, T, T, hs, 0, 1, 1, 0, TT, T)) &&
+			     (j->dv[tail] = trail_bmm_get(g, T, hs, T, 1, 0, 1, 1, hs, 3 * C)) &&
+			     (j->dq[tail] = trail_bmm_get(g, T, hs, T, 0, 0, j->scale, 1, hs, 3 * C)) &&
+			     (j->dk[tail] = trail_bmm_get(g, T, hs, T, 1, 0, j->scale, 1, hs, 3 * C));
+		if (!ok)
+			return 0;
+	}
+	size_t GT = (size_t)gs * T * hs, TT = (size_t)gs * T * T;
+	j->hper = 4 * GT + 2 * TT;
+	j->fper = bwd ? 2 * TT : 0;
+	return 1;
+}
+
 void trail_k_attention_fwd(int naive, float *y, float *att, const float *qkv, int B, int T, int C, int NH)
 {
+	trail_pool *p = naive ? NULL : trail_compute_pool();
+	attbf jb;
+	if (!naive && attbf_init(&jb, B, T, C, NH, 0)) {
+		int n = trail_pool_threads(p);
+		jb.h = trail_malloc((size_t)n * jb.hper * sizeof *jb.h);
+		if (jb.h) {
+			jb.y = y, jb.att = att, jb.qkv = qkv;
+			trail_pool_run(p, B * jb.ng, attbf_fwd_item, &jb);
+			trail_free(jb.h);
+			return;
+		}
+	}
 	attjob j = {.naive = naive, .T = T, .C = C, .NH = NH, .y = y, .att = att, .qkv = qkv};
-	trail_pool_run(naive ? NULL : trail_compute_pool(), B * NH, att_fwd_item, &j);
+	trail_pool_run(p, B * NH, att_fwd_item, &j);
 }
 
 void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float *att, const float *qkv, int B,
@@ -665,6 +791,18 @@ void trail_k_attention_bwd(int naive, float *dqkv, const float *dy, const float 
 {
 	trail_pool *p = naive ? NULL : trail_compute_pool();
 	int n = trail_pool_threads(p);
+	attbf jb;
+	if (!naive && attbf_init(&jb, B, T, C, NH, 1)) {
+		jb.h = trail_malloc((size_t)n * jb.hper * sizeof *jb.h);
+		jb.f = trail_malloc((size_t)n * jb.fper * sizeof *jb.f);
+		if (jb.h && jb.f) {
+			jb.dqkv = dqkv, jb.att = (float *)att, jb.qkv = qkv, jb.dy = dy;
+			trail_pool_run(p, B * jb.ng, attbf_bwd_item, &jb);
+			trail_free(jb.h), trail_free(jb.f);
+			return;
+		}
+		trail_free(jb.h), trail_free(jb.f);
+	}
 	attjob j = {.naive = naive, .T = T, .C = C, .NH = NH, .dqkv = dqkv, .qkv = qkv, .dy = dy, .catt = att,
 		    .scratch = scratch, .per = 2 * (size_t)T * T};
 	float *own = n > 1 ? trail_malloc((size_t)n * j.per * sizeof *own) : NULL;

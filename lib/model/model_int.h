@@ -167,6 +167,17 @@ void trail_gemm_x(int flags, int ta, int tb, int M, int N, int K, float alpha, c
 void trail_bf16_pass(void);
 void trail_bf16_drop(const float *src);
 void trail_bf16_cvt(uint16_t *dst, const float *src, size_t n);
+/*
+ * Batched bf16 products on the calling thread alone (inside a pool item):
+ * C[g] [M,N] (strides cs0, cs1, 1) = alpha op(A[g]) op(B[g]) + beta C[g],
+ * g < G, A and B dense bf16 ([G,M,K], or [G,K,M] when ta; [G,K,N], or
+ * [G,N,K] when tb). trail_bmm_get (not from inside an item) gives NULL
+ * when the precision is not bf16 or oneDNN cannot; trail_bmm_run returns
+ * -1 when it could not run.
+ */
+typedef struct trail_bmm trail_bmm;
+const trail_bmm *trail_bmm_get(int G, int M, int N, int K, int ta, int tb, float alpha, float beta, int cs0, int cs1);
+int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, float *C, int thread);
 /* One block y [n,N] = x [n,K] W^T (W [N,K], transW) or x W (W [K,N]) in bf16, on this thread alone (serving). */
 void trail_gemm_bf16_block(int n, int N, int K, const float *x, const float *W, int ldw, int transW, float *y,
 			   int ldy, uint16_t *scratch);
