@@ -134,7 +134,7 @@ int main(int argc, char **argv)
 			rc = trail_train_job_run(&j, &res, &err);
 		json_t *lg = json_object_get(res, "long");
 		const char *mode = json_string_value(json_object_get(lg, "mode"));
-		if (!rc && lg)
+		if (!rc && json_is_object(lg)) /* --eval reports "long": null */
 			fprintf(stderr, "mf-train: warning: %lld of %lld records are longer than --seq %lld and were %s; see --long\n",
 				(long long)json_integer_value(json_object_get(lg, "records")),
 				(long long)json_integer_value(json_object_get(lg, "of")),

@@ -4,7 +4,7 @@
  * (median step after warmup), achieved GFLOP/s, the sgemm peak measured
  * here (2048^3, same threads) and peak RSS.
  *
- * usage: bench_train L H C T B THREADS STEPS full|lora [R]
+ * usage: bench_train L H C T B THREADS STEPS full|lora [R [fp32|bf16]]
  */
 #include <math.h>
 #include <stdio.h>
@@ -54,8 +54,12 @@ int main(int argc, char **argv)
 		return 64;
 	int L = atoi(argv[1]), H = atoi(argv[2]), C = atoi(argv[3]), T = atoi(argv[4]), B = atoi(argv[5]);
 	int threads = atoi(argv[6]), steps = atoi(argv[7]), lora = !strcmp(argv[8], "lora"), r = argc > 9 ? atoi(argv[9]) : 8;
+	int prec = TRAIL_PREC_FP32;
 	trail_init();
-	trail_blas_threads(threads);
+	if (argc > 10 && trail_precision_parse(argv[10], &prec, NULL))
+		return 64;
+	if (trail_compute_set(threads, prec, NULL))
+		return 70;
 	double peak = sgemm_peak();
 	trail_model_cfg c = {.n_layer = L, .n_head = H, .n_embd = C, .n_positions = T, .vocab_size = 257};
 	trail_model *m;
@@ -95,9 +99,9 @@ int main(int argc, char **argv)
 	double flops = lora ? 2 * fl + 3 * at : 3 * fl + 3 * at;
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
-	printf("{\"impl\":\"trail\",\"mode\":\"%s\",\"params\":%zu,\"trainable\":%zu,\"tokens_per_s\":%.1f,\"gflops\":%.1f,"
+	printf("{\"impl\":\"trail\",\"precision\":\"%s\",\"mode\":\"%s\",\"params\":%zu,\"trainable\":%zu,\"tokens_per_s\":%.1f,\"gflops\":%.1f,"
 	       "\"sgemm_peak_gflops\":%.1f,\"peak_rss_mb\":%.1f,\"loss\":%.4f}\n",
-	       lora ? "lora" : "full", trail_gpt2_num_params(&c), n, N / med, flops / med / 1e9, peak,
+	       trail_precision_name(prec), lora ? "lora" : "full", trail_gpt2_num_params(&c), n, N / med, flops / med / 1e9, peak,
 	       (double)ru.ru_maxrss / 1024, loss);
 	trail_adamw_release(&o);
 	trail_model_free(m);

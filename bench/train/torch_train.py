@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """The same training step as bench_train.c in PyTorch (float32, eager, the
 same architecture, initialisation scale, optimiser, clipping and batch), for
-a side-by-side throughput and memory comparison.
+a side-by-side throughput and memory comparison; with bf16, the forward and
+the loss under torch.autocast("cpu", dtype=torch.bfloat16).
 
-usage: torch_train.py L H C T B THREADS STEPS full|lora [R]
+usage: torch_train.py L H C T B THREADS STEPS full|lora [R [fp32|bf16]]
 Prints one JSON line like bench_train: tokens/s (median step after the
 first), peak RSS, and the RSS right after importing torch."""
 import json, math, resource, sys, time
@@ -13,6 +14,7 @@ import torch
 L, H, C, T, B, threads, steps = (int(a) for a in sys.argv[1:8])
 lora = sys.argv[8] == "lora"
 R = int(sys.argv[9]) if len(sys.argv) > 9 else 8
+prec = sys.argv[10] if len(sys.argv) > 10 else "fp32"
 V = 257
 torch.set_num_threads(threads)
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -87,13 +89,14 @@ dt = []
 for i in range(steps):
     t = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    loss = m(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+        loss = m(x, y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     dt.append(time.perf_counter() - t)
 med = sorted(dt[1:])[(steps - 1) // 2]
-print(json.dumps({"impl": "torch", "mode": "lora" if lora else "full", "torch": torch.__version__,
+print(json.dumps({"impl": "torch" if prec == "fp32" else "torch-" + prec, "mode": "lora" if lora else "full", "torch": torch.__version__,
                   "params": sum(q.numel() for q in m.parameters()), "trainable": sum(q.numel() for q in params),
                   "tokens_per_s": round(B * T / med, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -220,7 +220,7 @@ static int dnnl_ready(trail_error *err)
 }
 
 /* The primitive of C [M,N] f32 dense = A [M,K] bf16 dense times B [K,N] bf16 dense (or B^T [N,K] when tb). */
-static const prim *prim_get(int M, int N, int K, int tb)
+__attribute__((unused)) static const prim *prim_get(int M, int N, int K, int tb)
 {
 	const prim *r = NULL;
 	pthread_mutex_lock(&dn.mu);
@@ -284,7 +284,7 @@ static uint16_t to_bf16(float f)
 }
 
 /* dst [rows, cols] (row stride dld) = bf16 of src (r, c) = tr ? src[c*sld + r] : src[r*sld + c] */
-static void cvt(uint16_t *dst, int dld, const float *src, int sld, int rows, int cols, int tr)
+__attribute__((unused)) static void cvt(uint16_t *dst, int dld, const float *src, int sld, int rows, int cols, int tr)
 {
 	if (!tr) {
 		for (int r = 0; r < rows; r++) {
@@ -300,6 +300,123 @@ static void cvt(uint16_t *dst, int dld, const float *src, int sld, int rows, int
 			for (int r = r0; r < rows && r < r0 + 32; r++)
 				for (int c = c0; c < cols && c < c0 + 32; c++)
 					dst[(size_t)r * dld + c] = to_bf16(src[(size_t)c * sld + r]);
+}
+
+/* ---- bf16 conversion, vectorised ------------------------------------------------------- */
+
+/*
+ * The same rounding as to_bf16 (nearest even, NaN kept a NaN), sixteen
+ * lanes at a time: the bits do not depend on the lanes, so the AVX-512
+ * build and the portable one agree with each other and with to_bf16.
+ */
+typedef uint32_t vu32 __attribute__((vector_size(64)));
+typedef uint16_t vu16 __attribute__((vector_size(32)));
+
+#define CVT_BODY                                                                          \
+	size_t i = 0;                                                                     \
+	for (; i + 16 <= n; i += 16) {                                                    \
+		vu32 u;                                                                   \
+		memcpy(&u, src + i, sizeof u);                                            \
+		vu32 nan = (vu32)((u & 0x7fffffffu) > 0x7f800000u);                       \
+		vu32 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;   \
+		vu16 h = __builtin_convertvector((r & ~nan) | (q & nan), vu16);           \
+		memcpy(dst + i, &h, sizeof h);                                            \
+	}                                                                                 \
+	for (; i < n; i++)                                                                \
+		dst[i] = to_bf16(src[i]);
+
+__attribute__((target("avx512f,avx512bw"))) static void cvt_avx512(uint16_t *dst, const float *src, size_t n)
+{
+	CVT_BODY
+}
+
+static void cvt_any(uint16_t *dst, const float *src, size_t n)
+{
+	CVT_BODY
+}
+#undef CVT_BODY
+
+void trail_bf16_cvt(uint16_t *dst, const float *src, size_t n)
+{
+	static int wide = -1;
+	if (wide < 0) {
+		__builtin_cpu_init();
+		wide = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+	}
+	if (wide)
+		cvt_avx512(dst, src, n);
+	else
+		cvt_any(dst, src, n);
+}
+
+/*
+ * bf16 copies of the operands that stay put through a forward and its
+ * backward (weights, and the activations the forward keeps), made on
+ * their first product of a pass and used by every later one. A new pass
+ * (trail_bf16_pass, at the start of each forward) makes each copy stale,
+ * and frees those the last pass did not use.
+ */
+typedef struct bfop {
+	const float *src;
+	int rows, cols, ld;
+	uint16_t *h;
+	size_t cap;
+	unsigned long made, used; /* the passes it was converted in and last used in */
+} bfop;
+
+static struct {
+	bfop *e;
+	int n, cap;
+	unsigned long pass;
+} BC = {.pass = 1};
+
+void trail_bf16_pass(void)
+{
+	int k = 0;
+	for (int i = 0; i < BC.n; i++)
+		if (BC.e[i].used + 1 >= BC.pass)
+			BC.e[k++] = BC.e[i];
+		else
+			trail_free(BC.e[i].h);
+	BC.n = k;
+	BC.pass++;
+}
+
+void trail_bf16_drop(const float *src)
+{
+	for (int i = 0; i < BC.n; i++)
+		if (BC.e[i].src == src)
+			BC.e[i].made = 0;
+}
+
+/* The entry of src as [rows, cols] (row stride ld), made (not yet converted) when new; NULL when out of memory. */
+static bfop *bf_entry(const float *src, int rows, int cols, int ld)
+{
+	bfop *e = NULL;
+	for (int i = 0; i < BC.n && !e; i++)
+		if (BC.e[i].src == src && BC.e[i].rows == rows && BC.e[i].cols == cols && BC.e[i].ld == ld)
+			e = &BC.e[i];
+	if (!e) {
+		if (BC.n == BC.cap) {
+			int cap = BC.cap ? 2 * BC.cap : 64;
+			bfop *t = trail_realloc(BC.e, (size_t)cap * sizeof *t);
+			if (!t)
+				return NULL;
+			BC.e = t, BC.cap = cap;
+		}
+		e = &BC.e[BC.n++];
+		*e = (bfop){.src = src, .rows = rows, .cols = cols, .ld = ld};
+	}
+	size_t want = (size_t)rows * (size_t)cols;
+	if (want > e->cap) {
+		uint16_t *h = trail_malloc(want * sizeof *h);
+		if (!h)
+			return NULL;
+		trail_free(e->h);
+		e->h = h, e->cap = want, e->made = 0;
+	}
+	e->used = BC.pass;
+	return e;
 }
 
 /* ---- blocked products ---------------------------------------------------------------- */
@@ -323,9 +440,6 @@ typedef struct job {
 	float alpha, beta;
 	const float *A, *B;
 	float *C;
-	uint16_t *a, *b;
-	const prim *pr[2][2]; /* [edge row block][edge column block] */
-	float **tmp;
 } job;
 
 static void blk(const job *g, int u, int *i0, int *mb, int *j0, int *nb)
@@ -344,65 +458,6 @@ static void f32_unit(void *ctx, int u, int t)
 	cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, mb, nb, g->K,
 		    g->alpha, g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda, g->lda,
 		    g->tb ? g->B + (size_t)j0 * g->ldb : g->B + j0, g->ldb, g->beta, g->C + (size_t)i0 * g->ldc + j0, g->ldc);
-}
-
-/* conversion items: the row blocks of A, then the column blocks of B */
-static void cvt_unit(void *ctx, int u, int t)
-{
-	const job *g = ctx;
-	if (u < g->mi) {
-		int i0 = u * MB, mb = g->M - i0 < MB ? g->M - i0 : MB;
-		cvt(g->a + (size_t)i0 * g->K, g->K, g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda, g->lda, mb, g->K, g->ta);
-		return;
-	}
-	int j0 = (u - g->mi) * NB, nb = g->N - j0 < NB ? g->N - j0 : NB;
-	if (g->tb) /* B^T rows j0.. as [nb,K] */
-		cvt(g->b + (size_t)j0 * g->K, g->K, g->B + (size_t)j0 * g->ldb, g->ldb, nb, g->K, 0);
-	else /* the block [K,nb], dense */
-		cvt(g->b + (size_t)j0 * g->K, nb, g->B + j0, g->ldb, g->K, nb, 0);
-}
-
-static void bf16_unit(void *ctx, int u, int t)
-{
-	const job *g = ctx;
-	int i0, mb, j0, nb;
-	blk(g, u, &i0, &mb, &j0, &nb);
-	const prim *p = g->pr[mb < MB][nb < NB];
-	float *tmp = g->tmp[t];
-	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
-	omp_set_num_threads(1);
-	if (p->spn > G.spn[t]) {
-		void *q = trail_malloc(p->spn);
-		if (q) {
-			trail_free(G.sp[t]);
-			G.sp[t] = q, G.spn[t] = p->spn;
-		}
-	}
-	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
-		G.st[t] = NULL;
-	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, g->a + (size_t)i0 * g->K) &&
-	    !dnnl_memory_create(&mbm, &p->b, dn.eng, g->b + (size_t)j0 * g->K) &&
-	    !dnnl_memory_create(&mc, &p->c, dn.eng, tmp) && p->spn <= G.spn[t] &&
-	    !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
-		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
-					   {DNNL_ARG_SCRATCHPAD, ms}};
-		dnnl_primitive_execute(p->p, G.st[t], 4, args);
-		dnnl_stream_wait(G.st[t]);
-	}
-	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
-	for (int i = 0; i < mb; i++) {
-		float *c = g->C + (size_t)(i0 + i) * g->ldc + j0;
-		const float *s = tmp + (size_t)i * nb;
-		if (g->beta == 0)
-			for (int j = 0; j < nb; j++)
-				c[j] = g->alpha * s[j];
-		else if (g->alpha == 1 && g->beta == 1)
-			for (int j = 0; j < nb; j++)
-				c[j] += s[j];
-		else
-			for (int j = 0; j < nb; j++)
-				c[j] = g->alpha * s[j] + g->beta * c[j];
-	}
 }
 
 static int grow(uint16_t **p, size_t *n, size_t want)
@@ -456,47 +511,338 @@ trail_pool *trail_compute_pool(void)
 	return G.pool;
 }
 
-void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-		int ldb, float beta, float *C, int ldc)
+/* ---- bf16 products of bf16 operands ---------------------------------------------------- */
+
+/*
+ * C [mb,nb] (row stride ldc) = alpha op(A) op(B) + beta C, A and B bf16 in
+ * their stored layouts (op: transposed when ta, tb), written by oneDNN
+ * straight into C (alpha as the output scale, beta as a sum post-op).
+ */
+typedef struct hprim {
+	int M, N, K, ta, tb, lda, ldb, ldc;
+	float alpha, beta;
+	dnnl_memory_desc_t a, b, c, sp;
+	size_t spn;
+	dnnl_primitive_t p;
+} hprim;
+
+static struct {
+	hprim *tab;
+	int n, cap;
+} HP;
+
+static const hprim *hprim_get(int M, int N, int K, int ta, int tb, int lda, int ldb, int ldc, float alpha, float beta)
+{
+	for (int i = 0; i < HP.n; i++) {
+		const hprim *e = &HP.tab[i];
+		if (e->M == M && e->N == N && e->K == K && e->ta == ta && e->tb == tb && e->lda == lda && e->ldb == ldb &&
+		    e->ldc == ldc && e->alpha == alpha && e->beta == beta)
+			return e->p ? e : NULL;
+	}
+	if (HP.n == HP.cap) {
+		int cap = HP.cap ? 2 * HP.cap : 64;
+		hprim *t = trail_realloc(HP.tab, (size_t)cap * sizeof *t);
+		if (!t)
+			return NULL;
+		HP.tab = t, HP.cap = cap;
+	}
+	hprim *e = &HP.tab[HP.n++];
+	memset(e, 0, sizeof *e); /* kept with p NULL when oneDNN cannot make it: not asked again */
+	*e = (hprim){.M = M, .N = N, .K = K, .ta = ta, .tb = tb, .lda = lda, .ldb = ldb, .ldc = ldc, .alpha = alpha,
+		     .beta = beta};
+	dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N};
+	dnnl_dims_t sa = {ta ? 1 : lda, ta ? lda : 1}, sb = {tb ? 1 : ldb, tb ? ldb : 1}, sc = {ldc, 1};
+	dnnl_matmul_desc_t md;
+	dnnl_primitive_desc_t pd = NULL;
+	dnnl_primitive_attr_t at = NULL;
+	dnnl_post_ops_t po = NULL;
+	int bad = dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) ||
+		  (alpha != 1 && dnnl_primitive_attr_set_output_scales(at, 1, 0, &alpha));
+	if (!bad && beta != 0)
+		bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, beta) ||
+		      dnnl_primitive_attr_set_post_ops(at, po);
+	bad = bad || dnnl_memory_desc_init_by_strides(&e->a, 2, da, dnnl_bf16, sa) ||
+	      dnnl_memory_desc_init_by_strides(&e->b, 2, db, dnnl_bf16, sb) ||
+	      dnnl_memory_desc_init_by_strides(&e->c, 2, dc, dnnl_f32, sc) ||
+	      dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) || dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) ||
+	      dnnl_primitive_create(&e->p, pd);
+	if (!bad) {
+		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		e->spn = dnnl_memory_desc_get_size(&e->sp);
+	} else
+		e->p = NULL;
+	if (pd)
+		dnnl_primitive_desc_destroy(pd);
+	if (po)
+		dnnl_post_ops_destroy(po);
+	if (at)
+		dnnl_primitive_attr_destroy(at);
+	return e->p ? e : NULL;
+}
+
+/* ---- products with cached bf16 operands ----------------------------------------------- */
+
+typedef struct hjob {
+	int M, N, K, ta, tb, lda, ldb, ldc, mi, nj;
+	const uint16_t *A, *B;
+	float *C;
+	hprim pr[2][2]; /* [edge row block][edge column block] */
+	/* conversions: up to two [rows, cols] (row stride ld) matrices into dense bf16, in items of crow rows */
+	struct hcv {
+		const float *src;
+		uint16_t *dst;
+		int rows, cols, ld, crow, items, ent; /* ent: the cache entry it fills, or -1 */
+	} cv[2];
+	int ncv;
+} hjob;
+
+static void hcvt_unit(void *ctx, int u, int t)
+{
+	const hjob *g = ctx;
+	int k = 0;
+	while (k + 1 < g->ncv && u >= g->cv[k].items)
+		u -= g->cv[k++].items;
+	int r0 = u * g->cv[k].crow, r1 = r0 + g->cv[k].crow, cols = g->cv[k].cols, ld = g->cv[k].ld;
+	if (r1 > g->cv[k].rows)
+		r1 = g->cv[k].rows;
+	if (ld == cols)
+		trail_bf16_cvt(g->cv[k].dst + (size_t)r0 * cols, g->cv[k].src + (size_t)r0 * ld, (size_t)(r1 - r0) * cols);
+	else
+		for (int r = r0; r < r1; r++)
+			trail_bf16_cvt(g->cv[k].dst + (size_t)r * cols, g->cv[k].src + (size_t)r * ld, (size_t)cols);
+}
+
+static void hblk_unit(void *ctx, int u, int t)
+{
+	const hjob *g = ctx;
+	int bi = u / g->nj, bj = u % g->nj, i0 = bi * MB, j0 = bj * NB;
+	int mb = g->M - i0 < MB ? g->M - i0 : MB, nb = g->N - j0 < NB ? g->N - j0 : NB;
+	const hprim *p = &g->pr[mb < MB][nb < NB];
+	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
+	omp_set_num_threads(1);
+	if (p->spn > G.spn[t]) {
+		void *q = trail_malloc(p->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = p->spn;
+		}
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	const uint16_t *a = g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda;
+	const uint16_t *b = g->tb ? g->B + (size_t)j0 * g->ldb : g->B + j0;
+	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, (void *)a) &&
+	    !dnnl_memory_create(&mbm, &p->b, dn.eng, (void *)b) &&
+	    !dnnl_memory_create(&mc, &p->c, dn.eng, g->C + (size_t)i0 * g->ldc + j0) && p->spn <= G.spn[t] &&
+	    !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		dnnl_primitive_execute(p->p, G.st[t], 4, args);
+		dnnl_stream_wait(G.st[t]);
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+}
+
+/* The bf16 operand for X [rows, cols] (row stride ld): its cached copy, or a conversion queued into g. */
+static const uint16_t *hoperand(hjob *g, const float *X, int rows, int cols, int ld, int keep, uint16_t **tmp,
+				size_t *ntmp)
+{
+	uint16_t *dst;
+	int ent = -1;
+	if (keep) {
+		bfop *e = bf_entry(X, rows, cols, ld);
+		if (!e)
+			return NULL;
+		if (e->made == BC.pass)
+			return e->h;
+		dst = e->h;
+		ent = (int)(e - BC.e);
+	} else {
+		if (grow(tmp, ntmp, (size_t)rows * cols))
+			return NULL;
+		dst = *tmp;
+	}
+	int crow = 16384 / (cols > 0 ? cols : 1);
+	crow = crow < 1 ? 1 : crow;
+	g->cv[g->ncv++] = (struct hcv){.src = X, .dst = dst, .rows = rows, .cols = cols, .ld = ld, .crow = crow,
+					       .items = (rows + crow - 1) / crow, .ent = ent};
+	return dst;
+}
+
+/* The bf16 product of trail_gemm_x; 0 when done, -1 when it cannot be (then nothing was written to C). */
+static int hgemm(int flags, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+		 int ldb, float beta, float *C, int ldc)
+{
+	if (!dn.ready || K <= 0)
+		return -1;
+	hjob g = {.M = M, .N = N, .K = K, .ta = ta, .tb = tb, .ldc = ldc, .mi = (M + MB - 1) / MB, .nj = (N + NB - 1) / NB,
+		  .C = C};
+	/* stored A: [K,M] when ta, else [M,K]; stored B: [N,K] when tb, else [K,N]; the copies are dense */
+	int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+	g.A = hoperand(&g, A, ar, ac, lda, flags & TRAIL_G_KEEP_A, &G.a, &G.na);
+	g.B = g.A ? hoperand(&g, B, br, bc, ldb, flags & TRAIL_G_KEEP_B, &G.b, &G.nb) : NULL;
+	if (!g.A || !g.B)
+		return -1;
+	g.lda = ac, g.ldb = bc;
+	for (int e = 0; e < 4; e++) {
+		int em = e >> 1, en = e & 1, mb = em ? M % MB : MB, nb = en ? N % NB : NB;
+		if (mb == 0 || nb == 0 || (!em && M < MB) || (!en && N < NB))
+			continue;
+		const hprim *p = hprim_get(mb, nb, K, ta, tb, g.lda, g.ldb, ldc, alpha, beta);
+		if (!p)
+			return -1;
+		g.pr[em][en] = *p;
+	}
+	omp_set_num_threads(1);
+	if (g.ncv)
+		trail_pool_run(G.pool, g.cv[0].items + (g.ncv > 1 ? g.cv[1].items : 0), hcvt_unit, &g);
+	for (int k = 0; k < g.ncv; k++)
+		if (g.cv[k].ent >= 0)
+			BC.e[g.cv[k].ent].made = BC.pass;
+	trail_pool_run(G.pool, g.mi * g.nj, hblk_unit, &g);
+	return 0;
+}
+
+void trail_gemm_x(int flags, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+		  int ldb, float beta, float *C, int ldc)
 {
 	if (M <= 0 || N <= 0)
 		return;
 	if (!G.pool) /* nothing set: one thread, float32 */
 		trail_compute_set(1, TRAIL_PREC_FP32, NULL);
+	if ((flags & TRAIL_G_BF16) && G.prec == TRAIL_PREC_BF16 &&
+	    !hgemm(flags, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+		return;
 	job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc, .mi = (M + MB - 1) / MB,
 		 .nj = (N + NB - 1) / NB, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
-	int units = g.mi * g.nj;
-	if (lowp && G.prec == TRAIL_PREC_BF16 && K > 0 && dn.ready &&
-	    !grow(&G.a, &G.na, (size_t)M * K) && !grow(&G.b, &G.nb, (size_t)N * K)) {
-		int ok = 1;
-		for (int e = 0; e < 4 && ok; e++) {
-			int em = e >> 1, en = e & 1, mb = em ? M % MB : MB, nb = en ? N % NB : NB;
-			if (mb == 0 || nb == 0 || (!em && M < MB) || (!en && N < NB))
-				continue;
-			const prim *p = prim_get(mb, nb, K, tb);
-			static _Thread_local prim keep[2][2];
-			if (!p || !G.tmp[G.threads - 1])
-				ok = 0;
-			else
-				keep[em][en] = *p, g.pr[em][en] = &keep[em][en];
-		}
-		if (ok) {
-			g.a = G.a, g.b = G.b, g.tmp = G.tmp;
-			omp_set_num_threads(1);
-			trail_pool_run(G.pool, g.mi + g.nj, cvt_unit, &g);
-			trail_pool_run(G.pool, units, bf16_unit, &g);
-			return;
+	trail_pool_run(G.pool, g.mi * g.nj, f32_unit, &g);
+}
+
+/* ---- batched bf16 products, one thread each ------------------------------------------- */
+
+/*
+ * C[g] = alpha op(A[g]) op(B[g]) + beta C[g] for g < G: A, B dense bf16
+ * ([G,M,K], or [G,K,M] when ta; [G,K,N], or [G,N,K] when tb), C float with
+ * strides (cs0, cs1, 1). Each entry is allocated on its own and kept, so
+ * the pointer stays good while other shapes are added.
+ */
+struct trail_bmm {
+	int G, M, N, K, ta, tb, cs0, cs1;
+	float alpha, beta;
+	dnnl_memory_desc_t a, b, c, sp;
+	size_t spn;
+	dnnl_primitive_t p;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	trail_bmm **tab;
+	int n, cap;
+} BM = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static trail_bmm *bmm_make(int Gn, int M, int N, int K, int ta, int tb, float alpha, float beta, int cs0, int cs1)
+{
+	trail_bmm *e = trail_calloc(1, sizeof *e);
+	if (!e)
+		return NULL;
+	*e = (trail_bmm){.G = Gn, .M = M, .N = N, .K = K, .ta = ta, .tb = tb, .cs0 = cs0, .cs1 = cs1, .alpha = alpha,
+			 .beta = beta};
+	dnnl_dims_t da = {Gn, M, K}, db = {Gn, K, N}, dc = {Gn, M, N};
+	dnnl_dims_t sa = {(dnnl_dim_t)M * K, ta ? 1 : K, ta ? M : 1}, sb = {(dnnl_dim_t)K * N, tb ? 1 : N, tb ? K : 1};
+	dnnl_dims_t sc = {cs0, cs1, 1};
+	dnnl_matmul_desc_t md;
+	dnnl_primitive_desc_t pd = NULL;
+	dnnl_primitive_attr_t at = NULL;
+	dnnl_post_ops_t po = NULL;
+	int bad = dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) ||
+		  (alpha != 1 && dnnl_primitive_attr_set_output_scales(at, 1, 0, &alpha));
+	if (!bad && beta != 0)
+		bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, beta) ||
+		      dnnl_primitive_attr_set_post_ops(at, po);
+	bad = bad || dnnl_memory_desc_init_by_strides(&e->a, 3, da, dnnl_bf16, sa) ||
+	      dnnl_memory_desc_init_by_strides(&e->b, 3, db, dnnl_bf16, sb) ||
+	      dnnl_memory_desc_init_by_strides(&e->c, 3, dc, dnnl_f32, sc) ||
+	      dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) || dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) ||
+	      dnnl_primitive_create(&e->p, pd);
+	if (!bad) {
+		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		e->spn = dnnl_memory_desc_get_size(&e->sp);
+	} else
+		e->p = NULL;
+	if (pd)
+		dnnl_primitive_desc_destroy(pd);
+	if (po)
+		dnnl_post_ops_destroy(po);
+	if (at)
+		dnnl_primitive_attr_destroy(at);
+	return e;
+}
+
+const trail_bmm *trail_bmm_get(int Gn, int M, int N, int K, int ta, int tb, float alpha, float beta, int cs0, int cs1)
+{
+	if (G.prec != TRAIL_PREC_BF16 || !dn.ready || Gn < 1 || M < 1 || N < 1 || K < 1)
+		return NULL;
+	trail_bmm *r = NULL;
+	pthread_mutex_lock(&BM.mu);
+	for (int i = 0; i < BM.n && !r; i++) {
+		trail_bmm *e = BM.tab[i];
+		if (e->G == Gn && e->M == M && e->N == N && e->K == K && e->ta == ta && e->tb == tb && e->cs0 == cs0 &&
+		    e->cs1 == cs1 && e->alpha == alpha && e->beta == beta)
+			r = e;
+	}
+	if (!r && BM.n == BM.cap) {
+		int cap = BM.cap ? 2 * BM.cap : 32;
+		trail_bmm **t = trail_realloc(BM.tab, (size_t)cap * sizeof *t);
+		if (t)
+			BM.tab = t, BM.cap = cap;
+	}
+	if (!r && BM.n < BM.cap) {
+		omp_set_num_threads(1);
+		if ((r = bmm_make(Gn, M, N, K, ta, tb, alpha, beta, cs0, cs1)))
+			BM.tab[BM.n++] = r;
+	}
+	pthread_mutex_unlock(&BM.mu);
+	return r && r->p ? r : NULL;
+}
+
+int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, float *C, int t)
+{
+	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
+	int rc = -1;
+	omp_set_num_threads(1);
+	if (p->spn > G.spn[t]) {
+		void *q = trail_malloc(p->spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = p->spn;
 		}
 	}
-	trail_pool_run(G.pool, units, f32_unit, &g);
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, (void *)A) &&
+	    !dnnl_memory_create(&mbm, &p->b, dn.eng, (void *)B) && !dnnl_memory_create(&mc, &p->c, dn.eng, C) &&
+	    p->spn <= G.spn[t] && !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		if (dnnl_primitive_execute(p->p, G.st[t], 4, args) == dnnl_success &&
+		    dnnl_stream_wait(G.st[t]) == dnnl_success)
+			rc = 0;
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	return rc;
+}
+
+void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+		int ldb, float beta, float *C, int ldc)
+{
+	trail_gemm_x(lowp ? TRAIL_G_BF16 : 0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* ---- serving: bf16 products of weights converted once ----------------------------- */
 
 void trail_bf16_convert(uint16_t *dst, const float *src, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		dst[i] = to_bf16(src[i]);
+	trail_bf16_cvt(dst, src, n); /* one rounding rule for training and serving */
 }
 
 void trail_bf16_convert_t(uint16_t *dst, const float *W, int K, int N)

@@ -291,19 +291,65 @@ static int acts(trail_model *m, int B, int T, trail_error *err)
 
 /* ---- forward and backward ------------------------------------------------------------ */
 
+/* x0 [N,C] = wte[tok] + wpe[t], by rows; the backward's dwte, dwpe by columns, the rows in order */
+typedef struct embj {
+	trail_model *m;
+	float *x;
+	const float *d;
+	int per;
+} embj;
+
+static void emb_fwd_item(void *ctx, int it, int t)
+{
+	const embj *j = ctx;
+	trail_model *m = j->m;
+	gpt2 *g = G(m);
+	int C = m->c.n_embd, T = m->T, N = m->B * m->T, i1 = (it + 1) * j->per < N ? (it + 1) * j->per : N;
+	for (int i = it * j->per; i < i1; i++) {
+		const float *e = g->wte + (size_t)m->tok[i] * C, *pe = g->wpe + (size_t)(i % T) * C;
+		float *x = g->x0 + (size_t)i * C;
+		for (int c = 0; c < C; c++)
+			x[c] = e[c] + pe[c];
+	}
+}
+
+enum { EMB_COLS = 64 };
+
+static void emb_bwd_item(void *ctx, int it, int t)
+{
+	const embj *j = ctx;
+	trail_model *m = j->m;
+	gpt2 *g = G(m);
+	int C = m->c.n_embd, T = m->T, N = m->B * m->T, c0 = it * EMB_COLS, c1 = c0 + EMB_COLS < C ? c0 + EMB_COLS : C;
+	for (int i = 0; i < N; i++) {
+		float *dw = g->dwte + (size_t)m->tok[i] * C, *dp = g->dwpe + (size_t)(i % T) * C;
+		const float *d = j->d + (size_t)i * C;
+		for (int c = c0; c < c1; c++) {
+			dw[c] += d[c];
+			dp[c] += d[c];
+		}
+	}
+}
+
+/* The tied head's products: bf16 when the precision says so, lnf and wte kept for the backward. */
+static void head_gemm(int naive, int keep, int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+		      int ldb, float beta, float *C, int ldc)
+{
+	if (naive)
+		trail_k_sgemm(1, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+	else
+		trail_gemm_x(TRAIL_G_BF16 | keep, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
 static void forward(trail_model *m)
 {
 	gpt2 *g = G(m);
 	int C = m->c.n_embd, V = m->c.vocab_size, NH = m->c.n_head, r = m->lp ? m->lc.r : 0;
 	int B = m->B, T = m->T, N = B * T;
 	float s = (float)m->scale;
-	/* x0 [N,C] = wte[tok] + wpe[t] */
-	for (int i = 0; i < N; i++) {
-		const float *e = g->wte + (size_t)m->tok[i] * C, *pe = g->wpe + (size_t)(i % T) * C;
-		float *x = g->x0 + (size_t)i * C;
-		for (int c = 0; c < C; c++)
-			x[c] = e[c] + pe[c];
-	}
+	trail_bf16_pass(); /* the weights may have moved since the last forward */
+	embj ej = {.m = m, .per = 16384 / C > 0 ? 16384 / C : 1};
+	trail_pool_run(trail_compute_pool(), (N + ej.per - 1) / ej.per, emb_fwd_item, &ej);
 	const float *x = g->x0;
 	float *tmp = m->scratch;
 	size_t NC = (size_t)N * C;
@@ -314,20 +360,18 @@ static void forward(trail_model *m)
 		trail_k_linear_fwd(m->naive, &y->attn, r, s, y->qkv, y->ln1, N);
 		trail_k_attention_fwd(m->naive, y->atty, y->att, y->qkv, B, T, C, NH);
 		trail_k_linear_fwd(m->naive, &y->aproj, r, s, tmp, y->atty, N);
-		for (size_t i = 0; i < NC; i++)
-			y->res1[i] = x[i] + tmp[i];
+		trail_k_add(y->res1, x, tmp, NC);
 		/* res2 = res1 + mlp.c_proj(gelu(c_fc(ln_2(res1)))) */
 		trail_k_layernorm_fwd(y->ln2, y->ln2m, y->ln2r, y->res1, y->ln2w, y->ln2b, N, C);
 		trail_k_linear_fwd(m->naive, &y->fc, r, s, y->fch, y->ln2, N);
 		trail_k_gelu_fwd(y->fchg, y->fch, (size_t)N * 4 * C);
 		trail_k_linear_fwd(m->naive, &y->mproj, r, s, tmp, y->fchg, N);
-		for (size_t i = 0; i < NC; i++)
-			y->res2[i] = y->res1[i] + tmp[i];
+		trail_k_add(y->res2, y->res1, tmp, NC);
 		x = y->res2;
 	}
 	trail_k_layernorm_fwd(g->lnf, g->lnfm, g->lnfr, x, g->lnfw, g->lnfb, N, C);
 	/* logits [N,V] = lnf [N,C] wte^T (the tied head) */
-	trail_k_sgemm(m->naive, 0, 1, N, V, C, 1.0f, g->lnf, C, g->wte, C, 0.0f, m->logits, V);
+	head_gemm(m->naive, TRAIL_G_KEEP_A | TRAIL_G_KEEP_B, 0, 1, N, V, C, g->lnf, C, g->wte, C, 0.0f, m->logits, V);
 }
 
 static void backward(trail_model *m)
@@ -337,14 +381,16 @@ static void backward(trail_model *m)
 	int r = m->lp ? m->lc.r : 0, nv = m->naive;
 	float s = (float)m->scale;
 	size_t NC = (size_t)N * C;
+	enum { KA = TRAIL_G_KEEP_A, KB = TRAIL_G_KEEP_B };
 	/* scratch: dres [N,C] | dln [N,C] | dbig [N,4C] | dqkv [N,3C] | LoRA [N,r] | attention [2T^2] */
 	float *dres = m->scratch, *dln = dres + NC, *dbig = dln + NC, *dqkv = dbig + 4 * NC;
 	float *dlora = dqkv + 3 * NC, *datt = dlora + (size_t)N * r;
 	/* head: dwte [V,C] += dlogits^T lnf;  dlnf [N,C] = dlogits wte */
 	if (g->dwte)
-		trail_k_sgemm(nv, 1, 0, V, C, N, 1.0f, m->dlogits, V, g->lnf, C, 1.0f, g->dwte, C);
-	trail_k_sgemm(nv, 0, 0, N, C, V, 1.0f, m->dlogits, V, g->wte, C, 0.0f, dln, C);
-	memset(dres, 0, NC * sizeof *dres);
+		head_gemm(nv, KA | KB, 1, 0, V, C, N, m->dlogits, V, g->lnf, C, 1.0f, g->dwte, C);
+	head_gemm(nv, KA | KB, 0, 0, N, C, V, m->dlogits, V, g->wte, C, 0.0f, dln, C);
+	trail_bf16_drop(m->dlogits);
+	trail_k_zero(dres, NC);
 	const float *xlast = m->c.n_layer ? g->L[m->c.n_layer - 1].res2 : g->x0;
 	trail_k_layernorm_bwd(dres, g->dlnfw, g->dlnfb, dln, xlast, g->lnfw, g->lnfm, g->lnfr, N, C);
 	/* dres carries the gradient of the residual stream down the layers */
@@ -352,33 +398,28 @@ static void backward(trail_model *m)
 		trail_layer *y = &g->L[l];
 		const float *xin = l ? g->L[l - 1].res2 : g->x0;
 		int first = l == 0 && !g->dwte; /* nothing below needs dx: embeddings frozen */
-		memset(dbig, 0, 4 * NC * sizeof *dbig);
+		trail_k_zero(dbig, 4 * NC);
 		trail_k_linear_bwd(nv, &y->mproj, r, s, dbig, dres, N, dlora);
 		trail_k_gelu_bwd(dbig, y->fch, dbig, 4 * NC);
-		memset(dln, 0, NC * sizeof *dln);
+		trail_k_zero(dln, NC);
 		trail_k_linear_bwd(nv, &y->fc, r, s, dln, dbig, N, dlora);
 		trail_k_layernorm_bwd(dres, y->dln2w, y->dln2b, dln, y->res1, y->ln2w, y->ln2m, y->ln2r, N, C);
-		memset(dln, 0, NC * sizeof *dln); /* d atty */
+		trail_k_zero(dln, NC); /* d atty */
 		trail_k_linear_bwd(nv, &y->aproj, r, s, dln, dres, N, dlora);
-		memset(dqkv, 0, 3 * NC * sizeof *dqkv);
+		trail_k_zero(dqkv, 3 * NC);
 		trail_k_attention_bwd(nv, dqkv, dln, y->att, y->qkv, B, T, C, NH, datt);
 		if (first && !y->dln1w) { /* LoRA on the first layer: only its own gradients remain */
 			trail_k_linear_bwd(nv, &y->attn, r, s, NULL, dqkv, N, dlora);
 			break;
 		}
-		memset(dln, 0, NC * sizeof *dln);
+		trail_k_zero(dln, NC);
 		trail_k_linear_bwd(nv, &y->attn, r, s, dln, dqkv, N, dlora);
 		trail_k_layernorm_bwd(dres, y->dln1w, y->dln1b, dln, xin, y->ln1w, y->ln1m, y->ln1r, N, C);
 	}
-	if (g->dwte)
-		for (int i = 0; i < N; i++) {
-			float *dw = g->dwte + (size_t)m->tok[i] * C, *dp = g->dwpe + (size_t)(i % T) * C;
-			const float *d = dres + (size_t)i * C;
-			for (int c = 0; c < C; c++) {
-				dw[c] += d[c];
-				dp[c] += d[c];
-			}
-		}
+	if (g->dwte) {
+		embj ej = {.m = m, .d = dres};
+		trail_pool_run(trail_compute_pool(), (C + EMB_COLS - 1) / EMB_COLS, emb_bwd_item, &ej);
+	}
 }
 
 static const char *const kinds[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};

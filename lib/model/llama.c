@@ -465,36 +465,98 @@ static int acts(trail_model *m, int B, int T, trail_error *err)
 
 /* ---- forward and backward ------------------------------------------------------------ */
 
+/* pack, unpack and the embeddings by rows on the pool (each row whole in one item); demb by columns */
+typedef struct rowj {
+	trail_model *m;
+	float *a;
+	float *b, *c;
+	const float *d;
+	int N, nh, nkv, hd, per;
+} rowj;
+
 /* qkv [N,3D] = q | k | v with key/value head j repeated for query heads j*rep .. j*rep+rep-1. */
-static void pack(float *qkv, const float *q, const float *k, const float *v, int N, int nh, int nkv, int hd)
+static void pack_item(void *ctx, int it, int t)
 {
-	int D = nh * hd, Dkv = nkv * hd, rep = nh / nkv;
-	for (int n = 0; n < N; n++) {
-		float *o = qkv + (size_t)n * 3 * D;
+	const rowj *j = ctx;
+	int D = j->nh * j->hd, Dkv = j->nkv * j->hd, rep = j->nh / j->nkv, hd = j->hd;
+	int n1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int n = it * j->per; n < n1; n++) {
+		float *o = j->a + (size_t)n * 3 * D;
+		const float *q = j->b, *k = j->c, *v = j->d;
 		memcpy(o, q + (size_t)n * D, (size_t)D * sizeof *o);
-		for (int h = 0; h < nh; h++) {
+		for (int h = 0; h < j->nh; h++) {
 			memcpy(o + D + h * hd, k + (size_t)n * Dkv + (h / rep) * hd, (size_t)hd * sizeof *o);
 			memcpy(o + 2 * D + h * hd, v + (size_t)n * Dkv + (h / rep) * hd, (size_t)hd * sizeof *o);
 		}
 	}
 }
 
-/* The backward of pack: dq = the q part; dk, dv summed over each group, in head order. */
-static void unpack(float *dq, float *dk, float *dv, const float *dqkv, int N, int nh, int nkv, int hd)
+static void pack(trail_model *m, float *qkv, const float *q, const float *k, const float *v, int N, int nh, int nkv,
+		 int hd)
 {
-	int D = nh * hd, Dkv = nkv * hd, rep = nh / nkv;
-	for (int n = 0; n < N; n++) {
-		const float *s = dqkv + (size_t)n * 3 * D;
-		memcpy(dq + (size_t)n * D, s, (size_t)D * sizeof *dq);
-		float *k = dk + (size_t)n * Dkv, *v = dv + (size_t)n * Dkv;
+	rowj j = {.m = m, .a = qkv, .b = (float *)q, .c = (float *)k, .d = v, .N = N, .nh = nh, .nkv = nkv, .hd = hd,
+		  .per = 16};
+	trail_pool_run(trail_compute_pool(), (N + j.per - 1) / j.per, pack_item, &j);
+}
+
+/* The backward of pack: dq = the q part; dk, dv summed over each group, in head order. */
+static void unpack_item(void *ctx, int it, int t)
+{
+	const rowj *j = ctx;
+	int D = j->nh * j->hd, Dkv = j->nkv * j->hd, rep = j->nh / j->nkv, hd = j->hd;
+	int n1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int n = it * j->per; n < n1; n++) {
+		const float *s = j->d + (size_t)n * 3 * D;
+		memcpy(j->a + (size_t)n * D, s, (size_t)D * sizeof *j->a);
+		float *k = j->b + (size_t)n * Dkv, *v = j->c + (size_t)n * Dkv;
 		memset(k, 0, (size_t)Dkv * sizeof *k);
 		memset(v, 0, (size_t)Dkv * sizeof *v);
-		for (int h = 0; h < nh; h++)
+		for (int h = 0; h < j->nh; h++)
 			for (int i = 0; i < hd; i++) {
 				k[(h / rep) * hd + i] += s[D + h * hd + i];
 				v[(h / rep) * hd + i] += s[2 * D + h * hd + i];
 			}
 	}
+}
+
+static void unpack(trail_model *m, float *dq, float *dk, float *dv, const float *dqkv, int N, int nh, int nkv, int hd)
+{
+	rowj j = {.m = m, .a = dq, .b = dk, .c = dv, .d = dqkv, .N = N, .nh = nh, .nkv = nkv, .hd = hd, .per = 16};
+	trail_pool_run(trail_compute_pool(), (N + j.per - 1) / j.per, unpack_item, &j);
+}
+
+static void emb_fwd_item(void *ctx, int it, int t)
+{
+	const rowj *j = ctx;
+	trail_model *m = j->m;
+	int C = m->c.n_embd, n1 = (it + 1) * j->per < j->N ? (it + 1) * j->per : j->N;
+	for (int i = it * j->per; i < n1; i++)
+		memcpy(j->a + (size_t)i * C, LL(m)->emb + (size_t)m->tok[i] * C, (size_t)C * sizeof(float));
+}
+
+enum { EMB_COLS = 64 };
+
+static void emb_bwd_item(void *ctx, int it, int t)
+{
+	const rowj *j = ctx;
+	trail_model *m = j->m;
+	int C = m->c.n_embd, c0 = it * EMB_COLS, c1 = c0 + EMB_COLS < C ? c0 + EMB_COLS : C;
+	for (int i = 0; i < j->N; i++) {
+		float *dw = LL(m)->demb + (size_t)m->tok[i] * C;
+		const float *d = j->d + (size_t)i * C;
+		for (int k = c0; k < c1; k++)
+			dw[k] += d[k];
+	}
+}
+
+/* The head's products: bf16 when the precision says so, hn and the head kept for the backward. */
+static void head_gemm(int naive, int keep, int ta, int tb, int rows, int cols, int inner, const float *A, int lda,
+		      const float *B, int ldb, float beta, float *out, int ldo)
+{
+	if (naive)
+		trail_k_sgemm(1, ta, tb, rows, cols, inner, 1.0f, A, lda, B, ldb, beta, out, ldo);
+	else
+		trail_gemm_x(TRAIL_G_BF16 | keep, ta, tb, rows, cols, inner, 1.0f, A, lda, B, ldb, beta, out, ldo);
 }
 
 static void forward(trail_model *m)
@@ -506,8 +568,9 @@ static void forward(trail_model *m)
 	int B = m->B, T = m->T, N = B * T;
 	float s = (float)m->scale, eps = (float)c->norm_eps;
 	size_t NC = (size_t)N * C;
-	for (int i = 0; i < N; i++)
-		memcpy(g->x0 + (size_t)i * C, g->emb + (size_t)m->tok[i] * C, (size_t)C * sizeof(float));
+	trail_bf16_pass(); /* the weights may have moved since the last forward */
+	rowj ej = {.m = m, .a = g->x0, .N = N, .per = 16};
+	trail_pool_run(trail_compute_pool(), (N + ej.per - 1) / ej.per, emb_fwd_item, &ej);
 	const float *x = g->x0;
 	float *tmp = m->scratch; /* free until backward */
 	for (int l = 0; l < c->n_layer; l++) {
@@ -519,24 +582,23 @@ static void forward(trail_model *m)
 		trail_k_linear_fwd(nv, &y->lin[V], r, s, y->v, y->h1, N);
 		trail_k_rope(y->q, N, T, nh, hd, D, g->cs, g->sn, 0);
 		trail_k_rope(y->k, N, T, nkv, hd, Dkv, g->cs, g->sn, 0);
-		pack(y->qkv, y->q, y->k, y->v, N, nh, nkv, hd);
+		pack(m, y->qkv, y->q, y->k, y->v, N, nh, nkv, hd);
 		trail_k_attention_fwd(nv, y->atty, y->att, y->qkv, B, T, D, nh);
 		trail_k_linear_fwd(nv, &y->lin[O], r, s, tmp, y->atty, N);
-		for (size_t i = 0; i < NC; i++)
-			y->res1[i] = x[i] + tmp[i];
+		trail_k_add(y->res1, x, tmp, NC);
 		/* res2 = res1 + down(silu(gate(h2)) up(h2)), h2 = rmsnorm(res1) */
 		trail_k_rmsnorm_fwd(y->h2, y->r2, y->res1, y->ln2w, N, C, eps);
 		trail_k_linear_fwd(nv, &y->lin[GATE], r, s, y->g, y->h2, N);
 		trail_k_linear_fwd(nv, &y->lin[UP], r, s, y->u, y->h2, N);
 		trail_k_swiglu_fwd(y->a, y->g, y->u, (size_t)N * F);
 		trail_k_linear_fwd(nv, &y->lin[DOWN], r, s, tmp, y->a, N);
-		for (size_t i = 0; i < NC; i++)
-			y->res2[i] = y->res1[i] + tmp[i];
+		trail_k_add(y->res2, y->res1, tmp, NC);
 		x = y->res2;
 	}
 	trail_k_rmsnorm_fwd(g->hn, g->hnr, x, g->norm, N, C, eps);
 	/* logits [N,V] = hn [N,C] head^T (head [V,C]: lm_head, or the embeddings) */
-	trail_k_sgemm(nv, 0, 1, N, Vv, C, 1.0f, g->hn, C, g->head ? g->head : g->emb, C, 0.0f, m->logits, Vv);
+	head_gemm(nv, TRAIL_G_KEEP_A | TRAIL_G_KEEP_B, 0, 1, N, Vv, C, g->hn, C, g->head ? g->head : g->emb, C, 0.0f,
+		  m->logits, Vv);
 }
 
 static void backward(trail_model *m)
@@ -551,43 +613,42 @@ static void backward(trail_model *m)
 	/* head: dhead (or demb) [V,C] += dlogits^T hn;  dhn [N,C] = dlogits head */
 	const float *head = g->head ? g->head : g->emb;
 	float *dhead = g->head ? g->dhead : g->demb;
+	enum { KA = TRAIL_G_KEEP_A, KB = TRAIL_G_KEEP_B };
 	if (dhead)
-		trail_k_sgemm(nv, 1, 0, Vv, C, N, 1.0f, m->dlogits, Vv, g->hn, C, 1.0f, dhead, C);
-	trail_k_sgemm(nv, 0, 0, N, C, Vv, 1.0f, m->dlogits, Vv, head, C, 0.0f, g->dln, C);
-	memset(g->dres, 0, NC * sizeof *g->dres);
+		head_gemm(nv, KA | KB, 1, 0, Vv, C, N, m->dlogits, Vv, g->hn, C, 1.0f, dhead, C);
+	head_gemm(nv, KA | KB, 0, 0, N, C, Vv, m->dlogits, Vv, head, C, 0.0f, g->dln, C);
+	trail_bf16_drop(m->dlogits);
+	trail_k_zero(g->dres, NC);
 	const float *xlast = c->n_layer ? g->L[c->n_layer - 1].res2 : g->x0;
 	trail_k_rmsnorm_bwd(g->dres, g->dnorm, g->dln, xlast, g->norm, g->hnr, N, C);
 	/* dres carries the gradient of the residual stream down the layers */
 	for (int l = c->n_layer - 1; l >= 0; l--) {
 		lay *y = &g->L[l];
 		const float *xin = l ? g->L[l - 1].res2 : g->x0;
-		memset(g->dF, 0, (size_t)N * F * sizeof *g->dF);
+		trail_k_zero(g->dF, (size_t)N * F);
 		trail_k_linear_bwd(nv, &y->lin[DOWN], r, s, g->dF, g->dres, N, g->dlora);
 		trail_k_swiglu_bwd(g->dg, g->du, y->g, y->u, g->dF, (size_t)N * F);
-		memset(g->dln, 0, NC * sizeof *g->dln);
+		trail_k_zero(g->dln, NC);
 		trail_k_linear_bwd(nv, &y->lin[GATE], r, s, g->dln, g->dg, N, g->dlora);
 		trail_k_linear_bwd(nv, &y->lin[UP], r, s, g->dln, g->du, N, g->dlora);
 		trail_k_rmsnorm_bwd(g->dres, y->dln2w, g->dln, y->res1, y->ln2w, y->r2, N, C);
-		memset(g->datty, 0, (size_t)N * D * sizeof *g->datty);
+		trail_k_zero(g->datty, (size_t)N * D);
 		trail_k_linear_bwd(nv, &y->lin[O], r, s, g->datty, g->dres, N, g->dlora);
-		memset(g->dqkv, 0, (size_t)N * 3 * D * sizeof *g->dqkv);
+		trail_k_zero(g->dqkv, (size_t)N * 3 * D);
 		trail_k_attention_bwd(nv, g->dqkv, g->datty, y->att, y->qkv, B, T, D, nh, g->datt);
-		unpack(g->dq, g->dk, g->dv, g->dqkv, N, nh, nkv, hd);
+		unpack(m, g->dq, g->dk, g->dv, g->dqkv, N, nh, nkv, hd);
 		trail_k_rope(g->dq, N, T, nh, hd, D, g->cs, g->sn, 1);
 		trail_k_rope(g->dk, N, T, nkv, hd, Dkv, g->cs, g->sn, 1);
-		memset(g->dln, 0, NC * sizeof *g->dln);
+		trail_k_zero(g->dln, NC);
 		trail_k_linear_bwd(nv, &y->lin[Q], r, s, g->dln, g->dq, N, g->dlora);
 		trail_k_linear_bwd(nv, &y->lin[K], r, s, g->dln, g->dk, N, g->dlora);
 		trail_k_linear_bwd(nv, &y->lin[V], r, s, g->dln, g->dv, N, g->dlora);
 		trail_k_rmsnorm_bwd(g->dres, y->dln1w, g->dln, xin, y->ln1w, y->r1, N, C);
 	}
-	if (g->demb)
-		for (int i = 0; i < N; i++) {
-			float *dw = g->demb + (size_t)m->tok[i] * C;
-			const float *d = g->dres + (size_t)i * C;
-			for (int k = 0; k < C; k++)
-				dw[k] += d[k];
-		}
+	if (g->demb) {
+		rowj ej = {.m = m, .d = g->dres, .N = N};
+		trail_pool_run(trail_compute_pool(), (C + EMB_COLS - 1) / EMB_COLS, emb_bwd_item, &ej);
+	}
 }
 
 extern const trail_arch trail_arch_llama, trail_arch_qwen2, trail_arch_mistral;

@@ -170,6 +170,35 @@ void trail_bf16_mm_free(trail_bf16_mm *h);
 size_t trail_bf16_mm_packed_bytes(const trail_bf16_mm *h);
 int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst);
 int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t);
+/*
+ * trail_gemm with flags: TRAIL_G_BF16 as lowp; TRAIL_G_KEEP_A (_B): A (B)
+ * stays as it is until the next trail_bf16_pass, so its bf16 copy is made
+ * once and used by every product of the pass that names the same matrix
+ * (the same pointer, shape and row stride). trail_bf16_pass starts a pass
+ * (each forward); trail_bf16_drop forgets the copy of one matrix, which
+ * may then change. trail_bf16_cvt: float32 to bf16, nearest even.
+ */
+enum { TRAIL_G_BF16 = 1, TRAIL_G_KEEP_A = 2, TRAIL_G_KEEP_B = 4 };
+void trail_gemm_x(int flags, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+		  const float *B, int ldb, float beta, float *C, int ldc);
+void trail_bf16_pass(void);
+void trail_bf16_drop(const float *src);
+void trail_bf16_cvt(uint16_t *dst, const float *src, size_t n);
+/*
+ * Batched bf16 products on the calling thread alone (inside a pool item):
+ * C[g] [M,N] (strides cs0, cs1, 1) = alpha op(A[g]) op(B[g]) + beta C[g],
+ * g < G, A and B dense bf16 ([G,M,K], or [G,K,M] when ta; [G,K,N], or
+ * [G,N,K] when tb). trail_bmm_get (not from inside an item) gives NULL
+ * when the precision is not bf16 or oneDNN cannot; trail_bmm_run returns
+ * -1 when it could not run.
+ */
+typedef struct trail_bmm trail_bmm;
+const trail_bmm *trail_bmm_get(int G, int M, int N, int K, int ta, int tb, float alpha, float beta, int cs0, int cs1);
+int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, float *C, int thread);
+
+/* x [n] = 0; y [n] = a + b (y may alias a or b): on the pool. */
+void trail_k_zero(float *x, size_t n);
+void trail_k_add(float *y, const float *a, const float *b, size_t n);
 
 /* out [N,C] = (x - mean) rstd w + b; mean, rstd [N] kept for backward. */
 void trail_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
@@ -182,7 +211,8 @@ void trail_k_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, c
 void trail_k_gelu_fwd(float *y, const float *x, size_t n);
 void trail_k_gelu_bwd(float *dx, const float *x, const float *dy, size_t n);
 
-/* y [N,out] = x W + b (+ scale (x A^T) B^T, u = x A^T [N,r] kept). */
+/* y [N,out] = x W + b (+ scale (x A^T) B^T, u = x A^T [N,r] kept). In bf16, x and W are taken to stay as
+ * they are until the next trail_bf16_pass (their bf16 copies serve the backward too). */
 void trail_k_linear_fwd(int naive, trail_lin *L, int r, float scale, float *y, const float *x, int N);
 /* dx [N,in] += dy W^T (+ LoRA); dW, db, dA, dB += .. when not NULL; scratch [N,r]. dx may be NULL. */
 void trail_k_linear_bwd(int naive, trail_lin *L, int r, float scale, float *dx, const float *dy, int N,

@@ -45,6 +45,29 @@ double trail_grad_norm(const float *g, size_t n)
 	return sqrt(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
 }
 
+/* The update in fixed items of parameters on the pool: each element's arithmetic is the one-thread loop's. */
+enum { ADAM_ITEM = 65536 };
+
+typedef struct adamj {
+	float *p, *m, *v;
+	const float *g;
+	size_t n;
+	float gsf, b1, b2, a, k2, eps, decay;
+} adamj;
+
+static void adam_item(void *ctx, int it, int t)
+{
+	const adamj *j = ctx;
+	size_t i0 = (size_t)it * ADAM_ITEM, i1 = i0 + ADAM_ITEM < j->n ? i0 + ADAM_ITEM : j->n;
+	float *p = j->p, *mm = j->m, *vv = j->v, b1 = j->b1, b2 = j->b2, a = j->a, k2 = j->k2, eps = j->eps;
+	for (size_t i = i0; i < i1; i++) {
+		float gi = j->g[i] * j->gsf;
+		mm[i] = b1 * mm[i] + (1 - b1) * gi;
+		vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
+		p[i] = p[i] * j->decay - a * mm[i] / (sqrtf(vv[i]) * k2 + eps);
+	}
+}
+
 double trail_adamw_step(trail_adamw *o, trail_model *m, double lr, double clip)
 {
 	size_t n;
@@ -61,13 +84,9 @@ double trail_adamw_step(trail_adamw *o, trail_model *m, double lr, double clip)
 	float b1 = (float)o->beta1, b2 = (float)o->beta2, gsf = (float)gs;
 	float a = (float)(lr / b1c), k2 = (float)(1 / sqrt(b2c)), eps = (float)o->eps;
 	float decay = (float)(1 - lr * o->weight_decay);
-	float *mm = o->m, *vv = o->v;
-	for (size_t i = 0; i < n; i++) {
-		float gi = g[i] * gsf;
-		mm[i] = b1 * mm[i] + (1 - b1) * gi;
-		vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
-		p[i] = p[i] * decay - a * mm[i] / (sqrtf(vv[i]) * k2 + eps);
-	}
+	adamj j = {.p = p, .g = g, .m = o->m, .v = o->v, .n = n, .gsf = gsf, .b1 = b1, .b2 = b2, .a = a, .k2 = k2,
+		   .eps = eps, .decay = decay};
+	trail_pool_run(trail_compute_pool(), (int)((n + ADAM_ITEM - 1) / ADAM_ITEM), adam_item, &j);
 	return norm;
 }
 
