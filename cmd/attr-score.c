@@ -43,7 +43,7 @@ static const trail_opt opts[] = {
 	{O_MERGE, "merge", 0, NULL, "read partials (the files), print the attribution records of the whole index", NULL},
 	{O_MERGEIDX, "merge-index", 0, NULL, "merge index shards (the files) into the index and its span index", NULL},
 	{O_THREADS, "threads", 0, "N", "threads for scoring (default: every CPU this process may use; records do not depend on it) and for --build-index (default 1)", NULL},
-	{O_PREC, "precision", 0, "fp32|bf16", "the gradients' products (default: bf16 where the CPU has bf16 dot products, else fp32), recorded in each record's params", NULL},
+	{O_PREC, "precision", 0, "fp32|bf16", "the gradients' products (default: for --build-index the model's training.json's, else bf16 where the CPU has bf16 dot products, else fp32), recorded in each record's params", NULL},
 	{0},
 };
 
@@ -247,6 +247,8 @@ int main(int argc, char **argv)
 		/* an index is built with BLAS splitting gradients: its bits follow the count, so 1 unless asked */
 		if (!threads)
 			threads = build || mergeidx ? 1 : trail_cpu_count();
+		if (prec < 0 && (build || mergeidx) && o.model)
+			prec = trail_attr_training_precision(o.adapter ? o.adapter : o.model);
 		rc = trail_compute_set((int)threads, prec < 0 ? trail_precision_default() : prec, &err);
 		if (rc)
 			;

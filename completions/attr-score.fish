@@ -28,7 +28,7 @@ complete -c attr-score -l partial -d 'score the events against the records of --
 complete -c attr-score -l merge -d 'read partials (the files), print the attribution records of the whole index'
 complete -c attr-score -l merge-index -d 'merge index shards (the files) into the index and its span index'
 complete -c attr-score -l threads -r -F -d 'threads for scoring (default: every CPU this process may use; records do not depend on it) and for --build-index (default 1)'
-complete -c attr-score -l precision -r -F -d 'the gradients\' products (default: bf16 where the CPU has bf16 dot products, else fp32), recorded in each record\'s params'
+complete -c attr-score -l precision -r -F -d 'the gradients\' products (default: for --build-index the model\'s training.json\'s, else bf16 where the CPU has bf16 dot products, else fp32), recorded in each record\'s params'
 complete -c attr-score -l help -s h -d 'print this help and exit'
 complete -c attr-score -l version -d 'print the version and exit'
 complete -c attr-score -l completion -x -a 'bash zsh fish' -d 'print a completion script (bash, zsh, fish)'

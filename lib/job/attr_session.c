@@ -504,6 +504,23 @@ static int training_seq(const char *dir, int *seq, int *split)
 	return TRAIL_OK;
 }
 
+int trail_attr_training_precision(const char *dir)
+{
+	char *p = trail_path(dir, "training.json");
+	void *buf = NULL;
+	size_t len;
+	json_t *j = NULL;
+	int prec = -1;
+	if (p && !trail_read_file(p, 1 << 30, &buf, &len, NULL) && !trail_json_parse(buf, len, p, &j, NULL)) {
+		const char *v = json_string_value(json_object_get(json_object_get(j, "hyperparameters"), "precision"));
+		if (v && trail_precision_parse(v, &prec, NULL))
+			prec = -1;
+	}
+	json_decref(j);
+	trail_free(buf), trail_free(p);
+	return prec;
+}
+
 /* The span index of dataset d, written to PATH.span beside the index at path. */
 static int write_span_index(const char *path, const trail_dataset *d, trail_model *m, trail_error *err)
 {

@@ -135,6 +135,12 @@ int trail_attr_range_resolve(const trail_attr_range *r, uint64_t N, size_t *lo, 
 int trail_attr_range_parse(const char *s, int shard, trail_attr_range *r, trail_error *err);
 
 /* trail_attr_build_index for the records of r only: a shard (o->index is required), no span index. */
+/*
+ * The precision training.json of a model or adapter directory records
+ * (TRAIL_PREC_*), or -1: what --build-index takes by default, so an index
+ * rebuilt for a trained model has the bytes training wrote.
+ */
+int trail_attr_training_precision(const char *dir);
 int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *p, int batch,
 			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
 			   const trail_attr_range *r, trail_error *err);
