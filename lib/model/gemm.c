@@ -518,6 +518,46 @@ trail_pool *trail_compute_pool(void)
  * their stored layouts (op: transposed when ta, tb), written by oneDNN
  * straight into C (alpha as the output scale, beta as a sum post-op).
  */
+/*
+ * A bf16 x bf16 -> f32 matmul primitive of nd dimensions with these strides,
+ * output scale alpha and sum post-op beta, user scratchpad (its descriptor
+ * and size in sp, spn); NULL when oneDNN cannot make it.
+ */
+static dnnl_primitive_t matmul_prim(int nd, const dnnl_dim_t *da, const dnnl_dim_t *db, const dnnl_dim_t *dc,
+				    const dnnl_dim_t *sa, const dnnl_dim_t *sb, const dnnl_dim_t *sc, float alpha,
+				    float beta, dnnl_memory_desc_t *a, dnnl_memory_desc_t *b, dnnl_memory_desc_t *c,
+				    dnnl_memory_desc_t *sp, size_t *spn)
+{
+	dnnl_primitive_t p = NULL;
+	dnnl_matmul_desc_t md;
+	dnnl_primitive_desc_t pd = NULL;
+	dnnl_primitive_attr_t at = NULL;
+	dnnl_post_ops_t po = NULL;
+	int bad = dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) ||
+		  (alpha != 1 && dnnl_primitive_attr_set_output_scales(at, 1, 0, &alpha));
+	if (!bad && beta != 0)
+		bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, beta) ||
+		      dnnl_primitive_attr_set_post_ops(at, po);
+	bad = bad || dnnl_memory_desc_init_by_strides(a, nd, da, dnnl_bf16, sa) ||
+	      dnnl_memory_desc_init_by_strides(b, nd, db, dnnl_bf16, sb) ||
+	      dnnl_memory_desc_init_by_strides(c, nd, dc, dnnl_f32, sc) ||
+	      dnnl_matmul_desc_init(&md, a, b, NULL, c) || dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) ||
+	      dnnl_primitive_create(&p, pd);
+	if (!bad) {
+		*sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+		*spn = dnnl_memory_desc_get_size(sp);
+	} else {
+		p = NULL;
+	}
+	if (pd)
+		dnnl_primitive_desc_destroy(pd);
+	if (po)
+		dnnl_post_ops_destroy(po);
+	if (at)
+		dnnl_primitive_attr_destroy(at);
+	return p;
+}
+
 typedef struct hprim {
 	int M, N, K, ta, tb, lda, ldb, ldc;
 	float alpha, beta;
@@ -552,31 +592,7 @@ static const hprim *hprim_get(int M, int N, int K, int ta, int tb, int lda, int 
 		     .beta = beta};
 	dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N};
 	dnnl_dims_t sa = {ta ? 1 : lda, ta ? lda : 1}, sb = {tb ? 1 : ldb, tb ? ldb : 1}, sc = {ldc, 1};
-	dnnl_matmul_desc_t md;
-	dnnl_primitive_desc_t pd = NULL;
-	dnnl_primitive_attr_t at = NULL;
-	dnnl_post_ops_t po = NULL;
-	int bad = dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) ||
-		  (alpha != 1 && dnnl_primitive_attr_set_output_scales(at, 1, 0, &alpha));
-	if (!bad && beta != 0)
-		bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, beta) ||
-		      dnnl_primitive_attr_set_post_ops(at, po);
-	bad = bad || dnnl_memory_desc_init_by_strides(&e->a, 2, da, dnnl_bf16, sa) ||
-	      dnnl_memory_desc_init_by_strides(&e->b, 2, db, dnnl_bf16, sb) ||
-	      dnnl_memory_desc_init_by_strides(&e->c, 2, dc, dnnl_f32, sc) ||
-	      dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) || dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) ||
-	      dnnl_primitive_create(&e->p, pd);
-	if (!bad) {
-		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-		e->spn = dnnl_memory_desc_get_size(&e->sp);
-	} else
-		e->p = NULL;
-	if (pd)
-		dnnl_primitive_desc_destroy(pd);
-	if (po)
-		dnnl_post_ops_destroy(po);
-	if (at)
-		dnnl_primitive_attr_destroy(at);
+	e->p = matmul_prim(2, da, db, dc, sa, sb, sc, alpha, beta, &e->a, &e->b, &e->c, &e->sp, &e->spn);
 	return e->p ? e : NULL;
 }
 
@@ -750,31 +766,7 @@ static trail_bmm *bmm_make(int Gn, int M, int N, int K, int ta, int tb, float al
 	dnnl_dims_t da = {Gn, M, K}, db = {Gn, K, N}, dc = {Gn, M, N};
 	dnnl_dims_t sa = {(dnnl_dim_t)M * K, ta ? 1 : K, ta ? M : 1}, sb = {(dnnl_dim_t)K * N, tb ? 1 : N, tb ? K : 1};
 	dnnl_dims_t sc = {cs0, cs1, 1};
-	dnnl_matmul_desc_t md;
-	dnnl_primitive_desc_t pd = NULL;
-	dnnl_primitive_attr_t at = NULL;
-	dnnl_post_ops_t po = NULL;
-	int bad = dnnl_primitive_attr_create(&at) || dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) ||
-		  (alpha != 1 && dnnl_primitive_attr_set_output_scales(at, 1, 0, &alpha));
-	if (!bad && beta != 0)
-		bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, beta) ||
-		      dnnl_primitive_attr_set_post_ops(at, po);
-	bad = bad || dnnl_memory_desc_init_by_strides(&e->a, 3, da, dnnl_bf16, sa) ||
-	      dnnl_memory_desc_init_by_strides(&e->b, 3, db, dnnl_bf16, sb) ||
-	      dnnl_memory_desc_init_by_strides(&e->c, 3, dc, dnnl_f32, sc) ||
-	      dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) || dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) ||
-	      dnnl_primitive_create(&e->p, pd);
-	if (!bad) {
-		e->sp = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-		e->spn = dnnl_memory_desc_get_size(&e->sp);
-	} else
-		e->p = NULL;
-	if (pd)
-		dnnl_primitive_desc_destroy(pd);
-	if (po)
-		dnnl_post_ops_destroy(po);
-	if (at)
-		dnnl_primitive_attr_destroy(at);
+	e->p = matmul_prim(3, da, db, dc, sa, sb, sc, alpha, beta, &e->a, &e->b, &e->c, &e->sp, &e->spn);
 	return e;
 }
 
