@@ -77,7 +77,8 @@ for shape in ("gpt2", "llama"):
               % (ratio, t["tokens_per_s"] / b["trail-fp32"]["tokens_per_s"], 100 * t["gflops"] / peak[2],
                  t["loss"], b["trail-fp32"]["loss"]))
 PY
-# real text: fp32 against bf16 after the same steps
+# real text: fp32 against bf16 after the same steps (TEXT_STEPS 0: skipped)
+[ "$tsteps" -gt 0 ] || exit 0
 cd "$tmp"
 for c in fortunes computers science literature wisdom; do sh "$top/examples/debian-text.sh" fortunes $c; done > all-text.ndjson
 awk 'NR % 10 == 0' all-text.ndjson > held.ndjson
