@@ -146,12 +146,12 @@ test-build: all $(TESTS) $(FUZZ_REPLAY) $(B)/tests/faultinject.so $(B)/tests/hos
 
 check: deps
 	@$(MAKE) --no-print-directory test-build
-	@echo "running the test suite (about 12 minutes on 2 cores; B=$(B) sh tests/run PATTERN runs a part)"
+	@echo "running the test suite (about 10 minutes on 2 cores; B=$(B) sh tests/run PATTERN runs a part)"
 	@B=$(B) sh tests/run
 
 check-full: deps-full
 	@$(MAKE) --no-print-directory test-build
-	@echo "running the full test suite (long tests included: well over 12 minutes on 2 cores)"
+	@echo "running the full test suite (long tests included: well over 10 minutes on 2 cores)"
 	@B=$(B) TRAIL_FULL=1 sh tests/run
 
 asan:
