@@ -628,35 +628,47 @@ static void hcvt_unit(void *ctx, int u, int t)
 			trail_bf16_cvt(g->cv[k].dst + (size_t)r * cols, g->cv[k].src + (size_t)r * ld, (size_t)cols);
 }
 
+/*
+ * Run matmul primitive p on pool thread t alone: src A, weights B, dst C
+ * (descriptors a, b, c), its scratchpad (sp, spn bytes) in the thread's own
+ * buffer, on the thread's own stream. 0 when done, -1 otherwise.
+ */
+static int run_on(int t, dnnl_primitive_t p, const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b,
+		  const dnnl_memory_desc_t *c, const dnnl_memory_desc_t *sp, size_t spn, const void *A, const void *B,
+		  float *C)
+{
+	dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+	int rc = -1;
+	omp_set_num_threads(1);
+	if (spn > G.spn[t]) {
+		void *q = trail_malloc(spn);
+		if (q) {
+			trail_free(G.sp[t]);
+			G.sp[t] = q, G.spn[t] = spn;
+		}
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (G.st[t] && !dnnl_memory_create(&ma, a, dn.eng, (void *)A) && !dnnl_memory_create(&mb, b, dn.eng, (void *)B) &&
+	    !dnnl_memory_create(&mc, c, dn.eng, C) && spn <= G.spn[t] && !dnnl_memory_create(&ms, sp, dn.eng, G.sp[t])) {
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
+					   {DNNL_ARG_SCRATCHPAD, ms}};
+		if (dnnl_primitive_execute(p, G.st[t], 4, args) == dnnl_success && dnnl_stream_wait(G.st[t]) == dnnl_success)
+			rc = 0;
+	}
+	dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	return rc;
+}
+
 static void hblk_unit(void *ctx, int u, int t)
 {
 	const hjob *g = ctx;
 	int bi = u / g->nj, bj = u % g->nj, i0 = bi * MB, j0 = bj * NB;
 	int mb = g->M - i0 < MB ? g->M - i0 : MB, nb = g->N - j0 < NB ? g->N - j0 : NB;
 	const hprim *p = &g->pr[mb < MB][nb < NB];
-	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
-	omp_set_num_threads(1);
-	if (p->spn > G.spn[t]) {
-		void *q = trail_malloc(p->spn);
-		if (q) {
-			trail_free(G.sp[t]);
-			G.sp[t] = q, G.spn[t] = p->spn;
-		}
-	}
-	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
-		G.st[t] = NULL;
 	const uint16_t *a = g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda;
 	const uint16_t *b = g->tb ? g->B + (size_t)j0 * g->ldb : g->B + j0;
-	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, (void *)a) &&
-	    !dnnl_memory_create(&mbm, &p->b, dn.eng, (void *)b) &&
-	    !dnnl_memory_create(&mc, &p->c, dn.eng, g->C + (size_t)i0 * g->ldc + j0) && p->spn <= G.spn[t] &&
-	    !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
-		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
-					   {DNNL_ARG_SCRATCHPAD, ms}};
-		dnnl_primitive_execute(p->p, G.st[t], 4, args);
-		dnnl_stream_wait(G.st[t]);
-	}
-	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+	run_on(t, p->p, &p->a, &p->b, &p->c, &p->sp, p->spn, a, b, g->C + (size_t)i0 * g->ldc + j0);
 }
 
 /* The bf16 operand for X [rows, cols] (row stride ld): its cached copy, or a conversion queued into g. */
@@ -799,29 +811,7 @@ const trail_bmm *trail_bmm_get(int Gn, int M, int N, int K, int ta, int tb, floa
 
 int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, float *C, int t)
 {
-	dnnl_memory_t ma = NULL, mbm = NULL, mc = NULL, ms = NULL;
-	int rc = -1;
-	omp_set_num_threads(1);
-	if (p->spn > G.spn[t]) {
-		void *q = trail_malloc(p->spn);
-		if (q) {
-			trail_free(G.sp[t]);
-			G.sp[t] = q, G.spn[t] = p->spn;
-		}
-	}
-	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
-		G.st[t] = NULL;
-	if (G.st[t] && !dnnl_memory_create(&ma, &p->a, dn.eng, (void *)A) &&
-	    !dnnl_memory_create(&mbm, &p->b, dn.eng, (void *)B) && !dnnl_memory_create(&mc, &p->c, dn.eng, C) &&
-	    p->spn <= G.spn[t] && !dnnl_memory_create(&ms, &p->sp, dn.eng, G.sp[t])) {
-		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mbm}, {DNNL_ARG_DST, mc},
-					   {DNNL_ARG_SCRATCHPAD, ms}};
-		if (dnnl_primitive_execute(p->p, G.st[t], 4, args) == dnnl_success &&
-		    dnnl_stream_wait(G.st[t]) == dnnl_success)
-			rc = 0;
-	}
-	dnnl_memory_destroy(ma), dnnl_memory_destroy(mbm), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
-	return rc;
+	return run_on(t, p->p, &p->a, &p->b, &p->c, &p->sp, p->spn, A, B, C);
 }
 
 void trail_gemm(int lowp, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
@@ -930,26 +920,5 @@ int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst)
 
 int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t)
 {
-	dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
-	int rc = -1;
-	omp_set_num_threads(1);
-	if (h->spn > G.spn[t]) {
-		void *q = trail_malloc(h->spn);
-		if (q) {
-			trail_free(G.sp[t]);
-			G.sp[t] = q, G.spn[t] = h->spn;
-		}
-	}
-	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
-		G.st[t] = NULL;
-	if (G.st[t] && !dnnl_memory_create(&ma, &h->a, dn.eng, (void *)x) &&
-	    !dnnl_memory_create(&mb, &h->b, dn.eng, (void *)W) && !dnnl_memory_create(&mc, &h->c, dn.eng, y) &&
-	    h->spn <= G.spn[t] && !dnnl_memory_create(&ms, &h->sp, dn.eng, G.sp[t])) {
-		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
-					   {DNNL_ARG_SCRATCHPAD, ms}};
-		if (dnnl_primitive_execute(h->p, G.st[t], 4, args) == dnnl_success && dnnl_stream_wait(G.st[t]) == dnnl_success)
-			rc = 0;
-	}
-	dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
-	return rc;
+	return run_on(t, h->p, &h->a, &h->b, &h->c, &h->sp, h->spn, x, W, y);
 }
