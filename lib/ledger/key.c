@@ -527,44 +527,51 @@ int trail_json_verify(const json_t *obj, trail_error *err)
 	return rc;
 }
 
-int trail_key_create_files(const char *dir, const char *name, char **vkey_out, trail_error *err)
+int trail_key_files_put(const char *dir, const char *stem, char *skey, char *pub, trail_error *err)
 {
-	char *skey = NULL, *vkey = NULL, *kp = NULL, *pp = NULL;
-	size_t n = strlen(name) + 8;
+	char *kp = NULL, *pp = NULL;
+	size_t n = strlen(stem) + 8;
 	char *kn = trail_malloc(n), *pn = trail_malloc(n);
 	int rc = TRAIL_ENOMEM;
 	if (!kn || !pn)
 		goto out;
-	snprintf(kn, n, "%s.key", name);
-	snprintf(pn, n, "%s.pub", name);
+	snprintf(kn, n, "%s.key", stem);
+	snprintf(pn, n, "%s.pub", stem);
 	if (!(kp = trail_path(dir, kn)) || !(pp = trail_path(dir, pn)))
 		goto out;
 	if (!access(kp, F_OK) || !access(pp, F_OK)) {
 		rc = trail_error_set(err, TRAIL_EDATA, "%s or %s already exists: not overwriting", kn, pn);
 		goto out;
 	}
-	if ((rc = trail_key_generate(name, &skey, &vkey, err)))
-		goto out;
-	size_t sl = strlen(skey), vl = strlen(vkey);
+	size_t sl = strlen(skey), vl = strlen(pub);
 	skey[sl] = '\n';
-	vkey[vl] = '\n';
+	pub[vl] = '\n';
 	rc = trail_write_atomic(kp, skey, sl + 1, 0600, err);
 	if (!rc)
-		rc = trail_write_atomic(pp, vkey, vl + 1, 0644, err);
+		rc = trail_write_atomic(pp, pub, vl + 1, 0644, err);
 	sodium_memzero(skey, sl + 1);
-	vkey[vl] = 0;
-	if (!rc && vkey_out) {
-		*vkey_out = vkey;
-		vkey = NULL;
-	}
+	pub[vl] = 0;
 out:
 	if (rc == TRAIL_ENOMEM && err && !err->msg[0])
 		trail_error_set(err, rc, "out of memory");
-	trail_free(skey);
-	trail_free(vkey);
 	trail_free(kn);
 	trail_free(pn);
 	trail_free(kp);
 	trail_free(pp);
+	return rc;
+}
+
+int trail_key_create_files(const char *dir, const char *name, char **vkey_out, trail_error *err)
+{
+	char *skey = NULL, *vkey = NULL;
+	int rc = trail_key_generate(name, &skey, &vkey, err);
+	if (!rc)
+		rc = trail_key_files_put(dir, name, skey, vkey, err);
+	if (!rc && vkey_out) {
+		*vkey_out = vkey;
+		vkey = NULL;
+	}
+	trail_free(skey);
+	trail_free(vkey);
 	return rc;
 }

@@ -39,6 +39,11 @@ int trail_key_generate(const char *name, char **skey, char **vkey, trail_error *
  * overwrite either. *vkey (if not NULL) gets the verifier key.
  */
 int trail_key_create_files(const char *dir, const char *name, char **vkey, trail_error *err);
+/*
+ * Write DIR/STEM.key (mode 0600) holding skey and DIR/STEM.pub holding pub,
+ * refusing to overwrite either; skey's bytes are wiped after the write.
+ */
+int trail_key_files_put(const char *dir, const char *stem, char *skey, char *pub, trail_error *err);
 
 int trail_signer_parse(const char *skey, size_t len, trail_signer **out, trail_error *err);
 int trail_verifier_parse(const char *vkey, size_t len, trail_verifier **out, trail_error *err);

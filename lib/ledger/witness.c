@@ -185,40 +185,19 @@ uint32_t trail_cosigner_id(const trail_cosigner *c) { return c->id; }
 int trail_witness_key_create_files(const char *dir, const char *name, char **vkey_out,
 				   trail_error *err)
 {
-	char *skey = NULL, *vkey = NULL, *cvkey = NULL, *kp = NULL, *pp = NULL;
+	char *skey = NULL, *vkey = NULL, *cvkey = NULL, *stem = trail_strdup(name);
 	trail_signer *s = NULL;
-	size_t n = strlen(name) + 8;
-	char *kn = trail_malloc(n), *pn = trail_malloc(n);
 	int rc = TRAIL_ENOMEM;
-	if (!kn || !pn)
+	if (!stem)
 		goto out;
-	snprintf(kn, n, "%s.key", name);
-	snprintf(pn, n, "%s.pub", name);
 	/* Witness names are often URLs without a scheme (witness.example/w1). */
-	for (char *c = kn; *c; c++)
+	for (char *c = stem; *c; c++)
 		*c = *c == '/' ? '_' : *c;
-	for (char *c = pn; *c; c++)
-		*c = *c == '/' ? '_' : *c;
-	if (!(kp = trail_path(dir, kn)) || !(pp = trail_path(dir, pn)))
+	if ((rc = trail_key_generate(name, &skey, &vkey, err)) ||
+	    (rc = trail_signer_parse(skey, strlen(skey), &s, err)) || (rc = trail_cosigner_vkey(s, &cvkey, err)) ||
+	    (rc = trail_key_files_put(dir, stem, skey, cvkey, err)))
 		goto out;
-	if ((rc = trail_key_generate(name, &skey, &vkey, err)))
-		goto out;
-	if (!access(kp, F_OK) || !access(pp, F_OK)) {
-		rc = trail_error_set(err, TRAIL_EDATA, "%s or %s already exists: not overwriting", kn, pn);
-		goto out;
-	}
-	if ((rc = trail_signer_parse(skey, strlen(skey), &s, err)) ||
-	    (rc = trail_cosigner_vkey(s, &cvkey, err)))
-		goto out;
-	size_t sl = strlen(skey), vl = strlen(cvkey);
-	skey[sl] = '\n';
-	cvkey[vl] = '\n';
-	rc = trail_write_atomic(kp, skey, sl + 1, 0600, err);
-	if (!rc)
-		rc = trail_write_atomic(pp, cvkey, vl + 1, 0644, err);
-	sodium_memzero(skey, sl + 1);
-	cvkey[vl] = 0;
-	if (!rc && vkey_out) {
+	if (vkey_out) {
 		*vkey_out = cvkey;
 		cvkey = NULL;
 	}
@@ -226,13 +205,12 @@ out:
 	if (rc == TRAIL_ENOMEM && err && !err->msg[0])
 		trail_error_set(err, rc, "out of memory");
 	trail_signer_free(s);
+	if (skey)
+		sodium_memzero(skey, strlen(skey));
 	trail_free(skey);
 	trail_free(vkey);
 	trail_free(cvkey);
-	trail_free(kn);
-	trail_free(pn);
-	trail_free(kp);
-	trail_free(pp);
+	trail_free(stem);
 	return rc;
 }
 
