@@ -200,6 +200,8 @@ long trail_ndjson_lineno(const trail_ndjson *r);
 /* Bytes read from the stream but not yet returned as lines. */
 size_t trail_ndjson_buffered(const trail_ndjson *r);
 void trail_ndjson_free(trail_ndjson *r);
+/* Every value of the NDJSON file at path, in order, as a new array in *lines. */
+int trail_ndjson_slurp(const char *path, size_t max_line, json_t **lines, trail_error *err);
 
 /* Parse one JSON text strictly (duplicate keys rejected). */
 int trail_json_parse(const char *buf, size_t len, const char *source, json_t **out,

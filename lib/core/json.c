@@ -62,6 +62,29 @@ trail_ndjson *trail_ndjson_new(FILE *f, const char *source, size_t max_line)
 	return r;
 }
 
+int trail_ndjson_slurp(const char *path, size_t max_line, json_t **lines, trail_error *err)
+{
+	FILE *f = fopen(path, "r");
+	json_t *v = NULL, *a = NULL;
+	int rc = TRAIL_OK;
+	*lines = NULL;
+	if (!f)
+		return trail_error_errno(err, errno == ENOENT ? TRAIL_ENOINPUT : TRAIL_EIO, errno, "%s", path);
+	trail_ndjson *r = trail_ndjson_new(f, path, max_line);
+	if (!r || !(a = json_array()))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	while (!rc && !(rc = trail_ndjson_next(r, &v, err)) && v)
+		if (json_array_append_new(a, v))
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	trail_ndjson_free(r);
+	fclose(f);
+	if (rc)
+		json_decref(a);
+	else
+		*lines = a;
+	return rc;
+}
+
 void trail_ndjson_free(trail_ndjson *r)
 {
 	if (!r)

@@ -118,19 +118,7 @@ typedef struct part {
 
 static int read_part(part *p, trail_error *err)
 {
-	FILE *f = fopen(p->path, "r");
-	json_t *v = NULL;
-	int rc = TRAIL_OK;
-	if (!f)
-		return trail_error_errno(err, errno == ENOENT ? TRAIL_ENOINPUT : TRAIL_EIO, errno, "%s", p->path);
-	trail_ndjson *r = trail_ndjson_new(f, p->path, (size_t)1 << 31);
-	if (!r || !(p->lines = json_array()))
-		rc = oom(err);
-	while (!rc && !(rc = trail_ndjson_next(r, &v, err)) && v)
-		if (json_array_append_new(p->lines, v))
-			rc = oom(err);
-	trail_ndjson_free(r);
-	fclose(f);
+	int rc = trail_ndjson_slurp(p->path, (size_t)1 << 31, &p->lines, err);
 	if (rc)
 		return rc;
 	json_t *h = json_array_get(p->lines, 0);
