@@ -15,7 +15,13 @@ for p in fp32 bf16; do
 	check "$p: identical weights on 1, 2 and 4 threads" sh -c "cmp $p"1"/model.safetensors $p"2"/model.safetensors && cmp $p"1"/model.safetensors $p"4"/model.safetensors"
 	check "$p: recorded in training.json" grep -q "\"precision\":\"$p\"" $p"1"/training.json
 done
-check "fp32 and bf16 weights differ" sh -c '! cmp -s fp321/model.safetensors bf161/model.safetensors'
+# a CPU without AVX-512 has no bf16 matmul in oneDNN 2.6: bf16's products run in fp32, the same weights
+native() { grep -q '"isa":"avx512' bf161/training.json; }
+if native; then
+	check "fp32 and bf16 weights differ" sh -c '! cmp -s fp321/model.safetensors bf161/model.safetensors'
+else
+	skip "fp32 and bf16 weights differ" "no bf16 matmul on this CPU ($(grep -o '"isa":"[a-z0-9_]*"' bf161/training.json))"
+fi
 same3() { cmp "$1"1/"$2" "$1"2/"$2" && cmp "$1"1/"$2" "$1"4/"$2"; }
 for p in fp32 bf16; do
 	for t in 1 2 4; do
@@ -38,7 +44,11 @@ for p in fp32 bf16; do
 	check "Llama, $p: identical weights on 1, 2 and 4 threads" same3 llama$p model.safetensors
 	check "Llama LoRA, $p: identical adapters on 1, 2 and 4 threads" same3 llora$p adapter_model.safetensors
 done
-check "Llama: fp32 and bf16 weights differ" sh -c '! cmp -s llamafp321/model.safetensors llamabf161/model.safetensors'
+if native; then
+	check "Llama: fp32 and bf16 weights differ" sh -c '! cmp -s llamafp321/model.safetensors llamabf161/model.safetensors'
+else
+	skip "Llama: fp32 and bf16 weights differ" "no bf16 matmul on this CPU"
+fi
 check "bf16 records oneDNN's instruction set" grep -q '"isa":"avx' bf161/training.json
 loss() { sed 's/.*"loss_curve":\[\([^]]*\)\].*/\1/' "$1"/training.json | tr , '\n' | tail -1; }
 lf=$(loss fp321) lb=$(loss bf161)
