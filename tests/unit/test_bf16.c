@@ -17,6 +17,9 @@
 #include "model/model_int.h"
 #include "tap.h"
 
+/* oneDNN has bf16 products on this CPU (AVX512_BF16 or AMX); elsewhere bf16 runs its products in float32 */
+static int native;
+
 static uint16_t ref_bf16(float f)
 {
 	uint32_t u;
@@ -119,7 +122,11 @@ static void test_gemm(void)
 		B[i] = -B[i];
 	memcpy(D, C0, sizeof *D * M * N);
 	trail_gemm_x(flags, 1, 0, M, N, K, 0.5f, A, M, B, N, 1.0f, D, N);
-	ok(!memcmp(C, D, sizeof *C * M * N), "a kept operand is converted once per pass");
+	if (native)
+		ok(!memcmp(C, D, sizeof *C * M * N), "a kept operand is converted once per pass");
+	else
+		skip("a kept operand is converted once per pass: no bf16 products with oneDNN's ISA %s",
+		     trail_compute_isa());
 	trail_bf16_drop(B);
 	memcpy(D, C0, sizeof *D * M * N);
 	trail_gemm_x(flags, 1, 0, M, N, K, 0.5f, A, M, B, N, 1.0f, D, N);
@@ -145,6 +152,10 @@ static void test_bmm(void)
 	int G = 3, M = 40, N = 24, K = 33, cs0 = 24, cs1 = 3 * 24; /* C rows strided as heads in a row of 3 */
 	trail_compute_set(2, TRAIL_PREC_BF16, NULL);
 	const trail_bmm *p = trail_bmm_get(G, M, N, K, 1, 0, 0.25f, 1.0f, cs0, cs1);
+	if (!native) {
+		ok(p == NULL, "no batched bf16 product with oneDNN's ISA %s: callers take the float path", trail_compute_isa());
+		return;
+	}
 	ok(p != NULL, "a batched bf16 product");
 	if (!p)
 		return;
@@ -189,8 +200,12 @@ static void test_attention(void)
 	trail_k_attention_fwd(0, y, att, qkv, B, T, C, NH);
 	trail_k_attention_bwd(0, dq, dy, att, qkv, B, T, C, NH, scr);
 	double dyv = maxrel(y, y32, N * C), da = maxrel(att, att32, (size_t)B * NH * T * T), dg = maxrel(dq, dq32, N * 3 * C);
-	ok(dyv < 3e-2 && da < 3e-2 && dg < 3e-2 && dyv > 0, "bf16 attention near float: y %.1e, probabilities %.1e, dqkv %.1e",
-	   dyv, da, dg);
+	if (native)
+		ok(dyv < 3e-2 && da < 3e-2 && dg < 3e-2 && dyv > 0,
+		   "bf16 attention near float: y %.1e, probabilities %.1e, dqkv %.1e", dyv, da, dg);
+	else
+		ok(dyv == 0 && da == 0 && dg == 0, "bf16 attention is float attention with oneDNN's ISA %s",
+		   trail_compute_isa());
 	trail_compute_set(1, TRAIL_PREC_BF16, NULL);
 	trail_k_attention_bwd(0, dq2, dy, att, qkv, B, T, C, NH, scr);
 	ok(!memcmp(dq, dq2, sizeof *dq * N * 3 * C), "bf16 attention's backward: the same bits on 1 and 2 threads");
@@ -206,6 +221,7 @@ int main(void)
 		skip("oneDNN: %s", e.msg);
 		return 0;
 	}
+	native = trail_precision_default() == TRAIL_PREC_BF16;
 	test_gemm();
 	test_bmm();
 	test_attention();
