@@ -178,23 +178,47 @@ static inline vf vs(float x)
 	return (vf){x, x, x, x};
 }
 
-static inline vf vexp(vf x)
-{
-	vi lo = x < vs(-87.0f), hi = x > vs(88.0f);
-	x = (vf)(((vi)x & ~lo) | ((vi)vs(-87.0f) & lo));
-	x = (vf)(((vi)x & ~hi) | ((vi)vs(88.0f) & hi));
-	vf n = (x * vs(1.44269504088896341f) + vs(12582912.0f)) - vs(12582912.0f);
-	vf r = x - n * vs(0.693359375f) + n * vs(2.12194440e-4f);
-	vf p = vs(1.9875691500e-4f);
-	p = p * r + vs(1.3981999507e-3f);
-	p = p * r + vs(8.3334519073e-3f);
-	p = p * r + vs(4.1665795894e-2f);
-	p = p * r + vs(1.6666665459e-1f);
-	p = p * r + vs(5.0000001201e-1f);
-	p = p * r * r + r + vs(1.0f);
-	vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-	return p * (vf)e;
-}
+/*
+ * exp and GELU's forward and backward at one vector width: the four-lane
+ * code and the sixteen-lane code below are the same operations, so their
+ * bits agree (ISO C's default: no contraction into fused multiply-adds).
+ */
+#define VMATH(SFX, VF, VI, VS, ATTR)                                                                                   \
+	ATTR VF vexp##SFX(VF x)                                                                                        \
+	{                                                                                                              \
+		VI lo = x < VS(-87.0f), hi = x > VS(88.0f);                                                            \
+		x = (VF)(((VI)x & ~lo) | ((VI)VS(-87.0f) & lo));                                                       \
+		x = (VF)(((VI)x & ~hi) | ((VI)VS(88.0f) & hi));                                                        \
+		VF n = (x * VS(1.44269504088896341f) + VS(12582912.0f)) - VS(12582912.0f);                             \
+		VF r = x - n * VS(0.693359375f) + n * VS(2.12194440e-4f);                                              \
+		VF p = VS(1.9875691500e-4f);                                                                           \
+		p = p * r + VS(1.3981999507e-3f);                                                                      \
+		p = p * r + VS(8.3334519073e-3f);                                                                      \
+		p = p * r + VS(4.1665795894e-2f);                                                                      \
+		p = p * r + VS(1.6666665459e-1f);                                                                      \
+		p = p * r + VS(5.0000001201e-1f);                                                                      \
+		p = p * r * r + r + VS(1.0f);                                                                          \
+		VI e = (__builtin_convertvector(n, VI) + 127) << 23;                                                   \
+		return p * (VF)e;                                                                                      \
+	}                                                                                                              \
+	/* t = tanh(u), u = s (x + c x^3), through e = exp(2u): t = 1 - 2/(1+e), and                                   \
+	   1 - t^2 = 4 e/(1+e)^2 without the cancellation of 1 - t*t */                                                \
+	ATTR VF gelu_f##SFX(VF x)                                                                                      \
+	{                                                                                                              \
+		VF e = vexp##SFX(VS(2 * GELU_S) * (x + VS(GELU_C) * x * x * x)), d = VS(1.0f) / (VS(1.0f) + e);        \
+		return VS(0.5f) * x * (VS(2.0f) - VS(2.0f) * d);                                                       \
+	}                                                                                                              \
+	ATTR VF gelu_b##SFX(VF x, VF dy)                                                                               \
+	{                                                                                                              \
+		VF e = vexp##SFX(VS(2 * GELU_S) * (x + VS(GELU_C) * x * x * x)), d = VS(1.0f) / (VS(1.0f) + e);        \
+		VF t = VS(1.0f) - VS(2.0f) * d, sech2 = VS(4.0f) * (e * d) * d;                                        \
+		return dy * (VS(0.5f) * (VS(1.0f) + t) +                                                               \
+			     VS(0.5f) * x * sech2 * VS(GELU_S) * (VS(1.0f) + VS(3 * GELU_C) * x * x));                 \
+	}
+
+#define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+VMATH(, vf, vi, vs, static inline)
 
 void trail_k_expf(float *y, const float *x, size_t n)
 {
@@ -213,27 +237,7 @@ void trail_k_expf(float *y, const float *x, size_t n)
 	}
 }
 
-/* ---- GELU (tanh approximation) ----------------------------------------------------- */
-
-#define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
-#define GELU_C 0.044715f
-
-/*
- * t = tanh(u), u = s (x + c x^3), through e = exp(2u): t = 1 - 2/(1+e), and
- * 1 - t^2 = 4 e/(1+e)^2 without the cancellation of 1 - t*t.
- */
-static inline vf gelu_f(vf x)
-{
-	vf e = vexp(vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x)), d = vs(1.0f) / (vs(1.0f) + e);
-	return vs(0.5f) * x * (vs(2.0f) - vs(2.0f) * d);
-}
-
-static inline vf gelu_b(vf x, vf dy)
-{
-	vf e = vexp(vs(2 * GELU_S) * (x + vs(GELU_C) * x * x * x)), d = vs(1.0f) / (vs(1.0f) + e);
-	vf t = vs(1.0f) - vs(2.0f) * d, sech2 = vs(4.0f) * (e * d) * d;
-	return dy * (vs(0.5f) * (vs(1.0f) + t) + vs(0.5f) * x * sech2 * vs(GELU_S) * (vs(1.0f) + vs(3 * GELU_C) * x * x));
-}
+/* ---- GELU (tanh approximation, VMATH above) ------------------------------------------ */
 
 static void gelu_fwd1(float *y, const float *x, size_t n)
 {
@@ -285,37 +289,7 @@ W16 vf16 vs16(float x)
 	return (vf16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
 }
 
-W16 vf16 vexp16(vf16 x)
-{
-	vi16 lo = x < vs16(-87.0f), hi = x > vs16(88.0f);
-	x = (vf16)(((vi16)x & ~lo) | ((vi16)vs16(-87.0f) & lo));
-	x = (vf16)(((vi16)x & ~hi) | ((vi16)vs16(88.0f) & hi));
-	vf16 n = (x * vs16(1.44269504088896341f) + vs16(12582912.0f)) - vs16(12582912.0f);
-	vf16 r = x - n * vs16(0.693359375f) + n * vs16(2.12194440e-4f);
-	vf16 p = vs16(1.9875691500e-4f);
-	p = p * r + vs16(1.3981999507e-3f);
-	p = p * r + vs16(8.3334519073e-3f);
-	p = p * r + vs16(4.1665795894e-2f);
-	p = p * r + vs16(1.6666665459e-1f);
-	p = p * r + vs16(5.0000001201e-1f);
-	p = p * r * r + r + vs16(1.0f);
-	vi16 e = (__builtin_convertvector(n, vi16) + 127) << 23;
-	return p * (vf16)e;
-}
-
-W16 vf16 gelu_f16(vf16 x)
-{
-	vf16 e = vexp16(vs16(2 * GELU_S) * (x + vs16(GELU_C) * x * x * x)), d = vs16(1.0f) / (vs16(1.0f) + e);
-	return vs16(0.5f) * x * (vs16(2.0f) - vs16(2.0f) * d);
-}
-
-W16 vf16 gelu_b16(vf16 x, vf16 dy)
-{
-	vf16 e = vexp16(vs16(2 * GELU_S) * (x + vs16(GELU_C) * x * x * x)), d = vs16(1.0f) / (vs16(1.0f) + e);
-	vf16 t = vs16(1.0f) - vs16(2.0f) * d, sech2 = vs16(4.0f) * (e * d) * d;
-	return dy * (vs16(0.5f) * (vs16(1.0f) + t) +
-		     vs16(0.5f) * x * sech2 * vs16(GELU_S) * (vs16(1.0f) + vs16(3 * GELU_C) * x * x));
-}
+VMATH(16, vf16, vi16, vs16, W16)
 
 /* n a multiple of 16 */
 __attribute__((target("avx512f"))) static void gelu_fwd16(float *y, const float *x, size_t n)
