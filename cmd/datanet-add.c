@@ -13,7 +13,7 @@ enum { O_HOME = 1, O_CREATE, O_SCHEMA, O_OWNER, O_POLICY, O_LICENSE, O_KEY, O_PE
 static const trail_opt opts[] = {
 	{O_HOME, "home", 0, "DIR", "the store (default $TRAIL_HOME, else ./.trail)", "dir"},
 	{O_CREATE, "create", 'c', "NAME", "create a datanet", NULL},
-	{O_SCHEMA, "schema", 's', "SCHEMA", "with --create: text or instruct", "text instruct"},
+	{O_SCHEMA, "schema", 's', "SCHEMA", "with --create: text, instruct or chat", "text instruct chat"},
 	{O_OWNER, "owner", 0, "KEYFILE", "with --create: the owner's signer key", "file"},
 	{O_POLICY, "policy", 'p', "FILE", "with --create: the validation policy (JSON)", "file"},
 	{O_LICENSE, "license", 'l', "SPDX", "license of the datanet or the contribution", NULL},
@@ -30,7 +30,7 @@ static const trail_opt opts[] = {
 
 static const trail_cli cli = {
 	.prog = "datanet-add",
-	.usage = "--create NAME --schema text|instruct --owner KEYFILE [--policy FILE] [--license L]\n"
+	.usage = "--create NAME --schema text|instruct|chat --owner KEYFILE [--policy FILE] [--license L]\n"
 		 "NAME --key KEYFILE [--license L] [--zstd] [--per-file] [FILE|URL|-]...\n"
 		 "--bundle-only -o FILE NAME --key KEYFILE [FILE|URL|-]...",
 	.summary = "Create a datanet, or add one signed contribution to it (all or nothing).",

@@ -17,7 +17,7 @@ enum { O_POLICY = 1, O_PRESET, O_SCHEMA, O_REDACT, O_FORMAT, O_LICENSE, O_APPROV
 static const trail_opt opts[] = {
 	{O_POLICY, "policy", 'p', "FILE", "validation policy (JSON; default: built-in)", "file"},
 	{O_PRESET, "preset", 'P', "NAME", "built-in policy: web (default), short-form or code", "web short-form code"},
-	{O_SCHEMA, "schema", 's', "SCHEMA", "record schema: text or instruct", "text instruct"},
+	{O_SCHEMA, "schema", 's', "SCHEMA", "record schema: text, instruct or chat", "text instruct chat"},
 	{O_REDACT, "redact", 0, NULL, "rewrite PII with placeholders instead of rejecting", NULL},
 	{O_FORMAT, "format", 'f', "FORMAT", "output: ndjson verdicts or github annotations", "ndjson github"},
 	{O_LICENSE, "license", 'l', "ID", "license of records that name none", NULL},
@@ -47,7 +47,7 @@ static const trail_opt opts[] = {
 
 static const trail_cli cli = {
 	.prog = "datanet-validate",
-	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct] [--redact] [--format ndjson|github]\n"
+	.usage = "[--policy FILE | --preset NAME] [--schema text|instruct|chat] [--redact] [--format ndjson|github]\n"
 		 "    [--per-file] [--approved FILE]... [--output FILE] [--flags FILE [--contributor KEY]]\n"
 		 "    [FILE|-]...\n"
 		 "--home DIR --datanet NAME [--key KEYFILE [--record] [--approve [--accepted-only]|--reject]]\n"
@@ -470,7 +470,7 @@ int main(int argc, char **argv)
 		if (o == O_POLICY) policy = v;
 		else if (o == O_PRESET) preset = v;
 		else if (o == O_SCHEMA && (schema = trail_schema_parse(v)) < 0)
-			rc = trail_error_set(&err, TRAIL_EUSAGE, "--schema: expected text or instruct");
+			rc = trail_error_set(&err, TRAIL_EUSAGE, "--schema: expected text, instruct or chat");
 		else if (o == O_REDACT) redact = 1;
 		else if (o == O_FORMAT && strcmp(v, "ndjson") && strcmp(v, "github"))
 			rc = trail_error_set(&err, TRAIL_EUSAGE, "--format: expected ndjson or github");

@@ -9,7 +9,7 @@ _datanet_add() {
 	--create|-c)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--schema|-s)
-		COMPREPLY=($(compgen -W "text instruct" -- "$cur")); return ;;
+		COMPREPLY=($(compgen -W "text instruct chat" -- "$cur")); return ;;
 	--owner )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--policy|-p)

@@ -9,7 +9,7 @@ _datanet_validate() {
 	--preset|-P)
 		COMPREPLY=($(compgen -W "web short-form code" -- "$cur")); return ;;
 	--schema|-s)
-		COMPREPLY=($(compgen -W "text instruct" -- "$cur")); return ;;
+		COMPREPLY=($(compgen -W "text instruct chat" -- "$cur")); return ;;
 	--format|-f)
 		COMPREPLY=($(compgen -W "ndjson github" -- "$cur")); return ;;
 	--license|-l)

@@ -195,11 +195,20 @@ int trail_source_bundle(char *const *inputs, int n, const trail_source_opts *o,
 enum trail_schema {
 	TRAIL_SCHEMA_TEXT = 0,     /* {"text"} */
 	TRAIL_SCHEMA_INSTRUCT = 1, /* {"prompt","completion"} */
+	TRAIL_SCHEMA_CHAT = 2,     /* {"messages":[{"role","content"},...]} */
 };
 
-/* "text" / "instruct" -> enum value, or -1. */
+/* "text" / "instruct" / "chat" -> enum value, or -1. */
 int trail_schema_parse(const char *name);
 const char *trail_schema_name(int schema);
+
+/*
+ * A chat record's "messages": a non-empty list of objects holding exactly a
+ * string "role" (system, user or assistant) and a string "content", with at
+ * least one assistant turn (the tokens a fine-tune learns). 0 when valid,
+ * else -1 and a reason in why (at most n bytes, NUL-terminated).
+ */
+int trail_chat_messages_check(const json_t *messages, char *why, size_t n);
 
 typedef struct trail_policy trail_policy;
 

@@ -62,9 +62,15 @@ int trail_datanet_check_record(const json_t *rec, const char *schema, trail_erro
 	for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
 		if (json_object_get(rec, reserved[i]))
 			return trail_error_set(err, TRAIL_EDATA, "record field '%s' is reserved", reserved[i]);
+	int chat = !strcmp(schema, "chat");
 	json_object_foreach((json_t *)rec, k, v)
-		if (!json_is_string(v))
+		if (!json_is_string(v) && !(chat && !strcmp(k, "messages")))
 			return trail_error_set(err, TRAIL_EDATA, "record field '%s' is not a string", k);
+	if (chat) {
+		char why[160];
+		if (trail_chat_messages_check(json_object_get(rec, "messages"), why, sizeof why))
+			return trail_error_set(err, TRAIL_EDATA, "schema chat: %s", why);
+	}
 	if (!strcmp(schema, "text") && !str(rec, "text"))
 		return trail_error_set(err, TRAIL_EDATA, "schema text: the record has no \"text\"");
 	if (!strcmp(schema, "instruct") && (!str(rec, "prompt") || !str(rec, "completion")))
@@ -145,8 +151,8 @@ int trail_datanet_create(trail_store *s, const char *name, const char *schema,
 	json_t *e = NULL, *old = NULL;
 	char pd[72];
 	int rc;
-	if (strcmp(schema, "text") && strcmp(schema, "instruct"))
-		return trail_error_set(err, TRAIL_EUSAGE, "schema '%s': text or instruct", schema);
+	if (trail_schema_parse(schema) < 0)
+		return trail_error_set(err, TRAIL_EUSAGE, "schema '%s': text, instruct or chat", schema);
 	if ((rc = check_name(name, strlen(name), err)))
 		return rc;
 	if ((rc = trail_ledger_open(s, TRAIL_LEDGER_WRITE, &l, err)))

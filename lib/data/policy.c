@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/core.h"
@@ -105,12 +106,47 @@ int trail_schema_parse(const char *name)
 		return TRAIL_SCHEMA_TEXT;
 	if (!strcmp(name, "instruct"))
 		return TRAIL_SCHEMA_INSTRUCT;
+	if (!strcmp(name, "chat"))
+		return TRAIL_SCHEMA_CHAT;
 	return -1;
 }
 
 const char *trail_schema_name(int schema)
 {
-	return schema == TRAIL_SCHEMA_INSTRUCT ? "instruct" : "text";
+	return schema == TRAIL_SCHEMA_INSTRUCT ? "instruct" : schema == TRAIL_SCHEMA_CHAT ? "chat" : "text";
+}
+
+int trail_chat_messages_check(const json_t *messages, char *why, size_t n)
+{
+	static const char *const roles[] = {"system", "user", "assistant"};
+	size_t i, assistant = 0;
+	json_t *m;
+	if (!json_is_array(messages) || !json_array_size(messages)) {
+		snprintf(why, n, "\"messages\" is not a non-empty list");
+		return -1;
+	}
+	json_array_foreach(messages, i, m)
+	{
+		const char *role = json_string_value(json_object_get(m, "role"));
+		size_t r = 0;
+		if (!json_is_object(m) || !role || !json_is_string(json_object_get(m, "content")) ||
+		    json_object_size(m) != 2) {
+			snprintf(why, n, "messages[%zu] is not an object of a string role and a string content", i);
+			return -1;
+		}
+		while (r < 3 && strcmp(role, roles[r]))
+			r++;
+		if (r == 3) {
+			snprintf(why, n, "messages[%zu]: role '%.32s' is not system, user or assistant", i, role);
+			return -1;
+		}
+		assistant += r == 2;
+	}
+	if (!assistant) {
+		snprintf(why, n, "\"messages\" has no assistant turn to learn");
+		return -1;
+	}
+	return 0;
 }
 
 static void words_clear(trail_words *w)
@@ -151,7 +187,7 @@ static int set_defaults(trail_policy *p, int schema)
 {
 	p->schema = schema;
 	for (int i = 0; i < R_COUNT; i++)
-		p->on[i] = !(schema == TRAIL_SCHEMA_INSTRUCT && rules[i].quality);
+		p->on[i] = !(schema != TRAIL_SCHEMA_TEXT && rules[i].quality);
 	p->max_bytes = 1 << 20;
 	trail_nd_params_default(&p->nd);
 	/* Gopher quality filter (MassiveText). */
@@ -206,7 +242,7 @@ int trail_policy_new(int schema, trail_policy **out)
 	*out = NULL;
 	if (!p)
 		return TRAIL_ENOMEM;
-	if (set_defaults(p, schema == TRAIL_SCHEMA_INSTRUCT ? schema : TRAIL_SCHEMA_TEXT)) {
+	if (set_defaults(p, schema == TRAIL_SCHEMA_INSTRUCT || schema == TRAIL_SCHEMA_CHAT ? schema : TRAIL_SCHEMA_TEXT)) {
 		trail_policy_free(p);
 		return TRAIL_ENOMEM;
 	}
@@ -465,7 +501,7 @@ int trail_policy_preset(const char *name, int schema, trail_policy **out, trail_
 		json_decref(j);
 		/* a preset tunes rules; it turns on none the schema has off */
 		for (int r = 0; !rc && r < R_COUNT; r++)
-			if ((*out)->schema == TRAIL_SCHEMA_INSTRUCT && rules[r].quality)
+			if ((*out)->schema != TRAIL_SCHEMA_TEXT && rules[r].quality)
 				(*out)->on[r] = 0;
 		return rc;
 	}

@@ -216,6 +216,26 @@ static const char *content(const trail_validator *v, const json_t *rec, size_t *
 		*len = json_string_length(t);
 		return json_string_value(t);
 	}
+	if (v->p->schema == TRAIL_SCHEMA_CHAT) {
+		/* the turns' contents, a blank line between them */
+		json_t *msgs = json_object_get(rec, "messages"), *m;
+		size_t i, n = 0, o = 0;
+		json_array_foreach(msgs, i, m)
+			n += json_string_length(json_object_get(m, "content")) + 2;
+		if (!(*own = trail_malloc(n + 1)))
+			return NULL;
+		json_array_foreach(msgs, i, m)
+		{
+			json_t *c = json_object_get(m, "content");
+			if (i)
+				memcpy(*own + o, "\n\n", 2), o += 2;
+			memcpy(*own + o, json_string_value(c), json_string_length(c));
+			o += json_string_length(c);
+		}
+		(*own)[o] = 0;
+		*len = o;
+		return *own;
+	}
 	json_t *pr = json_object_get(rec, "prompt"), *co = json_object_get(rec, "completion");
 	size_t a = json_string_length(pr), b = json_string_length(co);
 	if (!(*own = trail_malloc(a + b + 3)))
@@ -308,9 +328,10 @@ static int add(json_t *reasons, json_t *r)
 
 static int check_schema(const trail_validator *v, const json_t *rec, json_t *R)
 {
-	static const char *const need[2][2] = {{"text", NULL}, {"prompt", "completion"}};
+	static const char *const need[3][2] = {{"text", NULL}, {"prompt", "completion"}, {"messages", NULL}};
 	const char *k;
 	json_t *val;
+	int chat = v->p->schema == TRAIL_SCHEMA_CHAT;
 	if (!json_is_object(rec))
 		return add(R, json_pack("{s:s,s:s}", "rule", "schema", "message",
 					"a record is a JSON object"));
@@ -321,6 +342,13 @@ static int check_schema(const trail_validator *v, const json_t *rec, json_t *R)
 			return -1;
 	json_object_foreach((json_t *)rec, k, val)
 	{
+		if (chat && !strcmp(k, "messages")) {
+			char why[160];
+			if (trail_chat_messages_check(val, why, sizeof why) &&
+			    add(R, json_pack("{s:s,s:s,s:s}", "rule", "schema", "field", k, "message", why)))
+				return -1;
+			continue;
+		}
 		if (!json_is_string(val) &&
 		    add(R, json_pack("{s:s,s:s,s:s}", "rule", "schema", "field", k, "message",
 				     "not a string")))
@@ -337,36 +365,84 @@ static unsigned pii_kinds(const trail_policy *p)
 	return k;
 }
 
-/* Rewrite PII in every string field: a new record in *out, counts per kind. */
+/* A string with its PII rewritten (NULL when out of memory), counts added per kind. */
+static json_t *redact_str(const json_t *val, unsigned kinds, size_t counts[TRAIL_PII_KINDS])
+{
+	char *red;
+	size_t rl, c[TRAIL_PII_KINDS];
+	if (trail_pii_redact(json_string_value(val), json_string_length(val), kinds, &red, &rl, c))
+		return NULL;
+	json_t *s = json_stringn(red, rl);
+	trail_free(red);
+	for (int i = 0; s && i < TRAIL_PII_KINDS; i++)
+		counts[i] += c[i];
+	return s;
+}
+
+/* Rewrite PII in every string field (and a chat record's turns): a new record in *out, counts per kind. */
 static int redact_record(const trail_validator *v, const json_t *rec, json_t **out,
 			 size_t counts[TRAIL_PII_KINDS])
 {
 	const char *k;
 	json_t *val;
 	json_t *r = json_object();
+	unsigned kinds = pii_kinds(v->p);
 	for (int i = 0; i < TRAIL_PII_KINDS; i++)
 		counts[i] = 0;
 	if (!r)
 		return -1;
 	json_object_foreach((json_t *)rec, k, val)
 	{
-		char *red;
-		size_t rl, c[TRAIL_PII_KINDS];
-		if (trail_pii_redact(json_string_value(val), json_string_length(val),
-				     pii_kinds(v->p), &red, &rl, c)) {
-			json_decref(r);
-			return -1;
-		}
-		int rc = json_object_set_new(r, k, json_stringn(red, rl));
-		trail_free(red);
-		if (rc) {
-			json_decref(r);
-			return -1;
-		}
-		for (int i = 0; i < TRAIL_PII_KINDS; i++)
-			counts[i] += c[i];
+		json_t *nv;
+		if (json_is_array(val)) { /* a chat record's messages, checked by the schema */
+			size_t i;
+			json_t *m, *c;
+			if (!(nv = json_array()))
+				goto fail;
+			json_array_foreach(val, i, m)
+			{
+				json_t *nm = json_copy(m);
+				if (!nm || !(c = redact_str(json_object_get(m, "content"), kinds, counts)) ||
+				    json_object_set_new(nm, "content", c) || json_array_append_new(nv, nm)) {
+					json_decref(nv);
+					goto fail;
+				}
+			}
+		} else if (!(nv = redact_str(val, kinds, counts)))
+			goto fail;
+		if (json_object_set_new(r, k, nv))
+			goto fail;
 	}
 	*out = r;
+	return 0;
+fail:
+	json_decref(r);
+	return -1;
+}
+
+/* Count the PII of one string into counts. */
+static int pii_count(const json_t *val, unsigned kinds, size_t counts[TRAIL_PII_KINDS])
+{
+	struct {
+		trail_pii_match m[64];
+	} buf;
+	size_t len = json_string_length(val);
+	long n = trail_pii_scan(json_string_value(val), len, kinds, buf.m, 64);
+	if (n < 0)
+		return -1;
+	if ((size_t)n <= 64) {
+		for (long i = 0; i < n; i++)
+			counts[buf.m[i].kind]++;
+		return 0;
+	}
+	/* Many: count by kind, one kind at a time. */
+	for (int q = 0; q < TRAIL_PII_KINDS; q++)
+		if ((kinds >> q) & 1) {
+			long c = trail_pii_scan(json_string_value(val), len, 1u << q, NULL, 0);
+			if (c < 0)
+				return -1;
+			counts[q] += (size_t)c;
+		}
 	return 0;
 }
 
@@ -380,27 +456,14 @@ static int check_pii(const trail_validator *v, const json_t *rec, json_t *R)
 		return 0;
 	json_object_foreach((json_t *)rec, k, val)
 	{
-		struct {
-			trail_pii_match m[64];
-		} buf;
-		size_t len = json_string_length(val);
-		long n = trail_pii_scan(json_string_value(val), len, kinds, buf.m, 64);
-		if (n < 0)
+		if (json_is_array(val)) { /* a chat record's messages */
+			size_t i;
+			json_t *m;
+			json_array_foreach(val, i, m)
+				if (pii_count(json_object_get(m, "content"), kinds, counts))
+					return -1;
+		} else if (pii_count(val, kinds, counts))
 			return -1;
-		if ((size_t)n <= 64) {
-			for (long i = 0; i < n; i++)
-				counts[buf.m[i].kind]++;
-		} else {
-			/* Many: count by kind, one kind at a time. */
-			for (int q = 0; q < TRAIL_PII_KINDS; q++)
-				if ((kinds >> q) & 1) {
-					long c = trail_pii_scan(json_string_value(val), len, 1u << q,
-								NULL, 0);
-					if (c < 0)
-						return -1;
-					counts[q] += (size_t)c;
-				}
-		}
 	}
 	for (int i = 0; i < TRAIL_PII_KINDS; i++)
 		if (counts[i] && add(R, json_pack("{s:s,s:I}", "rule", trail_pii_rule(i), "count",

@@ -63,6 +63,35 @@ static int render(const char *tmpl, const json_t *msgs, size_t upto, int gen, co
 }
 
 /*
+ * Where a template renders a turn otherwise once later turns follow (Qwen3
+ * writes an empty thinking block into the last assistant turn only), the
+ * turn's span in the whole rendering all[0, n): its content, found at or
+ * after done, and the closing text that follows the content where the turn
+ * is rendered last (q, qn bytes long, ends with content and closing), which
+ * must follow it in the whole rendering too. 0 and the span in *a, *b; -1
+ * when the turn cannot be found so.
+ */
+static int locate_turn(const char *all, size_t n, size_t done, const char *q, size_t qn, const char *content,
+		       size_t *a, size_t *b)
+{
+	size_t cl = strlen(content), at = 0, close;
+	const char *c;
+	if (!cl || !(c = strstr(all + done, content)))
+		return -1;
+	for (const char *x = q; (x = strstr(x, content)); x++) /* the content's last place in q */
+		at = (size_t)(x - q) + cl;
+	if (!at)
+		return -1;
+	close = qn - at;
+	size_t e = (size_t)(c - all) + cl;
+	if (e + close > n || memcmp(all + e, q + at, close))
+		return -1;
+	*a = (size_t)(c - all);
+	*b = e + close;
+	return 0;
+}
+
+/*
  * A chat record: the conversation rendered with the tokenizer's chat
  * template, and the loss on the assistant's turns only. Turn k's span runs
  * from the end of the conversation before it rendered with the generation
@@ -94,7 +123,8 @@ static int chat_record(const trail_tokenizer *tk, const char *tmpl, const json_t
 		if ((rc = render(tmpl, msgs, i, 1, vars, &p, err)) || (rc = render(tmpl, msgs, i + 1, 0, vars, &q, err)))
 			goto out;
 		size_t a = strlen(p), b = strlen(q);
-		if (a < done || a > b || b > n || memcmp(all, q, b) || memcmp(q, p, a)) {
+		if ((a < done || a > b || b > n || memcmp(all, q, b) || memcmp(q, p, a)) &&
+		    locate_turn(all, n, done, q, b, json_string_value(json_object_get(m, "content")), &a, &b)) {
 			rc = trail_error_at(err, TRAIL_EDATA, "records", line,
 					    "the chat template renders messages[%zu] differently once later turns follow; its "
 					    "assistant tokens cannot be told apart", i);

@@ -124,6 +124,34 @@ static int32_t *enc(const trail_tokenizer *tk, const char *s, size_t *n)
 	return ids;
 }
 
+/* Record 0 of d is the four pieces, prompt (no loss) and answer (loss) in turn, and end-of-text. */
+static void pieces(const trail_tokenizer *tk, const trail_dataset *d, const char *const piece[4], const char *what)
+{
+	int32_t want[256];
+	int target[256];
+	size_t nw = 0;
+	for (int k = 0; k < 4 && tk; k++) {
+		size_t n;
+		int32_t *ids = enc(tk, piece[k], &n);
+		for (size_t i = 0; i < n && nw < 250; i++)
+			want[nw] = ids[i], target[nw++] = k % 2;
+		trail_free(ids);
+	}
+	if (tk)
+		want[nw] = trail_tokenizer_eot(tk), target[nw++] = 0;
+	int same = d && d->len[0] == nw && !memcmp(d->tok[0], want, nw * sizeof *want);
+	ok(same, "%sthe record's tokens are the rendered turns' (%zu tokens)", what, nw);
+	int mask_ok = same;
+	for (size_t p = 0; same && p < nw; p++)
+		mask_ok &= trail_dataset_target(d, 0, p) == target[p];
+	ok(mask_ok, "%sonly the assistant's tokens are targets", what);
+	int32_t x[64], y[64];
+	long k = d ? trail_dataset_row(d, 0, 64, x, y) : 0, wantk = 0;
+	for (size_t p = 1; p < nw; p++)
+		wantk += target[p];
+	ok(k == wantk && d && y[d->first[0] - 1] == want[d->first[0]], "%sa row's targets: %ld of them", what, k);
+}
+
 /* Chat records on tests/data/hf-bpe's tokenizer with a chat template of ours */
 static void chat_records(void)
 {
@@ -152,30 +180,27 @@ static void chat_records(void)
 	/* the pieces: prompt (no loss), answer (loss), ... */
 	const char *piece[] = {"<x>user: hi<|eos|><x>assistant: ", "yo<|eos|>", "<x>user: ok<|eos|><x>assistant: ",
 			       "bye<|eos|>"};
-	int32_t want[256];
-	int target[256];
-	size_t nw = 0;
-	for (int k = 0; k < 4 && tk; k++) {
-		size_t n;
-		int32_t *ids = enc(tk, piece[k], &n);
-		for (size_t i = 0; i < n && nw < 250; i++)
-			want[nw] = ids[i], target[nw++] = k % 2;
-		trail_free(ids);
-	}
-	if (tk)
-		want[nw] = trail_tokenizer_eot(tk), target[nw++] = 0;
-	int same = d && d->len[0] == nw && !memcmp(d->tok[0], want, nw * sizeof *want);
-	ok(same, "the record's tokens are the rendered turns' (%zu tokens)", nw);
-	int mask_ok = same;
-	for (size_t p = 0; same && p < nw; p++)
-		mask_ok &= trail_dataset_target(d, 0, p) == target[p];
-	ok(mask_ok, "only the assistant's tokens are targets");
-	int32_t x[64], y[64];
-	long k = d ? trail_dataset_row(d, 0, 64, x, y) : 0, wantk = 0;
-	for (size_t p = 1; p < nw; p++)
-		wantk += target[p];
-	ok(k == wantk && d && y[d->first[0] - 1] == want[d->first[0]], "a row's targets: %ld of them", k);
+	pieces(tk, d, piece, "");
 	ok(d && trail_dataset_target(d, 1, 0) && trail_dataset_target(d, 1, 1), "the text record counts throughout");
+	trail_dataset_free(d);
+	json_decref(recs);
+	/* a template that marks the last assistant turn only (as Qwen3's empty thinking block): the earlier
+	 * turn is found in the whole rendering by its content and its closing text */
+	cfg = "{\"eos_token\": \"<|eos|>\", \"chat_template\": \"{% for m in messages %}<x>{{ m.role }}: {% if m.role == "
+	      "'assistant' and loop.last %}<t></t>{% endif %}{{ m.content }}<|eos|>{% endfor %}{% if add_generation_prompt "
+	      "%}<x>assistant: {% endif %}\"}";
+	trail_write_atomic(p2, cfg, strlen(cfg), 0644, NULL);
+	trail_tokenizer_free(tk);
+	tk = NULL;
+	trail_tokenizer_load(dir, &tk, NULL);
+	recs = json_loads("[{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\","
+			  "\"content\": \"yo\"}, {\"role\": \"user\", \"content\": \"ok\"}, {\"role\": "
+			  "\"assistant\", \"content\": \"bye\"}]}]", 0, NULL);
+	d = NULL;
+	ok(tk && !trail_dataset_from_records(recs, tk, &d, &e), "a template that marks the last turn: %s", d ? "" : e.msg);
+	const char *marked[] = {"<x>user: hi<|eos|><x>assistant: ", "yo<|eos|>", "<x>user: ok<|eos|><x>assistant: ",
+				"<t></t>bye<|eos|>"};
+	pieces(tk, d, marked, "last turn marked: ");
 	trail_dataset_free(d);
 	json_decref(recs);
 	/* a template that renders an earlier turn differently once more follow */
