@@ -3,7 +3,9 @@
 # (python3-torch: eager float32, and bfloat16 autocast) in one run, the
 # contenders alternating for ROUNDS rounds: LoRA training tokens/s (r 8 on
 # q_proj and v_proj, batch 4 x 128); trail's decoding tokens/s for one
-# request and for 64 requests over 64 adapters in one batch; peak memory.
+# request and for 64 requests over 64 adapters in one batch; peak memory;
+# then attribution stage by stage (bench/llama/attr.sh, ATTR=N records,
+# default 512, 0 to skip).
 # usage: bench/llama/run.sh [THREADS] [ROUNDS] [STEPS]   (defaults: every CPU, 2, 3)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,3 +23,5 @@ for r in $(seq "$rounds"); do
 	/usr/bin/python3 "$top/bench/llama/torch_llama.py" "$th" "$steps" fp32
 	/usr/bin/python3 "$top/bench/llama/torch_llama.py" "$th" "$steps" bf16
 done
+# attribution, stage by stage (bench/llama/attr.sh), unless ATTR=0
+[ "${ATTR:-512}" -eq 0 ] || sh "$top/bench/llama/attr.sh" "${ATTR:-512}" "$th"
