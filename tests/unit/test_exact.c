@@ -58,13 +58,15 @@ static trail_model *start(void)
 }
 
 /* dq of the query for a checkpoint interval; NULL on failure. */
+static double fd_eps;
+
 static double *scores(const trail_dataset *d, const trail_train_opts *o, long every, const int32_t *q, size_t nq,
 		      size_t first, float *losses, float *final, size_t *np)
 {
 	trail_model *m = start();
 	trail_metagrad *g = NULL;
 	trail_error e = {0};
-	trail_metagrad_opts mo = {.every = every};
+	trail_metagrad_opts mo = {.every = every, .fd_eps = fd_eps};
 	double *dq = calloc(d->n, sizeof *dq);
 	if (!m || trail_metagrad_replay(m, d, o, &mo, &g, &e) || trail_metagrad_query(g, q, nq, first, dq, &e)) {
 		diag("metagrad: %s", e.msg);
@@ -131,6 +133,18 @@ int main(void)
 	}
 	ok(top_ > 0 && worst < 1e-3, "dQ/deps of %zu records match PyTorch autograd through AdamW (worst %.2e of max |dq| %.3g)",
 	   d->n, worst, top_);
+
+	/* other finite-difference steps: truncation (h^2) above, rounding below */
+	static const double steps[] = {1e-2, 3e-4, 1e-4};
+	for (int k = 0; k < 3; k++) {
+		fd_eps = steps[k];
+		double *d1 = scores(d, &o, 0, q, nq, first, NULL, NULL, NULL), w1 = 0;
+		for (size_t i = 0; d1 && i < d->n; i++)
+			w1 = fmax(w1, fabs(d1[i] - json_number_value(json_array_get(ref, i))) / top_);
+		ok(d1 && w1 < (k ? 1e-3 : 5e-2), "--fd-eps %g: worst %.2e of max |dq|", fd_eps, w1);
+		free(d1);
+	}
+	fd_eps = 0;
 
 	/* the replay is the training run, bit for bit */
 	trail_model *m = start();
