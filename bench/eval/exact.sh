@@ -8,6 +8,8 @@
 #   BASE_STEPS (300)     the base (2 layers, 64 wide, byte tokenizer) on fortunes
 #   EPOCHS (2) LR (3e-3) LORA (r=4,alpha=8)   the adapters, batch 8, seq 80
 #   JOBS (2)             retrains at once
+#   FIXED_STEPS (0)      1: the retrains take the full run's steps (epochs of the
+#                        half), not its epochs (half the steps)
 # usage: bench/eval/exact.sh [WORKDIR]   (prints one JSON line of figures)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,6 +30,8 @@ if [ ! -x "$Q_BIN" ] || [ "$top/$B/libtrail.a" -nt "$Q_BIN" ]; then
 		$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
 fi
 PY="python3 $top/bench/eval/corpus.py"
+NPY=${PYTHON:-python3} # the analysis needs numpy (Debian's python3-numpy)
+$NPY -c 'import numpy' 2>/dev/null || NPY=/usr/bin/python3
 if [ ! -s "$W/base/model.safetensors" ]; then
 	log "base: $BASE_STEPS steps on fortunes"
 	$PY fortunes "$W/fortunes.ndjson" 20000
@@ -36,7 +40,7 @@ if [ ! -s "$W/base/model.safetensors" ]; then
 		--precision fp32 --no-index --no-progress -o "$W/base" > /dev/null
 fi
 $PY foldoc "$W/train.ndjson" "$W/queries.ndjson" "$N" "$Q"
-train() { mf-train --base "$W/base" --lora "$LORA" --data "$1" --epochs "$EPOCHS" --batch 8 --seq $SEQ --lr "$LR" --seed 1 \
+train() { mf-train --base "$W/base" --lora "$LORA" --data "$1" $(if [ -n "$STEPS" ]; then echo --steps "$STEPS"; else echo --epochs "$EPOCHS"; fi) --batch 8 --seq $SEQ --lr "$LR" --seed 1 \
 	--precision fp32 --threads 1 --no-progress $3 -o "$2"; }
 log "the adapter on $N records"
 rm -rf "$W/full"
@@ -49,7 +53,13 @@ verify_s=$(cpu /dev/null attr-score --method exact --verify --model "$W/base" --
 	"$W/full.exact.ndjson")
 [ -s "$W/full.exact.ndjson" ] || { echo "exact.sh: error: no exact records" >&2; exit 70; }
 for m in ekfac graddot; do attr-score $args --method $m --precision fp32 < "$W/queries.ndjson" > "$W/full.$m.ndjson"; done
-log "$SUBSETS retrains on random halves"
+STEPS=""
+SUB=$W/sub
+if [ "${FIXED_STEPS:-0}" = 1 ]; then
+	STEPS=$(sed -n 's/.*"steps":\([0-9]*\).*/\1/p' "$W/full/training.json" | head -1)
+	SUB=$W/sub-steps$STEPS
+fi
+log "$SUBSETS retrains on random halves${STEPS:+, $STEPS steps each}"
 python3 - "$W/train.ndjson" "$W/sub" "$SUBSETS" <<'PY'
 import os, random, sys
 lines = open(sys.argv[1]).read().splitlines(True)
@@ -61,14 +71,13 @@ for s in range(int(sys.argv[3])):
     open(os.path.join(sys.argv[2], "%02d.ndjson" % s), "w").write("".join(lines[i] for i in keep))
 PY
 export -f train
-export W LORA EPOCHS LR SEQ
+export W LORA EPOCHS LR SEQ STEPS SUB
 seq -f %02g 0 $((SUBSETS - 1)) | xargs -P "$JOBS" -I{} bash -c \
-	'[ -s "$W/sub/{}/adapter_model.safetensors" ] || train "$W/sub/{}.ndjson" "$W/sub/{}" --no-index > /dev/null'
-"$Q_BIN" loss "$W/base" "$W/queries.ndjson" $(seq -f "$W/sub/%02g" 0 $((SUBSETS - 1))) > "$W/losses.txt"
-python3 - "$W" "$N" "$SUBSETS" "$train_s" "$exact_s" "$verify_s" <<'PY'
+	'[ -s "$SUB/{}/adapter_model.safetensors" ] || train "$W/sub/{}.ndjson" "$SUB/{}" --no-index > /dev/null'
+"$Q_BIN" loss "$W/base" "$W/queries.ndjson" $(seq -f "$SUB/%02g" 0 $((SUBSETS - 1))) > "$W/losses.txt"
+$NPY - "$W" "$N" "$SUBSETS" "$train_s" "$exact_s" "$verify_s" <<'PY'
 import json, math, os, sys
 import numpy as np
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv[0] != "-" else ".", ""))
 W, N, S = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ids = [r["record"] for r in json.load(open(os.path.join(W, "full", "training.json")))["records"]]
 where = {k: i for i, k in enumerate(ids)}
@@ -87,7 +96,7 @@ def spearman(a, b):
     den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
     return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), 0.0)
 
-out = {"records": N, "queries": loss.shape[1], "subsets": S, "train_cpu_s": float(sys.argv[4]),
+out = {"retrain_steps": os.environ.get("STEPS") or "epochs", "records": N, "queries": loss.shape[1], "subsets": S, "train_cpu_s": float(sys.argv[4]),
        "exact_cpu_s": float(sys.argv[5]), "verify_cpu_s": float(sys.argv[6])}
 for m in ("exact", "ekfac", "graddot"):
     recs = [json.loads(l) for l in open(os.path.join(W, "full.%s.ndjson" % m))]
