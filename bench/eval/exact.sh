@@ -8,8 +8,11 @@
 #   BASE_STEPS (300)     the base (2 layers, 64 wide, byte tokenizer) on fortunes
 #   EPOCHS (2) LR (3e-3) LORA (r=4,alpha=8)   the adapters, batch 8, seq 80
 #   JOBS (2)             retrains at once
+#   KEEP (0.5)           the fraction of the records each retrain keeps
 #   FIXED_STEPS (0)      1: the retrains take the full run's steps (epochs of the
 #                        half), not its epochs (half the steps)
+#   DROP (0)             1: the retrains replay the full run's batches with the
+#                        other half dropped from them (bench/eval/exact_retrain.c)
 # usage: bench/eval/exact.sh [WORKDIR]   (prints one JSON line of figures)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,26 +57,44 @@ verify_s=$(cpu /dev/null attr-score --method exact --verify --model "$W/base" --
 [ -s "$W/full.exact.ndjson" ] || { echo "exact.sh: error: no exact records" >&2; exit 70; }
 for m in ekfac graddot; do attr-score $args --method $m --precision fp32 < "$W/queries.ndjson" > "$W/full.$m.ndjson"; done
 STEPS=""
-SUB=$W/sub
+KEEP=${KEEP:-0.5} SUFFIX=""
+[ "$KEEP" = 0.5 ] || SUFFIX=-keep$KEEP
+M=$W/sub$SUFFIX # the masks and subsets (and the retrains of the same epochs)
+SUB=$M
 if [ "${FIXED_STEPS:-0}" = 1 ]; then
 	STEPS=$(sed -n 's/.*"steps":\([0-9]*\).*/\1/p' "$W/full/training.json" | head -1)
-	SUB=$W/sub-steps$STEPS
+	SUB=$W/sub-steps$STEPS${SUFFIX:-}
 fi
 log "$SUBSETS retrains on random halves${STEPS:+, $STEPS steps each}"
-python3 - "$W/train.ndjson" "$W/sub" "$SUBSETS" <<'PY'
+python3 - "$W/train.ndjson" "$M" "$SUBSETS" "$KEEP" <<'PY'
 import os, random, sys
 lines = open(sys.argv[1]).read().splitlines(True)
 os.makedirs(sys.argv[2], exist_ok=True)
 for s in range(int(sys.argv[3])):
     rng = random.Random(1000 + s)
-    keep = sorted(rng.sample(range(len(lines)), len(lines) // 2))
+    keep = sorted(rng.sample(range(len(lines)), int(len(lines) * float(sys.argv[4]))))
     open(os.path.join(sys.argv[2], "%02d.mask" % s), "w").write("".join("%d\n" % i for i in keep))
     open(os.path.join(sys.argv[2], "%02d.ndjson" % s), "w").write("".join(lines[i] for i in keep))
 PY
+if [ "${DROP:-0}" = 1 ]; then
+	SUB=$W/sub-drop${SUFFIX:-}
+	STEPS=drop
+	${CC:-cc} -O2 -std=c11 -D_GNU_SOURCE -I"$top/lib" $(pkg-config --cflags jansson) \
+		-I/usr/include/x86_64-linux-gnu/openblas-pthread \
+		-o "$W/exact_retrain" "$top/bench/eval/exact_retrain.c" "$top/$B/libtrail.a" \
+		$(pkg-config --libs jansson libarchive libsodium libcurl libmicrohttpd) -ldnnl -lgomp -lopenblas -llapacke -lxxhash -lm -pthread
+	mkdir -p "$SUB"
+	# all records kept must give the adapter itself, bit for bit
+	seq 0 $((N - 1)) > "$W/all.mask"
+	"$W/exact_retrain" "$W/base" "$W/full" "$W/train.ndjson" "$W/check" "$W/all.mask"
+	cmp -s "$W/check/00/adapter_model.safetensors" "$W/full/adapter_model.safetensors" ||
+		{ echo "exact.sh: error: the replayed retrain is not the adapter" >&2; exit 70; }
+	"$W/exact_retrain" "$W/base" "$W/full" "$W/train.ndjson" "$SUB" $(seq -f "$M/%02g.mask" 0 $((SUBSETS - 1)))
+fi
 export -f train
-export W LORA EPOCHS LR SEQ STEPS SUB
+export W LORA EPOCHS LR SEQ STEPS SUB M
 seq -f %02g 0 $((SUBSETS - 1)) | xargs -P "$JOBS" -I{} bash -c \
-	'[ -s "$SUB/{}/adapter_model.safetensors" ] || train "$W/sub/{}.ndjson" "$SUB/{}" --no-index > /dev/null'
+	'[ -s "$SUB/{}/adapter_model.safetensors" ] || train "$M/{}.ndjson" "$SUB/{}" --no-index > /dev/null'
 "$Q_BIN" loss "$W/base" "$W/queries.ndjson" $(seq -f "$SUB/%02g" 0 $((SUBSETS - 1))) > "$W/losses.txt"
 $NPY - "$W" "$N" "$SUBSETS" "$train_s" "$exact_s" "$verify_s" <<'PY'
 import json, math, os, sys
@@ -84,7 +105,7 @@ where = {k: i for i, k in enumerate(ids)}
 loss = np.loadtxt(os.path.join(W, "losses.txt"), ndmin=2)  # [S, Q]
 mask = np.zeros((S, N))
 for s in range(S):
-    for l in open(os.path.join(W, "sub", "%02d.mask" % s)):
+    for l in open(os.path.join(os.environ["M"], "%02d.mask" % s)):
         mask[s, int(l)] = 1
 
 def ranks(a):
@@ -96,7 +117,7 @@ def spearman(a, b):
     den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
     return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), 0.0)
 
-out = {"retrain_steps": os.environ.get("STEPS") or "epochs", "records": N, "queries": loss.shape[1], "subsets": S, "train_cpu_s": float(sys.argv[4]),
+out = {"retrain_steps": os.environ.get("STEPS") or "epochs", "keep": float(os.environ.get("KEEP", "0.5")), "records": N, "queries": loss.shape[1], "subsets": S, "train_cpu_s": float(sys.argv[4]),
        "exact_cpu_s": float(sys.argv[5]), "verify_cpu_s": float(sys.argv[6])}
 for m in ("exact", "ekfac", "graddot"):
     recs = [json.loads(l) for l in open(os.path.join(W, "full.%s.ndjson" % m))]
