@@ -2,9 +2,10 @@
  * Retrains for the exact audit's LDS (bench/eval/exact.sh, DROP=1): the
  * full run of ADAPTER's training.json again, the same batches in the same
  * order, with the records not in each mask dropped from their batches
- * (their targets ignored): the counterfactual the metagradient is the
- * derivative of, up to the batch's normalisation (K counts the kept rows'
- * targets only). Each retrained adapter is saved as OUTDIR/NN.
+ * (their targets ignored, the gradient scaled by K_kept / K, K the whole
+ * batch's targets): eps_i = 0 for the dropped records, the counterfactual
+ * the metagradient is the derivative of. Each retrained adapter is saved
+ * as OUTDIR/NN.
  *
  * usage: exact_retrain BASE ADAPTER DATA OUTDIR MASK...
  * Exit status: 0 ok, 64 usage, 65 bad data.
@@ -76,7 +77,7 @@ int main(int argc, char **argv)
 		trail_adamw_init(&opt, np);
 		uint64_t epoch = UINT64_MAX;
 		for (long s = 0; s < o.steps; s++) {
-			long K = 0;
+			long K = 0, Kall = 0;
 			for (size_t b = 0; b < B; b++) {
 				uint64_t g = (uint64_t)s * B + b;
 				if (g / n != epoch)
@@ -84,6 +85,7 @@ int main(int argc, char **argv)
 				size_t r = perm[g % n];
 				trail_dataset_row(d, r, o.seq, x + b * S, y + b * S);
 				for (size_t j = 0; j < S; j++) {
+					Kall += y[b * S + j] >= 0;
 					if (!keep[trail_dataset_row_record(d, r)])
 						y[b * S + j] = -1;
 					K += y[b * S + j] >= 0;
@@ -93,6 +95,12 @@ int main(int argc, char **argv)
 			trail_model_zero_grad(m);
 			if (K && (trail_model_forward(m, x, y, o.batch, o.seq, &loss, &err) || trail_model_backward(m, &err)))
 				return die("step", &err);
+			if (K && K != Kall) { /* the batch loss is sum_kept l_b / K: the forward's mean is over K_kept */
+				size_t ng;
+				float *gr = trail_model_grads(m, &ng), f = (float)((double)K / (double)Kall);
+				for (size_t j = 0; j < ng; j++)
+					gr[j] *= f;
+			}
 			/* a batch of dropped records only: zero gradients, the moments still move the weights */
 			trail_adamw_step(&opt, m, trail_lr_schedule(o.lr, s, o.warmup, o.steps), o.clip);
 		}
