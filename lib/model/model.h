@@ -566,9 +566,11 @@ json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *
  * loss by central differences of gradients along the unit adjoint, a step
  * of fd_eps * max(1, |w|). Each segment of `every` steps is recomputed
  * from its stored state (checked bit for bit against the next one).
- * Memory: (steps/every + every + 2) x 3 x n floats, and 6 n doubles.
- * Cost per query: about 3 + batch/B... forward-backward passes per step (see
- * attr-score(1)). dq [d->n]: dQ/deps_i, summed over a record's rows.
+ * Memory: (steps/every + every + 2) x 3 x n floats, and 5 n doubles.
+ * Cost per query: per step, the segment's recomputation, the batch
+ * gradient, each row's own and two for the Hessian-vector product: about
+ * five batch passes (attr-score(1)). dq [d->n]: dQ/deps_i, summed over a
+ * record's rows.
  */
 typedef struct trail_metagrad_opts {
 	long every;    /* 0: ceil(sqrt(steps)) */
