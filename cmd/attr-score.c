@@ -10,14 +10,16 @@
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
-       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC };
+       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_EVERY, O_FDEPS };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
 	{O_ADAPTER, "adapter", 'a', "DIR", "the LoRA adapter directory", "dir"},
 	{O_ADAPTERS, "adapters", 0, "DIR", "adapter directories: each event is scored with its own adapter's index", "dir"},
 	{O_INDEX, "index", 'i', "FILE", "the attribution index (default ADAPTER or MODEL/attribution.idx)", "file"},
-	{O_METHOD, "method", 0, "M", "ekfac (default), influence, graddot, datainf or tracin", "ekfac influence graddot datainf tracin"},
+	{O_METHOD, "method", 0, "M", "ekfac (default), influence, graddot, datainf, tracin, or exact (the audit: differentiate through the replayed training run)", "ekfac influence graddot datainf tracin exact"},
+	{O_EVERY, "every", 0, "S", "with --method exact: store the replay's state every S steps (default sqrt of the steps)", NULL},
+	{O_FDEPS, "fd-eps", 0, "X", "with --method exact: the Hessian-vector products' finite-difference step, relative (default 1e-3)", NULL},
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
@@ -53,6 +55,7 @@ static const trail_cli cli = {
 		 "    [--record] [--epoch ID] [file...]\n"
 		 "--model DIR --adapters DIR [--data FILE|--datanet NAME@SIZE] [--record] [--epoch ID] [file...]\n"
 		 "--verify --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [file...]\n"
+		 "--method exact [--every S] [--fd-eps X] [--verify] --model DIR --adapter DIR --data FILE|--datanet NAME@SIZE [file...]\n"
 		 "--build-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--proj KIN,KOUT] [--checkpoint DIR]...\n"
 		 "    [--shard I/N|--records LO:HI --index FILE]\n"
 		 "--merge-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--index FILE] shard...\n"
@@ -84,6 +87,22 @@ static int verify_stream(trail_attr_session *s, FILE *f, const char *src, trail_
 	}
 	trail_ndjson_free(r);
 	return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "verification failed") : TRAIL_OK;
+}
+
+/* --verify --method exact: each file's bytes recomputed (stdin without files). */
+static int verify_exact(const trail_attr_opts *o, const char *const *files, int n, trail_error *err)
+{
+	int rc = TRAIL_OK;
+	for (int i = 0; !rc && i < (n ? n : 1); i++) {
+		const char *src = n ? files[i] : "/dev/stdin";
+		void *buf = NULL;
+		size_t len;
+		if (!(rc = trail_read_file(src, (size_t)1 << 32, &buf, &len, err)))
+			rc = trail_attr_exact_verify(o, n ? src : "<stdin>", buf, len, err);
+		trail_free(buf);
+	}
+	/* a model, adapter, training run or records that do not match is a difference too */
+	return rc == TRAIL_EDATA || rc == TRAIL_EUNAVAIL ? (err->code = TRAIL_EVERIFY) : rc;
 }
 
 /* Every event of f, with where it came from (lines: "src:line" per event). */
@@ -175,6 +194,7 @@ int main(int argc, char **argv)
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
 	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0, partial = 0, merge = 0, mergeidx = 0, ranged = 0, prec = -1;
 	trail_attr_range range = {0};
+	trail_metagrad_opts mo = {0};
 	const char *adapters = NULL, *epoch = NULL;
 	if (trail_init() || trail_args_init(&a, &cli, argc, argv, stdout))
 		return 70;
@@ -185,7 +205,7 @@ int main(int argc, char **argv)
 		case O_INDEX: o.index = v; break;
 		case O_METHOD:
 			if ((o.method = trail_attr_method(v)) < 0)
-				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not ekfac, influence, graddot, datainf or tracin", v);
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--method: '%s' is not ekfac, influence, graddot, datainf, tracin or exact", v);
 			break;
 		case O_TOP: rc = trail_parse_long(v, 1, 100000, &n, "--top", &err), o.top = (int)n; break;
 		case O_MINSPAN: rc = trail_parse_long(v, 1, 1 << 20, &n, "--min-span", &err), o.min_span = (int)n; break;
@@ -215,6 +235,8 @@ int main(int argc, char **argv)
 		case O_MERGEIDX: mergeidx = 1; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &threads, "--threads", &err); break;
 		case O_PREC: rc = trail_precision_parse(v, &prec, &err); break;
+		case O_EVERY: rc = trail_parse_long(v, 1, 1L << 40, &n, "--every", &err), mo.every = (long)n; break;
+		case O_FDEPS: rc = trail_parse_double(v, 1e-8, 0.1, &mo.fd_eps, "--fd-eps", &err); break;
 		case O_CKPT: {
 			if (nck == MAXCK) {
 				rc = trail_error_set(&err, TRAIL_EUSAGE, "at most %d checkpoints", MAXCK);
@@ -243,7 +265,14 @@ int main(int argc, char **argv)
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--verify, --build-index, --partial, --merge and --merge-index "
 				     "do not go together; --shard/--records go with --build-index or --partial; --merge "
 				     "and --merge-index read the files named");
+	else if (o.method == TRAIL_ATTR_EXACT && (build || mergeidx || merge || partial || adapters || o.prove || prec == TRAIL_PREC_BF16))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--method exact scores or verifies at fp32, one adapter: not with "
+				     "--build-index, --merge-index, --merge, --partial, --adapters, --prove or --precision bf16");
+	else if (o.method != TRAIL_ATTR_EXACT && (mo.every || mo.fd_eps))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--every and --fd-eps go with --method exact");
 	else {
+		if (o.method == TRAIL_ATTR_EXACT)
+			prec = TRAIL_PREC_FP32;
 		/* an index is built with BLAS splitting gradients: its bits follow the count, so 1 unless asked */
 		if (!threads)
 			threads = build || mergeidx ? 1 : trail_cpu_count();
@@ -261,6 +290,8 @@ int main(int argc, char **argv)
 			rc = trail_attr_merge(&o, (const char *const *)a.rest, (size_t)a.nrest, &recs, &err);
 			rc = emit(rc, recs, record ? o.home : NULL, epoch, &err);
 		}
+		else if (verify && o.method == TRAIL_ATTR_EXACT)
+			rc = verify_exact(&o, a.nrest ? (const char *const *)a.rest : NULL, a.nrest, &err);
 		else if (verify) {
 			trail_attr_session *s = NULL;
 			if (!(rc = trail_attr_session_open(&o, &s, &err)))
@@ -300,6 +331,12 @@ int main(int argc, char **argv)
 				if (!rc)
 					rc = put_out(&out, &err);
 				trail_buf_release(&out);
+			} else if (!rc && o.method == TRAIL_ATTR_EXACT) {
+				json_t *recs = NULL;
+				size_t bad;
+				rc = trail_attr_exact_run(&o, &mo, events, &recs, &bad, &err);
+				at_event(where, bad, rc, &err);
+				rc = emit(rc, recs, record ? o.home : NULL, epoch, &err);
 			} else if (!rc)
 				rc = score(&o, adapters, events, where, record ? o.home : NULL, epoch, &err);
 			json_decref(events), json_decref(where);

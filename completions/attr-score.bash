@@ -13,7 +13,11 @@ _attr_score() {
 	--index|-i)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--method )
-		COMPREPLY=($(compgen -W "ekfac influence graddot datainf tracin" -- "$cur")); return ;;
+		COMPREPLY=($(compgen -W "ekfac influence graddot datainf tracin exact" -- "$cur")); return ;;
+	--every )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--fd-eps )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--top|-k)
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--min-span )
@@ -54,7 +58,7 @@ _attr_score() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --top -k --min-span --max-count --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --shard --records --partial --merge --merge-index --threads --precision --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --every --fd-eps --top -k --min-span --max-count --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --shard --records --partial --merge --merge-index --threads --precision --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

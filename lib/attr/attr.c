@@ -579,6 +579,18 @@ static int event_prep(const trail_attr_ctx *c, const json_t *event, const json_t
 	return event_tokens(c, *ev, tok, n, first, err);
 }
 
+int trail_attr_event_query(const trail_attr_ctx *c, const json_t *event, int32_t **tok, size_t *n, size_t *first,
+			   trail_error *err)
+{
+	const json_t *ev;
+	int rc = event_prep(c, event, &ev, tok, n, first, err);
+	if (rc) {
+		trail_free(*tok);
+		*tok = NULL;
+	}
+	return rc;
+}
+
 /* The query's gradient scored against records [lo, hi). */
 static int event_score(const trail_attr_ctx *c, const int32_t *tok, size_t n, size_t first, size_t lo, size_t hi,
 		       float *scores, trail_error *err)

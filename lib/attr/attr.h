@@ -135,9 +135,10 @@ int trail_span_match(const trail_span_index *x, const int32_t *q, size_t n, size
 #define TRAIL_ATTR_MAX_ROW 65536 /* dimensions of a row; above TRAIL_ATTR_MAX_DIM only EK-FAC's curvature */
 #define TRAIL_ATTR_AUTO_K 64     /* the automatic projection: 64 x 64 per layer, or less for many layers */
 
-enum { TRAIL_ATTR_INFLUENCE, TRAIL_ATTR_GRADDOT, TRAIL_ATTR_DATAINF, TRAIL_ATTR_TRACIN, TRAIL_ATTR_EKFAC };
+/* TRAIL_ATTR_EXACT scores without the index (job/attr_exact.c: metagradients through the training run) */
+enum { TRAIL_ATTR_INFLUENCE, TRAIL_ATTR_GRADDOT, TRAIL_ATTR_DATAINF, TRAIL_ATTR_TRACIN, TRAIL_ATTR_EKFAC, TRAIL_ATTR_EXACT };
 
-/* "influence", "graddot", "datainf", "tracin", "ekfac" -> TRAIL_ATTR_*; -1 if unknown. */
+/* "influence", "graddot", "datainf", "tracin", "ekfac", "exact" -> TRAIL_ATTR_*; -1 if unknown. */
 int trail_attr_method(const char *name);
 const char *trail_attr_method_name(int method);
 
@@ -397,6 +398,12 @@ int trail_attr_event_scores(const trail_attr_ctx *c, const json_t *event, size_t
 			    trail_error *err);
 int trail_attr_event_from_scores(const trail_attr_ctx *c, const json_t *event, const float *scores, json_t **out,
 				 trail_error *err);
+/*
+ * The query of an event as trail_attr_event reads it (checked against the
+ * index's weights): tokens [n] (*tok new, trail_free), the answer from *first.
+ */
+int trail_attr_event_query(const trail_attr_ctx *c, const json_t *event, int32_t **tok, size_t *n, size_t *first,
+			   trail_error *err);
 /* Recompute an attribution record: TRAIL_OK if identical, TRAIL_EVERIFY with the difference. */
 int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error *err);
 

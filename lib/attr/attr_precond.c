@@ -90,8 +90,8 @@ datainf: /* DataInf: lambda_l = 0.1 x mean squared norm of layer l's blocks */
 
 int trail_attr_method(const char *name)
 {
-	static const char *names[] = {"influence", "graddot", "datainf", "tracin", "ekfac"};
-	for (int i = 0; i < 5; i++)
+	static const char *names[] = {"influence", "graddot", "datainf", "tracin", "ekfac", "exact"};
+	for (int i = 0; i < 6; i++)
 		if (!strcmp(name, names[i]))
 			return i;
 	return -1;
@@ -99,8 +99,8 @@ int trail_attr_method(const char *name)
 
 const char *trail_attr_method_name(int method)
 {
-	static const char *names[] = {"influence", "graddot", "datainf", "tracin", "ekfac"};
-	return method >= 0 && method < 5 ? names[method] : "?";
+	static const char *names[] = {"influence", "graddot", "datainf", "tracin", "ekfac", "exact"};
+	return method >= 0 && method < 6 ? names[method] : "?";
 }
 
 int trail_attr_query_rows(const trail_attr_index *x, int method)

@@ -173,6 +173,28 @@ int trail_attr_partial(const trail_attr_opts *o, const trail_attr_range *r, cons
  */
 int trail_attr_merge(const trail_attr_opts *o, const char *const *parts, size_t n, json_t **out, trail_error *err);
 
+/* ---- the exact audit (attr_exact.c) ---------------------------------------------------- */
+
+/*
+ * attr-score --method exact: o->adapter's run replayed from its
+ * training.json (refused, TRAIL_EUNAVAIL, for what it cannot replay: a
+ * full-model run, bf16, another optimiser; TRAIL_EDATA for missing fields,
+ * other records, or a replay that does not end at the adapter's weights
+ * bit for bit), then each event's record as trail_attr_run makes them,
+ * method "exact", the scores -dQ/deps_i (model.h's metagradients), with
+ * params.exact {every, fd_eps, score} and "replay" {model, adapter,
+ * training (training.json's digest), training_root, records_order_digest,
+ * settings, steps, rows}. Needs fp32 products (trail_compute_set).
+ */
+int trail_attr_exact_run(const trail_attr_opts *o, const trail_metagrad_opts *mo, const json_t *events, json_t **out,
+			 size_t *bad, trail_error *err);
+/*
+ * The records in bytes [len] (canonical lines, as attr-score writes them)
+ * recomputed with their own settings: TRAIL_EVERIFY naming the first byte
+ * (and line) that differs; a changed input fails as trail_attr_exact_run does.
+ */
+int trail_attr_exact_verify(const trail_attr_opts *o, const char *src, const char *bytes, size_t len, trail_error *err);
+
 /* For the merge: a session's noise floor, and a record from all N scores (with proofs when o->prove). */
 void trail_attr_session_set_floor(trail_attr_session *s, float floor);
 int trail_attr_session_from_scores(trail_attr_session *s, const json_t *event, const float *scores, json_t **out,

@@ -549,6 +549,45 @@ json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *
 				const trail_train_run *r, const json_t *extra);
 
 /*
+ * Metagradients (metagrad.c): the derivative of a query's loss after a
+ * training run with respect to each record's weight eps_i in the training
+ * loss (eps_i = 1 as trained; the batch loss is sum_b eps_b l_b / K, l_b
+ * the summed token losses of row b, K the batch's counted targets).
+ *
+ * trail_metagrad_replay runs the training of o on d from the model's
+ * current trainable parameters (the run's start) and fresh AdamW moments,
+ * exactly as trail_train does (fp32: the same bits), storing the weights
+ * and moments every `every` steps; the model is left at the final weights.
+ * trail_metagrad_query then runs the reverse pass through every optimiser
+ * step for one query (tokens [n], the loss over targets from `first` on):
+ * the AdamW step's vector-Jacobian product (moments, bias correction,
+ * weight decay, clipping to the global norm), per-row gradients dotted
+ * with the gradient's adjoint, and Hessian-vector products of the batch
+ * loss by central differences of gradients along the unit adjoint, a step
+ * of fd_eps * max(1, |w|). Each segment of `every` steps is recomputed
+ * from its stored state (checked bit for bit against the next one).
+ * Memory: (steps/every + every + 2) x 3 x n floats, and 5 n doubles.
+ * Cost per query: per step, the segment's recomputation, the batch
+ * gradient, each row's own and two for the Hessian-vector product: about
+ * five batch passes (attr-score(1)). dq [d->n]: dQ/deps_i, summed over a
+ * record's rows.
+ */
+typedef struct trail_metagrad_opts {
+	long every;    /* 0: ceil(sqrt(steps)) */
+	double fd_eps; /* 0: 1e-3 */
+} trail_metagrad_opts;
+typedef struct trail_metagrad trail_metagrad;
+int trail_metagrad_replay(trail_model *m, const trail_dataset *d, const trail_train_opts *o,
+			  const trail_metagrad_opts *mo, trail_metagrad **out, trail_error *err);
+/* The replay's loss curve [steps] (the mean batch losses, as trail_train's). */
+const float *trail_metagrad_losses(const trail_metagrad *g);
+int trail_metagrad_query(trail_metagrad *g, const int32_t *tok, size_t n, size_t first, double *dq,
+			 trail_error *err);
+/* What the last query cost: forward-backward passes of one row each. */
+unsigned long long trail_metagrad_rows(const trail_metagrad *g);
+void trail_metagrad_free(trail_metagrad *g);
+
+/*
  * Parse "r=8,alpha=16,targets=c_attn,c_proj,rslora=1" (defaults r 8, alpha 16,
  * every linear layer); Llama-family targets are q_proj, k_proj, v_proj,
  * o_proj, gate_proj, up_proj, down_proj.

@@ -123,7 +123,7 @@ static void fill(const trail_dataset *d, size_t r, int seq, int32_t *x, int32_t 
 }
 
 /* The permutation of epoch e: Fisher-Yates driven by (seed, e). */
-static void epoch_order(size_t *perm, size_t n, uint64_t seed, uint64_t e)
+void trail_train_order(size_t *perm, size_t n, uint64_t seed, uint64_t e)
 {
 	uint64_t s = seed ^ (0xD1B54A32D192ED03ULL * (e + 1));
 	for (size_t i = 0; i < n; i++)
@@ -283,7 +283,7 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 		for (size_t b = 0; b < B; b++) {
 			uint64_t g = (uint64_t)r->step * B + b;
 			if (g / n != epoch)
-				epoch_order(perm, n, o->seed, epoch = g / n);
+				trail_train_order(perm, n, o->seed, epoch = g / n);
 			fill(d, perm[g % n], o->seq, x + b * S, y + b * S);
 		}
 		float loss;
