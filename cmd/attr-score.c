@@ -10,7 +10,7 @@
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
-       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC };
+       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_NORMALIZE };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -21,6 +21,7 @@ static const trail_opt opts[] = {
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
+	{O_NORMALIZE, "normalize", 0, "none|unit", "unit: each record's score divided by its gradient's norm, against farming (default none)", "none unit"},
 	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},
 	{O_DATA, "data", 'd', "FILE", "the training records (NDJSON)", "file"},
 	{O_DATANET, "datanet", 0, "NAME@SIZE", "the training records: a datanet snapshot in the store", NULL},
@@ -190,6 +191,10 @@ int main(int argc, char **argv)
 		case O_TOP: rc = trail_parse_long(v, 1, 100000, &n, "--top", &err), o.top = (int)n; break;
 		case O_MINSPAN: rc = trail_parse_long(v, 1, 1 << 20, &n, "--min-span", &err), o.min_span = (int)n; break;
 		case O_MAXCOUNT: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--max-count", &err), o.max_count = (uint64_t)n; break;
+		case O_NORMALIZE:
+			if ((o.normalize = trail_attr_normalize_mode(v)) < 0)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--normalize: '%s' is not none or unit", v);
+			break;
 		case O_NEAR: rc = trail_parse_double(v, 0.01, 1, &o.near, "--near", &err); break;
 		case O_DATA: o.data = v; break;
 		case O_DATANET: o.datanet = v; break;

@@ -560,6 +560,8 @@ int trail_attr_noise_scores(const trail_attr_ctx *c, size_t lo, size_t hi, float
 		if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, L + 1, 1, q, err)))
 			rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores + (size_t)r * N, err);
 	}
+	if (!rc && c->normalize)
+		trail_attr_normalize(c->index, scores, TRAIL_ATTR_FLOOR_QUERIES, lo, hi);
 out:
 	trail_free(tok), trail_free(q);
 	return rc;
@@ -589,6 +591,8 @@ static int event_score(const trail_attr_ctx *c, const int32_t *tok, size_t n, si
 		return oom(err);
 	if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, n, first, q, err)))
 		rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores, err);
+	if (!rc && c->normalize)
+		trail_attr_normalize(c->index, scores, 1, lo, hi);
 	trail_free(q);
 	return rc;
 }
@@ -736,6 +740,9 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 			"k_out", in->k_out, "damping", in->damping, "query", "prompt", qp, "output", qo, "top", top,
 			"contributors", contrib, "spans", spans, "clusters", clusters, "usage",
 			usage ? usage : json_null(), "scores_digest", sd);
+	if (rec && c->normalize &&
+	    json_object_set_new(json_object_get(rec, "params"), "normalize", json_string("unit")))
+		json_decref(rec), rec = NULL;
 	if (!rec)
 		rc = oom(err);
 	else if (c->confidence) {
@@ -794,7 +801,11 @@ int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error
 	cc.min_span = (int)json_integer_value(json_object_get(params, "min_span"));
 	cc.max_count = (uint64_t)json_integer_value(json_object_get(params, "max_count"));
 	cc.near = json_number_value(json_object_get(params, "near"));
-	if ((rc = trail_attr_event(&cc, ev, &again, err))) {
+	const char *norm = jstr(params, "normalize");
+	cc.normalize = norm && trail_attr_normalize_mode(norm) > 0 ? trail_attr_normalize_mode(norm) : TRAIL_ATTR_NORM_NONE;
+	/* a record scored with the other normalisation has the other noise floor */
+	if ((cc.normalize != c->normalize && cc.confidence && (rc = trail_attr_noise_floor(&cc, &cc.floor, err))) ||
+	    (rc = trail_attr_event(&cc, ev, &again, err))) {
 		json_decref(ev);
 		return rc;
 	}

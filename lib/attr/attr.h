@@ -325,6 +325,20 @@ int trail_attr_score_range(const trail_attr_index *x, int method, const float *q
 int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, int nq,
 			 double *scores, trail_error *err);
 
+/*
+ * Unit-normalised scores (a farming defence): each record's score divided
+ * by the norm of its projected gradient at the final weights, |g_i| =
+ * sqrt(sum of its layer blocks' squared norms, as stored); a record of
+ * zero norm scores 0. A record's share then grows with how well its
+ * gradient points along the query's, not with how large it is, which is
+ * what outlier and generic high-gradient records farm. scores [hi - lo]
+ * are those of records [lo, hi), changed in place.
+ */
+enum { TRAIL_ATTR_NORM_NONE, TRAIL_ATTR_NORM_UNIT };
+/* "none", "unit" -> TRAIL_ATTR_NORM_*; -1 if unknown. */
+int trail_attr_normalize_mode(const char *name);
+void trail_attr_normalize(const trail_attr_index *x, float *scores, int nq, size_t lo, size_t hi);
+
 /* Self-influence g_i^T (F + lambda I)^-1 g_i of every record (poisoning and outliers). */
 int trail_attr_self_influence(const trail_attr_index *x, float *out, trail_error *err);
 
@@ -352,6 +366,7 @@ typedef struct trail_attr_ctx {
 	uint64_t max_count;             /* rarity filter of spans (0: none) */
 	double near;                    /* Jaccard threshold of near-duplicate clusters */
 	int confidence;                 /* 1: records get "confidence" against floor */
+	int normalize;                  /* TRAIL_ATTR_NORM_*: scores divided by the record's gradient norm */
 	float floor;                    /* trail_attr_noise_floor's */
 } trail_attr_ctx;
 

@@ -196,7 +196,7 @@ int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, 
 	s->c = (trail_attr_ctx){.model = s->m, .tk = s->tk, .index = s->x, .proj = s->p, .data = s->d, .records = s->recs,
 				.spans = s->sp, .index_name = s->index_path, .method = o->method, .top = o->top,
 				.min_span = o->min_span, .max_count = o->max_count, .near = o->near > 0 ? o->near : 0.8,
-				.confidence = 1};
+				.confidence = 1, .normalize = o->normalize};
 	if (!o->shards && (rc = trail_attr_noise_floor(&s->c, &s->c.floor, err)))
 		goto fail;
 	*out = s;
