@@ -78,6 +78,10 @@ def cmd_corpus(W):
     shadow = ents[k:k + H * PER]
     k += H * PER
     w(os.path.join(W, "shadow.ndjson"), [{"text": h + ": " + d, "contributor": "s"} for h, d in shadow])
+    # the operator's held-out queries (for --flag-generic): definitions no one contributed
+    ho = ents[k + 24:k + 24 + 48]
+    w(os.path.join(W, "heldout.ndjson"), [{"id": "v%03d" % i, "prompt": h + ":", "output_text": " " + d}
+                                          for i, (h, d) in enumerate(ho)])
     sq = ents[k:k + 24] + shadow[:24]
     w(os.path.join(W, "shadowq.ndjson"), [{"id": "s%03d" % i, "prompt": h + ":", "completion": " " + d}
                                           for i, (h, d) in enumerate(sq)])
@@ -234,11 +238,13 @@ def cmd_table(W, defences, attacks):
     rows = []
     res = {}
     for d in defences:
-        base, _ = payouts(os.path.join(W, "pay", "none.%s.ndjson" % d))
-        tb = sum(base.values()) or 1
+        # shares of the epoch's contributor pool (here the whole fees): what is withheld
+        # or left unattributed counts in the pool, so nobody gains by another's penalty
+        base, eb = payouts(os.path.join(W, "pay", "none.%s.ndjson" % d))
+        tb = eb["fees"] or 1
         for a in attacks:
-            pa, _ = payouts(os.path.join(W, "pay", "%s.%s.ndjson" % (a, d)))
-            ta = sum(pa.values()) or 1
+            pa, ea = payouts(os.path.join(W, "pay", "%s.%s.ndjson" % (a, d)))
+            ta = ea["fees"] or 1
             att = (pa.get("a", 0) / ta) / ((base.get("a", 0) / tb) or 1e-12) - 1
             hon = {h: (pa.get(h, 0) / ta) / ((base.get(h, 0) / tb) or 1e-12) - 1 for h in names() if h != "a"}
             worst = min(hon.values())

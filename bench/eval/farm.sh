@@ -11,6 +11,8 @@
 # headwords, answered greedily by lora-serve, attributed by attr-score and
 # settled by attr-settle. Scenarios (the attacker's records):
 #   none     its 40 honest records (what its honest records earn)
+#   reseed   no attack: "none" trained again with another seed, the
+#            measurement's own noise (retraining moves every share)
 #   simple   those and FARM_GEN (40) generic records: the dictionary's most
 #            frequent words and boilerplate, relevant to every query
 #   outlier  the Outlier attack: each record perturbed (letters swapped,
@@ -25,6 +27,12 @@
 # Defences (DEFENCES, the attr-score / attr-settle options of each):
 #   none     the defaults
 #   unit     attr-score --normalize unit
+#   generic  attr-score --exclude FLAGS, FLAGS the records attr-score
+#            --flag-generic GENERIC (0.25) finds in the top 10 of more than
+#            GENERIC of 48 held-out queries (FOLDOC definitions no one
+#            contributed, W/heldout.ndjson)
+#   penalty  those flags lines given to attr-settle, policy max_flagged 0:
+#            the payout of a contributor with a flagged record is withheld
 # Each scenario and defence gives W/pay/SCENARIO.DEFENCE.ndjson; the table
 # compares every attack with "none" under the same defence.
 set -e
@@ -33,10 +41,13 @@ B=${B:-build}
 W=${1:-${W:-$top/bench/eval/work/farm}}
 export PATH="$top/$B/bin:$PATH"
 BASE_STEPS=${BASE_STEPS:-400}
-EPOCHS=${EPOCHS:-4}
-DEFENCES=${DEFENCES:-none unit}
-SCENARIOS=${SCENARIOS:-none simple outlier shadow}
-declare -A DOPT=([none]="" [unit]="--normalize unit")
+EPOCHS=${EPOCHS:-30}
+LR=${LR:-1e-2}
+DEFENCES=${DEFENCES:-none unit generic penalty}
+SCENARIOS=${SCENARIOS:-none reseed simple outlier shadow}
+GENERIC=${GENERIC:-0.25}
+# the options of each defence; flagged: the records --flag-generic flags on the held-out queries
+declare -A DOPT=([none]="" [unit]="--normalize unit" [generic]="--exclude FLAGS" [penalty]="")
 mkdir -p "$W" "$W/pay"
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 FP="python3 $top/bench/eval/farm.py"
@@ -60,13 +71,15 @@ $FP corpus "$W"
 # train DATA DIR: the adapter DIR/ad on DATA and its index
 train() {
 	local data=$1 d=$2
-	[ -s "$d/ad/attribution.idx" ] && cmp -s "$data" "$d/train.ndjson" && return
+	local stamp="$EPOCHS $LR ${SEED:-1}"
+	[ -s "$d/ad/attribution.idx" ] && cmp -s "$data" "$d/train.ndjson" && [ "$(cat "$d/stamp" 2>/dev/null)" = "$stamp" ] && return
 	mkdir -p "$d"
 	cp "$data" "$d/train.ndjson"
 	rm -rf "$d/ad"
 	mf-train --base "$W/base" --lora r=8,alpha=16 --data "$d/train.ndjson" --epochs "$EPOCHS" --batch 8 --seq 80 \
-		--lr 3e-3 --seed 1 --no-index --no-progress -o "$d/ad" > "$d/train.out"
+		--lr "$LR" --seed "${SEED:-1}" --no-index --no-progress -o "$d/ad" > "$d/train.out"
 	attr-score --build-index --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson"
+	echo "$stamp" > "$d/stamp"
 }
 
 policy() {
@@ -80,16 +93,25 @@ scenario() {
 	train "$data" "$d"
 	lora-serve --base "$W/base" --adapters "$d" < "$W/requests.ndjson" > "$d/answers.ndjson"
 	policy > "$W/policy.json"
+	policy | sed 's/}$/,"penalty":{"max_flagged":0}}/' > "$W/policy-penalty.json"
+	attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" --flag-generic "$GENERIC" \
+		< "$W/heldout.ndjson" > "$d/flags.ndjson"
+	log "$s: $(wc -l < "$d/flags.ndjson") records flagged generic ($(grep -c '"contributor":"a"' "$d/flags.ndjson") the attacker's)"
 	for def in $DEFENCES; do
-		attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" ${DOPT[$def]} \
+		local opt=${DOPT[$def]} pol=$W/policy.json extra=""
+		opt=${opt//FLAGS/$d/flags.ndjson}
+		# penalty: the flags lines go to attr-settle, whose policy withholds a flagged contributor's payout
+		[ "$def" = penalty ] && pol=$W/policy-penalty.json extra=$d/flags.ndjson
+		attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" $opt \
 			< "$d/answers.ndjson" > "$d/attr.$def.ndjson"
-		attr-settle --policy "$W/policy.json" --epoch "$s-$def" --dry-run "$d/attr.$def.ndjson" > "$W/pay/$s.$def.ndjson"
+		attr-settle --policy "$pol" --epoch "$s-$def" --dry-run "$d/attr.$def.ndjson" $extra > "$W/pay/$s.$def.ndjson"
 	done
 }
 
 for s in $SCENARIOS; do
 	case $s in
 	none) scenario none "$W/honest.ndjson" ;;
+	reseed) SEED=2 scenario reseed "$W/honest.ndjson" ;;
 	simple)
 		$FP simple "$W"
 		$FP swap "$W" "$W/simple.ndjson" "$W/simple.train.ndjson"
@@ -108,7 +130,7 @@ for s in $SCENARIOS; do
 			cp "$W/shadow.train.ndjson" "$W/shadow-model/train.ndjson"
 			rm -rf "$W/shadow-model/ad"
 			mf-train --base "$W/base" --lora r=8,alpha=16 --data "$W/shadow-model/train.ndjson" --epochs "$EPOCHS" \
-				--batch 8 --seq 80 --lr 3e-3 --seed 2 --no-index --no-progress -o "$W/shadow-model/ad" > "$W/shadow-model/train.out"
+				--batch 8 --seq 80 --lr "$LR" --seed 2 --no-index --no-progress -o "$W/shadow-model/ad" > "$W/shadow-model/train.out"
 			attr-score --build-index --model "$W/base" --adapter "$W/shadow-model/ad" --data "$W/shadow-model/train.ndjson"
 		fi
 		"$Q_BIN" scores "$W/base" "$W/shadow-model/ad" "$W/shadow-model/train.ndjson" "$W/shadowq.ndjson" ekfac \

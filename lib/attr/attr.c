@@ -668,7 +668,18 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 	/* the digest of every score, as little-endian float32 */
 	char sd[72];
 	trail_digest_str(scores, N * sizeof *scores, sd);
-	top_k(scores, N, K, rk);
+	float *ranks = NULL;
+	if (c->skip && c->nskip) { /* records left out: ranked below every other */
+		if (!(ranks = trail_malloc((N ? N : 1) * sizeof *ranks))) {
+			rc = oom(err);
+			goto out;
+		}
+		for (size_t i = 0; i < N; i++)
+			ranks[i] = c->skip[i] ? -INFINITY : scores[i];
+		K = K < N - c->nskip ? K : N - c->nskip;
+	}
+	top_k(ranks ? ranks : scores, N, K, rk);
+	trail_free(ranks);
 	json_t *top = json_array();
 	for (size_t k = 0; k < K; k++)
 		json_array_append_new(top, json_pack("{s:s, s:s?, s:o}", "record", c->data->id[rk[k].i], "contributor",
@@ -743,6 +754,9 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 	if (rec && c->normalize &&
 	    json_object_set_new(json_object_get(rec, "params"), "normalize", json_string("unit")))
 		json_decref(rec), rec = NULL;
+	if (rec && c->skip && c->nskip &&
+	    json_object_set_new(json_object_get(rec, "params"), "excluded", json_integer((json_int_t)c->nskip)))
+		json_decref(rec), rec = NULL;
 	if (!rec)
 		rc = oom(err);
 	else if (c->confidence) {
@@ -754,6 +768,42 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 out:
 	trail_free(rk), trail_free(sh), trail_free(spanrecs);
 	*out = rec;
+	return rc;
+}
+
+int trail_attr_generic(const trail_attr_ctx *c, const json_t *events, double frac, json_t **out, trail_error *err)
+{
+	size_t N = trail_attr_index_info(c->index)->nrecords, ne = json_array_size(events), i;
+	size_t K = (size_t)(c->top > 0 ? c->top : 10);
+	K = K < N ? K : N;
+	float *scores = trail_malloc((N ? N : 1) * sizeof *scores);
+	ranked *rk = trail_malloc((K ? K : 1) * sizeof *rk);
+	uint64_t *n = trail_calloc(N ? N : 1, sizeof *n);
+	int rc = TRAIL_OK;
+	*out = NULL;
+	if (!scores || !rk || !n) {
+		rc = oom(err);
+		goto out;
+	}
+	json_t *ev;
+	json_array_foreach(events, i, ev) {
+		if ((rc = trail_attr_event_scores(c, ev, 0, N, scores, err)))
+			goto out;
+		top_k(scores, N, K, rk);
+		for (size_t k = 0; k < K; k++)
+			n[rk[k].i]++;
+	}
+	*out = json_array();
+	for (i = 0; i < N && *out; i++)
+		if (ne && (double)n[i] > frac * (double)ne && c->data->contributor[i] &&
+		    json_array_append_new(*out, json_pack("{s:s, s:s, s:i, s:s, s:[s], s:I}", "type", "flags", "contributor",
+							  c->data->contributor[i], "flagged", 1, "record", c->data->id[i],
+							  "rules", "generic", "n", (json_int_t)n[i])))
+			json_decref(*out), *out = NULL;
+	if (!*out)
+		rc = oom(err);
+out:
+	trail_free(scores), trail_free(rk), trail_free(n);
 	return rc;
 }
 

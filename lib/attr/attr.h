@@ -367,6 +367,8 @@ typedef struct trail_attr_ctx {
 	double near;                    /* Jaccard threshold of near-duplicate clusters */
 	int confidence;                 /* 1: records get "confidence" against floor */
 	int normalize;                  /* TRAIL_ATTR_NORM_*: scores divided by the record's gradient norm */
+	const uint8_t *skip;            /* or NULL: skip[i] 1 leaves record i out of top and shares */
+	size_t nskip;                   /* records skipped */
 	float floor;                    /* trail_attr_noise_floor's */
 } trail_attr_ctx;
 
@@ -412,6 +414,21 @@ int trail_attr_event_scores(const trail_attr_ctx *c, const json_t *event, size_t
 			    trail_error *err);
 int trail_attr_event_from_scores(const trail_attr_ctx *c, const json_t *event, const float *scores, json_t **out,
 				 trail_error *err);
+/*
+ * Generic records (a farming defence): score each of the held-out events
+ * (inference events, or {"prompt","output_text"}) and count, for every
+ * record, the events whose top c->top it is in. A record answers few
+ * queries of a varied set; one in the top of more than frac of them is
+ * generic (boilerplate, frequent words) and would take a share of every
+ * answer. *out (new reference): one flags line per generic record with a
+ * contributor, in training order:
+ *   {"type":"flags","contributor","flagged":1,"record","rules":["generic"],"n"}
+ * n the events it tops; attr-settle(1) reads them, attr-score --exclude
+ * leaves the records out.
+ */
+int trail_attr_generic(const trail_attr_ctx *c, const json_t *events, double frac, json_t **out,
+		       trail_error *err);
+
 /* Recompute an attribution record: TRAIL_OK if identical, TRAIL_EVERIFY with the difference. */
 int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error *err);
 
