@@ -36,7 +36,7 @@
 # Each scenario and defence gives W/pay/SCENARIO.DEFENCE.ndjson; the table
 # compares every attack with "none" under the same defence.
 set -e
-top=$(cd "$(dirname "$0")/../.." && pwd)
+top=${FARM_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
 B=${B:-build}
 W=${1:-${W:-$top/bench/eval/work/farm}}
 export PATH="$top/$B/bin:$PATH"
