@@ -58,16 +58,16 @@ def cmd_corpus(W):
     # training order interleaved, so no contributor is trained last
     recs = [r for _, r in sorted(enumerate(recs), key=lambda x: (x[0] % PER, x[0] // PER))]
     w(os.path.join(W, "honest.ndjson"), recs)
-    # served requests: 8 headwords of each contributor's records (users ask what the
-    # datanet knows) and 24 held-out headwords of the same dictionary
+    # served requests: 16 headwords of each contributor's records (users ask what the
+    # datanet knows) and 32 held-out headwords of the same dictionary
     n = 0
     for who in names():
-        mine = [r for r in recs if r["contributor"] == who][:8]
+        mine = [r for r in recs if r["contributor"] == who][:16]
         for r in mine:
             reqs.append({"id": "r%03d" % n, "prompt": r["text"].split(": ", 1)[0] + ":"})
             n += 1
-    held = ents[k:k + 24]
-    k += 24
+    held = ents[k:k + 32]
+    k += 32
     for h, d in held:
         reqs.append({"id": "r%03d" % n, "prompt": h + ":"})
         n += 1
@@ -223,40 +223,45 @@ def cmd_swap(W, attack, out):
     w(out, res + atk[k:])
 
 
-def payouts(path):
-    p = {}
-    for l in open(path):
-        o = json.loads(l)
-        if o.get("type") == "payout" and o["role"] == "contributor":
-            p[o["to"]] = p.get(o["to"], 0) + o["amount"]
-        if o.get("type") == "epoch":
-            pool = o
-    return p, pool
+def payouts(W, scen, d):
+    """Each contributor's share of the contributor pool (here the whole fees), the mean over seeds:
+    what is withheld or left unattributed stays in the pool, so nobody gains by another's penalty."""
+    import glob
+    files = sorted(glob.glob(os.path.join(W, "pay", "%s.%s.*.ndjson" % (scen, d))))
+    assert files, (scen, d)
+    share = Counter()
+    for path in files:
+        p, fees = Counter(), 1
+        for l in open(path):
+            o = json.loads(l)
+            if o.get("type") == "payout" and o["role"] == "contributor":
+                p[o["to"]] += o["amount"]
+            if o.get("type") == "epoch":
+                fees = o["fees"] or 1
+        for k, v in p.items():
+            share[k] += v / fees / len(files)
+    return share, len(files)
 
 
 def cmd_table(W, defences, attacks):
     rows = []
     res = {}
     for d in defences:
-        # shares of the epoch's contributor pool (here the whole fees): what is withheld
-        # or left unattributed counts in the pool, so nobody gains by another's penalty
-        base, eb = payouts(os.path.join(W, "pay", "none.%s.ndjson" % d))
-        tb = eb["fees"] or 1
+        base, nb = payouts(W, "none", d)
         for a in attacks:
-            pa, ea = payouts(os.path.join(W, "pay", "%s.%s.ndjson" % (a, d)))
-            ta = ea["fees"] or 1
-            att = (pa.get("a", 0) / ta) / ((base.get("a", 0) / tb) or 1e-12) - 1
-            hon = {h: (pa.get(h, 0) / ta) / ((base.get(h, 0) / tb) or 1e-12) - 1 for h in names() if h != "a"}
+            pa, na = payouts(W, a, d)
+            att = pa["a"] / (base["a"] or 1e-12) - 1
+            hon = {h: pa[h] / (base[h] or 1e-12) - 1 for h in names() if h != "a"}
             worst = min(hon.values())
             ok = att <= 0.10 and worst >= -0.05
-            res[(a, d)] = (att, worst, ok)
+            res["%s/%s" % (a, d)] = {"attacker": att, "worst_honest": worst, "met": ok}
             rows.append("| %s | %s | %.1f%% | %.1f%% | %+.1f%% | %s | %s |" % (
-                a, d, 100 * base.get("a", 0) / tb, 100 * pa.get("a", 0) / ta, 100 * att,
-                " ".join("%s %+.1f%%" % (h, 100 * v) for h, v in sorted(hon.items())), "met" if ok else "NOT met"))
+                a, d, 100 * base["a"], 100 * pa["a"], 100 * att,
+                " ".join("%s %+.1f%%" % (h, 100 * v) for h, v in sorted(hon.items())), "met" if ok else "not met"))
     print("| attack | defence | attacker's share, honest records only | with the attack | rise | each honest contributor's change | target |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    json.dump({"%s/%s" % k: v for k, v in res.items()}, open(os.path.join(W, "table.json"), "w"))
+    json.dump(res, open(os.path.join(W, "table.json"), "w"), indent=1, sort_keys=True)
 
 
 def main(a):

@@ -6,13 +6,16 @@
 #
 # A datanet of FARM_H (4) honest contributors h0... and one attacker "a",
 # FARM_PER (40) FOLDOC definitions each (bench/eval/corpus.py), an adapter
-# trained on it (mf-train, LoRA r 8 on a small base trained on fortunes),
-# FARM_H * 8 + 8 requests for headwords of the records and 24 for held-out
-# headwords, answered greedily by lora-serve, attributed by attr-score and
+# trained on it (mf-train, LoRA r 8, 30 epochs at lr 1e-2, on a base of 2
+# layers x 128 trained 1,500 steps on fortunes), 16 requests for headwords
+# of each contributor's records and 32 for held-out headwords (112),
+# answered greedily by lora-serve, attributed by attr-score and
 # settled by attr-settle. Scenarios (the attacker's records):
 #   none     its 40 honest records (what its honest records earn)
-#   reseed   no attack: "none" trained again with another seed, the
+#   reseed   no attack: "none" trained with other seeds (RESEEDS), the
 #            measurement's own noise (retraining moves every share)
+# Every scenario is trained with each of SEEDS (1 2) and its shares are the
+# means over them.
 #   simple   those and FARM_GEN (40) generic records: the dictionary's most
 #            frequent words and boilerplate, relevant to every query
 #   outlier  the Outlier attack: each record perturbed (letters swapped,
@@ -45,6 +48,8 @@ EPOCHS=${EPOCHS:-30}
 LR=${LR:-1e-2}
 DEFENCES=${DEFENCES:-none unit generic penalty}
 SCENARIOS=${SCENARIOS:-none reseed simple outlier shadow}
+SEEDS=${SEEDS:-1 2}       # each scenario trained with each seed; shares are their means
+RESEEDS=${RESEEDS:-3 4}   # "reseed": the honest datanet with other seeds
 GENERIC=${GENERIC:-0.25}
 # the options of each defence; flagged: the records --flag-generic flags on the held-out queries
 declare -A DOPT=([none]="" [unit]="--normalize unit" [generic]="--exclude FLAGS" [penalty]="")
@@ -86,10 +91,16 @@ policy() {
 	echo '{"fee_per_1k_prompt":1000000,"fee_per_1k_completion":2000000,"split_bps":{"contributors":10000}}'
 }
 
-# scenario NAME DATA: train, serve, score with each defence, settle
+# scenario NAME DATA: for each seed, train, serve, score with each defence, settle
 scenario() {
-	local s=$1 data=$2 d=$W/$1 def
-	log "$s: training on $(wc -l < "$data") records"
+	local seed
+	for seed in ${SEEDS_OF:-$SEEDS}; do
+		SEED=$seed scenario1 "$@"
+	done
+}
+scenario1() {
+	local s=$1 data=$2 d=$W/$1/$SEED def
+	log "$s: training on $(wc -l < "$data") records, seed $SEED"
 	train "$data" "$d"
 	lora-serve --base "$W/base" --adapters "$d" < "$W/requests.ndjson" > "$d/answers.ndjson"
 	policy > "$W/policy.json"
@@ -100,25 +111,30 @@ scenario() {
 	for def in $DEFENCES; do
 		local opt=${DOPT[$def]} pol=$W/policy.json extra=""
 		opt=${opt//FLAGS/$d/flags.ndjson}
+		# with nothing flagged, generic and penalty are the default's records
+		if [ "$def" != none ] && [ "$def" != unit ] && [ ! -s "$d/flags.ndjson" ] && [ -s "$d/attr.none.ndjson" ]; then
+			cp "$d/attr.none.ndjson" "$d/attr.$def.ndjson"
+		else
 		# penalty: the flags lines go to attr-settle, whose policy withholds a flagged contributor's payout
 		[ "$def" = penalty ] && pol=$W/policy-penalty.json extra=$d/flags.ndjson
 		attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" $opt \
 			< "$d/answers.ndjson" > "$d/attr.$def.ndjson"
-		attr-settle --policy "$pol" --epoch "$s-$def" --dry-run "$d/attr.$def.ndjson" $extra > "$W/pay/$s.$def.ndjson"
+		fi
+		attr-settle --policy "$pol" --epoch "$s-$def" --dry-run "$d/attr.$def.ndjson" $extra > "$W/pay/$s.$def.$SEED.ndjson"
 	done
 }
 
 for s in $SCENARIOS; do
 	case $s in
 	none) scenario none "$W/honest.ndjson" ;;
-	reseed) SEED=2 scenario reseed "$W/honest.ndjson" ;;
+	reseed) SEEDS_OF=$RESEEDS scenario reseed "$W/honest.ndjson" ;;
 	simple)
 		$FP simple "$W"
 		$FP swap "$W" "$W/simple.ndjson" "$W/simple.train.ndjson"
 		scenario simple "$W/simple.train.ndjson" ;;
 	outlier)
 		$FP outlier-cands "$W"
-		"$Q_BIN" loss "$W/base" "$W/outlier.lossq.ndjson" "$W/none/ad" > "$W/outlier.losses"
+		"$Q_BIN" loss "$W/base" "$W/outlier.lossq.ndjson" "$W/none/1/ad" > "$W/outlier.losses"
 		$FP outlier-pick "$W" "$W/outlier.losses"
 		$FP swap "$W" "$W/outlier.ndjson" "$W/outlier.train.ndjson"
 		scenario outlier "$W/outlier.train.ndjson" ;;
