@@ -10,7 +10,8 @@
 
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
-       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_EVERY, O_FDEPS };
+       O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_EVERY, O_FDEPS, O_NORMALIZE, O_EXCLUDE,
+       O_GENERIC };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -23,6 +24,9 @@ static const trail_opt opts[] = {
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
+	{O_NORMALIZE, "normalize", 0, "none|unit", "unit: each record's score divided by its gradient's norm, against farming (default none)", "none unit"},
+	{O_EXCLUDE, "exclude", 0, "FILE", "leave the records named by FILE's lines (\"record\") out of top and shares", "file"},
+	{O_GENERIC, "flag-generic", 0, "F", "read held-out events; print a flags line for each record in the top of more than F of them", NULL},
 	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},
 	{O_DATA, "data", 'd', "FILE", "the training records (NDJSON)", "file"},
 	{O_DATANET, "datanet", 0, "NAME@SIZE", "the training records: a datanet snapshot in the store", NULL},
@@ -183,6 +187,29 @@ static int emit(int rc, json_t *recs, const char *home, const char *epoch, trail
 	return rc;
 }
 
+/* --flag-generic: the flags lines of the records in the top of more than frac of the events. */
+static int flag_generic(const trail_attr_opts *o, const json_t *events, double frac, trail_error *err)
+{
+	trail_attr_session *s = NULL;
+	json_t *flags = NULL, *v;
+	size_t i;
+	int rc = trail_attr_session_open(o, &s, err);
+	if (!rc)
+		rc = trail_attr_generic(trail_attr_session_ctx(s), events, frac, &flags, err);
+	json_array_foreach(flags, i, v) {
+		char *t = NULL;
+		size_t n;
+		if (rc || (rc = trail_jcs(v, &t, &n, err)))
+			break;
+		if (fwrite(t, 1, n, stdout) != n || putchar('\n') == EOF)
+			rc = trail_error_errno(err, TRAIL_EIO, errno, "stdout");
+		trail_free(t);
+	}
+	json_decref(flags);
+	trail_attr_session_free(s);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	trail_args a;
@@ -192,6 +219,7 @@ int main(int argc, char **argv)
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
+	double generic = -1;
 	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0, partial = 0, merge = 0, mergeidx = 0, ranged = 0, prec = -1;
 	trail_attr_range range = {0};
 	trail_metagrad_opts mo = {0};
@@ -210,6 +238,12 @@ int main(int argc, char **argv)
 		case O_TOP: rc = trail_parse_long(v, 1, 100000, &n, "--top", &err), o.top = (int)n; break;
 		case O_MINSPAN: rc = trail_parse_long(v, 1, 1 << 20, &n, "--min-span", &err), o.min_span = (int)n; break;
 		case O_MAXCOUNT: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--max-count", &err), o.max_count = (uint64_t)n; break;
+		case O_NORMALIZE:
+			if ((o.normalize = trail_attr_normalize_mode(v)) < 0)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--normalize: '%s' is not none or unit", v);
+			break;
+		case O_EXCLUDE: o.exclude = v; break;
+		case O_GENERIC: rc = trail_parse_double(v, 0, 1, &generic, "--flag-generic", &err); break;
 		case O_NEAR: rc = trail_parse_double(v, 0.01, 1, &o.near, "--near", &err); break;
 		case O_DATA: o.data = v; break;
 		case O_DATANET: o.datanet = v; break;
@@ -261,9 +295,11 @@ int main(int argc, char **argv)
 				     "or --index");
 	else if (verify + build + partial + merge + mergeidx > 1 || (ranged && !build && !partial) ||
 		 (o.prove && !merge && (partial || mergeidx)) || (adapters && (partial || merge || mergeidx)) ||
-		 ((merge || mergeidx) && !a.nrest))
+		 ((merge || mergeidx) && !a.nrest) ||
+		 (generic >= 0 && (adapters || verify || build || partial || merge || mergeidx || record)))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--verify, --build-index, --partial, --merge and --merge-index "
-				     "do not go together; --shard/--records go with --build-index or --partial; --merge "
+				     "do not go together, nor --flag-generic with any of them, --adapters or --record; "
+				     "--shard/--records go with --build-index or --partial; --merge "
 				     "and --merge-index read the files named");
 	else if (o.method == TRAIL_ATTR_EXACT && (build || mergeidx || merge || partial || adapters || o.prove || prec == TRAIL_PREC_BF16))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--method exact scores or verifies at fp32, one adapter: not with "
@@ -323,7 +359,9 @@ int main(int argc, char **argv)
 						fclose(f);
 				}
 			}
-			if (!rc && partial) {
+			if (!rc && generic >= 0)
+				rc = flag_generic(&o, events, generic, &err);
+			else if (!rc && partial) {
 				trail_buf out = {0};
 				size_t bad;
 				rc = trail_attr_partial(&o, ranged ? &range : NULL, events, &out, &bad, &err);

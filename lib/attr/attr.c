@@ -560,6 +560,8 @@ int trail_attr_noise_scores(const trail_attr_ctx *c, size_t lo, size_t hi, float
 		if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, L + 1, 1, q, err)))
 			rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores + (size_t)r * N, err);
 	}
+	if (!rc && c->normalize)
+		trail_attr_normalize(c->index, scores, TRAIL_ATTR_FLOOR_QUERIES, lo, hi);
 out:
 	trail_free(tok), trail_free(q);
 	return rc;
@@ -601,6 +603,8 @@ static int event_score(const trail_attr_ctx *c, const int32_t *tok, size_t n, si
 		return oom(err);
 	if (!(rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, n, first, q, err)))
 		rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores, err);
+	if (!rc && c->normalize)
+		trail_attr_normalize(c->index, scores, 1, lo, hi);
 	trail_free(q);
 	return rc;
 }
@@ -676,7 +680,18 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 	/* the digest of every score, as little-endian float32 */
 	char sd[72];
 	trail_digest_str(scores, N * sizeof *scores, sd);
-	top_k(scores, N, K, rk);
+	float *ranks = NULL;
+	if (c->skip && c->nskip) { /* records left out: ranked below every other */
+		if (!(ranks = trail_malloc((N ? N : 1) * sizeof *ranks))) {
+			rc = oom(err);
+			goto out;
+		}
+		for (size_t i = 0; i < N; i++)
+			ranks[i] = c->skip[i] ? -INFINITY : scores[i];
+		K = K < N - c->nskip ? K : N - c->nskip;
+	}
+	top_k(ranks ? ranks : scores, N, K, rk);
+	trail_free(ranks);
 	json_t *top = json_array();
 	for (size_t k = 0; k < K; k++)
 		json_array_append_new(top, json_pack("{s:s, s:s?, s:o}", "record", c->data->id[rk[k].i], "contributor",
@@ -748,6 +763,12 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 			"k_out", in->k_out, "damping", in->damping, "query", "prompt", qp, "output", qo, "top", top,
 			"contributors", contrib, "spans", spans, "clusters", clusters, "usage",
 			usage ? usage : json_null(), "scores_digest", sd);
+	if (rec && c->normalize &&
+	    json_object_set_new(json_object_get(rec, "params"), "normalize", json_string("unit")))
+		json_decref(rec), rec = NULL;
+	if (rec && c->skip && c->nskip &&
+	    json_object_set_new(json_object_get(rec, "params"), "excluded", json_integer((json_int_t)c->nskip)))
+		json_decref(rec), rec = NULL;
 	if (!rec)
 		rc = oom(err);
 	else if (c->confidence) {
@@ -759,6 +780,42 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 out:
 	trail_free(rk), trail_free(sh), trail_free(spanrecs);
 	*out = rec;
+	return rc;
+}
+
+int trail_attr_generic(const trail_attr_ctx *c, const json_t *events, double frac, json_t **out, trail_error *err)
+{
+	size_t N = trail_attr_index_info(c->index)->nrecords, ne = json_array_size(events), i;
+	size_t K = (size_t)(c->top > 0 ? c->top : 10);
+	K = K < N ? K : N;
+	float *scores = trail_malloc((N ? N : 1) * sizeof *scores);
+	ranked *rk = trail_malloc((K ? K : 1) * sizeof *rk);
+	uint64_t *n = trail_calloc(N ? N : 1, sizeof *n);
+	int rc = TRAIL_OK;
+	*out = NULL;
+	if (!scores || !rk || !n) {
+		rc = oom(err);
+		goto out;
+	}
+	json_t *ev;
+	json_array_foreach(events, i, ev) {
+		if ((rc = trail_attr_event_scores(c, ev, 0, N, scores, err)))
+			goto out;
+		top_k(scores, N, K, rk);
+		for (size_t k = 0; k < K; k++)
+			n[rk[k].i]++;
+	}
+	*out = json_array();
+	for (i = 0; i < N && *out; i++)
+		if (ne && (double)n[i] > frac * (double)ne && c->data->contributor[i] &&
+		    json_array_append_new(*out, json_pack("{s:s, s:s, s:i, s:s, s:[s], s:I}", "type", "flags", "contributor",
+							  c->data->contributor[i], "flagged", 1, "record", c->data->id[i],
+							  "rules", "generic", "n", (json_int_t)n[i])))
+			json_decref(*out), *out = NULL;
+	if (!*out)
+		rc = oom(err);
+out:
+	trail_free(scores), trail_free(rk), trail_free(n);
 	return rc;
 }
 
@@ -806,7 +863,11 @@ int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error
 	cc.min_span = (int)json_integer_value(json_object_get(params, "min_span"));
 	cc.max_count = (uint64_t)json_integer_value(json_object_get(params, "max_count"));
 	cc.near = json_number_value(json_object_get(params, "near"));
-	if ((rc = trail_attr_event(&cc, ev, &again, err))) {
+	const char *norm = jstr(params, "normalize");
+	cc.normalize = norm && trail_attr_normalize_mode(norm) > 0 ? trail_attr_normalize_mode(norm) : TRAIL_ATTR_NORM_NONE;
+	/* a record scored with the other normalisation has the other noise floor */
+	if ((cc.normalize != c->normalize && cc.confidence && (rc = trail_attr_noise_floor(&cc, &cc.floor, err))) ||
+	    (rc = trail_attr_event(&cc, ev, &again, err))) {
 		json_decref(ev);
 		return rc;
 	}

@@ -326,6 +326,20 @@ int trail_attr_score_range(const trail_attr_index *x, int method, const float *q
 int trail_attr_score_ref(const trail_attr_index *x, int method, const float *q, int nq,
 			 double *scores, trail_error *err);
 
+/*
+ * Unit-normalised scores (a farming defence): each record's score divided
+ * by the norm of its projected gradient at the final weights, |g_i| =
+ * sqrt(sum of its layer blocks' squared norms, as stored); a record of
+ * zero norm scores 0. A record's share then grows with how well its
+ * gradient points along the query's, not with how large it is, which is
+ * what outlier and generic high-gradient records farm. scores [hi - lo]
+ * are those of records [lo, hi), changed in place.
+ */
+enum { TRAIL_ATTR_NORM_NONE, TRAIL_ATTR_NORM_UNIT };
+/* "none", "unit" -> TRAIL_ATTR_NORM_*; -1 if unknown. */
+int trail_attr_normalize_mode(const char *name);
+void trail_attr_normalize(const trail_attr_index *x, float *scores, int nq, size_t lo, size_t hi);
+
 /* Self-influence g_i^T (F + lambda I)^-1 g_i of every record (poisoning and outliers). */
 int trail_attr_self_influence(const trail_attr_index *x, float *out, trail_error *err);
 
@@ -353,6 +367,9 @@ typedef struct trail_attr_ctx {
 	uint64_t max_count;             /* rarity filter of spans (0: none) */
 	double near;                    /* Jaccard threshold of near-duplicate clusters */
 	int confidence;                 /* 1: records get "confidence" against floor */
+	int normalize;                  /* TRAIL_ATTR_NORM_*: scores divided by the record's gradient norm */
+	const uint8_t *skip;            /* or NULL: skip[i] 1 leaves record i out of top and shares */
+	size_t nskip;                   /* records skipped */
 	float floor;                    /* trail_attr_noise_floor's */
 } trail_attr_ctx;
 
@@ -404,6 +421,21 @@ int trail_attr_event_from_scores(const trail_attr_ctx *c, const json_t *event, c
  */
 int trail_attr_event_query(const trail_attr_ctx *c, const json_t *event, int32_t **tok, size_t *n, size_t *first,
 			   trail_error *err);
+/*
+ * Generic records (a farming defence): score each of the held-out events
+ * (inference events, or {"prompt","output_text"}) and count, for every
+ * record, the events whose top c->top it is in. A record answers few
+ * queries of a varied set; one in the top of more than frac of them is
+ * generic (boilerplate, frequent words) and would take a share of every
+ * answer. *out (new reference): one flags line per generic record with a
+ * contributor, in training order:
+ *   {"type":"flags","contributor","flagged":1,"record","rules":["generic"],"n"}
+ * n the events it tops; attr-settle(1) reads them, attr-score --exclude
+ * leaves the records out.
+ */
+int trail_attr_generic(const trail_attr_ctx *c, const json_t *events, double frac, json_t **out,
+		       trail_error *err);
+
 /* Recompute an attribution record: TRAIL_OK if identical, TRAIL_EVERIFY with the difference. */
 int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error *err);
 

@@ -897,3 +897,26 @@ out:
 	trail_free(in), trail_free(by), trail_free(tmp);
 	return rc;
 }
+
+int trail_attr_normalize_mode(const char *name)
+{
+	if (!strcmp(name, "none"))
+		return TRAIL_ATTR_NORM_NONE;
+	if (!strcmp(name, "unit"))
+		return TRAIL_ATTR_NORM_UNIT;
+	return -1;
+}
+
+void trail_attr_normalize(const trail_attr_index *x, float *scores, int nq, size_t lo, size_t hi)
+{
+	size_t N = x->h.nrecords, L = x->h.nlayers, last = (size_t)x->h.nsets - 1;
+	const float *nr = x->norms + last * N * L;
+	for (size_t i = lo; i < hi; i++) {
+		double s = 0;
+		for (size_t l = 0; l < L; l++)
+			s += nr[i * L + l];
+		float inv = s > 0 ? (float)(1 / sqrt(s)) : 0;
+		for (int q = 0; q < nq; q++)
+			scores[(size_t)q * (hi - lo) + (i - lo)] *= inv;
+	}
+}

@@ -31,11 +31,46 @@ struct trail_attr_session {
 	trail_store *store;
 	char *index_path;
 	int prove;
+	uint8_t *skip; /* --exclude */
 };
+
 
 static int oom(trail_error *err)
 {
 	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+/* The records named by the "record" of each line of path (attr-score --flag-generic's flags lines). */
+static int load_exclude(trail_attr_session *s, const char *path, trail_error *err)
+{
+	json_t *lines = NULL, *v;
+	size_t N = s->d->n, i;
+	int rc = trail_ndjson_slurp(path, (size_t)1 << 20, &lines, err);
+	if (rc)
+		return rc;
+	if (!(s->skip = trail_calloc(N ? N : 1, 1))) {
+		json_decref(lines);
+		return oom(err);
+	}
+	json_array_foreach(lines, i, v) {
+		const char *id = json_string_value(json_object_get(v, "record"));
+		size_t j;
+		if (!id) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, (long)i + 1, "a line without a \"record\" to exclude");
+			break;
+		}
+		for (j = 0; j < N && strcmp(s->d->id[j], id); j++)
+			;
+		if (j == N) {
+			rc = trail_error_at(err, TRAIL_EDATA, path, (long)i + 1, "record %s is not one of the training records", id);
+			break;
+		}
+		s->c.nskip += !s->skip[j];
+		s->skip[j] = 1;
+	}
+	json_decref(lines);
+	s->c.skip = s->skip;
+	return rc;
 }
 
 static int add_record(void *ctx, const json_t *rec)
@@ -196,7 +231,9 @@ int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, 
 	s->c = (trail_attr_ctx){.model = s->m, .tk = s->tk, .index = s->x, .proj = s->p, .data = s->d, .records = s->recs,
 				.spans = s->sp, .index_name = s->index_path, .method = o->method, .top = o->top,
 				.min_span = o->min_span, .max_count = o->max_count, .near = o->near > 0 ? o->near : 0.8,
-				.confidence = 1};
+				.confidence = 1, .normalize = o->normalize};
+	if (o->exclude && (rc = load_exclude(s, o->exclude, err)))
+		goto fail;
 	if (!o->shards && (rc = trail_attr_noise_floor(&s->c, &s->c.floor, err)))
 		goto fail;
 	*out = s;
@@ -219,6 +256,7 @@ void trail_attr_session_free(trail_attr_session *s)
 	trail_span_free(s->sp);
 	trail_store_free(s->store);
 	trail_free(s->index_path);
+	trail_free(s->skip);
 	trail_free(s);
 }
 

@@ -82,6 +82,8 @@ int trail_attr_partial(const trail_attr_opts *o, const trail_attr_range *r, cons
 			 "root", in->id.root, "nrecords", (json_int_t)in->nrecords, "lo", (json_int_t)lo, "hi",
 			 (json_int_t)hi, "method", trail_attr_method_name(c->method), "events",
 			 (json_int_t)json_array_size(events), "floor", b64(sc, (size_t)TRAIL_ATTR_FLOOR_QUERIES * n));
+	if (line && c->normalize && json_object_set_new(line, "normalize", json_string("unit")))
+		json_decref(line), line = NULL;
 	if (!line || (rc = put_line(out, line, err))) {
 		rc = rc ? rc : oom(err);
 		goto out;
@@ -156,6 +158,9 @@ static int check_parts(const trail_attr_ctx *c, part **by, size_t n, trail_error
 		if (!m || strcmp(m, method))
 			return trail_error_at(err, TRAIL_EDATA, by[i]->path, 1, "scored with method %s, not %s (give --method %s)",
 					      m ? m : "?", method, m ? m : "?");
+		if (!json_object_get(h, "normalize") != !c->normalize)
+			return trail_error_at(err, TRAIL_EDATA, by[i]->path, 1, "scored %s --normalize unit, merged %s it",
+					      c->normalize ? "without" : "with", c->normalize ? "with" : "without");
 		if (!json_equal(json_object_get(h, "events"), json_object_get(h0, "events")) ||
 		    json_array_size(by[i]->lines) != (size_t)json_integer_value(json_object_get(h, "events")) + 1)
 			return trail_error_at(err, TRAIL_EDATA, by[i]->path, 1, "another number of events than %s",

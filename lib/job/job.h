@@ -64,6 +64,8 @@ typedef struct trail_attr_opts {
 	uint64_t max_count;          /* rarity filter of spans (0: none) */
 	double near;                 /* near-duplicate Jaccard threshold (default 0.8) */
 	int shards;                  /* 1: the session scores no noise floor at open (partials carry theirs) */
+	int normalize;               /* TRAIL_ATTR_NORM_*: unit-normalised scores (attr-score --normalize) */
+	const char *exclude;         /* or NULL: NDJSON lines whose "record"s are left out of top and shares */
 } trail_attr_opts;
 
 typedef struct trail_attr_session trail_attr_session;

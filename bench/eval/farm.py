@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Attribution farming: the datanet, the attacks and the payout table of bench/eval/farm.sh.
+
+usage: farm.py corpus W              honest records of H contributors and the attacker "a"
+                                     (W/honest.ndjson), the attacker's shadow data
+                                     (W/shadow.ndjson), the served requests (W/requests.ndjson)
+                                     and the shadow queries (W/shadowq.ndjson)
+       farm.py simple W              the generic attack: W/simple.ndjson
+       farm.py outlier-cands W       perturbed candidates of the attacker's records
+       farm.py outlier-pick W LOSSES the Outlier attack: per record the candidate the
+                                     target model finds least likely: W/outlier.ndjson
+       farm.py shadow-cands W        candidates for the Shadow attack
+       farm.py shadow-pick W SCORES  per record the candidate with the largest positive
+                                     attribution to the shadow queries in the shadow
+                                     model: W/shadow-attack.ndjson
+       farm.py swap W ATTACK OUT     the datanet with the attacker's records replaced
+       farm.py table W SCEN...       the payout table from W/pay/SCENARIO.DEFENCE.ndjson
+
+Every choice is seeded: the same command gives the same bytes.
+"""
+import json, os, random, re, struct, sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import corpus  # noqa: E402
+
+H = int(os.environ.get("FARM_H", "4"))        # honest contributors
+PER = int(os.environ.get("FARM_PER", "40"))   # records each (the attacker's honest ones too)
+NGEN = int(os.environ.get("FARM_GEN", "40"))  # generic records of the simple attack
+NCAND = 6                                     # candidates per record (outlier, shadow)
+
+
+def w(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+
+
+def rd(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def names():
+    return ["h%d" % i for i in range(H)] + ["a"]
+
+
+def cmd_corpus(W):
+    rng = random.Random(20261207)
+    ents = corpus.foldoc()
+    rng.shuffle(ents)
+    recs, reqs = [], []
+    k = 0
+    for who in names():
+        for j in range(PER):
+            h, d = ents[k]
+            k += 1
+            recs.append({"text": h + ": " + d, "contributor": who})
+    # training order interleaved, so no contributor is trained last
+    recs = [r for _, r in sorted(enumerate(recs), key=lambda x: (x[0] % PER, x[0] // PER))]
+    w(os.path.join(W, "honest.ndjson"), recs)
+    # served requests: 16 headwords of each contributor's records (users ask what the
+    # datanet knows) and 32 held-out headwords of the same dictionary
+    n = 0
+    for who in names():
+        mine = [r for r in recs if r["contributor"] == who][:16]
+        for r in mine:
+            reqs.append({"id": "r%03d" % n, "prompt": r["text"].split(": ", 1)[0] + ":"})
+            n += 1
+    held = ents[k:k + 32]
+    k += 32
+    for h, d in held:
+        reqs.append({"id": "r%03d" % n, "prompt": h + ":"})
+        n += 1
+    for r in reqs:
+        r.update({"model": "ad", "max_tokens": 48, "temperature": 0, "stop": ["\n"]})
+    w(os.path.join(W, "requests.ndjson"), reqs)
+    # the attacker's knowledge of the distribution: other entries of the dictionary
+    shadow = ents[k:k + H * PER]
+    k += H * PER
+    w(os.path.join(W, "shadow.ndjson"), [{"text": h + ": " + d, "contributor": "s"} for h, d in shadow])
+    # the operator's held-out queries (for --flag-generic): definitions no one contributed
+    ho = ents[k + 24:k + 24 + 48]
+    w(os.path.join(W, "heldout.ndjson"), [{"id": "v%03d" % i, "prompt": h + ":", "output_text": " " + d}
+                                          for i, (h, d) in enumerate(ho)])
+    sq = ents[k:k + 24] + shadow[:24]
+    w(os.path.join(W, "shadowq.ndjson"), [{"id": "s%03d" % i, "prompt": h + ":", "completion": " " + d}
+                                          for i, (h, d) in enumerate(sq)])
+
+
+def attacker(W):
+    return [r for r in rd(os.path.join(W, "honest.ndjson")) if r["contributor"] == "a"]
+
+
+def frequent_words(W, n=40):
+    c = Counter()
+    for r in rd(os.path.join(W, "shadow.ndjson")):
+        c.update(re.findall(r"[a-z]+", r["text"].lower()))
+    return [x for x, _ in c.most_common(n)]
+
+
+def cmd_simple(W):
+    """Generic records: the dictionary's most frequent words and its boilerplate, on every topic."""
+    rng = random.Random(7)
+    words = frequent_words(W)
+    plate = ["A computer program or language used in a system for data.",
+             "The term is used in computing, programming and networks.",
+             "See also: computer, program, language, system, software."]
+    out = attacker(W)
+    for i in range(NGEN):
+        if i % 2:
+            t = plate[i % 3] + " " + " ".join(rng.sample(words, 6))
+        else:
+            t = " ".join(rng.sample(words, 14))
+        out.append({"text": t[:80], "contributor": "a"})
+    w(os.path.join(W, "simple.ndjson"), out)
+
+
+def perturb(text, rng, rate):
+    """Character-level noise on the definition: swapped, doubled, odd-case and odd-symbol letters."""
+    head, _, body = text.partition(": ")
+    ch = list(body)
+    for i in range(len(ch)):
+        if ch[i].isalpha() and rng.random() < rate:
+            op = rng.randrange(4)
+            if op == 0:
+                ch[i] = ch[i].swapcase()
+            elif op == 1:
+                ch[i] = rng.choice("qxzjkvQXZJ")
+            elif op == 2:
+                ch[i] = ch[i] + ch[i]
+            else:
+                ch[i] = rng.choice("#%&~^|")
+    return (head + ": " + "".join(ch))[:80]
+
+
+def cmd_outlier_cands(W):
+    rng = random.Random(11)
+    cands, qs = [], []
+    for j, r in enumerate(attacker(W)):
+        for c in range(NCAND):
+            t = perturb(r["text"], rng, 0.06 + 0.04 * c)
+            cands.append({"text": t, "contributor": "a", "rec": j})
+            h, _, b = t.partition(": ")
+            qs.append({"prompt": h + ":", "completion": " " + b})
+    w(os.path.join(W, "outlier.cands.ndjson"), cands)
+    w(os.path.join(W, "outlier.lossq.ndjson"), qs)
+
+
+def cmd_outlier_pick(W, losses):
+    cands = rd(os.path.join(W, "outlier.cands.ndjson"))
+    loss = [float(x) for x in open(losses).read().split()]
+    best = {}
+    for c, l in zip(cands, loss):
+        if c["rec"] not in best or l > best[c["rec"]][0]:
+            best[c["rec"]] = (l, c["text"])
+    out = [r for r in rd(os.path.join(W, "honest.ndjson")) if r["contributor"] == "a"]
+    out = [{"text": best[j][1], "contributor": "a"} for j in range(len(out))]
+    w(os.path.join(W, "outlier.ndjson"), out)
+
+
+def cmd_shadow_cands(W):
+    """Each attacker record as it is, and grafted with shadow-query text and frequent words."""
+    rng = random.Random(13)
+    sq = rd(os.path.join(W, "shadowq.ndjson"))
+    words = frequent_words(W)
+    cands = []
+    for j, r in enumerate(attacker(W)):
+        head, _, body = r["text"].partition(": ")
+        cands.append({"text": r["text"], "contributor": "a", "rec": j})
+        for c in range(NCAND - 1):
+            q = rng.choice(sq)
+            if c % 3 == 0:    # the definition, its tail replaced by a shadow answer's start
+                t = head + ": " + body[:30] + q["completion"][:48]
+            elif c % 3 == 1:  # the definition with frequent words spliced in
+                bw = body.split()
+                for _ in range(4):
+                    bw.insert(rng.randrange(len(bw) + 1), rng.choice(words))
+                t = head + ": " + " ".join(bw)
+            else:             # a shadow answer under the attacker's headword
+                t = head + ":" + q["completion"]
+            cands.append({"text": t[:80], "contributor": "a", "rec": j})
+    w(os.path.join(W, "shadow.cands.ndjson"), cands)
+    # the shadow training set: the shadow data with the candidates in the attacker's place
+    sh = rd(os.path.join(W, "shadow.ndjson"))
+    w(os.path.join(W, "shadow.train.ndjson"), sh + [{"text": c["text"], "contributor": "a"} for c in cands])
+
+
+def cmd_shadow_pick(W, scores):
+    cands = rd(os.path.join(W, "shadow.cands.ndjson"))
+    sh = rd(os.path.join(W, "shadow.ndjson"))
+    nq = len(rd(os.path.join(W, "shadowq.ndjson")))
+    N = len(sh) + len(cands)
+    raw = open(scores, "rb").read()
+    assert len(raw) == 4 * nq * N, (len(raw), nq, N)
+    s = struct.unpack("<%df" % (nq * N), raw)
+    # the attacker's expected payout from a record: its positive score where it makes a
+    # query's top 10 (the shares attr-score pays), over the shadow queries
+    gain = [0.0] * len(cands)
+    for q in range(nq):
+        row = s[q * N:(q + 1) * N]
+        top = sorted(range(N), key=lambda i: -row[i])[:10]
+        tot = sum(max(row[i], 0) for i in top) or 1
+        for i in top:
+            if i >= len(sh) and row[i] > 0:
+                gain[i - len(sh)] += row[i] / tot
+    best = {}
+    for c, g in zip(cands, gain):
+        if c["rec"] not in best or g > best[c["rec"]][0]:
+            best[c["rec"]] = (g, c["text"])
+    w(os.path.join(W, "shadow-attack.ndjson"),
+      [{"text": best[j][1], "contributor": "a"} for j in sorted(best)])
+
+
+def cmd_swap(W, attack, out):
+    """The datanet with the attacker's records in their places replaced by the attack's, extras last."""
+    atk = rd(attack)
+    res, k = [], 0
+    for r in rd(os.path.join(W, "honest.ndjson")):
+        if r["contributor"] == "a":
+            r = atk[k]
+            k += 1
+        res.append(r)
+    w(out, res + atk[k:])
+
+
+def payouts(W, scen, d):
+    """Each contributor's share of the contributor pool (here the whole fees), the mean over seeds:
+    what is withheld or left unattributed stays in the pool, so nobody gains by another's penalty."""
+    import glob
+    files = sorted(glob.glob(os.path.join(W, "pay", "%s.%s.*.ndjson" % (scen, d))))
+    assert files, (scen, d)
+    share = Counter()
+    for path in files:
+        p, fees = Counter(), 1
+        for l in open(path):
+            o = json.loads(l)
+            if o.get("type") == "payout" and o["role"] == "contributor":
+                p[o["to"]] += o["amount"]
+            if o.get("type") == "epoch":
+                fees = o["fees"] or 1
+        for k, v in p.items():
+            share[k] += v / fees / len(files)
+    return share, len(files)
+
+
+def cmd_table(W, defences, attacks):
+    rows = []
+    res = {}
+    for d in defences:
+        base, nb = payouts(W, "none", d)
+        for a in attacks:
+            pa, na = payouts(W, a, d)
+            att = pa["a"] / (base["a"] or 1e-12) - 1
+            hon = {h: pa[h] / (base[h] or 1e-12) - 1 for h in names() if h != "a"}
+            worst = min(hon.values())
+            ok = att <= 0.10 and worst >= -0.05
+            res["%s/%s" % (a, d)] = {"attacker": att, "worst_honest": worst, "met": ok}
+            rows.append("| %s | %s | %.1f%% | %.1f%% | %+.1f%% | %s | %s |" % (
+                a, d, 100 * base["a"], 100 * pa["a"], 100 * att,
+                " ".join("%s %+.1f%%" % (h, 100 * v) for h, v in sorted(hon.items())), "met" if ok else "not met"))
+    print("| attack | defence | attacker's share, honest records only | with the attack | rise | each honest contributor's change | target |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    json.dump(res, open(os.path.join(W, "table.json"), "w"), indent=1, sort_keys=True)
+
+
+def main(a):
+    W = a[1]
+    if a[0] == "corpus":
+        cmd_corpus(W)
+    elif a[0] == "simple":
+        cmd_simple(W)
+    elif a[0] == "outlier-cands":
+        cmd_outlier_cands(W)
+    elif a[0] == "outlier-pick":
+        cmd_outlier_pick(W, a[2])
+    elif a[0] == "shadow-cands":
+        cmd_shadow_cands(W)
+    elif a[0] == "shadow-pick":
+        cmd_shadow_pick(W, a[2])
+    elif a[0] == "swap":
+        cmd_swap(W, a[2], a[3])
+    elif a[0] == "table":
+        defs = os.environ.get("FARM_DEFENCES", "none").split()
+        cmd_table(W, defs, a[2:])
+    else:
+        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|table W ...")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
