@@ -98,6 +98,7 @@ struct trail_model {
 	float loss;
 	long counted;
 	int keep_io;
+	int g_zero; /* the gradients trail_model_grads gives are known zero (AdamW consumed them) */
 	int naive; /* every product by the reference loop instead of BLAS */
 };
 

@@ -180,6 +180,7 @@ int trail_train_run_init(trail_train_run *r, trail_model *m, const trail_train_o
 		trail_train_run_release(r);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
+	r->opt.zero_grads = 1; /* every step starts with trail_model_zero_grad */
 	snprintf(r->settings, sizeof r->settings, "%s", settings);
 	return TRAIL_OK;
 }
