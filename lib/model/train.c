@@ -298,7 +298,7 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 		if ((rc = trail_model_backward(m, err)))
 			break;
 		double lr = trail_lr_schedule(o->lr, r->step, o->warmup, o->steps);
-		memcpy(good, p, np * sizeof *good);
+		trail_k_copy(good, p, np);
 		double norm = trail_adamw_step(&r->opt, m, lr, o->clip);
 		if (!isfinite(norm) || !isfinite(trail_grad_norm(p, np))) {
 			memcpy(p, good, np * sizeof *good);
