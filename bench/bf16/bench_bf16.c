@@ -83,6 +83,7 @@ int main(int argc, char **argv)
 	trail_model_params(m, &n);
 	trail_adamw o;
 	trail_adamw_init(&o, n);
+	o.zero_grads = 1; /* as mf-train's loop: the step leaves the gradients zero */
 	int32_t *x = malloc(sizeof *x * (size_t)B * T), *y = malloc(sizeof *y * (size_t)B * T);
 	uint64_t s = 12345;
 	for (int i = 0; i < B * T; i++) {

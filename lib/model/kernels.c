@@ -147,6 +147,20 @@ void trail_k_zero(float *x, size_t n)
 	par(ew_items(n), zero_item, &j);
 }
 
+static void copy_item(void *ctx, int it, int t)
+{
+	const ew *j = ctx;
+	size_t i0, i1;
+	ew_range(j, it, &i0, &i1);
+	memcpy(j->y + i0, j->a + i0, (i1 - i0) * sizeof *j->y);
+}
+
+void trail_k_copy(float *y, const float *x, size_t n)
+{
+	ew j = {.y = y, .a = x, .n = n};
+	par(ew_items(n), copy_item, &j);
+}
+
 static void add_item(void *ctx, int it, int t)
 {
 	const ew *j = ctx;

@@ -471,10 +471,12 @@ const float *trail_model_logits(const trail_model *m)
 
 void trail_model_zero_grad(trail_model *m)
 {
-	if (m->g)
-		memset(m->g, 0, m->np * sizeof *m->g);
-	if (m->lg)
-		memset(m->lg, 0, m->nlp * sizeof *m->lg);
+	/* what AdamW left zero (zero_grads) needs no second pass */
+	if (m->g && !(m->g_zero && !m->lp))
+		trail_k_zero(m->g, m->np);
+	if (m->lg && !m->g_zero)
+		trail_k_zero(m->lg, m->nlp);
+	m->g_zero = 1;
 }
 
 int trail_model_backward(trail_model *m, trail_error *err)
@@ -490,6 +492,7 @@ int trail_model_backward(trail_model *m, trail_error *err)
 	/* the mean loss: dlogits = (softmax - onehot) / counted */
 	trail_k_xent_bwd(m->dlogits, m->logits, m->tgt, m->B * m->T, m->c.vocab_size,
 			 m->counted ? 1.0 / (double)m->counted : 0);
+	m->g_zero = 0;
 	m->arch->backward(m);
 	return TRAIL_OK;
 }
@@ -505,6 +508,7 @@ float *trail_model_grads(trail_model *m, size_t *n)
 	*n = m->lp ? m->nlp : m->np;
 	if (!m->lp && trail_model_need_grads(m, NULL))
 		return NULL;
+	m->g_zero = 0; /* the caller may write them */
 	return m->lp ? m->lg : m->g;
 }
 

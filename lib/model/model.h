@@ -169,6 +169,7 @@ typedef struct trail_adamw {
 	float *m, *v;
 	size_t n;
 	long t;
+	int zero_grads; /* set: the step zeroes each gradient once used, and the next trail_model_zero_grad is free */
 } trail_adamw;
 int trail_adamw_init(trail_adamw *o, size_t n);
 /*

@@ -98,6 +98,7 @@ struct trail_model {
 	float loss;
 	long counted;
 	int keep_io;
+	int g_zero; /* the gradients trail_model_grads gives are known zero (AdamW consumed them) */
 	int naive; /* every product by the reference loop instead of BLAS */
 };
 
@@ -201,6 +202,7 @@ int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, floa
 
 /* x [n] = 0; y [n] = a + b (y may alias a or b): on the pool. */
 void trail_k_zero(float *x, size_t n);
+void trail_k_copy(float *y, const float *x, size_t n); /* y [n] = x, on the pool */
 void trail_k_add(float *y, const float *a, const float *b, size_t n);
 
 /* out [N,C] = (x - mean) rstd w + b; mean, rstd [N] kept for backward. */

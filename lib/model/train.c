@@ -180,6 +180,7 @@ int trail_train_run_init(trail_train_run *r, trail_model *m, const trail_train_o
 		trail_train_run_release(r);
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
+	r->opt.zero_grads = 1; /* every step starts with trail_model_zero_grad */
 	snprintf(r->settings, sizeof r->settings, "%s", settings);
 	return TRAIL_OK;
 }
@@ -297,7 +298,7 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 		if ((rc = trail_model_backward(m, err)))
 			break;
 		double lr = trail_lr_schedule(o->lr, r->step, o->warmup, o->steps);
-		memcpy(good, p, np * sizeof *good);
+		trail_k_copy(good, p, np);
 		double norm = trail_adamw_step(&r->opt, m, lr, o->clip);
 		if (!isfinite(norm) || !isfinite(trail_grad_norm(p, np))) {
 			memcpy(p, good, np * sizeof *good);

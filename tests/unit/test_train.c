@@ -73,6 +73,39 @@ static void test_adamw(void)
 	trail_model_free(m);
 }
 
+/* zero_grads: the same step bit for bit, the gradients left zero, and the next zero_grad a no-op */
+static void test_adamw_zero_grads(void)
+{
+	trail_error e = {0};
+	trail_model_cfg c = {.n_layer = 1, .n_head = 1, .n_embd = 20, .n_positions = 3, .vocab_size = 3};
+	trail_model *m[2];
+	trail_adamw o[2];
+	size_t n;
+	for (int k = 0; k < 2; k++) {
+		trail_model_init(&c, 1, &m[k], &e);
+		trail_model_params(m[k], &n);
+		trail_adamw_init(&o[k], n);
+		o[k].zero_grads = k;
+	}
+	int same = 1, zeroed = 1;
+	for (int t = 1; t <= 3; t++)
+		for (int k = 0; k < 2; k++) {
+			trail_model_zero_grad(m[k]);
+			float *g = trail_model_grads(m[k], &n);
+			for (size_t i = 0; i < n; i++)
+				g[i] = (float)sin((double)(i * t + 1)) * (t == 2 ? 40.0f : 1.0f);
+			trail_adamw_step(&o[k], m[k], 0.01, 1.0);
+			if (k)
+				for (size_t i = 0; i < n; i++)
+					zeroed &= g[i] == 0;
+		}
+	float *p0 = trail_model_params(m[0], &n), *p1 = trail_model_params(m[1], &n);
+	same = !memcmp(p0, p1, n * sizeof *p0);
+	ok(same && zeroed && n % 16, "zero_grads: the same weights bit for bit (%zu parameters: %d), the gradients left zero (%d)", n, same, zeroed);
+	for (int k = 0; k < 2; k++)
+		trail_adamw_release(&o[k]), trail_model_free(m[k]);
+}
+
 static json_t *records(int n)
 {
 	json_t *a = json_array();
@@ -308,6 +341,7 @@ int main(void)
 	trail_tokenizer_bytes(&tk);
 	test_schedule();
 	test_adamw();
+	test_adamw_zero_grads();
 	test_dataset(tk);
 	test_split(tk);
 	test_runs(tk);
