@@ -268,7 +268,10 @@ int main(int argc, char **argv)
 		case O_MERGE: merge = 1; break;
 		case O_MERGEIDX: mergeidx = 1; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &threads, "--threads", &err); break;
-		case O_PREC: rc = trail_precision_parse(v, &prec, &err); break;
+		case O_PREC:
+			if (!(rc = trail_precision_parse(v, &prec, &err)) && prec == TRAIL_PREC_INT8)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--precision int8 is for serving (lora-serve); attr-score takes fp32 or bf16");
+			break;
 		case O_EVERY: rc = trail_parse_long(v, 1, 1L << 40, &n, "--every", &err), mo.every = (long)n; break;
 		case O_FDEPS: rc = trail_parse_double(v, 1e-8, 0.1, &mo.fd_eps, "--fd-eps", &err); break;
 		case O_CKPT: {

@@ -27,7 +27,7 @@ static const trail_opt opts[] = {
 	{O_HOME, "home", 0, "DIR", "the store: record inference-batch ledger entries", "dir"},
 	{O_RECORD, "record", 0, NULL, "record inference-batch entries in the default store ($TRAIL_HOME, else ./.trail)", NULL},
 	{O_THREADS, "threads", 0, "N", "threads for each step (default: every CPU this process may use; answers do not depend on it)", NULL},
-	{O_PREC, "precision", 0, "fp32|bf16", "the base products' precision (default: bf16 where the CPU has bf16 dot products, else fp32), recorded in each event", NULL},
+	{O_PREC, "precision", 0, "fp32|bf16|int8", "the base products' precision (default: bf16 where the CPU has bf16 dot products, else fp32; int8: weights quantised per output row), recorded in each event", NULL},
 	{O_LISTEN, "listen", 'l', "ADDR:PORT", "serve HTTP (OpenAI-compatible) instead of standard input", NULL},
 	{O_CONNS, "max-connections", 0, "N", "HTTP connections at once (default 256)", NULL},
 	{O_TIMEOUT, "timeout", 0, "SECONDS", "close an HTTP connection idle this long (default 10)", NULL},

@@ -92,7 +92,10 @@ int main(int argc, char **argv)
 		case O_WARMUP: rc = trail_parse_long(v, 0, 100000000, &n, "--warmup", &err), j.warmup = (long)n; break;
 		case O_SEED: rc = trail_parse_long(v, 0, INT64_MAX, &n, "--seed", &err), j.seed = (uint64_t)n; break;
 		case O_THREADS: rc = trail_parse_long(v, 1, 256, &n, "--threads", &err), j.threads = (int)n; break;
-		case O_PREC: rc = trail_precision_parse(v, &prec, &err); break;
+		case O_PREC:
+			if (!(rc = trail_precision_parse(v, &prec, &err)) && prec == TRAIL_PREC_INT8)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--precision int8 is for serving (lora-serve); mf-train takes fp32 or bf16");
+			break;
 		case O_CKPT: rc = trail_parse_long(v, 1, 100000000, &n, "--checkpoint-every", &err), j.checkpoint_every = (long)n; break;
 		case O_LONG:
 			if ((j.long_mode = trail_long_mode(v)) < 0)

@@ -14,7 +14,7 @@ complete -c lora-serve -l events -s e -r -F -d 'append every inference event to 
 complete -c lora-serve -l home -r -a '(__fish_complete_directories)' -d 'the store: record inference-batch ledger entries'
 complete -c lora-serve -l record -d 'record inference-batch entries in the default store ($TRAIL_HOME, else ./.trail)'
 complete -c lora-serve -l threads -r -F -d 'threads for each step (default: every CPU this process may use; answers do not depend on it)'
-complete -c lora-serve -l precision -r -F -d 'the base products\' precision (default: bf16 where the CPU has bf16 dot products, else fp32), recorded in each event'
+complete -c lora-serve -l precision -r -F -d 'the base products\' precision (default: bf16 where the CPU has bf16 dot products, else fp32; int8: weights quantised per output row), recorded in each event'
 complete -c lora-serve -l listen -s l -r -F -d 'serve HTTP (OpenAI-compatible) instead of standard input'
 complete -c lora-serve -l max-connections -r -F -d 'HTTP connections at once (default 256)'
 complete -c lora-serve -l timeout -r -F -d 'close an HTTP connection idle this long (default 10)'

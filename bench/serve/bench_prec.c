@@ -2,21 +2,24 @@
  * Decoding by precision: the SmolLM2-135M shape (LlamaForCausalLM: 30
  * layers, 576 wide, 9 heads over 3 key/value heads, MLP 1536, vocab
  * 49,152, tied) with random weights and 64 random rank-8 adapters on
- * q_proj and v_proj. For fp32 and bf16: decode tokens/s of one request
+ * q_proj and v_proj. For fp32, bf16 and int8, alternating, ROUNDS times
+ * (each round sets each precision afresh): decode tokens/s of one request
  * (one adapter) and of 64 requests over the 64 adapters in one batch, each
- * the median step after a warmup step; the base weight bytes one step
+ * the median step after a warmup step, and the process's CPU seconds a
+ * step (getrusage, all threads); the base weight bytes one step
  * reads at that precision; the read bandwidth of THREADS threads measured
  * in the same run (each thread summing its slice of a 1 GiB buffer, best of
  * 5); and the memory-bandwidth bound of one-request decoding (bytes read /
  * bandwidth). Prints one JSON line per figure.
  *
- * usage: bench_prec DIR THREADS STEPS
+ * usage: bench_prec DIR THREADS STEPS [ROUNDS]   (ROUNDS default 1)
  */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -28,6 +31,13 @@ static double now(void)
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static double cpu(void)
+{
+	struct rusage u;
+	getrusage(RUSAGE_SELF, &u);
+	return (double)u.ru_utime.tv_sec + (double)u.ru_stime.tv_sec + 1e-6 * (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 static int cmp(const void *a, const void *b)
@@ -85,7 +95,7 @@ int main(int argc, char **argv)
 		return 64;
 	}
 	const char *dir = argv[1];
-	int th = atoi(argv[2]), steps = atoi(argv[3]);
+	int th = atoi(argv[2]), steps = atoi(argv[3]), rounds = argc > 4 ? atoi(argv[4]) : 1;
 	trail_init();
 	trail_compute_set(th, TRAIL_PREC_FP32, NULL);
 	trail_model_cfg c = {.arch = TRAIL_ARCH_LLAMA, .n_layer = 30, .n_head = 9, .n_kv_head = 3, .head_dim = 64,
@@ -134,7 +144,12 @@ int main(int argc, char **argv)
 	int V = c.vocab_size, P = 16 + steps + 2;
 	float *logits = malloc(sizeof *logits * (size_t)NA * V);
 	double *dt = malloc(sizeof *dt * (size_t)steps);
-	for (int prec = TRAIL_PREC_FP32; prec <= TRAIL_PREC_BF16; prec++) {
+	static const int precs[3] = {TRAIL_PREC_FP32, TRAIL_PREC_BF16, TRAIL_PREC_INT8};
+	for (int round = 0; round < rounds; round++)
+	for (int pi = 0; pi < 3; pi++) {
+		int prec = precs[pi];
+		if (trail_infer_set_precision(im, TRAIL_PREC_FP32, &e)) /* afresh, each round */
+			die("precision", &e);
 		double t0 = now();
 		if (trail_infer_set_precision(im, prec, &e))
 			die("precision", &e);
@@ -152,7 +167,10 @@ int main(int argc, char **argv)
 				pos[i] = 0;
 				rows[i] = i;
 			}
+			double c0 = 0;
 			for (int st = 0; st < steps + 1; st++) {
+				if (st == 1)
+					c0 = cpu();
 				double t = now();
 				if (trail_infer_step(im, batch, tok, pos, kv, lw, batch, rows, logits, &e))
 					die("step", &e);
@@ -161,13 +179,14 @@ int main(int argc, char **argv)
 				for (int i = 0; i < batch; i++)
 					tok[i] = (tok[i] * 31 + 7) % V, pos[i]++;
 			}
+			double cstep = (cpu() - c0) / steps;
 			qsort(dt, (size_t)steps, sizeof *dt, cmp);
 			double med = dt[steps / 2], bound = (double)bytes / bw;
-			printf("{\"what\":\"decode\",\"precision\":\"%s\",\"requests\":%d,\"adapters\":%d,\"threads\":%d,"
-			       "\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"weight_bytes_per_step\":%zu,\"bound_step_ms\":%.2f,"
-			       "\"step_over_bound\":%.2f,\"convert_s\":%.2f}\n",
-			       trail_precision_name(prec), batch, batch, th, batch / med, med * 1e3, bytes, bound * 1e3,
-			       med / bound, tconv);
+			printf("{\"what\":\"decode\",\"round\":%d,\"precision\":\"%s\",\"requests\":%d,\"adapters\":%d,"
+			       "\"threads\":%d,\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"cpu_ms_per_step\":%.2f,"
+			       "\"weight_bytes_per_step\":%zu,\"bound_step_ms\":%.2f,\"step_over_bound\":%.2f,\"convert_s\":%.2f}\n",
+			       round, trail_precision_name(prec), batch, batch, th, batch / med, med * 1e3, cstep * 1e3, bytes,
+			       bound * 1e3, med / bound, tconv);
 			fflush(stdout);
 			for (int i = 0; i < batch; i++)
 				trail_kvc_free(kv[i]);

@@ -159,14 +159,16 @@ int trail_precision_parse(const char *s, int *prec, trail_error *err)
 		*prec = TRAIL_PREC_FP32;
 	else if (!strcmp(s, "bf16"))
 		*prec = TRAIL_PREC_BF16;
+	else if (!strcmp(s, "int8"))
+		*prec = TRAIL_PREC_INT8;
 	else
-		return trail_error_set(err, TRAIL_EUSAGE, "--precision: '%s' is not fp32 or bf16", s);
+		return trail_error_set(err, TRAIL_EUSAGE, "--precision: '%s' is not fp32, bf16 or int8", s);
 	return TRAIL_OK;
 }
 
 const char *trail_precision_name(int prec)
 {
-	return prec == TRAIL_PREC_BF16 ? "bf16" : "fp32";
+	return prec == TRAIL_PREC_BF16 ? "bf16" : prec == TRAIL_PREC_INT8 ? "int8" : "fp32";
 }
 
 const char *trail_compute_isa(void)
@@ -478,6 +480,9 @@ int trail_compute_set(int threads, int prec, trail_error *err)
 		threads = 1;
 	if (threads > TRAIL_MAX_THREADS)
 		threads = TRAIL_MAX_THREADS;
+	if (prec == TRAIL_PREC_INT8) /* a serving precision: trail_infer_set_precision */
+		return trail_error_set(err, TRAIL_EUSAGE, "--precision int8 is for serving (lora-serve); training and "
+				       "attribution take fp32 or bf16");
 	if (prec == TRAIL_PREC_BF16 && dnnl_ready(err))
 		return err ? err->code : TRAIL_EINTERNAL;
 	pthread_mutex_lock(&G.mu);
@@ -635,7 +640,7 @@ static void hcvt_unit(void *ctx, int u, int t)
  */
 static int run_on(int t, dnnl_primitive_t p, const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b,
 		  const dnnl_memory_desc_t *c, const dnnl_memory_desc_t *sp, size_t spn, const void *A, const void *B,
-		  float *C)
+		  void *C)
 {
 	dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
 	int rc = -1;
@@ -853,7 +858,9 @@ void trail_bf16_mm_free(trail_bf16_mm *h)
 	trail_free(h);
 }
 
-trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err)
+/* The packed product of these data types: src x [M,K], weights W^T (W [N,K] plain), dst y [M,N]. */
+static trail_bf16_mm *packed_mm_new(int M, int N, int K, dnnl_data_type_t ts, dnnl_data_type_t tw,
+				    dnnl_data_type_t td, trail_error *err)
 {
 	if (dnnl_ready(err))
 		return NULL;
@@ -868,10 +875,10 @@ trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err)
 	dnnl_primitive_desc_t pd = NULL, rpd = NULL;
 	dnnl_primitive_attr_t at = NULL;
 	int ok = !dnnl_primitive_attr_create(&at) && !dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) &&
-		 !dnnl_memory_desc_init_by_tag(&h->a, 2, da, dnnl_bf16, dnnl_ab) &&
-		 !dnnl_memory_desc_init_by_tag(&h->b, 2, db, dnnl_bf16, dnnl_format_tag_any) &&
-		 !dnnl_memory_desc_init_by_tag(&h->c, 2, dc, dnnl_f32, dnnl_ab) &&
-		 !dnnl_memory_desc_init_by_strides(&h->plain, 2, db, dnnl_bf16, sbt) &&
+		 !dnnl_memory_desc_init_by_tag(&h->a, 2, da, ts, dnnl_ab) &&
+		 !dnnl_memory_desc_init_by_tag(&h->b, 2, db, tw, dnnl_format_tag_any) &&
+		 !dnnl_memory_desc_init_by_tag(&h->c, 2, dc, td, dnnl_ab) &&
+		 !dnnl_memory_desc_init_by_strides(&h->plain, 2, db, tw, sbt) &&
 		 !dnnl_matmul_desc_init(&md, &h->a, &h->b, NULL, &h->c) &&
 		 !dnnl_primitive_desc_create(&pd, &md, at, dn.eng, NULL) && !dnnl_primitive_create(&h->p, pd);
 	if (ok) {
@@ -889,10 +896,16 @@ trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err)
 		dnnl_primitive_attr_destroy(at);
 	if (!ok) {
 		trail_bf16_mm_free(h);
-		trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: no bf16 matmul %dx%dx%d", M, N, K);
+		trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: no %s matmul %dx%dx%d", ts == dnnl_u8 ? "int8" : "bf16", M, N,
+				K);
 		return NULL;
 	}
 	return h;
+}
+
+trail_bf16_mm *trail_bf16_mm_new(int M, int N, int K, trail_error *err)
+{
+	return packed_mm_new(M, N, K, dnnl_bf16, dnnl_bf16, dnnl_f32, err);
 }
 
 size_t trail_bf16_mm_packed_bytes(const trail_bf16_mm *h)
@@ -900,7 +913,7 @@ size_t trail_bf16_mm_packed_bytes(const trail_bf16_mm *h)
 	return dnnl_memory_desc_get_size(&h->b);
 }
 
-int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst)
+static int packed_mm_pack(const trail_bf16_mm *h, const void *W, void *dst)
 {
 	dnnl_stream_t st = NULL;
 	dnnl_memory_t ms = NULL, md = NULL;
@@ -918,7 +931,50 @@ int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst)
 	return rc;
 }
 
+int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst)
+{
+	return packed_mm_pack(h, W, dst);
+}
+
 int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t)
 {
 	return run_on(t, h->p, &h->a, &h->b, &h->c, &h->sp, h->spn, x, W, y);
+}
+
+/* ---- serving: int8 products of weights quantised once ------------------------------ */
+
+/*
+ * The same packed product with u8 inputs, s8 weights and exact s32 sums.
+ * The inputs stay below 128 and the weights within [-127, 127], so a pair
+ * of products sums to at most 2 x 127 x 127 = 32258: the 16-bit pair sums
+ * of the instruction sets without VNNI (vpmaddubsw) never saturate, and
+ * every instruction set gives the same integers.
+ */
+struct trail_i8_mm {
+	trail_bf16_mm h;
+};
+
+trail_i8_mm *trail_i8_mm_new(int M, int N, int K, trail_error *err)
+{
+	return (trail_i8_mm *)packed_mm_new(M, N, K, dnnl_u8, dnnl_s8, dnnl_s32, err);
+}
+
+void trail_i8_mm_free(trail_i8_mm *h)
+{
+	trail_bf16_mm_free(h ? &h->h : NULL);
+}
+
+size_t trail_i8_mm_packed_bytes(const trail_i8_mm *h)
+{
+	return trail_bf16_mm_packed_bytes(&h->h);
+}
+
+int trail_i8_mm_pack(const trail_i8_mm *h, const int8_t *W, void *dst)
+{
+	return packed_mm_pack(&h->h, W, dst);
+}
+
+int trail_i8_mm_run(const trail_i8_mm *h, const uint8_t *x, const void *W, int32_t *y, int t)
+{
+	return run_on(t, h->h.p, &h->h.a, &h->h.b, &h->h.c, &h->h.sp, h->h.spn, x, W, y);
 }

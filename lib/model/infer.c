@@ -27,6 +27,11 @@ typedef struct ilin {
 	unsigned char *Wp; /* W's column blocks, each packed for its product: block j at j pb[0] */
 	size_t pb[2];
 	uint16_t *Wb;      /* emulated: W as [out,in] */
+	/* int8: the products of a full column block and of the last (their packed weights at Wp, pb), and per
+	 * output row the weights' scale and the sum of its int8 weights */
+	trail_i8_mm *qm[2];
+	float *qs;
+	int32_t *qsum;
 } ilin;
 
 enum { MAXK = 7 };
@@ -59,6 +64,8 @@ struct trail_infer {
 	size_t bn;           /* its bytes */
 	struct mmshape { int n, k; trail_bf16_mm *h; } mmt[32];
 	int nmm;
+	struct qshape { int n, k; trail_i8_mm *h; } qmt[32]; /* int8's products */
+	int nqm;
 };
 
 struct trail_lora_w {
@@ -219,6 +226,8 @@ void trail_infer_free(trail_infer *m)
 		return;
 	for (int i = 0; i < m->nmm; i++)
 		trail_bf16_mm_free(m->mmt[i].h);
+	for (int i = 0; i < m->nqm; i++)
+		trail_i8_mm_free(m->qmt[i].h);
 	trail_free(m->bmem);
 	trail_free(m->mem);
 	trail_free(m->L);
@@ -469,8 +478,11 @@ typedef struct gemmjob {
 	size_t padn;
 	const ilin *L; /* bf16: its Wb and mm */
 	int emu;       /* bf16 without oneDNN's product (see gemm_bf16_unit) */
-	int fail;      /* bf16: a block oneDNN did not compute */
+	int fail;      /* bf16, int8: a block oneDNN did not compute */
 	uint16_t *xb;  /* bf16: x rounded, in whole blocks of RB rows (the last zero-padded) */
+	uint8_t *xq;   /* int8: x quantised, in whole blocks of RB rows (the last zero-padded) */
+	float *xs;     /* int8: each row's scale */
+	int32_t *xz;   /* int8: each row's zero point */
 } gemmjob;
 
 /* The columns of part p of `parts`: a fixed split on 64-column bounds. */
@@ -557,6 +569,80 @@ static void gemm_bf16_unit(void *ctx, int u, int t)
 	}
 	for (int i = 0; i < k; i++)
 		memcpy(g->y + (size_t)(r + i) * g->N + c0, pt + (size_t)i * w, sizeof *pt * (size_t)w);
+}
+
+/*
+ * int8. A row x [K] of a product's input becomes q [K] in [0, 127] with
+ * x ~ s (q - z): s = (max - min) / 127 over x and 0, z = round(-min / s),
+ * so that 0 is exact and the range is the row's own; 7 bits, so that no
+ * pair of products saturates a 16-bit sum (trail_i8_mm). A row with an
+ * infinity or a NaN gets the scale NaN, so its outputs are NaN as in fp32.
+ * The rounding is (v + 1.5 2^23) - 1.5 2^23, to nearest even, in the same
+ * operations at every width.
+ */
+#define QMAGIC 12582912.0f
+
+static void quant_row(uint8_t *q, float *s, int32_t *z, const float *x, int K)
+{
+	float lo = 0, hi = 0, bad = 0;
+	for (int k = 0; k < K; k++) {
+		lo = x[k] < lo ? x[k] : lo;
+		hi = x[k] > hi ? x[k] : hi;
+		bad += x[k] - x[k]; /* NaN from an infinity or a NaN */
+	}
+	float sc = (hi - lo) / 127.0f;
+	if (bad != 0 || !(sc > 0)) {
+		memset(q, 0, (size_t)K);
+		*s = bad != 0 ? NAN : 0;
+		*z = 0;
+		return;
+	}
+	float inv = 127.0f / (hi - lo), zf = (-lo * inv + QMAGIC) - QMAGIC;
+	for (int k = 0; k < K; k++) {
+		float v = x[k] * inv;
+		v = v + zf;
+		v = v >= 0 ? v : 0;
+		v = v <= 127 ? v : 127;
+		v = (v + QMAGIC) - QMAGIC;
+		q[k] = (uint8_t)(int)v;
+	}
+	*s = sc;
+	*z = (int32_t)zf;
+}
+
+/* int8: row block u of x quantised, row by row */
+static void gemm_i8_rows(void *ctx, int u, int t)
+{
+	gemmjob *g = ctx;
+	int r = u * RB, k = g->n - r < RB ? g->n - r : RB;
+	uint8_t *xq = g->xq + (size_t)r * g->K;
+	(void)t;
+	for (int i = 0; i < k; i++)
+		quant_row(xq + (size_t)i * g->K, g->xs + r + i, g->xz + r + i, g->x + (size_t)(r + i) * g->K, g->K);
+	memset(xq + (size_t)k * g->K, 0, (size_t)(RB - k) * g->K);
+}
+
+/* int8 unit u: row block u / nc, column block u % nc; y = s_row s_col (sum q w - z sum w), in that order */
+static void gemm_i8_unit(void *ctx, int u, int t)
+{
+	gemmjob *g = ctx;
+	int nc = (g->N + CB - 1) / CB, r = u / nc * RB, c0 = u % nc * CB, k = g->n - r < RB ? g->n - r : RB;
+	int w = g->N - c0 < CB ? g->N - c0 : CB;
+	int32_t *pt = (int32_t *)(g->pad + (size_t)t * g->padn);
+	if (trail_i8_mm_run(g->L->qm[w < CB], g->xq + (size_t)r * g->K, g->L->Wp + (size_t)(c0 / CB) * g->L->pb[0], pt,
+			    t)) {
+		g->fail = 1;
+		return;
+	}
+	const float *qs = g->L->qs + c0;
+	const int32_t *qsum = g->L->qsum + c0;
+	for (int i = 0; i < k; i++) {
+		float *yr = g->y + (size_t)(r + i) * g->N + c0, sr = g->xs[r + i];
+		const int32_t *a = pt + (size_t)i * w;
+		int32_t zr = g->xz[r + i];
+		for (int j = 0; j < w; j++)
+			yr[j] = (float)(a[j] - zr * qsum[j]) * sr * qs[j];
+	}
 }
 
 /*
@@ -679,6 +765,9 @@ typedef struct rowjob {
 	float *scr;     /* thread t's scratch at scr + t scn: scores [P], LoRA hidden [rmax], then its gemm pad */
 	size_t scn;
 	uint16_t *xb;   /* bf16: a product's input rows rounded, [N rounded up to RB, kmax] */
+	uint8_t *xq;    /* int8: a product's input rows quantised, [N rounded up to RB, kmax] */
+	float *xs;      /* int8: their scales [N] */
+	int32_t *xz;    /* int8: their zero points [N] */
 	int P, rmax;
 } rowjob;
 
@@ -851,12 +940,18 @@ static int bgemm(trail_infer *m, const rowjob *k, int n, const float *x, const i
 			}
 		return TRAIL_OK;
 	}
-	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, SC(k, 0) + k->P + k->rmax, k->scn, L, m->emu, 0, NULL};
+	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, SC(k, 0) + k->P + k->rmax, k->scn, L, m->emu, 0, NULL, NULL, NULL, NULL};
 	if (m->prec == TRAIL_PREC_BF16) {
 		g.xb = k->xb;
 		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB, gemm_bf16_rows, &g);
 		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * ((N + CB - 1) / CB), gemm_bf16_unit, &g);
 		return g.fail ? trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: a bf16 product failed") : TRAIL_OK;
+	}
+	if (m->prec == TRAIL_PREC_INT8) {
+		g.xq = k->xq, g.xs = k->xs, g.xz = k->xz;
+		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB, gemm_i8_rows, &g);
+		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * ((N + CB - 1) / CB), gemm_i8_unit, &g);
+		return g.fail ? trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: an int8 product failed") : TRAIL_OK;
 	}
 	trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * g.parts, gemm_item, &g);
 	return TRAIL_OK;
@@ -912,7 +1007,8 @@ static int prepare(trail_infer *m, int n, const int32_t *tok, const int *pos, tr
  * The workspace: the rows' activations, lnout [nout,C], then per thread
  * (scn floats each, from a 64-byte boundary): scores [P], LoRA hidden
  * [rmax] and a gemm pad 2 RB wide; then, in bf16, the rounded inputs of a
- * product (xfloats).
+ * product, in int8 the rows' scales and zero points and their quantised
+ * inputs (xfloats).
  */
 static size_t kmax(const trail_infer *m)
 {
@@ -923,7 +1019,10 @@ static size_t kmax(const trail_infer *m)
 
 static size_t xfloats(const trail_infer *m, size_t N)
 {
-	return m->prec == TRAIL_PREC_BF16 ? ((N + RB - 1) / RB * RB * kmax(m) + 1) / 2 + 16 : 0;
+	size_t nr = (N + RB - 1) / RB * RB;
+	if (m->prec == TRAIL_PREC_INT8)
+		return 2 * nr + (nr * kmax(m) + 3) / 4 + 32;
+	return m->prec == TRAIL_PREC_BF16 ? (nr * kmax(m) + 1) / 2 + 16 : 0;
 }
 static size_t thread_floats(const trail_infer *m, int rmax, size_t wide)
 {
@@ -967,13 +1066,17 @@ static size_t need_llama(const trail_infer *m, size_t N, int rmax, int nout)
 	       (size_t)pool_threads() * thread_floats(m, rmax, llama_wide(m)) + xfloats(m, N);
 }
 
-/* The per-thread scratch after `end` (on a 64-byte boundary). */
-static void scratch(trail_infer *m, rowjob *k, float *end, int rmax, size_t wide)
+/* The per-thread scratch after `end` (on a 64-byte boundary), then a product's rounded inputs for n rows. */
+static void scratch(trail_infer *m, rowjob *k, float *end, int rmax, size_t wide, int n)
 {
 	uintptr_t a = ((uintptr_t)end + 63) & ~(uintptr_t)63;
+	size_t nr = ((size_t)n + RB - 1) / RB * RB;
 	k->scr = (float *)a;
 	k->scn = thread_floats(m, rmax, wide);
 	k->xb = (uint16_t *)(k->scr + (size_t)pool_threads() * k->scn);
+	k->xs = (float *)k->xb;
+	k->xz = (int32_t *)(k->xs + nr);
+	k->xq = (uint8_t *)(((uintptr_t)(k->xz + nr) + 63) & ~(uintptr_t)63);
 	k->P = m->c.n_positions;
 	k->rmax = rmax;
 }
@@ -998,7 +1101,7 @@ static int step_llama(trail_infer *m, int n, const int32_t *tok, const int *pos,
 	k.x = m->ws, k.ln = k.x + N * C, k.tmp = k.ln + N * C, k.att = k.tmp + N * C, k.qkv = k.att + N * D;
 	k.kk = k.qkv + N * D, k.vv = k.kk + N * Dkv, k.h = k.vv + N * Dkv, k.hg = k.h + N * F;
 	float *lnout = k.hg + N * F;
-	scratch(m, &k, lnout + (size_t)nout * C, rmax, llama_wide(m));
+	scratch(m, &k, lnout + (size_t)nout * C, rmax, llama_wide(m), n);
 	for (int i = 0; i < n; i++)
 		memcpy(k.x + (size_t)i * C, m->wte + (size_t)tok[i] * C, (size_t)C * sizeof *k.x);
 	run_rows(m, &k, P_LN1, 0, n);
@@ -1046,7 +1149,7 @@ int trail_infer_step(trail_infer *m, int n, const int32_t *tok, const int *pos, 
 	k.x = m->ws, k.ln = k.x + N * C, k.att = k.ln + N * C, k.tmp = k.att + N * C, k.qkv = k.tmp + N * C;
 	k.h = k.qkv + N * 3 * C, k.hg = k.h + N * 4 * C;
 	float *lnout = k.hg + N * 4 * C;
-	scratch(m, &k, lnout + (size_t)nout * C, rmax, gpt2_wide(m));
+	scratch(m, &k, lnout + (size_t)nout * C, rmax, gpt2_wide(m), n);
 	for (int i = 0; i < n; i++)
 		for (int c2 = 0; c2 < C; c2++)
 			k.x[(size_t)i * C + c2] = m->wte[(size_t)tok[i] * C + c2] + m->wpe[(size_t)pos[i] * C + c2];
@@ -1133,17 +1236,134 @@ static int convert_lin(trail_infer *m, ilin *L, int transW, unsigned char **p, u
 	return TRAIL_OK;
 }
 
+static void drop_lin(ilin *L)
+{
+	L->Wb = NULL, L->Wp = NULL, L->mm[0] = L->mm[1] = NULL, L->pb[0] = L->pb[1] = 0;
+	L->qm[0] = L->qm[1] = NULL, L->qs = NULL, L->qsum = NULL;
+}
+
+/* Forget the bf16 or int8 weights (the products stay made, for a later return). */
 static void drop_bf16(trail_infer *m)
 {
 	for (int l = 0; l < m->c.n_layer; l++)
-		for (int k = 0; k < m->nk; k++) {
-			ilin *L = &m->L[l].lin[k];
-			L->Wb = NULL, L->Wp = NULL, L->mm[0] = L->mm[1] = NULL, L->pb[0] = L->pb[1] = 0;
-		}
-	ilin *H = &m->headl;
-	H->Wb = NULL, H->Wp = NULL, H->mm[0] = H->mm[1] = NULL, H->pb[0] = H->pb[1] = 0;
+		for (int k = 0; k < m->nk; k++)
+			drop_lin(&m->L[l].lin[k]);
+	drop_lin(&m->headl);
 	trail_free(m->bmem);
 	m->bmem = NULL, m->bn = 0;
+}
+
+/* ---- int8 weights ---- */
+
+/* The int8 product of shape RB x n x k, made once per model. */
+static trail_i8_mm *qm_of(trail_infer *m, int n, int k, trail_error *err)
+{
+	for (int i = 0; i < m->nqm; i++)
+		if (m->qmt[i].n == n && m->qmt[i].k == k)
+			return m->qmt[i].h;
+	if (m->nqm == (int)(sizeof m->qmt / sizeof *m->qmt)) {
+		trail_error_set(err, TRAIL_EINTERNAL, "too many product shapes");
+		return NULL;
+	}
+	trail_i8_mm *h = trail_i8_mm_new(RB, n, k, err);
+	if (h)
+		m->qmt[m->nqm++] = (struct qshape){n, k, h};
+	return h;
+}
+
+#define A64(x) (((size_t)(x) + 63) & ~(size_t)63)
+
+/* A linear layer's int8 products and its bytes: packed column blocks, then scales and sums [out]. */
+static int size_q(trail_infer *m, ilin *L, size_t *bytes, trail_error *err)
+{
+	int N = L->out, K = L->in;
+	if (N >= CB && !(L->qm[0] = qm_of(m, CB, K, err)))
+		return err ? err->code : TRAIL_EINTERNAL;
+	if (N % CB && !(L->qm[1] = qm_of(m, N % CB, K, err)))
+		return err ? err->code : TRAIL_EINTERNAL;
+	L->pb[0] = L->qm[0] ? A64(trail_i8_mm_packed_bytes(L->qm[0])) : 0;
+	L->pb[1] = L->qm[1] ? A64(trail_i8_mm_packed_bytes(L->qm[1])) : 0;
+	*bytes += (size_t)(N / CB) * L->pb[0] + L->pb[1] + 2 * A64((size_t)N * 4);
+	return TRAIL_OK;
+}
+
+/*
+ * W [N,K] (transW) or [K,N] to int8 rows q [N,K]: per output row j, the
+ * scale s_j = max |W_j| / 127 and q = round(W_j / s_j) in [-127, 127]
+ * (s_j = 0 and q = 0 for a row of zeros); sum_j = sum of q's row.
+ */
+static void quant_w(int8_t *q, float *s, int32_t *sum, const float *W, int K, int N, int transW)
+{
+	for (int j = 0; j < N; j++)
+		s[j] = 0;
+	for (int j = 0; transW && j < N; j++)
+		for (int k = 0; k < K; k++)
+			s[j] = fmaxf(s[j], fabsf(W[(size_t)j * K + k]));
+	for (int k = 0; !transW && k < K; k++)
+		for (int j = 0; j < N; j++)
+			s[j] = fmaxf(s[j], fabsf(W[(size_t)k * N + j]));
+	for (int j = 0; j < N; j++) {
+		float inv = s[j] > 0 ? 127.0f / s[j] : 0;
+		int32_t t = 0;
+		for (int k = 0; k < K; k++) {
+			float v = (transW ? W[(size_t)j * K + k] : W[(size_t)k * N + j]) * inv;
+			v = v >= -127 ? v : -127;
+			v = v <= 127 ? v : 127;
+			int8_t b = (int8_t)(int)((v + QMAGIC) - QMAGIC);
+			q[(size_t)j * K + k] = b;
+			t += b;
+		}
+		s[j] = s[j] / 127.0f;
+		sum[j] = t;
+	}
+}
+
+/* Its weights quantised (into tmp [out,in]) and packed per column block at *p, then scales and sums; *p advanced. */
+static int quant_lin(ilin *L, int transW, unsigned char **p, int8_t *tmp, trail_error *err)
+{
+	int N = L->out, K = L->in;
+	unsigned char *w = *p;
+	L->Wp = w;
+	w += (size_t)(N / CB) * L->pb[0] + L->pb[1];
+	L->qs = (float *)w;
+	L->qsum = (int32_t *)(w + A64((size_t)N * 4));
+	quant_w(tmp, L->qs, L->qsum, L->W, K, N, transW);
+	for (int c0 = 0; c0 < N; c0 += CB) {
+		int edge = N - c0 < CB;
+		if (trail_i8_mm_pack(L->qm[edge], tmp + (size_t)c0 * K, L->Wp + (size_t)(c0 / CB) * L->pb[0]))
+			return trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: packing int8 weights %dx%d failed", N, K);
+	}
+	*p = w + 2 * A64((size_t)N * 4);
+	return TRAIL_OK;
+}
+
+static int set_int8(trail_infer *m, trail_error *err)
+{
+	size_t bytes = 0, most = (size_t)m->headl.in * (size_t)m->headl.out;
+	int rc = size_q(m, &m->headl, &bytes, err);
+	for (int l = 0; !rc && l < m->c.n_layer; l++)
+		for (int k = 0; !rc && k < m->nk; k++) {
+			ilin *L = &m->L[l].lin[k];
+			rc = size_q(m, L, &bytes, err);
+			most = (size_t)L->in * (size_t)L->out > most ? (size_t)L->in * (size_t)L->out : most;
+		}
+	int8_t *tmp = NULL;
+	if (!rc && (!(m->bmem = trail_malloc(bytes + 64)) || !(tmp = trail_malloc(most))))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory for the int8 weights");
+	m->bn = bytes + 64;
+	unsigned char *p = (unsigned char *)(((uintptr_t)m->bmem + 63) & ~(uintptr_t)63);
+	if (!rc)
+		rc = quant_lin(&m->headl, 1, &p, tmp, err);
+	for (int l = 0; !rc && l < m->c.n_layer; l++)
+		for (int k = 0; !rc && k < m->nk; k++)
+			rc = quant_lin(&m->L[l].lin[k], m->llama, &p, tmp, err);
+	trail_free(tmp);
+	if (rc) {
+		drop_bf16(m);
+		return rc;
+	}
+	m->prec = TRAIL_PREC_INT8;
+	return TRAIL_OK;
 }
 
 int trail_infer_set_precision(trail_infer *m, int prec, trail_error *err)
@@ -1153,6 +1373,8 @@ int trail_infer_set_precision(trail_infer *m, int prec, trail_error *err)
 	drop_bf16(m);
 	m->prec = TRAIL_PREC_FP32;
 	m->emu = 0;
+	if (prec == TRAIL_PREC_INT8)
+		return set_int8(m, err);
 	if (prec != TRAIL_PREC_BF16)
 		return TRAIL_OK;
 	/* oneDNN 2.6 has bf16 matmul from AVX-512 up; below, the products are emulated */
@@ -1194,8 +1416,8 @@ int trail_infer_precision(const trail_infer *m)
 
 size_t trail_infer_step_bytes(const trail_infer *m)
 {
-	if (m->prec == TRAIL_PREC_BF16)
-		return m->bn - 64; /* every block of every converted weight, padding included */
+	if (m->prec != TRAIL_PREC_FP32)
+		return m->bn - 64; /* every block of every converted weight (int8: and its scales and sums), padding included */
 	size_t n = (size_t)m->headl.in * (size_t)m->headl.out;
 	for (int l = 0; l < m->c.n_layer; l++)
 		for (int k = 0; k < m->nk; k++)

@@ -604,7 +604,7 @@ int trail_lora_spec_parse(const char *spec, trail_lora_config *lc, trail_error *
  * the precision (and oneDNN's instruction set, trail_compute_isa) but
  * never on the thread count. Process-wide.
  */
-enum { TRAIL_PREC_FP32, TRAIL_PREC_BF16 };
+enum { TRAIL_PREC_FP32, TRAIL_PREC_BF16, TRAIL_PREC_INT8 }; /* int8: serving only (trail_infer_set_precision) */
 #define TRAIL_MAX_THREADS 256
 int trail_compute_set(int threads, int prec, trail_error *err);
 int trail_compute_threads(void);

@@ -175,6 +175,19 @@ size_t trail_bf16_mm_packed_bytes(const trail_bf16_mm *h);
 int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst);
 int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t);
 /*
+ * Serving's int8 products, the same way: y [M,N] s32 dense = x [M,K] u8
+ * dense times W^T, W [N,K] s8 (row stride K) packed once. The sums are
+ * exact integers when x < 128 and |W| <= 127 (no 16-bit pair sum can
+ * saturate on an instruction set without VNNI), so every instruction set
+ * gives the same bits.
+ */
+typedef struct trail_i8_mm trail_i8_mm;
+trail_i8_mm *trail_i8_mm_new(int M, int N, int K, trail_error *err);
+void trail_i8_mm_free(trail_i8_mm *h);
+size_t trail_i8_mm_packed_bytes(const trail_i8_mm *h);
+int trail_i8_mm_pack(const trail_i8_mm *h, const int8_t *W, void *dst);
+int trail_i8_mm_run(const trail_i8_mm *h, const uint8_t *x, const void *W, int32_t *y, int t);
+/*
  * trail_gemm with flags: TRAIL_G_BF16 as lowp; TRAIL_G_KEEP_A (_B): A (B)
  * stays as it is until the next trail_bf16_pass, so its bf16 copy is made
  * once and used by every product of the pass that names the same matrix

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "model/model.h"
+#include "model/model_int.h"
 #include "tap.h"
 #include "core/core.h"
 
@@ -148,10 +149,10 @@ static void run(const char *what, trail_model_cfg c, int t_odd, int t_even)
 	for (int a = 0; a < NA; a++)
 		trail_kvc_free(nc[a]);
 	free(naive);
-	/* fp32 and bf16: the same bits on 1, 2 and 4 threads */
-	float *pr[2];
-	for (int p = 0; p < 2; p++) {
-		int prec = p ? TRAIL_PREC_BF16 : TRAIL_PREC_FP32, same = 1;
+	/* fp32, bf16 and int8: the same bits on 1, 2 and 4 threads */
+	float *pr[3];
+	for (int p = 0; p < 3; p++) {
+		int prec = p == 2 ? TRAIL_PREC_INT8 : p ? TRAIL_PREC_BF16 : TRAIL_PREC_FP32, same = 1;
 		ok(trail_infer_set_precision(im, prec, &e) == 0 && trail_infer_precision(im) == prec, "%s: set %s",
 		   trail_precision_name(prec), e.msg);
 		pr[p] = malloc(sizeof(float) * n * V);
@@ -179,6 +180,28 @@ static void run(const char *what, trail_model_cfg c, int t_odd, int t_even)
 	float bd = maxdiff(pr[1], pr[0], (size_t)n * V);
 	ok(bd < 0.02f * big && memcmp(pr[1], pr[0], sizeof(float) * n * V),
 	   "bf16 logits differ from fp32's, by at most 2%% of the largest (%.2e of %.2e)", bd, big);
+	float qd = maxdiff(pr[2], pr[0], (size_t)n * V);
+	ok(qd < 0.05f * big && memcmp(pr[2], pr[0], sizeof(float) * n * V),
+	   "int8 logits differ from fp32's, by at most 5%% of the largest (%.2e of %.2e)", qd, big);
+	/* int8, 4 threads: each sequence alone, prefilled and then decoded one row at a time, = its rows in the batch */
+	exact = 1;
+	for (int a = 0; a < NA; a++) {
+		trail_kvc *k1 = trail_kvc_new(im, T);
+		const trail_lora_w *l1[T];
+		trail_kvc *kk[T];
+		for (int t = 0; t < T; t++)
+			l1[t] = w[a], kk[t] = k1;
+		int last = T - 1, zero = 0;
+		trail_infer_step(im, T - 1, tok, pos, kk, l1, 0, NULL, NULL, &e);
+		exact &= trail_infer_step(im, 1, tok + last, pos + last, kk, l1, 1, &zero, got, &e) == 0;
+		exact &= !memcmp(got, pr[2] + (size_t)((T - 1) * NA + a) * V, sizeof(float) * V);
+		trail_infer_step(im, T, tok, pos, kk, l1, 1, &last, got, &e);
+		exact &= !memcmp(got, pr[2] + (size_t)((T - 1) * NA + a) * V, sizeof(float) * V);
+		trail_kvc_free(k1);
+	}
+	ok(exact, "int8: a sequence alone (prefilled, and one row decoded) gives bit-identical logits to the mixed batch");
+	ok(trail_infer_set_precision(im, TRAIL_PREC_BF16, &e) == 0 && trail_infer_precision(im) == TRAIL_PREC_BF16,
+	   "from int8 back to bf16 %s", e.msg);
 	/* bf16, 4 threads: each sequence alone, prefilled and then decoded one row at a time, = its rows in the batch */
 	exact = 1;
 	for (int a = 0; a < NA; a++) {
@@ -200,7 +223,7 @@ static void run(const char *what, trail_model_cfg c, int t_odd, int t_even)
 	ok(trail_infer_set_precision(im, TRAIL_PREC_FP32, &e) == 0 && 2 * sb >= trail_infer_step_bytes(im) &&
 	   trail_infer_bytes(im) + 64 + sb == hb, "bf16: a step reads the bf16 copy, at least half the fp32 bytes; back to fp32 it is freed");
 	trail_infer_set_threads(im, 1);
-	free(pr[0]), free(pr[1]);
+	free(pr[0]), free(pr[1]), free(pr[2]);
 	size_t kvw = c.arch == TRAIL_ARCH_GPT2 ? (size_t)c.n_embd : (size_t)c.n_kv_head * c.head_dim;
 	ok(trail_kvc_new(im, c.n_positions + 1) == NULL && trail_kvc_bytes(im, 8) == (size_t)c.n_layer * 2 * 8 * kvw * 4,
 	   "KV caches sized by capacity and key/value width, at most the context");
@@ -218,9 +241,62 @@ static void run(const char *what, trail_model_cfg c, int t_odd, int t_even)
 	trail_model_free(m);
 }
 
+/*
+ * The int8 product's sums are exact integers on every instruction set:
+ * inputs at the top of their range (127) against weights of either sign
+ * at +-127 make every pair of products 2 x 127 x 127 = 32258 (no 16-bit
+ * saturation), and random ones; both against a plain integer loop.
+ */
+static void i8_exact(void)
+{
+	enum { M = 16, N = 200, K = 1000 };
+	trail_error e = {0};
+	trail_i8_mm *h[2] = {trail_i8_mm_new(M, 128, K, &e), trail_i8_mm_new(M, N - 128, K, &e)};
+	ok(h[0] && h[1], "int8 products made on %s: %s", trail_compute_isa(), e.msg);
+	if (!h[0] || !h[1])
+		return;
+	uint8_t *x = malloc((size_t)M * K);
+	int8_t *W = malloc((size_t)N * K);
+	int32_t *y = malloc(sizeof *y * M * 128);
+	void *pk[2] = {malloc(trail_i8_mm_packed_bytes(h[0])), malloc(trail_i8_mm_packed_bytes(h[1]))};
+	int bad = 0, worst = 0;
+	for (int round = 0; round < 2; round++) {
+		uint32_t r = 12345;
+		for (int i = 0; i < M * K; i++) {
+			r = r * 1103515245u + 12345u;
+			x[i] = round ? (uint8_t)((r >> 16) % 128) : (i % K) % 7 == 3 ? 0 : 127;
+		}
+		for (int i = 0; i < N * K; i++) {
+			r = r * 1103515245u + 12345u;
+			W[i] = round ? (int8_t)((int)((r >> 16) % 255) - 127) : (i / K + i % K) % 3 ? 127 : -127;
+		}
+		for (int b = 0; b < 2; b++) {
+			int c0 = b * 128, w = b ? N - 128 : 128;
+			bad |= trail_i8_mm_pack(h[b], W + (size_t)c0 * K, pk[b]) != 0;
+			bad |= trail_i8_mm_run(h[b], x, pk[b], y, 0) != 0;
+			for (int i = 0; i < M; i++)
+				for (int j = 0; j < w; j++) {
+					int32_t s = 0;
+					for (int k = 0; k < K; k++)
+						s += (int32_t)x[(size_t)i * K + k] * W[(size_t)(c0 + j) * K + k];
+					bad |= s != y[(size_t)i * w + j];
+					worst = abs(s) > worst ? abs(s) : worst;
+				}
+		}
+	}
+	size_t pb = trail_i8_mm_packed_bytes(h[0]);
+	ok(pb >= (size_t)128 * K && pb <= (size_t)128 * K * 11 / 10, "a packed int8 block: a byte a weight (%zu for %d)", pb,
+	   128 * K);
+	ok(!bad && worst > 127 * 127 * (K / 4), "int8 sums on %s = exact integer sums (largest %d), no saturation (%d)",
+	   trail_compute_isa(), worst, bad);
+	free(x), free(W), free(y), free(pk[0]), free(pk[1]);
+	trail_i8_mm_free(h[0]), trail_i8_mm_free(h[1]);
+}
+
 int main(void)
 {
 	trail_init();
+	i8_exact();
 	run("GPT-2", (trail_model_cfg){.n_layer = 2, .n_head = 2, .n_embd = 16, .n_positions = 16, .vocab_size = 257}, 15,
 	    5);
 	/* grouped-query attention, untied head, llama3 rope scaling that bites within the context */
