@@ -88,18 +88,10 @@ static void log_line(void *ctx, const char *line)
 	fprintf(stderr, "trail-log: witness: %s\n", line);
 }
 
-/* "ORIGIN=VKEY" or "URL=VKEY": split at the '=' after which a key parses. */
-static int split_key(const char *arg, int cosigner, char **left, void **key, trail_error *err)
+static void refusal(void *ctx, const char *why)
 {
-	for (const char *e = strchr(arg, '='); e; e = strchr(e + 1, '=')) {
-		int rc = cosigner ? trail_cosigner_load(e + 1, (trail_cosigner **)key, NULL)
-				  : trail_verifier_load(e + 1, (trail_verifier **)key, NULL);
-		if (rc == TRAIL_OK)
-			return (*left = trail_strndup(arg, (size_t)(e - arg))) ? TRAIL_OK
-				: trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	}
-	return trail_error_set(err, TRAIL_EUSAGE, "%s: want %s=VKEY with a %s key", arg,
-			       cosigner ? "URL" : "ORIGIN", cosigner ? "cosigner (type 0x04)" : "log");
+	(void)ctx;
+	fprintf(stderr, "trail-log: error: %s\n", why);
 }
 
 /* witness: serve add-checkpoint until SIGTERM or SIGINT. */
@@ -115,7 +107,7 @@ static int cmd_witness(struct conf *c, trail_error *err)
 		return trail_error_set(err, TRAIL_EUSAGE, "witness needs --listen, --key, --log and --state");
 	for (int i = 0; i < c->nlogs && !rc; i++)
 		if (trail_verifier_load(c->logs[i], &v[i], NULL))
-			rc = split_key(c->logs[i], 0, &origins[i], (void **)&v[i], err);
+			rc = trail_log_key_split(c->logs[i], &origins[i], &v[i], err);
 	if (!rc && !(rc = trail_signer_load(c->key, &key, err)) && !(rc = trail_cosigner_vkey(key, &cv, err)) &&
 	    !(rc = trail_witness_open(c->state, key, (const trail_verifier *const *)v,
 				      (const char *const *)origins, (size_t)c->nlogs, &w, err))) {
@@ -143,69 +135,6 @@ static int cmd_witness(struct conf *c, trail_error *err)
 		trail_verifier_free(v[i]);
 		trail_free(origins[i]);
 	}
-	return rc;
-}
-
-/*
- * cosign: the store's checkpoint to every --witness; their cosignatures go
- * to log/checkpoint.cosigned. A refusal is printed with the witness's status
- * and body, and the command fails.
- */
-static int cmd_cosign(trail_ledger *l, trail_store *s, struct conf *c, trail_error *err)
-{
-	char *note = NULL, *cur = NULL;
-	size_t nl, curlen;
-	int rc, refused = 0, down = 0, got = 0;
-	if (!c->nwit)
-		return trail_error_set(err, TRAIL_EUSAGE, "cosign needs --witness URL=VKEY");
-	if ((rc = trail_ledger_checkpoint(l, &note, err)))
-		return rc;
-	nl = strlen(note);
-	/* Cosignatures already collected for this very checkpoint are kept. */
-	if ((rc = trail_cosigned_attach(s, note, nl, &cur, &curlen, err)))
-		goto out;
-	for (int i = 0; i < c->nwit && !rc; i++) {
-		char *url = NULL, *next;
-		trail_cosigner *cs = NULL;
-		trail_witness_result res;
-		trail_error e = {0};
-		if ((rc = split_key(c->wit[i], 1, &url, (void **)&cs, err)))
-			break;
-		int r = trail_witness_submit(l, note, nl, url, cs, c->timeout, &res, &e);
-		json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I}", "witness", trail_cosigner_name(cs), "url", url,
-				      "ok", !r, "size", (json_int_t)res.size, "old", (json_int_t)res.old);
-		if (o && res.status)
-			json_object_set_new(o, "status", json_integer(res.status));
-		if (o && r)
-			json_object_set_new(o, "body", json_string(res.body));
-		if (r == TRAIL_OK && !(rc = trail_cosigned_merge(cur, curlen, res.lines, &next, &curlen, err))) {
-			trail_free(cur);
-			cur = next;
-			got++;
-		} else if (r == TRAIL_EVERIFY || r == TRAIL_EUNAVAIL || r == TRAIL_ELIMIT) {
-			fprintf(stderr, "trail-log: error: %s\n", e.msg);
-			refused += r == TRAIL_EVERIFY;
-			down += r != TRAIL_EVERIFY;
-		} else if (r) {
-			*err = e;
-			rc = r;
-		}
-		trail_free(res.lines);
-		trail_cosigner_free(cs);
-		trail_free(url);
-		if (!rc)
-			rc = print_json(o, err);
-		else
-			json_decref(o);
-	}
-	if (!rc && got)
-		rc = trail_cosigned_write(s, cur, curlen, err);
-	if (!rc && (refused || down))
-		rc = trail_error_set(err, refused ? TRAIL_EVERIFY : TRAIL_EUNAVAIL, "%d of %d witnesses %s the checkpoint",
-				     refused + down, c->nwit, refused ? "refused" : "did not cosign");
-out:
-	trail_free(note);
-	trail_free(cur);
 	return rc;
 }
 
@@ -370,7 +299,7 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 						  (json_int_t)st.kept, "size", (json_int_t)st.size,
 						  "written", (json_int_t)st.written), err);
 	} else if (!strcmp(cmd, "cosign") && n == 0) {
-		rc = cmd_cosign(l, s, c, err);
+		rc = trail_ledger_cosign(l, s, c->wit, (size_t)c->nwit, c->timeout, stdout, refusal, NULL, err);
 	} else if (!strcmp(cmd, "checkpoint") && n == 0) {
 		char *note;
 		if (!(rc = trail_ledger_checkpoint(l, &note, err))) {

@@ -157,6 +157,24 @@ typedef struct trail_capbuf {
 	int over;
 } trail_capbuf;
 size_t trail_capbuf_write(char *p, size_t size, size_t n, void *ctx);
+/*
+ * The same buffer as an HTTP server's request body, read in pieces:
+ * trail_capbuf_declare sets over when the Content-Length header (NULL if
+ * none) already says more than max; trail_capbuf_add keeps a piece or,
+ * once the body would pass max or memory runs out, sets over, drops what
+ * it held and ignores every later piece. The body is b.p (NULL when
+ * empty), b.n bytes, unless over.
+ */
+void trail_capbuf_declare(trail_capbuf *s, const char *content_length);
+void trail_capbuf_add(trail_capbuf *s, const void *p, size_t n);
+
+/*
+ * A server's listen address, "HOST:PORT" ([v6]:PORT, port numeric), for
+ * bind: *out is getaddrinfo's list (freeaddrinfo). TRAIL_EUSAGE naming the
+ * option and `want` (the form, with examples) if it is not one.
+ */
+struct addrinfo;
+int trail_listen_resolve(const char *listen, const char *want, struct addrinfo **out, trail_error *err);
 
 /* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
 int trail_utf8_valid(const char *s, size_t n);

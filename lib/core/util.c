@@ -2,9 +2,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -305,6 +308,46 @@ size_t trail_capbuf_write(char *p, size_t size, size_t n, void *ctx)
 		return 0;
 	}
 	return trail_buf_put(&s->b, p, k) ? 0 : k;
+}
+
+void trail_capbuf_declare(trail_capbuf *s, const char *content_length)
+{
+	if (content_length && strtoull(content_length, NULL, 10) > s->max)
+		s->over = 1;
+}
+
+void trail_capbuf_add(trail_capbuf *s, const void *p, size_t n)
+{
+	if (!s->over && (s->b.n + n > s->max || trail_buf_put(&s->b, p, n))) {
+		s->over = 1;
+		trail_buf_release(&s->b);
+	}
+}
+
+int trail_listen_resolve(const char *listen, const char *want, struct addrinfo **out, trail_error *err)
+{
+	char host[256];
+	const char *colon = strrchr(listen, ':');
+	*out = NULL;
+	if (!colon || colon == listen || strlen(listen) >= sizeof host || !colon[1])
+		return trail_error_set(err, TRAIL_EUSAGE, "--listen wants %s", want);
+	size_t hl = (size_t)(colon - listen);
+	memcpy(host, listen, hl);
+	host[hl] = 0;
+	if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+		memmove(host, host + 1, hl - 2);
+		host[hl - 2] = 0;
+	}
+	struct addrinfo hints = {0};
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
+	int g = getaddrinfo(host, colon + 1, &hints, out);
+	if (g || !*out) {
+		if (!g)
+			*out = NULL;
+		return trail_error_set(err, TRAIL_EUSAGE, "--listen %s: %s", listen, gai_strerror(g));
+	}
+	return TRAIL_OK;
 }
 
 int trail_buf_put(trail_buf *b, const void *data, size_t n)

@@ -563,4 +563,25 @@ int trail_witness_check_url(trail_tiles *t, const char *url, const trail_verifie
 			    size_t nv, const char *origin, const trail_cosigner *const *cs, size_t nc,
 			    size_t quorum, long timeout_s, size_t *nvalid, trail_error *err);
 
+/*
+ * Key arguments "ORIGIN=VKEY" (a log key) and "URL=VKEY" (a cosigner key),
+ * split at the '=' after which a key (literal or file) parses, since
+ * origins and URLs may hold '='. *origin / *url are trail_malloc'd.
+ * TRAIL_EUSAGE if no split gives a key.
+ */
+int trail_log_key_split(const char *arg, char **origin, trail_verifier **key, trail_error *err);
+int trail_cosigner_split(const char *arg, char **url, trail_cosigner **key, trail_error *err);
+
+/*
+ * Send the ledger's checkpoint to each witness wits[i] ("URL=VKEY"),
+ * keeping the cosignatures already stored for that checkpoint, and store
+ * those returned (log/checkpoint.cosigned). One JSON line per witness to
+ * out: {witness, url, ok, size, old[, status][, body]}. A witness that
+ * refuses or does not answer is told to refusal (may be NULL) with why, and
+ * the call fails once all are asked: TRAIL_EVERIFY if one refused, else
+ * TRAIL_EUNAVAIL.
+ */
+int trail_ledger_cosign(trail_ledger *l, trail_store *s, const char *const *wits, size_t nwit, long timeout_s,
+			FILE *out, trail_witness_log_fn refusal, void *ctx, trail_error *err);
+
 #endif

@@ -38,8 +38,7 @@ struct trail_witness_server {
 };
 
 typedef struct conn {
-	trail_buf body;
-	int too_big;
+	trail_capbuf body; /* at most BODY_MAX */
 } conn;
 
 __attribute__((format(printf, 2, 3))) static void logf_(trail_witness_server *s, const char *fmt, ...)
@@ -83,19 +82,14 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	if (!k) {
 		if (!(k = trail_calloc(1, sizeof *k)))
 			return MHD_NO;
+		k->body.max = BODY_MAX;
 		*ctx = k;
-		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > BODY_MAX)
-			k->too_big = 1;
+		trail_capbuf_declare(&k->body, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+									  MHD_HTTP_HEADER_CONTENT_LENGTH));
 		return MHD_YES;
 	}
 	if (*upload_size) {
-		if (!k->too_big && k->body.n + *upload_size > BODY_MAX) {
-			k->too_big = 1;
-			trail_buf_release(&k->body);
-		}
-		if (!k->too_big && trail_buf_put(&k->body, upload, *upload_size))
-			k->too_big = 1;
+		trail_capbuf_add(&k->body, upload, *upload_size);
 		*upload_size = 0;
 		return MHD_YES;
 	}
@@ -107,13 +101,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		logf_(s, "%s %s: 405 use POST", method, url);
 		return send_text(c, 405, "use POST\n");
 	}
-	if (k->too_big) {
+	if (k->body.over) {
 		logf_(s, "POST /add-checkpoint: 413 body over %u bytes", BODY_MAX);
 		return send_text(c, 413, "request body too large\n");
 	}
 	trail_witness_reply r;
 	trail_error e = {0};
-	trail_witness_add_checkpoint(s->w, k->body.p ? k->body.p : "", k->body.n,
+	trail_witness_add_checkpoint(s->w, k->body.b.p ? k->body.b.p : "", k->body.b.n,
 				     (uint64_t)time(NULL), &r, &e);
 	if (r.status == 200)
 		logf_(s, "%s: cosigned size %" PRIu64 " (old %" PRIu64 "): 200", r.origin, r.size, r.old);
@@ -132,7 +126,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **ctx,
 	(void)cls, (void)c, (void)why;
 	if (!k)
 		return;
-	trail_buf_release(&k->body);
+	trail_buf_release(&k->body.b);
 	trail_free(k);
 	*ctx = NULL;
 }
@@ -146,24 +140,11 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int trail_witness_server_start(trail_witness *w, const char *listen, trail_witness_log_fn log,
 			       void *ctx, trail_witness_server **out, trail_error *err)
 {
-	char host[256];
-	const char *colon = strrchr(listen, ':');
+	struct addrinfo *ai;
 	*out = NULL;
-	if (!colon || colon == listen || strlen(listen) >= sizeof host || !colon[1])
-		return trail_error_set(err, TRAIL_EUSAGE, "--listen wants HOST:PORT (127.0.0.1:7380, [::1]:7380)");
-	size_t hl = (size_t)(colon - listen);
-	memcpy(host, listen, hl);
-	host[hl] = 0;
-	if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
-		memmove(host, host + 1, hl - 2);
-		host[hl - 2] = 0;
-	}
-	struct addrinfo hints = {0}, *ai = NULL;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
-	int g = getaddrinfo(host, colon + 1, &hints, &ai);
-	if (g || !ai)
-		return trail_error_set(err, TRAIL_EUSAGE, "--listen %s: %s", listen, gai_strerror(g));
+	int rc = trail_listen_resolve(listen, "HOST:PORT (127.0.0.1:7380, [::1]:7380)", &ai, err);
+	if (rc)
+		return rc;
 	trail_witness_server *s = trail_calloc(1, sizeof *s);
 	if (!s) {
 		freeaddrinfo(ai);

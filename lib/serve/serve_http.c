@@ -27,8 +27,8 @@
 
 typedef struct conn {
 	trail_server *s;
-	trail_buf body;
-	int too_big, counted;
+	trail_capbuf body; /* at most max_body */
+	int counted;
 } conn;
 
 typedef struct stream {
@@ -139,12 +139,12 @@ static enum MHD_Result completions(struct MHD_Connection *c, trail_server *s, co
 	pthread_mutex_lock(&s->mu);
 	s->st.requests++;
 	pthread_mutex_unlock(&s->mu);
-	if (k->too_big) {
+	if (k->body.over) {
 		char m[96];
 		snprintf(m, sizeof m, "request body over %zu bytes", s->o.max_body);
 		return reply_error(c, s, 413, m);
 	}
-	if (trail_json_parse(k->body.p ? k->body.p : "", k->body.n, "request", &j, &e))
+	if (trail_json_parse(k->body.b.p ? k->body.b.p : "", k->body.b.n, "request", &j, &e))
 		return reply_error(c, s, 400, e.msg);
 	sreq *q = req_new(s, j, 1, chat, &status, &e);
 	json_decref(j);
@@ -236,21 +236,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		if (!(k = trail_calloc(1, sizeof *k)))
 			return MHD_NO;
 		k->s = s;
+		k->body.max = s->o.max_body;
 		*ctx = k;
-		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (post && cl && strtoull(cl, NULL, 10) > s->o.max_body) {
-			k->too_big = 1;
+		if (post)
+			trail_capbuf_declare(&k->body, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+										   MHD_HTTP_HEADER_CONTENT_LENGTH));
+		if (k->body.over)
 			return completions(c, s, k, 0); /* answered before reading the body; the connection closes */
-		}
 		return MHD_YES;
 	}
 	if (*upload_size) {
-		if (!k->too_big && k->body.n + *upload_size > s->o.max_body) {
-			k->too_big = 1;
-			trail_buf_release(&k->body);
-		}
-		if (!k->too_big && trail_buf_put(&k->body, upload, *upload_size))
-			k->too_big = 1;
+		trail_capbuf_add(&k->body, upload, *upload_size);
 		*upload_size = 0;
 		return MHD_YES;
 	}
@@ -283,7 +279,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **ctx, enum MHD_
 		pthread_cond_broadcast(&s->changed);
 		pthread_mutex_unlock(&s->mu);
 	}
-	trail_buf_release(&k->body);
+	trail_buf_release(&k->body.b);
 	trail_free(k);
 	*ctx = NULL;
 }
@@ -316,23 +312,10 @@ static void *engine_main(void *p)
 
 int trail_server_http_start(trail_server *s, const char *listen, trail_error *err)
 {
-	char host[256];
-	const char *colon = strrchr(listen, ':');
-	if (!colon || colon == listen || strlen(listen) >= sizeof host || !colon[1])
-		return trail_error_set(err, TRAIL_EUSAGE, "--listen wants ADDR:PORT (127.0.0.1:8080, [::1]:8080)");
-	size_t hl = (size_t)(colon - listen);
-	memcpy(host, listen, hl);
-	host[hl] = 0;
-	if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
-		memmove(host, host + 1, hl - 2);
-		host[hl - 2] = 0;
-	}
-	struct addrinfo hints = {0}, *ai = NULL;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
-	int g = getaddrinfo(host, colon + 1, &hints, &ai);
-	if (g || !ai)
-		return trail_error_set(err, TRAIL_EUSAGE, "--listen %s: %s", listen, gai_strerror(g));
+	struct addrinfo *ai;
+	int rc = trail_listen_resolve(listen, "ADDR:PORT (127.0.0.1:8080, [::1]:8080)", &ai, err);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&s->mu);
 	s->draining = s->stop = 0;
 	pthread_mutex_unlock(&s->mu);

@@ -1,7 +1,9 @@
 /* Core library: canonical JSON, NDJSON reader, encodings, store. */
+#include <netdb.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -197,6 +199,46 @@ static void test_store(void)
 	ok(system(cmd) == 0, "cleanup");
 }
 
+/* The capped request body both HTTP servers read, and their listen address. */
+static void test_capbuf(void)
+{
+	trail_capbuf b = {.max = 10};
+	trail_capbuf_declare(&b, NULL);
+	trail_capbuf_declare(&b, "10");
+	ok(!b.over, "capbuf: no Content-Length, or one of max bytes, is taken");
+	trail_capbuf_add(&b, "hello", 5);
+	trail_capbuf_add(&b, "world", 5);
+	ok(!b.over && b.b.n == 10 && !memcmp(b.b.p, "helloworld", 10) && b.b.p[10] == 0,
+	   "capbuf: pieces up to max are kept, NUL-terminated");
+	trail_capbuf_add(&b, "!", 1);
+	ok(b.over && !b.b.p && b.b.n == 0, "capbuf: one byte past max drops the body");
+	trail_capbuf_add(&b, "x", 1);
+	ok(b.over && !b.b.p, "capbuf: later pieces are ignored");
+	trail_capbuf c = {.max = 10};
+	trail_capbuf_declare(&c, "11");
+	ok(c.over, "capbuf: a Content-Length over max is refused before the body");
+	trail_buf_release(&c.b);
+
+	struct addrinfo *ai = NULL;
+	trail_error e = {0};
+	ok(trail_listen_resolve("127.0.0.1:0", "HOST:PORT", &ai, &e) == TRAIL_OK && ai &&
+	   ai->ai_family == AF_INET, "listen: 127.0.0.1:0 resolves");
+	if (ai)
+		freeaddrinfo(ai);
+	ai = NULL;
+	ok(trail_listen_resolve("[::1]:7380", "HOST:PORT", &ai, &e) == TRAIL_OK && ai &&
+	   ai->ai_family == AF_INET6, "listen: [::1]:7380 is IPv6");
+	if (ai)
+		freeaddrinfo(ai);
+	const char *bad[] = {"7380", ":7380", "127.0.0.1:", "127.0.0.1:http"};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		e = (trail_error){0};
+		ai = (struct addrinfo *)&e;
+		ok(trail_listen_resolve(bad[i], "HOST:PORT (127.0.0.1:7380)", &ai, &e) == TRAIL_EUSAGE && !ai &&
+		   strstr(e.msg, "--listen"), "listen: '%s' refused (%s)", bad[i], e.msg);
+	}
+}
+
 int main(void)
 {
 	trail_init();
@@ -204,5 +246,6 @@ int main(void)
 	test_ndjson();
 	test_encodings();
 	test_store();
+	test_capbuf();
 	return tap_done();
 }
