@@ -760,6 +760,137 @@ static int find(const trail_gguf *g, const char *name)
 	return -1;
 }
 
+/* Does llama3 rope scaling (c's) give the divisors ff[h2] within float rounding? */
+static int ff_match(const trail_model_cfg *c, const float *ff, int h2)
+{
+	float *w = trail_malloc((size_t)h2 * sizeof *w);
+	int ok = w != NULL;
+	if (ok)
+		trail_rope_freq_factors(c, w);
+	for (int i = 0; ok && i < h2; i++)
+		ok = fabs((double)w[i] - ff[i]) <= 1e-5 * fabs((double)ff[i]);
+	trail_free(w);
+	return ok;
+}
+
+/*
+ * rope_freqs.weight: llama.cpp's divisors of the rotary frequencies, which
+ * its converter writes for Hugging Face's llama3 rope_scaling (and nothing
+ * else). The parameters: trail.rope.llama3.* where trail wrote the file;
+ * else recovered from the divisors, which are 1 for short wavelengths,
+ * factor for long ones and 1 / ((1 - s) / factor + s) between, with s
+ * linear in 1 / wavelength: s = orig / (wl (high - low)) - low / (high - low),
+ * so two points between give orig / low and high / low (low_freq_factor
+ * taken as 1, as Llama 3.1 and 3.2 have it; the same frequencies for any
+ * low with the same ratios). Either way the parameters must give back the
+ * file's divisors, else the file is refused. *out: the rope_scaling
+ * object, or NULL when every divisor is 1 (no scaling).
+ */
+static int llama3_scaling(const trail_gguf *g, const char *arch, int64_t hd, json_t **out, trail_error *err)
+{
+	*out = NULL;
+	const gten *t = &g->t[find(g, "rope_freqs.weight")];
+	int64_t h2 = hd / 2;
+	if (hd < 2 || hd % 2 || t->nd != 1 || (int64_t)t->ne[0] != h2)
+		return trail_error_at(err, TRAIL_EDATA, g->path, 0, "rope_freqs.weight has %llu values, expected %lld (head width / 2)",
+				      (unsigned long long)t->ne[0], (long long)h2);
+	float *ff = trail_malloc((size_t)h2 * sizeof *ff);
+	if (!ff)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	trail_gguf_read(g, (size_t)(t - g->t), ff);
+	int rc = TRAIL_OK, flat = 1;
+	for (int64_t i = 0; i < h2; i++) {
+		if (!(ff[i] >= 1 && ff[i] <= 1e6) || (i && ff[i] < ff[i - 1] * (1 - 1e-6))) {
+			rc = trail_error_at(err, TRAIL_EDATA, g->path, 0,
+					    "rope_freqs.weight[%lld] = %g: llama3 rope scaling has divisors from 1 up, not decreasing",
+					    (long long)i, (double)ff[i]);
+			goto out;
+		}
+		flat &= ff[i] == 1;
+	}
+	double theta;
+	char key[96];
+	snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+	if ((rc = kv_num(g, key, &theta, err)) > 0)
+		theta = 10000;
+	if (rc < 0)
+		goto out;
+	rc = TRAIL_OK;
+	trail_model_cfg c = {.head_dim = (int)hd, .rope_theta = theta, .rope_type = TRAIL_ROPE_LLAMA3};
+	double low, high, factor;
+	int64_t orig;
+	int kf = kv_num(g, "trail.rope.llama3.factor", &factor, err), kl = kv_num(g, "trail.rope.llama3.low_freq_factor", &low, err),
+	    kh = kv_num(g, "trail.rope.llama3.high_freq_factor", &high, err),
+	    ko = kv_int(g, "trail.rope.llama3.original_max_position_embeddings", &orig, err);
+	if (kf < 0 || kl < 0 || kh < 0 || ko < 0) {
+		rc = kf < 0 ? kf : kl < 0 ? kl : kh < 0 ? kh : ko;
+		goto out;
+	}
+	if (!kf && !kl && !kh && !ko) {
+		c.rope_factor = factor, c.rope_low = low, c.rope_high = high, c.rope_orig = (int)orig;
+	} else if (flat) {
+		goto out; /* every wavelength short: the frequencies are unscaled */
+	} else {
+		c.rope_factor = ff[h2 - 1];
+		c.rope_low = 1;
+		int64_t a = -1, b = -1, i1 = -1; /* the first and last divisors between 1 and factor; the last 1 */
+		for (int64_t i = 0; i < h2; i++) {
+			if (ff[i] > 1 + 1e-6 && ff[i] < c.rope_factor * (1 - 1e-6))
+				b = i, a = a < 0 ? i : a;
+			if (ff[i] <= 1 + 1e-6)
+				i1 = i;
+		}
+		int64_t ctx = 0;
+		snprintf(key, sizeof key, "%s.context_length", arch);
+		if ((rc = kv_int(g, key, &ctx, err)) < 0)
+			goto out;
+		rc = TRAIL_OK;
+		/* candidates, the first that gives the divisors back: Llama 3.1's, the context length's */
+		double cand[4][2] = {{4, 8192}, {4, (double)ctx}, {0, 0}, {0, 0}};
+		int nc = 2;
+		if (a >= 0 && b > a && c.rope_factor > 1) { /* two points between */
+			double sv[2], x[2];
+			for (int k = 0; k < 2; k++) {
+				int64_t i = k ? b : a;
+				sv[k] = (1 / (double)ff[i] - 1 / c.rope_factor) / (1 - 1 / c.rope_factor);
+				x[k] = pow(theta, -(double)(2 * i) / (double)hd) / (2 * M_PI); /* 1 / wavelength */
+			}
+			double slope = (sv[1] - sv[0]) / (x[1] - x[0]), off = slope * x[0] - sv[0]; /* s = slope x - off */
+			if (off > 0 && slope > 0)
+				cand[nc][0] = round((1 + 1 / off) * 1e4) / 1e4, cand[nc++][1] = (double)lround(slope / off);
+		} else if (a >= 0 && c.rope_factor > 1) { /* one point between: with Llama 3.1's high_freq_factor 4 */
+			double sv = (1 / (double)ff[a] - 1 / c.rope_factor) / (1 - 1 / c.rope_factor);
+			cand[nc][0] = 4, cand[nc++][1] = (double)lround((3 * sv + 1) * 2 * M_PI * pow(theta, (double)(2 * a) / (double)hd));
+		} else if (a < 0 && i1 + 1 < h2) { /* none between: any boundaries between the last 1 and the first factor */
+			double wl1 = i1 < 0 ? 0 : 2 * M_PI * pow(theta, (double)(2 * i1) / (double)hd),
+			       wl2 = 2 * M_PI * pow(theta, (double)(2 * (i1 + 1)) / (double)hd), o = ceil(wl2) - 1;
+			if (o > wl1 && o >= 1)
+				cand[nc][0] = o / 4 > wl1 ? 4 : wl1 > 0 ? (1 + o / wl1) / 2 : 4, cand[nc++][1] = o;
+		}
+		int k = nc;
+		while (k-- > 0) { /* the fitted ones first */
+			c.rope_high = cand[k][0];
+			c.rope_orig = (int)cand[k][1];
+			if (c.rope_high > 1 && c.rope_orig >= 1 && ff_match(&c, ff, (int)h2))
+				break;
+		}
+	}
+	if (!(c.rope_factor > 0) || !(c.rope_high > c.rope_low) || c.rope_orig < 1 || !ff_match(&c, ff, (int)h2)) {
+		rc = trail_error_at(err, TRAIL_EDATA, g->path, 0,
+				    "rope_freqs.weight is not llama3 rope scaling (the nearest: factor %g, low_freq_factor %g, "
+				    "high_freq_factor %g, original_max_position_embeddings %d)",
+				    c.rope_factor, c.rope_low, c.rope_high, c.rope_orig);
+		goto out;
+	}
+	*out = json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor", c.rope_factor, "low_freq_factor",
+			 c.rope_low, "high_freq_factor", c.rope_high, "original_max_position_embeddings", c.rope_orig);
+	if (!*out)
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+out:
+	trail_free(ff);
+	return rc;
+}
+
 /*
  * The metadata as a config.json, read by llama.c like any other, so that a
  * GGUF base meets the same checks: <arch>.block_count, embedding_length,
@@ -849,8 +980,11 @@ int trail_gguf_config_json(const trail_gguf *g, json_t **out, trail_error *err)
 	}
 	rc = TRAIL_OK;
 	if (find(g, "rope_freqs.weight") >= 0) {
-		rc = trail_error_at(err, TRAIL_EDATA, g->path, 0, "rope_freqs.weight (Llama 3.1's rope scaling) is not read");
-		goto out;
+		json_t *rs = NULL;
+		if ((rc = llama3_scaling(g, arch, kl, &rs, err)))
+			goto out;
+		if (rs)
+			json_object_set_new(j, "rope_scaling", rs);
 	}
 	json_object_set_new(j, "tie_word_embeddings", json_boolean(find(g, "output.weight") < 0));
 	*out = j;

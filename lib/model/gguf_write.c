@@ -298,22 +298,6 @@ static int write_file(const char *path, const trail_model_cfg *c, wten *t, size_
 	return rc;
 }
 
-/* llama.cpp's divisors of the rotary frequencies for llama3 rope scaling: the unscaled frequency over the scaled one. */
-void trail_rope_freq_factors(const trail_model_cfg *c, float *ff)
-{
-	int h2 = c->head_dim / 2;
-	float *inv = trail_malloc((size_t)h2 * sizeof *inv);
-	if (!inv) { /* cannot fail in practice (a few hundred floats); keep it total */
-		for (int i = 0; i < h2; i++)
-			ff[i] = 1;
-		return;
-	}
-	trail_rope_inv_freq(c, inv);
-	for (int i = 0; i < h2; i++)
-		ff[i] = (float)((1.0 / pow(c->rope_theta, (double)(2 * i) / c->head_dim)) / inv[i]);
-	trail_free(inv);
-}
-
 int trail_gguf_write_tensors(const char *path, const trail_model_cfg *c, const trail_param *v, size_t nt,
 			     const trail_tok_arrays *tk, int type, trail_error *err)
 {
