@@ -760,6 +760,137 @@ static int find(const trail_gguf *g, const char *name)
 	return -1;
 }
 
+/* Does llama3 rope scaling (c's) give the divisors ff[h2] within float rounding? */
+static int ff_match(const trail_model_cfg *c, const float *ff, int h2)
+{
+	float *w = trail_malloc((size_t)h2 * sizeof *w);
+	int ok = w != NULL;
+	if (ok)
+		trail_rope_freq_factors(c, w);
+	for (int i = 0; ok && i < h2; i++)
+		ok = fabs((double)w[i] - ff[i]) <= 1e-5 * fabs((double)ff[i]);
+	trail_free(w);
+	return ok;
+}
+
+/*
+ * rope_freqs.weight: llama.cpp's divisors of the rotary frequencies, which
+ * its converter writes for Hugging Face's llama3 rope_scaling (and nothing
+ * else). The parameters: trail.rope.llama3.* where trail wrote the file;
+ * else recovered from the divisors, which are 1 for short wavelengths,
+ * factor for long ones and 1 / ((1 - s) / factor + s) between, with s
+ * linear in 1 / wavelength: s = orig / (wl (high - low)) - low / (high - low),
+ * so two points between give orig / low and high / low (low_freq_factor
+ * taken as 1, as Llama 3.1 and 3.2 have it; the same frequencies for any
+ * low with the same ratios). Either way the parameters must give back the
+ * file's divisors, else the file is refused. *out: the rope_scaling
+ * object, or NULL when every divisor is 1 (no scaling).
+ */
+static int llama3_scaling(const trail_gguf *g, const char *arch, int64_t hd, json_t **out, trail_error *err)
+{
+	*out = NULL;
+	const gten *t = &g->t[find(g, "rope_freqs.weight")];
+	int64_t h2 = hd / 2;
+	if (hd < 2 || hd % 2 || t->nd != 1 || (int64_t)t->ne[0] != h2)
+		return trail_error_at(err, TRAIL_EDATA, g->path, 0, "rope_freqs.weight has %llu values, expected %lld (head width / 2)",
+				      (unsigned long long)t->ne[0], (long long)h2);
+	float *ff = trail_malloc((size_t)h2 * sizeof *ff);
+	if (!ff)
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	trail_gguf_read(g, (size_t)(t - g->t), ff);
+	int rc = TRAIL_OK, flat = 1;
+	for (int64_t i = 0; i < h2; i++) {
+		if (!(ff[i] >= 1 && ff[i] <= 1e6) || (i && ff[i] < ff[i - 1] * (1 - 1e-6))) {
+			rc = trail_error_at(err, TRAIL_EDATA, g->path, 0,
+					    "rope_freqs.weight[%lld] = %g: llama3 rope scaling has divisors from 1 up, not decreasing",
+					    (long long)i, (double)ff[i]);
+			goto out;
+		}
+		flat &= ff[i] == 1;
+	}
+	double theta;
+	char key[96];
+	snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+	if ((rc = kv_num(g, key, &theta, err)) > 0)
+		theta = 10000;
+	if (rc < 0)
+		goto out;
+	rc = TRAIL_OK;
+	trail_model_cfg c = {.head_dim = (int)hd, .rope_theta = theta, .rope_type = TRAIL_ROPE_LLAMA3};
+	double low, high, factor;
+	int64_t orig;
+	int kf = kv_num(g, "trail.rope.llama3.factor", &factor, err), kl = kv_num(g, "trail.rope.llama3.low_freq_factor", &low, err),
+	    kh = kv_num(g, "trail.rope.llama3.high_freq_factor", &high, err),
+	    ko = kv_int(g, "trail.rope.llama3.original_max_position_embeddings", &orig, err);
+	if (kf < 0 || kl < 0 || kh < 0 || ko < 0) {
+		rc = kf < 0 ? kf : kl < 0 ? kl : kh < 0 ? kh : ko;
+		goto out;
+	}
+	if (!kf && !kl && !kh && !ko) {
+		c.rope_factor = factor, c.rope_low = low, c.rope_high = high, c.rope_orig = (int)orig;
+	} else if (flat) {
+		goto out; /* every wavelength short: the frequencies are unscaled */
+	} else {
+		c.rope_factor = ff[h2 - 1];
+		c.rope_low = 1;
+		int64_t a = -1, b = -1, i1 = -1; /* the first and last divisors between 1 and factor; the last 1 */
+		for (int64_t i = 0; i < h2; i++) {
+			if (ff[i] > 1 + 1e-6 && ff[i] < c.rope_factor * (1 - 1e-6))
+				b = i, a = a < 0 ? i : a;
+			if (ff[i] <= 1 + 1e-6)
+				i1 = i;
+		}
+		int64_t ctx = 0;
+		snprintf(key, sizeof key, "%s.context_length", arch);
+		if ((rc = kv_int(g, key, &ctx, err)) < 0)
+			goto out;
+		rc = TRAIL_OK;
+		/* candidates, the first that gives the divisors back: Llama 3.1's, the context length's */
+		double cand[4][2] = {{4, 8192}, {4, (double)ctx}, {0, 0}, {0, 0}};
+		int nc = 2;
+		if (a >= 0 && b > a && c.rope_factor > 1) { /* two points between */
+			double sv[2], x[2];
+			for (int k = 0; k < 2; k++) {
+				int64_t i = k ? b : a;
+				sv[k] = (1 / (double)ff[i] - 1 / c.rope_factor) / (1 - 1 / c.rope_factor);
+				x[k] = pow(theta, -(double)(2 * i) / (double)hd) / (2 * M_PI); /* 1 / wavelength */
+			}
+			double slope = (sv[1] - sv[0]) / (x[1] - x[0]), off = slope * x[0] - sv[0]; /* s = slope x - off */
+			if (off > 0 && slope > 0)
+				cand[nc][0] = round((1 + 1 / off) * 1e4) / 1e4, cand[nc++][1] = (double)lround(slope / off);
+		} else if (a >= 0 && c.rope_factor > 1) { /* one point between: with Llama 3.1's high_freq_factor 4 */
+			double sv = (1 / (double)ff[a] - 1 / c.rope_factor) / (1 - 1 / c.rope_factor);
+			cand[nc][0] = 4, cand[nc++][1] = (double)lround((3 * sv + 1) * 2 * M_PI * pow(theta, (double)(2 * a) / (double)hd));
+		} else if (a < 0 && i1 + 1 < h2) { /* none between: any boundaries between the last 1 and the first factor */
+			double wl1 = i1 < 0 ? 0 : 2 * M_PI * pow(theta, (double)(2 * i1) / (double)hd),
+			       wl2 = 2 * M_PI * pow(theta, (double)(2 * (i1 + 1)) / (double)hd), o = ceil(wl2) - 1;
+			if (o > wl1 && o >= 1)
+				cand[nc][0] = o / 4 > wl1 ? 4 : wl1 > 0 ? (1 + o / wl1) / 2 : 4, cand[nc++][1] = o;
+		}
+		int k = nc;
+		while (k-- > 0) { /* the fitted ones first */
+			c.rope_high = cand[k][0];
+			c.rope_orig = (int)cand[k][1];
+			if (c.rope_high > 1 && c.rope_orig >= 1 && ff_match(&c, ff, (int)h2))
+				break;
+		}
+	}
+	if (!(c.rope_factor > 0) || !(c.rope_high > c.rope_low) || c.rope_orig < 1 || !ff_match(&c, ff, (int)h2)) {
+		rc = trail_error_at(err, TRAIL_EDATA, g->path, 0,
+				    "rope_freqs.weight is not llama3 rope scaling (the nearest: factor %g, low_freq_factor %g, "
+				    "high_freq_factor %g, original_max_position_embeddings %d)",
+				    c.rope_factor, c.rope_low, c.rope_high, c.rope_orig);
+		goto out;
+	}
+	*out = json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor", c.rope_factor, "low_freq_factor",
+			 c.rope_low, "high_freq_factor", c.rope_high, "original_max_position_embeddings", c.rope_orig);
+	if (!*out)
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+out:
+	trail_free(ff);
+	return rc;
+}
+
 /*
  * The metadata as a config.json, read by llama.c like any other, so that a
  * GGUF base meets the same checks: <arch>.block_count, embedding_length,
@@ -849,8 +980,11 @@ int trail_gguf_config_json(const trail_gguf *g, json_t **out, trail_error *err)
 	}
 	rc = TRAIL_OK;
 	if (find(g, "rope_freqs.weight") >= 0) {
-		rc = trail_error_at(err, TRAIL_EDATA, g->path, 0, "rope_freqs.weight (Llama 3.1's rope scaling) is not read");
-		goto out;
+		json_t *rs = NULL;
+		if ((rc = llama3_scaling(g, arch, kl, &rs, err)))
+			goto out;
+		if (rs)
+			json_object_set_new(j, "rope_scaling", rs);
 	}
 	json_object_set_new(j, "tie_word_embeddings", json_boolean(find(g, "output.weight") < 0));
 	*out = j;
@@ -1114,259 +1248,5 @@ int trail_gguf_tok_arrays(const trail_gguf *g, trail_tok_arrays *out, trail_erro
 	return TRAIL_OK;
 out:
 	trail_tok_arrays_release(&a);
-	return rc;
-}
-
-/* ---- writing ------------------------------------------------------------------------ */
-
-typedef struct wr {
-	trail_buf b;
-	int oom;
-	uint64_t nkv;
-} wr;
-
-static void put(wr *w, const void *p, size_t n)
-{
-	if (!w->oom && trail_buf_put(&w->b, p, n))
-		w->oom = 1;
-}
-
-static void put_le(wr *w, uint64_t v, unsigned n)
-{
-	uint8_t b[8];
-	for (unsigned i = 0; i < n; i++)
-		b[i] = (uint8_t)(v >> (8 * i));
-	put(w, b, n);
-}
-
-static void put_str(wr *w, const char *s, size_t n)
-{
-	put_le(w, n, 8);
-	put(w, s, n);
-}
-
-static void key(wr *w, const char *k, uint32_t type)
-{
-	put_str(w, k, strlen(k));
-	put_le(w, type, 4);
-	w->nkv++;
-}
-
-static void kv_u32(wr *w, const char *k, uint32_t v)
-{
-	key(w, k, VT_U32);
-	put_le(w, v, 4);
-}
-
-static void kv_f32(wr *w, const char *k, double v)
-{
-	float f = (float)v;
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	key(w, k, VT_F32);
-	put_le(w, u, 4);
-}
-
-static void kv_s(wr *w, const char *k, const char *v)
-{
-	key(w, k, VT_STR);
-	put_str(w, v, strlen(v));
-}
-
-static void kv_b(wr *w, const char *k, int v)
-{
-	key(w, k, VT_BOOL);
-	put_le(w, v ? 1 : 0, 1);
-}
-
-static void kv_arr(wr *w, const char *k, uint32_t at, size_t n)
-{
-	key(w, k, VT_ARR);
-	put_le(w, at, 4);
-	put_le(w, n, 8);
-}
-
-typedef struct wten {
-	char name[96];
-	const float *src;
-	uint64_t ne[2];
-	uint32_t nd, type;
-	int qk_heads; /* > 0: reorder rows for llama.cpp's rotary embedding, heads of ne[1] / qk_heads */
-	uint64_t off, size;
-} wten;
-
-static uint64_t tensor_bytes(const wten *t)
-{
-	uint64_t n = t->ne[0] * (t->nd > 1 ? t->ne[1] : 1);
-	return t->type == TRAIL_GGUF_F32 ? 4 * n : t->type == TRAIL_GGUF_Q8_0 ? n / 32 * 34 : 2 * n;
-}
-
-static void put_row(wr *w, const float *x, uint64_t n, uint32_t type)
-{
-	if (type == TRAIL_GGUF_F32) {
-		for (uint64_t i = 0; i < n; i++) {
-			uint32_t u;
-			memcpy(&u, &x[i], 4);
-			put_le(w, u, 4);
-		}
-	} else if (type == TRAIL_GGUF_F16 || type == TRAIL_GGUF_BF16) {
-		for (uint64_t i = 0; i < n; i++)
-			put_le(w, type == TRAIL_GGUF_F16 ? f2h(x[i]) : f2bf(x[i]), 2);
-	} else { /* Q8_0: d = max |x| / 127, q = round(x / d), as llama.cpp's reference quantiser */
-		for (uint64_t b = 0; b < n / 32; b++) {
-			const float *v = x + 32 * b;
-			float amax = 0;
-			for (int j = 0; j < 32; j++)
-				amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax;
-			float d = amax / 127, id = d ? 1 / d : 0;
-			uint8_t q[34];
-			uint16_t dh = f2h(d);
-			q[0] = (uint8_t)dh, q[1] = (uint8_t)(dh >> 8);
-			for (int j = 0; j < 32; j++)
-				q[2 + j] = (uint8_t)(int8_t)roundf(v[j] * id);
-			put(w, q, 34);
-		}
-	}
-}
-
-int trail_gguf_write_tensors(const char *path, const trail_model_cfg *c, const trail_param *v, size_t nt,
-			     const trail_tok_arrays *tk, int type, trail_error *err)
-{
-	wr w = {0};
-	wten *t = NULL;
-	int rc = TRAIL_OK;
-	if (type != TRAIL_GGUF_F32 && type != TRAIL_GGUF_F16 && type != TRAIL_GGUF_BF16 && type != TRAIL_GGUF_Q8_0)
-		return trail_error_set(err, TRAIL_EUSAGE, "GGUF tensor type %d (F32, F16, BF16 or Q8_0)", type);
-	if (c->arch == TRAIL_ARCH_GPT2)
-		return trail_error_set(err, TRAIL_EUSAGE, "GGUF: only the Llama family is written (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM)");
-	if (c->rope_type == TRAIL_ROPE_LLAMA3)
-		return trail_error_set(err, TRAIL_EUSAGE, "GGUF: llama3 rope scaling is not written");
-	const char *arch = c->arch == TRAIL_ARCH_QWEN2 ? "qwen2" : "llama";
-	if (!(t = trail_calloc(nt + 1, sizeof *t))) {
-		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-		goto out;
-	}
-	uint64_t off = 0;
-	for (size_t i = 0; i < nt; i++) {
-		wten *x = &t[i];
-		if (!map_name(v[i].name, 0, x->name, sizeof x->name)) {
-			rc = trail_error_set(err, TRAIL_EUSAGE, "GGUF: no name for tensor %s", v[i].name);
-			goto out;
-		}
-		x->src = v[i].data;
-		x->nd = (uint32_t)v[i].ndim;
-		x->ne[0] = (uint64_t)v[i].shape[v[i].ndim - 1];
-		x->ne[1] = v[i].ndim > 1 ? (uint64_t)v[i].shape[0] : 1;
-		/* norms and biases stay F32, as llama.cpp keeps them; Q8_0 needs rows of whole blocks */
-		x->type = x->nd == 1 ? TRAIL_GGUF_F32 : (uint32_t)type;
-		if (x->type == TRAIL_GGUF_Q8_0 && x->ne[0] % 32)
-			x->type = TRAIL_GGUF_F16;
-		size_t l = strlen(x->name);
-		if (c->arch != TRAIL_ARCH_QWEN2 && l > 13 && !strcmp(x->name + l - 13, "attn_q.weight"))
-			x->qk_heads = c->n_head;
-		if (c->arch != TRAIL_ARCH_QWEN2 && l > 13 && !strcmp(x->name + l - 13, "attn_k.weight"))
-			x->qk_heads = c->n_kv_head;
-		x->off = off;
-		x->size = tensor_bytes(x);
-		off += (x->size + 31) / 32 * 32;
-	}
-	put(&w, "GGUF", 4);
-	put_le(&w, 3, 4);
-	put_le(&w, nt, 8);
-	size_t nkv_at = w.b.n;
-	put_le(&w, 0, 8); /* the key count, filled in at the end */
-	char k[96];
-#define AK(s) (snprintf(k, sizeof k, "%s." s, arch), k)
-	kv_s(&w, "general.architecture", arch);
-	kv_s(&w, "general.name", "trail");
-	kv_u32(&w, "general.file_type", type == TRAIL_GGUF_F32 ? 0 : type == TRAIL_GGUF_F16 ? 1 : type == TRAIL_GGUF_Q8_0 ? 7 : 32);
-	kv_u32(&w, "general.quantization_version", 2);
-	kv_u32(&w, AK("context_length"), (uint32_t)c->n_positions);
-	kv_u32(&w, AK("embedding_length"), (uint32_t)c->n_embd);
-	kv_u32(&w, AK("block_count"), (uint32_t)c->n_layer);
-	kv_u32(&w, AK("feed_forward_length"), (uint32_t)c->n_inner);
-	kv_u32(&w, AK("rope.dimension_count"), (uint32_t)c->head_dim);
-	kv_u32(&w, AK("attention.head_count"), (uint32_t)c->n_head);
-	kv_u32(&w, AK("attention.head_count_kv"), (uint32_t)c->n_kv_head);
-	if (c->head_dim * c->n_head != c->n_embd) {
-		kv_u32(&w, AK("attention.key_length"), (uint32_t)c->head_dim);
-		kv_u32(&w, AK("attention.value_length"), (uint32_t)c->head_dim);
-	}
-	kv_f32(&w, AK("rope.freq_base"), c->rope_theta);
-	kv_f32(&w, AK("attention.layer_norm_rms_epsilon"), c->norm_eps);
-	kv_u32(&w, AK("vocab_size"), (uint32_t)c->vocab_size);
-	if (c->rope_type == TRAIL_ROPE_LINEAR) {
-		kv_s(&w, AK("rope.scaling.type"), "linear");
-		kv_f32(&w, AK("rope.scaling.factor"), c->rope_factor);
-	}
-#undef AK
-	if (tk) {
-		const trail_tok_arrays a = *tk;
-		kv_s(&w, "tokenizer.ggml.model", a.sp ? "llama" : "gpt2");
-		if (!a.sp)
-			kv_s(&w, "tokenizer.ggml.pre", a.pre);
-		kv_arr(&w, "tokenizer.ggml.tokens", VT_STR, a.n);
-		for (size_t i = 0; i < a.n; i++)
-			put_str(&w, a.tok[i], strlen(a.tok[i]));
-		kv_arr(&w, "tokenizer.ggml.token_type", VT_I32, a.n);
-		for (size_t i = 0; i < a.n; i++)
-			put_le(&w, (uint32_t)a.type[i], 4);
-		if (a.score) {
-			kv_arr(&w, "tokenizer.ggml.scores", VT_F32, a.n);
-			for (size_t i = 0; i < a.n; i++) {
-				uint32_t u;
-				memcpy(&u, &a.score[i], 4);
-				put_le(&w, u, 4);
-			}
-		}
-		if (a.n_merges) {
-			kv_arr(&w, "tokenizer.ggml.merges", VT_STR, a.n_merges);
-			for (size_t i = 0; i < a.n_merges; i++)
-				put_str(&w, a.merge[i], strlen(a.merge[i]));
-		}
-		if (a.bos >= 0)
-			kv_u32(&w, "tokenizer.ggml.bos_token_id", (uint32_t)a.bos);
-		if (a.eos >= 0)
-			kv_u32(&w, "tokenizer.ggml.eos_token_id", (uint32_t)a.eos);
-		if (a.unk >= 0)
-			kv_u32(&w, "tokenizer.ggml.unknown_token_id", (uint32_t)a.unk);
-		kv_b(&w, "tokenizer.ggml.add_bos_token", a.add_bos);
-		kv_b(&w, "tokenizer.ggml.add_eos_token", a.add_eos);
-		if (a.chat_template)
-			kv_s(&w, "tokenizer.chat_template", a.chat_template);
-	}
-	for (size_t i = 0; i < nt; i++) {
-		put_str(&w, t[i].name, strlen(t[i].name));
-		put_le(&w, t[i].nd, 4);
-		for (uint32_t d = 0; d < t[i].nd; d++)
-			put_le(&w, t[i].ne[d], 8);
-		put_le(&w, t[i].type, 4);
-		put_le(&w, t[i].off, 8);
-	}
-	while (!w.oom && w.b.n % 32)
-		put(&w, "", 1);
-	for (size_t i = 0; i < nt; i++) {
-		const wten *x = &t[i];
-		for (uint64_t r = 0; r < x->ne[1]; r++) {
-			uint64_t src = r;
-			if (x->qk_heads > 0) { /* file row h*hd + 2k + s is checkpoint row h*hd + s*hd/2 + k */
-				uint64_t hd = x->ne[1] / (uint64_t)x->qk_heads, h = r / hd, q = r % hd;
-				src = h * hd + (q % 2) * (hd / 2) + q / 2;
-			}
-			put_row(&w, x->src + src * x->ne[0], x->ne[0], x->type);
-		}
-		while (!w.oom && i + 1 < nt && w.b.n % 32)
-			put(&w, "", 1);
-	}
-	if (w.oom) {
-		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-		goto out;
-	}
-	for (int i = 0; i < 8; i++)
-		w.b.p[nkv_at + (size_t)i] = (char)(w.nkv >> (8 * i));
-	rc = trail_write_atomic(path, w.b.p, w.b.n, 0644, err);
-out:
-	trail_buf_release(&w.b);
-	trail_free(t);
 	return rc;
 }

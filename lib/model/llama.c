@@ -225,25 +225,36 @@ static void free_state(trail_model *m)
 	m->arch_state = NULL;
 }
 
-/* Hugging Face's rotary frequencies, with rope_scaling applied. */
-void trail_rope_inv_freq(const trail_model_cfg *c, float *inv)
+/* Hugging Face's rotary frequency i of a head, with rope_scaling applied, in double. */
+static double rope_freq(const trail_model_cfg *c, int i)
 {
 	int hd = c->head_dim;
-	for (int i = 0; i < hd / 2; i++) {
-		double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / hd);
-		if (c->rope_type == TRAIL_ROPE_LINEAR)
+	double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / hd);
+	if (c->rope_type == TRAIL_ROPE_LINEAR)
+		f /= c->rope_factor;
+	else if (c->rope_type == TRAIL_ROPE_LLAMA3) {
+		double wl = 2 * M_PI / f, lo = c->rope_orig / c->rope_low, hi = c->rope_orig / c->rope_high;
+		if (wl > lo)
 			f /= c->rope_factor;
-		else if (c->rope_type == TRAIL_ROPE_LLAMA3) {
-			double wl = 2 * M_PI / f, lo = c->rope_orig / c->rope_low, hi = c->rope_orig / c->rope_high;
-			if (wl > lo)
-				f /= c->rope_factor;
-			else if (wl >= hi) {
-				double s = (c->rope_orig / wl - c->rope_low) / (c->rope_high - c->rope_low);
-				f = (1 - s) * f / c->rope_factor + s * f;
-			}
+		else if (wl >= hi) {
+			double s = (c->rope_orig / wl - c->rope_low) / (c->rope_high - c->rope_low);
+			f = (1 - s) * f / c->rope_factor + s * f;
 		}
-		inv[i] = (float)f;
 	}
+	return f;
+}
+
+void trail_rope_inv_freq(const trail_model_cfg *c, float *inv)
+{
+	for (int i = 0; i < c->head_dim / 2; i++)
+		inv[i] = (float)rope_freq(c, i);
+}
+
+/* llama.cpp's rope_freqs.weight: the unscaled frequencies over the scaled ones (1 exactly where unscaled). */
+void trail_rope_freq_factors(const trail_model_cfg *c, float *ff)
+{
+	for (int i = 0; i < c->head_dim / 2; i++)
+		ff[i] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / c->head_dim) / rope_freq(c, i));
 }
 
 static int new_state(trail_model *m)
@@ -368,7 +379,9 @@ static size_t tensors(const trail_model *m, trail_param *v)
 static int extra_tensor(const char *nm, const char *bare)
 {
 	size_t n = strlen(bare);
-	return !strcmp(nm, "lm_head.weight") || (n > 20 && !strcmp(bare + n - 20, ".rotary_emb.inv_freq"));
+	/* rope_freqs.weight: a GGUF file's llama3 rope scaling, read into the configuration */
+	return !strcmp(nm, "lm_head.weight") || !strcmp(nm, "rope_freqs.weight") ||
+	       (n > 20 && !strcmp(bare + n - 20, ".rotary_emb.inv_freq"));
 }
 
 /* ---- activations -------------------------------------------------------------------- */

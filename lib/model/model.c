@@ -6,6 +6,7 @@
  * file behind trail_arch (model_int.h) and one line in `archs` below.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,6 +429,34 @@ int trail_gguf_write(const char *path, const trail_model *m, const trail_tokeniz
 		rc = trail_gguf_write_tensors(path, &m->c, v, m->arch->tensors(m, v), tk ? &a : NULL, type, err);
 	trail_tok_arrays_release(&a);
 	trail_free(v);
+	return rc;
+}
+
+int trail_gguf_write_adapter(const char *path, const trail_model *m, int type, trail_error *err)
+{
+	if (!m->lp)
+		return trail_error_set(err, TRAIL_EUSAGE, "the model has no LoRA adapter");
+	trail_gguf_lora *l = trail_calloc((size_t)m->nlin, sizeof *l);
+	if (!l)
+		return fail_oom(err);
+	size_t n = 0;
+	for (int i = 0; i < m->c.n_layer; i++)
+		for (int k = 0; k < m->arch->nkinds; k++) {
+			const trail_lin *L = trail_model_lin((trail_model *)m, i, k);
+			if (!L->A)
+				continue;
+			snprintf(l[n].name, sizeof l[n].name, "%s.%d.%s.weight", m->arch->blocks, i, m->arch->kinds[k]);
+			l[n].A = L->A;
+			l[n].B = L->Bm;
+			l[n].r = m->lc.r;
+			l[n].in = L->in;
+			l[n].out = L->out;
+			n++;
+		}
+	/* llama.cpp scales by alpha / r: rsLoRA's alpha / sqrt r is alpha sqrt r over r */
+	double alpha = m->lc.rslora ? m->lc.alpha * sqrt((double)m->lc.r) : m->lc.alpha;
+	int rc = trail_gguf_write_lora(path, &m->c, l, n, alpha, type, err);
+	trail_free(l);
 	return rc;
 }
 

@@ -671,6 +671,14 @@ int trail_gguf_tokenizer(const trail_gguf *g, trail_tokenizer **out, trail_error
  * (a tokenizer.json tokenizer; NULL: none), atomically.
  */
 int trail_gguf_write(const char *path, const trail_model *m, const trail_tokenizer *tk, int type, trail_error *err);
+/*
+ * Write m's LoRA adapter (loaded with trail_model_load_adapter, or trained)
+ * as a llama.cpp LoRA adapter GGUF for m written by trail_gguf_write:
+ * general.type "adapter", adapter.lora.alpha, each adapted weight's
+ * lora_a and lora_b in type (F32, F16, BF16 or Q8_0, as above), lora_b of
+ * q and k in llama.cpp's row order. TRAIL_EUSAGE when m has no LoRA.
+ */
+int trail_gguf_write_adapter(const char *path, const trail_model *m, int type, trail_error *err);
 
 /*
  * Open a base: its configuration and its tensors under Hugging Face's

@@ -460,6 +460,17 @@ int trail_gguf_tok_arrays(const trail_gguf *g, trail_tok_arrays *a, trail_error 
 /* Write a Llama-family configuration's tensors (Hugging Face's names) and tokenizer arrays (NULL: none). */
 int trail_gguf_write_tensors(const char *path, const trail_model_cfg *c, const trail_param *v, size_t n,
 			     const trail_tok_arrays *tk, int type, trail_error *err);
+/* One LoRA layer of an adapter file: the base weight's Hugging Face name, A [r,in], B [out,r]. */
+typedef struct trail_gguf_lora {
+	char name[64];
+	const float *A, *B;
+	int r, in, out;
+} trail_gguf_lora;
+/* Write the layers as a llama.cpp LoRA adapter (gguf_write.c); alpha as llama.cpp scales it, alpha / r. */
+int trail_gguf_write_lora(const char *path, const trail_model_cfg *c, const trail_gguf_lora *l, size_t n,
+			  double alpha, int type, trail_error *err);
+/* llama.cpp's rope_freqs.weight for llama3 rope scaling: [head_dim/2] divisors of the unscaled frequencies. */
+void trail_rope_freq_factors(const trail_model_cfg *c, float *ff);
 /* The tokenizer the arrays stand for, built through the tokenizer.json reader; file names them in errors. */
 int trail_hf_from_arrays(const trail_tok_arrays *a, const char *file, trail_tokenizer **out, trail_error *err);
 /* A tokenizer.json tokenizer's arrays for a model of V tokens (padded with unused ones). */

@@ -1,16 +1,27 @@
-// llama.cpp's greedy tokens for a GGUF file written by trail (tests/tools/st2gguf),
-// to compare with trail's on the same ids: node llamacpp_greedy.mjs FILE.gguf N ID...
-// Needs node-llama-cpp (3.21.1 was used; it is not among the pinned test packages).
-import {getLlama} from "node-llama-cpp";
-const [,, path, n, ...ids] = process.argv;
-const llama = await getLlama({gpu: false, build: "never"});
-const model = await llama.loadModel({modelPath: path});
-const context = await model.createContext({contextSize: 128});
-const seq = context.getSequence();
-const out = [];
-for await (const t of seq.evaluate(ids.map(Number), {temperature: 0})) {
-	out.push(t);
-	if (out.length >= Number(n)) break;
+// llama.cpp's greedy continuation of given token ids, through node-llama-cpp
+// (its prebuilt CPU binaries), with or without a LoRA adapter GGUF:
+//   node llamacpp_greedy.mjs NODE_MODULES MODEL.gguf ADAPTER.gguf|- N ID,ID,...
+// Prints the N new token ids, comma-separated (for tests/cli/llamacpp-lora.sh).
+import {pathToFileURL} from "node:url";
+import {join} from "node:path";
+
+const [nm, model, adapter, nS, idsS] = process.argv.slice(2);
+if (!idsS) {
+	console.error("usage: node llamacpp_greedy.mjs NODE_MODULES MODEL.gguf ADAPTER.gguf|- N ID,ID,...");
+	process.exit(64);
 }
-console.log(out.join(" "));
-process.exit(0);
+const {getLlama} = await import(pathToFileURL(join(nm, "node-llama-cpp", "dist", "index.js")).href);
+const n = Number(nS), ids = idsS.split(",").map(Number);
+const llama = await getLlama({gpu: false, build: "never", maxThreads: 2, logLevel: "error"});
+const m = await llama.loadModel({modelPath: model, gpuLayers: 0});
+const lora = adapter === "-" ? undefined : {adapters: [{filePath: adapter, scale: 1}]};
+const ctx = await m.createContext({contextSize: ids.length + n + 8, threads: 2, lora, sequences: 1});
+const out = [];
+for await (const tok of ctx.getSequence().evaluate(ids, {temperature: 0})) {
+	out.push(tok);
+	if (out.length >= n)
+		break;
+}
+console.log(out.join(","));
+await ctx.dispose();
+await m.dispose();
