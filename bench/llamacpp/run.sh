@@ -5,7 +5,12 @@
 # bench/serve/prec.sh builds (kept in $SERVE_BENCH_DIR), written as GGUF F32
 # and BF16 by tests/tools/st2gguf (with Llama-2's tokenizer from the
 # reference packages, padded to the model's vocabulary), greedy decoding of
-# one request after a 16-token prompt.
+# one request after a 16-token prompt; then with adapters (bench_prec's
+# random r 8 adapters on q_proj and v_proj, written as llama.cpp LoRA GGUF
+# F32 by st2gguf -a): one request with one adapter, and one request for each
+# of 64 adapters (llama.cpp applies adapters per context, so they run one
+# after another; lora-serve's figure for 64 requests over 64 adapters is
+# prec.sh's, one batch). Peak memory of each llama.cpp run (/usr/bin/time).
 # usage: bench/llamacpp/run.sh [THREADS]   (default: every CPU)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,4 +27,16 @@ SERVE_BENCH_DIR=$dir/models sh "$top/bench/serve/prec.sh" "$th" 8
 for t in f32 bf16; do
 	[ -s "$dir/base-$t.gguf" ] || "$top/$B/tests/st2gguf" -t $t -k "$tok" "$dir/models/base" "$dir/base-$t.gguf"
 	node "$here/peer.mjs" "$dir/base-$t.gguf" "$th" 16 33
+done
+ads=
+for a in $(seq 0 63); do
+	[ -s "$dir/ad$a.gguf" ] || "$top/$B/tests/st2gguf" -a "$dir/models/ad$a" "$dir/models/base" "$dir/ad$a.gguf"
+	ads="$ads $dir/ad$a.gguf"
+done
+for t in f32 bf16; do
+	for n in 1 64; do
+		/usr/bin/time -f '{"peak_rss_kb":%M}' -o "$dir/rss" node "$here/peer.mjs" "$dir/base-$t.gguf" "$th" 16 33 \
+			$(echo $ads | tr ' ' '\n' | head -n $n)
+		echo "{\"gguf\":\"$t\",\"adapters\":$n,$(sed 's/{//; s/}//' "$dir/rss")}"
+	done
 done
