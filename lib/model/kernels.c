@@ -328,7 +328,7 @@ __attribute__((target("avx512f"))) static void gelu_bwd16(float *dx, const float
 }
 #undef W16
 
-static int has_avx512(void)
+int trail_k_has_avx512(void)
 {
 	static int h = -1;
 	if (h < 0) {
@@ -338,12 +338,22 @@ static int has_avx512(void)
 	return h;
 }
 
+int trail_k_has_avx2(void)
+{
+	static int h = -1;
+	if (h < 0) {
+		__builtin_cpu_init();
+		h = __builtin_cpu_supports("avx2") != 0;
+	}
+	return h;
+}
+
 static void gelu_fwd_item(void *ctx, int it, int t)
 {
 	const ew *j = ctx;
 	size_t i0, i1, w = 0;
 	ew_range(j, it, &i0, &i1);
-	if (has_avx512())
+	if (trail_k_has_avx512())
 		gelu_fwd16(j->y + i0, j->a + i0, w = (i1 - i0) & ~(size_t)15);
 	gelu_fwd1(j->y + i0 + w, j->a + i0 + w, i1 - i0 - w);
 }
@@ -353,7 +363,7 @@ static void gelu_bwd_item(void *ctx, int it, int t)
 	const ew *j = ctx;
 	size_t i0, i1, w = 0;
 	ew_range(j, it, &i0, &i1);
-	if (has_avx512())
+	if (trail_k_has_avx512())
 		gelu_bwd16(j->y + i0, j->a + i0, j->b + i0, w = (i1 - i0) & ~(size_t)15);
 	gelu_bwd1(j->y + i0 + w, j->a + i0 + w, j->b + i0 + w, i1 - i0 - w);
 }

@@ -216,6 +216,9 @@ int trail_bmm_run(const trail_bmm *p, const uint16_t *A, const uint16_t *B, floa
 /* x [n] = 0; y [n] = a + b (y may alias a or b): on the pool. */
 void trail_k_zero(float *x, size_t n);
 void trail_k_copy(float *y, const float *x, size_t n); /* y [n] = x, on the pool */
+/* Does the CPU run AVX-512F / AVX2 code (cpuid, asked once)? */
+int trail_k_has_avx512(void);
+int trail_k_has_avx2(void);
 void trail_k_add(float *y, const float *a, const float *b, size_t n);
 
 /* out [N,C] = (x - mean) rstd w + b; mean, rstd [N] kept for backward. */

@@ -67,16 +67,6 @@ __attribute__((target("avx2"))) static void norm_lanes_avx2(const float *g, size
 {
 	NORM_BODY
 }
-
-static int has_avx2(void)
-{
-	static int h = -1;
-	if (h < 0) {
-		__builtin_cpu_init();
-		h = __builtin_cpu_supports("avx2") != 0;
-	}
-	return h;
-}
 #endif
 
 static void norm_lanes_any(const float *g, size_t n, int k0, double *out)
@@ -95,7 +85,7 @@ static void norm_item(void *ctx, int it, int t)
 {
 	normj *j = ctx;
 #if X86
-	if (has_avx2()) {
+	if (trail_k_has_avx2()) {
 		norm_lanes_avx2(j->g, j->n, 4 * it, j->s + 4 * it);
 		return;
 	}
@@ -162,15 +152,6 @@ __attribute__((target("avx512f"))) static size_t adam16(const adamj *j, size_t i
 	return i;
 }
 
-static int has_avx512(void)
-{
-	static int h = -1;
-	if (h < 0) {
-		__builtin_cpu_init();
-		h = __builtin_cpu_supports("avx512f") != 0;
-	}
-	return h;
-}
 #endif
 
 static void adam_item(void *ctx, int it, int t)
@@ -180,7 +161,7 @@ static void adam_item(void *ctx, int it, int t)
 	float *p = j->p, *mm = j->m, *vv = j->v, *g = j->g, b1 = j->b1, b2 = j->b2, a = j->a, k2 = j->k2, eps = j->eps;
 	size_t i = i0;
 #if X86
-	if (has_avx512())
+	if (trail_k_has_avx512())
 		i = adam16(j, i0, i1);
 #endif
 	for (; i < i1; i++)
