@@ -13,6 +13,8 @@
 
 #include "core/core.h"
 #include "model/model.h"
+#include "ledger/ledger.h"
+#include "data/data.h"
 #include "attr/attr.h"
 
 /*
@@ -201,5 +203,58 @@ int trail_attr_exact_verify(const trail_attr_opts *o, const char *src, const cha
 void trail_attr_session_set_floor(trail_attr_session *s, float floor);
 int trail_attr_session_from_scores(trail_attr_session *s, const json_t *event, const float *scores, json_t **out,
 				   trail_error *err);
+
+/* ---- datanet-validate's job (validate_job.c) --------------------------------------------- */
+
+/*
+ * What a validation run writes, and where (every FILE borrowed, NULL for
+ * none): verdicts to out (NULL: stdout), as NDJSON or, with github, as
+ * GitHub annotations; accepted (redacted) records to acc; a copy of the
+ * NDJSON verdicts to report (for the ledger's validation entry); attr-settle
+ * penalty flags of rejected records to flags; {"n","record"} of rejected
+ * records appended to rejected (for an approval that names them).
+ * progress: 1 always, 0 never, -1 when progress_to is a terminal.
+ * default_who: the contributor of records that name none. on_malformed
+ * (ctx, error) is told of each malformed line; it is counted and the run
+ * goes on.
+ */
+typedef struct trail_vjob_cfg {
+	FILE *out, *acc, *report, *flags, *progress_to;
+	json_t *rejected;
+	int github, progress, per_file;
+	trail_store *store;
+	const char *default_who;
+	void (*on_malformed)(void *ctx, const trail_error *e);
+	void *ctx;
+} trail_vjob_cfg;
+typedef struct trail_vjob trail_vjob;
+/* A run of v (borrowed, as is everything c names); *out: new, free with trail_vjob_free. */
+int trail_vjob_new(trail_validator *v, const trail_vjob_cfg *c, trail_vjob **out);
+void trail_vjob_free(trail_vjob *r);
+/*
+ * One input ("-": standard input), read as datanet-add reads it: a bundle
+ * (file or store digest; digest gets its digest, else ""), NDJSON or plain
+ * text; each record checked, or with approve loaded as approved.
+ */
+int trail_vjob_input(trail_vjob *r, const char *path, int approve, char digest[72], trail_error *err);
+/*
+ * The approved records of datanet's snapshot loaded, except those of the
+ * bundles being validated: the inputs in[nin], or vm's when merging.
+ */
+int trail_vjob_load_approved(trail_vjob *r, const char *datanet, const char *const *in, int nin,
+			     const trail_vmerge *vm, trail_error *err);
+/*
+ * --partial: every item of the inputs (files or digests) counted, the
+ * partial's header written, then the items of range checked into partial
+ * lines (license: the one records that name none were given, recorded).
+ */
+int trail_vjob_partial(trail_vjob *r, char *const *in, int nin, const trail_attr_range *range, const char *license,
+		       trail_error *err);
+/* --merge: the partials' verdicts and malformed lines, in input order, delivered as one pass delivers them. */
+int trail_vjob_merge(trail_vjob *r, trail_vmerge *m, trail_error *err);
+/* The run's summary written (a line, or a notice with github); the counts of accepted and rejected records. */
+int trail_vjob_summary(trail_vjob *r, long *accepted, long *rejected);
+/* Whether a malformed line was seen. */
+int trail_vjob_malformed(const trail_vjob *r);
 
 #endif
