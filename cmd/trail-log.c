@@ -183,7 +183,7 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 		trail_verifier *v[16];
 		trail_cosigner *cs[16];
 		int nv = 0, nc = 0;
-		size_t quorum = (size_t)(c->quorum ? c->quorum : c->nwit), got = 0;
+		size_t quorum = (size_t)(c->quorum ? c->quorum : c->nwit);
 		if ((rc = n || c->url ? TRAIL_OK : trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...")))
 			return rc;
 		if (c->url && cmd[6] == 0 && n)
@@ -201,60 +201,14 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 			origin = origin ? origin : trail_store_origin(s);
 		}
 		int bad = 0;
-		trail_tiles *t = NULL;
-		if (!rc && c->url) {
-			trail_tiles_opts to = {.timeout_s = c->timeout};
-			if (!(rc = trail_tiles_open(c->url, (const trail_verifier *const *)v, (size_t)nv,
-						    origin, &to, &t, err)) && !n) {
-				trail_hash root;
-				char b64[64], cos[48] = "";
-				if (nc)
-					rc = trail_witness_check_url(t, c->url, (const trail_verifier *const *)v,
-								     (size_t)nv, origin, cc, (size_t)nc, quorum,
-								     c->timeout, &got, err);
-				if (!rc && nc)
-					snprintf(cos, sizeof cos, "\"cosigned\":%zu,", got);
-				trail_tiles_root(t, root);
-				trail_base64(root, 32, b64);
-				if (!rc)
-					printf("{%s\"fetched\":%" PRIu64 ",\"ok\":true,\"root\":\"%s\",\"size\":%" PRIu64 "}\n",
-				       cos, trail_tiles_fetched(t), b64, trail_tiles_size(t));
-			}
-		}
-		for (int i = 0; i < n && !rc; i++) {
-			void *b;
-			size_t len;
-			trail_error e = {0};
-			if ((rc = trail_read_file(arg[i], 1 << 20, &b, &len, err)))
-				break;
-			const trail_verifier *const *vv = (const trail_verifier *const *)v;
-			/* with witnesses: a cosigned checkpoint or receipt, then as without */
-			int r = nc ? trail_checkpoint_check_quorum(b, len, vv, (size_t)nv, origin, cc, (size_t)nc,
-								   quorum, &got, &e) : TRAIL_OK;
-			if (!r && (t || !nc))
-				r = !t ? trail_proof_check(b, len, vv, (size_t)nv, origin, &e)
-				: len > 6 && !memcmp(b, "c2sp.org/tlog-proof@", 20)
-				? trail_tiles_check_receipt(t, b, len, vv, (size_t)nv, &e)
-				: trail_tiles_check_checkpoint(t, b, len, vv, (size_t)nv, &e);
-			trail_free(b);
-			if (r && r != TRAIL_EVERIFY && r != TRAIL_EDATA) {
-				*err = e;
-				rc = r;
-				break;
-			}
-			json_t *o = json_pack("{s:s, s:b}", "file", arg[i], "ok", !r);
-			if (nc)
-				json_object_set_new(o, "cosigned", json_integer((json_int_t)got));
-			if (r)
-				json_object_set_new(o, "reason", json_string(e.msg));
-			bad |= r != 0;
-			rc = print_json(o, err);
-		}
+		trail_proofs_opts po = {(const trail_verifier *const *)v, (size_t)nv, origin, cc, (size_t)nc, quorum,
+					c->url, c->timeout};
+		if (!rc)
+			rc = trail_proofs_verify(&po, (const char *const *)arg, (size_t)n, stdout, &bad, err);
 		for (int i = 0; i < nv; i++)
 			trail_verifier_free(v[i]);
 		for (int i = 0; i < nc; i++)
 			trail_cosigner_free(cs[i]);
-		trail_tiles_free(t);
 		trail_store_free(s);
 		return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "a proof is invalid") : TRAIL_OK;
 	}

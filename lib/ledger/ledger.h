@@ -584,4 +584,26 @@ int trail_cosigner_split(const char *arg, char **url, trail_cosigner **key, trai
 int trail_ledger_cosign(trail_ledger *l, trail_store *s, const char *const *wits, size_t nwit, long timeout_s,
 			FILE *out, trail_witness_log_fn refusal, void *ctx, trail_error *err);
 
+/*
+ * trail-log verify-proof and verify --url: each file (an inclusion proof,
+ * a receipt or a checkpoint) checked against the log keys vs[nv] and
+ * origin and, when nc > 0, for cosignatures of at least quorum of the
+ * cosigners cs[nc]; with url, against the log served there as tiles
+ * (without files: the served checkpoint itself). One JSON line per file
+ * to out, {file, ok[, cosigned][, reason]} (or, for the served checkpoint,
+ * {[cosigned,] fetched, ok, root, size}). A check that fails sets *bad and
+ * goes on; other errors stop.
+ */
+typedef struct trail_proofs_opts {
+	const trail_verifier *const *vs;
+	size_t nv;
+	const char *origin; /* NULL: any */
+	const trail_cosigner *const *cs;
+	size_t nc, quorum;
+	const char *url; /* NULL: the files alone */
+	long timeout_s;
+} trail_proofs_opts;
+int trail_proofs_verify(const trail_proofs_opts *o, const char *const *files, size_t n, FILE *out, int *bad,
+			trail_error *err);
+
 #endif

@@ -1,7 +1,9 @@
 /*
  * What trail-log's subcommands do beyond one library call: key arguments
- * of the form LEFT=KEY, and collecting witnesses' cosignatures.
+ * of the form LEFT=KEY, collecting witnesses' cosignatures, and checking
+ * proofs and checkpoints, locally or against a log served as tiles.
  */
+#include <inttypes.h>
 #include <string.h>
 
 #include "core/core.h"
@@ -108,5 +110,69 @@ int trail_ledger_cosign(trail_ledger *l, trail_store *s, const char *const *wits
 out:
 	trail_free(note);
 	trail_free(cur);
+	return rc;
+}
+
+/* The checkpoint served at o->url (and its cosignatures, with cosigners): one line to out. */
+static int served(const trail_proofs_opts *o, trail_tiles *t, FILE *out, trail_error *err)
+{
+	trail_hash root;
+	char b64[64], cos[48] = "";
+	size_t got = 0;
+	int rc = TRAIL_OK;
+	if (o->nc)
+		rc = trail_witness_check_url(t, o->url, o->vs, o->nv, o->origin, o->cs, o->nc, o->quorum,
+					     o->timeout_s, &got, err);
+	if (!rc && o->nc)
+		snprintf(cos, sizeof cos, "\"cosigned\":%zu,", got);
+	trail_tiles_root(t, root);
+	trail_base64(root, 32, b64);
+	if (!rc)
+		fprintf(out, "{%s\"fetched\":%" PRIu64 ",\"ok\":true,\"root\":\"%s\",\"size\":%" PRIu64 "}\n", cos,
+			trail_tiles_fetched(t), b64, trail_tiles_size(t));
+	return rc;
+}
+
+int trail_proofs_verify(const trail_proofs_opts *o, const char *const *files, size_t n, FILE *out, int *bad,
+			trail_error *err)
+{
+	trail_tiles *t = NULL;
+	int rc = TRAIL_OK;
+	*bad = 0;
+	if (o->url) {
+		trail_tiles_opts to = {.timeout_s = o->timeout_s};
+		if (!(rc = trail_tiles_open(o->url, o->vs, o->nv, o->origin, &to, &t, err)) && !n)
+			rc = served(o, t, out, err);
+	}
+	for (size_t i = 0; i < n && !rc; i++) {
+		void *b;
+		size_t len, got = 0;
+		trail_error e = {0};
+		if ((rc = trail_read_file(files[i], 1 << 20, &b, &len, err)))
+			break;
+		/* with cosigners: a cosigned checkpoint or receipt, then as without */
+		int r = o->nc ? trail_checkpoint_check_quorum(b, len, o->vs, o->nv, o->origin, o->cs, o->nc, o->quorum,
+							      &got, &e)
+			      : TRAIL_OK;
+		if (!r && (t || !o->nc))
+			r = !t ? trail_proof_check(b, len, o->vs, o->nv, o->origin, &e)
+			    : len > 6 && !memcmp(b, "c2sp.org/tlog-proof@", 20)
+				? trail_tiles_check_receipt(t, b, len, o->vs, o->nv, &e)
+				: trail_tiles_check_checkpoint(t, b, len, o->vs, o->nv, &e);
+		trail_free(b);
+		if (r && r != TRAIL_EVERIFY && r != TRAIL_EDATA) {
+			*err = e;
+			rc = r;
+			break;
+		}
+		json_t *j = json_pack("{s:s, s:b}", "file", files[i], "ok", !r);
+		if (j && o->nc)
+			json_object_set_new(j, "cosigned", json_integer((json_int_t)got));
+		if (j && r)
+			json_object_set_new(j, "reason", json_string(e.msg));
+		*bad |= r != 0;
+		rc = put_json(out, j, err);
+	}
+	trail_tiles_free(t);
 	return rc;
 }
