@@ -181,6 +181,8 @@ int trail_utf8_valid(const char *s, size_t n);
 
 /* Path join into a trail_malloc'd string: trail_path(a, b) = "a/b". */
 char *trail_path(const char *a, const char *b);
+/* The first of dir/a and dir/b that exists, trail_malloc'd in *out (NULL if neither); TRAIL_ENOMEM when a path cannot be made. */
+int trail_path_first(const char *dir, const char *a, const char *b, char **out);
 
 /*
  * JSON on top of jansson: the NDJSON reader and canonical JSON (RFC 8785,

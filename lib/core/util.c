@@ -387,6 +387,24 @@ char *trail_path(const char *a, const char *b)
 	return p;
 }
 
+int trail_path_first(const char *dir, const char *a, const char *b, char **out)
+{
+	struct stat st;
+	const char *names[] = {a, b};
+	*out = NULL;
+	for (int i = 0; i < 2; i++) {
+		char *p = trail_path(dir, names[i]);
+		if (!p)
+			return TRAIL_ENOMEM;
+		if (stat(p, &st) == 0) {
+			*out = p;
+			return TRAIL_OK;
+		}
+		trail_free(p);
+	}
+	return TRAIL_OK;
+}
+
 int trail_utf8_valid(const char *s, size_t n)
 {
 	const unsigned char *p = (const unsigned char *)s, *e = p + n;

@@ -830,24 +830,6 @@ int trail_hf_save(const trail_tokenizer *t, const char *dir, trail_error *err)
 
 /* ---- the interface ---- */
 
-static int first_of(const char *dir, const char *a, const char *b, char **out)
-{
-	struct stat st;
-	const char *names[] = {a, b};
-	*out = NULL;
-	for (int i = 0; i < 2; i++) {
-		char *p = trail_path(dir, names[i]);
-		if (!p)
-			return TRAIL_ENOMEM;
-		if (stat(p, &st) == 0) {
-			*out = p;
-			return TRAIL_OK;
-		}
-		trail_free(p);
-	}
-	return TRAIL_OK;
-}
-
 int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *err)
 {
 	struct stat st;
@@ -877,7 +859,7 @@ int trail_tokenizer_load(const char *spec, trail_tokenizer **out, trail_error *e
 	}
 	char *p;
 	/* GPT-2's own files win over a tokenizer.json beside them, as they always have */
-	if (first_of(spec, "vocab.json", "encoder.json", &p))
+	if (trail_path_first(spec, "vocab.json", "encoder.json", &p))
 		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	if (p) {
 		trail_free(p);

@@ -491,26 +491,6 @@ int trail_tokenizer_bytes(trail_tokenizer **out)
 	return TRAIL_OK;
 }
 
-/* The first of a and b that exists in dir, as a trail_malloc'd path in
- * *out (NULL if neither); TRAIL_ENOMEM when a path cannot be made. */
-static int first_file(const char *dir, const char *a, const char *b, char **out)
-{
-	struct stat st;
-	const char *names[] = {a, b};
-	*out = NULL;
-	for (int i = 0; i < 2; i++) {
-		char *p = trail_path(dir, names[i]);
-		if (!p)
-			return TRAIL_ENOMEM;
-		if (stat(p, &st) == 0) {
-			*out = p;
-			return TRAIL_OK;
-		}
-		trail_free(p);
-	}
-	return TRAIL_OK;
-}
-
 /* Token spellings to raw bytes: each character is one byte of the alphabet, else the token is literal. */
 static int read_vocab(trail_tokenizer *t, const char *path, json_t **vocab, trail_error *err)
 {
@@ -698,7 +678,7 @@ int trail_tok_gpt2_load(const char *dir, trail_tokenizer **out, trail_error *err
 	json_t *vocab = NULL;
 	int rc;
 	trail_tokenizer *t = trail_calloc(1, sizeof *t);
-	if (!t || first_file(dir, "vocab.json", "encoder.json", &vp) || first_file(dir, "merges.txt", "vocab.bpe", &mp) ||
+	if (!t || trail_path_first(dir, "vocab.json", "encoder.json", &vp) || trail_path_first(dir, "merges.txt", "vocab.bpe", &mp) ||
 	    !vp) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
