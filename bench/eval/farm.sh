@@ -166,3 +166,7 @@ done
 atk=""
 for s in $SCENARIOS; do [ "$s" = none ] || atk="$atk $s"; done
 FARM_DEFENCES="$DEFENCES" $FP table "$W" $atk | tee "$W/table.md"
+# what the attribution resolves: own records found, one record's share by kind
+for s in $SCENARIOS; do
+	FARM_DEFENCES="$DEFENCES" $FP diagnose "$W" "$s" | tee -a "$W/table.md"
+done
