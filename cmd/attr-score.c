@@ -11,7 +11,7 @@
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
        O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_EVERY, O_FDEPS, O_NORMALIZE, O_EXCLUDE,
-       O_GENERIC };
+       O_GENERIC, O_CENTRE };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -25,6 +25,7 @@ static const trail_opt opts[] = {
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
 	{O_NORMALIZE, "normalize", 0, "none|unit", "unit: each record's score divided by its gradient's norm, against farming (default none)", "none unit"},
+	{O_CENTRE, "centre", 0, "FILE", "subtract from each record's score its mean over FILE's events (held-out queries or the epoch's own), against farming", "file"},
 	{O_EXCLUDE, "exclude", 0, "FILE", "leave the records named by FILE's lines (\"record\") out of top and shares", "file"},
 	{O_GENERIC, "flag-generic", 0, "F", "read held-out events; print a flags line for each record in the top of more than F of them", NULL},
 	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},
@@ -243,6 +244,7 @@ int main(int argc, char **argv)
 				rc = trail_error_set(&err, TRAIL_EUSAGE, "--normalize: '%s' is not none or unit", v);
 			break;
 		case O_EXCLUDE: o.exclude = v; break;
+		case O_CENTRE: o.centre = v; break;
 		case O_GENERIC: rc = trail_parse_double(v, 0, 1, &generic, "--flag-generic", &err); break;
 		case O_NEAR: rc = trail_parse_double(v, 0.01, 1, &o.near, "--near", &err); break;
 		case O_DATA: o.data = v; break;
@@ -304,6 +306,9 @@ int main(int argc, char **argv)
 				     "do not go together, nor --flag-generic with any of them, --adapters or --record; "
 				     "--shard/--records go with --build-index or --partial; --merge "
 				     "and --merge-index read the files named");
+	else if (o.centre && (build || mergeidx || merge || partial || adapters || o.method == TRAIL_ATTR_EXACT))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--centre scores one index whole: not with --build-index, "
+				     "--merge-index, --merge, --partial, --adapters or --method exact");
 	else if (o.method == TRAIL_ATTR_EXACT && (build || mergeidx || merge || partial || adapters || o.prove || prec == TRAIL_PREC_BF16))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--method exact scores or verifies at fp32, one adapter: not with "
 				     "--build-index, --merge-index, --merge, --partial, --adapters, --prove or --precision bf16");

@@ -10,6 +10,7 @@ complete -c attr-score -l top -s k -r -F -d 'records listed in top, whose scores
 complete -c attr-score -l min-span -r -F -d 'shortest verbatim span reported, in tokens (default 8)'
 complete -c attr-score -l max-count -r -F -d 'report spans that occur at most N times in training (default 16; 0: all)'
 complete -c attr-score -l normalize -x -a 'none unit' -d 'unit: each record\'s score divided by its gradient\'s norm, against farming (default none)'
+complete -c attr-score -l centre -r -F -d 'subtract from each record\'s score its mean over FILE\'s events (held-out queries or the epoch\'s own), against farming'
 complete -c attr-score -l exclude -r -F -d 'leave the records named by FILE\'s lines ("record") out of top and shares'
 complete -c attr-score -l flag-generic -r -F -d 'read held-out events; print a flags line for each record in the top of more than F of them'
 complete -c attr-score -l near -r -F -d 'near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)'

@@ -15,6 +15,8 @@ usage: farm.py corpus W              honest records of H contributors and the at
                                      model: W/shadow-attack.ndjson
        farm.py swap W ATTACK OUT     the datanet with the attacker's records replaced
        farm.py table W SCEN...       the payout table from W/pay/SCENARIO.DEFENCE.ndjson
+       farm.py diagnose W SCEN       what the attribution of SCEN resolves (FARM_DEFENCES'):
+                                     own records found, one record's share by kind
 
 Every choice is seeded: the same command gives the same bytes.
 """
@@ -264,6 +266,44 @@ def cmd_table(W, defences, attacks):
     json.dump(res, open(os.path.join(W, "table.json"), "w"), indent=1, sort_keys=True)
 
 
+def rec_id(r):
+    """A record's id as the index names it: the SHA-256 of its canonical JSON."""
+    import hashlib
+    t = json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(t.encode()).hexdigest()
+
+
+def cmd_diagnose(W, scen, defences):
+    """What the attribution resolves in scenario scen: of the requests for a contributor's own
+    headwords, how many have the record of that headword in their top 10, and the mean share of
+    one record (summed over the epoch's events) of the honest contributors, of the attacker's
+    records in the honest datanet's places and of its extra records."""
+    import glob
+    nown = (H + 1) * 16  # the first requests ask for the contributors' own headwords
+    ask = {r["id"]: r["prompt"][:-1] for r in rd(os.path.join(W, "requests.ndjson"))[:nown]}
+    for d in defences:
+        hits, n, earn, count = 0, 0, Counter(), Counter()
+        for sd in sorted(glob.glob(os.path.join(W, scen, "*", "attr.%s.ndjson" % d))):
+            recs = rd(os.path.join(os.path.dirname(sd), "train.ndjson"))
+            cls = {}
+            for i, r in enumerate(recs):
+                c = "extra" if i >= (H + 1) * PER else ("attacker" if r["contributor"] == "a" else "honest")
+                cls[rec_id(r)] = c
+                count[c] += 1
+            head = {rec_id(r): r["text"].split(": ", 1)[0] for r in recs}
+            for a in rd(sd):  # in the answers' order, not the requests'
+                if a["event"] in ask:
+                    n += 1
+                    hits += any(head.get(t["record"]) == ask[a["event"]] for t in a["top"])
+                pos = [(t["record"], max(t["score"], 0)) for t in a["top"]]
+                tot = sum(v for _, v in pos) or 1
+                for rid, v in pos:
+                    earn[cls.get(rid, "?")] += v / tot
+        print("%s %s: own headword's record in the top 10 of %d of %d requests; share of one record: %s" % (
+            scen, d, hits, n, " ".join("%s %.3f" % (c, earn[c] / count[c]) for c in ("honest", "attacker", "extra")
+                                        if count[c])))
+
+
 def main(a):
     W = a[1]
     if a[0] == "corpus":
@@ -280,11 +320,13 @@ def main(a):
         cmd_shadow_pick(W, a[2])
     elif a[0] == "swap":
         cmd_swap(W, a[2], a[3])
+    elif a[0] == "diagnose":
+        cmd_diagnose(W, a[2], os.environ.get("FARM_DEFENCES", "none").split())
     elif a[0] == "table":
         defs = os.environ.get("FARM_DEFENCES", "none").split()
         cmd_table(W, defs, a[2:])
     else:
-        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|table W ...")
+        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|swap|table|diagnose W ...")
 
 
 if __name__ == "__main__":

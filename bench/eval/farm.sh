@@ -36,6 +36,10 @@
 #            contributed, W/heldout.ndjson)
 #   penalty  those flags lines given to attr-settle, policy max_flagged 0:
 #            the payout of a contributor with a flagged record is withheld
+#   centre-held   attr-score --centre W/heldout.ndjson: each record's score
+#            less its mean score over the 48 held-out queries
+#   centre-epoch  attr-score --centre ANSWERS: less its mean over the
+#            epoch's own 112 served answers
 # Each scenario and defence gives W/pay/SCENARIO.DEFENCE.ndjson; the table
 # compares every attack with "none" under the same defence.
 set -e
@@ -46,13 +50,14 @@ export PATH="$top/$B/bin:$PATH"
 BASE_STEPS=${BASE_STEPS:-1500}
 EPOCHS=${EPOCHS:-30}
 LR=${LR:-1e-2}
-DEFENCES=${DEFENCES:-none unit generic penalty}
+DEFENCES=${DEFENCES:-none unit generic penalty centre-held centre-epoch}
 SCENARIOS=${SCENARIOS:-none reseed simple outlier shadow}
 SEEDS=${SEEDS:-1 2}       # each scenario trained with each seed; shares are their means
 RESEEDS=${RESEEDS:-3 4}   # "reseed": the honest datanet with other seeds
 GENERIC=${GENERIC:-0.25}
 # the options of each defence; flagged: the records --flag-generic flags on the held-out queries
-declare -A DOPT=([none]="" [unit]="--normalize unit" [generic]="--exclude FLAGS" [penalty]="")
+declare -A DOPT=([none]="" [unit]="--normalize unit" [generic]="--exclude FLAGS" [penalty]=""
+	[centre-held]="--centre HELDOUT" [centre-epoch]="--centre ANSWERS")
 mkdir -p "$W" "$W/pay"
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 FP="python3 $top/bench/eval/farm.py"
@@ -111,8 +116,10 @@ scenario1() {
 	for def in $DEFENCES; do
 		local opt=${DOPT[$def]} pol=$W/policy.json extra=""
 		opt=${opt//FLAGS/$d/flags.ndjson}
+		opt=${opt//HELDOUT/$W/heldout.ndjson}
+		opt=${opt//ANSWERS/$d/answers.ndjson}
 		# with nothing flagged, generic and penalty are the default's records
-		if [ "$def" != none ] && [ "$def" != unit ] && [ ! -s "$d/flags.ndjson" ] && [ -s "$d/attr.none.ndjson" ]; then
+		if { [ "$def" = generic ] || [ "$def" = penalty ]; } && [ ! -s "$d/flags.ndjson" ] && [ -s "$d/attr.none.ndjson" ]; then
 			cp "$d/attr.none.ndjson" "$d/attr.$def.ndjson"
 		else
 		# penalty: the flags lines go to attr-settle, whose policy withholds a flagged contributor's payout
@@ -159,3 +166,7 @@ done
 atk=""
 for s in $SCENARIOS; do [ "$s" = none ] || atk="$atk $s"; done
 FARM_DEFENCES="$DEFENCES" $FP table "$W" $atk | tee "$W/table.md"
+# what the attribution resolves: own records found, one record's share by kind
+for s in $SCENARIOS; do
+	FARM_DEFENCES="$DEFENCES" $FP diagnose "$W" "$s" | tee -a "$W/table.md"
+done

@@ -562,6 +562,9 @@ int trail_attr_noise_scores(const trail_attr_ctx *c, size_t lo, size_t hi, float
 	}
 	if (!rc && c->normalize)
 		trail_attr_normalize(c->index, scores, TRAIL_ATTR_FLOOR_QUERIES, lo, hi);
+	for (int r = 0; !rc && c->centre && r < TRAIL_ATTR_FLOOR_QUERIES; r++)
+		for (size_t j = 0; j < N; j++)
+			scores[(size_t)r * N + j] -= c->centre[lo + j];
 out:
 	trail_free(tok), trail_free(q);
 	return rc;
@@ -605,7 +608,50 @@ static int event_score(const trail_attr_ctx *c, const int32_t *tok, size_t n, si
 		rc = trail_attr_score_range(c->index, c->method, q, 1, lo, hi, scores, err);
 	if (!rc && c->normalize)
 		trail_attr_normalize(c->index, scores, 1, lo, hi);
+	for (size_t j = 0; !rc && c->centre && j < hi - lo; j++)
+		scores[j] -= c->centre[lo + j];
 	trail_free(q);
+	return rc;
+}
+
+int trail_attr_centre(const trail_attr_ctx *c, const json_t *events, float *centre, trail_error *err)
+{
+	size_t N = trail_attr_index_info(c->index)->nrecords, D = trail_attr_index_info(c->index)->dim, i;
+	size_t R = (size_t)trail_attr_query_rows(c->index, c->method) * D, ne = json_array_size(events);
+	float *q = trail_malloc((R ? R : 1) * sizeof *q);
+	double *sum = trail_calloc(R ? R : 1, sizeof *sum);
+	int rc = TRAIL_OK;
+	if (!q || !sum) {
+		rc = oom(err);
+		goto out;
+	}
+	if (!ne) {
+		rc = trail_error_set(err, TRAIL_EDATA, "no reference events to centre the scores on");
+		goto out;
+	}
+	const json_t *event;
+	json_array_foreach(events, i, event) {
+		const json_t *ev;
+		int32_t *tok = NULL;
+		size_t n = 0, first = 0;
+		if (!(rc = event_prep(c, event, &ev, &tok, &n, &first, err)))
+			rc = trail_attr_query_grad(c->index, c->proj, c->model, c->method, tok, n, first, q, err);
+		trail_free(tok);
+		if (rc) {
+			char msg[sizeof err->msg];
+			snprintf(msg, sizeof msg, "%s", err->msg);
+			trail_error_set(err, rc, "reference event %zu: %s", i + 1, msg);
+			goto out;
+		}
+		for (size_t k = 0; k < R; k++) /* in event order: the same events give the same bits */
+			sum[k] += q[k];
+	}
+	for (size_t k = 0; k < R; k++)
+		q[k] = (float)(sum[k] / (double)ne);
+	if (!(rc = trail_attr_score_range(c->index, c->method, q, 1, 0, N, centre, err)) && c->normalize)
+		trail_attr_normalize(c->index, centre, 1, 0, N);
+out:
+	trail_free(q), trail_free(sum);
 	return rc;
 }
 
@@ -766,6 +812,9 @@ static int event_build(const trail_attr_ctx *c, const json_t *event, const json_
 	if (rec && c->normalize &&
 	    json_object_set_new(json_object_get(rec, "params"), "normalize", json_string("unit")))
 		json_decref(rec), rec = NULL;
+	if (rec && c->centre &&
+	    json_object_set_new(json_object_get(rec, "params"), "centre", json_string(c->centre_digest)))
+		json_decref(rec), rec = NULL;
 	if (rec && c->skip && c->nskip &&
 	    json_object_set_new(json_object_get(rec, "params"), "excluded", json_integer((json_int_t)c->nskip)))
 		json_decref(rec), rec = NULL;
@@ -865,6 +914,14 @@ int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error
 	cc.near = json_number_value(json_object_get(params, "near"));
 	const char *norm = jstr(params, "normalize");
 	cc.normalize = norm && trail_attr_normalize_mode(norm) > 0 ? trail_attr_normalize_mode(norm) : TRAIL_ATTR_NORM_NONE;
+	const char *centre = jstr(params, "centre");
+	if (!centre != !c->centre || (centre && strcmp(centre, c->centre_digest))) {
+		json_decref(ev);
+		return trail_error_set(err, TRAIL_EVERIFY, "event %s: scored %s, verified %s",
+				       jstr(record, "event") ? jstr(record, "event") : "?",
+				       centre ? "centred on reference events" : "without --centre",
+				       !c->centre ? "without --centre" : centre ? "on other reference events" : "centred");
+	}
 	/* a record scored with the other normalisation has the other noise floor */
 	if ((cc.normalize != c->normalize && cc.confidence && (rc = trail_attr_noise_floor(&cc, &cc.floor, err))) ||
 	    (rc = trail_attr_event(&cc, ev, &again, err))) {

@@ -368,10 +368,25 @@ typedef struct trail_attr_ctx {
 	double near;                    /* Jaccard threshold of near-duplicate clusters */
 	int confidence;                 /* 1: records get "confidence" against floor */
 	int normalize;                  /* TRAIL_ATTR_NORM_*: scores divided by the record's gradient norm */
+	const float *centre;            /* or NULL: centre[i] subtracted from record i's every score (trail_attr_centre) */
+	char centre_digest[72];         /* the centre's digest ("sha256:", of its float32 bits), with centre */
 	const uint8_t *skip;            /* or NULL: skip[i] 1 leaves record i out of top and shares */
 	size_t nskip;                   /* records skipped */
 	float floor;                    /* trail_attr_noise_floor's */
 } trail_attr_ctx;
+
+/*
+ * Query centring (a farming defence): the score a record gets on an average
+ * query of a reference set, centre [N] (every record's), to be subtracted
+ * from its score on each query: score_i(q) - mean over q' of score_i(q').
+ * A record that helps every query alike (generic text) then earns nothing
+ * for it; a record's credit is what it gives this query more than it gives
+ * the others. Scores are linear in the query's gradient, so the centre is
+ * the score of the reference queries' mean gradient, one extra query (with
+ * c->normalize applied, as the scores it is subtracted from). c->centre is
+ * not read. TRAIL_EDATA for an event that cannot be scored, or no events.
+ */
+int trail_attr_centre(const trail_attr_ctx *c, const json_t *events, float *centre, trail_error *err);
 
 /*
  * The attribution confidence of a query: how far its top record stands

@@ -32,6 +32,7 @@ struct trail_attr_session {
 	char *index_path;
 	int prove;
 	uint8_t *skip; /* --exclude */
+	float *centre; /* --centre */
 };
 
 
@@ -70,6 +71,28 @@ static int load_exclude(trail_attr_session *s, const char *path, trail_error *er
 	}
 	json_decref(lines);
 	s->c.skip = s->skip;
+	return rc;
+}
+
+/* --centre: every record's mean score over the reference events of path, and its digest. */
+static int load_centre(trail_attr_session *s, const char *path, trail_error *err)
+{
+	json_t *events = NULL;
+	size_t N = trail_attr_index_info(s->x)->nrecords;
+	int rc = trail_ndjson_slurp(path, (size_t)1 << 30, &events, err);
+	if (rc)
+		return rc;
+	if (!(s->centre = trail_malloc((N ? N : 1) * sizeof *s->centre)))
+		rc = oom(err);
+	else if ((rc = trail_attr_centre(&s->c, events, s->centre, err))) {
+		char msg[sizeof err->msg];
+		snprintf(msg, sizeof msg, "%s", err->msg);
+		trail_error_at(err, rc, path, 0, "%s", msg);
+	} else {
+		trail_digest_str(s->centre, N * sizeof *s->centre, s->c.centre_digest);
+		s->c.centre = s->centre;
+	}
+	json_decref(events);
 	return rc;
 }
 
@@ -234,6 +257,8 @@ int trail_attr_session_open(const trail_attr_opts *o, trail_attr_session **out, 
 				.confidence = 1, .normalize = o->normalize};
 	if (o->exclude && (rc = load_exclude(s, o->exclude, err)))
 		goto fail;
+	if (o->centre && (rc = load_centre(s, o->centre, err)))
+		goto fail;
 	if (!o->shards && (rc = trail_attr_noise_floor(&s->c, &s->c.floor, err)))
 		goto fail;
 	*out = s;
@@ -257,6 +282,7 @@ void trail_attr_session_free(trail_attr_session *s)
 	trail_store_free(s->store);
 	trail_free(s->index_path);
 	trail_free(s->skip);
+	trail_free(s->centre);
 	trail_free(s);
 }
 

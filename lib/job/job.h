@@ -68,6 +68,7 @@ typedef struct trail_attr_opts {
 	int shards;                  /* 1: the session scores no noise floor at open (partials carry theirs) */
 	int normalize;               /* TRAIL_ATTR_NORM_*: unit-normalised scores (attr-score --normalize) */
 	const char *exclude;         /* or NULL: NDJSON lines whose "record"s are left out of top and shares */
+	const char *centre;          /* or NULL: reference events (NDJSON) whose mean score each record's is centred on */
 } trail_attr_opts;
 
 typedef struct trail_attr_session trail_attr_session;

@@ -3,7 +3,8 @@
 # record's gradient norm), --flag-generic (records in the top of many
 # held-out queries, as flags lines) and --exclude (those records left out
 # of top and shares); attr-settle withholding a flagged contributor's
-# payout; --verify of normalised records; clean errors.
+# payout; --centre (each record's score less its mean score over reference
+# queries); --verify of normalised and centred records; clean errors.
 . "$TRAIL_TOP/tests/tap.sh"
 cd "$T" || exit 70
 # three contributors' facts, and "g" with generic records made of the words
@@ -100,6 +101,50 @@ PY
 check "scores_digest is that of every record" bash -c "diff <(grep -o '\"scores_digest\":\"[^\"]*\"' ho-raw) <(grep -o '\"scores_digest\":\"[^\"]*\"' ho-ex)"
 check "--verify with the same --exclude" attr-score --verify $args --exclude flags ho-ex
 check_rc 1 "--verify without it is a difference" attr-score --verify $args ho-ex
+
+# --centre: each record's score less its mean over reference events
+attr-score $args --top 66 < heldout.ndjson > ho-all
+check "score centred on the held-out queries" sh -c "attr-score $args --top 66 --centre heldout.ndjson < ev.ndjson > cen"
+check_eq "centred records name the centre's digest in params" "$(grep -c '"params":{"centre":"sha256:[0-9a-f]\{64\}"' cen)" 2
+check_eq "the default records name no centre" "$(grep -c '"centre"' raw)" 0
+check_eq "each score is the raw score less the record's mean raw score over the references" "$(python3 - raw ho-all cen <<'PY'
+import json, sys
+def rd(p):
+    return [{t["record"]: t["score"] for t in json.loads(l)["top"]} for l in open(p)]
+raw, ho, cen = rd(sys.argv[1]), rd(sys.argv[2]), rd(sys.argv[3])
+mean = {r: sum(h[r] for h in ho) / len(ho) for r in ho[0]}
+scale = max(abs(v) for q in raw for v in q.values())
+err = max(abs(c[r] - (q[r] - mean[r])) for q, c in zip(raw, cen) for r in q)
+moved = max(abs(mean[r]) for r in mean)
+print(len(cen[0]) == 66 and err <= 1e-3 * scale and moved > 100 * err)
+PY
+)" True
+attr-score $args --top 66 --centre heldout.ndjson < heldout.ndjson > ho-cen
+check_eq "over the references themselves every record's centred scores average to zero" "$(python3 - ho-all ho-cen <<'PY'
+import json, sys
+def rd(p):
+    return [{t["record"]: t["score"] for t in json.loads(l)["top"]} for l in open(p)]
+raw, cen = rd(sys.argv[1]), rd(sys.argv[2])
+scale = max(abs(v) for q in raw for v in q.values())
+rawmean = max(abs(sum(q[r] for q in raw) / len(raw)) for r in raw[0])
+cenmean = max(abs(sum(q[r] for q in cen) / len(cen)) for r in cen[0])
+print(cenmean <= 1e-3 * scale and rawmean > 100 * cenmean)
+PY
+)" True
+check "the same bytes run to run" sh -c "attr-score $args --top 66 --centre heldout.ndjson < ev.ndjson | cmp - cen"
+check "and with two threads" sh -c "attr-score $args --top 66 --centre heldout.ndjson --threads 2 < ev.ndjson | cmp - cen"
+check "with --normalize unit too" sh -c "attr-score $args --top 66 --centre heldout.ndjson --normalize unit < ev.ndjson > cen-unit"
+check_eq "which name both" "$(grep -c '"centre":"sha256:[^"]*".*"normalize":"unit"' cen-unit)" 2
+check "--verify with the same --centre" attr-score --verify $args --centre heldout.ndjson cen
+check_rc 1 "--verify without it is a difference" attr-score --verify $args cen
+check_rc 1 "--verify centred on other events is a difference" attr-score --verify $args --centre ev.ndjson cen
+check_rc 1 "--verify of an uncentred record with --centre is a difference" attr-score --verify $args --centre heldout.ndjson raw
+check_rc 64 "--centre with --partial" attr-score $args --partial --shard 0/2 --centre heldout.ndjson ev.ndjson
+check_rc 66 "--centre of a missing file" attr-score $args --centre missing < ev.ndjson
+: > empty.ndjson
+check_rc 65 "--centre on no events" attr-score $args --centre empty.ndjson < ev.ndjson
+echo '{"id":"x"}' > notext.ndjson
+check "a reference that is no event is named" sh -c "attr-score $args --centre notext.ndjson < ev.ndjson 2>&1 | grep -q 'notext.ndjson: reference event 1: '"
 
 # attr-settle withholds a flagged contributor's payout
 echo '{"fee_per_1k_prompt":1000,"fee_per_1k_completion":2000,"split_bps":{"contributors":10000},"penalty":{"max_flagged":0}}' > pol.json
