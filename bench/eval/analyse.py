@@ -155,8 +155,11 @@ def poison(d):
     lab = np.array([1 if r.get("contributor") == "poison" else 0 for r in recs])
     Q = sum(1 for _ in open(os.path.join(d, "truth.ndjson")))
     out = {"records": N, "poisoned": int(lab.sum()), "queries": Q}
-    si = np.fromfile(os.path.join(d, "truth.self.f32"), dtype=np.float32).astype(np.float64)
-    out["self_influence_auc"] = round(auc(si, lab), 4)
+    # self-influence is written only when influence is among the methods
+    sp = os.path.join(d, "truth.self.f32")
+    if os.path.exists(sp):
+        si = np.fromfile(sp, dtype=np.float32).astype(np.float64)
+        out["self_influence_auc"] = round(auc(si, lab), 4)
     for m in METHODS:
         p = os.path.join(d, "truth.%s.f32" % m)
         if not os.path.exists(p):
