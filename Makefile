@@ -21,8 +21,9 @@ B ?= build
 PKGS := libjansson-dev libarchive-dev libxxhash-dev libopenblas-dev liblapacke-dev \
 	libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev libdnnl-dev pkg-config mandoc zsh fish
 # check-full also uses these: PyTorch and NumPy references, Chromium for the report,
-# a one-node Slurm cluster for examples/slurm (tests/cli/slurm.sh, as root).
-FULL_PKGS := python3-torch python3-numpy chromium slurm-wlm munge
+# a one-node Slurm cluster for examples/slurm (tests/cli/slurm.sh, as root), and
+# Debian's text corpora of the attribution benchmarks (bench/eval/quality.sh).
+FULL_PKGS := python3-torch python3-numpy chromium slurm-wlm munge fortunes dict-foldoc dict-wn
 # and node with npm for the GPT-2 tokenizer reference (tests/cli/bpe-reference.sh),
 # installed only when the commands are missing: a nodejs that bundles npm
 # conflicts with Debian's npm package.

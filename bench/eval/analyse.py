@@ -10,7 +10,7 @@ lds     for each query q and retrained adapter s (a random half S_s of the
 facts   for each planted fact the model answered right: does the owner rank
         first? each method: the first contributor by share, and the
         contributor of the top record; span engine: the contributor of the
-        first record of the longest span.
+        first record of the longest span (from the first method's records).
 poison  AUC of separating the poisoner's records from all others, by
         self-influence (higher = more suspect) and by negative influence on
         the true answers (-min over queries of the record's score).
@@ -125,6 +125,9 @@ def facts(d):
     out = {"facts": len(owner), "answered_right": sum(right.values())}
     span_hits = span_n = 0
     extra = sorted(f[5:-7] for f in os.listdir(d) if f.startswith("attr.influence-d") and f.endswith(".ndjson"))
+    # the span engine does not depend on the method: its figure comes from
+    # the first method's records (influence's where it ran)
+    span_from = next((m for m in METHODS if os.path.exists(os.path.join(d, "attr.%s.ndjson" % m))), None)
     for m in METHODS + extra:
         p = os.path.join(d, "attr.%s.ndjson" % m)
         if not os.path.exists(p):
@@ -137,7 +140,7 @@ def facts(d):
             n += 1
             hit += bool(r["contributors"]) and r["contributors"][0]["contributor"] == owner[r["event"]][0]
             top += bool(r["top"]) and r["top"][0]["contributor"] == owner[r["event"]][0]
-            if m == "influence":
+            if m == span_from:
                 spans = sorted(r.get("spans", []), key=lambda s: (-s["len"], s["start"]))
                 span_n += 1
                 span_hits += bool(spans) and spans[0]["records"][0]["contributor"] == owner[r["event"]][0]
@@ -152,8 +155,11 @@ def poison(d):
     lab = np.array([1 if r.get("contributor") == "poison" else 0 for r in recs])
     Q = sum(1 for _ in open(os.path.join(d, "truth.ndjson")))
     out = {"records": N, "poisoned": int(lab.sum()), "queries": Q}
-    si = np.fromfile(os.path.join(d, "truth.self.f32"), dtype=np.float32).astype(np.float64)
-    out["self_influence_auc"] = round(auc(si, lab), 4)
+    # self-influence is written only when influence is among the methods
+    sp = os.path.join(d, "truth.self.f32")
+    if os.path.exists(sp):
+        si = np.fromfile(sp, dtype=np.float32).astype(np.float64)
+        out["self_influence_auc"] = round(auc(si, lab), 4)
     for m in METHODS:
         p = os.path.join(d, "truth.%s.f32" % m)
         if not os.path.exists(p):

