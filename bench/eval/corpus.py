@@ -71,11 +71,11 @@ def fortunes(limit=120):
     return out
 
 
-def foldoc(limit=80):
-    """(headword, definition) of FOLDOC entries, definition cut to fit with the headword."""
-    idx = open(os.path.join(DICT, "foldoc.index"), encoding="utf-8", errors="ignore")
-    data = gzip.open(os.path.join(DICT, "foldoc.dict.dz")).read()
-    seen, out = set(), []
+def dictd(name):
+    """(headword, body joined into one line) of each distinct entry of a dictd dictionary."""
+    idx = open(os.path.join(DICT, name + ".index"), encoding="utf-8", errors="ignore")
+    data = gzip.open(os.path.join(DICT, name + ".dict.dz")).read()
+    seen = set()
     for line in idx:
         parts = line.rstrip("\n").split("\t")
         if len(parts) != 3 or parts[0].startswith("00"):
@@ -87,6 +87,13 @@ def foldoc(limit=80):
         body = data[off:off + ln].decode("utf-8", "ignore").split("\n")
         head = body[0].strip()
         text = " ".join(l.strip() for l in body[1:])
+        yield head, text
+
+
+def foldoc(limit=80):
+    """(headword, definition) of FOLDOC entries, definition cut to fit with the headword."""
+    out = []
+    for head, text in dictd("foldoc"):
         text = re.sub(r"<[^>]*>", "", text)          # <programming> category tags
         text = re.sub(r"[{}]", "", text)              # cross-reference braces
         text = re.sub(r"\(\d{4}-\d\d-\d\d\)", "", text)  # revision dates
@@ -98,20 +105,8 @@ def foldoc(limit=80):
 
 def wordnet(limit=80):
     """(word, gloss of its first sense) of WordNet entries, one per distinct gloss."""
-    idx = open(os.path.join(DICT, "wn.index"), encoding="utf-8", errors="ignore")
-    data = gzip.open(os.path.join(DICT, "wn.dict.dz")).read()
-    seen, glosses, out = set(), set(), []
-    for line in idx:
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != 3 or parts[0].startswith("00"):
-            continue
-        off, ln = b64num(parts[1]), b64num(parts[2])
-        if off in seen:
-            continue
-        seen.add(off)
-        body = data[off:off + ln].decode("utf-8", "ignore").split("\n")
-        head = body[0].strip()
-        text = " ".join(l.strip() for l in body[1:])
+    glosses, out = set(), []
+    for head, text in dictd("wn"):
         m = re.match(r"(?:n|v|adj|adv)\s+(?:1:\s*)?(.*?)(?:\s+(?:n|v|adj|adv)\s+1:|\s+2:|$)", text)
         if not m:
             continue
