@@ -27,13 +27,26 @@
 
 /* ---- the pool ------------------------------------------------------------------------ */
 
+/*
+ * A run is announced by bumping gen and finished when busy reaches 0.
+ * Decoding one token makes some 200 runs of a few tens of microseconds, so
+ * both sides first spin on the counters for about as long as a run takes
+ * (SPIN polls), then sleep on the condition variables: a worker woken by a
+ * futex for every run would spend more time waking than computing. The
+ * sleeper counts and the counters are sequentially consistent, so a side
+ * that goes to sleep is either seen by the other or sees its change.
+ * Which thread takes which item never changes what an item computes.
+ */
+enum { SPIN = 300 };
+
 struct trail_pool {
 	int n; /* threads, the caller included */
 	pthread_t *th;
 	pthread_mutex_t mu;
 	pthread_cond_t go, done;
-	unsigned long gen;
-	int busy, stop;
+	atomic_ulong gen;
+	atomic_int busy, sleeping, waiting;
+	int stop;
 	trail_pool_fn fn;
 	void *ctx;
 	int items;
@@ -41,6 +54,13 @@ struct trail_pool {
 };
 
 typedef struct { trail_pool *p; int t; } worker_arg;
+
+static inline void relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
 
 static void claim(trail_pool *p, int t)
 {
@@ -56,20 +76,29 @@ static void *worker(void *a)
 	unsigned long seen = 0;
 	trail_free(a);
 	omp_set_num_threads(1);
-	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		while (p->gen == seen && !p->stop)
-			pthread_cond_wait(&p->go, &p->mu);
-		if (p->stop)
-			break;
-		seen = p->gen;
-		pthread_mutex_unlock(&p->mu);
+		int s = 0;
+		while (atomic_load(&p->gen) == seen && s < SPIN)
+			relax(), s++;
+		if (atomic_load(&p->gen) == seen) {
+			pthread_mutex_lock(&p->mu);
+			atomic_fetch_add(&p->sleeping, 1);
+			while (atomic_load(&p->gen) == seen && !p->stop)
+				pthread_cond_wait(&p->go, &p->mu);
+			atomic_fetch_sub(&p->sleeping, 1);
+			int stop = p->stop;
+			pthread_mutex_unlock(&p->mu);
+			if (stop)
+				break;
+		}
+		seen = atomic_load(&p->gen);
 		claim(p, w.t);
-		pthread_mutex_lock(&p->mu);
-		if (--p->busy == 0)
+		if (atomic_fetch_sub(&p->busy, 1) == 1 && atomic_load(&p->waiting)) {
+			pthread_mutex_lock(&p->mu);
 			pthread_cond_signal(&p->done);
+			pthread_mutex_unlock(&p->mu);
+		}
 	}
-	pthread_mutex_unlock(&p->mu);
 	return NULL;
 }
 
@@ -126,20 +155,28 @@ void trail_pool_run(trail_pool *p, int items, trail_pool_fn fn, void *ctx)
 			fn(ctx, i, 0);
 		return;
 	}
-	pthread_mutex_lock(&p->mu);
 	p->fn = fn;
 	p->ctx = ctx;
 	p->items = items;
 	atomic_store(&p->next, 0);
-	p->busy = p->n - 1;
-	p->gen++;
-	pthread_cond_broadcast(&p->go);
-	pthread_mutex_unlock(&p->mu);
+	atomic_store(&p->busy, p->n - 1);
+	atomic_fetch_add(&p->gen, 1);
+	if (atomic_load(&p->sleeping)) {
+		pthread_mutex_lock(&p->mu);
+		pthread_cond_broadcast(&p->go);
+		pthread_mutex_unlock(&p->mu);
+	}
 	claim(p, 0);
-	pthread_mutex_lock(&p->mu);
-	while (p->busy)
-		pthread_cond_wait(&p->done, &p->mu);
-	pthread_mutex_unlock(&p->mu);
+	for (int s = 0; atomic_load(&p->busy) && s < SPIN; s++)
+		relax();
+	if (atomic_load(&p->busy)) {
+		pthread_mutex_lock(&p->mu);
+		atomic_store(&p->waiting, 1);
+		while (atomic_load(&p->busy))
+			pthread_cond_wait(&p->done, &p->mu);
+		atomic_store(&p->waiting, 0);
+		pthread_mutex_unlock(&p->mu);
+	}
 }
 
 int trail_threads_default(void)
@@ -845,12 +882,26 @@ struct trail_bf16_mm {
 	dnnl_primitive_t p, ro;       /* the matmul; the reorder plain [N,K] rows -> packed */
 	dnnl_memory_desc_t a, b, c, sp, plain;
 	size_t spn;
+	/*
+	 * Thread t's memory objects for src, weights, dst and scratchpad,
+	 * made on its first run and given new data handles after: a decoded
+	 * token runs some 1,700 blocks, and making and destroying four memory
+	 * objects a block cost more than a tenth of its time. Only thread t
+	 * touches mem[t]. NULL (no cache) when the packed weights have
+	 * padding, which setting a handle would zero.
+	 */
+	dnnl_memory_t (*mem)[4];
 };
 
 void trail_bf16_mm_free(trail_bf16_mm *h)
 {
 	if (!h)
 		return;
+	for (int t = 0; h->mem && t < TRAIL_MAX_THREADS; t++)
+		for (int i = 0; i < 4; i++)
+			if (h->mem[t][i])
+				dnnl_memory_destroy(h->mem[t][i]);
+	trail_free(h->mem);
 	if (h->p)
 		dnnl_primitive_destroy(h->p);
 	if (h->ro)
@@ -887,6 +938,11 @@ static trail_bf16_mm *packed_mm_new(int M, int N, int K, dnnl_data_type_t ts, dn
 		h->spn = dnnl_memory_desc_get_size(&h->sp);
 		ok = !dnnl_reorder_primitive_desc_create(&rpd, &h->plain, dn.eng, &h->b, dn.eng, NULL) &&
 		     !dnnl_primitive_create(&h->ro, rpd);
+		int pad = 0;
+		for (int i = 0; i < h->b.ndims; i++)
+			pad |= h->b.padded_dims[i] != h->b.dims[i];
+		if (ok && !pad)
+			h->mem = trail_calloc(TRAIL_MAX_THREADS, sizeof *h->mem); /* none: run_on makes them each run */
 	}
 	if (pd)
 		dnnl_primitive_desc_destroy(pd);
@@ -936,9 +992,41 @@ int trail_bf16_mm_pack(const trail_bf16_mm *h, const uint16_t *W, void *dst)
 	return packed_mm_pack(h, W, dst);
 }
 
+/* run_on with thread t's kept memory objects (see trail_bf16_mm) */
+static int run_kept(const trail_bf16_mm *h, int t, const void *A, const void *B, void *C)
+{
+	if (!h->mem || t < 0 || t >= TRAIL_MAX_THREADS)
+		return run_on(t, h->p, &h->a, &h->b, &h->c, &h->sp, h->spn, A, B, C);
+	omp_set_num_threads(1);
+	if (h->spn > G.spn[t]) {
+		void *q = trail_malloc(h->spn);
+		if (!q)
+			return -1;
+		trail_free(G.sp[t]);
+		G.sp[t] = q, G.spn[t] = h->spn;
+	}
+	if (!G.st[t] && dnnl_stream_create(&G.st[t], dn.eng, dnnl_stream_default_flags))
+		G.st[t] = NULL;
+	if (!G.st[t])
+		return -1;
+	dnnl_memory_t *m = h->mem[t];
+	const dnnl_memory_desc_t *md[4] = {&h->a, &h->b, &h->c, &h->sp};
+	void *ptr[4] = {(void *)A, (void *)B, C, G.sp[t]};
+	for (int i = 0; i < 4; i++) {
+		if (m[i] ? dnnl_memory_set_data_handle(m[i], ptr[i]) != dnnl_success
+			 : dnnl_memory_create(&m[i], md[i], dn.eng, ptr[i]) != dnnl_success)
+			return -1;
+	}
+	dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, m[0]}, {DNNL_ARG_WEIGHTS, m[1]}, {DNNL_ARG_DST, m[2]},
+				   {DNNL_ARG_SCRATCHPAD, m[3]}};
+	return dnnl_primitive_execute(h->p, G.st[t], 4, args) == dnnl_success && dnnl_stream_wait(G.st[t]) == dnnl_success
+		       ? 0
+		       : -1;
+}
+
 int trail_bf16_mm_run(const trail_bf16_mm *h, const uint16_t *x, const void *W, float *y, int t)
 {
-	return run_on(t, h->p, &h->a, &h->b, &h->c, &h->sp, h->spn, x, W, y);
+	return run_kept(h, t, x, W, y);
 }
 
 /* ---- serving: int8 products of weights quantised once ------------------------------ */
@@ -976,5 +1064,5 @@ int trail_i8_mm_pack(const trail_i8_mm *h, const int8_t *W, void *dst)
 
 int trail_i8_mm_run(const trail_i8_mm *h, const uint8_t *x, const void *W, int32_t *y, int t)
 {
-	return run_on(t, h->h.p, &h->h.a, &h->h.b, &h->h.c, &h->h.sp, h->h.spn, x, W, y);
+	return run_kept(&h->h, t, x, W, y);
 }

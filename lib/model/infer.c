@@ -957,6 +957,61 @@ static int bgemm(trail_infer *m, const rowjob *k, int n, const float *x, const i
 	return TRAIL_OK;
 }
 
+/*
+ * Products of one input by several layers (q, k and v; gate and up): in
+ * bf16 and int8 the input rounded or quantised once and every layer's
+ * units in one run of the pool, each unit computed as bgemm computes it.
+ */
+typedef struct multijob {
+	gemmjob g[3];
+	int at[4]; /* layer i's units are [at[i], at[i + 1]) */
+	int nl;
+} multijob;
+
+static void multi_unit(void *ctx, int u, int t)
+{
+	multijob *mj = ctx;
+	int i = 0;
+	while (u >= mj->at[i + 1])
+		i++;
+	if (mj->g[0].xq)
+		gemm_i8_unit(&mj->g[i], u - mj->at[i], t);
+	else
+		gemm_bf16_unit(&mj->g[i], u - mj->at[i], t);
+}
+
+static int bgemm_multi(trail_infer *m, const rowjob *k, int n, const float *x, const ilin *const *L, float *const *y,
+		       int nl, trail_error *err)
+{
+	if (m->naive || m->prec == TRAIL_PREC_FP32) {
+		for (int i = 0; i < nl; i++) {
+			int rc = bgemm(m, k, n, x, L[i], 1, y[i], err);
+			if (rc)
+				return rc;
+		}
+		return TRAIL_OK;
+	}
+	multijob mj = {.nl = nl};
+	int nb = (n + RB - 1) / RB;
+	for (int i = 0; i < nl; i++) {
+		int N = L[i]->out;
+		mj.g[i] = (gemmjob){n, N, L[i]->in, 1, N >= 256 ? 2 : 1, x, L[i]->W, y[i], SC(k, 0) + k->P + k->rmax, k->scn,
+				   L[i], m->emu, 0, NULL, NULL, NULL, NULL};
+		if (m->prec == TRAIL_PREC_INT8)
+			mj.g[i].xq = k->xq, mj.g[i].xs = k->xs, mj.g[i].xz = k->xz;
+		else
+			mj.g[i].xb = k->xb;
+		mj.at[i + 1] = mj.at[i] + nb * ((N + CB - 1) / CB);
+	}
+	trail_pool_run(trail_compute_pool(), nb, m->prec == TRAIL_PREC_INT8 ? gemm_i8_rows : gemm_bf16_rows, &mj.g[0]);
+	trail_pool_run(trail_compute_pool(), mj.at[nl], multi_unit, &mj);
+	for (int i = 0; i < nl; i++)
+		if (mj.g[i].fail)
+			return trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: a %s product failed",
+					       m->prec == TRAIL_PREC_INT8 ? "int8" : "bf16");
+	return TRAIL_OK;
+}
+
 /* Check a step's rows, grow the workspace to `need` floats and order the rows by adapter. */
 static int prepare(trail_infer *m, int n, const int32_t *tok, const int *pos, trail_kvc *const *kv,
 		   const trail_lora_w *const *lora, int nout, const int *out_rows, int *rmax, size_t (*need)(const trail_infer *, size_t, int, int),
@@ -1107,15 +1162,16 @@ static int step_llama(trail_infer *m, int n, const int32_t *tok, const int *pos,
 	run_rows(m, &k, P_LN1, 0, n);
 	for (int l = 0; l < c->n_layer; l++) {
 		const ilin *L = m->L[l].lin;
-		GEMM(n, k.ln, &L[0], 1, k.qkv);
-		GEMM(n, k.ln, &L[1], 1, k.kk);
-		GEMM(n, k.ln, &L[2], 1, k.vv);
+		const ilin *qkv[3] = {&L[0], &L[1], &L[2]}, *gu[2] = {&L[4], &L[5]};
+		float *yqkv[3] = {k.qkv, k.kk, k.vv}, *ygu[2] = {k.h, k.hg};
+		if ((rc = bgemm_multi(m, &k, n, k.ln, qkv, yqkv, 3, err)))
+			goto done;
 		run_rows(m, &k, P_QKV, l, n);
 		run_rows(m, &k, P_ATT, l, n);
 		GEMM(n, k.att, &L[3], 1, k.tmp);
 		run_rows(m, &k, P_PROJ, l, n);
-		GEMM(n, k.ln, &L[4], 1, k.h);
-		GEMM(n, k.ln, &L[5], 1, k.hg);
+		if ((rc = bgemm_multi(m, &k, n, k.ln, gu, ygu, 2, err)))
+			goto done;
 		run_rows(m, &k, P_FC, l, n);
 		GEMM(n, k.h, &L[6], 1, k.tmp);
 		run_rows(m, &k, P_MPROJ, l, n);

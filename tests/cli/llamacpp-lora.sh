@@ -7,7 +7,9 @@
 # through tests/reference/llamacpp_greedy.mjs) continues lora-serve's
 # prompt tokens greedily with the same tokens as lora-serve with that
 # adapter, and with other tokens than the base's. The same with llama3 rope
-# scaling (rope_freqs.weight), which trail reads back. The npm install is
+# scaling (rope_freqs.weight), which trail reads back. The base as Q8_0
+# (st2gguf -t q8_0): llama.cpp loads it and its greedy tokens start as
+# lora-serve's on the same file. The npm install is
 # about 83 MB and a minute: done only under TRAIL_FULL, else skipped unless
 # bench/llamacpp/node_modules or an earlier install in the build directory
 # is there.
@@ -104,6 +106,30 @@ J
 	done
 }
 model plain 10000.0 ""
+# Q8_0 (st2gguf -t q8_0: 32 int8 and an fp16 scale a block; norms F32): llama.cpp loads the file and, with
+# each adapter, continues as lora-serve does on the same file. llama.cpp also quantises the inputs of its
+# Q8_0 products to 8 bits, trail reads the weights back to fp32, so the tokens may part after a while: the
+# first 4 are asserted, the rest counted.
+check "plain: st2gguf writes the base as GGUF Q8_0" "$st2gguf" -t q8_0 plain plain-q8.gguf
+sed 's/"model":"plain"/"model":"plain-q8.gguf"/' plain-req.ndjson > q8-req.ndjson
+lora-serve --base plain-q8.gguf --adapters plain-ads --precision fp32 --threads 2 --events q8-ev.ndjson \
+	< q8-req.ndjson > /dev/null 2> err.txt || sed 's/^/# /' err.txt
+check_eq "plain-q8.gguf: lora-serve answers six requests" "$(grep -c '"output_tokens"' q8-ev.ndjson)" 6
+for q in 1 2 3 4 5 6; do
+	ad=$(sed -n "${q}p" q8-req.ndjson | grep -o '"model":"[^"]*"' | cut -d'"' -f4)
+	f=-; [ "$ad" = plain-q8.gguf ] || f=plain-$ad.gguf
+	got=$(node "$greedy" "$lnm" plain-q8.gguf "$f" 12 "$(tokens prompt_tokens q8-ev.ndjson "$q")" 2>err.txt)
+	[ -n "$got" ] || sed 's/^/# /' err.txt
+	want=$(tokens output_tokens q8-ev.ndjson "$q")
+	same=0
+	for i in $(seq 1 12); do
+		[ -n "$got" ] && [ "$(echo "$got" | cut -d, -f"$i")" = "$(echo "$want" | cut -d, -f"$i")" ] || break
+		same=$i
+	done
+	echo "# plain-q8.gguf request $q ($ad): llama.cpp and lora-serve agree on the first $same of 12 tokens"
+	[ "$same" -ge 4 ]
+	result $? "plain-q8.gguf: request $q ($ad): llama.cpp loads the Q8_0 file and its first 4 greedy tokens are lora-serve's"
+done
 model rope3 500000.0 ',"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":32}'
 # llama3 rope scaling read back: trail's file, and one without trail's keys (as llama.cpp's converter writes it)
 check "rope3.gguf has rope_freqs.weight" grep -q rope_freqs.weight rope3.gguf

@@ -1,8 +1,9 @@
 /*
  * GGUF and sharded checkpoints: the same weights as a safetensors
- * directory, as a GGUF file (F32, F16, BF16: the same bits; Q8_0: close,
- * the bound measured) and as two shards give the same logits and greedy
- * tokens through training's forward and serving's step; llama.cpp's row
+ * directory, as a GGUF file (F32, F16, BF16: the same bits; Q8_0: close
+ * to the directory's and to the BF16 file's, the bounds measured) and as
+ * two shards give the same logits and greedy tokens through training's
+ * forward and serving's step; llama.cpp's row
  * order of q and k; the metadata; the tokenizer in the file builds the same
  * tokenizer as its tokenizer.json; every truncation and a sweep of byte
  * mutations of the header are refused with a message or read within the
@@ -112,6 +113,7 @@ static const char *tname(int type)
 /* One architecture: a directory and GGUF files of each type, compared. */
 static void same_weights(const char *what, int arch)
 {
+	float *bf_logits = NULL;
 	trail_model_cfg c = llama_cfg(arch);
 	trail_error e = {0};
 	static const int types[] = {TRAIL_GGUF_F32, TRAIL_GGUF_F16, TRAIL_GGUF_BF16, TRAIL_GGUF_Q8_0};
@@ -141,6 +143,18 @@ static void same_weights(const char *what, int arch)
 		int ran = a && b && !greedy(a, ga, la, &e) && !greedy(b, gb, lb, &e);
 		double md;
 		tap_close(la, lb, nl, 0, &md);
+		if (type == TRAIL_GGUF_BF16 && ran) { /* the BF16 file's prompt logits, for the Q8_0 file's below */
+			free(bf_logits);
+			bf_logits = malloc((size_t)T * c.vocab_size * sizeof *bf_logits);
+			memcpy(bf_logits, lb, (size_t)T * c.vocab_size * sizeof *bf_logits);
+		}
+		if (type == TRAIL_GGUF_Q8_0) {
+			/* the same weights before rounding as the BF16 file's: close to its outputs, the bound measured */
+			double mb = 1;
+			if (bf_logits)
+				tap_close(lb, bf_logits, (size_t)T * c.vocab_size, 0, &mb);
+			ok(ran && bf_logits && mb < 0.05, "%s Q8_0: prompt logits within %.2e of the BF16 file's (bound 5e-2)", what, mb);
+		}
 		if (type != TRAIL_GGUF_Q8_0) {
 			ok(ran && !memcmp(la, lb, nl * sizeof *la) && !memcmp(ga, gb, sizeof ga),
 			   "%s %s: the same logits, bit for bit, and the same %d greedy tokens (serving)", what, tname(type), GEN);
@@ -214,6 +228,7 @@ static void same_weights(const char *what, int arch)
 		trail_free(dir);
 		trail_free(file);
 	}
+	free(bf_logits);
 }
 
 /* ---- refusals ---------------------------------------------------------------------- */
