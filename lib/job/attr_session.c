@@ -607,30 +607,28 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *pp
 	return trail_attr_build_shard(o, pp, batch, ckpts, ckpt_weights, nckpts, NULL, err);
 }
 
-int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp, int batch,
-			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
-			   const trail_attr_range *r, trail_error *err)
+/*
+ * The build for model m (with its adapter, if any) and tokenizer tk as
+ * loaded from o, identified by id: the records, the passes, the curvature
+ * and the span index.
+ */
+static int build_with(const trail_attr_opts *o, const trail_attr_params *pp, int batch, const char *const *ckpts,
+		      const double *ckpt_weights, size_t nckpts, const trail_attr_range *r, trail_model *m,
+		      const trail_tokenizer *tk, trail_attr_ident id, trail_error *err)
 {
-	trail_model *m = NULL, *cm = NULL;
-	trail_tokenizer *tk = NULL;
+	trail_model *cm = NULL;
 	trail_dataset *d = NULL;
 	trail_store *store = NULL;
 	trail_attr_builder *b = NULL;
 	json_t *recs = json_array();
-	trail_attr_ident id;
 	char *path = o->index ? trail_strdup(o->index) : default_index(o);
 	int rc;
 	if (!recs || !path) {
 		rc = oom(err);
 		goto out;
 	}
-	if (r && !o->index) {
-		rc = trail_error_set(err, TRAIL_EUSAGE, "a shard of the index needs its own file: give --index FILE");
-		goto out;
-	}
 	size_t lo = 0, hi = 0;
-	if ((rc = load_model(o, &m, &tk, &id, err)) || (rc = load_records(o, &store, recs, err)) ||
-	    (rc = trail_dataset_from_records(recs, tk, &d, err)))
+	if ((rc = load_records(o, &store, recs, err)) || (rc = trail_dataset_from_records(recs, tk, &d, err)))
 		goto out;
 	if ((rc = trail_attr_range_resolve(r, d->n, &lo, &hi, err)))
 		goto out;
@@ -665,13 +663,46 @@ int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp
 	rc = write_span_index(path, d, m, err);
 out:
 	trail_attr_builder_free(b);
-	trail_model_free(m), trail_model_free(cm);
-	trail_tokenizer_free(tk);
+	trail_model_free(cm);
 	trail_dataset_free(d);
 	trail_store_free(store);
 	json_decref(recs);
 	trail_free(path);
 	return rc;
+}
+
+int trail_attr_build_shard(const trail_attr_opts *o, const trail_attr_params *pp, int batch,
+			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
+			   const trail_attr_range *r, trail_error *err)
+{
+	trail_model *m = NULL;
+	trail_tokenizer *tk = NULL;
+	trail_attr_ident id;
+	if (r && !o->index)
+		return trail_error_set(err, TRAIL_EUSAGE, "a shard of the index needs its own file: give --index FILE");
+	int rc = load_model(o, &m, &tk, &id, err);
+	if (!rc)
+		rc = build_with(o, pp, batch, ckpts, ckpt_weights, nckpts, r, m, tk, id, err);
+	trail_model_free(m);
+	trail_tokenizer_free(tk);
+	return rc;
+}
+
+int trail_attr_build_index_for(const trail_attr_opts *o, const trail_attr_params *p, int batch, trail_model *m,
+			       const trail_tokenizer *tk, const char *model_digest, trail_error *err)
+{
+	trail_attr_ident id;
+	int rc;
+	memset(&id, 0, sizeof id);
+	if (!o->model)
+		return trail_error_set(err, TRAIL_EUSAGE, "--model DIR is required");
+	if (model_digest)
+		snprintf(id.model, sizeof id.model, "%s", model_digest);
+	else if ((rc = trail_base_digest(o->model, id.model, err)))
+		return rc;
+	if (o->adapter && (rc = file_digest(o->adapter, "adapter_model.safetensors", id.adapter, err)))
+		return rc;
+	return build_with(o, p, batch, NULL, NULL, 0, NULL, m, tk, id, err);
 }
 
 int trail_attr_merge_index(const trail_attr_opts *o, const char *const *shards, size_t n, trail_error *err)

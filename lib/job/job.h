@@ -125,6 +125,17 @@ int trail_attr_build_index(const trail_attr_opts *o, const trail_attr_params *p,
 			   const char *const *ckpts, const double *ckpt_weights, size_t nckpts,
 			   trail_error *err);
 
+/*
+ * trail_attr_build_index for model m as it is in memory, with tokenizer
+ * tk: the model (and adapter) that o->model (and o->adapter) hold, as
+ * mf-train has just written them, so the bytes are those of
+ * trail_attr_build_index without loading the model a second time.
+ * model_digest: o->model's trail_base_digest, when known (NULL: computed).
+ * m's gradients and activations are overwritten.
+ */
+int trail_attr_build_index_for(const trail_attr_opts *o, const trail_attr_params *p, int batch, trail_model *m,
+			       const trail_tokenizer *tk, const char *model_digest, trail_error *err);
+
 /* ---- shards (attr_shard.c) ------------------------------------------------------------ */
 
 /*

@@ -131,6 +131,7 @@ out:
 int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *err)
 {
 	trail_model *m = NULL;
+	char base_dg[72] = "";
 	trail_tokenizer *tk = NULL;
 	trail_dataset *d = NULL;
 	trail_store *s = NULL;
@@ -157,9 +158,8 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 			rc = trail_model_init(&gc, j->seed, &m, err);
 		json_object_set_new(extra, "init", trail_model_config_json(&gc));
 	} else if (!(rc = trail_model_load(j->base, &m, err))) {
-		char dg[72];
-		if (!(rc = trail_base_digest(j->base, dg, err))) /* model.safetensors, its shards or the GGUF file */
-			json_object_set_new(extra, "base", json_pack("{s:s, s:s}", "dir", j->base, "weights", dg));
+		if (!(rc = trail_base_digest(j->base, base_dg, err))) /* model.safetensors, its shards or the GGUF file */
+			json_object_set_new(extra, "base", json_pack("{s:s, s:s}", "dir", j->base, "weights", base_dg));
 	}
 	if (rc)
 		goto out;
@@ -284,7 +284,8 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 				      .data = j->data, .datanet = j->datanet, .home = j->home};
 		trail_attr_params ap = {.seed = 1, .damping = 0.01, .seq = seq, /* the automatic projection (attr-score's default) */
 					.split = d->row_rec != NULL};
-		if ((rc = trail_attr_build_index(&ao, &ap, j->batch, NULL, NULL, 0, err)))
+		/* the trained model as it is in memory: what ao's directories now hold, not loaded again */
+		if ((rc = trail_attr_build_index_for(&ao, &ap, j->batch, m, tk, j->lora ? base_dg : NULL, err)))
 			goto out;
 	}
 	*result = json_pack("{s:s, s:s, s:I, s:f, s:I, s:s, s:s}", "output", j->out, "kind", j->lora ? "adapter" : "model",
