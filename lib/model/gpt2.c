@@ -233,59 +233,35 @@ static int acts(trail_model *m, int B, int T, trail_error *err)
 	/* scratch: dres | dln | dbig [4C] | dqkv [3C] | LoRA [r] per row, then 2 T^2 for attention */
 	size_t scratch = N * (9 * C + r) + 2 * (size_t)T * T;
 	size_t total = 2 * N * C + 2 * N + 2 * N * V + (size_t)m->c.n_layer * (per + keep) + scratch;
-	trail_free(m->acts);
-	trail_free(m->tok);
-	trail_free(m->tgt);
-	m->cap = 0;
-	m->acts = trail_malloc(total * sizeof(float));
-	m->tok = trail_calloc(N, sizeof *m->tok);
-	m->tgt = trail_calloc(N, sizeof *m->tgt);
-	if (!m->acts || !m->tok || !m->tgt)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	float *p = m->acts;
-#define TAKE(ptr, n)       \
-	do {               \
-		(ptr) = p; \
-		p += (n);  \
-	} while (0)
-	TAKE(g->x0, N * C);
-	TAKE(g->lnf, N * C);
-	TAKE(g->lnfm, N);
-	TAKE(g->lnfr, N);
-	TAKE(m->logits, N * V);
-	TAKE(m->dlogits, N * V);
+	float *p = trail_model_arena(m, N, total, err);
+	if (!p)
+		return TRAIL_ENOMEM;
+	ARENA_TAKE(g->x0, N * C);
+	ARENA_TAKE(g->lnf, N * C);
+	ARENA_TAKE(g->lnfm, N);
+	ARENA_TAKE(g->lnfr, N);
+	ARENA_TAKE(m->logits, N * V);
+	ARENA_TAKE(m->dlogits, N * V);
 	for (int l = 0; l < m->c.n_layer; l++) {
 		trail_layer *y = &g->L[l];
-		TAKE(y->ln1, N * C);
-		TAKE(y->ln1m, N);
-		TAKE(y->ln1r, N);
-		TAKE(y->qkv, N * 3 * C);
-		TAKE(y->att, (size_t)B * NH * (size_t)T * (size_t)T);
-		TAKE(y->atty, N * C);
-		TAKE(y->res1, N * C);
-		TAKE(y->ln2, N * C);
-		TAKE(y->ln2m, N);
-		TAKE(y->ln2r, N);
-		TAKE(y->fch, N * 4 * C);
-		TAKE(y->fchg, N * 4 * C);
-		TAKE(y->res2, N * C);
-		for (int k = 0; k < 4; k++) {
-			trail_lin *L = m->lin[4 * l + k];
-			L->u = NULL;
-			if (L->A)
-				TAKE(L->u, N * r);
-			L->keep_room = NULL;
-			if (m->keep_io)
-				TAKE(L->keep_room, N * (size_t)L->out);
-			L->keep_dy = L->keep_room;
-		}
+		ARENA_TAKE(y->ln1, N * C);
+		ARENA_TAKE(y->ln1m, N);
+		ARENA_TAKE(y->ln1r, N);
+		ARENA_TAKE(y->qkv, N * 3 * C);
+		ARENA_TAKE(y->att, (size_t)B * NH * (size_t)T * (size_t)T);
+		ARENA_TAKE(y->atty, N * C);
+		ARENA_TAKE(y->res1, N * C);
+		ARENA_TAKE(y->ln2, N * C);
+		ARENA_TAKE(y->ln2m, N);
+		ARENA_TAKE(y->ln2r, N);
+		ARENA_TAKE(y->fch, N * 4 * C);
+		ARENA_TAKE(y->fchg, N * 4 * C);
+		ARENA_TAKE(y->res2, N * C);
+		for (int k = 0; k < 4; k++)
+			p = trail_lin_rooms(m, m->lin[4 * l + k], p, N);
 	}
-	TAKE(m->scratch, scratch);
-#undef TAKE
-	m->B = B;
-	m->T = T;
-	m->cap = (int)N;
-	m->capT = T;
+	ARENA_TAKE(m->scratch, scratch);
+	trail_model_arena_done(m, B, T);
 	return TRAIL_OK;
 }
 

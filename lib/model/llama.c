@@ -406,73 +406,49 @@ static int acts(trail_model *m, int B, int T, trail_error *err)
 	/* scratch: dres dln [C] | dq datty [D] | dk dv [Dkv] | dqkv [3D] | dF dg du [F] | LoRA [r] | attention */
 	size_t scratch = N * (2 * C + 2 * D + 2 * Dkv + 3 * D + 3 * F + r) + 2 * (size_t)T * T;
 	size_t total = N * (2 * C + 1) + 2 * N * Vv + (size_t)c->n_layer * (per + keep) + scratch;
-	trail_free(m->acts);
-	trail_free(m->tok);
-	trail_free(m->tgt);
-	m->cap = 0;
-	m->acts = trail_malloc(total * sizeof(float));
-	m->tok = trail_calloc(N, sizeof *m->tok);
-	m->tgt = trail_calloc(N, sizeof *m->tgt);
-	if (!m->acts || !m->tok || !m->tgt)
-		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-	float *p = m->acts;
-#define TAKE(ptr, n)       \
-	do {               \
-		(ptr) = p; \
-		p += (n);  \
-	} while (0)
-	TAKE(g->x0, N * C);
-	TAKE(g->hn, N * C);
-	TAKE(g->hnr, N);
-	TAKE(m->logits, N * Vv);
-	TAKE(m->dlogits, N * Vv);
+	float *p = trail_model_arena(m, N, total, err);
+	if (!p)
+		return TRAIL_ENOMEM;
+	ARENA_TAKE(g->x0, N * C);
+	ARENA_TAKE(g->hn, N * C);
+	ARENA_TAKE(g->hnr, N);
+	ARENA_TAKE(m->logits, N * Vv);
+	ARENA_TAKE(m->dlogits, N * Vv);
 	for (int l = 0; l < c->n_layer; l++) {
 		lay *y = &g->L[l];
-		TAKE(y->h1, N * C);
-		TAKE(y->r1, N);
-		TAKE(y->q, N * D);
-		TAKE(y->k, N * Dkv);
-		TAKE(y->v, N * Dkv);
-		TAKE(y->qkv, N * 3 * D);
-		TAKE(y->att, TT);
-		TAKE(y->atty, N * D);
-		TAKE(y->res1, N * C);
-		TAKE(y->h2, N * C);
-		TAKE(y->r2, N);
-		TAKE(y->g, N * F);
-		TAKE(y->u, N * F);
-		TAKE(y->a, N * F);
-		TAKE(y->res2, N * C);
-		for (int k = 0; k < NKINDS; k++) {
-			trail_lin *L = &y->lin[k];
-			L->u = NULL;
-			if (L->A)
-				TAKE(L->u, N * r);
-			L->keep_room = NULL;
-			if (m->keep_io)
-				TAKE(L->keep_room, N * (size_t)L->out);
-			L->keep_dy = L->keep_room;
-		}
+		ARENA_TAKE(y->h1, N * C);
+		ARENA_TAKE(y->r1, N);
+		ARENA_TAKE(y->q, N * D);
+		ARENA_TAKE(y->k, N * Dkv);
+		ARENA_TAKE(y->v, N * Dkv);
+		ARENA_TAKE(y->qkv, N * 3 * D);
+		ARENA_TAKE(y->att, TT);
+		ARENA_TAKE(y->atty, N * D);
+		ARENA_TAKE(y->res1, N * C);
+		ARENA_TAKE(y->h2, N * C);
+		ARENA_TAKE(y->r2, N);
+		ARENA_TAKE(y->g, N * F);
+		ARENA_TAKE(y->u, N * F);
+		ARENA_TAKE(y->a, N * F);
+		ARENA_TAKE(y->res2, N * C);
+		for (int k = 0; k < NKINDS; k++)
+			p = trail_lin_rooms(m, &y->lin[k], p, N);
 	}
-	TAKE(m->scratch, scratch);
+	ARENA_TAKE(m->scratch, scratch);
 	p = m->scratch;
-	TAKE(g->dres, N * C);
-	TAKE(g->dln, N * C);
-	TAKE(g->dq, N * D);
-	TAKE(g->datty, N * D);
-	TAKE(g->dk, N * Dkv);
-	TAKE(g->dv, N * Dkv);
-	TAKE(g->dqkv, N * 3 * D);
-	TAKE(g->dF, N * F);
-	TAKE(g->dg, N * F);
-	TAKE(g->du, N * F);
-	TAKE(g->dlora, N * r);
-	TAKE(g->datt, 2 * (size_t)T * T);
-#undef TAKE
-	m->B = B;
-	m->T = T;
-	m->cap = (int)N;
-	m->capT = T;
+	ARENA_TAKE(g->dres, N * C);
+	ARENA_TAKE(g->dln, N * C);
+	ARENA_TAKE(g->dq, N * D);
+	ARENA_TAKE(g->datty, N * D);
+	ARENA_TAKE(g->dk, N * Dkv);
+	ARENA_TAKE(g->dv, N * Dkv);
+	ARENA_TAKE(g->dqkv, N * 3 * D);
+	ARENA_TAKE(g->dF, N * F);
+	ARENA_TAKE(g->dg, N * F);
+	ARENA_TAKE(g->du, N * F);
+	ARENA_TAKE(g->dlora, N * r);
+	ARENA_TAKE(g->datt, 2 * (size_t)T * T);
+	trail_model_arena_done(m, B, T);
 	return TRAIL_OK;
 }
 

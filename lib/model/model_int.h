@@ -102,6 +102,22 @@ struct trail_model {
 	int naive; /* every product by the reference loop instead of BLAS */
 };
 
+/*
+ * The activation arena of an architecture's acts: m->acts of `floats`
+ * floats (what was there freed) and N token and target slots; NULL (err
+ * set) when out of memory. ARENA_TAKE(ptr, n) hands out the next n floats of p.
+ */
+float *trail_model_arena(trail_model *m, size_t N, size_t floats, trail_error *err);
+#define ARENA_TAKE(ptr, n) \
+	do {               \
+		(ptr) = p; \
+		p += (n);  \
+	} while (0)
+/* Linear layer L's rows from p for N rows: its LoRA hidden states, the room kept for its dY; p after them. */
+float *trail_lin_rooms(const trail_model *m, trail_lin *L, float *p, size_t N);
+/* After acts has laid out the arena for B x T. */
+void trail_model_arena_done(trail_model *m, int B, int T);
+
 /* The gradient arena, made on the first backward of a model without LoRA. */
 int trail_model_need_grads(trail_model *m, trail_error *err);
 
