@@ -8,22 +8,7 @@
 # labelled "isa":"avx2"), the same on every thread count.
 . "$TRAIL_TOP/tests/tap.sh"
 cd "$T" || exit 70
-awk 'BEGIN { for (i = 0; i < 40; i++) printf "{\"text\":\"Harbour %d opens at %d and the ferry leaves for isle %d.\",\"contributor\":\"c%d\"}\n", i, i % 9, i % 7, i % 3 }' > a.ndjson
-# n_embd 160: 480 and 640 columns, several 128-column blocks and a narrower last one
-echo '{"n_layer":2,"n_head":2,"n_embd":160,"n_positions":64,"vocab_size":257}' > cfg.json
-mf-train --init cfg.json --data a.ndjson --steps 6 --batch 4 --seq 64 --lr 3e-3 --precision fp32 --no-progress --no-index -o base >/dev/null
-mkdir ads
-for i in 0 1 2 3; do
-	awk -v k=$i 'BEGIN { for (j = 0; j < 6; j++) printf "{\"text\":\"Adapter %d knows fact %d about harbour %d.\"}\n", k, j, (k * 7 + j) % 13 }' > d$i.ndjson
-	mf-train --base base --lora r=4,alpha=8 --data d$i.ndjson --steps 2 --batch 4 --seq 64 --lr 1e-2 --seed $i --precision fp32 --no-progress --no-index -o ads/a$i >/dev/null
-done
-check_eq "4 adapters trained" "$(ls ads | wc -l)" 4
-# 20 requests over the base and 4 adapters, greedy and sampled
-for i in $(seq 0 19); do
-	m=a$((i % 5)); [ $((i % 5)) -eq 4 ] && m=base
-	printf '{"id":"r%d","model":"%s","prompt":"Harbour %d ","max_tokens":10,"temperature":%s,"seed":%d}\n' $i $m $i "$([ $((i % 2)) -eq 0 ] && echo 0 || echo 0.8)" $i
-done > reqs.ndjson
-key() { sed 's/.*"id":"\(r[0-9]*\)".*"output_tokens":\[\([0-9,]*\)\].*/\1 \2/' "$1" | sort; }
+serve_fixture 6 10
 export -f key
 for p in fp32 bf16; do
 	for t in 1 2 4; do lora-serve --base base --adapters ads --precision $p --threads $t --events ev$p$t.ndjson < reqs.ndjson > $p$t.ndjson; done
