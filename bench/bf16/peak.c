@@ -14,13 +14,7 @@
 #include <time.h>
 
 #include <oneapi/dnnl/dnnl.h>
-
-static double now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "../bench.h"
 
 #define CK(x)                                                          \
 	do {                                                           \

@@ -13,13 +13,7 @@
 #include <time.h>
 
 #include "ledger/ledger.h"
-
-static double now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec * 1e-9;
-}
+#include "../bench.h"
 
 static uint64_t rng = 0x62656e63686d6b6cULL;
 
@@ -92,8 +86,7 @@ int main(int argc, char **argv)
 	double rootof_s = now() - t0;
 	struct counted c = {mem, 0};
 
-	trail_hash proof[TRAIL_MERKLE_MAXPROOF];
-	size_t np, total_np = 0;
+	size_t total_np = 0;
 	trail_merkle_root(counted_get, &c, n, root);
 	if (memcmp(root, r2, 32) != 0)
 		return 70;

@@ -14,13 +14,7 @@
 #include <time.h>
 
 #include "data/data.h"
-
-static double now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec * 1e-9;
-}
+#include "../bench.h"
 
 static long rss_kb(void)
 {

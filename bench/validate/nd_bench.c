@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "data/data.h"
+#include "../bench.h"
 
 #define NB 10
 static const double edges[NB + 1] = {0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0000001};
@@ -58,13 +59,6 @@ static char **load_texts(const char *path, size_t *n)
 	fclose(f);
 	*n = k;
 	return v;
-}
-
-static double now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 int main(int argc, char **argv)
