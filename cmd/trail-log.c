@@ -97,20 +97,13 @@ static void refusal(void *ctx, const char *why)
 /* witness: serve add-checkpoint until SIGTERM or SIGINT. */
 static int cmd_witness(struct conf *c, trail_error *err)
 {
-	trail_signer *key = NULL;
-	trail_verifier *v[16] = {0};
-	char *origins[16] = {0}, *cv = NULL;
+	char *cv = NULL;
 	trail_witness *w = NULL;
 	trail_witness_server *srv = NULL;
-	int rc = TRAIL_OK, sig;
+	int rc, sig;
 	if (!c->listen || !c->key || !c->nlogs || !c->state)
 		return trail_error_set(err, TRAIL_EUSAGE, "witness needs --listen, --key, --log and --state");
-	for (int i = 0; i < c->nlogs && !rc; i++)
-		if (trail_verifier_load(c->logs[i], &v[i], NULL))
-			rc = trail_log_key_split(c->logs[i], &origins[i], &v[i], err);
-	if (!rc && !(rc = trail_signer_load(c->key, &key, err)) && !(rc = trail_cosigner_vkey(key, &cv, err)) &&
-	    !(rc = trail_witness_open(c->state, key, (const trail_verifier *const *)v,
-				      (const char *const *)origins, (size_t)c->nlogs, &w, err))) {
+	if (!(rc = trail_witness_load(c->state, c->key, c->logs, (size_t)c->nlogs, &w, &cv, err))) {
 		/* signals are taken by sigwait alone: every thread starts with them blocked */
 		sigset_t sigs;
 		sigemptyset(&sigs);
@@ -129,12 +122,7 @@ static int cmd_witness(struct conf *c, trail_error *err)
 		}
 	}
 	trail_witness_free(w);
-	trail_signer_free(key);
 	trail_free(cv);
-	for (int i = 0; i < c->nlogs; i++) {
-		trail_verifier_free(v[i]);
-		trail_free(origins[i]);
-	}
 	return rc;
 }
 
@@ -174,42 +162,19 @@ static int run(trail_args *a, struct conf *c, trail_error *err)
 	if (c->quorum && !c->nwit)
 		return trail_error_set(err, TRAIL_EUSAGE, "--quorum counts --witness keys: give some");
 	trail_ledger *l = NULL;
-	const trail_verifier **vs = NULL;
 	uint64_t x = 0, y = 0;
 	int writer = !strcmp(cmd, "append");
 	if (c->url && strcmp(cmd, "verify") && strcmp(cmd, "verify-proof"))
 		return trail_error_set(err, TRAIL_EUSAGE, "--url is for verify and verify-proof");
 	if (!strcmp(cmd, "verify-proof") || (c->url && !strcmp(cmd, "verify"))) {
-		trail_verifier *v[16];
-		trail_cosigner *cs[16];
-		int nv = 0, nc = 0;
-		size_t quorum = (size_t)(c->quorum ? c->quorum : c->nwit);
-		if ((rc = n || c->url ? TRAIL_OK : trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...")))
-			return rc;
+		if (!n && !c->url)
+			return trail_error_set(err, TRAIL_EUSAGE, "verify-proof needs FILE...");
 		if (c->url && cmd[6] == 0 && n)
 			return trail_error_set(err, TRAIL_EUSAGE, "verify --url takes no FILE");
-		for (int i = 0; i < c->nkeys && !rc; i++)
-			rc = trail_verifier_load(c->keys[i], &v[nv++], err);
-		for (int i = 0; i < c->nwit && !rc; i++)
-			rc = trail_cosigner_load(c->wit[i], &cs[nc++], err);
-		const trail_cosigner *const *cc = (const trail_cosigner *const *)cs;
-		/* Against the store: its key and, unless told otherwise, its origin. */
-		const char *origin = c->origin;
-		if (!rc && !c->nkeys && trail_store_open(c->home, &s, NULL) == TRAIL_OK &&
-		    (rc = trail_verifier_load(trail_verifier_str(trail_store_operator_vkey(s)), &v[nv], err)) == 0) {
-			nv++;
-			origin = origin ? origin : trail_store_origin(s);
-		}
+		trail_proofs_opts po = {c->home, c->keys, (size_t)c->nkeys, c->origin, c->wit, (size_t)c->nwit,
+					(size_t)c->quorum, c->url, c->timeout};
 		int bad = 0;
-		trail_proofs_opts po = {(const trail_verifier *const *)v, (size_t)nv, origin, cc, (size_t)nc, quorum,
-					c->url, c->timeout};
-		if (!rc)
-			rc = trail_proofs_verify(&po, (const char *const *)arg, (size_t)n, stdout, &bad, err);
-		for (int i = 0; i < nv; i++)
-			trail_verifier_free(v[i]);
-		for (int i = 0; i < nc; i++)
-			trail_cosigner_free(cs[i]);
-		trail_store_free(s);
+		rc = trail_proofs_verify(&po, (const char *const *)arg, (size_t)n, stdout, &bad, err);
 		return rc ? rc : bad ? trail_error_set(err, TRAIL_EVERIFY, "a proof is invalid") : TRAIL_OK;
 	}
 	if ((rc = trail_store_open(c->home, &s, err)) ||
@@ -296,7 +261,6 @@ out:
 		rc = err ? (err->code = TRAIL_EVERIFY) : TRAIL_EVERIFY;
 	trail_ledger_free(l);
 	trail_store_free(s);
-	trail_free(vs);
 	return rc;
 }
 

@@ -481,6 +481,13 @@ typedef struct trail_witness trail_witness;
 int trail_witness_open(const char *dir, const trail_signer *key, const trail_verifier *const *logs,
 		       const char *const *origins, size_t nlogs, trail_witness **out,
 		       trail_error *err);
+/*
+ * trail_witness_open with the witness's key file and the log keys ("VKEY"
+ * or "ORIGIN=VKEY") loaded and owned by the witness; *cosigner its
+ * cosigner vkey (trail_free).
+ */
+int trail_witness_load(const char *dir, const char *keyfile, const char *const *logs, size_t nlogs,
+		       trail_witness **out, char **cosigner, trail_error *err);
 void trail_witness_free(trail_witness *w);
 
 typedef struct trail_witness_reply {
@@ -586,21 +593,22 @@ int trail_ledger_cosign(trail_ledger *l, trail_store *s, const char *const *wits
 
 /*
  * trail-log verify-proof and verify --url: each file (an inclusion proof,
- * a receipt or a checkpoint) checked against the log keys vs[nv] and
- * origin and, when nc > 0, for cosignatures of at least quorum of the
- * cosigners cs[nc]; with url, against the log served there as tiles
- * (without files: the served checkpoint itself). One JSON line per file
- * to out, {file, ok[, cosigned][, reason]} (or, for the served checkpoint,
- * {[cosigned,] fetched, ok, root, size}). A check that fails sets *bad and
- * goes on; other errors stop.
+ * a receipt or a checkpoint) checked against the log keys and origin and,
+ * with cosigner keys, for cosignatures of at least quorum of them; with
+ * url, against the log served there as tiles (without files: the served
+ * checkpoint itself). One JSON line per file to out, {file, ok[,
+ * cosigned][, reason]} (or, for the served checkpoint, {[cosigned,]
+ * fetched, ok, root, size}). A check that fails sets *bad and goes on;
+ * other errors stop.
  */
 typedef struct trail_proofs_opts {
-	const trail_verifier *const *vs;
-	size_t nv;
-	const char *origin; /* NULL: any */
-	const trail_cosigner *const *cs;
-	size_t nc, quorum;
-	const char *url; /* NULL: the files alone */
+	const char *home;         /* without keys: this store's operator key, and its origin unless origin is set */
+	const char *const *keys;  /* log keys, files or vkeys */
+	size_t nkeys;
+	const char *origin;       /* NULL: the store's, or any */
+	const char *const *wits;  /* cosigner keys, files or vkeys */
+	size_t nwit, quorum;      /* quorum 0: every cosigner */
+	const char *url;          /* NULL: the files alone */
 	long timeout_s;
 } trail_proofs_opts;
 int trail_proofs_verify(const trail_proofs_opts *o, const char *const *files, size_t n, FILE *out, int *bad,

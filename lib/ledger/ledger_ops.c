@@ -113,8 +113,19 @@ out:
 	return rc;
 }
 
+/* The keys of a verification, loaded. */
+typedef struct pkeys {
+	const trail_verifier *const *vs;
+	size_t nv;
+	const char *origin;
+	const trail_cosigner *const *cs;
+	size_t nc, quorum;
+	const char *url;
+	long timeout_s;
+} pkeys;
+
 /* The checkpoint served at o->url (and its cosignatures, with cosigners): one line to out. */
-static int served(const trail_proofs_opts *o, trail_tiles *t, FILE *out, trail_error *err)
+static int served(const pkeys *o, trail_tiles *t, FILE *out, trail_error *err)
 {
 	trail_hash root;
 	char b64[64], cos[48] = "";
@@ -133,8 +144,7 @@ static int served(const trail_proofs_opts *o, trail_tiles *t, FILE *out, trail_e
 	return rc;
 }
 
-int trail_proofs_verify(const trail_proofs_opts *o, const char *const *files, size_t n, FILE *out, int *bad,
-			trail_error *err)
+static int verify_files(const pkeys *o, const char *const *files, size_t n, FILE *out, int *bad, trail_error *err)
 {
 	trail_tiles *t = NULL;
 	int rc = TRAIL_OK;
@@ -174,5 +184,41 @@ int trail_proofs_verify(const trail_proofs_opts *o, const char *const *files, si
 		rc = put_json(out, j, err);
 	}
 	trail_tiles_free(t);
+	return rc;
+}
+
+int trail_proofs_verify(const trail_proofs_opts *o, const char *const *files, size_t n, FILE *out, int *bad,
+			trail_error *err)
+{
+	trail_verifier *v[17];
+	trail_cosigner *cs[16];
+	trail_store *s = NULL;
+	size_t nv = 0, nc = 0;
+	int rc = TRAIL_OK;
+	*bad = 0;
+	if (o->nkeys > 16 || o->nwit > 16)
+		return trail_error_set(err, TRAIL_EUSAGE, "at most 16 keys and 16 cosigners");
+	for (size_t i = 0; i < o->nkeys && !rc; i++)
+		if (!(rc = trail_verifier_load(o->keys[i], &v[nv], err)))
+			nv++;
+	for (size_t i = 0; i < o->nwit && !rc; i++)
+		if (!(rc = trail_cosigner_load(o->wits[i], &cs[nc], err)))
+			nc++;
+	/* Against the store: its key and, unless told otherwise, its origin. */
+	const char *origin = o->origin;
+	if (!rc && !o->nkeys && trail_store_open(o->home, &s, NULL) == TRAIL_OK &&
+	    !(rc = trail_verifier_load(trail_verifier_str(trail_store_operator_vkey(s)), &v[nv], err))) {
+		nv++;
+		origin = origin ? origin : trail_store_origin(s);
+	}
+	pkeys k = {(const trail_verifier *const *)v, nv, origin, (const trail_cosigner *const *)cs, nc,
+		   o->quorum ? o->quorum : nc, o->url, o->timeout_s};
+	if (!rc)
+		rc = verify_files(&k, files, n, out, bad, err);
+	for (size_t i = 0; i < nv; i++)
+		trail_verifier_free(v[i]);
+	for (size_t i = 0; i < nc; i++)
+		trail_cosigner_free(cs[i]);
+	trail_store_free(s);
 	return rc;
 }

@@ -427,6 +427,7 @@ struct trail_witness {
 	size_t nlogs;
 	const trail_verifier **logs;
 	char **origins;
+	int owns; /* trail_witness_load's: key and logs are freed with the witness */
 };
 
 int trail_witness_open(const char *dir, const trail_signer *key, const trail_verifier *const *logs,
@@ -458,12 +459,46 @@ int trail_witness_open(const char *dir, const trail_signer *key, const trail_ver
 	return TRAIL_OK;
 }
 
+int trail_witness_load(const char *dir, const char *keyfile, const char *const *logs, size_t nlogs,
+		       trail_witness **out, char **cosigner, trail_error *err)
+{
+	trail_signer *key = NULL;
+	trail_verifier **v = trail_calloc(nlogs ? nlogs : 1, sizeof *v);
+	char **origins = trail_calloc(nlogs ? nlogs : 1, sizeof *origins);
+	int rc = v && origins ? TRAIL_OK : trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	*out = NULL;
+	*cosigner = NULL;
+	for (size_t i = 0; i < nlogs && !rc; i++)
+		if (trail_verifier_load(logs[i], &v[i], NULL))
+			rc = trail_log_key_split(logs[i], &origins[i], &v[i], err);
+	if (!rc && !(rc = trail_signer_load(keyfile, &key, err)) && !(rc = trail_cosigner_vkey(key, cosigner, err)) &&
+	    !(rc = trail_witness_open(dir, key, (const trail_verifier *const *)v, (const char *const *)origins, nlogs,
+				      out, err)))
+		(*out)->owns = 1;
+	for (size_t i = 0; origins && i < nlogs; i++)
+		trail_free(origins[i]);
+	if (rc) {
+		for (size_t i = 0; v && i < nlogs; i++)
+			trail_verifier_free(v[i]);
+		trail_signer_free(key);
+		trail_free(*cosigner);
+		*cosigner = NULL;
+	}
+	trail_free(origins);
+	trail_free(v);
+	return rc;
+}
+
 void trail_witness_free(trail_witness *w)
 {
 	if (!w)
 		return;
 	for (size_t i = 0; w->origins && i < w->nlogs; i++)
 		trail_free(w->origins[i]);
+	for (size_t i = 0; w->owns && w->logs && i < w->nlogs; i++)
+		trail_verifier_free((trail_verifier *)w->logs[i]);
+	if (w->owns)
+		trail_signer_free((trail_signer *)w->key);
 	trail_free(w->origins);
 	trail_free(w->logs);
 	trail_free(w->dir);
