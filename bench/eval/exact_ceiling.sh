@@ -33,7 +33,8 @@ for j in $(seq 0 $((JOBS - 1))); do [ -s "$F/done.$j" ] || { echo "exact_ceiling
 ad=$(for s in $(seq 0 $((FIT - 1))); do j=$((s % JOBS)) k=$((s / JOBS)); printf '%s/out.%d/%02d\n' "$F" $j $k; done)
 [ -s "$F/losses.txt" ] || "$W/quality" loss "$W/base" "$W/queries.ndjson" $ad > "$F/losses.txt"
 [ -s "$W/losses.drop.txt" ] || "$W/quality" loss "$W/base" "$W/queries.ndjson" $(seq -f "$W/sub-drop/%02g" 0 $((S - 1))) > "$W/losses.drop.txt"
-${PYTHON:-python3} - "$W" "$N" "$FIT" "$S" "${RIDGE:-1e-6}" <<'PY'
+NPY=${PYTHON:-python3}; $NPY -c "import numpy" 2>/dev/null || NPY=/usr/bin/python3
+$NPY - "$W" "$N" "$FIT" "$S" "${RIDGE:-1e-6}" <<'PY'
 import glob, json, math, os, sys
 import numpy as np
 W, N, FIT, S, ridge = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
