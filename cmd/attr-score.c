@@ -11,7 +11,7 @@
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
        O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_EVERY, O_FDEPS, O_NORMALIZE, O_EXCLUDE,
-       O_GENERIC, O_CENTRE };
+       O_GENERIC, O_CENTRE, O_SAMPLES };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -21,6 +21,7 @@ static const trail_opt opts[] = {
 	{O_METHOD, "method", 0, "M", "ekfac (default), influence, graddot, datainf, tracin, or exact (the audit: differentiate through the replayed training run)", "ekfac influence graddot datainf tracin exact"},
 	{O_EVERY, "every", 0, "S", "with --method exact: store the replay's state every S steps (default sqrt of the steps)", NULL},
 	{O_FDEPS, "fd-eps", 0, "X", "with --method exact: the Hessian-vector products' finite-difference step, relative (default 1e-3)", NULL},
+	{O_SAMPLES, "samples", 0, "K", "with --method exact: the mean derivative over K seeded half-runs (default 0: the run's own)", NULL},
 	{O_TOP, "top", 'k', "K", "records listed in top, whose scores make the shares (default 10)", NULL},
 	{O_MINSPAN, "min-span", 0, "N", "shortest verbatim span reported, in tokens (default 8)", NULL},
 	{O_MAXCOUNT, "max-count", 0, "N", "report spans that occur at most N times in training (default 16; 0: all)", NULL},
@@ -60,7 +61,7 @@ static const trail_cli cli = {
 		 "    [--record] [--epoch ID] [file...]\n"
 		 "--model DIR --adapters DIR [--data FILE|--datanet NAME@SIZE] [--record] [--epoch ID] [file...]\n"
 		 "--verify --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [file...]\n"
-		 "--method exact [--every S] [--fd-eps X] [--verify] --model DIR --adapter DIR --data FILE|--datanet NAME@SIZE [file...]\n"
+		 "--method exact [--every S] [--fd-eps X] [--samples K] [--verify] --model DIR --adapter DIR --data FILE|--datanet NAME@SIZE [file...]\n"
 		 "--build-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--proj KIN,KOUT] [--checkpoint DIR]...\n"
 		 "    [--shard I/N|--records LO:HI --index FILE]\n"
 		 "--merge-index --model DIR [--adapter DIR] --data FILE|--datanet NAME@SIZE [--index FILE] shard...\n"
@@ -276,6 +277,7 @@ int main(int argc, char **argv)
 			break;
 		case O_EVERY: rc = trail_parse_long(v, 1, 1L << 40, &n, "--every", &err), mo.every = (long)n; break;
 		case O_FDEPS: rc = trail_parse_double(v, 1e-8, 0.1, &mo.fd_eps, "--fd-eps", &err); break;
+		case O_SAMPLES: rc = trail_parse_long(v, 1, 4096, &n, "--samples", &err), mo.samples = (long)n; break;
 		case O_CKPT: {
 			if (nck == MAXCK) {
 				rc = trail_error_set(&err, TRAIL_EUSAGE, "at most %d checkpoints", MAXCK);
@@ -312,8 +314,8 @@ int main(int argc, char **argv)
 	else if (o.method == TRAIL_ATTR_EXACT && (build || mergeidx || merge || partial || adapters || o.prove || prec == TRAIL_PREC_BF16))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--method exact scores or verifies at fp32, one adapter: not with "
 				     "--build-index, --merge-index, --merge, --partial, --adapters, --prove or --precision bf16");
-	else if (o.method != TRAIL_ATTR_EXACT && (mo.every || mo.fd_eps))
-		rc = trail_error_set(&err, TRAIL_EUSAGE, "--every and --fd-eps go with --method exact");
+	else if (o.method != TRAIL_ATTR_EXACT && (mo.every || mo.fd_eps || mo.samples))
+		rc = trail_error_set(&err, TRAIL_EUSAGE, "--every, --fd-eps and --samples go with --method exact");
 	else {
 		if (o.method == TRAIL_ATTR_EXACT)
 			prec = TRAIL_PREC_FP32;

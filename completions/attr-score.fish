@@ -6,6 +6,7 @@ complete -c attr-score -l index -s i -r -F -d 'the attribution index (default AD
 complete -c attr-score -l method -x -a 'ekfac influence graddot datainf tracin exact' -d 'ekfac (default), influence, graddot, datainf, tracin, or exact (the audit: differentiate through the replayed training run)'
 complete -c attr-score -l every -r -F -d 'with --method exact: store the replay\'s state every S steps (default sqrt of the steps)'
 complete -c attr-score -l fd-eps -r -F -d 'with --method exact: the Hessian-vector products\' finite-difference step, relative (default 1e-3)'
+complete -c attr-score -l samples -r -F -d 'with --method exact: the mean derivative over K seeded half-runs (default 0: the run\'s own)'
 complete -c attr-score -l top -s k -r -F -d 'records listed in top, whose scores make the shares (default 10)'
 complete -c attr-score -l min-span -r -F -d 'shortest verbatim span reported, in tokens (default 8)'
 complete -c attr-score -l max-count -r -F -d 'report spans that occur at most N times in training (default 16; 0: all)'

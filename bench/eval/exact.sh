@@ -13,6 +13,7 @@
 #                        half), not its epochs (half the steps)
 #   DROP (0)             1: the retrains replay the full run's batches with the
 #                        other half dropped from them (bench/eval/exact_retrain.c)
+#   SAMPLES ("")         also score with --samples K for each K listed ("exact-sK")
 # usage: bench/eval/exact.sh [WORKDIR]   (prints one JSON line of figures)
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +56,11 @@ exact_s=$(cpu "$W/full.exact.ndjson" attr-score $args --method exact < "$W/queri
 verify_s=$(cpu /dev/null attr-score --method exact --verify --model "$W/base" --adapter "$W/full" --data "$W/train.ndjson" \
 	"$W/full.exact.ndjson")
 [ -s "$W/full.exact.ndjson" ] || { echo "exact.sh: error: no exact records" >&2; exit 70; }
+samples_s=""
+for K in ${SAMPLES:-}; do
+	log "scores: exact --samples $K"
+	samples_s="$samples_s $K:$(cpu "$W/full.exact-s$K.ndjson" attr-score $args --method exact --samples "$K" < "$W/queries.ndjson")"
+done
 for m in ekfac graddot; do attr-score $args --method $m --precision fp32 < "$W/queries.ndjson" > "$W/full.$m.ndjson"; done
 STEPS=""
 KEEP=${KEEP:-0.5} SUFFIX=""
@@ -96,7 +102,7 @@ export W LORA EPOCHS LR SEQ STEPS SUB M
 seq -f %02g 0 $((SUBSETS - 1)) | xargs -P "$JOBS" -I{} bash -c \
 	'[ -s "$SUB/{}/adapter_model.safetensors" ] || train "$M/{}.ndjson" "$SUB/{}" --no-index > /dev/null'
 "$Q_BIN" loss "$W/base" "$W/queries.ndjson" $(seq -f "$SUB/%02g" 0 $((SUBSETS - 1))) > "$W/losses.txt"
-$NPY - "$W" "$N" "$SUBSETS" "$train_s" "$exact_s" "$verify_s" <<'PY'
+$NPY - "$W" "$N" "$SUBSETS" "$train_s" "$exact_s" "$verify_s" "$samples_s" <<'PY'
 import json, math, os, sys
 import numpy as np
 W, N, S = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -119,7 +125,10 @@ def spearman(a, b):
 
 out = {"retrain_steps": os.environ.get("STEPS") or "epochs", "keep": float(os.environ.get("KEEP", "0.5")), "records": N, "queries": loss.shape[1], "subsets": S, "train_cpu_s": float(sys.argv[4]),
        "exact_cpu_s": float(sys.argv[5]), "verify_cpu_s": float(sys.argv[6])}
-for m in ("exact", "ekfac", "graddot"):
+samples = [kv.split(":") for kv in sys.argv[7].split()]
+for k, t in samples:
+    out["exact-s%s_cpu_s" % k] = float(t)
+for m in ["exact", "ekfac", "graddot"] + ["exact-s%s" % k for k, _ in samples]:
     recs = [json.loads(l) for l in open(os.path.join(W, "full.%s.ndjson" % m))]
     sc = np.zeros((len(recs), N))
     for q, r in enumerate(recs):

@@ -19,6 +19,7 @@
 #include "job/job.h"
 #include "ledger/ledger.h"
 #include "model/model.h"
+#include "model/model_int.h"
 
 typedef struct exact {
 	trail_attr_session *s;
@@ -29,6 +30,8 @@ typedef struct exact {
 	json_t *replay;       /* what a record says was replayed */
 	trail_train_opts o;
 	trail_metagrad_opts mo;
+	char settings[72];    /* the run's settings digest: the half-runs' seed */
+	float *start;         /* the run's start (the trainable parameters), for the half-runs */
 } exact;
 
 static int oom(trail_error *err)
@@ -39,6 +42,7 @@ static int oom(trail_error *err)
 static void exact_release(exact *x)
 {
 	trail_metagrad_free(x->g);
+	trail_free(x->start);
 	trail_model_free(x->m);
 	trail_dataset_free(x->d);
 	trail_attr_session_free(x->s);
@@ -200,7 +204,17 @@ static int exact_open(const trail_attr_opts *o, const trail_metagrad_opts *mo, e
 	trail_buf_release(&spec);
 	if (rc || (rc = trail_model_load(o->model, &x->m, err)) || (rc = trail_model_add_lora(x->m, &lc, x->o.seed, err)))
 		goto out;
-	if ((rc = trail_metagrad_replay(x->m, x->d, &x->o, mo, &x->g, err)))
+	size_t n0;
+	const float *p0 = trail_model_params(x->m, &n0);
+	if (mo->samples > 0 && !(x->start = trail_malloc(n0 * sizeof *x->start))) {
+		rc = oom(err);
+		goto out;
+	}
+	if (x->start)
+		memcpy(x->start, p0, n0 * sizeof *x->start);
+	trail_metagrad_opts mo_run = *mo;
+	mo_run.keep = NULL;
+	if ((rc = trail_metagrad_replay(x->m, x->d, &x->o, &mo_run, &x->g, err)))
 		goto out;
 	/* the replay must be the run: its weights the adapter's, its losses the recorded curve */
 	size_t n, na;
@@ -231,6 +245,8 @@ static int exact_open(const trail_attr_opts *o, const trail_metagrad_opts *mo, e
 	if (!x->replay)
 		rc = oom(err);
 	x->mo = *mo;
+	x->mo.keep = NULL;
+	memcpy(x->settings, settings, sizeof x->settings);
 out:
 	json_decref(man), json_decref(extra);
 	trail_free(src);
@@ -239,16 +255,85 @@ out:
 	return rc;
 }
 
-/* One event's record: -dQ/deps_i (so that, as in every method, a record that helped the answer scores above 0). */
-static int exact_event(exact *x, const json_t *event, json_t **out, trail_error *err)
+/*
+ * Half-run k's records: a seeded permutation of the records (the seed the
+ * first 8 bytes of sha256("trail-exact-half\0" settings "\0" k), its
+ * first n / 2 kept. Independent of anything but the run's settings.
+ */
+static void half_mask(const exact *x, long k, size_t *perm, unsigned char *keep)
 {
-	int32_t *tok = NULL;
-	size_t n, first, N = x->d->n;
-	double *dq = trail_malloc(N * sizeof *dq);
+	char buf[128];
+	uint8_t h[TRAIL_DIGEST_LEN];
+	size_t N = x->d->n;
+	int len = snprintf(buf, sizeof buf, "trail-exact-half%c%s%c%ld", 0, x->settings, 0, k);
+	uint64_t seed = 0;
+	trail_sha256(buf, (size_t)len, h);
+	for (int i = 0; i < 8; i++)
+		seed = seed << 8 | h[i];
+	trail_train_order(perm, N, seed, 0);
+	memset(keep, 0, N);
+	for (size_t i = 0; i < N / 2; i++)
+		keep[perm[i]] = 1;
+}
+
+/*
+ * dQ/deps for each event of evs [ne] into dq [ne x d->n]: of the run itself
+ * (samples 0), or the mean over `samples` half-runs of each one's
+ * derivative, every record's (kept or not) at that half. *bad the event at
+ * fault.
+ */
+static int exact_dq(exact *x, const json_t *evs, double *dq, size_t *bad, trail_error *err)
+{
+	size_t ne = json_array_size(evs), N = x->d->n;
+	int32_t **tok = trail_calloc(ne ? ne : 1, sizeof *tok);
+	size_t *tn = trail_calloc(ne ? ne : 1, sizeof *tn), *first = trail_calloc(ne ? ne : 1, sizeof *first);
+	double *one = trail_malloc(N * sizeof *one);
+	size_t *perm = trail_malloc(N * sizeof *perm);
+	unsigned char *keep = trail_malloc(N);
+	int rc = !tok || !tn || !first || !one || !perm || !keep ? oom(err) : TRAIL_OK;
+	for (size_t e = 0; e < ne && !rc; e++)
+		if ((rc = trail_attr_event_query(&x->c, json_array_get(evs, e), tok + e, tn + e, first + e, err)))
+			*bad = e;
+	if (!rc)
+		memset(dq, 0, ne * N * sizeof *dq);
+	long K = x->mo.samples;
+	for (long k = 0; k < (K > 0 ? K : 1) && !rc; k++) {
+		trail_metagrad *g = x->g;
+		if (K > 0) {
+			size_t n;
+			trail_metagrad_opts mo = x->mo;
+			half_mask(x, k, perm, keep);
+			mo.keep = keep;
+			float *p = trail_model_params(x->m, &n);
+			memcpy(p, x->start, n * sizeof *p);
+			if ((rc = trail_metagrad_replay(x->m, x->d, &x->o, &mo, &g, err)))
+				break;
+		}
+		for (size_t e = 0; e < ne && !rc; e++) {
+			if ((rc = trail_metagrad_query(g, tok[e], tn[e], first[e], one, err))) {
+				*bad = e;
+				break;
+			}
+			for (size_t i = 0; i < N; i++)
+				dq[e * N + i] += K > 0 ? one[i] / (double)K : one[i];
+		}
+		if (g != x->g)
+			trail_metagrad_free(g);
+	}
+	for (size_t e = 0; tok && e < ne; e++)
+		trail_free(tok[e]);
+	trail_free(tok), trail_free(tn), trail_free(first), trail_free(one), trail_free(perm), trail_free(keep);
+	return rc;
+}
+
+/* One event's record from its dQ/deps: -dQ/deps_i (so that, as in every method, a record that helped the answer scores above 0). */
+static int exact_event(exact *x, const json_t *event, const double *dq, json_t **out, trail_error *err)
+{
+	size_t N = x->d->n;
 	float *sc = trail_malloc(N * sizeof *sc);
-	int rc = !dq || !sc ? oom(err) : trail_attr_event_query(&x->c, event, &tok, &n, &first, err);
+	int rc = !sc ? oom(err) : TRAIL_OK;
 	*out = NULL;
-	if (!rc && !(rc = trail_metagrad_query(x->g, tok, n, first, dq, err))) {
+	if (!rc) {
 		for (size_t i = 0; i < N; i++)
 			sc[i] = (float)-dq[i];
 		rc = trail_attr_event_from_scores(&x->c, event, sc, out, err);
@@ -259,10 +344,11 @@ static int exact_event(exact *x, const json_t *event, json_t **out, trail_error 
 		for (int i = 0; index_only[i]; i++)
 			json_object_del(p, index_only[i]);
 		long every = x->mo.every > 0 ? x->mo.every : (long)ceil(sqrt((double)x->o.steps));
-		if (json_object_set_new(p, "precision", json_string("fp32")) ||
-		    json_object_set_new(p, "exact", json_pack("{s:I, s:f, s:s}", "every", (json_int_t)(every < x->o.steps ? every : x->o.steps),
-							      "fd_eps", x->mo.fd_eps > 0 ? x->mo.fd_eps : 1e-3,
-							      "score", "-dQ/deps")) ||
+		json_t *ex = json_pack("{s:I, s:f, s:s}", "every", (json_int_t)(every < x->o.steps ? every : x->o.steps),
+				       "fd_eps", x->mo.fd_eps > 0 ? x->mo.fd_eps : 1e-3,
+				       "score", x->mo.samples > 0 ? "-mean_k dQ/deps at half-run k" : "-dQ/deps");
+		if (!ex || (x->mo.samples > 0 && json_object_set_new(ex, "samples", json_integer(x->mo.samples))) ||
+		    json_object_set_new(p, "precision", json_string("fp32")) || json_object_set_new(p, "exact", ex) ||
 		    json_object_set(*out, "replay", x->replay))
 			rc = oom(err);
 	}
@@ -270,7 +356,7 @@ static int exact_event(exact *x, const json_t *event, json_t **out, trail_error 
 		json_decref(*out);
 		*out = NULL;
 	}
-	trail_free(tok), trail_free(dq), trail_free(sc);
+	trail_free(sc);
 	return rc;
 }
 
@@ -286,16 +372,21 @@ int trail_attr_exact_run(const trail_attr_opts *o, const trail_metagrad_opts *mo
 	if ((rc = exact_open(o, mo, &x, err)))
 		return rc;
 	json_t *recs = json_array();
-	if (!recs)
+	size_t ne = json_array_size(events), N = x.d->n;
+	double *dq = trail_malloc((ne ? ne : 1) * N * sizeof *dq);
+	if (!recs || !dq)
 		rc = oom(err);
+	else
+		rc = exact_dq(&x, events, dq, bad, err);
 	json_array_foreach(events, i, ev) {
 		json_t *r;
-		if (rc || (rc = exact_event(&x, ev, &r, err))) {
-			*bad = rc ? i : *bad;
+		if (rc || (rc = exact_event(&x, ev, dq + i * N, &r, err))) {
+			*bad = rc && *bad == (size_t)-1 ? i : *bad;
 			break;
 		}
 		json_array_append_new(recs, r);
 	}
+	trail_free(dq);
 	exact_release(&x);
 	if (rc)
 		json_decref(recs);
@@ -333,7 +424,8 @@ int trail_attr_exact_verify(const trail_attr_opts *o, const char *src, const cha
 	ro.max_count = (uint64_t)json_integer_value(json_object_get(p, "max_count"));
 	ro.near = json_number_value(json_object_get(p, "near"));
 	trail_metagrad_opts mo = {.every = (long)json_integer_value(json_object_get(ex, "every")),
-				  .fd_eps = json_number_value(json_object_get(ex, "fd_eps"))};
+				  .fd_eps = json_number_value(json_object_get(ex, "fd_eps")),
+				  .samples = (long)json_integer_value(json_object_get(ex, "samples"))};
 	exact x;
 	trail_buf again = {0};
 	size_t i;
@@ -343,15 +435,27 @@ int trail_attr_exact_verify(const trail_attr_opts *o, const char *src, const cha
 		return rc;
 	}
 	x.c.top = ro.top, x.c.min_span = ro.min_span, x.c.max_count = ro.max_count, x.c.near = ro.near;
+	/* the records' queries as events, their derivatives recomputed together */
+	json_t *evs = json_array();
+	size_t N = x.d->n, bad = (size_t)-1;
+	double *dq = trail_malloc((json_array_size(recs) ? json_array_size(recs) : 1) * N * sizeof *dq);
+	if (!evs || !dq)
+		rc = oom(err);
 	json_array_foreach(recs, i, r) {
-		json_t *q = json_object_get(r, "query"), *mine = NULL;
-		json_t *ev = json_pack("{s:O?, s:O?}", "prompt_ids", json_object_get(q, "prompt"), "output_ids",
-				       json_object_get(q, "output"));
+		json_t *q = json_object_get(r, "query");
+		if (!rc && json_array_append_new(evs, json_pack("{s:O?, s:O?}", "prompt_ids", json_object_get(q, "prompt"),
+								"output_ids", json_object_get(q, "output"))))
+			rc = oom(err);
+	}
+	if (!rc && (rc = exact_dq(&x, evs, dq, &bad, err)) && bad != (size_t)-1 && !err->source[0])
+		trail_error_at(err, rc, src, (long)bad + 1, "%s", err->msg);
+	json_array_foreach(recs, i, r) {
+		json_t *mine = NULL;
 		char *t = NULL;
 		size_t tn;
-		if (!ev)
-			rc = oom(err);
-		else if (!(rc = exact_event(&x, ev, &mine, err))) {
+		if (rc)
+			break;
+		if (!(rc = exact_event(&x, json_array_get(evs, i), dq + i * N, &mine, err))) {
 			/* the event's identity and usage are the record's: only what attribution computes is compared */
 			json_object_set(mine, "event", json_object_get(r, "event"));
 			json_object_set(mine, "event_digest", json_object_get(r, "event_digest"));
@@ -360,13 +464,15 @@ int trail_attr_exact_verify(const trail_attr_opts *o, const char *src, const cha
 				rc = oom(err);
 		}
 		trail_free(t);
-		json_decref(mine), json_decref(ev);
+		json_decref(mine);
 		if (rc) {
 			if (!err->source[0])
 				trail_error_at(err, rc, src, (long)i + 1, "%s", err->msg);
 			break;
 		}
 	}
+	json_decref(evs);
+	trail_free(dq);
 	exact_release(&x);
 	json_decref(recs);
 	if (!rc && (again.n != len || memcmp(again.p, bytes, len))) {

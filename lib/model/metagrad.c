@@ -38,7 +38,9 @@ struct trail_metagrad {
 	trail_adamw opt;
 	size_t *perm;
 	uint64_t epoch;
-	int32_t *x, *y;
+	int32_t *x, *y, *ya; /* the batch: y with the dropped records' targets ignored, ya all of them */
+	unsigned char *keep; /* [d->n] the records of the run (eps 1), the others eps 0; NULL: all */
+	long K, Kall;        /* the batch's kept and all counted targets */
 	float *g, *gr;     /* the batch gradient, one row's gradient */
 	double *wb, *mb, *vb, *cb, *hv; /* adjoints and scratch */
 	unsigned long long nrow;
@@ -65,7 +67,7 @@ void trail_metagrad_free(trail_metagrad *g)
 		return;
 	trail_free(g->cp), trail_free(g->fin), trail_free(g->seg), trail_free(g->loss);
 	trail_adamw_release(&g->opt);
-	trail_free(g->perm), trail_free(g->x), trail_free(g->y), trail_free(g->g), trail_free(g->gr);
+	trail_free(g->perm), trail_free(g->x), trail_free(g->y), trail_free(g->ya), trail_free(g->keep), trail_free(g->g), trail_free(g->gr);
 	trail_free(g->wb), trail_free(g->mb), trail_free(g->vb), trail_free(g->cb), trail_free(g->hv);
 	trail_free(g);
 }
@@ -82,8 +84,42 @@ static size_t row_of(trail_metagrad *g, long t, size_t b)
 static void fill_batch(trail_metagrad *g, long t)
 {
 	size_t S = (size_t)g->o.seq;
-	for (size_t b = 0; b < (size_t)g->o.batch; b++)
-		trail_dataset_row(g->d, row_of(g, t, b), g->o.seq, g->x + b * S, g->y + b * S);
+	g->K = g->Kall = 0;
+	for (size_t b = 0; b < (size_t)g->o.batch; b++) {
+		size_t r = row_of(g, t, b);
+		int drop = g->keep && !g->keep[trail_dataset_row_record(g->d, r)];
+		trail_dataset_row(g->d, r, g->o.seq, g->x + b * S, g->ya + b * S);
+		for (size_t j = 0; j < S; j++) {
+			int32_t v = g->ya[b * S + j];
+			g->Kall += v >= 0;
+			g->y[b * S + j] = drop ? -1 : v;
+			g->K += !drop && v >= 0;
+		}
+	}
+}
+
+/*
+ * The batch loss's gradient into the model's gradients: sum_kept l_b / K_all,
+ * the forward's mean over the kept targets scaled by K / K_all (zero when
+ * none is kept); *loss the forward's.
+ */
+static int batch_grad(trail_metagrad *g, float *loss, trail_error *err)
+{
+	int rc;
+	*loss = 0;
+	trail_model_zero_grad(g->m);
+	if (!g->K)
+		return TRAIL_OK;
+	if ((rc = trail_model_forward(g->m, g->x, g->y, g->o.batch, g->o.seq, loss, err)) ||
+	    (rc = trail_model_backward(g->m, err)))
+		return rc;
+	if (g->K != g->Kall) {
+		size_t ng;
+		float *gr = trail_model_grads(g->m, &ng), f = (float)((double)g->K / (double)g->Kall);
+		for (size_t j = 0; j < ng; j++)
+			gr[j] *= f;
+	}
+	return TRAIL_OK;
 }
 
 /* The state [w, m, v] of the run into st, or from it. */
@@ -112,9 +148,7 @@ static int step(trail_metagrad *g, long t, trail_error *err)
 	float loss;
 	int rc;
 	fill_batch(g, t);
-	trail_model_zero_grad(g->m);
-	if ((rc = trail_model_forward(g->m, g->x, g->y, g->o.batch, g->o.seq, &loss, err)) ||
-	    (rc = trail_model_backward(g->m, err)))
+	if ((rc = batch_grad(g, &loss, err)))
 		return rc;
 	double norm = trail_adamw_step(&g->opt, g->m, trail_lr_schedule(g->o.lr, t, g->o.warmup, g->o.steps), g->o.clip);
 	if (!isfinite(loss) || !isfinite(norm))
@@ -135,8 +169,14 @@ int trail_metagrad_replay(trail_model *m, const trail_dataset *d, const trail_tr
 	trail_model_params(m, &n);
 	g->m = m, g->d = d, g->o = *o, g->n = n, g->rows = trail_dataset_rows(d), g->epoch = UINT64_MAX;
 	g->fd_eps = mo && mo->fd_eps > 0 ? mo->fd_eps : 1e-3;
-	if (o->steps < 1 || o->batch < 1 || o->seq < 1 || !g->rows || !n) {
+	if (mo && mo->keep && !(g->keep = trail_malloc(d->n))) {
 		trail_free(g);
+		return oom(err);
+	}
+	if (g->keep)
+		memcpy(g->keep, mo->keep, d->n);
+	if (o->steps < 1 || o->batch < 1 || o->seq < 1 || !g->rows || !n) {
+		trail_free(g->keep), trail_free(g);
 		return trail_error_set(err, TRAIL_EUSAGE, "nothing to replay (%ld steps, %zu rows, %zu parameters)",
 				       o->steps, g->rows, n);
 	}
@@ -151,11 +191,12 @@ int trail_metagrad_replay(trail_model *m, const trail_dataset *d, const trail_tr
 	g->loss = trail_malloc((size_t)o->steps * sizeof *g->loss);
 	g->perm = trail_malloc(g->rows * sizeof *g->perm);
 	g->x = trail_malloc(B * S * sizeof *g->x), g->y = trail_malloc(B * S * sizeof *g->y);
+	g->ya = trail_malloc(B * S * sizeof *g->ya);
 	g->g = trail_malloc(n * sizeof *g->g), g->gr = trail_malloc(n * sizeof *g->gr);
 	g->wb = trail_malloc(n * sizeof *g->wb), g->mb = trail_malloc(n * sizeof *g->mb);
 	g->vb = trail_malloc(n * sizeof *g->vb), g->cb = trail_malloc(n * sizeof *g->cb);
 	g->hv = trail_malloc(n * sizeof *g->hv);
-	if (!g->cp || !g->fin || !g->seg || !g->loss || !g->perm || !g->x || !g->y || !g->g || !g->gr || !g->wb ||
+	if (!g->cp || !g->fin || !g->seg || !g->loss || !g->perm || !g->x || !g->y || !g->ya || !g->g || !g->gr || !g->wb ||
 	    !g->mb || !g->vb || !g->cb || !g->hv || trail_adamw_init(&g->opt, n)) {
 		trail_metagrad_free(g);
 		return oom(err);
@@ -207,9 +248,12 @@ static int hvp(trail_metagrad *g, const float *w, const double *u, trail_error *
 	for (int sgn = 1; sgn >= -1 && !rc; sgn -= 2) {
 		for (size_t i = 0; i < n; i++)
 			p[i] = (float)((double)w[i] + sgn * h * u[i] / un);
-		if (!(rc = grad_at(g, g->x, g->y, g->o.batch, g->o.seq, g->gr, err)))
+		float loss;
+		if (!(rc = batch_grad(g, &loss, err))) {
+			const float *gr = trail_model_grads(g->m, &n);
 			for (size_t i = 0; i < n; i++)
-				g->hv[i] += sgn * (double)g->gr[i] * un / (2 * h);
+				g->hv[i] += sgn * (double)gr[i] * un / (2 * h);
+		}
 	}
 	memcpy(p, w, n * sizeof *p);
 	return rc;
@@ -224,8 +268,11 @@ static int reverse_step(trail_metagrad *g, long t, const float *s0, const float 
 	int rc;
 	memcpy(p, w, n * sizeof *p);
 	fill_batch(g, t);
-	if ((rc = grad_at(g, g->x, g->y, g->o.batch, g->o.seq, g->g, err)))
+	float loss;
+	size_t ng;
+	if ((rc = batch_grad(g, &loss, err)))
 		return rc;
+	memcpy(g->g, trail_model_grads(g->m, &ng), n * sizeof *g->g);
 	g->nrow += B;
 	/* the step's constants, as trail_adamw_step computes them */
 	double lr = trail_lr_schedule(g->o.lr, t, g->o.warmup, g->o.steps), norm = trail_grad_norm(g->g, n);
@@ -247,18 +294,16 @@ static int reverse_step(trail_metagrad *g, long t, const float *s0, const float 
 	if (gs != 1.0) /* through the clipping: s (I - g g^T / |g|^2) */
 		for (size_t i = 0; i < n; i++)
 			g->cb[i] = gs * (g->cb[i] - g->g[i] * dot / (norm * norm));
-	/* the records: each row's share of the batch loss, k_b / K times its own mean loss */
-	long K = 0;
-	for (size_t j = 0; j < B * S; j++)
-		K += g->y[j] >= 0;
+	/* the records: each row's share of the batch loss, k_b / K times its own mean loss (K all the batch's targets) */
+	long K = g->Kall;
 	for (size_t b = 0; b < B && K; b++) {
 		size_t r = row_of(g, t, b);
 		long k = 0;
 		for (size_t j = 0; j < S; j++)
-			k += g->y[b * S + j] >= 0;
+			k += g->ya[b * S + j] >= 0;
 		if (!k)
 			continue;
-		if ((rc = grad_at(g, g->x + b * S, g->y + b * S, 1, g->o.seq, g->gr, err)))
+		if ((rc = grad_at(g, g->x + b * S, g->ya + b * S, 1, g->o.seq, g->gr, err)))
 			return rc;
 		g->nrow++;
 		double s = 0;

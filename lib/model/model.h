@@ -576,6 +576,13 @@ json_t *trail_training_manifest(const trail_dataset *d, const trail_train_opts *
 typedef struct trail_metagrad_opts {
 	long every;    /* 0: ceil(sqrt(steps)) */
 	double fd_eps; /* 0: 1e-3 */
+	/* [d->n] or NULL: the run with only these records (keep[i] != 0, eps 1; the
+	   others' targets ignored, eps 0, the batch loss still over all K targets),
+	   and its derivative there, for every record */
+	const unsigned char *keep;
+	/* the audit's (attr-score --method exact --samples K), not the replay's: 0
+	   the run's own derivative, K the mean over K seeded half-runs' */
+	long samples;
 } trail_metagrad_opts;
 typedef struct trail_metagrad trail_metagrad;
 int trail_metagrad_replay(trail_model *m, const trail_dataset *d, const trail_train_opts *o,

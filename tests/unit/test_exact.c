@@ -173,6 +173,74 @@ int main(void)
 	   "two threads give the same bits");
 	free(d3);
 
+	/* half-runs: every record kept is the run itself; a mask replays the run with the others' targets ignored */
+	{
+		unsigned char *all = malloc(d->n), *half = malloc(d->n);
+		memset(all, 1, d->n);
+		for (size_t i = 0; i < d->n; i++)
+			half[i] = i % 2 == 0;
+		trail_metagrad_opts ma = {.keep = all}, mh = {.keep = half};
+		trail_model *ma_m = start(), *mh_m = start(), *mt = start();
+		trail_metagrad *ga = NULL, *gh = NULL;
+		double *da = calloc(d->n, sizeof *da), *dh = calloc(d->n, sizeof *dh);
+		int rca = trail_metagrad_replay(ma_m, d, &o, &ma, &ga, &e) || trail_metagrad_query(ga, q, nq, first, da, &e);
+		ok(!rca && !memcmp(da, dq, d->n * sizeof *dq), "every record kept gives the run's derivative, bit for bit");
+		int rch = trail_metagrad_replay(mh_m, d, &o, &mh, &gh, &e);
+		/* the masked run written out: the rows of the dropped records ignored, the gradient scaled by K_kept / K */
+		trail_adamw opt;
+		size_t nt, B = (size_t)o.batch, S = (size_t)o.seq, *perm = malloc(d->n * sizeof *perm);
+		int32_t *x = malloc(B * S * sizeof *x), *y = malloc(B * S * sizeof *y);
+		trail_model_params(mt, &nt);
+		trail_adamw_init(&opt, nt);
+		uint64_t epoch = UINT64_MAX;
+		int rct = 0;
+		for (long s = 0; s < o.steps && !rct; s++) {
+			long K = 0, Kall = 0;
+			for (size_t b = 0; b < B; b++) {
+				uint64_t k = (uint64_t)s * B + b;
+				if (k / d->n != epoch)
+					trail_train_order(perm, d->n, o.seed, epoch = k / d->n);
+				size_t row = perm[k % d->n];
+				trail_dataset_row(d, row, o.seq, x + b * S, y + b * S);
+				for (size_t j = 0; j < S; j++) {
+					Kall += y[b * S + j] >= 0;
+					if (!half[row])
+						y[b * S + j] = -1;
+					K += y[b * S + j] >= 0;
+				}
+			}
+			float loss;
+			trail_model_zero_grad(mt);
+			if (K && !(rct = trail_model_forward(mt, x, y, o.batch, o.seq, &loss, &e) || trail_model_backward(mt, &e)) &&
+			    K != Kall) {
+				size_t ng;
+				float *gr = trail_model_grads(mt, &ng), f = (float)((double)K / (double)Kall);
+				for (size_t j = 0; j < ng; j++)
+					gr[j] *= f;
+			}
+			trail_adamw_step(&opt, mt, trail_lr_schedule(o.lr, s, o.warmup, o.steps), o.clip);
+		}
+		size_t nh;
+		const float *ph = trail_model_params(mh_m, &nh), *pt = trail_model_params(mt, &nt);
+		ok(!rch && !rct && nh == nt && !memcmp(ph, pt, nh * sizeof *ph), "the half-run ends at the masked training's weights");
+		ok(!rch && memcmp(ph, fin, nh * sizeof *ph) != 0, "which are not the run's");
+		rch = rch || trail_metagrad_query(gh, q, nq, first, dh, &e);
+		int differ = 0, finite = 1;
+		for (size_t i = 0; i < d->n; i++)
+			differ |= dh[i] != dq[i], finite &= isfinite(dh[i]);
+		ok(!rch && differ && finite, "its derivative is finite and not the run's");
+		double *dh2 = calloc(d->n, sizeof *dh2);
+		trail_metagrad_opts mh2 = {.keep = half, .every = 1};
+		trail_metagrad *gh2 = NULL;
+		trail_model *mh2_m = start();
+		ok(!trail_metagrad_replay(mh2_m, d, &o, &mh2, &gh2, &e) && !trail_metagrad_query(gh2, q, nq, first, dh2, &e) &&
+		   !memcmp(dh, dh2, d->n * sizeof *dh), "and does not depend on the checkpoint interval");
+		trail_metagrad_free(ga), trail_metagrad_free(gh), trail_metagrad_free(gh2);
+		trail_model_free(ma_m), trail_model_free(mh_m), trail_model_free(mt), trail_model_free(mh2_m);
+		trail_adamw_release(&opt);
+		free(all), free(half), free(da), free(dh), free(dh2), free(perm), free(x), free(y);
+	}
+
 	/* a query with no output, or too long, is refused */
 	trail_model *m2 = start();
 	trail_metagrad *g = NULL;
