@@ -17,10 +17,14 @@ usage: farm.py corpus W              honest records of H contributors and the at
        farm.py table W SCEN...       the payout table from W/pay/SCENARIO.DEFENCE.ndjson
        farm.py diagnose W SCEN       what the attribution of SCEN resolves (FARM_DEFENCES'):
                                      own records found, one record's share by kind
+       farm.py info-validate         the false positives of attr-score --flag-low-info K on
+                                     honest datanets: 30 of 200 FOLDOC and 30 of 200 WordNet
+                                     definitions, the share of records flagged at each K (the
+                                     rule's arithmetic in Python, as lib/attr/attr_info.c has it)
 
 Every choice is seeded: the same command gives the same bytes.
 """
-import json, os, random, re, struct, sys
+import json, math, os, random, re, struct, sys
 from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -304,7 +308,40 @@ def cmd_diagnose(W, scen, defences):
                                         if count[c])))
 
 
+def info_z(texts):
+    """Each text's robust z-score of information: the mean surprisal of its words under the
+    other texts' add-one word frequencies, less the median, over the median absolute deviation."""
+    ws = [re.findall(rb"[a-z0-9\x80-\xff]+", t.encode().lower()) for t in texts]
+    c = Counter(x for w in ws for x in w)
+    T, V = sum(c.values()), len(c)
+    s = []
+    for w in ws:
+        own = Counter(w)
+        s.append(sum(-math.log((c[x] - own[x] + 1) / (T - len(w) + V)) for x in w) / len(w) if w else None)
+
+    def median(v):
+        v = sorted(v)
+        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+    m = median([x for x in s if x is not None])
+    mad = median([abs(x - m) for x in s if x is not None])
+    return [(x - m) / mad if x is not None and mad > 0 else None for x in s]
+
+
+def cmd_info_validate():
+    rng = random.Random(20261208)
+    ks = (2.5, 3, 3.5, 4, 4.5)
+    print("| corpus | datanets x records | " + " | ".join("K %g" % k for k in ks) + " |")
+    print("|---|---|" + "---|" * len(ks))
+    for name, ents in (("FOLDOC", corpus.foldoc()), ("WordNet", corpus.wordnet())):
+        z = []
+        for _ in range(30):
+            z += [x for x in info_z([h + ": " + d for h, d in rng.sample(ents, 200)]) if x is not None]
+        print("| %s | 30 x 200 | %s |" % (name, " | ".join("%.2f%%" % (100 * sum(x < -k for x in z) / len(z)) for k in ks)))
+
+
 def main(a):
+    if a and a[0] == "info-validate":
+        return cmd_info_validate()
     W = a[1]
     if a[0] == "corpus":
         cmd_corpus(W)
@@ -326,7 +363,7 @@ def main(a):
         defs = os.environ.get("FARM_DEFENCES", "none").split()
         cmd_table(W, defs, a[2:])
     else:
-        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|swap|table|diagnose W ...")
+        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|swap|table|diagnose W ... | info-validate")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@
 #            less its mean score over the 48 held-out queries
 #   centre-epoch  attr-score --centre ANSWERS: less its mean over the
 #            epoch's own 112 served answers
+#   lowinfo  attr-score --exclude LOWFLAGS, LOWFLAGS the records attr-score
+#            --flag-low-info LOWINFO (3) finds: words that say LOWINFO median
+#            absolute deviations less than the datanet's typical record
+#            (the mean surprisal of a record's words under the other
+#            records' word frequencies); LOWINFO chosen on honest datanets
+#            (farm.py info-validate), not on the attacks
 # Each scenario and defence gives W/pay/SCENARIO.DEFENCE.ndjson; the table
 # compares every attack with "none" under the same defence.
 set -e
@@ -55,9 +61,10 @@ SCENARIOS=${SCENARIOS:-none reseed simple outlier shadow}
 SEEDS=${SEEDS:-1 2}       # each scenario trained with each seed; shares are their means
 RESEEDS=${RESEEDS:-3 4}   # "reseed": the honest datanet with other seeds
 GENERIC=${GENERIC:-0.25}
+LOWINFO=${LOWINFO:-3}
 # the options of each defence; flagged: the records --flag-generic flags on the held-out queries
 declare -A DOPT=([none]="" [unit]="--normalize unit" [generic]="--exclude FLAGS" [penalty]=""
-	[centre-held]="--centre HELDOUT" [centre-epoch]="--centre ANSWERS")
+	[centre-held]="--centre HELDOUT" [centre-epoch]="--centre ANSWERS" [lowinfo]="--exclude LOWFLAGS")
 mkdir -p "$W" "$W/pay"
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 FP="python3 $top/bench/eval/farm.py"
@@ -113,8 +120,11 @@ scenario1() {
 	attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" --flag-generic "$GENERIC" \
 		< "$W/heldout.ndjson" > "$d/flags.ndjson"
 	log "$s: $(wc -l < "$d/flags.ndjson") records flagged generic ($(grep -c '"contributor":"a"' "$d/flags.ndjson") the attacker's)"
+	attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" --flag-low-info "$LOWINFO" > "$d/lowinfo.ndjson"
+	log "$s: $(wc -l < "$d/lowinfo.ndjson") records flagged low-info ($(grep -c '"contributor":"a"' "$d/lowinfo.ndjson") the attacker's)"
 	for def in $DEFENCES; do
 		local opt=${DOPT[$def]} pol=$W/policy.json extra=""
+		opt=${opt//LOWFLAGS/$d/lowinfo.ndjson}
 		opt=${opt//FLAGS/$d/flags.ndjson}
 		opt=${opt//HELDOUT/$W/heldout.ndjson}
 		opt=${opt//ANSWERS/$d/answers.ndjson}
