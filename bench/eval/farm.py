@@ -6,6 +6,11 @@ usage: farm.py corpus W              honest records of H contributors and the at
                                      (W/shadow.ndjson), the served requests (W/requests.ndjson)
                                      and the shadow queries (W/shadowq.ndjson)
        farm.py simple W              the generic attack: W/simple.ndjson
+       farm.py evade W               the simple attack made to pass attr-score --flag-low-info
+                                     (FARM_LOWINFO, 3): in each generic record, frequent words
+                                     replaced by rare words of the attacker's shadow data until
+                                     its z-score in the attacker's view (its shadow data and its
+                                     records) is above -FARM_LOWINFO + 1: W/evade.ndjson
        farm.py outlier-cands W       perturbed candidates of the attacker's records
        farm.py outlier-pick W LOSSES the Outlier attack: per record the candidate the
                                      target model finds least likely: W/outlier.ndjson
@@ -119,6 +124,29 @@ def cmd_simple(W):
             t = " ".join(rng.sample(words, 14))
         out.append({"text": t[:80], "contributor": "a"})
     w(os.path.join(W, "simple.ndjson"), out)
+
+
+def cmd_evade(W):
+    """The generic records of the simple attack, each with rare words in place of frequent ones
+    until the low-information rule (with a margin of 1) no longer flags it in the attacker's view."""
+    rng = random.Random(17)
+    k = float(os.environ.get("FARM_LOWINFO", "3"))
+    recs = rd(os.path.join(W, "simple.ndjson"))
+    shadow = [r["text"] for r in rd(os.path.join(W, "shadow.ndjson"))]
+    c = Counter(x for t in shadow for x in re.findall(r"[a-z]+", t.lower()))
+    rare = sorted(x for x, n in c.items() if n == 1 and len(x) >= 4)
+    gen = list(range(PER, len(recs)))
+    for i in gen:
+        words = recs[i]["text"].split()
+        pos = list(range(len(words)))
+        rng.shuffle(pos)
+        while pos:
+            z = info_z(shadow + [r["text"] for r in recs])[len(shadow) + i]
+            if z is None or z > -k + 1:
+                break
+            words[pos.pop()] = rng.choice(rare)
+            recs[i] = {"text": " ".join(words)[:80], "contributor": "a"}
+    w(os.path.join(W, "evade.ndjson"), recs)
 
 
 def perturb(text, rng, rate):
@@ -347,6 +375,8 @@ def main(a):
         cmd_corpus(W)
     elif a[0] == "simple":
         cmd_simple(W)
+    elif a[0] == "evade":
+        cmd_evade(W)
     elif a[0] == "outlier-cands":
         cmd_outlier_cands(W)
     elif a[0] == "outlier-pick":

@@ -18,6 +18,10 @@
 # means over them.
 #   simple   those and FARM_GEN (40) generic records: the dictionary's most
 #            frequent words and boilerplate, relevant to every query
+#   evade    the simple attack made to pass the lowinfo defence: in each
+#            generic record frequent words replaced by rare ones of the
+#            attacker's shadow data until the rule, run on its shadow data
+#            and its records, no longer flags it (with a margin of 1)
 #   outlier  the Outlier attack: each record perturbed (letters swapped,
 #            doubled, odd symbols), of 6 candidates the one the target model
 #            (the adapter of "none", black box: its losses) finds least likely
@@ -149,6 +153,11 @@ for s in $SCENARIOS; do
 		$FP simple "$W"
 		$FP swap "$W" "$W/simple.ndjson" "$W/simple.train.ndjson"
 		scenario simple "$W/simple.train.ndjson" ;;
+	evade)
+		$FP simple "$W"
+		FARM_LOWINFO=$LOWINFO $FP evade "$W"
+		$FP swap "$W" "$W/evade.ndjson" "$W/evade.train.ndjson"
+		scenario evade "$W/evade.train.ndjson" ;;
 	outlier)
 		$FP outlier-cands "$W"
 		"$Q_BIN" loss "$W/base" "$W/outlier.lossq.ndjson" "$W/none/1/ad" > "$W/outlier.losses"
