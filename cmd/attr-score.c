@@ -11,7 +11,7 @@
 enum { O_MODEL = 1, O_ADAPTER, O_INDEX, O_METHOD, O_TOP, O_MINSPAN, O_MAXCOUNT, O_NEAR, O_DATA, O_DATANET, O_HOME,
        O_VERIFY, O_PROVE, O_BUILD, O_PROJ, O_SEED, O_DAMPING, O_SEQ, O_BATCH, O_CKPT, O_THREADS, O_ADAPTERS, O_RECORD,
        O_EPOCH, O_SHARD, O_RECORDS, O_PARTIAL, O_MERGE, O_MERGEIDX, O_PREC, O_EVERY, O_FDEPS, O_NORMALIZE, O_EXCLUDE,
-       O_GENERIC, O_CENTRE, O_SAMPLES };
+       O_GENERIC, O_CENTRE, O_SAMPLES, O_LOWINFO };
 
 static const trail_opt opts[] = {
 	{O_MODEL, "model", 'm', "BASE", "the base model: a directory, or a GGUF file", "file"},
@@ -29,6 +29,7 @@ static const trail_opt opts[] = {
 	{O_CENTRE, "centre", 0, "FILE", "subtract from each record's score its mean over FILE's events (held-out queries or the epoch's own), against farming", "file"},
 	{O_EXCLUDE, "exclude", 0, "FILE", "leave the records named by FILE's lines (\"record\") out of top and shares", "file"},
 	{O_GENERIC, "flag-generic", 0, "F", "read held-out events; print a flags line for each record in the top of more than F of them", NULL},
+	{O_LOWINFO, "flag-low-info", 0, "K", "print a flags line for each record whose words say K median deviations less than the datanet's typical (word lists, boilerplate)", NULL},
 	{O_NEAR, "near", 0, "J", "near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)", NULL},
 	{O_DATA, "data", 'd', "FILE", "the training records (NDJSON)", "file"},
 	{O_DATANET, "datanet", 0, "NAME@SIZE", "the training records: a datanet snapshot in the store", NULL},
@@ -189,7 +190,10 @@ static int emit(int rc, json_t *recs, const char *home, const char *epoch, trail
 	return rc;
 }
 
-/* --flag-generic: the flags lines of the records in the top of more than frac of the events. */
+/*
+ * --flag-generic: the flags lines of the records in the top of more than frac
+ * of the events; --flag-low-info (events NULL): those of low information.
+ */
 static int flag_generic(const trail_attr_opts *o, const json_t *events, double frac, trail_error *err)
 {
 	trail_attr_session *s = NULL;
@@ -197,7 +201,8 @@ static int flag_generic(const trail_attr_opts *o, const json_t *events, double f
 	size_t i;
 	int rc = trail_attr_session_open(o, &s, err);
 	if (!rc)
-		rc = trail_attr_generic(trail_attr_session_ctx(s), events, frac, &flags, err);
+		rc = events ? trail_attr_generic(trail_attr_session_ctx(s), events, frac, &flags, err)
+			    : trail_attr_low_info(trail_attr_session_ctx(s), frac, &flags, err);
 	json_array_foreach(flags, i, v) {
 		char *t = NULL;
 		size_t n;
@@ -221,7 +226,7 @@ int main(int argc, char **argv)
 	const char *v, *ck[MAXCK];
 	double ckw[MAXCK];
 	long long n, threads = 0, batch = 8, nck = 0; /* 0: the default, which depends on the job */
-	double generic = -1;
+	double generic = -1, lowinfo = -1;
 	int op, rc = TRAIL_OK, verify = 0, build = 0, record = 0, partial = 0, merge = 0, mergeidx = 0, ranged = 0, prec = -1;
 	trail_attr_range range = {0};
 	trail_metagrad_opts mo = {0};
@@ -247,6 +252,7 @@ int main(int argc, char **argv)
 		case O_EXCLUDE: o.exclude = v; break;
 		case O_CENTRE: o.centre = v; break;
 		case O_GENERIC: rc = trail_parse_double(v, 0, 1, &generic, "--flag-generic", &err); break;
+		case O_LOWINFO: rc = trail_parse_double(v, 0, 1e6, &lowinfo, "--flag-low-info", &err); break;
 		case O_NEAR: rc = trail_parse_double(v, 0.01, 1, &o.near, "--near", &err); break;
 		case O_DATA: o.data = v; break;
 		case O_DATANET: o.datanet = v; break;
@@ -303,9 +309,11 @@ int main(int argc, char **argv)
 	else if (verify + build + partial + merge + mergeidx > 1 || (ranged && !build && !partial) ||
 		 (o.prove && !merge && (partial || mergeidx)) || (adapters && (partial || merge || mergeidx)) ||
 		 ((merge || mergeidx) && !a.nrest) ||
-		 (generic >= 0 && (adapters || verify || build || partial || merge || mergeidx || record)))
+		 ((generic >= 0 || lowinfo >= 0) && (adapters || verify || build || partial || merge || mergeidx || record ||
+						     (generic >= 0 && lowinfo >= 0))))
 		rc = trail_error_set(&err, TRAIL_EUSAGE, "--verify, --build-index, --partial, --merge and --merge-index "
-				     "do not go together, nor --flag-generic with any of them, --adapters or --record; "
+				     "do not go together, nor --flag-generic or --flag-low-info with any of them, "
+				     "each other, --adapters or --record; "
 				     "--shard/--records go with --build-index or --partial; --merge "
 				     "and --merge-index read the files named");
 	else if (o.centre && (build || mergeidx || merge || partial || adapters || o.method == TRAIL_ATTR_EXACT))
@@ -329,6 +337,8 @@ int main(int argc, char **argv)
 			;
 		else if (build)
 			rc = trail_attr_build_shard(&o, &p, (int)batch, ck, ckw, (size_t)nck, ranged ? &range : NULL, &err);
+		else if (lowinfo >= 0)
+			rc = flag_generic(&o, NULL, lowinfo, &err);
 		else if (mergeidx)
 			rc = trail_attr_merge_index(&o, (const char *const *)a.rest, (size_t)a.nrest, &err);
 		else if (merge) {

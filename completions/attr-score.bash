@@ -34,6 +34,8 @@ _attr_score() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--flag-generic )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--flag-low-info )
+		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--near )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--data|-d)
@@ -68,7 +70,7 @@ _attr_score() {
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --every --fd-eps --samples --top -k --min-span --max-count --normalize --centre --exclude --flag-generic --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --shard --records --partial --merge --merge-index --threads --precision --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --model -m --adapter -a --adapters --index -i --method --every --fd-eps --samples --top -k --min-span --max-count --normalize --centre --exclude --flag-generic --flag-low-info --near --data -d --datanet --home --record --epoch --verify --prove --build-index --proj --seed --damping --seq --batch --checkpoint --shard --records --partial --merge --merge-index --threads --precision --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

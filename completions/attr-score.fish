@@ -14,6 +14,7 @@ complete -c attr-score -l normalize -x -a 'none unit' -d 'unit: each record\'s s
 complete -c attr-score -l centre -r -F -d 'subtract from each record\'s score its mean over FILE\'s events (held-out queries or the epoch\'s own), against farming'
 complete -c attr-score -l exclude -r -F -d 'leave the records named by FILE\'s lines ("record") out of top and shares'
 complete -c attr-score -l flag-generic -r -F -d 'read held-out events; print a flags line for each record in the top of more than F of them'
+complete -c attr-score -l flag-low-info -r -F -d 'print a flags line for each record whose words say K median deviations less than the datanet\'s typical (word lists, boilerplate)'
 complete -c attr-score -l near -r -F -d 'near-duplicate threshold, Jaccard of 8-token shingles (default 0.8)'
 complete -c attr-score -l data -s d -r -F -d 'the training records (NDJSON)'
 complete -c attr-score -l datanet -r -F -d 'the training records: a datanet snapshot in the store'

@@ -6,6 +6,11 @@ usage: farm.py corpus W              honest records of H contributors and the at
                                      (W/shadow.ndjson), the served requests (W/requests.ndjson)
                                      and the shadow queries (W/shadowq.ndjson)
        farm.py simple W              the generic attack: W/simple.ndjson
+       farm.py evade W               the simple attack made to pass attr-score --flag-low-info
+                                     (FARM_LOWINFO, 3): in each generic record, frequent words
+                                     replaced by rare words of the attacker's shadow data until
+                                     its z-score in the attacker's view (its shadow data and its
+                                     records) is above -FARM_LOWINFO + 1: W/evade.ndjson
        farm.py outlier-cands W       perturbed candidates of the attacker's records
        farm.py outlier-pick W LOSSES the Outlier attack: per record the candidate the
                                      target model finds least likely: W/outlier.ndjson
@@ -17,10 +22,14 @@ usage: farm.py corpus W              honest records of H contributors and the at
        farm.py table W SCEN...       the payout table from W/pay/SCENARIO.DEFENCE.ndjson
        farm.py diagnose W SCEN       what the attribution of SCEN resolves (FARM_DEFENCES'):
                                      own records found, one record's share by kind
+       farm.py info-validate         the false positives of attr-score --flag-low-info K on
+                                     honest datanets: 30 of 200 FOLDOC and 30 of 200 WordNet
+                                     definitions, the share of records flagged at each K (the
+                                     rule's arithmetic in Python, as lib/attr/attr_info.c has it)
 
 Every choice is seeded: the same command gives the same bytes.
 """
-import json, os, random, re, struct, sys
+import json, math, os, random, re, struct, sys
 from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +124,29 @@ def cmd_simple(W):
             t = " ".join(rng.sample(words, 14))
         out.append({"text": t[:80], "contributor": "a"})
     w(os.path.join(W, "simple.ndjson"), out)
+
+
+def cmd_evade(W):
+    """The generic records of the simple attack, each with rare words in place of frequent ones
+    until the low-information rule (with a margin of 1) no longer flags it in the attacker's view."""
+    rng = random.Random(17)
+    k = float(os.environ.get("FARM_LOWINFO", "3"))
+    recs = rd(os.path.join(W, "simple.ndjson"))
+    shadow = [r["text"] for r in rd(os.path.join(W, "shadow.ndjson"))]
+    c = Counter(x for t in shadow for x in re.findall(r"[a-z]+", t.lower()))
+    rare = sorted(x for x, n in c.items() if n == 1 and len(x) >= 4)
+    gen = list(range(PER, len(recs)))
+    for i in gen:
+        words = recs[i]["text"].split()
+        pos = list(range(len(words)))
+        rng.shuffle(pos)
+        while pos:
+            z = info_z(shadow + [r["text"] for r in recs])[len(shadow) + i]
+            if z is None or z > -k + 1:
+                break
+            words[pos.pop()] = rng.choice(rare)
+            recs[i] = {"text": " ".join(words)[:80], "contributor": "a"}
+    w(os.path.join(W, "evade.ndjson"), recs)
 
 
 def perturb(text, rng, rate):
@@ -304,12 +336,47 @@ def cmd_diagnose(W, scen, defences):
                                         if count[c])))
 
 
+def info_z(texts):
+    """Each text's robust z-score of information: the mean surprisal of its words under the
+    other texts' add-one word frequencies, less the median, over the median absolute deviation."""
+    ws = [re.findall(rb"[a-z0-9\x80-\xff]+", t.encode().lower()) for t in texts]
+    c = Counter(x for w in ws for x in w)
+    T, V = sum(c.values()), len(c)
+    s = []
+    for w in ws:
+        own = Counter(w)
+        s.append(sum(-math.log((c[x] - own[x] + 1) / (T - len(w) + V)) for x in w) / len(w) if w else None)
+
+    def median(v):
+        v = sorted(v)
+        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+    m = median([x for x in s if x is not None])
+    mad = median([abs(x - m) for x in s if x is not None])
+    return [(x - m) / mad if x is not None and mad > 0 else None for x in s]
+
+
+def cmd_info_validate():
+    rng = random.Random(20261208)
+    ks = (2.5, 3, 3.5, 4, 4.5)
+    print("| corpus | datanets x records | " + " | ".join("K %g" % k for k in ks) + " |")
+    print("|---|---|" + "---|" * len(ks))
+    for name, ents in (("FOLDOC", corpus.foldoc()), ("WordNet", corpus.wordnet())):
+        z = []
+        for _ in range(30):
+            z += [x for x in info_z([h + ": " + d for h, d in rng.sample(ents, 200)]) if x is not None]
+        print("| %s | 30 x 200 | %s |" % (name, " | ".join("%.2f%%" % (100 * sum(x < -k for x in z) / len(z)) for k in ks)))
+
+
 def main(a):
+    if a and a[0] == "info-validate":
+        return cmd_info_validate()
     W = a[1]
     if a[0] == "corpus":
         cmd_corpus(W)
     elif a[0] == "simple":
         cmd_simple(W)
+    elif a[0] == "evade":
+        cmd_evade(W)
     elif a[0] == "outlier-cands":
         cmd_outlier_cands(W)
     elif a[0] == "outlier-pick":
@@ -326,7 +393,7 @@ def main(a):
         defs = os.environ.get("FARM_DEFENCES", "none").split()
         cmd_table(W, defs, a[2:])
     else:
-        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|swap|table|diagnose W ...")
+        sys.exit("usage: farm.py corpus|simple|outlier-cands|outlier-pick|shadow-cands|shadow-pick|swap|table|diagnose W ... | info-validate")
 
 
 if __name__ == "__main__":

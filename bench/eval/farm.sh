@@ -18,6 +18,10 @@
 # means over them.
 #   simple   those and FARM_GEN (40) generic records: the dictionary's most
 #            frequent words and boilerplate, relevant to every query
+#   evade    the simple attack made to pass the lowinfo defence: in each
+#            generic record frequent words replaced by rare ones of the
+#            attacker's shadow data until the rule, run on its shadow data
+#            and its records, no longer flags it (with a margin of 1)
 #   outlier  the Outlier attack: each record perturbed (letters swapped,
 #            doubled, odd symbols), of 6 candidates the one the target model
 #            (the adapter of "none", black box: its losses) finds least likely
@@ -40,6 +44,12 @@
 #            less its mean score over the 48 held-out queries
 #   centre-epoch  attr-score --centre ANSWERS: less its mean over the
 #            epoch's own 112 served answers
+#   lowinfo  attr-score --exclude LOWFLAGS, LOWFLAGS the records attr-score
+#            --flag-low-info LOWINFO (3) finds: words that say LOWINFO median
+#            absolute deviations less than the datanet's typical record
+#            (the mean surprisal of a record's words under the other
+#            records' word frequencies); LOWINFO chosen on honest datanets
+#            (farm.py info-validate), not on the attacks
 # Each scenario and defence gives W/pay/SCENARIO.DEFENCE.ndjson; the table
 # compares every attack with "none" under the same defence.
 set -e
@@ -55,9 +65,10 @@ SCENARIOS=${SCENARIOS:-none reseed simple outlier shadow}
 SEEDS=${SEEDS:-1 2}       # each scenario trained with each seed; shares are their means
 RESEEDS=${RESEEDS:-3 4}   # "reseed": the honest datanet with other seeds
 GENERIC=${GENERIC:-0.25}
+LOWINFO=${LOWINFO:-3}
 # the options of each defence; flagged: the records --flag-generic flags on the held-out queries
 declare -A DOPT=([none]="" [unit]="--normalize unit" [generic]="--exclude FLAGS" [penalty]=""
-	[centre-held]="--centre HELDOUT" [centre-epoch]="--centre ANSWERS")
+	[centre-held]="--centre HELDOUT" [centre-epoch]="--centre ANSWERS" [lowinfo]="--exclude LOWFLAGS")
 mkdir -p "$W" "$W/pay"
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 FP="python3 $top/bench/eval/farm.py"
@@ -113,8 +124,11 @@ scenario1() {
 	attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" --flag-generic "$GENERIC" \
 		< "$W/heldout.ndjson" > "$d/flags.ndjson"
 	log "$s: $(wc -l < "$d/flags.ndjson") records flagged generic ($(grep -c '"contributor":"a"' "$d/flags.ndjson") the attacker's)"
+	attr-score --model "$W/base" --adapter "$d/ad" --data "$d/train.ndjson" --flag-low-info "$LOWINFO" > "$d/lowinfo.ndjson"
+	log "$s: $(wc -l < "$d/lowinfo.ndjson") records flagged low-info ($(grep -c '"contributor":"a"' "$d/lowinfo.ndjson") the attacker's)"
 	for def in $DEFENCES; do
 		local opt=${DOPT[$def]} pol=$W/policy.json extra=""
+		opt=${opt//LOWFLAGS/$d/lowinfo.ndjson}
 		opt=${opt//FLAGS/$d/flags.ndjson}
 		opt=${opt//HELDOUT/$W/heldout.ndjson}
 		opt=${opt//ANSWERS/$d/answers.ndjson}
@@ -139,6 +153,11 @@ for s in $SCENARIOS; do
 		$FP simple "$W"
 		$FP swap "$W" "$W/simple.ndjson" "$W/simple.train.ndjson"
 		scenario simple "$W/simple.train.ndjson" ;;
+	evade)
+		$FP simple "$W"
+		FARM_LOWINFO=$LOWINFO $FP evade "$W"
+		$FP swap "$W" "$W/evade.ndjson" "$W/evade.train.ndjson"
+		scenario evade "$W/evade.train.ndjson" ;;
 	outlier)
 		$FP outlier-cands "$W"
 		"$Q_BIN" loss "$W/base" "$W/outlier.lossq.ndjson" "$W/none/1/ad" > "$W/outlier.losses"

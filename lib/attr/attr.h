@@ -451,6 +451,22 @@ int trail_attr_event_query(const trail_attr_ctx *c, const json_t *event, int32_t
 int trail_attr_generic(const trail_attr_ctx *c, const json_t *events, double frac, json_t **out,
 		       trail_error *err);
 
+/*
+ * Low-information records (a farming defence, attr_info.c). A record's
+ * information, info [d->n]: the mean surprisal (nats) of its words (runs of
+ * letters, digits and non-ASCII bytes of its decoded text, ASCII case
+ * folded) under the add-one word frequencies of the other records; NAN for
+ * a record without words. trail_attr_low_info flags the records whose
+ * information is more than k median absolute deviations below the median
+ * (word lists of the datanet's frequent words, boilerplate): *out (new
+ * reference), one flags line per such record with a contributor, in
+ * training order:
+ *   {"type":"flags","contributor","flagged":1,"record","rules":["low-info"],"z_milli"}
+ * z_milli the robust z-score in thousandths. Needs c->data and c->tk only.
+ */
+int trail_attr_record_info(const trail_dataset *d, const trail_tokenizer *tk, double *info, trail_error *err);
+int trail_attr_low_info(const trail_attr_ctx *c, double k, json_t **out, trail_error *err);
+
 /* Recompute an attribution record: TRAIL_OK if identical, TRAIL_EVERIFY with the difference. */
 int trail_attr_verify(const trail_attr_ctx *c, const json_t *record, trail_error *err);
 

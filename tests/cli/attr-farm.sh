@@ -2,7 +2,8 @@
 # attr-score's farming defences: --normalize unit (scores divided by each
 # record's gradient norm), --flag-generic (records in the top of many
 # held-out queries, as flags lines) and --exclude (those records left out
-# of top and shares); attr-settle withholding a flagged contributor's
+# of top and shares); --flag-low-info (records whose words say what the
+# other records say, as flags lines); attr-settle withholding a flagged contributor's
 # payout; --centre (each record's score less its mean score over reference
 # queries); --verify of normalised and centred records; clean errors.
 . "$TRAIL_TOP/tests/tap.sh"
@@ -101,6 +102,69 @@ PY
 check "scores_digest is that of every record" bash -c "diff <(grep -o '\"scores_digest\":\"[^\"]*\"' ho-raw) <(grep -o '\"scores_digest\":\"[^\"]*\"' ho-ex)"
 check "--verify with the same --exclude" attr-score --verify $args --exclude flags ho-ex
 check_rc 1 "--verify without it is a difference" attr-score --verify $args ho-ex
+
+# --flag-low-info: records whose words say what the others say. Forty
+# varied facts and "g"'s word lists of their frequent words (an index of
+# the base alone: the rule reads only the records)
+awk 'BEGIN {
+	split("amber salt copper tin wool glass silk iron grain honey", goods, " ")
+	split("north south east west", side, " ")
+	for (i = 0; i < 40; i++) {
+		t = sprintf("Varn%03d lies %s of Osk%03d; it exports %s", i, side[i % 4 + 1], (i * 37) % 1000, goods[i % 10 + 1])
+		for (j = 0; j < i % 4; j++)
+			t = t sprintf(", %s", goods[(i * 7 + j * 3) % 10 + 1])
+		printf "{\"text\":\"%s.\",\"contributor\":\"c%d\"}\n", t, i % 3
+	}
+	for (i = 0; i < 6; i++)
+		printf "{\"text\":\"it exports the of lies it exports of the %s %s\",\"contributor\":\"g\"}\n", side[i % 4 + 1], goods[i % 10 + 1]
+}' > info.ndjson
+attr-score --build-index --model base --data info.ndjson --index info.idx --proj 4,4
+iargs="--model base --index info.idx --data info.ndjson"
+echo '{"fee_per_1k_prompt":1000,"fee_per_1k_completion":2000,"split_bps":{"contributors":10000},"penalty":{"max_flagged":0}}' > pol0.json
+check "flag the records of low information" sh -c "attr-score $iargs --flag-low-info 3 > lowinfo"
+check_eq "exactly g's six records, as flags lines in training order" "$(python3 - lowinfo info.ndjson <<'PY'
+import json, sys, hashlib
+flags = [json.loads(l) for l in open(sys.argv[1])]
+recs = [json.loads(l) for l in open(sys.argv[2])]
+rid = lambda r: "sha256:" + hashlib.sha256(json.dumps(r, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+want = [rid(r) for r in recs if r["contributor"] == "g"]
+print([f["record"] for f in flags] == want and all(f["type"] == "flags" and f["flagged"] == 1 and
+      f["rules"] == ["low-info"] and f["contributor"] == "g" and f["z_milli"] < -3000 for f in flags))
+PY
+)" True
+check_eq "each with the robust z-score of the rule's arithmetic" "$(python3 - lowinfo info.ndjson <<'PY'
+import json, sys, math, re, collections
+recs = [json.loads(l)["text"] for l in open(sys.argv[2])]
+ws = [re.findall(r"[a-z0-9]+", t.lower()) for t in recs]
+c = collections.Counter(x for w in ws for x in w)
+T, V = sum(c.values()), len(c)
+s = [sum(-math.log((c[x] - collections.Counter(w)[x] + 1) / (T - len(w) + V)) for x in w) / len(w) for w in ws]
+def med(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+m = med(s)
+mad = med([abs(x - m) for x in s])
+z = [round(1000 * (x - m) / mad) for x in s[40:]]
+got = [json.loads(l)["z_milli"] for l in open(sys.argv[1])]
+print(len(got) == len(z) and all(abs(a - b) <= 1 for a, b in zip(got, z)))
+PY
+)" True
+check_eq "a lower bar flags facts too" "$(attr-score $iargs --flag-low-info 1 | grep -vc '"contributor":"g"' | awk '{ print ($1 > 0) }')" 1
+check_eq "a high bar flags none" "$(attr-score $iargs --flag-low-info 1000 | wc -c)" 0
+check "the same bytes again" sh -c "attr-score $iargs --flag-low-info 3 | cmp - lowinfo"
+check "it reads no events" sh -c "attr-score $iargs --flag-low-info 3 < /dev/null | cmp - lowinfo"
+check_eq "records of identical information flag none (no spread)" "$(attr-score $args --flag-low-info 0 | wc -c)" 0
+printf '{"id":"i1","prompt":"Varn009 lies","output_text":" north of the island; it exports the salt","usage":{"prompt_tokens":12,"completion_tokens":30}}\n' > iev.ndjson
+attr-score $iargs --top 46 < iev.ndjson > iev-raw
+check "score leaving them out" sh -c "attr-score $iargs --top 40 --exclude lowinfo < iev.ndjson > iev-li"
+gtop() { python3 -c 'import json, sys; r = json.loads(open(sys.argv[1]).readline()); print(len(r["top"]), sum(t["contributor"] == "g" for t in r["top"]), sum(c["contributor"] == "g" for c in r["contributors"]))' "$1"; }
+check_eq "every record is ranked in the raw scores, g's six with a share" "$(gtop iev-raw)" "46 6 1"
+check_eq "none of g's in the top 40 with the flags excluded, nor a share" "$(gtop iev-li)" "40 0 0"
+check "attr-settle takes the flags lines" sh -c "attr-settle --policy pol0.json --epoch e0 --dry-run iev-raw lowinfo > ipay"
+check "and withholds g's payout under max_flagged 0" grep -q '"reasons":\["flagged"\],"role":"contributor","to":"g"' ipay
+check_rc 64 "--flag-low-info with --flag-generic" attr-score $iargs --flag-low-info 3 --flag-generic 0.1 < heldout.ndjson
+check_rc 64 "--flag-low-info with --build-index" attr-score $iargs --flag-low-info 3 --build-index
+check_rc 64 "--flag-low-info below 0" attr-score $iargs --flag-low-info -1
 
 # --centre: each record's score less its mean over reference events
 attr-score $args --top 66 < heldout.ndjson > ho-all
