@@ -11,7 +11,7 @@
 
 enum { O_INIT = 1, O_BASE, O_LORA, O_DATA, O_DATANET, O_HOME, O_STEPS, O_EPOCHS, O_BATCH, O_SEQ, O_LR, O_WARMUP,
        O_SEED, O_THREADS, O_OUT, O_METRICS, O_TOK, O_NOINDEX, O_PROGRESS, O_NOPROGRESS, O_EVAL, O_ADAPTER, O_MERGE,
-       O_RESUME, O_CKPT, O_NAME, O_LONG, O_PREC };
+       O_RESUME, O_CKPT, O_NAME, O_LONG, O_PREC, O_INDEXAT };
 
 static const trail_opt opts[] = {
 	{O_INIT, "init", 0, "CONFIG", "train from scratch: a Hugging Face config.json (GPT-2, Llama, Qwen2, Mistral)", "file"},
@@ -39,6 +39,8 @@ static const trail_opt opts[] = {
 	{O_CKPT, "checkpoint-every", 0, "N", "also write DIR/checkpoint.safetensors every N steps", NULL},
 	{O_RESUME, "resume", 0, NULL, "continue from DIR/checkpoint.safetensors (same options)", NULL},
 	{O_NOINDEX, "no-index", 0, NULL, "do not build the attribution index", NULL},
+	{O_INDEXAT, "index-at", 0, "WHEN", "the index's gradients: final (the trained weights, one more pass; the default) "
+					  "or last-epoch (captured in each record's last training step)", "final last-epoch"},
 	{O_PROGRESS, "progress", 0, NULL, "always show progress on stderr", NULL},
 	{O_NOPROGRESS, "no-progress", 0, NULL, "never show progress", NULL},
 	{O_EVAL, "eval", 0, NULL, "print the mean loss of --base (and --adapter) on the records; no training", NULL},
@@ -100,6 +102,10 @@ int main(int argc, char **argv)
 		case O_LONG:
 			if ((j.long_mode = trail_long_mode(v)) < 0)
 				rc = trail_error_set(&err, TRAIL_EUSAGE, "--long: '%s' is not truncate, split or error", v);
+			break;
+		case O_INDEXAT:
+			if ((j.index_at = trail_index_at(v)) < 0)
+				rc = trail_error_set(&err, TRAIL_EUSAGE, "--index-at: '%s' is not final or last-epoch", v);
 			break;
 		case O_OUT: j.out = v; break;
 		case O_METRICS: j.metrics = v; break;

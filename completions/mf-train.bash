@@ -46,13 +46,15 @@ _mf_train() {
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	--checkpoint-every )
 		COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--index-at )
+		COMPREPLY=($(compgen -W "final last-epoch" -- "$cur")); return ;;
 	--adapter )
 		COMPREPLY=($(compgen -d -- "$cur")); return ;;
 	--completion )
 		COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
 	esac
 	if [[ "$cur" == -* ]]; then
-		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --long --lr --warmup --seed --threads --precision --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
+		COMPREPLY=($(compgen -W " --init --base --lora --data -d --datanet --home --name --steps --epochs --batch -b --seq -t --long --lr --warmup --seed --threads --precision --output -o --metrics --tokenizer --checkpoint-every --resume --no-index --index-at --progress --no-progress --eval --adapter --merge --help -h --version --completion" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -f -- "$cur"))
 	fi

@@ -22,6 +22,7 @@ complete -c mf-train -l tokenizer -r -F -d 'bytes (the default; a base model\'s 
 complete -c mf-train -l checkpoint-every -r -F -d 'also write DIR/checkpoint.safetensors every N steps'
 complete -c mf-train -l resume -d 'continue from DIR/checkpoint.safetensors (same options)'
 complete -c mf-train -l no-index -d 'do not build the attribution index'
+complete -c mf-train -l index-at -x -a 'final last-epoch' -d 'the index\'s gradients: final (the trained weights, one more pass; the default) or last-epoch (captured in each record\'s last training step)'
 complete -c mf-train -l progress -d 'always show progress on stderr'
 complete -c mf-train -l no-progress -d 'never show progress'
 complete -c mf-train -l eval -d 'print the mean loss of --base (and --adapter) on the records; no training'

@@ -4,8 +4,10 @@
 # 49,152, tied), stage by stage through the programs: the base written by
 # mf-train --init (one step), a LoRA adapter (r 8 on q_proj and v_proj) fine-
 # tuned on N records of 64 tokens (one epoch, batch 8) with its attribution
-# index built as it trains, one answer served by lora-serve with that
-# adapter, and attr-score attributing that answer over the N records. Each
+# index built as it trains (the final-weights pass; also timed with
+# --no-index and with the rows captured in training, --index-at last-epoch),
+# one answer served by lora-serve with that adapter, and attr-score
+# attributing that answer over the N records. Each
 # stage's wall, user + sys CPU seconds and peak RSS (/usr/bin/time). The
 # tokenizer is bytes (ids below 257 of the 49,152; the shapes and costs are
 # those of the real vocabulary). Records: paragraphs of the GPL-3 text.
@@ -43,7 +45,10 @@ t "base written (mf-train --init, 1 step)" sh -c "mf-train --init cfg.json --dat
 lora="--lora r=8,alpha=16,targets=q_proj,v_proj --epochs 1 --batch 8 --seq 64 --no-progress --threads $th"
 t "LoRA fine-tune, 1 epoch, index built" sh -c "mf-train --base base --data data.ndjson -o ads/a $lora >/dev/null 2>>log"
 t "LoRA fine-tune, 1 epoch, --no-index" sh -c "mf-train --base base --data data.ndjson -o ads/noidx $lora --no-index >/dev/null 2>>log"
-rm -rf ads/noidx
+t "LoRA fine-tune, 1 epoch, --index-at last-epoch" sh -c "mf-train --base base --data data.ndjson -o ads/cap $lora \
+	--index-at last-epoch >/dev/null 2>>log"
+cmp ads/cap/adapter_model.safetensors ads/noidx/adapter_model.safetensors || echo "attr.sh: the captured run's weights differ" >&2
+rm -rf ads/noidx ads/cap
 printf '%s\n' '{"prompt":"7: This License","max_tokens":8,"model":"a","temperature":0}' > req.ndjson
 t "lora-serve: one answer of 8 tokens" sh -c "lora-serve --base base --adapters ads --threads $th --events ev.ndjson < req.ndjson > out.ndjson"
 t "attr-score: that answer over the $N records" sh -c "attr-score --model base --adapter ads/a --data data.ndjson --threads $th < ev.ndjson > attr.ndjson"

@@ -235,6 +235,30 @@ int trail_attr_builder_pass(trail_attr_builder *b, int set, trail_model *m,
 int trail_attr_builder_finish(trail_attr_builder *b, const trail_dataset *d, trail_error *err);
 /* Drop an unfinished index (its temporary file is removed). */
 void trail_attr_builder_free(trail_attr_builder *b);
+/* The identity the index records (model, adapter digests, root): set before finish when known only then. */
+void trail_attr_builder_set_ident(trail_attr_builder *b, const trail_attr_ident *id);
+
+/*
+ * Rows captured while training (a single gradient set, set 0, of a whole
+ * index): each row of d (record, or window of a split record) is captured
+ * at its last visit in steps [from, steps) of a run of batch B and seed
+ * `seed` (row g = step B + b of the run, in trail_train_order), in that step's own
+ * forward and backward, before its optimiser update; a split record's row
+ * is the sum of its windows' rows, as trail_attr_builder_pass makes it.
+ * trail_attr_capture_hook gives the trail_train_hook that does it.
+ * trail_attr_capture_rest adds the rows no step of [from, steps) visited
+ * (a run shorter than an epoch, one resumed after their last visit) at
+ * m's current weights, in batches of `batch`, and records m's weights as
+ * the set's (those a query's gradient is taken at); *captured and *rest
+ * count the dataset rows each way. The builder stays the caller's.
+ */
+typedef struct trail_attr_capture trail_attr_capture;
+int trail_attr_capture_new(trail_attr_builder *b, const trail_dataset *d, int B, uint64_t seed, long from, long steps,
+			   trail_attr_capture **out, trail_error *err);
+void trail_attr_capture_hook(trail_attr_capture *c, trail_train_hook *h);
+int trail_attr_capture_rest(trail_attr_capture *c, trail_model *m, int batch, size_t *captured, size_t *rest,
+			    trail_error *err);
+void trail_attr_capture_free(trail_attr_capture *c);
 
 /*
  * Shards. A shard is the index of records [lo, hi) of a set of `total`:

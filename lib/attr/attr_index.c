@@ -920,3 +920,195 @@ void trail_attr_normalize(const trail_attr_index *x, float *scores, int nq, size
 			scores[(size_t)q * (hi - lo) + (i - lo)] *= inv;
 	}
 }
+
+/* ---- rows captured while training -------------------------------------------------- */
+
+struct trail_attr_capture {
+	trail_attr_builder *b;
+	const trail_dataset *d;
+	size_t n;        /* the dataset's rows */
+	uint64_t B;
+	uint64_t *last;  /* [n]: the run's row g of each row's last visit; UINT64_MAX: none in the window */
+	float **acc;     /* split records: [records] the running sum of a record's windows, or NULL */
+	uint32_t *left;  /* [records]: its windows not added yet */
+	size_t captured;
+};
+
+void trail_attr_builder_set_ident(trail_attr_builder *b, const trail_attr_ident *id)
+{
+	b->h.id = *id;
+}
+
+void trail_attr_capture_free(trail_attr_capture *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; c->acc && i < c->d->n; i++)
+		trail_free(c->acc[i]);
+	trail_free(c->acc), trail_free(c->left), trail_free(c->last);
+	trail_free(c);
+}
+
+int trail_attr_capture_new(trail_attr_builder *b, const trail_dataset *d, int B, uint64_t seed, long from, long steps,
+			   trail_attr_capture **out, trail_error *err)
+{
+	size_t n = trail_dataset_rows(d), *perm = NULL, seen = 0;
+	*out = NULL;
+	if (b->h.shard || b->h.nsets != 1 || d->n != b->h.total || B < 1 || from < 0 || !n)
+		return trail_error_set(err, TRAIL_EUSAGE, "rows captured in training are for a whole index of one "
+				       "gradient set over the run's records");
+	trail_attr_capture *c = trail_calloc(1, sizeof *c);
+	if (!c || !(c->last = trail_malloc(n * sizeof *c->last)) || !(perm = trail_malloc(n * sizeof *perm)))
+		goto oom;
+	c->b = b, c->d = d, c->n = n, c->B = (uint64_t)B;
+	for (size_t i = 0; i < n; i++)
+		c->last[i] = UINT64_MAX;
+	if (d->row_rec) {
+		if (!(c->acc = trail_calloc(d->n, sizeof *c->acc)) || !(c->left = trail_calloc(d->n, sizeof *c->left)))
+			goto oom;
+		for (size_t i = 0; i < n; i++)
+			c->left[d->row_rec[i]]++;
+	}
+	/* each row's last visit: the epochs from the last one back, until every row is seen or the window starts */
+	uint64_t g0 = (uint64_t)from * c->B, g1 = steps > from ? (uint64_t)steps * c->B : g0;
+	for (uint64_t e = g1 > g0 ? (g1 - 1) / n : 0; g1 > g0; e--) {
+		trail_train_order(perm, n, seed, e);
+		uint64_t lo = e * n > g0 ? e * n : g0, hi = (e + 1) * n < g1 ? (e + 1) * n : g1;
+		for (uint64_t g = lo; g < hi; g++) /* once each in an epoch */
+			if (c->last[perm[g - e * n]] == UINT64_MAX)
+				c->last[perm[g - e * n]] = g, seen++;
+		if (seen == n || e == g0 / n)
+			break;
+	}
+	trail_free(perm);
+	*out = c;
+	return TRAIL_OK;
+oom:
+	trail_free(perm);
+	trail_attr_capture_free(c);
+	return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+}
+
+static float *scratch(trail_attr_builder *b, int B, trail_error *err)
+{
+	size_t need = (size_t)B * b->h.dim;
+	if (b->rowcap < need) {
+		float *r = trail_realloc(b->rows, need * sizeof *r);
+		if (!r) {
+			trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			return NULL;
+		}
+		b->rows = r;
+		b->rowcap = need;
+	}
+	return b->rows;
+}
+
+/* Dataset row `row`'s projected gradient g: its record's row, or a window's share of it. */
+static int capture_add(trail_attr_capture *c, size_t row, const float *g, trail_error *err)
+{
+	size_t D = c->b->h.dim;
+	if (!c->acc)
+		return trail_attr_builder_add(c->b, 0, row, g, err);
+	size_t r = c->d->row_rec[row];
+	if (c->left[r] == 1 && !c->acc[r]) /* one window: 0 + g, as the pass sums it */
+		return c->left[r]--, trail_attr_builder_add(c->b, 0, r, g, err);
+	if (!c->acc[r] && !(c->acc[r] = trail_calloc(D, sizeof *c->acc[r])))
+		return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+	for (size_t j = 0; j < D; j++)
+		c->acc[r][j] += g[j];
+	if (--c->left[r])
+		return TRAIL_OK;
+	int rc = trail_attr_builder_add(c->b, 0, r, c->acc[r], err);
+	trail_free(c->acc[r]);
+	c->acc[r] = NULL;
+	return rc;
+}
+
+static int capture_before(void *ctx, long step, const size_t *rows, const long *counts, int B, trail_error *err)
+{
+	const trail_attr_capture *c = ctx;
+	(void)counts, (void)err;
+	for (int b = 0; b < B; b++)
+		if (c->last[rows[b]] == (uint64_t)step * c->B + (uint64_t)b)
+			return 1;
+	return 0;
+}
+
+static int capture_after(void *ctx, trail_model *m, long step, const size_t *rows, const long *counts, int B, int T,
+			 trail_error *err)
+{
+	trail_attr_capture *c = ctx;
+	float *g;
+	int rc;
+	if (T != c->b->h.seq || (uint64_t)B != c->B)
+		return trail_error_set(err, TRAIL_EUSAGE, "the run's batch of %d x %d is not the capture's %llu x %d", B, T,
+				       (unsigned long long)c->B, c->b->h.seq);
+	if (!(g = scratch(c->b, B, err)) || (rc = trail_attr_project(c->b->proj, m, B, T, counts, g, err)))
+		return g ? rc : TRAIL_ENOMEM;
+	for (int b = 0; b < B; b++)
+		if (c->last[rows[b]] == (uint64_t)step * c->B + (uint64_t)b) {
+			if ((rc = capture_add(c, rows[b], g + (size_t)b * c->b->h.dim, err)))
+				return rc;
+			c->captured++;
+		}
+	return TRAIL_OK;
+}
+
+void trail_attr_capture_hook(trail_attr_capture *c, trail_train_hook *h)
+{
+	*h = (trail_train_hook){.before = capture_before, .after = capture_after, .ctx = c};
+}
+
+int trail_attr_capture_rest(trail_attr_capture *c, trail_model *m, int batch, size_t *captured, size_t *rest,
+			    trail_error *err)
+{
+	trail_attr_builder *b = c->b;
+	int T = b->h.seq, rc = TRAIL_OK;
+	size_t D = b->h.dim, nrest = 0;
+	if (batch < 1)
+		batch = 1;
+	int32_t *x = trail_malloc((size_t)batch * T * sizeof *x), *y = trail_malloc((size_t)batch * T * sizeof *y);
+	size_t *idx = trail_malloc((size_t)batch * sizeof *idx);
+	long *counts = trail_malloc((size_t)batch * sizeof *counts);
+	float *g = scratch(b, batch, err);
+	if (!x || !y || !idx || !counts || !g) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	trail_model_keep_linear_io(m, 1);
+	/* the rows no step of the window visited, in dataset order, at m's weights */
+	for (size_t i = 0; i < c->n && !rc;) {
+		int nb = 0;
+		long total = 0;
+		for (; i < c->n && nb < batch; i++)
+			if (c->last[i] == UINT64_MAX) {
+				idx[nb] = i;
+				total += counts[nb] = trail_dataset_row(c->d, i, T, x + (size_t)nb * T, y + (size_t)nb * T);
+				nb++;
+			}
+		if (!nb)
+			break;
+		float loss;
+		if (!total) {
+			memset(g, 0, (size_t)nb * D * sizeof *g);
+		} else {
+			trail_model_zero_grad(m);
+			if ((rc = trail_model_forward(m, x, y, nb, T, &loss, err)) || (rc = trail_model_backward(m, err)) ||
+			    (rc = trail_attr_project(b->proj, m, nb, T, counts, g, err)))
+				break;
+		}
+		for (int k = 0; k < nb && !rc; k++)
+			rc = capture_add(c, idx[k], g + (size_t)k * D, err);
+		nrest += (size_t)nb;
+	}
+	if (!rc)
+		rc = trail_attr_builder_set(b, 0, m, 1.0, err);
+	if (captured)
+		*captured = c->captured;
+	if (rest)
+		*rest = nrest;
+out:
+	trail_free(x), trail_free(y), trail_free(idx), trail_free(counts);
+	return rc;
+}

@@ -43,6 +43,20 @@ enum { TRAIL_LONG_TRUNCATE, TRAIL_LONG_SPLIT, TRAIL_LONG_ERROR };
 /* "truncate", "split", "error" -> TRAIL_LONG_*; -1 if unknown. */
 int trail_long_mode(const char *name);
 
+/*
+ * The attribution index mf-train writes: every record's gradient at the
+ * final weights, one more forward and backward over the records after
+ * training (TRAIL_INDEX_AT_FINAL, what attr-score --build-index makes), or
+ * each record's row captured in the run's own step at its last visit, before
+ * that step's update, the rows no step of this process visited (a run of
+ * fewer steps than an epoch, a resumed one) at the final weights
+ * (TRAIL_INDEX_AT_LAST_EPOCH: training.json's "index" is {"at":"last-epoch"}
+ * and the result's "index_rows" {"captured","final"} counts the rows each
+ * way). "last-epoch", "final" -> TRAIL_INDEX_AT_*; -1 if unknown.
+ */
+enum { TRAIL_INDEX_AT_FINAL, TRAIL_INDEX_AT_LAST_EPOCH };
+int trail_index_at(const char *name);
+
 typedef struct trail_train_job {
 	const char *init, *base, *adapter, *data, *datanet, *home, *out, *tokenizer, *metrics, *lora, *name;
 	long steps, epochs, warmup, checkpoint_every; /* warmup < 0: 5% of the steps */
@@ -51,6 +65,7 @@ typedef struct trail_train_job {
 	uint64_t seed;
 	int resume, eval, merge, no_index;
 	int long_mode;                                /* TRAIL_LONG_*: records longer than seq */
+	int index_at;                                 /* TRAIL_INDEX_AT_*: the gradients the index holds */
 	FILE *progress;
 	volatile sig_atomic_t *stop;
 } trail_train_job;

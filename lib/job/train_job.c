@@ -26,6 +26,11 @@ int trail_long_mode(const char *name)
 	return -1;
 }
 
+int trail_index_at(const char *name)
+{
+	return !name ? -1 : !strcmp(name, "final") ? TRAIL_INDEX_AT_FINAL : !strcmp(name, "last-epoch") ? TRAIL_INDEX_AT_LAST_EPOCH : -1;
+}
+
 /*
  * Records longer than seq: refused, split into windows, or cut as ever;
  * "long" in the manifest (and so the settings) says which and how many.
@@ -51,6 +56,69 @@ static int long_records(const trail_train_job *j, trail_dataset *d, int seq, jso
 		*summary = json_pack("{s:s, s:I, s:I, s:i, s:I}", "mode", names[j->long_mode], "records", (json_int_t)n,
 				     "of", (json_int_t)d->n, "seq", seq, "rows", (json_int_t)trail_dataset_rows(d));
 	return TRAIL_OK;
+}
+
+/* The attribution parameters mf-train's index has (attr-score --build-index's defaults, the run's seq). */
+static trail_attr_params index_params(const trail_model *m, const trail_dataset *d, int seq)
+{
+	trail_attr_params ap = {.seed = 1, .damping = 0.01, .seq = seq, /* the automatic projection (attr-score's default) */
+				.split = d->row_rec != NULL};
+	if (trail_model_has_lora(m))
+		ap.targets = trail_model_lora(m)->targets;
+	return ap;
+}
+
+/*
+ * The captured index finished: the rows no step visited at the final
+ * weights, the identity of the files just written (the weights' digests,
+ * as trail_attr_build_index_for takes them), the curvature, the record
+ * table and the span index beside it.
+ */
+static int capture_finish(const trail_train_job *j, trail_attr_builder **ib, trail_attr_capture *cap, trail_model *m,
+			  const trail_dataset *d, const char *path, const char *base_dg, json_t *result, trail_error *err)
+{
+	trail_attr_ident id;
+	size_t ncap = 0, nrest = 0, rl;
+	uint8_t root[32];
+	char *ap = NULL, *sp = NULL;
+	trail_map mp;
+	int rc;
+	memset(&id, 0, sizeof id);
+	memcpy(id.root, d->root, sizeof id.root - 1);
+	if (j->lora)
+		snprintf(id.model, sizeof id.model, "%s", base_dg);
+	else if ((rc = trail_base_digest(j->out, id.model, err)))
+		return rc;
+	if (j->lora) {
+		if (!(ap = trail_path(j->out, "adapter_model.safetensors")))
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		if ((rc = trail_map_file(ap, &mp, err)))
+			goto out;
+		trail_digest_str(mp.data, mp.len, id.adapter);
+		trail_unmap(&mp);
+	}
+	if ((rc = trail_attr_capture_rest(cap, m, j->batch, &ncap, &nrest, err)))
+		goto out;
+	trail_attr_builder_set_ident(*ib, &id);
+	rc = trail_attr_builder_finish(*ib, d, err);
+	*ib = NULL;
+	if (rc)
+		goto out;
+	if (!(sp = trail_malloc(strlen(path) + 6))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
+	sprintf(sp, "%s.span", path);
+	trail_unbase64(d->root, strlen(d->root), root, 32, &rl);
+	if ((rc = trail_span_build((const int32_t *const *)d->tok, d->len, d->n, (uint32_t)trail_model_config(m)->vocab_size,
+				   root, sp, err)))
+		goto out;
+	if (json_object_set_new(result, "index_rows", json_pack("{s:I, s:I}", "captured", (json_int_t)ncap, "final",
+								(json_int_t)nrest)))
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+out:
+	trail_free(ap), trail_free(sp);
+	return rc;
 }
 
 static int add_record(void *ctx, const json_t *rec)
@@ -136,6 +204,10 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	trail_dataset *d = NULL;
 	trail_store *s = NULL;
 	trail_train_run run = {0};
+	trail_attr_builder *ib = NULL;
+	trail_attr_capture *cap = NULL;
+	trail_train_hook hook;
+	char *ipath = NULL;
 	json_t *recs = json_array(), *extra = json_object(), *man = NULL, *cj = NULL, *longs = NULL;
 	FILE *metrics = NULL;
 	void *buf = NULL;
@@ -248,6 +320,12 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 		goto out;
 	}
 	o.checkpoint = ckpt;
+	/* rows captured in the run's own steps: the base's digest names the index (attr-score --build-index refuses none) */
+	int capture = !j->no_index && j->index_at == TRAIL_INDEX_AT_LAST_EPOCH && (!j->lora || j->base);
+	if (capture && json_object_set_new(extra, "index", json_pack("{s:s}", "at", "last-epoch"))) {
+		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		goto out;
+	}
 	char settings[72];
 	trail_train_settings(d, &o, extra, settings);
 	struct stat sb;
@@ -263,6 +341,20 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 		goto out;
 	}
 	o.metrics = metrics;
+	if (capture) {
+		trail_attr_params ap = index_params(m, d, seq);
+		trail_attr_ident id;
+		memset(&id, 0, sizeof id); /* known once the weights are written */
+		if (!(ipath = trail_path(j->out, "attribution.idx"))) {
+			rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+			goto out;
+		}
+		if ((rc = trail_attr_builder_new(ipath, m, &id, &ap, d->n, 1, &ib, err)) ||
+		    (rc = trail_attr_capture_new(ib, d, o.batch, o.seed, run.step, o.steps, &cap, err)))
+			goto out;
+		trail_attr_capture_hook(cap, &hook);
+		o.hook = &hook;
+	}
 	trc = trail_train(m, d, &o, &run, err);
 	if (trc == TRAIL_EAGAIN || trc == TRAIL_EDATA) {
 		trail_error_set(err, trc, "%s; %s in %s", err ? err->msg : "stopped",
@@ -279,11 +371,11 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 	if ((rc = write_manifest(j->out, man, err)))
 		goto out;
 	unlink(ckpt); /* the run is complete: nothing to resume */
-	if (!j->no_index) { /* the attribution index over the same records (attr-score(1)) */
+	if (!j->no_index && !capture) { /* the attribution index over the same records (attr-score(1)) */
 		trail_attr_opts ao = {.model = j->lora ? j->base : j->out, .adapter = j->lora ? j->out : NULL,
 				      .data = j->data, .datanet = j->datanet, .home = j->home};
-		trail_attr_params ap = {.seed = 1, .damping = 0.01, .seq = seq, /* the automatic projection (attr-score's default) */
-					.split = d->row_rec != NULL};
+		trail_attr_params ap = index_params(m, d, seq);
+		ap.targets = 0; /* the build takes the adapter's own */
 		/* the trained model as it is in memory: what ao's directories now hold, not loaded again */
 		if ((rc = trail_attr_build_index_for(&ao, &ap, j->batch, m, tk, j->lora ? base_dg : NULL, err)))
 			goto out;
@@ -293,6 +385,8 @@ int trail_train_job_run(const trail_train_job *j, json_t **result, trail_error *
 			    "records", (json_int_t)d->n, "training_root", d->root, "settings", settings);
 	if (*result && longs)
 		json_object_set(*result, "long", longs);
+	if (*result && capture && (rc = capture_finish(j, &ib, cap, m, d, ipath, base_dg, *result, err)))
+		goto out;
 	if (*result && !j->no_index) {
 		char *ip = trail_path(j->out, "attribution.idx");
 		json_object_set_new(*result, "index", ip ? json_string(ip) : json_null());
@@ -310,6 +404,9 @@ out:
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 	}
 	trail_train_run_release(&run);
+	trail_attr_capture_free(cap);
+	trail_attr_builder_free(ib);
+	trail_free(ipath);
 	json_decref(recs), json_decref(extra), json_decref(man), json_decref(cj), json_decref(longs);
 	trail_free(buf), trail_free(name), trail_free(ckpt);
 	trail_model_free(m);

@@ -470,6 +470,12 @@ int trail_dataset_split(trail_dataset *d, int seq, trail_error *err);
  * Returns the count of targets that count.
  */
 long trail_dataset_row(const trail_dataset *d, size_t r, int T, int32_t *x, int32_t *y);
+/*
+ * The training order of epoch e, a function of (seed, e): row
+ * g = step * batch + b of a run is perm[g mod n] of epoch g / n (n the
+ * dataset's rows). metagrad.c replays it; attribution captures rows by it.
+ */
+void trail_train_order(size_t *perm, size_t n, uint64_t seed, uint64_t e);
 /* The record row r is a window of. */
 static inline size_t trail_dataset_row_record(const trail_dataset *d, size_t r)
 {
@@ -489,7 +495,25 @@ typedef struct trail_train_opts {
 	volatile sig_atomic_t *stop; /* set (e.g. by SIGINT) to stop after the current step */
 	const char *checkpoint; /* where checkpoints go, or NULL */
 	long checkpoint_every;  /* also every so many steps (0: only when stopping early) */
+	const struct trail_train_hook *hook; /* or NULL: called around each step (below) */
 } trail_train_opts;
+
+/*
+ * Seeing each step's own forward and backward (attribution rows captured
+ * while training). before: the step's batch, rows[B] (dataset rows) and
+ * counts[B] (their targets), before its forward; it returns 1 to be called
+ * after (linear layers' inputs and output gradients then kept, as
+ * trail_model_keep_linear_io), 0 not to, or a negative TRAIL_E* code.
+ * after: once the step's backward is done, before its optimiser update;
+ * nonzero (a TRAIL_E* code, err set) stops the run with that code. The
+ * hook does not change the weights' bits.
+ */
+typedef struct trail_train_hook {
+	int (*before)(void *ctx, long step, const size_t *rows, const long *counts, int B, trail_error *err);
+	int (*after)(void *ctx, trail_model *m, long step, const size_t *rows, const long *counts, int B, int T,
+		     trail_error *err);
+	void *ctx;
+} trail_train_hook;
 
 /*
  * A run in progress: steps done, the optimiser state and the loss curve.

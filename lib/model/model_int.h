@@ -133,8 +133,6 @@ static inline trail_lin *trail_model_lin(trail_model *m, int l, int k)
 	return m->lin[l * m->arch->nkinds + k];
 }
 
-/* The training order of epoch e (the rows' permutation), a function of (seed, e); metagrad.c replays it. */
-void trail_train_order(size_t *perm, size_t n, uint64_t seed, uint64_t e);
 
 /* splitmix64: the seeded stream behind initialisation, the same on every host. */
 uint64_t trail_rng_next(uint64_t *s);

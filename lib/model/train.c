@@ -117,9 +117,9 @@ long trail_dataset_row(const trail_dataset *d, size_t row, int seq, int32_t *x, 
 	return k;
 }
 
-static void fill(const trail_dataset *d, size_t r, int seq, int32_t *x, int32_t *y)
+static long fill(const trail_dataset *d, size_t r, int seq, int32_t *x, int32_t *y)
 {
-	trail_dataset_row(d, r, seq, x, y);
+	return trail_dataset_row(d, r, seq, x, y);
 }
 
 /* The permutation of epoch e: Fisher-Yates driven by (seed, e). */
@@ -266,8 +266,11 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 	size_t *perm = trail_malloc(n * sizeof *perm);
 	int32_t *x = trail_malloc(B * S * sizeof *x), *y = trail_malloc(B * S * sizeof *y);
 	float *p = trail_model_params(m, &np), *good = trail_malloc(np * sizeof *good);
+	size_t *rows = trail_malloc(B * sizeof *rows);
+	long *counts = trail_malloc(B * sizeof *counts);
+	const trail_train_hook *hk = o->hook;
 	int rc = TRAIL_OK;
-	if (!perm || !x || !y || !good || np != r->opt.n) {
+	if (!perm || !x || !y || !good || !rows || !counts || np != r->opt.n) {
 		rc = trail_error_set(err, TRAIL_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -285,9 +288,17 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 			uint64_t g = (uint64_t)r->step * B + b;
 			if (g / n != epoch)
 				trail_train_order(perm, n, o->seed, epoch = g / n);
-			fill(d, perm[g % n], o->seq, x + b * S, y + b * S);
+			rows[b] = perm[g % n];
+			counts[b] = fill(d, rows[b], o->seq, x + b * S, y + b * S);
 		}
 		float loss;
+		int seen = 0;
+		if (hk && (seen = hk->before(hk->ctx, r->step, rows, counts, o->batch, err)) < 0) {
+			rc = -seen;
+			break;
+		}
+		if (hk)
+			trail_model_keep_linear_io(m, seen);
 		trail_model_zero_grad(m);
 		if ((rc = trail_model_forward(m, x, y, o->batch, o->seq, &loss, err)))
 			break;
@@ -296,6 +307,8 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 			break;
 		}
 		if ((rc = trail_model_backward(m, err)))
+			break;
+		if (seen && (rc = hk->after(hk->ctx, m, r->step, rows, counts, o->batch, o->seq, err)))
 			break;
 		double lr = trail_lr_schedule(o->lr, r->step, o->warmup, o->steps);
 		trail_k_copy(good, p, np);
@@ -330,7 +343,9 @@ int trail_train(trail_model *m, const trail_dataset *d, const trail_train_opts *
 					     e2.msg);
 	}
 out:
-	trail_free(perm), trail_free(x), trail_free(y), trail_free(good);
+	if (hk)
+		trail_model_keep_linear_io(m, 0);
+	trail_free(perm), trail_free(x), trail_free(y), trail_free(good), trail_free(rows), trail_free(counts);
 	return rc;
 }
 
