@@ -1,44 +1,13 @@
 /*
- * What trail-log's subcommands do beyond one library call: key arguments
- * of the form LEFT=KEY, collecting witnesses' cosignatures, and checking
- * proofs and checkpoints, locally or against a log served as tiles.
+ * What trail-log's subcommands do beyond one library call: collecting
+ * witnesses' cosignatures, and checking proofs and checkpoints, locally or
+ * against a log served as tiles.
  */
 #include <inttypes.h>
 #include <string.h>
 
 #include "core/core.h"
 #include "ledger/ledger.h"
-
-/* Split at the '=' after which a key parses (origins and URLs may hold '='). */
-static int split(const char *arg, int cosigner, char **left, void **key, trail_error *err)
-{
-	for (const char *e = strchr(arg, '='); e; e = strchr(e + 1, '=')) {
-		int rc = cosigner ? trail_cosigner_load(e + 1, (trail_cosigner **)key, NULL)
-				  : trail_verifier_load(e + 1, (trail_verifier **)key, NULL);
-		if (rc == TRAIL_OK) {
-			if ((*left = trail_strndup(arg, (size_t)(e - arg))))
-				return TRAIL_OK;
-			if (cosigner)
-				trail_cosigner_free(*key);
-			else
-				trail_verifier_free(*key);
-			*key = NULL;
-			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-		}
-	}
-	return trail_error_set(err, TRAIL_EUSAGE, "%s: want %s=VKEY with a %s key", arg,
-			       cosigner ? "URL" : "ORIGIN", cosigner ? "cosigner (type 0x04)" : "log");
-}
-
-int trail_log_key_split(const char *arg, char **origin, trail_verifier **key, trail_error *err)
-{
-	return split(arg, 0, origin, (void **)key, err);
-}
-
-int trail_cosigner_split(const char *arg, char **url, trail_cosigner **key, trail_error *err)
-{
-	return split(arg, 1, url, (void **)key, err);
-}
 
 static int put_json(FILE *out, json_t *j, trail_error *err)
 {

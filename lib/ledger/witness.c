@@ -459,6 +459,37 @@ int trail_witness_open(const char *dir, const trail_signer *key, const trail_ver
 	return TRAIL_OK;
 }
 
+/* Split at the '=' after which a key parses (origins and URLs may hold '='). */
+static int split(const char *arg, int cosigner, char **left, void **key, trail_error *err)
+{
+	for (const char *e = strchr(arg, '='); e; e = strchr(e + 1, '=')) {
+		int rc = cosigner ? trail_cosigner_load(e + 1, (trail_cosigner **)key, NULL)
+				  : trail_verifier_load(e + 1, (trail_verifier **)key, NULL);
+		if (rc == TRAIL_OK) {
+			if ((*left = trail_strndup(arg, (size_t)(e - arg))))
+				return TRAIL_OK;
+			if (cosigner)
+				trail_cosigner_free(*key);
+			else
+				trail_verifier_free(*key);
+			*key = NULL;
+			return trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		}
+	}
+	return trail_error_set(err, TRAIL_EUSAGE, "%s: want %s=VKEY with a %s key", arg,
+			       cosigner ? "URL" : "ORIGIN", cosigner ? "cosigner (type 0x04)" : "log");
+}
+
+int trail_log_key_split(const char *arg, char **origin, trail_verifier **key, trail_error *err)
+{
+	return split(arg, 0, origin, (void **)key, err);
+}
+
+int trail_cosigner_split(const char *arg, char **url, trail_cosigner **key, trail_error *err)
+{
+	return split(arg, 1, url, (void **)key, err);
+}
+
 int trail_witness_load(const char *dir, const char *keyfile, const char *const *logs, size_t nlogs,
 		       trail_witness **out, char **cosigner, trail_error *err)
 {

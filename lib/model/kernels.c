@@ -1,7 +1,8 @@
 /*
  * The tensor kernels every architecture uses, on OpenBLAS: seeded numbers,
  * products, exp, GELU, LayerNorm, linear layers with LoRA, causal attention
- * and cross-entropy, each with its shapes (see model_int.h). Every large
+ * and cross-entropy, each with its shapes (see model_int.h), and the
+ * activation arena they work in. Every large
  * product goes through trail_k_sgemm, which has a naive reference loop
  * beside the BLAS call. Loops outside BLAS run in a fixed order, so the same
  * inputs and BLAS thread count give the same bits.
@@ -1040,4 +1041,42 @@ void trail_k_xent_bwd(float *dlogits, const float *logits, const int32_t *tgt, i
 {
 	ew j = {.y = dlogits, .a = logits, .tgt = tgt, .N = N, .C = V, .inv = inv, .per = rows_per((size_t)V)};
 	par((N + j.per - 1) / j.per, xent_bwd_item, &j);
+}
+
+/* ---- the activation arena ------------------------------------------------------- */
+
+float *trail_model_arena(trail_model *m, size_t N, size_t floats, trail_error *err)
+{
+	trail_free(m->acts);
+	trail_free(m->tok);
+	trail_free(m->tgt);
+	m->cap = 0;
+	m->acts = trail_malloc(floats * sizeof(float));
+	m->tok = trail_calloc(N, sizeof *m->tok);
+	m->tgt = trail_calloc(N, sizeof *m->tgt);
+	if (!m->acts || !m->tok || !m->tgt) {
+		trail_error_set(err, TRAIL_ENOMEM, "out of memory");
+		return NULL;
+	}
+	return m->acts;
+}
+
+float *trail_lin_rooms(const trail_model *m, trail_lin *L, float *p, size_t N)
+{
+	L->u = NULL;
+	if (L->A)
+		ARENA_TAKE(L->u, N * (size_t)m->lc.r);
+	L->keep_room = NULL;
+	if (m->keep_io)
+		ARENA_TAKE(L->keep_room, N * (size_t)L->out);
+	L->keep_dy = L->keep_room;
+	return p;
+}
+
+void trail_model_arena_done(trail_model *m, int B, int T)
+{
+	m->B = B;
+	m->T = T;
+	m->cap = B * T;
+	m->capT = T;
 }

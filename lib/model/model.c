@@ -140,42 +140,6 @@ void trail_model_free(trail_model *m)
 	trail_free(m);
 }
 
-float *trail_model_arena(trail_model *m, size_t N, size_t floats, trail_error *err)
-{
-	trail_free(m->acts);
-	trail_free(m->tok);
-	trail_free(m->tgt);
-	m->cap = 0;
-	m->acts = trail_malloc(floats * sizeof(float));
-	m->tok = trail_calloc(N, sizeof *m->tok);
-	m->tgt = trail_calloc(N, sizeof *m->tgt);
-	if (!m->acts || !m->tok || !m->tgt) {
-		trail_error_set(err, TRAIL_ENOMEM, "out of memory");
-		return NULL;
-	}
-	return m->acts;
-}
-
-float *trail_lin_rooms(const trail_model *m, trail_lin *L, float *p, size_t N)
-{
-	L->u = NULL;
-	if (L->A)
-		ARENA_TAKE(L->u, N * (size_t)m->lc.r);
-	L->keep_room = NULL;
-	if (m->keep_io)
-		ARENA_TAKE(L->keep_room, N * (size_t)L->out);
-	L->keep_dy = L->keep_room;
-	return p;
-}
-
-void trail_model_arena_done(trail_model *m, int B, int T)
-{
-	m->B = B;
-	m->T = T;
-	m->cap = B * T;
-	m->capT = T;
-}
-
 const trail_model_cfg *trail_model_config(const trail_model *m)
 {
 	return &m->c;
