@@ -17,7 +17,9 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <inttypes.h>
 #include <stdlib.h>
+#include <xxhash.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -149,6 +151,7 @@ int main(int argc, char **argv)
 				rows[i] = i;
 			}
 			double c0 = 0;
+			uint64_t digest = 0; /* the logits of every step: the same bits across builds that claim so */
 			for (int st = 0; st < steps + 1; st++) {
 				if (st == 1)
 					c0 = cpu();
@@ -157,6 +160,7 @@ int main(int argc, char **argv)
 					die("step", &e);
 				if (st)
 					dt[st - 1] = now() - t;
+				digest = XXH64(logits, sizeof *logits * (size_t)batch * V, digest);
 				for (int i = 0; i < batch; i++)
 					tok[i] = (tok[i] * 31 + 7) % V, pos[i]++;
 			}
@@ -165,9 +169,9 @@ int main(int argc, char **argv)
 			double med = dt[steps / 2], bound = (double)bytes / bw;
 			printf("{\"what\":\"decode\",\"round\":%d,\"precision\":\"%s\",\"requests\":%d,\"adapters\":%d,"
 			       "\"threads\":%d,\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"cpu_ms_per_step\":%.2f,"
-			       "\"weight_bytes_per_step\":%zu,\"bound_step_ms\":%.2f,\"step_over_bound\":%.2f,\"convert_s\":%.2f}\n",
+			       "\"weight_bytes_per_step\":%zu,\"bound_step_ms\":%.2f,\"step_over_bound\":%.2f,\"convert_s\":%.2f,\"logits_xxh64\":\"%016" PRIx64 "\"}\n",
 			       round, trail_precision_name(prec), batch, batch, th, batch / med, med * 1e3, cstep * 1e3, bytes,
-			       bound * 1e3, med / bound, tconv);
+			       bound * 1e3, med / bound, tconv, digest);
 			fflush(stdout);
 			for (int i = 0; i < batch; i++)
 				trail_kvc_free(kv[i]);

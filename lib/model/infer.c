@@ -466,9 +466,16 @@ static double dot_ref(const float *a, const float *b, int n)
  *
  * In bf16 the units are (block, CB-column block): the block's rows rounded
  * to bfloat16 times the weights' bfloat16 copy, one oneDNN primitive per
- * shape (RB x CB x K, and RB x the last columns x K), each on one thread.
+ * shape (LB x CB x K, and LB x the last columns x K), each on one thread;
+ * int8 the same with the rows quantised. Their blocks are LB = 8 rows, half
+ * of fp32's: one request's decoding then computes 8 rows, not 16, for the
+ * one it needs (the products there are at the weights' read speed). Each
+ * output is the same sum in the same order over K whatever the block's
+ * height, so the bits are those of 16-row blocks (bench_prec's logits
+ * digests are equal for both). fp32 keeps RB = 16: OpenBLAS's kernels
+ * round by shape.
  */
-enum { RB = 16, CB = 128 };
+enum { RB = 16, LB = 8, CB = 128 };
 
 typedef struct gemmjob {
 	int n, N, K, transW, parts;
@@ -524,18 +531,18 @@ static void gemm_units(const gemmjob *g, int u0, int u1, int t)
 static void gemm_bf16_rows(void *ctx, int u, int t)
 {
 	gemmjob *g = ctx;
-	int r = u * RB, k = g->n - r < RB ? g->n - r : RB;
+	int r = u * LB, k = g->n - r < LB ? g->n - r : LB;
 	uint16_t *xb = g->xb + (size_t)r * g->K;
 	(void)t;
 	trail_bf16_convert(xb, g->x + (size_t)r * g->K, (size_t)k * g->K);
-	memset(xb + (size_t)k * g->K, 0, sizeof *xb * (size_t)(RB - k) * g->K);
+	memset(xb + (size_t)k * g->K, 0, sizeof *xb * (size_t)(LB - k) * g->K);
 }
 
 /* bf16 unit u: row block u / nc, column block u % nc */
 static void gemm_bf16_unit(void *ctx, int u, int t)
 {
 	gemmjob *g = ctx;
-	int nc = (g->N + CB - 1) / CB, r = u / nc * RB, c0 = u % nc * CB, k = g->n - r < RB ? g->n - r : RB;
+	int nc = (g->N + CB - 1) / CB, r = u / nc * LB, c0 = u % nc * CB, k = g->n - r < LB ? g->n - r : LB;
 	int w = g->N - c0 < CB ? g->N - c0 : CB;
 	float *pt = g->pad + (size_t)t * g->padn;
 	const uint16_t *xb = g->xb + (size_t)r * g->K;
@@ -614,19 +621,19 @@ static void quant_row(uint8_t *q, float *s, int32_t *z, const float *x, int K)
 static void gemm_i8_rows(void *ctx, int u, int t)
 {
 	gemmjob *g = ctx;
-	int r = u * RB, k = g->n - r < RB ? g->n - r : RB;
+	int r = u * LB, k = g->n - r < LB ? g->n - r : LB;
 	uint8_t *xq = g->xq + (size_t)r * g->K;
 	(void)t;
 	for (int i = 0; i < k; i++)
 		quant_row(xq + (size_t)i * g->K, g->xs + r + i, g->xz + r + i, g->x + (size_t)(r + i) * g->K, g->K);
-	memset(xq + (size_t)k * g->K, 0, (size_t)(RB - k) * g->K);
+	memset(xq + (size_t)k * g->K, 0, (size_t)(LB - k) * g->K);
 }
 
 /* int8 unit u: row block u / nc, column block u % nc; y = s_row s_col (sum q w - z sum w), in that order */
 static void gemm_i8_unit(void *ctx, int u, int t)
 {
 	gemmjob *g = ctx;
-	int nc = (g->N + CB - 1) / CB, r = u / nc * RB, c0 = u % nc * CB, k = g->n - r < RB ? g->n - r : RB;
+	int nc = (g->N + CB - 1) / CB, r = u / nc * LB, c0 = u % nc * CB, k = g->n - r < LB ? g->n - r : LB;
 	int w = g->N - c0 < CB ? g->N - c0 : CB;
 	int32_t *pt = (int32_t *)(g->pad + (size_t)t * g->padn);
 	if (trail_i8_mm_run(g->L->qm[w < CB], g->xq + (size_t)r * g->K, g->L->Wp + (size_t)(c0 / CB) * g->L->pb[0], pt,
@@ -943,14 +950,14 @@ static int bgemm(trail_infer *m, const rowjob *k, int n, const float *x, const i
 	gemmjob g = {n, N, K, transW, N >= 256 ? 2 : 1, x, W, y, SC(k, 0) + k->P + k->rmax, k->scn, L, m->emu, 0, NULL, NULL, NULL, NULL};
 	if (m->prec == TRAIL_PREC_BF16) {
 		g.xb = k->xb;
-		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB, gemm_bf16_rows, &g);
-		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * ((N + CB - 1) / CB), gemm_bf16_unit, &g);
+		trail_pool_run(trail_compute_pool(), (n + LB - 1) / LB, gemm_bf16_rows, &g);
+		trail_pool_run(trail_compute_pool(), (n + LB - 1) / LB * ((N + CB - 1) / CB), gemm_bf16_unit, &g);
 		return g.fail ? trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: a bf16 product failed") : TRAIL_OK;
 	}
 	if (m->prec == TRAIL_PREC_INT8) {
 		g.xq = k->xq, g.xs = k->xs, g.xz = k->xz;
-		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB, gemm_i8_rows, &g);
-		trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * ((N + CB - 1) / CB), gemm_i8_unit, &g);
+		trail_pool_run(trail_compute_pool(), (n + LB - 1) / LB, gemm_i8_rows, &g);
+		trail_pool_run(trail_compute_pool(), (n + LB - 1) / LB * ((N + CB - 1) / CB), gemm_i8_unit, &g);
 		return g.fail ? trail_error_set(err, TRAIL_EINTERNAL, "oneDNN: an int8 product failed") : TRAIL_OK;
 	}
 	trail_pool_run(trail_compute_pool(), (n + RB - 1) / RB * g.parts, gemm_item, &g);
@@ -992,7 +999,7 @@ static int bgemm_multi(trail_infer *m, const rowjob *k, int n, const float *x, c
 		return TRAIL_OK;
 	}
 	multijob mj = {.nl = nl};
-	int nb = (n + RB - 1) / RB;
+	int nb = (n + LB - 1) / LB;
 	for (int i = 0; i < nl; i++) {
 		int N = L[i]->out;
 		mj.g[i] = (gemmjob){n, N, L[i]->in, 1, N >= 256 ? 2 : 1, x, L[i]->W, y[i], SC(k, 0) + k->P + k->rmax, k->scn,
@@ -1234,7 +1241,7 @@ done:
 
 /* ---- precision -------------------------------------------------------------------- */
 
-/* The bf16 product of shape RB x n x k, made once per model. */
+/* The bf16 product of shape LB x n x k, made once per model. */
 static trail_bf16_mm *mm_of(trail_infer *m, int n, int k, trail_error *err)
 {
 	for (int i = 0; i < m->nmm; i++)
@@ -1244,7 +1251,7 @@ static trail_bf16_mm *mm_of(trail_infer *m, int n, int k, trail_error *err)
 		trail_error_set(err, TRAIL_EINTERNAL, "too many product shapes");
 		return NULL;
 	}
-	trail_bf16_mm *h = trail_bf16_mm_new(RB, n, k, err);
+	trail_bf16_mm *h = trail_bf16_mm_new(LB, n, k, err);
 	if (h)
 		m->mmt[m->nmm++] = (struct mmshape){n, k, h};
 	return h;
@@ -1311,7 +1318,7 @@ static void drop_bf16(trail_infer *m)
 
 /* ---- int8 weights ---- */
 
-/* The int8 product of shape RB x n x k, made once per model. */
+/* The int8 product of shape LB x n x k, made once per model. */
 static trail_i8_mm *qm_of(trail_infer *m, int n, int k, trail_error *err)
 {
 	for (int i = 0; i < m->nqm; i++)
@@ -1321,7 +1328,7 @@ static trail_i8_mm *qm_of(trail_infer *m, int n, int k, trail_error *err)
 		trail_error_set(err, TRAIL_EINTERNAL, "too many product shapes");
 		return NULL;
 	}
-	trail_i8_mm *h = trail_i8_mm_new(RB, n, k, err);
+	trail_i8_mm *h = trail_i8_mm_new(LB, n, k, err);
 	if (h)
 		m->qmt[m->nqm++] = (struct qshape){n, k, h};
 	return h;
@@ -1434,7 +1441,7 @@ int trail_infer_set_precision(trail_infer *m, int prec, trail_error *err)
 	if (prec != TRAIL_PREC_BF16)
 		return TRAIL_OK;
 	/* oneDNN 2.6 has bf16 matmul from AVX-512 up; below, the products are emulated */
-	trail_bf16_mm *probe = trail_bf16_mm_new(RB, CB, m->c.n_embd, NULL);
+	trail_bf16_mm *probe = trail_bf16_mm_new(LB, CB, m->c.n_embd, NULL);
 	m->emu = !probe;
 	trail_bf16_mm_free(probe);
 	size_t bytes = 0, most = (size_t)m->headl.in * (size_t)m->headl.out;
