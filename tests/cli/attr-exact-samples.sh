@@ -5,15 +5,7 @@
 # derivative (no --samples) is unchanged beside it.
 . "$TRAIL_TOP/tests/tap.sh"
 cd "$T" || exit 70
-awk 'BEGIN {
-	split("amber salt copper tin wool glass", goods, " ")
-	for (i = 0; i < 24; i++)
-		printf "{\"text\":\"Varn%03d exports %s; master Osk%03d.\",\"contributor\":\"c%d\"}\n", i, goods[i % 6 + 1], (i * 37) % 1000, i % 3
-}' > data.ndjson
-echo '{"n_layer":2,"n_head":2,"n_embd":32,"n_positions":48,"vocab_size":257}' > cfg.json
-mf-train --init cfg.json --data data.ndjson --steps 20 --batch 8 --seq 48 --lr 3e-3 --precision fp32 --no-progress --no-index -o base >/dev/null
-mf-train --base base --lora r=4,alpha=8 --data data.ndjson --steps 12 --batch 4 --seq 48 --lr 5e-3 --precision fp32 --no-progress -o ad >/dev/null
-printf '{"id":"q1","prompt":"Varn004 exports","output_text":" wool; master Osk148."}\n{"id":"q2","prompt":"Varn013","output_text":" exports salt"}\n' > ev.ndjson
+exact_fixture
 args="--method exact --model base --adapter ad --data data.ndjson --top 24"
 check "score two events over 3 half-runs" sh -c "attr-score $args --samples 3 < ev.ndjson > s3"
 check_eq "one record per event" "$(wc -l < s3)" 2
